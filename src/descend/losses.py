@@ -1,0 +1,1629 @@
+"""Losses: the scalar that descend minimizes.
+
+Six built-in losses, each a plain function of tensors that **checks its inputs before computing**
+and refuses bad ones with an :class:`~descend._errors.InputError` that names the problem and the
+fix (``validate=True``, the default), and computes with :mod:`torch.nn.functional`:
+
+==========================  ==========================  ====================================
+loss                        pred                        targets
+==========================  ==========================  ====================================
+:func:`mse`, :func:`mae`,   floats, any shape (N, ...)  floats, the same shape as ``pred``
+:func:`huber`
+:func:`cross_entropy`       logits (N, C) or            class indices (N,) / (N, d1, ...),
+                            (N, C, d1, ...)             or probabilities like ``pred`` with
+                                                        ``probabilities=True``
+:func:`binary_cross_entropy`  logits, any shape         0/1 labels or probabilities in
+                                                        [0, 1], the same shape as ``pred``
+:func:`nll`                 log-probabilities (N, C)    class indices (N,) / (N, d1, ...)
+==========================  ==========================  ====================================
+
+Every loss takes ``weight`` (an optional per-sample weight of shape (N,), e.g. scikit-learn's
+``sample_weight``) and ``reduction`` in ``{"mean", "sum", "none"}``. With per-sample weights the
+mean is the weighted mean ``sum_i w_i * l_i / sum_i w_i`` (``l_i`` averaged over a sample's own
+elements), so unit weights give exactly the unweighted mean. ``"none"`` returns the elementwise
+losses already multiplied by the weights.
+
+:class:`Loss` bundles a loss with its options for the training loop, which validates the whole
+target set once (:meth:`Loss.validate`) and then calls with ``validate=False`` in the hot path.
+:func:`get` resolves a registry name, a :class:`Loss` or any callable ``(pred, target) -> scalar``.
+
+Example:
+    >>> import torch
+    >>> from descend import losses
+    >>> loss = losses.get("ce", label_smoothing=0.1)
+    >>> loss.name, loss.target_kind, loss.task
+    ('cross_entropy', 'index', 'classification')
+    >>> value = loss(torch.zeros(4, 3, requires_grad=True), torch.tensor([0, 1, 2, 1]))
+    >>> round(value.item(), 4)  # log(3): uniform logits
+    1.0986
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import inspect
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from descend._errors import (
+    ConfigError,
+    InputError,
+    check_choice,
+    check_in_range,
+    check_positive,
+    describe,
+    message,
+)
+
+__all__ = [
+    "ALIASES",
+    "REGISTRY",
+    "Loss",
+    "Reduction",
+    "TargetKind",
+    "Task",
+    "binary_cross_entropy",
+    "cross_entropy",
+    "get",
+    "huber",
+    "mae",
+    "mse",
+    "nll",
+    "num_outputs_needed",
+]
+
+Reduction = Literal["mean", "sum", "none"]
+TargetKind = Literal["index", "float", "any"]
+Task = Literal["classification", "regression", "any"]
+WeightLike = Tensor | Sequence[float] | float | None
+
+_REDUCTIONS = ("mean", "sum", "none")
+# torch's own default for "no ignored label"; our validation refuses negative indices unless the
+# caller opts in with ignore_index, so passing it to torch when ignore_index is None is harmless.
+_TORCH_IGNORE_INDEX = -100
+
+
+# ---------------------------------------------------------------------------------------------
+# Formatting helpers for messages
+# ---------------------------------------------------------------------------------------------
+
+
+def _shape(t: Tensor | torch.Size | tuple[int, ...]) -> str:
+    return str(tuple(t.shape if isinstance(t, Tensor) else t))
+
+
+def _num(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def _first_index(mask: Tensor) -> str:
+    """The first position where ``mask`` is true, as ``5`` (1-D) or ``(5, 1)``."""
+    idx = mask.nonzero()[0].tolist()
+    return str(idx[0]) if len(idx) == 1 else str(tuple(idx))
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks shared by the losses. ``pred`` may be None: then only the target-only rules apply
+# (Loss.validate_targets), the rules that compare targets with the model's output are skipped.
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_tensor(loss: str, role: str, value: object) -> None:
+    if not isinstance(value, Tensor):
+        raise InputError(
+            message(
+                f"{loss} {role}",
+                "must be a torch.Tensor",
+                describe(value)
+                if hasattr(value, "shape")
+                else f"{type(value).__name__} {describe(value)}",
+                f"convert it with torch.as_tensor({role})",
+            )
+        )
+
+
+def _check_reduction(loss: str, reduction: str) -> None:
+    check_choice("reduction", reduction, _REDUCTIONS, owner=loss)
+
+
+def _check_pred(loss: str, pred: object) -> None:
+    _check_tensor(loss, "pred", pred)
+    assert isinstance(pred, Tensor)
+    if not pred.is_floating_point():
+        raise InputError(
+            message(
+                f"{loss} pred",
+                "must be a floating-point tensor (the model's raw output, which gradients "
+                "flow through)",
+                f"dtype {pred.dtype}",
+                "pass the model's output itself, not rounded or argmax'ed predictions "
+                "(cast with pred.float() if needed)",
+            )
+        )
+    if pred.ndim == 0:
+        raise InputError(
+            message(
+                f"{loss} pred",
+                "must have a batch dimension, shape (N, ...)",
+                "a 0-dimensional tensor",
+                "pass a batch; for a single sample use pred.reshape(1) and target.reshape(1)",
+            )
+        )
+    if pred.shape[0] == 0:
+        raise InputError(
+            message(
+                f"{loss} pred",
+                "must hold at least one sample",
+                f"an empty batch of shape {_shape(pred)}",
+                "check the data split and the batch slicing; a batch needs N >= 1 samples",
+            )
+        )
+
+
+def _check_target_basics(loss: str, pred: Tensor | None, target: object) -> None:
+    _check_tensor(loss, "targets", target)
+    assert isinstance(target, Tensor)
+    if target.is_complex():
+        raise InputError(
+            message(
+                f"{loss} targets",
+                "must be real numbers",
+                f"dtype {target.dtype}",
+                "pass target.real or target.abs()",
+            )
+        )
+    if pred is not None and target.device != pred.device:
+        raise InputError(
+            message(
+                f"{loss} targets",
+                "must be on the same device as pred",
+                f"targets on {target.device} and pred on {pred.device}",
+                "move them with targets.to(pred.device)",
+            )
+        )
+    if target.ndim == 0:
+        raise InputError(
+            message(
+                f"{loss} targets",
+                "must have a batch dimension, shape (N, ...)",
+                "a 0-dimensional tensor",
+                "pass one target per sample, e.g. target.reshape(1)",
+            )
+        )
+    if target.shape[0] == 0:
+        raise InputError(
+            message(
+                f"{loss} targets",
+                "must hold at least one sample",
+                f"an empty batch of shape {_shape(target)}",
+                "check the data split and the batch slicing; a batch needs N >= 1 samples",
+            )
+        )
+
+
+def _batch_mismatch(loss: str, pred: Tensor, target: Tensor) -> InputError:
+    return InputError(
+        message(
+            f"{loss} pred and targets",
+            "must have the same batch size (first dimension)",
+            f"pred of shape {_shape(pred)} ({pred.shape[0]} samples) and targets of shape "
+            f"{_shape(target)} ({target.shape[0]} samples)",
+            "pass the targets that belong to this batch of inputs",
+        )
+    )
+
+
+def _check_same_shape(loss: str, pred: Tensor, target: Tensor) -> None:
+    """Elementwise losses need equal shapes: broadcasting would compute a different loss."""
+    if target.shape == pred.shape:
+        return
+    broadcast = (
+        f"which would broadcast to {_shape(torch.broadcast_shapes(pred.shape, target.shape))} "
+        "and silently compare every prediction with every target"
+        if _broadcastable(pred.shape, target.shape)
+        else None
+    )
+    rule = "must have the same shape as pred"
+    if pred.ndim == target.ndim + 1 and pred.shape[-1] == 1 and pred.shape[:-1] == target.shape:
+        fix_t = "target.reshape(-1, 1)" if target.ndim == 1 else "target.unsqueeze(-1)"
+        got = f"pred of shape {_shape(pred)} and targets of shape {_shape(target)}"
+        raise InputError(
+            message(
+                f"{loss} targets",
+                rule,
+                f"{got}, {broadcast}" if broadcast else got,
+                f"pass pred.squeeze(-1) or {fix_t}",
+            )
+        )
+    if target.ndim == pred.ndim + 1 and target.shape[-1] == 1 and target.shape[:-1] == pred.shape:
+        fix_p = "pred.reshape(-1, 1)" if pred.ndim == 1 else "pred.unsqueeze(-1)"
+        got = f"pred of shape {_shape(pred)} and targets of shape {_shape(target)}"
+        raise InputError(
+            message(
+                f"{loss} targets",
+                rule,
+                f"{got}, {broadcast}" if broadcast else got,
+                f"pass target.squeeze(-1) or {fix_p}",
+            )
+        )
+    if target.shape[0] != pred.shape[0]:
+        raise _batch_mismatch(loss, pred, target)
+    per_sample = math.prod(target.shape[1:])
+    fix = (
+        f"the model's last layer must have {per_sample} outputs, one per target column"
+        if pred.ndim == 2 and target.ndim == 2
+        else "reshape pred or targets so that they match"
+    )
+    raise InputError(
+        message(
+            f"{loss} targets",
+            rule,
+            f"pred of shape {_shape(pred)} and targets of shape {_shape(target)}",
+            fix,
+        )
+    )
+
+
+def _broadcastable(a: torch.Size, b: torch.Size) -> bool:
+    try:
+        torch.broadcast_shapes(a, b)
+    except RuntimeError:
+        return False
+    return True
+
+
+def _check_finite(loss: str, role: str, t: Tensor) -> None:
+    if not t.is_floating_point():
+        return
+    v = t.detach()
+    finite = torch.isfinite(v)
+    if bool(finite.all()):
+        return
+    n_nan = int(torch.isnan(v).sum())
+    n_inf = int(torch.isinf(v).sum())
+    parts = [f"{n_nan} NaN"] if n_nan else []
+    parts += [f"{n_inf} inf"] if n_inf else []
+    total = n_nan + n_inf
+    raise InputError(
+        message(
+            f"{loss} {role}",
+            "must be finite (no NaN or inf)",
+            f"{' and '.join(parts)} {'value' if total == 1 else 'values'} in {role} of shape "
+            f"{_shape(v)}, the first at index {_first_index(~finite)}",
+            "drop or impute those samples before training, e.g. keep only rows where "
+            f"torch.isfinite({role}).reshape(len({role}), -1).all(1)",
+        )
+    )
+
+
+def _check_weight(loss: str, weight: object, n: int, reduction: str, device: torch.device) -> None:
+    if weight is None:
+        return
+    _check_tensor(loss, "weight", weight)
+    assert isinstance(weight, Tensor)
+    if weight.ndim != 1 or weight.shape[0] != n:
+        raise InputError(
+            message(
+                f"{loss} weight",
+                f"must be one weight per sample, shape ({n},)",
+                f"shape {_shape(weight)}",
+                "pass a 1-D tensor with one non-negative weight per sample, e.g. "
+                "weight.reshape(-1)",
+            )
+        )
+    if weight.is_complex():
+        raise InputError(
+            message(f"{loss} weight", "must be real numbers", f"dtype {weight.dtype}", None)
+        )
+    if weight.device != device:
+        raise InputError(
+            message(
+                f"{loss} weight",
+                "must be on the same device as pred",
+                f"weight on {weight.device} and pred on {device}",
+                "move it with weight.to(pred.device)",
+            )
+        )
+    _check_finite(loss, "weight", weight)
+    w = weight.detach()
+    if bool((w < 0).any()):
+        raise InputError(
+            message(
+                f"{loss} weight",
+                "must be >= 0",
+                f"{_n(int((w < 0).sum()), 'negative weight')}, the first at index "
+                f"{_first_index(w < 0)} ({_num(float(w[w < 0][0]))})",
+                "per-sample weights scale each sample's loss; use 0 to drop a sample",
+            )
+        )
+    if reduction == "mean" and not bool((w > 0).any()):
+        raise InputError(
+            message(
+                f"{loss} weight",
+                "must have a positive sum for reduction='mean' (it divides by the sum)",
+                "all weights equal to 0",
+                "give at least one sample a positive weight, or use reduction='sum'",
+            )
+        )
+
+
+def _as_float_tensor(name: str, value: object, owner: str, *, allow_scalar: bool) -> Tensor:
+    """Settings given as a list/array/tensor/number -> a float tensor, refused if unusable."""
+    try:
+        t = torch.as_tensor(value, dtype=torch.float32) if not isinstance(value, Tensor) else value
+    except (TypeError, ValueError, RuntimeError):
+        t = None
+    shape_ok = t is not None and (t.ndim == 1 or (allow_scalar and t.ndim == 0))
+    if t is None or not shape_ok or t.is_complex() or t.dtype == torch.bool:
+        rule = "must be a number or a 1-D tensor" if allow_scalar else "must be a 1-D tensor"
+        raise ConfigError(
+            message(f"{owner}: {name}", f"{rule} of non-negative weights", describe(value), None)
+        )
+    v = t.detach().to(torch.float64)
+    if not bool(torch.isfinite(v).all()) or bool((v < 0).any()):
+        raise ConfigError(
+            message(
+                f"{owner}: {name}",
+                "must hold finite weights >= 0",
+                f"values {v.tolist() if v.numel() <= 10 else describe(t)}",
+                "pass non-negative numbers, e.g. inverse class frequencies",
+            )
+        )
+    return t
+
+
+def _check_class_weight(loss: str, class_weight: WeightLike, n_classes: int | None) -> None:
+    if class_weight is None:
+        return
+    cw = _as_float_tensor("class_weight", class_weight, loss, allow_scalar=False)
+    if not bool((cw > 0).any()):
+        raise ConfigError(
+            message(
+                f"{loss}: class_weight",
+                "must have at least one positive weight",
+                "all weights equal to 0",
+                "pass e.g. inverse class frequencies",
+            )
+        )
+    if n_classes is not None and cw.shape[0] != n_classes:
+        raise InputError(
+            message(
+                f"{loss} class_weight",
+                f"must have one weight per class of pred, shape ({n_classes},)",
+                f"shape {_shape(cw)} for pred with {n_classes} classes",
+                f"pass {n_classes} weights, or make the model's last layer output "
+                f"{cw.shape[0]} classes",
+            )
+        )
+
+
+def _check_ignore_index(loss: str, ignore_index: object) -> None:
+    if ignore_index is None:
+        return
+    if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
+        raise ConfigError(
+            message(
+                f"{loss}: ignore_index",
+                "must be an int or None",
+                describe(ignore_index),
+                "pass e.g. ignore_index=-100 (torch's convention for padding labels)",
+            )
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Class-index targets (cross_entropy, nll)
+# ---------------------------------------------------------------------------------------------
+
+
+def _looks_one_hot(t: Tensor) -> bool:
+    if t.ndim < 2 or t.shape[1] < 2:
+        return False
+    v = t.detach()
+    if v.dtype != torch.bool and not bool(((v == 0) | (v == 1)).all()):
+        return False
+    return bool((v.sum(1) == 1).all())
+
+
+def _looks_like_probabilities(t: Tensor) -> bool:
+    if t.ndim < 2 or t.shape[1] < 2 or not t.is_floating_point():
+        return False
+    v = t.detach()
+    if not bool(torch.isfinite(v).all()) or bool((v < 0).any()) or bool((v > 1).any()):
+        return False
+    return bool(((v.sum(1) - 1).abs() <= _sum_tolerance(v.dtype)).all())
+
+
+def _sum_tolerance(dtype: torch.dtype) -> float:
+    return 1e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-3
+
+
+def _index_rule(pred: Tensor | None) -> str:
+    if pred is None:
+        return "expects class indices of shape (N,) with values in [0, C)"
+    tail = "".join(f", {d}" for d in pred.shape[2:])
+    shape = f"(N{tail})" if tail else "(N,)"
+    return f"expects class indices of shape {shape} with values in [0, {pred.shape[1]})"
+
+
+def _check_index_targets(
+    loss: str,
+    pred: Tensor | None,
+    target: Tensor,
+    ignore_index: int | None,
+    *,
+    soft_alternative: bool,
+) -> None:
+    """Class-index targets: shape (N, d1, ...), integral values in [0, C) (or ignore_index)."""
+    rule = _index_rule(pred)
+    soft = ", or use soft targets with probabilities=True" if soft_alternative else ""
+    expected = None if pred is None else (pred.shape[0], *pred.shape[2:])
+    if expected is None or tuple(target.shape) != expected:
+        like_pred = pred is None or (
+            target.ndim == pred.ndim
+            and target.shape[0] == pred.shape[0]
+            and target.shape[2:] == pred.shape[2:]
+        )
+        if target.ndim >= 2 and like_pred and _looks_one_hot(target):
+            raise InputError(
+                message(
+                    loss,
+                    rule,
+                    f"targets of shape {_shape(target)} with values in {{0, 1}}",
+                    f"these look one-hot; pass targets.argmax(1){soft}.",
+                )
+            )
+        if target.ndim >= 2 and like_pred and _looks_like_probabilities(target):
+            fix = (
+                "these look like class probabilities; pass probabilities=True, or "
+                "targets.argmax(1) for hard labels"
+                if soft_alternative
+                else "these look like class probabilities; pass targets.argmax(1), or use "
+                "cross_entropy(..., probabilities=True) on the logits"
+            )
+            raise InputError(
+                message(loss, rule, f"targets of shape {_shape(target)} (rows sum to 1)", fix)
+            )
+        if target.ndim >= 2 and target.shape[1] == 1 and (pred is None or like_pred):
+            fix = "pass targets.reshape(-1)" if target.ndim == 2 else "pass targets.squeeze(1)"
+            raise InputError(
+                message(
+                    loss,
+                    rule,
+                    f"targets of shape {_shape(target)}, a column of class indices",
+                    fix,
+                )
+            )
+    if pred is not None and tuple(target.shape) != expected:
+        if pred.ndim >= 3 and target.shape == pred.shape[:-1]:
+            raise InputError(
+                message(
+                    f"{loss} pred",
+                    "must hold the classes in dimension 1, shape (N, C, d1, ...), as torch expects",
+                    f"pred of shape {_shape(pred)} with targets of shape {_shape(target)}, which "
+                    "fit classes in the last dimension",
+                    "pass pred.movedim(-1, 1), or flatten both: "
+                    f"pred.reshape(-1, {pred.shape[-1]}) and targets.reshape(-1)",
+                )
+            )
+        if target.shape[0] != pred.shape[0]:
+            raise _batch_mismatch(loss, pred, target)
+        raise InputError(
+            message(
+                loss,
+                rule,
+                f"targets of shape {_shape(target)} for pred of shape {_shape(pred)}",
+                "pass one class index per sample (and per position, for pred (N, C, d1, ...))",
+            )
+        )
+    if target.is_floating_point():
+        _check_finite(loss, "targets", target)
+        frac = target.detach() != target.detach().round()
+        if bool(frac.any()):
+            example = float(target.detach()[frac][0])
+            fix = (
+                "pass probabilities=True for soft targets of shape (N, C), or targets.long() "
+                "for class indices"
+                if soft_alternative
+                else "pass targets.long() for class indices"
+            )
+            raise InputError(
+                message(
+                    loss,
+                    rule,
+                    f"floating-point targets ({target.dtype}) with non-integer values such as "
+                    f"{_num(example)} (the first at index {_first_index(frac)})",
+                    fix,
+                )
+            )
+    v = target.detach()
+    if v.dtype == torch.bool:
+        v = v.long()
+    keep = v != ignore_index if ignore_index is not None else None
+    valid = v[keep] if keep is not None else v.reshape(-1)
+    if valid.numel() == 0:
+        return
+    lo, hi = int(valid.min()), int(valid.max())
+    if lo < 0:
+        neg = v < 0 if keep is None else (v < 0) & keep
+        first = _first_index(neg)
+        skip = "" if ignore_index is not None else "; or pass ignore_index=<label> to skip samples"
+        raise InputError(
+            message(
+                loss,
+                rule,
+                f"{int(neg.sum())} negative class {'index' if int(neg.sum()) == 1 else 'indices'} "
+                f"(the first at index {first}: "
+                f"{int(v[neg][0])})",
+                "class indices count from 0: remap the labels, e.g. "
+                f"torch.unique(targets, return_inverse=True)[1]{skip}",
+            )
+        )
+    if pred is None:
+        return
+    n_classes = pred.shape[1]
+    if hi >= n_classes:
+        n_out = int((valid >= n_classes).sum())
+        if n_classes == 1 and hi == 1:
+            fix = (
+                "the model's last layer must have 2 outputs (one per class) for "
+                f"{loss}; or keep 1 output and use binary_cross_entropy with float 0/1 targets"
+            )
+        else:
+            fix = (
+                f"the model's last layer must have {hi + 1} outputs (one per class), "
+                f"not {n_classes}"
+            )
+            if lo >= 1 and hi == n_classes:
+                fix += "; or, if the labels count from 1, pass targets - 1"
+        raise InputError(
+            message(
+                loss,
+                rule,
+                f"targets with values up to {hi} ({n_out} of {valid.numel()} out of range) for "
+                f"pred with {n_classes} {'output' if n_classes == 1 else 'outputs'} per sample",
+                fix,
+            )
+        )
+
+
+def _check_class_pred(loss: str, pred: Tensor) -> None:
+    if pred.ndim < 2:
+        raise InputError(
+            message(
+                f"{loss} pred",
+                "must have shape (N, C), one score per class",
+                f"pred of shape {_shape(pred)}",
+                "the model's last layer must have one output per class; for a binary task "
+                "with a single logit use binary_cross_entropy",
+            )
+        )
+
+
+def _check_probability_targets(loss: str, pred: Tensor | None, target: Tensor) -> None:
+    shape = "like pred (N, C, ...)" if pred is None else f"of shape {_shape(pred)} like pred"
+    rule = f"with probabilities=True expects class probabilities {shape}"
+    if not target.is_floating_point():
+        index_shaped = (
+            target.ndim == 1 if pred is None else target.shape == (pred.shape[0], *pred.shape[2:])
+        )
+        fix = (
+            "these look like class indices; drop probabilities=True"
+            if index_shaped
+            else "pass targets.float()"
+        )
+        raise InputError(
+            message(loss, rule, f"targets of dtype {target.dtype} and shape {_shape(target)}", fix)
+        )
+    if pred is not None and target.shape != pred.shape:
+        if target.shape[0] != pred.shape[0]:
+            raise _batch_mismatch(loss, pred, target)
+        raise InputError(
+            message(
+                loss,
+                rule,
+                f"targets of shape {_shape(target)}",
+                f"pass one probability per class and sample; the model outputs {pred.shape[1]} "
+                "classes",
+            )
+        )
+    if pred is None and target.ndim < 2:
+        raise InputError(
+            message(
+                loss,
+                rule,
+                f"targets of shape {_shape(target)}",
+                "these look like class indices; drop probabilities=True",
+            )
+        )
+    _check_finite(loss, "targets", target)
+    v = target.detach()
+    lo, hi = float(v.min()), float(v.max())
+    if lo < 0 or hi > 1:
+        raise InputError(
+            message(
+                loss,
+                f"{rule}, with values in [0, 1]",
+                f"values in [{_num(lo)}, {_num(hi)}]",
+                "pass probabilities, e.g. targets.softmax(1) if these are scores",
+            )
+        )
+    sums = v.sum(1)
+    off = (sums - 1).abs() > _sum_tolerance(v.dtype)
+    if bool(off.any()):
+        raise InputError(
+            message(
+                loss,
+                f"{rule}, summing to 1 over the classes (dimension 1)",
+                f"{_n(int(off.sum()), 'row')} that do not, e.g. a sum of "
+                f"{_num(float(sums[off][0]))} at index {_first_index(off)}",
+                "normalize them: targets / targets.sum(1, keepdim=True)",
+            )
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Reductions
+# ---------------------------------------------------------------------------------------------
+
+
+def _weighted(losses: Tensor, weight: Tensor, reduction: str) -> Tensor:
+    """Reduce elementwise ``losses`` (N, ...) with per-sample ``weight`` (N,)."""
+    w = weight.to(dtype=losses.dtype, device=losses.device)
+    w = w.reshape(w.shape[:1] + (1,) * (losses.ndim - 1))
+    weighted = losses * w
+    if reduction == "none":
+        return weighted
+    if reduction == "sum":
+        return weighted.sum()
+    return weighted.sum() / (w.sum() * math.prod(losses.shape[1:]))
+
+
+def _weighted_index(
+    losses: Tensor,
+    target: Tensor,
+    weight: Tensor,
+    class_weight: Tensor | None,
+    ignore_index: int,
+    reduction: str,
+) -> Tensor:
+    """Like torch's class-weighted mean, times per-sample weights: the denominator is
+    ``sum_i w_i * class_weight[y_i]`` over the samples not ignored."""
+    w = weight.to(dtype=losses.dtype, device=losses.device)
+    w = w.reshape(w.shape[:1] + (1,) * (losses.ndim - 1))
+    weighted = losses * w
+    if reduction == "none":
+        return weighted
+    if reduction == "sum":
+        return weighted.sum()
+    counted = (target != ignore_index).to(losses.dtype)
+    if class_weight is not None:
+        counted = counted * class_weight[target.clamp(0, class_weight.shape[0] - 1)]
+    return weighted.sum() / (counted * w).sum()
+
+
+def _to_pred(value: WeightLike, pred: Tensor) -> Tensor | None:
+    if value is None:
+        return None
+    if isinstance(value, Tensor):
+        return value.to(dtype=pred.dtype, device=pred.device)
+    return torch.as_tensor(value, dtype=pred.dtype, device=pred.device)
+
+
+def _as_index(target: Tensor) -> Tensor:
+    return target if target.dtype == torch.long else target.long()
+
+
+# ---------------------------------------------------------------------------------------------
+# Regression losses
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_regression(
+    loss: str,
+    pred: Tensor | None,
+    target: Tensor,
+    *,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+) -> None:
+    _check_reduction(loss, reduction)
+    if pred is not None:
+        _check_pred(loss, pred)
+    _check_target_basics(loss, pred, target)
+    if not target.is_floating_point():
+        raise InputError(
+            message(
+                f"{loss} targets",
+                "must be floating-point values",
+                f"dtype {target.dtype}",
+                "pass targets.float(); if these are class labels, use cross_entropy (or "
+                "binary_cross_entropy for 0/1 labels)",
+            )
+        )
+    if pred is not None:
+        _check_same_shape(loss, pred, target)
+    _check_finite(loss, "targets", target)
+    _check_weight(loss, weight, target.shape[0], reduction, target.device)
+
+
+def _check_mse(
+    pred: Tensor | None,
+    target: Tensor,
+    *,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+) -> None:
+    _check_regression("mse", pred, target, weight=weight, reduction=reduction)
+
+
+def _check_mae(
+    pred: Tensor | None,
+    target: Tensor,
+    *,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+) -> None:
+    _check_regression("mae", pred, target, weight=weight, reduction=reduction)
+
+
+def _check_huber(
+    pred: Tensor | None,
+    target: Tensor,
+    *,
+    delta: float = 1.0,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+) -> None:
+    check_positive("delta", delta, owner="huber")
+    _check_regression("huber", pred, target, weight=weight, reduction=reduction)
+
+
+def mse(
+    pred: Tensor,
+    target: Tensor,
+    *,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    validate: bool = True,
+) -> Tensor:
+    """Mean squared error, ``l = (pred - target)^2`` elementwise.
+
+    Args:
+        pred: predictions of shape (N, ...), floating point.
+        target: floating-point targets of exactly the same shape (no broadcasting: pred (N, 1)
+            against targets (N,) is refused, since it would compare every pair).
+        weight: optional per-sample weights of shape (N,), >= 0; the mean becomes
+            ``sum_i w_i l_i / sum_i w_i``.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (elementwise, times the weights).
+        validate: check the inputs first (one host-device sync); ``False`` in hot loops.
+
+    Returns:
+        The reduced loss (a scalar tensor), or the elementwise losses for ``"none"``.
+
+    Raises:
+        InputError: a bad shape, dtype, NaN/inf target, empty batch, or weight.
+
+    Example:
+        >>> import torch
+        >>> mse(torch.tensor([1.0, 2.0]), torch.tensor([0.0, 0.0]))
+        tensor(2.5000)
+        >>> mse(torch.tensor([1.0, 2.0]), torch.tensor([0.0, 0.0]), weight=torch.tensor([3.0, 1.0]))
+        tensor(1.7500)
+    """
+    if validate:
+        _check_mse(pred, target, weight=weight, reduction=reduction)
+    target = target.to(pred.dtype)
+    if weight is None:
+        return F.mse_loss(pred, target, reduction=reduction)
+    return _weighted(F.mse_loss(pred, target, reduction="none"), weight, reduction)
+
+
+def mae(
+    pred: Tensor,
+    target: Tensor,
+    *,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    validate: bool = True,
+) -> Tensor:
+    """Mean absolute error (L1), ``l = |pred - target|`` elementwise.
+
+    Args:
+        pred: predictions of shape (N, ...), floating point.
+        target: floating-point targets of exactly the same shape.
+        weight: optional per-sample weights of shape (N,), >= 0 (weighted mean).
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        validate: check the inputs first.
+
+    Returns:
+        The reduced loss, or the elementwise losses for ``"none"``.
+
+    Raises:
+        InputError: a bad shape, dtype, NaN/inf target, empty batch, or weight.
+
+    Example:
+        >>> import torch
+        >>> mae(torch.tensor([1.0, -2.0]), torch.tensor([0.0, 0.0]))
+        tensor(1.5000)
+    """
+    if validate:
+        _check_mae(pred, target, weight=weight, reduction=reduction)
+    target = target.to(pred.dtype)
+    if weight is None:
+        return F.l1_loss(pred, target, reduction=reduction)
+    return _weighted(F.l1_loss(pred, target, reduction="none"), weight, reduction)
+
+
+def huber(
+    pred: Tensor,
+    target: Tensor,
+    *,
+    delta: float = 1.0,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    validate: bool = True,
+) -> Tensor:
+    """Huber loss: quadratic near the target, linear beyond ``delta``.
+
+    With ``d = pred - target`` elementwise::
+
+        l = 0.5 * d^2                   if |d| <= delta
+        l = delta * (|d| - 0.5 * delta)  otherwise
+
+    Args:
+        pred: predictions of shape (N, ...), floating point.
+        target: floating-point targets of exactly the same shape.
+        delta: where the loss turns from quadratic to linear, > 0.
+        weight: optional per-sample weights of shape (N,), >= 0 (weighted mean).
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        validate: check the inputs first.
+
+    Returns:
+        The reduced loss, or the elementwise losses for ``"none"``.
+
+    Raises:
+        InputError: a bad shape, dtype, NaN/inf target, empty batch, or weight.
+        ConfigError: ``delta <= 0``.
+
+    Example:
+        >>> import torch
+        >>> huber(torch.tensor([0.5, 3.0]), torch.tensor([0.0, 0.0]), delta=1.0)
+        tensor(1.3125)
+    """
+    if validate:
+        _check_huber(pred, target, delta=delta, weight=weight, reduction=reduction)
+    target = target.to(pred.dtype)
+    if weight is None:
+        return F.huber_loss(pred, target, reduction=reduction, delta=delta)
+    return _weighted(F.huber_loss(pred, target, reduction="none", delta=delta), weight, reduction)
+
+
+# ---------------------------------------------------------------------------------------------
+# Classification losses
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_cross_entropy(
+    pred: Tensor | None,
+    target: Tensor,
+    *,
+    probabilities: bool = False,
+    label_smoothing: float = 0.0,
+    class_weight: WeightLike = None,
+    ignore_index: int | None = None,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+) -> None:
+    loss = "cross_entropy"
+    _check_reduction(loss, reduction)
+    if not isinstance(probabilities, bool):
+        raise ConfigError(
+            message(f"{loss}: probabilities", "must be True or False", describe(probabilities))
+        )
+    check_in_range(
+        "label_smoothing",
+        label_smoothing,
+        0.0,
+        1.0,
+        owner=loss,
+        high_inclusive=True,
+        example="label_smoothing=0.1",
+    )
+    _check_ignore_index(loss, ignore_index)
+    if probabilities and ignore_index is not None:
+        raise ConfigError(
+            message(
+                f"{loss}: ignore_index",
+                "applies to class-index targets only",
+                f"ignore_index={ignore_index} with probabilities=True",
+                "drop ignore_index, or give ignored samples weight 0",
+            )
+        )
+    if pred is not None:
+        _check_pred(loss, pred)
+        _check_class_pred(loss, pred)
+    _check_target_basics(loss, pred, target)
+    if probabilities:
+        _check_probability_targets(loss, pred, target)
+    else:
+        _check_index_targets(loss, pred, target, ignore_index, soft_alternative=True)
+    _check_class_weight(loss, class_weight, None if pred is None else pred.shape[1])
+    _check_weight(loss, weight, target.shape[0], reduction, target.device)
+
+
+def cross_entropy(
+    pred: Tensor,
+    target: Tensor,
+    *,
+    probabilities: bool = False,
+    label_smoothing: float = 0.0,
+    class_weight: WeightLike = None,
+    ignore_index: int | None = None,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    validate: bool = True,
+) -> Tensor:
+    """Cross-entropy of softmax(pred) against class indices or class probabilities.
+
+    With ``p = softmax(pred)`` over the classes (dimension 1), ``C`` classes, smoothing ``eps``
+    and class weights ``c`` (all 1 by default), for one sample with class index ``y``::
+
+        l = (1 - eps) * c[y] * (-log p[y]) + eps / C * sum_k c[k] * (-log p[k])
+
+    and with target probabilities ``t`` (``probabilities=True``), ``t`` is first smoothed to
+    ``(1 - eps) * t + eps / C`` and ``l = -sum_k c[k] * t[k] * log p[k]``.
+
+    The mean over class-index targets is torch's: ``sum_i w_i l_i / sum_i w_i c[y_i]`` over the
+    samples that are not ignored (``w`` the per-sample weights); over probabilities it is
+    ``sum_i w_i l_i / sum_i w_i``.
+
+    Targets: integer class indices are used as given. **Floating-point targets with integral
+    values (e.g. labels read from a CSV as 0.0, 1.0, 2.0) are accepted and cast with
+    ``.long()``**; non-integral floats are refused (they are probabilities or a mistake).
+    One-hot targets are refused with a pointer to ``targets.argmax(1)`` or
+    ``probabilities=True``, because silently accepting them hides a wrong label format.
+
+    Args:
+        pred: raw logits (no softmax) of shape (N, C), or (N, C, d1, ...) for per-position
+            classes as in torch.
+        target: class indices of shape (N,) / (N, d1, ...) in [0, C); or, with
+            ``probabilities=True``, floats of pred's shape in [0, 1] summing to 1 over dim 1.
+        probabilities: targets are class probabilities (soft labels, mixup, distillation).
+        label_smoothing: ``eps`` in [0, 1].
+        class_weight: optional weight per class, shape (C,), >= 0 (for imbalanced classes).
+        ignore_index: a label value whose samples are skipped (e.g. -100 for padding);
+            ``None`` (the default) refuses every negative index.
+        weight: optional per-sample weights of shape (N,), >= 0.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (per sample, times the weights).
+        validate: check the inputs first.
+
+    Returns:
+        The reduced loss, or the per-sample losses (N, d1, ...) for ``"none"``.
+
+    Raises:
+        InputError: a bad shape, dtype, out-of-range or one-hot target, NaN/inf, empty batch.
+        ConfigError: a bad option value.
+
+    Example:
+        >>> import torch
+        >>> logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+        >>> round(cross_entropy(logits, torch.tensor([0, 1])).item(), 4)
+        0.3606
+        >>> soft = torch.tensor([[1.0, 0.0, 0.0], [0.2, 0.6, 0.2]])
+        >>> round(cross_entropy(logits, soft, probabilities=True).item(), 4)
+        0.5606
+    """
+    if validate:
+        _check_cross_entropy(
+            pred,
+            target,
+            probabilities=probabilities,
+            label_smoothing=label_smoothing,
+            class_weight=class_weight,
+            ignore_index=ignore_index,
+            weight=weight,
+            reduction=reduction,
+        )
+    cw = _to_pred(class_weight, pred)
+    if probabilities:
+        target = target.to(pred.dtype)
+        if weight is None:
+            return F.cross_entropy(
+                pred, target, weight=cw, reduction=reduction, label_smoothing=label_smoothing
+            )
+        losses = F.cross_entropy(
+            pred, target, weight=cw, reduction="none", label_smoothing=label_smoothing
+        )
+        return _weighted(losses, weight, reduction)
+    target = _as_index(target)
+    ii = _TORCH_IGNORE_INDEX if ignore_index is None else ignore_index
+    if weight is None:
+        return F.cross_entropy(
+            pred,
+            target,
+            weight=cw,
+            ignore_index=ii,
+            reduction=reduction,
+            label_smoothing=label_smoothing,
+        )
+    losses = F.cross_entropy(
+        pred,
+        target,
+        weight=cw,
+        ignore_index=ii,
+        reduction="none",
+        label_smoothing=label_smoothing,
+    )
+    return _weighted_index(losses, target, weight, cw, ii, reduction)
+
+
+def _check_nll(
+    pred: Tensor | None,
+    target: Tensor,
+    *,
+    class_weight: WeightLike = None,
+    ignore_index: int | None = None,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+) -> None:
+    loss = "nll"
+    _check_reduction(loss, reduction)
+    _check_ignore_index(loss, ignore_index)
+    if pred is not None:
+        _check_pred(loss, pred)
+        _check_class_pred(loss, pred)
+    _check_target_basics(loss, pred, target)
+    _check_index_targets(loss, pred, target, ignore_index, soft_alternative=False)
+    _check_class_weight(loss, class_weight, None if pred is None else pred.shape[1])
+    _check_weight(loss, weight, target.shape[0], reduction, target.device)
+    if pred is not None:
+        # nll of raw logits or of probabilities is a number, just not the loss anyone wants:
+        # log-probabilities are exactly the inputs whose exp sums to 1 over the classes.
+        v = pred.detach()
+        lse = torch.logsumexp(v.to(torch.float32) if v.dtype != torch.float64 else v, dim=1)
+        off = ((lse.abs() > _sum_tolerance(v.dtype)) & torch.isfinite(lse)).reshape(-1)
+        if bool(off.any()):
+            i = int(off.nonzero()[0])
+            raise InputError(
+                message(
+                    f"{loss} pred",
+                    "must be log-probabilities (as from log_softmax: exp(pred) sums to 1 over "
+                    "dimension 1)",
+                    f"values in [{_num(float(v.min()))}, {_num(float(v.max()))}] whose exp sums "
+                    f"to {_num(math.exp(float(lse.reshape(-1)[i])))} at position {i}",
+                    "pass pred.log_softmax(1), or use cross_entropy, which takes raw logits",
+                )
+            )
+
+
+def nll(
+    pred: Tensor,
+    target: Tensor,
+    *,
+    class_weight: WeightLike = None,
+    ignore_index: int | None = None,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    validate: bool = True,
+) -> Tensor:
+    """Negative log-likelihood of class indices under log-probabilities.
+
+    For one sample with class index ``y`` and class weights ``c``: ``l = -c[y] * pred[y]``. The
+    mean is ``sum_i w_i l_i / sum_i w_i c[y_i]`` over the samples not ignored (torch's).
+    ``nll(log_softmax(x), y) == cross_entropy(x, y)``.
+
+    Validation also checks that ``pred`` holds log-probabilities (``exp(pred)`` sums to 1 over
+    dimension 1), which catches raw logits or probabilities passed by mistake. Integral-valued
+    float targets are accepted and cast with ``.long()``, as in :func:`cross_entropy`.
+
+    Args:
+        pred: log-probabilities of shape (N, C) or (N, C, d1, ...).
+        target: class indices of shape (N,) / (N, d1, ...) in [0, C).
+        class_weight: optional weight per class, shape (C,), >= 0.
+        ignore_index: a label value whose samples are skipped; ``None`` refuses negatives.
+        weight: optional per-sample weights of shape (N,), >= 0.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        validate: check the inputs first.
+
+    Returns:
+        The reduced loss, or the per-sample losses for ``"none"``.
+
+    Raises:
+        InputError: a bad shape, dtype, out-of-range target, non-log-probabilities, ...
+        ConfigError: a bad option value.
+
+    Example:
+        >>> import torch
+        >>> logp = torch.tensor([[0.5, 0.5], [0.9, 0.1]]).log()
+        >>> round(nll(logp, torch.tensor([0, 1])).item(), 4)  # (log 2 + log 10) / 2
+        1.4979
+    """
+    if validate:
+        _check_nll(
+            pred,
+            target,
+            class_weight=class_weight,
+            ignore_index=ignore_index,
+            weight=weight,
+            reduction=reduction,
+        )
+    cw = _to_pred(class_weight, pred)
+    target = _as_index(target)
+    ii = _TORCH_IGNORE_INDEX if ignore_index is None else ignore_index
+    if weight is None:
+        return F.nll_loss(pred, target, weight=cw, ignore_index=ii, reduction=reduction)
+    losses = F.nll_loss(pred, target, weight=cw, ignore_index=ii, reduction="none")
+    return _weighted_index(losses, target, weight, cw, ii, reduction)
+
+
+def _check_binary_cross_entropy(
+    pred: Tensor | None,
+    target: Tensor,
+    *,
+    pos_weight: WeightLike = None,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+) -> None:
+    loss = "binary_cross_entropy"
+    _check_reduction(loss, reduction)
+    pw = None
+    if pos_weight is not None:
+        pw = _as_float_tensor("pos_weight", pos_weight, loss, allow_scalar=True)
+    if pred is not None:
+        _check_pred(loss, pred)
+    _check_target_basics(loss, pred, target)
+    if pred is not None and target.shape != pred.shape:
+        if (
+            pred.ndim == 2
+            and target.ndim == 1
+            and pred.shape[0] == target.shape[0]
+            and pred.shape[1] >= 2
+        ):
+            raise InputError(
+                message(
+                    f"{loss} targets",
+                    "must have the same shape as pred, one logit per target",
+                    f"pred of shape {_shape(pred)} and targets of shape {_shape(target)}",
+                    f"a model with {pred.shape[1]} outputs and class-index targets goes with "
+                    "cross_entropy; for binary_cross_entropy give the model 1 output",
+                )
+            )
+        _check_same_shape(loss, pred, target)
+    _check_finite(loss, "targets", target)
+    v = target.detach()
+    if v.dtype != torch.bool:
+        lo, hi = float(v.min()), float(v.max())
+        if lo < 0 or hi > 1:
+            if lo == -1 and hi == 1 and bool(((v == -1) | (v == 1)).all()):
+                fix = "for labels in {-1, 1} pass (targets + 1) / 2"
+            elif lo >= 0 and bool((v == v.round()).all()):
+                fix = (
+                    f"these look like class indices up to {int(hi)}: use cross_entropy with a "
+                    f"model of {int(hi) + 1} outputs"
+                )
+            else:
+                fix = "pass 0/1 labels or probabilities, e.g. targets.sigmoid() for scores"
+            raise InputError(
+                message(
+                    f"{loss} targets",
+                    "must be in [0, 1] (0/1 labels or probabilities)",
+                    f"values in [{_num(lo)}, {_num(hi)}]",
+                    fix,
+                )
+            )
+    if pw is not None and pw.ndim == 1:
+        ok = _broadcastable(pw.shape, target.shape)
+        ok = ok and torch.broadcast_shapes(pw.shape, target.shape) == target.shape
+        if not ok:
+            raise InputError(
+                message(
+                    f"{loss} pos_weight",
+                    "must be a number or hold one weight per target column (the last "
+                    "dimension of the targets)",
+                    f"pos_weight of shape {_shape(pw)} for targets of shape {_shape(target)}",
+                    f"pass {target.shape[-1] if target.ndim > 1 else 1} weights, or one number",
+                )
+            )
+    _check_weight(loss, weight, target.shape[0], reduction, target.device)
+
+
+def binary_cross_entropy(
+    pred: Tensor,
+    target: Tensor,
+    *,
+    pos_weight: WeightLike = None,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    validate: bool = True,
+) -> Tensor:
+    """Binary cross-entropy on logits (sigmoid inside, numerically stable).
+
+    With ``s = sigmoid(pred)`` and positive-class weight ``p`` (1 by default), elementwise::
+
+        l = -(p * t * log s + (1 - t) * log(1 - s))
+
+    Targets may be 0/1 labels (bool or integer dtypes are cast to pred's dtype) or
+    probabilities in [0, 1], of exactly pred's shape; several columns are several independent
+    binary tasks (multi-label). The weighted mean is ``sum_i w_i l_i / sum_i w_i`` per column.
+
+    Args:
+        pred: raw logits (no sigmoid) of shape (N, ...).
+        target: labels or probabilities of the same shape, in [0, 1].
+        pos_weight: weight of the positive class, a number or one per column (last dim), >= 0;
+            ``n_negative / n_positive`` balances an imbalanced task.
+        weight: optional per-sample weights of shape (N,), >= 0.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        validate: check the inputs first.
+
+    Returns:
+        The reduced loss, or the elementwise losses for ``"none"``.
+
+    Raises:
+        InputError: a bad shape, target outside [0, 1], NaN/inf, empty batch, or weight.
+        ConfigError: a negative or non-finite ``pos_weight``.
+
+    Example:
+        >>> import torch
+        >>> round(binary_cross_entropy(torch.tensor([0.0, 0.0]), torch.tensor([1, 0])).item(), 4)
+        0.6931
+    """
+    if validate:
+        _check_binary_cross_entropy(
+            pred, target, pos_weight=pos_weight, weight=weight, reduction=reduction
+        )
+    target = target.to(pred.dtype)
+    pw = _to_pred(pos_weight, pred)
+    if weight is None:
+        return F.binary_cross_entropy_with_logits(pred, target, pos_weight=pw, reduction=reduction)
+    losses = F.binary_cross_entropy_with_logits(pred, target, pos_weight=pw, reduction="none")
+    return _weighted(losses, weight, reduction)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss objects and the registry
+# ---------------------------------------------------------------------------------------------
+
+
+def _keyword_params(fn: Callable[..., Any]) -> frozenset[str]:
+    """Names that ``fn`` accepts by keyword explicitly (``**kwargs`` does not count)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return frozenset()
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return frozenset(p.name for p in params if p.kind in kinds)
+
+
+@dataclass(frozen=True, eq=False)
+class Loss:
+    """A loss with its options, as the training loop uses it.
+
+    Attributes:
+        name: the canonical name (``"cross_entropy"``), or a custom function's ``__name__``.
+        fn: the function ``fn(pred, target, **kwargs)``; the built-ins also take ``weight``
+            and ``validate``.
+        kwargs: options bound to every call (``label_smoothing=0.1``, ``delta=2.0``...).
+        target_kind: ``"index"`` (class indices), ``"float"`` or ``"any"`` (custom losses).
+        task: ``"classification"``, ``"regression"`` or ``"any"``.
+        check: ``check(pred, target, *, weight=None, **kwargs)`` raising
+            :class:`~descend._errors.InputError`; ``pred=None`` checks the targets alone.
+            ``None`` for custom losses (nothing to check).
+
+    A custom ``fn`` gets ``weight=`` only if it names a ``weight`` parameter, and with
+    ``validate=True`` its result is checked to be a scalar tensor.
+
+    Example:
+        >>> import torch
+        >>> loss = get("huber", delta=0.5)
+        >>> loss(torch.tensor([0.0, 2.0]), torch.tensor([0.0, 0.0]))
+        tensor(0.4375)
+    """
+
+    name: str
+    fn: Callable[..., Tensor] = field(repr=False)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    target_kind: TargetKind = "any"
+    task: Task = "any"
+    check: Callable[..., None] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kwargs", dict(self.kwargs))
+        params = _keyword_params(self.fn)
+        object.__setattr__(self, "_takes_weight", "weight" in params)
+        object.__setattr__(self, "_takes_validate", "validate" in params)
+
+    def __call__(
+        self,
+        pred: Tensor,
+        target: Tensor,
+        weight: Tensor | None = None,
+        validate: bool = True,
+    ) -> Tensor:
+        """The loss of ``pred`` against ``target`` (per-sample ``weight`` optional)."""
+        extra: dict[str, Any] = {}
+        if weight is not None:
+            if not self._takes_weight:  # type: ignore[attr-defined]
+                raise ConfigError(
+                    message(
+                        f"loss {self.name!r}",
+                        "does not take per-sample weights",
+                        "weight=<tensor>",
+                        "add a `weight` keyword parameter to the loss function, or use a "
+                        "built-in loss",
+                    )
+                )
+            extra["weight"] = weight
+        if self._takes_validate:  # type: ignore[attr-defined]
+            extra["validate"] = validate
+        out = self.fn(pred, target, **self.kwargs, **extra)
+        if validate and not self._takes_validate:  # type: ignore[attr-defined]
+            _check_scalar_result(self.name, out)
+        return out
+
+    def validate(self, pred: Tensor, target: Tensor, weight: Tensor | None = None) -> None:
+        """Raise :class:`~descend._errors.InputError` if ``(pred, target)`` is unusable."""
+        if self.check is not None:
+            self.check(pred, target, weight=weight, **self.kwargs)
+
+    def validate_targets(self, target: Tensor, weight: Tensor | None = None) -> None:
+        """Check only what the targets alone can tell (NaN, dtype, negative or one-hot
+        labels, range of BCE targets); :meth:`validate` also checks them against ``pred``."""
+        if self.check is not None:
+            self.check(None, target, weight=weight, **self.kwargs)
+
+
+def _check_scalar_result(name: str, out: object) -> None:
+    if not isinstance(out, Tensor):
+        raise InputError(
+            message(
+                f"loss {name!r}",
+                "must return a scalar torch.Tensor (so it can be differentiated)",
+                describe(out),
+                "compute the loss with torch operations on pred and return the tensor",
+            )
+        )
+    if out.ndim != 0:
+        raise InputError(
+            message(
+                f"loss {name!r}",
+                "must return a scalar tensor",
+                f"a tensor of shape {_shape(out)}",
+                "reduce it, e.g. return losses.mean()",
+            )
+        )
+
+
+_OPTIONS: dict[str, tuple[str, ...]] = {
+    "mse": ("reduction",),
+    "mae": ("reduction",),
+    "huber": ("delta", "reduction"),
+    "cross_entropy": (
+        "probabilities",
+        "label_smoothing",
+        "class_weight",
+        "ignore_index",
+        "reduction",
+    ),
+    "binary_cross_entropy": ("pos_weight", "reduction"),
+    "nll": ("class_weight", "ignore_index", "reduction"),
+}
+
+REGISTRY: dict[str, Loss] = {
+    "mse": Loss("mse", mse, {}, "float", "regression", _check_mse),
+    "mae": Loss("mae", mae, {}, "float", "regression", _check_mae),
+    "huber": Loss("huber", huber, {}, "float", "regression", _check_huber),
+    "cross_entropy": Loss(
+        "cross_entropy", cross_entropy, {}, "index", "classification", _check_cross_entropy
+    ),
+    "binary_cross_entropy": Loss(
+        "binary_cross_entropy",
+        binary_cross_entropy,
+        {},
+        "float",
+        "classification",
+        _check_binary_cross_entropy,
+    ),
+    "nll": Loss("nll", nll, {}, "index", "classification", _check_nll),
+}
+"""The built-in losses by canonical name, with default options."""
+
+ALIASES: dict[str, str] = {
+    "l2": "mse",
+    "mean_squared_error": "mse",
+    "squared_error": "mse",
+    "l1": "mae",
+    "mean_absolute_error": "mae",
+    "absolute_error": "mae",
+    "huber_loss": "huber",
+    "ce": "cross_entropy",
+    "crossentropy": "cross_entropy",
+    "xent": "cross_entropy",
+    "bce": "binary_cross_entropy",
+    "binary_crossentropy": "binary_cross_entropy",
+    "bce_with_logits": "binary_cross_entropy",
+    "nll_loss": "nll",
+    "negative_log_likelihood": "nll",
+}
+"""Other names :func:`get` accepts for the built-in losses."""
+
+_BUILTIN_NAMES: dict[Callable[..., Tensor], str] = {loss.fn: n for n, loss in REGISTRY.items()}
+
+
+def _normalize(name: str) -> str:
+    return name.strip().lower().replace("-", "_").replace(" ", "_")
+
+
+def _bind(loss: Loss, kwargs: dict[str, Any]) -> Loss:
+    """``loss`` with ``kwargs`` merged into its options, checked eagerly for built-ins."""
+    base = _BUILTIN_NAMES.get(loss.fn)
+    for call_time in ("weight", "validate", "pred", "target"):
+        if call_time in kwargs:
+            raise ConfigError(
+                message(
+                    f"loss {loss.name!r}: {call_time}",
+                    "is given on each call, not bound to the loss",
+                    f"{call_time}={describe(kwargs[call_time])}",
+                    f"call loss(pred, target, {call_time}=...)",
+                )
+            )
+    if base is None:
+        return replace(loss, kwargs={**loss.kwargs, **kwargs})
+    allowed = _OPTIONS[base]
+    for key in kwargs:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=2)
+            hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+            raise ConfigError(
+                message(
+                    f"loss {base!r}",
+                    f"accepts the options {', '.join(allowed)}",
+                    f"{key}={describe(kwargs[key])}",
+                    f"{hint}see help(descend.losses.{base})",
+                )
+            )
+    options = {**loss.kwargs, **kwargs}
+    for key in ("class_weight", "pos_weight"):
+        value = options.get(key)
+        if value is not None and not isinstance(value, Tensor):
+            options[key] = _as_float_tensor(key, value, base, allow_scalar=key == "pos_weight")
+    _check_options(base, options)
+    kind: TargetKind = loss.target_kind
+    if base == "cross_entropy":
+        kind = "float" if options.get("probabilities") else "index"
+    return replace(loss, kwargs=options, target_kind=kind)
+
+
+def _check_options(base: str, options: dict[str, Any]) -> None:
+    _check_reduction(base, options.get("reduction", "mean"))
+    if base == "huber":
+        check_positive("delta", options.get("delta", 1.0), owner="huber")
+    if base == "cross_entropy":
+        probabilities = options.get("probabilities", False)
+        if not isinstance(probabilities, bool):
+            raise ConfigError(
+                message(f"{base}: probabilities", "must be True or False", describe(probabilities))
+            )
+        check_in_range(
+            "label_smoothing",
+            options.get("label_smoothing", 0.0),
+            0.0,
+            1.0,
+            owner=base,
+            high_inclusive=True,
+            example="label_smoothing=0.1",
+        )
+    if base in ("cross_entropy", "nll"):
+        _check_ignore_index(base, options.get("ignore_index"))
+        _check_class_weight(base, options.get("class_weight"), None)
+    if base == "binary_cross_entropy" and options.get("pos_weight") is not None:
+        _as_float_tensor("pos_weight", options["pos_weight"], base, allow_scalar=True)
+
+
+def _callable_name(fn: Callable[..., Any]) -> str:
+    if isinstance(fn, functools.partial):
+        return _callable_name(fn.func)
+    return getattr(fn, "__name__", None) or type(fn).__name__
+
+
+def get(spec: str | Loss | Callable[..., Tensor], **kwargs: Any) -> Loss:
+    """Resolve a loss specification to a :class:`Loss`.
+
+    Args:
+        spec: a registry name or alias (case and ``-``/``_`` insensitive: ``"mse"``, ``"l1"``,
+            ``"CE"``, ``"binary-cross-entropy"``...), a :class:`Loss` (returned as is, or with
+            ``kwargs`` merged into its options), or any callable ``(pred, target) -> scalar
+            tensor`` (wrapped with its ``__name__``, target kind and task ``"any"``).
+        **kwargs: options bound to every call, e.g. ``label_smoothing=0.1``, ``delta=2.0``,
+            ``class_weight=[1.0, 5.0]``; for a custom callable, extra keyword arguments.
+
+    Returns:
+        The :class:`Loss`.
+
+    Raises:
+        ConfigError: an unknown name (with the close matches), an unknown option, or a bad
+            option value.
+
+    Example:
+        >>> get("l2").name
+        'mse'
+        >>> get("cross_entropy", probabilities=True).target_kind
+        'float'
+        >>> def my_loss(pred, target):
+        ...     return (pred - target).abs().max()
+        >>> get(my_loss).name, get(my_loss).task
+        ('my_loss', 'any')
+    """
+    if isinstance(spec, Loss):
+        return _bind(spec, kwargs) if kwargs else spec
+    if isinstance(spec, str):
+        key = _normalize(spec)
+        canonical = ALIASES.get(key, key)
+        if canonical not in REGISTRY:
+            names = [*REGISTRY, *ALIASES]
+            close = difflib.get_close_matches(key, names, n=6, cutoff=0.5)
+            close = list(dict.fromkeys(ALIASES.get(c, c) for c in close))[:3]
+            fix = (
+                f"did you mean {' or '.join(repr(c) for c in close)}?"
+                if close
+                else "pass a callable (pred, target) -> scalar tensor for a custom loss"
+            )
+            raise ConfigError(message("loss", f"must be one of {list(REGISTRY)}", repr(spec), fix))
+        loss = REGISTRY[canonical]
+        return _bind(loss, kwargs) if kwargs else loss
+    if callable(spec):
+        return Loss(name=_callable_name(spec), fn=spec, kwargs=kwargs)
+    raise ConfigError(
+        message(
+            "loss",
+            "must be a registry name, a Loss, or a callable (pred, target) -> scalar tensor",
+            describe(spec),
+            f"use one of {list(REGISTRY)}",
+        )
+    )
+
+
+def num_outputs_needed(loss: str | Loss | Callable[..., Tensor], targets: Tensor) -> int | None:
+    """How many output units per sample the model needs for ``loss`` on ``targets``.
+
+    Class-index targets (cross_entropy, nll) need ``max(targets) + 1`` outputs (one per class);
+    probability targets need ``targets.shape[1]``; binary_cross_entropy and the regression
+    losses need one output per target element of a sample, ``prod(targets.shape[1:])`` (1 for
+    targets of shape (N,), where the model's (N, 1) output is to be squeezed to (N,)). ``None``
+    for custom losses and when there is nothing to tell (no targets, all ignored).
+
+    Example:
+        >>> import torch
+        >>> num_outputs_needed("cross_entropy", torch.tensor([0, 3, 9]))
+        10
+        >>> num_outputs_needed("mse", torch.zeros(5, 2))
+        2
+    """
+    resolved = get(loss)
+    base = _BUILTIN_NAMES.get(resolved.fn)
+    if base is None or not isinstance(targets, Tensor) or targets.ndim == 0:
+        return None
+    if targets.shape[0] == 0:
+        return None
+    if base in ("cross_entropy", "nll") and not resolved.kwargs.get("probabilities", False):
+        v = targets.detach()
+        ignore_index = resolved.kwargs.get("ignore_index")
+        if ignore_index is not None:
+            v = v[v != ignore_index]
+        if v.numel() == 0:
+            return None
+        return int(v.max()) + 1
+    if base == "cross_entropy":
+        return int(targets.shape[1]) if targets.ndim >= 2 else None
+    return math.prod(targets.shape[1:])
