@@ -1,0 +1,1555 @@
+"""From whatever the user has to device-resident batches.
+
+:func:`prepare` turns the user's data (arrays, tensors, lists, pandas, pyarrow, an ``(X, y)``
+tuple, a torch ``Dataset`` or ``DataLoader``) into a :class:`Bundle` of two :class:`Source`
+objects, ``train`` and ``val``, that the training loop draws batches from.
+
+Design:
+
+* **Device-resident slicing.** In-memory data is converted, validated and moved to the device
+  ONCE. A batch is ``X.index_select(0, perm[lo:hi])``: one gather per tensor on the device, no
+  per-sample Python work and no collate (a ``DataLoader`` over a ``TensorDataset`` costs
+  1.3–1.6× the training time of this on small models, DESIGN.md). With ``shuffle=False`` a batch
+  is a view ``X[lo:hi]``; with ``batch_size=None`` (full batch) the tensors themselves are
+  yielded, no copy at all.
+* **Permutations are a pure function of ``(seed, epoch)``.** The order of epoch ``e`` comes
+  from a fresh CPU ``torch.Generator`` seeded with a hash of ``(seed, e)``; ``randperm`` runs on
+  the CPU (so the order is the same on every device) and the permutation is moved to the device
+  once per epoch. Nothing else's use of random numbers can change the batch order.
+* **Resume.** Because of the above, a position ``(epoch, batch index)`` is enough to restart
+  exactly: ``source.batches(epoch, start=k)`` yields the same batches as the tail of
+  ``source.batches(epoch)`` from batch ``k`` on.
+* **Streaming.** A ``DataLoader`` (or an ``IterableDataset``) is streamed as given
+  (``resident=False``): each batch is moved to the device with ``non_blocking=True``. Before each
+  epoch a generator the loader already owns (``DataLoader(generator=...)`` or its sampler's) is
+  re-seeded from ``(seed, epoch)`` and ``sampler.set_epoch(epoch)`` is called when it exists, so
+  a shuffled loader with a generator resumes exactly too; ``start`` batches are skipped by
+  iterating past them (they are still loaded).
+* **Bad data is refused before training** with :class:`~descend._errors.InputError` whose
+  message names the input, the rule, what was received and the fix.
+
+Example:
+    >>> import numpy as np
+    >>> from descend import data as D
+    >>> X, y = np.random.rand(100, 3), np.array(["a", "b"] * 50)
+    >>> bundle = D.prepare((X, y), validation=0.2, batch_size=16)
+    >>> bundle.n_train, bundle.n_val, bundle.classes.tolist()
+    (80, 20, ['a', 'b'])
+    >>> for xb, yb in bundle.train.batches(epoch=0):
+    ...     pass
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    IterableDataset,
+    RandomSampler,
+    SequentialSampler,
+    Subset,
+    TensorDataset,
+)
+
+from descend._errors import ConfigError, InputError, check_choice, describe, message
+
+__all__ = [
+    "Batch",
+    "Bundle",
+    "DataBundle",
+    "ResidentSource",
+    "Source",
+    "StreamSource",
+    "TargetKind",
+    "check_devices",
+    "epoch_permutation",
+    "is_streamed",
+    "prepare",
+    "resolve_device",
+]
+
+TargetKind = Literal["index", "float", "any"]
+Batch = tuple[torch.Tensor, "torch.Tensor | None"]
+
+_ACCEPTED = (
+    "a numpy array, torch Tensor, list, pandas DataFrame/Series, pyarrow Table/Array, "
+    "an (X, y) tuple, a torch Dataset or a torch DataLoader"
+)
+_TABULAR_FIX = (
+    "encode them as numbers first (e.g. one-hot with pandas.get_dummies), or train from the "
+    "data file with the descend CLI / descend.tabular, which encode them for you"
+)
+# Separate random streams so the split and the epoch orders never share numbers.
+_SPLIT_STREAM = 1
+_EPOCH_STREAM = 2
+
+
+# ----------------------------------------------------------------------------------------------
+# Seeds and permutations
+# ----------------------------------------------------------------------------------------------
+
+
+def _mix(seed: int, *words: int) -> int:
+    """A well-mixed 64-bit seed from ``seed`` and ``words`` (a pure function of its inputs)."""
+    entropy = [int(seed) % 2**64, *(int(w) % 2**64 for w in words)]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The sample order of ``epoch``: ``randperm(n)`` from a CPU generator seeded by ``(seed, epoch)``.
+
+    It depends on nothing else (not on the global RNG, not on the device), so the position
+    ``(epoch, batch index)`` identifies a batch exactly.
+
+    Args:
+        n: number of samples.
+        seed: the run's seed.
+        epoch: 0-based epoch.
+
+    Returns:
+        A CPU ``int64`` tensor holding a permutation of ``range(n)``.
+    """
+    gen = torch.Generator().manual_seed(_mix(seed, _EPOCH_STREAM, epoch))
+    return torch.randperm(n, generator=gen)
+
+
+def _check_position(epoch: int, start: int) -> None:
+    for name, value in (("epoch", epoch), ("start", start)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+            raise ConfigError(
+                message(
+                    f"Source.batches: {name}",
+                    "must be an integer >= 0",
+                    describe(value),
+                    f"pass e.g. {name}=0",
+                )
+            )
+
+
+# ----------------------------------------------------------------------------------------------
+# Sources
+# ----------------------------------------------------------------------------------------------
+
+
+class Source:
+    """Where the loop draws batches from; see :class:`ResidentSource` and :class:`StreamSource`.
+
+    Attributes:
+        resident: True when the tensors live on the device and batches are slices of them.
+        X: the full feature tensor when resident, else None.
+        y: the full target tensor when resident and supervised, else None.
+        n_samples: number of samples (None for a stream of unknown length).
+        batch_size: samples per batch (None = one full batch).
+        num_batches: batches per epoch (None for a stream of unknown length).
+        exact_resume: True when ``batches(epoch, start)`` reproduces the original batches.
+    """
+
+    resident: bool = False
+    X: torch.Tensor | None = None
+    y: torch.Tensor | None = None
+    n_samples: int | None = None
+    batch_size: int | None = None
+    num_batches: int | None = None
+    exact_resume: bool = True
+
+    def batches(self, epoch: int = 0, start: int = 0) -> Iterator[Batch]:
+        """Yield the ``(xb, yb)`` batches of ``epoch`` from batch index ``start`` on.
+
+        ``yb`` is None for unsupervised data.
+        """
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        if self.num_batches is None:
+            raise TypeError("this stream has no known number of batches")
+        return self.num_batches
+
+
+class ResidentSource(Source):
+    """Tensors on the device, batched by indexing with the ``(seed, epoch)`` permutation.
+
+    Args:
+        X: features, first dimension = samples, already on the device.
+        y: targets with the same first dimension, or None.
+        batch_size: samples per batch; None = one full batch.
+        shuffle: permute the samples every epoch; False = in order.
+        drop_last: drop the last partial batch.
+        seed: the run's seed (the order of epoch ``e`` depends only on ``(seed, e)``).
+
+    Example:
+        >>> src = ResidentSource(torch.arange(10.0).unsqueeze(1), None, batch_size=4)
+        >>> [xb.shape[0] for xb, _ in src.batches(0)]
+        [4, 4, 2]
+    """
+
+    resident = True
+
+    def __init__(
+        self,
+        X: torch.Tensor,
+        y: torch.Tensor | None,
+        batch_size: int | None = 32,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        seed: int = 0,
+    ) -> None:
+        n = int(X.shape[0])
+        if y is not None and int(y.shape[0]) != n:
+            raise InputError(
+                message(
+                    "X and y",
+                    "must have the same number of samples",
+                    f"X with {n} and y with {int(y.shape[0])}",
+                    "build y from the same rows as X",
+                )
+            )
+        self.X, self.y = X, y
+        self.n_samples = n
+        self.shuffle = bool(shuffle)
+        self.drop_last = bool(drop_last)
+        self.seed = int(seed)
+        # A batch that holds every sample is the full batch whatever its order: no gather needed.
+        self._full = batch_size is None or batch_size >= n
+        self.batch_size = None if batch_size is None else int(batch_size)
+        if batch_size is None:
+            self.num_batches = 1
+        elif drop_last:
+            self.num_batches = n // batch_size
+        else:
+            self.num_batches = -(-n // batch_size)
+        if self.num_batches == 0:
+            raise ConfigError(
+                message(
+                    "batch_size",
+                    "with drop_last=True must not exceed the number of training samples",
+                    f"batch_size={batch_size} for {n} samples, which leaves no batch",
+                    f"pass batch_size <= {n} or drop_last=False",
+                )
+            )
+
+    def permutation(self, epoch: int) -> torch.Tensor | None:
+        """The epoch's sample order on the device, or None when batches are taken in order."""
+        if not self.shuffle or self._full:
+            return None
+        return epoch_permutation(self.n_samples or 0, self.seed, epoch).to(self.X.device)
+
+    def batches(self, epoch: int = 0, start: int = 0) -> Iterator[Batch]:
+        """Yield ``(xb, yb)`` for batches ``start, start+1, ...`` of ``epoch``.
+
+        Args:
+            epoch: 0-based epoch; with ``shuffle`` the order is a pure function of (seed, epoch).
+            start: batch index to resume from (0 = the whole epoch).
+        """
+        _check_position(epoch, start)
+        return self._iterate(int(epoch), int(start))
+
+    def _iterate(self, epoch: int, start: int) -> Iterator[Batch]:
+        X, y = self.X, self.y
+        if self._full:
+            if start == 0:
+                yield X, y
+            return
+        bs, n = self.batch_size, self.n_samples
+        assert bs is not None and n is not None
+        if start >= self.num_batches:
+            return
+        perm = self.permutation(epoch)
+        for b in range(start, self.num_batches):
+            lo, hi = b * bs, min((b + 1) * bs, n)
+            if perm is None:
+                yield X[lo:hi], (None if y is None else y[lo:hi])
+            else:
+                idx = perm[lo:hi]
+                yield X.index_select(0, idx), (None if y is None else y.index_select(0, idx))
+
+
+class StreamSource(Source):
+    """A ``DataLoader`` streamed as given; each batch moved to the device on arrival.
+
+    Batches must be a tensor ``x`` or a sequence ``(x,)`` / ``(x, y)``. Floating ``x`` is cast
+    to ``dtype``; ``y`` to ``int64`` (integer labels, target_kind "index") or ``dtype`` (float
+    targets). Values are not validated per batch (that would sync the device every step).
+
+    Before each epoch, generators the loader owns are re-seeded from ``(seed, epoch)`` and
+    ``sampler.set_epoch(epoch)`` is called when present, so a loader built with
+    ``DataLoader(..., shuffle=True, generator=torch.Generator())`` has a reproducible order and
+    resumes exactly. Without one, a shuffled loader's order follows torch's global RNG and
+    :attr:`exact_resume` is False. Resuming at batch ``start`` iterates past (and so loads) the
+    skipped batches.
+    """
+
+    resident = False
+
+    def __init__(
+        self,
+        loader: DataLoader,
+        device: torch.device,
+        dtype: torch.dtype = torch.float32,
+        target_kind: TargetKind = "index",
+        seed: int = 0,
+    ) -> None:
+        self.loader = loader
+        self.device = device
+        self.dtype = dtype
+        self.target_kind = target_kind
+        self.seed = int(seed)
+        self.batch_size = getattr(loader, "batch_size", None)
+        self.n_samples = _safe_len(getattr(loader, "dataset", None))
+        self.num_batches = _safe_len(loader)
+        self._generators = _loader_generators(loader)
+        sampler = getattr(loader, "sampler", None)
+        self._set_epoch = [
+            s
+            for s in (sampler, getattr(getattr(loader, "batch_sampler", None), "sampler", None))
+            if s is not None and callable(getattr(s, "set_epoch", None))
+        ]
+        ordered = isinstance(sampler, SequentialSampler) or isinstance(
+            getattr(loader, "dataset", None), IterableDataset
+        )
+        self.exact_resume = bool(ordered or self._generators or self._set_epoch)
+        if isinstance(sampler, RandomSampler) and sampler.generator is None:
+            self.exact_resume = bool(self._set_epoch)
+
+    def batches(self, epoch: int = 0, start: int = 0) -> Iterator[Batch]:
+        """Yield the loader's batches of ``epoch`` from batch index ``start`` on, on the device."""
+        _check_position(epoch, start)
+        return self._iterate(int(epoch), int(start))
+
+    def _iterate(self, epoch: int, start: int) -> Iterator[Batch]:
+        for gen in self._generators:
+            gen.manual_seed(_mix(self.seed, _EPOCH_STREAM, epoch))
+        done = set()
+        for s in self._set_epoch:
+            if id(s) not in done:
+                s.set_epoch(epoch)
+                done.add(id(s))
+        for i, batch in enumerate(self.loader):
+            if i >= start:
+                yield self._move(batch)
+
+    def _move(self, batch: Any) -> Batch:
+        if isinstance(batch, torch.Tensor):
+            x, y = batch, None
+        elif isinstance(batch, (tuple, list)) and len(batch) in (1, 2):
+            x, y = batch[0], (batch[1] if len(batch) == 2 else None)
+        else:
+            got = f"a {type(batch).__name__}" + (
+                f" of {len(batch)} items" if isinstance(batch, (tuple, list)) else ""
+            )
+            raise InputError(
+                message(
+                    "DataLoader batches",
+                    "must be a tensor x or a pair (x, y) of tensors",
+                    got,
+                    "give the DataLoader a collate_fn (or the dataset a __getitem__) that "
+                    "returns (x, y)",
+                )
+            )
+        for name, t in (("x", x), ("y", y)):
+            if t is not None and not isinstance(t, torch.Tensor):
+                raise InputError(
+                    message(
+                        f"DataLoader batch {name}",
+                        "must be a torch Tensor",
+                        f"a {type(t).__name__}",
+                        "convert the items to tensors in the dataset or the collate_fn",
+                    )
+                )
+        x = x.to(
+            self.device, dtype=self.dtype if x.is_floating_point() else None, non_blocking=True
+        )
+        if y is not None:
+            if self.target_kind == "index" and not y.is_floating_point():
+                target_dtype = torch.int64
+            elif self.target_kind == "float" or y.is_floating_point():
+                target_dtype = self.dtype
+            else:
+                target_dtype = None
+            y = y.to(self.device, dtype=target_dtype, non_blocking=True)
+        return x, y
+
+
+def _safe_len(obj: Any) -> int | None:
+    if obj is None or isinstance(obj, IterableDataset):
+        return None
+    try:
+        return len(obj)
+    except TypeError:
+        return None
+
+
+def _loader_generators(loader: DataLoader) -> list[torch.Generator]:
+    """The torch generators that decide a loader's order (deduplicated, in a fixed order)."""
+    found: list[torch.Generator] = []
+    candidates = [
+        getattr(loader, "generator", None),
+        getattr(getattr(loader, "sampler", None), "generator", None),
+        getattr(
+            getattr(getattr(loader, "batch_sampler", None), "sampler", None), "generator", None
+        ),
+    ]
+    for gen in candidates:
+        if isinstance(gen, torch.Generator) and all(gen is not g for g in found):
+            found.append(gen)
+    return found
+
+
+# ----------------------------------------------------------------------------------------------
+# The bundle and prepare()
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Bundle:
+    """What :func:`prepare` returns.
+
+    Attributes:
+        train: the training :class:`Source`.
+        val: the validation :class:`Source`, or None.
+        classes: original labels (``classes[i]`` is the label of class index ``i``) when the
+            targets were encoded (strings, bools, integers not ``0..C-1``); else None.
+        n_features: features per sample (product of ``X.shape[1:]``, 1 for 1-D ``X``); None
+            when unknown (a stream).
+        n_train: training samples (None for a stream of unknown length).
+        n_val: validation samples (0 without validation; None for a stream of unknown length).
+        n_classes: number of classes for target_kind "index" on in-memory data, else None.
+        feature_shape: ``X.shape[1:]`` (None when unknown).
+        target_kind: the target kind the data was prepared for.
+        device: where the resident tensors live.
+    """
+
+    train: Source
+    val: Source | None
+    classes: np.ndarray | None
+    n_features: int | None
+    n_train: int | None
+    n_val: int | None
+    n_classes: int | None = None
+    feature_shape: tuple[int, ...] | None = None
+    target_kind: TargetKind = "index"
+    device: torch.device | None = None
+
+
+DataBundle = Bundle
+"""Alias of :class:`Bundle`."""
+
+
+def is_streamed(data: Any) -> bool:
+    """True when :func:`prepare` would stream ``data`` (a DataLoader or an IterableDataset).
+
+    Streamed data cannot be split by a validation fraction; a caller whose default is a
+    fraction can use this to fall back to no validation.
+    """
+    return isinstance(data, (DataLoader, IterableDataset))
+
+
+@dataclass
+class _Arrays:
+    X: Any
+    y: Any
+    has_y: bool
+
+
+@dataclass
+class _Stream:
+    loader: DataLoader
+
+
+def prepare(
+    data: Any,
+    validation: Any = 0.2,
+    target_kind: TargetKind = "index",
+    stratify: bool = True,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    batch_size: int | None = 32,
+    shuffle: bool = True,
+    drop_last: bool = False,
+) -> Bundle:
+    """Validate and convert the user's data into device-resident (or streamed) batch sources.
+
+    Args:
+        data: ``(X, y)``; ``X`` alone (``y=None``, for unsupervised or custom losses); a torch
+            ``Dataset`` (a ``TensorDataset``'s tensors are used directly; any other map-style
+            dataset is materialized ONCE by indexing every item and stacking, so keep it to a
+            size that fits in memory; an ``IterableDataset`` is streamed); or a ``DataLoader``
+            (streamed as given). ``X`` and ``y`` may be numpy arrays, torch tensors, lists,
+            pandas DataFrames/Series, pyarrow Tables/Arrays or anything with ``__array__``.
+            Floating and bool features become ``dtype``; integer features (e.g. token ids) keep
+            their integer dtype, except in DataFrames/Tables, which are tabular and become
+            ``dtype``. A tuple is always read as ``(X, y)``.
+        validation: a fraction in (0, 1) split off with ``seed`` (stratified by class when
+            ``target_kind == "index"`` and ``stratify``); explicit data in any form ``data``
+            accepts; or None / 0 for no validation. A fraction needs in-memory data.
+        target_kind: "index": class labels -> ``int64`` indices (labels that are not
+            ``0..C-1`` are encoded by their sorted unique values, see ``Bundle.classes``);
+            "float": real targets -> ``dtype``; "any": dtype kept, floating -> ``dtype``.
+        stratify: keep class proportions in a fractional split (target_kind "index").
+        device: where resident data goes; None = :func:`resolve_device` (accelerator if any).
+        dtype: floating dtype for features and float targets.
+        seed: seeds the split and every epoch's order.
+        batch_size: samples per batch, or None for one full batch.
+        shuffle: a new order every epoch (a pure function of ``(seed, epoch)``).
+        drop_last: drop the last partial training batch.
+
+    Returns:
+        A :class:`Bundle`; in-memory data is on ``device`` (one copy).
+
+    Raises:
+        InputError: data that cannot be used (types, lengths, NaN/inf, empty, bad split, ...).
+        ConfigError: a setting outside its range (batch_size, dtype, device, target_kind).
+
+    Example:
+        >>> import torch
+        >>> b = prepare((torch.randn(50, 4), torch.randint(0, 3, (50,))), batch_size=None)
+        >>> b.train.X.shape[0] + b.val.X.shape[0], b.train.num_batches
+        (50, 1)
+    """
+    check_choice("target_kind", target_kind, ("index", "float", "any"), owner="prepare")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ConfigError(
+            message(
+                "prepare: dtype",
+                "must be a floating torch dtype",
+                describe(dtype),
+                "pass e.g. dtype=torch.float32",
+            )
+        )
+    if batch_size is not None and (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, numbers.Integral)
+        or batch_size < 1
+    ):
+        raise ConfigError(
+            message(
+                "prepare: batch_size",
+                "must be a positive integer, or None for one full batch",
+                describe(batch_size),
+                "pass e.g. batch_size=32",
+            )
+        )
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ConfigError(
+            message("prepare: seed", "must be an integer", describe(seed), "pass e.g. seed=0")
+        )
+    seed = int(seed)
+    batch_size = None if batch_size is None else int(batch_size)
+    device = resolve_device(device, None)
+
+    train_raw = _unpack(data, "data", batch_size, drop_last)
+    fraction, val_raw = _parse_validation(validation, batch_size)
+
+    kw = {"device": device, "dtype": dtype, "target_kind": target_kind, "seed": seed}
+
+    if isinstance(train_raw, _Stream):
+        if fraction is not None:
+            raise InputError(
+                message(
+                    f"validation={validation!r}",
+                    "(a fraction) needs in-memory data to split",
+                    "a DataLoader / IterableDataset, which is streamed",
+                    "pass explicit validation data (a DataLoader, Dataset or (X_val, y_val)), "
+                    "or validation=None",
+                )
+            )
+        train: Source = StreamSource(train_raw.loader, **kw)
+        val = _validation_source(val_raw, batch_size, **kw)
+        dataset = getattr(train_raw.loader, "dataset", None)
+        shape = None
+        if isinstance(dataset, TensorDataset) and dataset.tensors:
+            shape = tuple(dataset.tensors[0].shape[1:])
+        return Bundle(
+            train=train,
+            val=val,
+            classes=None,
+            n_features=None if shape is None else _n_features(shape),
+            n_train=train.n_samples,
+            n_val=0 if val is None else val.n_samples,
+            n_classes=None,
+            feature_shape=shape,
+            target_kind=target_kind,
+            device=device,
+        )
+
+    # In memory: convert, validate, encode labels (jointly with explicit validation labels).
+    X = _features(train_raw.X, "X", dtype)
+    n = int(X.shape[0])
+    if n == 0:
+        raise InputError(
+            message(
+                "the training data",
+                "must contain at least one sample",
+                f"X of shape {tuple(X.shape)}",
+                "pass a non-empty X",
+            )
+        )
+    y = _targets(train_raw.y, "y", target_kind, dtype, n) if train_raw.has_y else None
+
+    val_arrays = None
+    if isinstance(val_raw, _Arrays):
+        Xv = _features(val_raw.X, "validation X", dtype)
+        if int(Xv.shape[0]) == 0:
+            raise InputError(
+                message(
+                    "the validation data",
+                    "must contain at least one sample",
+                    f"X of shape {tuple(Xv.shape)}",
+                    "pass non-empty validation data, or validation=None",
+                )
+            )
+        if tuple(Xv.shape[1:]) != tuple(X.shape[1:]):
+            raise InputError(
+                message(
+                    "validation X",
+                    f"must have the same number of features as the training X "
+                    f"({_n_features(tuple(X.shape[1:]))}, shape {tuple(X.shape[1:])} per sample)",
+                    f"{_n_features(tuple(Xv.shape[1:]))} features (shape {tuple(Xv.shape)})",
+                    "build the validation data with the same columns as the training data",
+                )
+            )
+        if y is not None and not val_raw.has_y:
+            raise InputError(
+                message(
+                    "validation",
+                    "must have targets like the training data",
+                    "validation X without y",
+                    "pass validation=(X_val, y_val)",
+                )
+            )
+        yv = None
+        if y is not None:
+            yv = _targets(val_raw.y, "validation y", target_kind, dtype, int(Xv.shape[0]))
+        val_arrays = (Xv, yv)
+
+    classes = None
+    n_classes = None
+    if y is not None and target_kind == "index":
+        parts = [y] if val_arrays is None or val_arrays[1] is None else [y, val_arrays[1]]
+        encoded, classes, n_classes = _encode_labels(parts, ["y", "validation y"])
+        y = encoded[0]
+        if len(encoded) > 1:
+            val_arrays = (val_arrays[0], encoded[1])
+
+    _check_finite(X, "X", dtype)
+    if val_arrays is not None:
+        _check_finite(val_arrays[0], "validation X", dtype)
+
+    if fraction is not None:
+        labels = None
+        if y is not None and target_kind == "index" and stratify and y.ndim == 1:
+            labels = y.cpu()
+        train_idx, val_idx = _split_indices(n, fraction, labels, seed)
+        Xv = X.index_select(0, val_idx.to(X.device))
+        yv = None if y is None else y.index_select(0, val_idx.to(y.device))
+        X = X.index_select(0, train_idx.to(X.device))
+        y = None if y is None else y.index_select(0, train_idx.to(y.device))
+        val_arrays = (Xv, yv)
+
+    Xd, yd = _to_device(X, y, device, dtype)
+    train = ResidentSource(Xd, yd, batch_size, shuffle, drop_last, seed)
+    val = None
+    if val_arrays is not None:
+        Xvd, yvd = _to_device(val_arrays[0], val_arrays[1], device, dtype)
+        val = ResidentSource(Xvd, yvd, batch_size, shuffle=False, drop_last=False, seed=seed)
+    elif isinstance(val_raw, _Stream):
+        val = StreamSource(val_raw.loader, **kw)
+    shape = tuple(Xd.shape[1:])
+    return Bundle(
+        train=train,
+        val=val,
+        classes=classes,
+        n_features=_n_features(shape),
+        n_train=train.n_samples,
+        n_val=0 if val is None else val.n_samples,
+        n_classes=n_classes,
+        feature_shape=shape,
+        target_kind=target_kind,
+        device=device,
+    )
+
+
+def _n_features(shape: tuple[int, ...]) -> int:
+    return math.prod(shape) if shape else 1
+
+
+def _to_device(
+    X: torch.Tensor, y: torch.Tensor | None, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    # One .to() with both device and dtype: no intermediate copy on the device; a no-op when
+    # the tensor already has the right dtype and device.
+    Xd = X.to(device, dtype=dtype if (X.is_floating_point() or X.dtype == torch.bool) else None)
+    yd = None if y is None else y.to(device)
+    return Xd, yd
+
+
+def _parse_validation(validation: Any, batch_size: int | None) -> tuple[float | None, Any]:
+    """Return ``(fraction, raw)``: at most one of them is not None."""
+    if validation is None:
+        return None, None
+    if isinstance(validation, (bool, numbers.Real)):
+        ok = not isinstance(validation, bool) and (validation == 0 or 0 < float(validation) < 1)
+        if not ok:
+            raise InputError(
+                message(
+                    "validation",
+                    "must be a fraction in (0, 1), validation data, or None",
+                    describe(validation),
+                    "pass e.g. validation=0.2, or validation=None for no validation",
+                )
+            )
+        return (None if validation == 0 else float(validation)), None
+    return None, _unpack(validation, "validation", batch_size, False)
+
+
+def _validation_source(
+    val_raw: Any,
+    batch_size: int | None,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    target_kind: TargetKind,
+    seed: int,
+) -> Source | None:
+    """Validation next to a streamed training set (no joint label encoding is possible)."""
+    if val_raw is None:
+        return None
+    if isinstance(val_raw, _Stream):
+        return StreamSource(val_raw.loader, device, dtype, target_kind, seed)
+    X = _features(val_raw.X, "validation X", dtype)
+    if int(X.shape[0]) == 0:
+        raise InputError(
+            message(
+                "the validation data",
+                "must contain at least one sample",
+                f"X of shape {tuple(X.shape)}",
+                "pass non-empty validation data, or validation=None",
+            )
+        )
+    y = None
+    if val_raw.has_y:
+        y = _targets(val_raw.y, "validation y", target_kind, dtype, int(X.shape[0]))
+        if target_kind == "index":
+            if not isinstance(y, torch.Tensor) or y.dtype == torch.bool:
+                raise InputError(
+                    message(
+                        "validation y",
+                        "must be integer class indices when the training data is streamed",
+                        f"labels of dtype {y.dtype}",
+                        "encode the labels as 0..C-1 in both the DataLoader and the "
+                        "validation data",
+                    )
+                )
+            _check_integral(y, "validation y")
+            y = y.long()
+    _check_finite(X, "validation X", dtype)
+    Xd, yd = _to_device(X, y, device, dtype)
+    return ResidentSource(Xd, yd, batch_size, shuffle=False, drop_last=False, seed=seed)
+
+
+# ----------------------------------------------------------------------------------------------
+# Unpacking containers
+# ----------------------------------------------------------------------------------------------
+
+
+def _unpack(obj: Any, role: str, batch_size: int | None, drop_last: bool) -> _Arrays | _Stream:
+    if isinstance(obj, DataLoader):
+        return _Stream(obj)
+    if isinstance(obj, IterableDataset):
+        if batch_size is None:
+            raise ConfigError(
+                message(
+                    "batch_size",
+                    "must be an integer for an IterableDataset, which is streamed",
+                    "batch_size=None (full batch)",
+                    "pass e.g. batch_size=32, or a DataLoader(dataset, batch_size=None) if "
+                    "the dataset already yields batches",
+                )
+            )
+        return _Stream(DataLoader(obj, batch_size=batch_size, drop_last=drop_last))
+    if isinstance(obj, Dataset):
+        return _materialize(obj, role)
+    if isinstance(obj, tuple):
+        if len(obj) == 2:
+            return _Arrays(obj[0], obj[1], obj[1] is not None)
+        if len(obj) == 1:
+            return _Arrays(obj[0], None, False)
+        raise InputError(
+            message(
+                role,
+                "as a tuple must be (X, y) or (X,)",
+                f"a tuple of {len(obj)} items",
+                "pass (X, y); put extra arrays (e.g. sample weights) elsewhere",
+            )
+        )
+    return _Arrays(obj, None, False)
+
+
+def _materialize(ds: Dataset, role: str) -> _Arrays:
+    """A map-style dataset as arrays: TensorDataset's tensors, else every item indexed once."""
+    if isinstance(ds, Subset) and isinstance(ds.dataset, TensorDataset):
+        idx = torch.as_tensor(list(ds.indices), dtype=torch.int64)
+        tensors = [t.index_select(0, idx.to(t.device)) for t in ds.dataset.tensors]
+        return _tensor_tuple(tensors, role)
+    if isinstance(ds, TensorDataset):
+        return _tensor_tuple(list(ds.tensors), role)
+    try:
+        n = len(ds)  # type: ignore[arg-type]
+    except TypeError:
+        raise InputError(
+            message(
+                f"{role} (a {type(ds).__name__})",
+                "must have a length (__len__) to be loaded in memory",
+                "a dataset without __len__",
+                "wrap it in a torch DataLoader to stream it",
+            )
+        ) from None
+    if n == 0:
+        return _Arrays(np.zeros((0, 0)), None, False)
+    items = [ds[i] for i in range(n)]
+    first = items[0]
+    if isinstance(first, (tuple, list)):
+        if len(first) not in (1, 2):
+            raise InputError(
+                message(
+                    f"{role} items",
+                    "must be x or (x, y)",
+                    f"tuples of {len(first)} items",
+                    "return (x, y) from __getitem__",
+                )
+            )
+        xs = _stack([it[0] for it in items], f"{role} item features")
+        if len(first) == 1:
+            return _Arrays(xs, None, False)
+        return _Arrays(xs, _stack([it[1] for it in items], f"{role} item targets"), True)
+    if isinstance(first, dict):
+        raise InputError(
+            message(
+                f"{role} items",
+                "must be x or (x, y)",
+                f"dicts with keys {sorted(first)[:5]}",
+                "return (x, y) from __getitem__, or stream it with a DataLoader and a "
+                "collate_fn that returns (x, y)",
+            )
+        )
+    return _Arrays(_stack(items, f"{role} items"), None, False)
+
+
+def _tensor_tuple(tensors: list[torch.Tensor], role: str) -> _Arrays:
+    if len(tensors) == 1:
+        return _Arrays(tensors[0], None, False)
+    if len(tensors) == 2:
+        return _Arrays(tensors[0], tensors[1], True)
+    raise InputError(
+        message(
+            f"{role} (a TensorDataset)",
+            "must hold (X,) or (X, y)",
+            f"{len(tensors)} tensors",
+            "build TensorDataset(X, y)",
+        )
+    )
+
+
+def _stack(values: list[Any], what: str) -> Any:
+    try:
+        if all(isinstance(v, torch.Tensor) for v in values):
+            return torch.stack([v.detach() for v in values])
+        return np.asarray(
+            [v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v for v in values]
+        )
+    except (RuntimeError, ValueError) as err:
+        shapes = sorted({tuple(np.shape(v)) for v in values[:1000]})[:3]
+        raise InputError(
+            message(
+                what,
+                "must all have the same shape to be stacked",
+                f"shapes such as {', '.join(str(s) for s in shapes)}",
+                "pad or crop them to one shape, or stream a DataLoader with its own collate_fn",
+            )
+        ) from err
+
+
+# ----------------------------------------------------------------------------------------------
+# Conversion of one array-like
+# ----------------------------------------------------------------------------------------------
+
+
+def _module_of(obj: Any) -> str:
+    return type(obj).__module__ or ""
+
+
+def _raw(obj: Any, what: str, tabular_float: bool) -> torch.Tensor | np.ndarray:
+    """Any accepted container -> a torch tensor (numeric) or a numpy array (anything else).
+
+    With ``tabular_float`` (features), DataFrame/Table columns must be numeric and come back as
+    float64; non-numeric columns are refused naming them.
+    """
+    if isinstance(obj, torch.Tensor):
+        if obj.layout != torch.strided:
+            raise InputError(
+                message(
+                    what, "must be a dense tensor", f"a {obj.layout} tensor", "call .to_dense()"
+                )
+            )
+        return obj.detach()
+    if isinstance(obj, np.ndarray):
+        return obj
+    mod = _module_of(obj)
+    if mod.startswith("pandas"):
+        return _from_pandas(obj, what, tabular_float)
+    if mod.startswith("pyarrow"):
+        return _from_arrow(obj, what, tabular_float)
+    if isinstance(obj, (list, tuple)):
+        if obj and all(isinstance(v, torch.Tensor) for v in obj):
+            return _stack(list(obj), f"{what} rows")
+        try:
+            return np.asarray(obj)
+        except ValueError as err:
+            raise InputError(
+                message(
+                    what,
+                    "must be rectangular: every row the same length",
+                    "a ragged list",
+                    "pad the rows to one length, or pass a numpy array",
+                )
+            ) from err
+    if isinstance(obj, (str, bytes, dict, set, numbers.Number)) or not hasattr(obj, "__array__"):
+        fix = "convert it with numpy.asarray(...) first"
+        if hasattr(obj, "toarray"):
+            fix = "densify it with .toarray() first"
+        raise InputError(message(what, f"must be {_ACCEPTED}", f"a {type(obj).__name__}", fix))
+    return np.asarray(obj)
+
+
+def _from_pandas(obj: Any, what: str, tabular_float: bool) -> np.ndarray:
+    import pandas as pd
+
+    if isinstance(obj, pd.DataFrame):
+        if tabular_float:
+            bad = [
+                c
+                for c in obj.columns
+                if not (
+                    pd.api.types.is_numeric_dtype(obj[c].dtype)
+                    or pd.api.types.is_bool_dtype(obj[c].dtype)
+                )
+            ]
+            if bad:
+                names = ", ".join(repr(c) for c in bad[:5]) + (" ..." if len(bad) > 5 else "")
+                dtypes = sorted({str(obj[c].dtype) for c in bad})
+                raise InputError(
+                    message(
+                        what,
+                        "must contain only numeric columns",
+                        f"{len(bad)} non-numeric column(s) {names} of dtype {', '.join(dtypes)}",
+                        _TABULAR_FIX,
+                    )
+                )
+            return obj.to_numpy(dtype=np.float64, na_value=np.nan)
+        if obj.shape[1] == 1:
+            return _series_numpy(obj.iloc[:, 0])[:, None]
+        cols = [_series_numpy(obj[c]) for c in obj.columns]
+        return np.stack(cols, axis=1) if cols else np.zeros((len(obj), 0))
+    if isinstance(obj, (pd.Series, pd.Index, pd.Categorical)):
+        series = pd.Series(obj) if not isinstance(obj, pd.Series) else obj
+        if tabular_float and not (
+            pd.api.types.is_numeric_dtype(series.dtype) or pd.api.types.is_bool_dtype(series.dtype)
+        ):
+            raise InputError(
+                message(
+                    what,
+                    "must be numeric",
+                    f"a Series {series.name!r} of dtype {series.dtype}",
+                    _TABULAR_FIX,
+                )
+            )
+        return _series_numpy(series)
+    raise InputError(
+        message(
+            what,
+            f"must be {_ACCEPTED}",
+            f"a {type(obj).__name__}",
+            "convert it with .to_numpy() first",
+        )
+    )
+
+
+def _series_numpy(s: Any) -> np.ndarray:
+    import pandas as pd
+
+    dtype = s.dtype
+    if pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype):
+        if s.isna().any():
+            return s.to_numpy(dtype=np.float64, na_value=np.nan)
+        numpy_dtype = getattr(dtype, "numpy_dtype", None)
+        if numpy_dtype is not None:
+            return s.to_numpy(dtype=numpy_dtype)
+        if isinstance(dtype, pd.CategoricalDtype):
+            return np.asarray(s)
+        return s.to_numpy()
+    return s.to_numpy(dtype=object)
+
+
+def _from_arrow(obj: Any, what: str, tabular_float: bool) -> np.ndarray:
+    import pyarrow as pa
+
+    def numeric(t: Any) -> bool:
+        return bool(
+            pa.types.is_integer(t)
+            or pa.types.is_floating(t)
+            or pa.types.is_boolean(t)
+            or pa.types.is_decimal(t)
+        )
+
+    def column(col: Any) -> np.ndarray:
+        if numeric(col.type) and (tabular_float or col.null_count or pa.types.is_decimal(col.type)):
+            return np.asarray(col.cast(pa.float64()).to_numpy(zero_copy_only=False))
+        out = col.to_numpy(zero_copy_only=False)
+        return out if numeric(col.type) else np.asarray(out, dtype=object)
+
+    if isinstance(obj, (pa.Table, pa.RecordBatch)):
+        if tabular_float:
+            bad = [(f.name, str(f.type)) for f in obj.schema if not numeric(f.type)]
+            if bad:
+                names = ", ".join(repr(n) for n, _ in bad[:5]) + (" ..." if len(bad) > 5 else "")
+                types = sorted({t for _, t in bad})
+                raise InputError(
+                    message(
+                        what,
+                        "must contain only numeric columns",
+                        f"{len(bad)} non-numeric column(s) {names} of type {', '.join(types)}",
+                        _TABULAR_FIX,
+                    )
+                )
+        cols = [column(obj.column(i)) for i in range(obj.num_columns)]
+        if not cols:
+            return np.zeros((obj.num_rows, 0))
+        if len(cols) == 1 and not tabular_float:
+            return cols[0][:, None]
+        return np.stack(cols, axis=1)
+    if isinstance(obj, (pa.Array, pa.ChunkedArray)):
+        if tabular_float and not numeric(obj.type):
+            raise InputError(
+                message(
+                    what, "must be numeric", f"a pyarrow array of type {obj.type}", _TABULAR_FIX
+                )
+            )
+        return column(obj)
+    raise InputError(
+        message(
+            what,
+            f"must be {_ACCEPTED}",
+            f"a {type(obj).__name__}",
+            "convert it with .to_numpy() first",
+        )
+    )
+
+
+def _np_to_tensor(arr: np.ndarray) -> torch.Tensor:
+    if arr.dtype == np.longdouble and arr.dtype != np.float64:
+        arr = arr.astype(np.float64)
+    with warnings.catch_warnings():
+        # Read-only arrays (pandas copy-on-write) are shared, never written to by descend.
+        warnings.filterwarnings("ignore", message=".*not writable.*")
+        try:
+            return torch.as_tensor(arr)
+        except (ValueError, TypeError, RuntimeError):
+            # Negative strides or non-native byte order: one host copy fixes both.
+            fixed = np.ascontiguousarray(arr.astype(arr.dtype.newbyteorder("=")))
+            return torch.as_tensor(fixed)
+
+
+def _numeric_objects(arr: np.ndarray) -> bool:
+    return all(
+        isinstance(v, numbers.Number) and not isinstance(v, (bool, np.bool_)) for v in arr.flat
+    )
+
+
+def _features(obj: Any, what: str, dtype: torch.dtype) -> torch.Tensor:
+    """Features as a numeric tensor (dtype not yet changed), or InputError."""
+    raw = _raw(obj, what, tabular_float=True)
+    if isinstance(raw, np.ndarray):
+        kind = raw.dtype.kind
+        if kind == "O":
+            if not _numeric_objects(raw):
+                first = next(
+                    (i, v)
+                    for i, v in enumerate(raw.flat)
+                    if not isinstance(v, numbers.Number) or isinstance(v, (bool, np.bool_))
+                )
+                pos = _position(np.unravel_index(first[0], raw.shape))
+                raise InputError(
+                    message(
+                        what,
+                        "must contain only numbers",
+                        f"an object array with {describe(first[1])} at {pos}",
+                        _TABULAR_FIX,
+                    )
+                )
+            raw = raw.astype(np.float64)
+        elif kind not in "biufc":
+            raise InputError(
+                message(
+                    what,
+                    "must contain only numbers",
+                    f"an array of dtype {raw.dtype} (e.g. {describe(raw.flat[0]) if raw.size else 'empty'})",
+                    _TABULAR_FIX,
+                )
+            )
+        raw = _np_to_tensor(raw)
+    if raw.ndim == 0:
+        raise InputError(
+            message(
+                what,
+                "must have one row per sample (at least 1 dimension)",
+                f"a scalar {raw.item()!r}",
+                "pass an array of shape (n_samples, n_features)",
+            )
+        )
+    return raw
+
+
+def _targets(
+    obj: Any, what: str, kind: TargetKind, dtype: torch.dtype, n: int
+) -> torch.Tensor | np.ndarray:
+    """Targets converted for ``kind`` (labels not yet encoded for "index"), or InputError."""
+    raw = _raw(obj, what, tabular_float=False)
+    if isinstance(raw, np.ndarray):
+        if raw.dtype.kind == "O" and raw.size and _numeric_objects(raw):
+            raw = raw.astype(np.float64)
+        if raw.dtype.kind in "biufc":
+            raw = _np_to_tensor(raw)
+    if raw.ndim == 0:
+        raise InputError(
+            message(
+                what, "must have one entry per sample", "a scalar", "pass an array of shape (N,)"
+            )
+        )
+    if int(raw.shape[0]) != n:
+        x_name = "validation X" if what.startswith("validation") else "X"
+        raise InputError(
+            message(
+                f"{x_name} and {what}",
+                "must have the same number of samples",
+                f"{x_name} with {n} rows and {what} with {int(raw.shape[0])}",
+                "build y from the same rows as X",
+            )
+        )
+    if kind == "index":
+        if raw.ndim == 2 and raw.shape[1] == 1:
+            raw = raw[:, 0]
+        return raw
+    if isinstance(raw, np.ndarray):
+        raise InputError(
+            message(
+                what,
+                f"must be numeric for target_kind={kind!r}",
+                f"values of dtype {raw.dtype} such as {describe(raw.flat[0]) if raw.size else '-'}",
+                "these look like class labels; use a classification loss (target_kind 'index'), "
+                "or encode them as numbers",
+            )
+        )
+    if raw.is_complex() and kind == "float":
+        raise InputError(
+            message(what, "must be real numbers", f"dtype {raw.dtype}", "pass real targets")
+        )
+    if kind == "float" or raw.is_floating_point():
+        _check_finite(raw, what, dtype)
+        raw = raw.to(dtype)
+    return raw
+
+
+def _check_integral(t: torch.Tensor, what: str) -> None:
+    if not t.is_floating_point():
+        return
+    _check_finite(t, what, None, fix="drop the rows with missing labels")
+    frac = t != torch.round(t)
+    if bool(frac.any()):
+        first = int(frac.reshape(-1).to(torch.uint8).argmax())
+        value = float(t.reshape(-1)[first])
+        raise InputError(
+            message(
+                what,
+                "must be class labels for a classification loss (target_kind 'index')",
+                f"{int(frac.sum())} non-integral values such as {value:g} at "
+                f"{_position(np.unravel_index(first, tuple(t.shape)))}",
+                "these look like regression targets; use a regression loss such as 'mse'",
+            )
+        )
+
+
+def _encode_labels(
+    parts: list[torch.Tensor | np.ndarray], names: list[str]
+) -> tuple[list[torch.Tensor], np.ndarray | None, int]:
+    """Class labels of train (and validation) -> int64 indices, with the originals if encoded.
+
+    Labels already ``0..C-1`` (as integers or integral floats) are kept, ``classes=None``; any
+    other set (strings, bools, {-1, 1}, {3, 5, 7}) is encoded by its sorted unique values over
+    ALL parts, so train and validation share one code book.
+    """
+    for p, name in zip(parts, names):
+        if isinstance(p, torch.Tensor):
+            if p.is_complex():
+                raise InputError(
+                    message(name, "must be class labels", f"complex dtype {p.dtype}", None)
+                )
+            _check_integral(p, name)
+    if all(isinstance(p, torch.Tensor) for p in parts):
+        tensors: list[torch.Tensor] = parts  # type: ignore[assignment]
+        is_bool = any(t.dtype == torch.bool for t in tensors)
+        work = [t.long() if t.dtype == torch.bool else t for t in tensors]
+        common = work[0].dtype
+        for t in work[1:]:
+            common = torch.promote_types(common, t.dtype)
+        work = [t.to(common) for t in work]
+        uniques = torch.unique(torch.cat([torch.unique(t).cpu() for t in work]))
+        c = int(uniques.numel())
+        if not is_bool and c and int(uniques[0]) == 0 and int(uniques[-1]) == c - 1:
+            return [t.long() for t in work], None, c
+        codes = [torch.searchsorted(uniques.to(t.device), t).long() for t in work]
+        classes = uniques.numpy()
+        if is_bool:
+            classes = classes.astype(bool)
+        return codes, classes, c
+    arrays = [p.cpu().numpy() if isinstance(p, torch.Tensor) else p for p in parts]
+    for a, name in zip(arrays, names):
+        if a.dtype.kind == "O":
+            missing = [
+                i for i, v in enumerate(a.flat) if v is None or (isinstance(v, float) and v != v)
+            ]
+            if missing:
+                raise InputError(
+                    message(
+                        name,
+                        "must not contain missing labels",
+                        f"{len(missing)} missing (None/NaN) labels, the first at "
+                        f"{_position(np.unravel_index(missing[0], a.shape))}",
+                        "drop those rows or fill in the labels",
+                    )
+                )
+        elif a.dtype.kind not in "USbiuf":
+            raise InputError(
+                message(
+                    name,
+                    "must be class labels",
+                    f"values of dtype {a.dtype}",
+                    "convert them to strings or integers",
+                )
+            )
+    try:
+        classes = np.unique(np.concatenate([a.ravel() for a in arrays]))
+        codes = [np.searchsorted(classes, a.ravel()).reshape(a.shape) for a in arrays]
+    except TypeError as err:
+        raise InputError(
+            message(
+                "/".join(names[: len(arrays)]),
+                "must be labels of one type (e.g. all strings)",
+                f"labels of mixed types ({err})",
+                "convert every label to str (or every label to int)",
+            )
+        ) from err
+    return [torch.as_tensor(c, dtype=torch.int64) for c in codes], classes, int(classes.size)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checks
+# ----------------------------------------------------------------------------------------------
+
+
+def _position(index: tuple[Any, ...]) -> str:
+    index = tuple(int(i) for i in index)
+    if len(index) == 1:
+        return f"row {index[0]}"
+    if len(index) == 2:
+        return f"row {index[0]}, column {index[1]}"
+    return f"index {index}"
+
+
+def _check_finite(
+    t: torch.Tensor, what: str, target: torch.dtype | None, fix: str | None = None
+) -> None:
+    """Refuse NaN/inf (and finite values that would overflow ``target``) in a tensor."""
+    if not (t.is_floating_point() or t.is_complex()) or t.numel() == 0:
+        return
+    # A finite sum proves every value finite (NaN and inf propagate); only a non-finite sum
+    # (or an overflow of the sum) pays for the element-wise mask.
+    if not bool(torch.isfinite(t.sum())):
+        bad = ~torch.isfinite(t)
+        count = int(bad.sum())
+        if count:
+            n_nan = int(torch.isnan(t).sum())
+            first = int(bad.reshape(-1).to(torch.uint8).argmax())
+            pos = _position(np.unravel_index(first, tuple(t.shape)))
+            raise InputError(
+                message(
+                    what,
+                    "must contain only finite numbers",
+                    f"{count} non-finite values ({n_nan} NaN, {count - n_nan} inf), "
+                    f"the first at {pos}",
+                    fix
+                    or "drop or impute them (e.g. sklearn.impute.SimpleImputer), or train from "
+                    "the data file with the descend CLI / descend.tabular, which imputes them",
+                )
+            )
+    if (
+        target is not None
+        and t.is_floating_point()
+        and (torch.finfo(t.dtype).max > torch.finfo(target).max)
+    ):
+        limit = torch.finfo(target).max
+        big = max(abs(float(t.amax())), abs(float(t.amin())))
+        if big > limit:
+            raise InputError(
+                message(
+                    what,
+                    f"must fit in {target} (|value| <= {limit:.3g})",
+                    f"values up to {big:.3g} in magnitude",
+                    "rescale them (e.g. sklearn.preprocessing.StandardScaler), or pass "
+                    "dtype=torch.float64",
+                )
+            )
+
+
+def _split_indices(
+    n: int, fraction: float, labels: torch.Tensor | None, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded (and, with ``labels``, stratified) split -> sorted (train, val) CPU indices."""
+    n_val = math.floor(fraction * n + 0.5)
+    if n_val < 1 or n - n_val < 1:
+        raise InputError(
+            message(
+                f"validation={fraction:g}",
+                "must leave at least 1 sample on each side of the split",
+                f"{n_val} validation and {n - n_val} training samples out of {n}",
+                "pass a larger fraction, explicit validation data, or validation=None"
+                if n_val < 1
+                else "pass a smaller fraction, explicit validation data, or validation=None",
+            )
+        )
+    gen = torch.Generator().manual_seed(_mix(seed, _SPLIT_STREAM))
+    perm = torch.randperm(n, generator=gen)
+    if labels is None:
+        return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+    counts = torch.bincount(labels).tolist()
+    present = [c for c, k in enumerate(counts) if k > 0]
+    multi = sum(1 for k in counts if k >= 2)
+    if n_val < multi:
+        need = math.ceil(multi / n * 1000) / 1000
+        raise InputError(
+            message(
+                f"validation={fraction:g}",
+                "must leave room for every class with >= 2 samples in the validation part to "
+                "stratify",
+                f"{n_val} validation samples for {multi} such classes ({n} samples)",
+                f"pass validation >= {need:g}, stratify=False, or validation=None",
+            )
+        )
+    if n - n_val < len(present):
+        most = math.floor((n - len(present)) / n * 1000) / 1000
+        raise InputError(
+            message(
+                f"validation={fraction:g}",
+                "must leave at least one sample of every class in the training part to stratify",
+                f"{n - n_val} training samples for {len(present)} classes ({n} samples)",
+                (f"pass a smaller fraction (at most {most:g}), " if most > 0 else "pass ")
+                + "stratify=False, or validation=None",
+            )
+        )
+    # Per class: round(fraction * count), clamped so a class with >= 2 samples lands on both
+    # sides; then largest remainders fix the total to exactly n_val.
+    exact = {c: fraction * counts[c] for c in present}
+    lo = {c: 1 if counts[c] >= 2 else 0 for c in present}
+    hi = {c: counts[c] - 1 if counts[c] >= 2 else 0 for c in present}
+    alloc = {c: min(max(math.floor(exact[c]), lo[c]), hi[c]) for c in present}
+    diff = n_val - sum(alloc.values())
+    while diff != 0:
+        if diff > 0:
+            room = sorted(
+                (c for c in present if alloc[c] < hi[c]), key=lambda c: alloc[c] - exact[c]
+            )
+            step = 1
+        else:
+            room = sorted(
+                (c for c in present if alloc[c] > lo[c]), key=lambda c: exact[c] - alloc[c]
+            )
+            step = -1
+        for c in room[: abs(diff)]:
+            alloc[c] += step
+        diff = n_val - sum(alloc.values())
+    # Group the random permutation by class (stable, so each class keeps a random order).
+    grouped = perm[torch.argsort(labels[perm], stable=True)]
+    val_parts, train_parts, offset = [], [], 0
+    for c, k in enumerate(counts):
+        if k == 0:
+            continue
+        members = grouped[offset : offset + k]
+        offset += k
+        val_parts.append(members[: alloc[c]])
+        train_parts.append(members[alloc[c] :])
+    return torch.cat(train_parts).sort().values, torch.cat(val_parts).sort().values
+
+
+# ----------------------------------------------------------------------------------------------
+# Devices
+# ----------------------------------------------------------------------------------------------
+
+
+def _is_accelerator(device: torch.device) -> bool:
+    return device.type not in ("cpu", "meta")
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def _model_devices(model: Any) -> list[torch.device]:
+    params = getattr(model, "parameters", None)
+    buffers = getattr(model, "buffers", None)
+    if not callable(params):
+        return []
+    found: list[torch.device] = []
+    tensors = list(params()) + (list(buffers()) if callable(buffers) else [])
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and _is_accelerator(t.device) and t.device not in found:
+            found.append(t.device)
+    return found
+
+
+def resolve_device(
+    device: str | torch.device | None = None, model: torch.nn.Module | None = None
+) -> torch.device:
+    """The device to train on.
+
+    None (or "auto") -> the model's device if its parameters are on an accelerator, else
+    "cuda" if available, else "mps" if available, else "cpu". Device types without an index
+    get one (``cuda`` -> ``cuda:<current>``, ``mps`` -> ``mps:0``) so that devices compare
+    equal to the ones tensors report.
+
+    Args:
+        device: a device, a string such as "cpu", "cuda", "cuda:1", "mps", or None/"auto".
+        model: the model, consulted only when ``device`` is None.
+
+    Raises:
+        ConfigError: an unparsable string, or an accelerator that is not available.
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
+    if device is None or (isinstance(device, str) and device.strip().lower() == "auto"):
+        found = _model_devices(model)
+        if found:
+            return found[0]
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        if _mps_available():
+            return torch.device("mps", 0)
+        return torch.device("cpu")
+    if isinstance(device, str):
+        try:
+            dev = torch.device(device.strip())
+        except (RuntimeError, ValueError, TypeError):
+            raise ConfigError(
+                message(
+                    "device",
+                    "must be a torch device string such as 'cpu', 'cuda', 'cuda:1' or 'mps', "
+                    "or None to pick one",
+                    describe(device),
+                    "pass e.g. device='cuda' or device=None",
+                )
+            ) from None
+    elif isinstance(device, torch.device):
+        dev = device
+    else:
+        raise ConfigError(
+            message(
+                "device",
+                "must be a string, a torch.device or None",
+                f"a {type(device).__name__}: {describe(device)}",
+                "pass e.g. device='cuda' or device=None",
+            )
+        )
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                message(
+                    "device",
+                    "must be available on this machine",
+                    f"{str(dev)!r}, but CUDA is not available",
+                    "pass device='cpu', or device=None to pick the best available",
+                )
+            )
+        count = torch.cuda.device_count()
+        index = torch.cuda.current_device() if dev.index is None else dev.index
+        if index >= count:
+            raise ConfigError(
+                message(
+                    "device",
+                    f"must be one of the {count} CUDA device(s) cuda:0..cuda:{count - 1}",
+                    repr(str(dev)),
+                    "pass an existing index, or device=None",
+                )
+            )
+        return torch.device("cuda", index)
+    if dev.type == "mps":
+        if not _mps_available():
+            raise ConfigError(
+                message(
+                    "device",
+                    "must be available on this machine",
+                    f"{str(dev)!r}, but MPS is not available",
+                    "pass device='cpu', or device=None to pick the best available",
+                )
+            )
+        return torch.device("mps", 0 if dev.index is None else dev.index)
+    return dev
+
+
+def _tensors_in(obj: Any) -> Iterator[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (tuple, list)):
+        for item in obj:
+            yield from _tensors_in(item)
+
+
+def check_devices(model: Any, X: Any) -> None:
+    """Refuse data on a different accelerator than the model's parameters.
+
+    Data on the CPU (or any non-tensor) is fine: it is simply moved. Only an accelerator
+    mismatch (e.g. model on ``cuda:0``, X on ``cuda:1``) is refused, since moving silently
+    between accelerators hides a user mistake and costs a device-to-device copy.
+
+    Args:
+        model: a ``torch.nn.Module`` (anything without ``parameters()`` is ignored).
+        X: a tensor, or a tuple/list of tensors.
+
+    Raises:
+        InputError: naming both devices and the fix.
+    """
+    model_devices = _model_devices(model)
+    if not model_devices:
+        return
+    for t in _tensors_in(X):
+        if _is_accelerator(t.device) and t.device not in model_devices:
+            want = model_devices[0]
+            raise InputError(
+                message(
+                    "the data X",
+                    "must be on the CPU or on the model's device",
+                    f"X on {t.device} and the model's parameters on {want}",
+                    f"pass device='{want}' (descend then moves the data), or move one of them: "
+                    f"X.to('{want}') or model.to('{t.device}')",
+                )
+            )

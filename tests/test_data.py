@@ -1,0 +1,521 @@
+"""Tests of descend.data: inputs -> device-resident batches, splits, labels, resume, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, TensorDataset
+
+from descend import data as D
+from descend._errors import ConfigError, InputError
+
+CPU = torch.device("cpu")
+
+
+def prep(data, **kw):
+    kw.setdefault("device", CPU)
+    kw.setdefault("validation", None)
+    return D.prepare(data, **kw)
+
+
+def rows_of(xb: torch.Tensor) -> list[int]:
+    """Row ids, for X whose first column is the row number."""
+    return xb[:, 0].long().tolist()
+
+
+def numbered(n: int, f: int = 3) -> torch.Tensor:
+    X = torch.randn(n, f, generator=torch.Generator().manual_seed(1))
+    X[:, 0] = torch.arange(n, dtype=X.dtype)
+    return X
+
+
+# ----------------------------------------------------------------------------------------------
+# Every accepted input type gives the same tensors
+# ----------------------------------------------------------------------------------------------
+
+RNG = np.random.default_rng(0)
+XN = RNG.normal(size=(30, 4))
+YN = RNG.integers(0, 3, size=30)
+
+
+class ItemDataset(Dataset):
+    def __len__(self):
+        return len(XN)
+
+    def __getitem__(self, i):
+        return XN[i], int(YN[i])
+
+
+class TensorItemDataset(Dataset):
+    def __len__(self):
+        return len(XN)
+
+    def __getitem__(self, i):
+        return torch.as_tensor(XN[i]), torch.as_tensor(YN[i])
+
+
+FRAME = pd.DataFrame(XN, columns=list("abcd"))
+INPUTS = {
+    "numpy": (XN, YN),
+    "tensor": (torch.as_tensor(XN), torch.as_tensor(YN)),
+    "float32 tensor": (torch.as_tensor(XN, dtype=torch.float32), torch.as_tensor(YN)),
+    "list": (XN.tolist(), YN.tolist()),
+    "list of tensors": ([torch.as_tensor(r) for r in XN], YN),
+    "pandas": (FRAME, pd.Series(YN)),
+    "pandas nullable int y": (FRAME, pd.Series(YN, dtype="Int64")),
+    "pandas 1-col frame y": (FRAME, pd.DataFrame({"y": YN})),
+    "pyarrow": (pa.table({c: XN[:, i] for i, c in enumerate("abcd")}), pa.array(YN)),
+    "pyarrow chunked y": (pa.Table.from_pandas(FRAME), pa.chunked_array([YN[:10], YN[10:]])),
+    "TensorDataset": TensorDataset(torch.as_tensor(XN), torch.as_tensor(YN)),
+    "Subset(TensorDataset)": Subset(
+        TensorDataset(torch.as_tensor(np.vstack([XN, XN])), torch.as_tensor(np.r_[YN, YN])),
+        list(range(30)),
+    ),
+    "map-style Dataset": ItemDataset(),
+    "map-style Dataset of tensors": TensorItemDataset(),
+    "float labels": (XN, YN.astype(np.float64)),
+}
+
+
+@pytest.mark.parametrize("name", list(INPUTS))
+def test_every_input_type_gives_the_same_tensors(name):
+    b = prep(INPUTS[name], shuffle=False)
+    assert b.train.resident
+    assert b.train.X.dtype == torch.float32 and b.train.y.dtype == torch.int64
+    torch.testing.assert_close(b.train.X, torch.as_tensor(XN, dtype=torch.float32))
+    assert torch.equal(b.train.y, torch.as_tensor(YN))
+    assert (b.n_train, b.n_val, b.n_features, b.classes, b.n_classes) == (30, 0, 4, None, 3)
+    assert b.val is None
+
+
+def test_x_alone_is_unsupervised_and_float32_tensor_is_not_copied():
+    X = torch.randn(20, 3)
+    b = prep(X, batch_size=None)
+    assert b.train.y is None
+    assert b.train.X.data_ptr() == X.data_ptr()  # as_tensor: no copy of data already in place
+    ((xb, yb),) = list(b.train.batches(0))
+    assert xb is b.train.X and yb is None
+
+
+def test_integer_features_keep_their_dtype_but_tabular_ints_become_float():
+    ids = np.arange(12).reshape(6, 2)
+    assert prep(ids).train.X.dtype == torch.int64  # e.g. token ids for an embedding
+    assert prep(pd.DataFrame(ids)).train.X.dtype == torch.float32
+    assert prep(np.array([[True], [False]])).train.X.dtype == torch.float32
+
+
+def test_dtype_argument_and_float64_features():
+    b = prep((XN, YN), dtype=torch.float64)
+    assert b.train.X.dtype == torch.float64
+    torch.testing.assert_close(b.train.X, torch.as_tensor(XN))
+
+
+# ----------------------------------------------------------------------------------------------
+# Batches: partition, seeded order, resume
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch_size,drop_last", [(7, False), (7, True), (10, False), (1, False)])
+def test_batches_partition_the_training_set(batch_size, drop_last):
+    n = 50
+    b = prep((numbered(n), torch.arange(n) % 2), batch_size=batch_size, drop_last=drop_last)
+    src = b.train
+    batches = list(src.batches(3))
+    assert len(batches) == src.num_batches
+    seen = [r for xb, _ in batches for r in rows_of(xb)]
+    for xb, yb in batches:  # targets travel with their rows
+        assert yb.tolist() == [r % 2 for r in rows_of(xb)]
+    if drop_last:
+        assert src.num_batches == n // batch_size
+        assert all(len(xb) == batch_size for xb, _ in batches)
+        assert len(set(seen)) == len(seen) == n // batch_size * batch_size
+    else:
+        assert sorted(seen) == list(range(n))  # every index exactly once
+        assert len(batches[-1][0]) == n - (src.num_batches - 1) * batch_size
+
+
+def test_order_is_a_pure_function_of_seed_and_epoch():
+    X = numbered(100)
+
+    def order(seed, epoch, disturb=False):
+        src = prep(X, batch_size=16, seed=seed).train
+        if disturb:  # other code drawing random numbers must not change the batch order
+            torch.manual_seed(1234)
+            torch.rand(17)
+            np.random.rand(5)
+        return [r for xb, _ in src.batches(epoch) for r in rows_of(xb)]
+
+    first = order(0, 0)
+    assert first == order(0, 0, disturb=True)
+    assert first != order(0, 1)
+    assert first != order(1, 0)
+    assert first != list(range(100))
+    assert order(0, 1) == order(0, 1)
+    assert torch.equal(D.epoch_permutation(100, 0, 0), torch.tensor(first))
+
+
+@pytest.mark.parametrize("start", [0, 1, 4, 6, 7, 50])
+def test_resume_from_start_yields_the_tail_of_the_epoch(start):
+    src = prep((numbered(40), torch.arange(40)), batch_size=6).train
+    full = list(src.batches(5))
+    tail = list(src.batches(5, start=start))
+    assert len(tail) == max(0, len(full) - start)
+    for (xa, ya), (xb, yb) in zip(full[start:], tail):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_shuffle_false_yields_views_in_order():
+    X = numbered(10)
+    src = prep(X, batch_size=4, shuffle=False).train
+    batches = list(src.batches(0))
+    assert [rows_of(xb) for xb, _ in batches] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert batches[1][0].data_ptr() == src.X[4:].data_ptr()  # a slice, not a gather
+
+
+def test_full_batch_yields_the_tensors_themselves():
+    b = prep((numbered(25), torch.arange(25) % 3), batch_size=None)
+    assert b.train.num_batches == 1
+    ((xb, yb),) = list(b.train.batches(7))
+    assert xb is b.train.X and yb is b.train.y
+    assert list(b.train.batches(7, start=1)) == []
+
+
+def test_bad_positions_and_settings_are_config_errors():
+    src = prep(numbered(10), batch_size=3).train
+    with pytest.raises(ConfigError, match="start must be an integer >= 0"):
+        src.batches(0, start=-1)
+    with pytest.raises(ConfigError, match="batch_size must be a positive integer"):
+        prep(numbered(10), batch_size=0)
+    with pytest.raises(ConfigError, match="drop_last=True must not exceed"):
+        prep(numbered(10), batch_size=11, drop_last=True)
+    with pytest.raises(ConfigError, match="target_kind must be one of"):
+        prep(numbered(10), target_kind="indices")
+    with pytest.raises(ConfigError, match="dtype must be a floating torch dtype"):
+        prep(numbered(10), dtype=torch.int64)
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation split
+# ----------------------------------------------------------------------------------------------
+
+
+def test_stratified_split_keeps_class_proportions_and_is_deterministic():
+    y = np.repeat([0, 1, 2, 3], [100, 50, 28, 2])  # imbalanced, one class with just 2
+    X = numbered(len(y))
+    b = D.prepare((X, y), validation=0.2, device=CPU, seed=3)
+    tr, va = rows_of(b.train.X), rows_of(b.val.X)
+    assert sorted(tr + va) == list(range(len(y)))  # disjoint and complete
+    assert b.n_val == round(0.2 * len(y)) and b.n_train + b.n_val == len(y)
+    counts_val = np.bincount(b.val.y.numpy(), minlength=4)
+    assert counts_val.tolist() == [20, 10, 5, 1]  # proportions kept; tiny class on both sides
+    assert np.bincount(b.train.y.numpy()).tolist() == [80, 40, 23, 1]
+    assert b.val.y.tolist() == y[va].tolist()  # labels stay with their rows
+    again = D.prepare((X, y), validation=0.2, device=CPU, seed=3)
+    assert rows_of(again.val.X) == va
+    other = D.prepare((X, y), validation=0.2, device=CPU, seed=4)
+    assert rows_of(other.val.X) != va
+    assert not b.val.y.is_floating_point() and b.val.num_batches == -(-b.n_val // 32)
+
+
+def test_unstratified_split_for_regression_targets():
+    X, y = numbered(50), np.linspace(0, 1, 50)
+    b = D.prepare((X, y), validation=0.3, target_kind="float", device=CPU, seed=0)
+    assert (b.n_train, b.n_val) == (35, 15)
+    assert b.val.y.dtype == torch.float32 and b.val.y.ndim == 1
+    va = rows_of(b.val.X)
+    torch.testing.assert_close(b.val.y, torch.as_tensor(y[va], dtype=torch.float32))
+    assert va != list(range(35, 50))  # random, not a tail
+
+
+def test_explicit_validation_used_as_given_and_zero_means_none():
+    Xv, yv = XN[:5] + 1, np.array(["b", "a", "b", "c", "a"])
+    y = np.array(["a", "b"] * 15)  # "c" only in validation: one shared code book
+    b = prep((XN, y), validation=(Xv, yv), shuffle=False)
+    assert b.classes.tolist() == ["a", "b", "c"]
+    assert b.val.y.tolist() == [1, 0, 1, 2, 0]
+    torch.testing.assert_close(b.val.X, torch.as_tensor(Xv, dtype=torch.float32))
+    assert D.prepare((XN, YN), validation=0, device=CPU).val is None
+    assert D.prepare((XN, YN), validation=None, device=CPU).val is None
+
+
+# ----------------------------------------------------------------------------------------------
+# Targets
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "labels,classes",
+    [
+        (["cat", "dog", "cat", "emu"], ["cat", "dog", "emu"]),
+        ([-1, 1, 1, -1], [-1, 1]),
+        ([3, 5, 7, 5], [3, 5, 7]),
+        ([True, False, True, True], [False, True]),
+        ([3.0, 5.0, 3.0, 3.0], [3.0, 5.0]),
+    ],
+)
+def test_labels_not_0_to_c_are_encoded_and_round_trip(labels, classes):
+    X = numbered(4)
+    b = prep((X, labels), shuffle=False)
+    assert b.classes.tolist() == classes and b.n_classes == len(classes)
+    assert b.train.y.dtype == torch.int64
+    assert b.classes[b.train.y.numpy()].tolist() == list(labels)
+
+
+def test_string_labels_round_trip_through_pandas_and_arrow():
+    y = ["x", "y", "z", "x", "y", "z"]
+    for ys in (pd.Series(y), pd.Series(y, dtype="category"), pa.array(y), np.array(y)):
+        b = prep((numbered(6), ys), shuffle=False)
+        assert b.classes[b.train.y.numpy()].tolist() == y
+
+
+def test_index_column_vector_is_flattened_and_float_targets_stay_1d():
+    assert prep((XN, YN[:, None])).train.y.shape == (30,)
+    b = prep((XN, YN), target_kind="float")
+    assert b.train.y.dtype == torch.float32 and b.train.y.shape == (30,) and b.classes is None
+    b2 = prep((XN, YN[:, None].astype(np.float64)), target_kind="float")
+    assert b2.train.y.shape == (30, 1)
+
+
+def test_target_kind_any_keeps_dtype_but_narrows_float64():
+    assert prep((XN, YN), target_kind="any").train.y.dtype == torch.int64
+    assert prep((XN, XN[:, 0]), target_kind="any").train.y.dtype == torch.float32
+
+
+# ----------------------------------------------------------------------------------------------
+# Streaming
+# ----------------------------------------------------------------------------------------------
+
+
+def test_dataloader_is_streamed_as_given_and_resumes_exactly_with_a_generator():
+    ds = TensorDataset(numbered(30).double(), torch.arange(30, dtype=torch.int32))
+    loader = DataLoader(ds, batch_size=8, shuffle=True, generator=torch.Generator())
+    b = prep(loader, seed=5)
+    src = b.train
+    assert not src.resident and src.X is None and src.exact_resume
+    assert (src.num_batches, b.n_train, b.n_features) == (4, 30, 3)
+    epoch = list(src.batches(2))
+    xb, yb = epoch[0]
+    assert xb.dtype == torch.float32 and yb.dtype == torch.int64  # cast on arrival
+    rows = [r for xb, _ in epoch for r in rows_of(xb)]
+    assert sorted(rows) == list(range(30)) and rows != list(range(30))
+    torch.rand(3)  # the global RNG does not matter: the loader's generator is re-seeded
+    assert [r for xb, _ in src.batches(2) for r in rows_of(xb)] == rows
+    assert [r for xb, _ in src.batches(3) for r in rows_of(xb)] != rows
+    tail = list(src.batches(2, start=2))
+    assert [rows_of(x) for x, _ in tail] == [rows_of(x) for x, _ in epoch[2:]]
+
+
+def test_dataloader_without_generator_reports_inexact_resume_and_explicit_val():
+    loader = DataLoader(TensorDataset(numbered(10)), batch_size=4, shuffle=True)
+    b = prep(loader, validation=DataLoader(TensorDataset(numbered(4)), batch_size=2))
+    assert not b.train.exact_resume
+    assert D.is_streamed(loader) and not D.is_streamed((XN, YN)) and D.DataBundle is D.Bundle
+    assert [yb for _, yb in b.train.batches(0)] == [None, None, None]
+    assert b.n_val == 4 and not b.val.resident and len(list(b.val.batches(0))) == 2
+
+
+def test_iterable_dataset_is_streamed():
+    class Stream(IterableDataset):
+        def __iter__(self):
+            for i in range(10):
+                yield torch.tensor([float(i)]), torch.tensor(i % 2)
+
+    b = prep(Stream(), batch_size=4)
+    assert not b.train.resident and b.train.num_batches is None and b.n_train is None
+    got = [(rows_of(xb), yb.tolist()) for xb, yb in b.train.batches(0)]
+    assert got == [([0, 1, 2, 3], [0, 1, 0, 1]), ([4, 5, 6, 7], [0, 1, 0, 1]), ([8, 9], [0, 1])]
+
+
+def test_bad_dataloader_batch_is_refused():
+    loader = DataLoader(TensorDataset(numbered(4), numbered(4), numbered(4)), batch_size=2)
+    with pytest.raises(InputError, match=r"must be a tensor x or a pair \(x, y\).*list of 3 items"):
+        list(prep(loader).train.batches(0))
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad inputs are refused before training, with the message shape what/rule/got/fix
+# ----------------------------------------------------------------------------------------------
+
+X_NAN = XN.copy()
+X_NAN[4, 2] = np.nan
+X_NAN[9, 1] = np.inf
+Y_NAN = XN[:, 0].copy()
+Y_NAN[7] = np.nan
+FRACTION_FIX = r"pass e\.g\. validation=0\.2, or validation=None"
+
+BAD_INPUTS = [
+    (
+        (XN, YN[:29]),
+        {},
+        r"X and y must have the same number of samples; got X with 30 rows and y with 29",
+    ),
+    (
+        (X_NAN, YN),
+        {},
+        r"X must contain only finite numbers; got 2 non-finite values \(1 NaN, 1 inf\), the first at row 4, column 2 — drop or impute",
+    ),
+    (
+        (XN, Y_NAN),
+        {"target_kind": "float"},
+        r"y must contain only finite numbers; got 1 non-finite values \(1 NaN, 0 inf\), the first at row 7",
+    ),
+    ((XN * 1e300, YN), {}, r"X must fit in torch\.float32.*rescale"),
+    ((np.zeros((0, 3)), np.zeros(0)), {}, r"the training data must contain at least one sample"),
+    (
+        (XN[:3], YN[:3]),
+        {"validation": 0.1, "stratify": False},
+        r"validation=0\.1 must leave at least 1 sample on each side.*got 0 validation and 3 training.*larger fraction",
+    ),
+    (
+        (XN[:3], YN[:3]),
+        {"validation": 0.9, "stratify": False},
+        r"got 3 validation and 0 training samples.*smaller fraction.*validation=None",
+    ),
+    (
+        (numbered(20), np.arange(20) % 10),
+        {"validation": 0.2},
+        r"validation=0\.2 must leave room for every class.*got 4 validation samples for 10 such classes.*validation >= 0\.5, stratify=False, or validation=None",
+    ),
+    (
+        (numbered(20), np.arange(20) % 5),
+        {"validation": 0.9},
+        r"at least one sample of every class in the training part.*got 2 training samples for 5 classes.*smaller fraction \(at most 0\.75\)",
+    ),
+    (
+        (XN, YN),
+        {"validation": 1.5},
+        rf"validation must be a fraction in \(0, 1\), validation data, or None; got 1\.5 — {FRACTION_FIX}",
+    ),
+    ((XN, YN), {"validation": -0.2}, rf"got -0\.2 — {FRACTION_FIX}"),
+    ((XN, YN), {"validation": 1}, rf"got 1 — {FRACTION_FIX}"),
+    ((XN, YN), {"validation": True}, rf"got True — {FRACTION_FIX}"),
+    (
+        (XN, YN),
+        {"validation": (XN[:5, :3], YN[:5])},
+        r"validation X must have the same number of features as the training X \(4.*got 3 features",
+    ),
+    ((XN, YN), {"validation": XN[:5]}, r"validation must have targets like the training data"),
+    (
+        ({1, 2, 3}, None),
+        {},
+        r"X must be a numpy array, torch Tensor, list, pandas DataFrame/Series, pyarrow Table/Array.*; got a set — convert",
+    ),
+    ("not data", {}, r"X must be .*; got a str"),
+    (
+        (np.array([[1.0, "red"], [2.0, "blue"]], dtype=object), [0, 1]),
+        {},
+        r"X must contain only numbers; got an object array with 'red' at row 0, column 1 — encode them",
+    ),
+    (
+        (np.array([["a", "b"], ["c", "d"]]), [0, 1]),
+        {},
+        r"X must contain only numbers; got an array of dtype <U1.*descend CLI / descend\.tabular",
+    ),
+    (
+        (pd.DataFrame({"size": [1.0, 2.0], "color": ["red", "blue"]}), [0, 1]),
+        {},
+        r"X must contain only numeric columns; got 1 non-numeric column\(s\) 'color' of dtype (object|str).*get_dummies",
+    ),
+    (
+        (pa.table({"a": [1.0, 2.0], "city": ["x", "y"]}), [0, 1]),
+        {},
+        r"X must contain only numeric columns; got 1 non-numeric column\(s\) 'city' of type string",
+    ),
+    (([[1.0, 2.0], [3.0]], [0, 1]), {}, r"X must be rectangular"),
+    (
+        (XN[:4], [0.0, 0.5, 1.0, 1.0]),
+        {},
+        r"y must be class labels for a classification loss.*0\.5 at row 1 — these look like regression targets; use a regression loss such as 'mse'",
+    ),
+    (
+        (XN[:4], [0.0, np.nan, 1.0, 1.0]),
+        {},
+        r"y must contain only finite numbers.*row 1 — drop the rows with missing labels",
+    ),
+    (
+        (XN[:3], pd.Series([1, None, 0], dtype="Int64")),
+        {},
+        r"y must contain only finite numbers; got 1 non-finite",
+    ),
+    (
+        (XN[:3], np.array(["a", None, "b"], dtype=object)),
+        {},
+        r"y must not contain missing labels; got 1 missing \(None/NaN\) labels, the first at row 1",
+    ),
+    (
+        (XN[:3], ["a", "b", "c"]),
+        {"target_kind": "float"},
+        r"y must be numeric for target_kind='float'.*use a classification loss",
+    ),
+    (
+        DataLoader(TensorDataset(numbered(10))),
+        {"validation": 0.2},
+        r"validation=0\.2 \(a fraction\) needs in-memory data to split.*validation=None",
+    ),
+    (
+        TensorDataset(numbered(3), numbered(3), numbered(3)),
+        {},
+        r"must hold \(X,\) or \(X, y\); got 3 tensors",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "data,kw,pattern", BAD_INPUTS, ids=[f"bad{i}" for i in range(len(BAD_INPUTS))]
+)
+def test_bad_input_is_refused_with_a_message(data, kw, pattern):
+    kw = {"validation": None, **kw}
+    with pytest.raises(InputError, match=pattern):
+        D.prepare(data, device=CPU, **kw)
+
+
+# ----------------------------------------------------------------------------------------------
+# Devices
+# ----------------------------------------------------------------------------------------------
+
+
+def test_resolve_device():
+    cpu_model = torch.nn.Linear(2, 1)
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert D.resolve_device(None, cpu_model).type == expected
+    assert D.resolve_device("auto", None).type == expected
+    assert D.resolve_device("cpu") == CPU
+    assert D.resolve_device(CPU, cpu_model) == CPU
+    with pytest.raises(ConfigError, match=r"device must be a torch device string .*got 'gpu0'"):
+        D.resolve_device("gpu0")
+    with pytest.raises(ConfigError, match=r"device must be a string, a torch.device or None"):
+        D.resolve_device(3.5)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match=r"'cuda:1', but CUDA is not available — pass"):
+            D.resolve_device("cuda:1")
+
+
+def test_check_devices_refuses_a_different_accelerator(monkeypatch):
+    model = torch.nn.Linear(3, 1)
+    D.check_devices(model, torch.zeros(2, 3))  # CPU data: simply moved later
+    # No second accelerator here: pretend the model is on cuda:0 and "meta" is another one.
+    monkeypatch.setattr(D, "_model_devices", lambda m: [torch.device("cuda", 0)])
+    monkeypatch.setattr(D, "_is_accelerator", lambda d: d.type != "cpu")
+    D.check_devices(model, torch.zeros(2, 3))
+    with pytest.raises(
+        InputError,
+        match=r"got X on meta and the model's parameters on cuda:0 — pass device='cuda:0'.*or move one of them",
+    ):
+        D.check_devices(model, (torch.empty(2, 3, device="meta"), None))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_resident_batches():
+    dev = torch.device("cuda", torch.cuda.current_device())
+    b = D.prepare((XN, YN), validation=0.2, device=dev, batch_size=8)
+    assert b.train.X.device == dev and b.val.y.device == dev
+    xb, yb = next(iter(b.train.batches(0)))
+    assert xb.device == dev and yb.device == dev
+    cpu_rows = D.prepare((XN, YN), validation=0.2, device=CPU, batch_size=8)
+    for (xa, _), (xc, _) in zip(b.train.batches(1), cpu_rows.train.batches(1)):
+        torch.testing.assert_close(xa.cpu(), xc)  # same order on every device
+    X = torch.randn(10, 3, device=dev)
+    assert D.prepare(X, validation=None, device=dev).train.X.data_ptr() == X.data_ptr()
