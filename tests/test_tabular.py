@@ -1,0 +1,511 @@
+"""Data files to tensors: reading, task inference, the fitted preprocessing spec, splits."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+import pytest
+
+from descend import datasets
+from descend._errors import ConfigError, InputError
+from descend.tabular import (
+    Preprocessor,
+    drop_missing_target,
+    infer_task,
+    read_table,
+    split_indices,
+)
+
+
+@pytest.fixture
+def mixed() -> pa.Table:
+    return pa.table(
+        {
+            "age": [20.0, 30.0, None, 40.0, 50.0, 60.0],
+            "color": ["red", "blue", "red", "green", None, "blue"],
+            "flag": [True, False, True, True, False, False],
+            "y": ["no", "yes", "no", "yes", "yes", "no"],
+        }
+    )
+
+
+# ----------------------------------------------------------------------------- read_table
+
+
+def test_csv_and_parquet_read_back_equal(tmp_path, mixed):
+    pcsv.write_csv(mixed, tmp_path / "data.csv")
+    pq.write_table(mixed, tmp_path / "data.parquet")
+    from_csv = read_table(tmp_path / "data.csv")
+    from_parquet = read_table(tmp_path / "data.parquet")
+    assert from_csv.column_names == mixed.column_names
+    for name in mixed.column_names:
+        assert from_csv[name].to_pylist() == mixed[name].to_pylist(), name
+        assert from_parquet[name].to_pylist() == mixed[name].to_pylist(), name
+    assert from_csv.schema.metadata[b"descend.format"] == b"csv"
+
+
+def test_tsv_gzip_and_sniffed_txt(tmp_path):
+    import gzip
+
+    (tmp_path / "a.tsv").write_text("x\ty\n1\t2\n3\t4\n")
+    (tmp_path / "b.txt").write_text("x;y\n1;2\n3;4\n")
+    with gzip.open(tmp_path / "c.csv.gz", "wt") as f:
+        f.write("x,y\n1,2\n3,4\n")
+    for name in ("a.tsv", "b.txt", "c.csv.gz"):
+        table = read_table(tmp_path / name)
+        assert table.column_names == ["x", "y"], name
+        assert table["y"].to_pylist() == [2, 4], name
+
+
+def test_missing_file_suggests_a_close_name(tmp_path):
+    (tmp_path / "train.csv").write_text("x,y\n1,2\n")
+    with pytest.raises(
+        InputError, match=r"traim\.csv' must exist; got no such file — did you mean .*train\.csv"
+    ):
+        read_table(tmp_path / "traim.csv")
+
+
+def test_unsupported_extension_names_it_and_lists_supported(tmp_path):
+    (tmp_path / "data.xlsx").write_text("x")
+    with pytest.raises(
+        InputError,
+        match=r"must be CSV or Parquet.*\.csv, \.tsv, \.txt, \.parquet, \.pq.*got extension '\.xlsx'",
+    ):
+        read_table(tmp_path / "data.xlsx")
+
+
+def test_empty_file(tmp_path):
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(InputError, match=r"empty\.csv' must have a header row .*got an empty file"):
+        read_table(tmp_path / "empty.csv")
+
+
+def test_header_only(tmp_path):
+    (tmp_path / "header.csv").write_text("x,y\n")
+    with pytest.raises(
+        InputError,
+        match=r"must have at least one data row; got a header only \(columns \['x', 'y'\]\)",
+    ):
+        read_table(tmp_path / "header.csv")
+
+
+def test_duplicate_column_names_are_named(tmp_path):
+    (tmp_path / "dup.csv").write_text("x,y,x\n1,2,3\n")
+    with pytest.raises(
+        InputError, match=r"must have unique column names; got duplicate column name \['x'\]"
+    ):
+        read_table(tmp_path / "dup.csv")
+    pq.write_table(pa.table([pa.array([1]), pa.array([2])], names=["a", "a"]), tmp_path / "d.pq")
+    with pytest.raises(InputError, match=r"duplicate column name \['a'\]"):
+        read_table(tmp_path / "d.pq")
+
+
+def test_ragged_csv_names_the_lines(tmp_path):
+    (tmp_path / "rag.csv").write_text("x,y\n1,2\n3\n4,5\n")
+    with pytest.raises(
+        InputError, match=r"same number of fields on every line \(2.*got line 3 has 1"
+    ):
+        read_table(tmp_path / "rag.csv")
+
+
+def test_not_parquet(tmp_path):
+    (tmp_path / "fake.parquet").write_text("x,y\n1,2\n")
+    with pytest.raises(InputError, match=r"fake\.parquet' must be a valid Parquet file"):
+        read_table(tmp_path / "fake.parquet")
+
+
+def test_directory_is_refused(tmp_path):
+    with pytest.raises(InputError, match=r"must be a file; got a directory"):
+        read_table(tmp_path)
+
+
+# ----------------------------------------------------------------------------- infer_task
+
+
+@pytest.mark.parametrize(
+    ("values", "task"),
+    [
+        (["a", "b", "a"], "classification"),
+        ([True, False, True], "classification"),
+        (pa.array(["x", "y", "x"]).dictionary_encode(), "classification"),
+        ([0, 1, 1, 0, 1], "classification"),  # binary
+        ([1.0, 0.0, 1.0, None], "classification"),  # whole floats, missing ignored
+        (list(range(3)) * 50, "classification"),  # 3 distinct in 150 rows
+        ([1, 2, 3, 4, 5] * 3, "classification"),  # label codes 1..5
+        ([0.5, 1.5, 2.25], "regression"),  # fractions
+        (list(range(100)), "regression"),  # > 20 distinct
+        ([3, 10, 17, 25, 40, 3, 10, 17], "regression"),  # few rows per value, not codes
+    ],
+)
+def test_infer_task(values, task):
+    assert infer_task(values) == task
+
+
+def test_infer_task_refuses_an_all_missing_column():
+    with pytest.raises(InputError, match="must have at least one value; got only missing values"):
+        infer_task([None, None])
+
+
+# ----------------------------------------------------------------------------- Preprocessor
+
+
+def test_mixed_table_end_to_end(mixed):
+    pre = Preprocessor().fit(mixed, "y")
+    X, y = pre.transform(mixed)
+    assert pre.task == "classification" and pre.classes == ["no", "yes"]
+    assert y.dtype == np.int64 and y.tolist() == [0, 1, 0, 1, 1, 0]
+    assert X.dtype == np.float32
+    assert pre.feature_names == [
+        "age",
+        "age__missing",
+        "color=blue",
+        "color=green",
+        "color=red",
+        "color__missing",
+        "flag",
+    ]
+    assert X.shape == (6, pre.n_features) and pre.n_outputs == 2
+    assert any("median 40" in note and "age__missing" in note for note in pre.notes)
+
+
+def test_statistics_come_from_training_rows_only():
+    table = pa.table({"x": [0.0, 2.0, 4.0, 1000.0], "y": [0.0, 1.0, 2.0, 3.0]})
+    pre = Preprocessor(task="regression").fit(table, "y", rows=[0, 1, 2])
+    X, y = pre.transform(table, rows=[3])
+    # mean 2 and std sqrt(8/3) of the training x; the test row must not change them
+    assert X[0, 0] == pytest.approx((1000.0 - 2.0) / np.sqrt(8 / 3), rel=1e-6)
+    assert pre.target_mean == [pytest.approx(1.0)]
+    assert y[0] == pytest.approx((3.0 - 1.0) / np.sqrt(2 / 3), rel=1e-6)
+    # the same statistics when the caller slices the table instead of passing rows
+    pre2 = Preprocessor(task="regression").fit(table.slice(0, 3), "y")
+    np.testing.assert_array_equal(pre2.transform(table.slice(3))[0], X)
+
+
+def test_one_hot_unseen_category_is_all_zeros_not_a_crash():
+    train = pa.table({"c": ["a", "b", "a"], "y": [0, 1, 0]})
+    pre = Preprocessor().fit(train, "y")
+    X, y = pre.transform(pa.table({"c": ["b", "zebra", None]}))
+    assert y is None
+    np.testing.assert_array_equal(X, [[0, 1], [0, 0], [0, 0]])
+    assert "'zebra'" in pre.transform_notes[0] and "all zeros" in pre.transform_notes[0]
+
+
+def test_categories_are_capped_with_an_other_bucket():
+    values = ["a"] * 5 + ["b"] * 4 + ["c"] * 3 + ["d", "e"]
+    table = pa.table({"c": values, "y": [0, 1] * 7})
+    pre = Preprocessor(max_categories=2).fit(table, "y")
+    assert pre.feature_names == ["c=a", "c=b", "c=__other__"]
+    X, _ = pre.transform(pa.table({"c": ["a", "c", "new"]}))
+    # rare training categories and unseen ones both go to the __other__ bucket
+    np.testing.assert_array_equal(X, [[1, 0, 0], [0, 0, 1], [0, 0, 1]])
+
+
+def test_identifier_text_column_is_dropped_with_a_note():
+    n = 60
+    table = pa.table({"id": [f"u{i}" for i in range(n)], "x": list(range(n)), "y": [0, 1] * 30})
+    pre = Preprocessor(max_categories=50).fit(table, "y")
+    assert pre.input_columns == ["x"]
+    assert any("Dropped column 'id'" in note and "identifier" in note for note in pre.notes)
+
+
+def test_missing_values_are_imputed_with_the_training_median_and_flagged():
+    table = pa.table(
+        {"x": [1.0, None, 3.0, 10.0, float("nan")], "z": [1, 2, 3, 4, 5], "y": [0, 1, 0, 1, 0]}
+    )
+    pre = Preprocessor().fit(table, "y")
+    assert pre.feature_names == ["x", "x__missing", "z"]  # z had no missing: no indicator
+    X, _ = pre.transform(table)
+    spec = pre.columns[0]
+    assert spec["median"] == 3.0
+    imputed = (3.0 - spec["mean"]) / spec["std"]
+    assert X[1, 0] == pytest.approx(imputed) and X[4, 0] == pytest.approx(imputed)
+    np.testing.assert_array_equal(X[:, 1], [0, 1, 0, 0, 1])
+    assert any("Filled 2 missing values in 'x' with the training median 3" in n for n in pre.notes)
+    # a column that had no missing values in training is still imputed later, and said so
+    X2, _ = pre.transform(pa.table({"x": [1.0], "z": pa.array([None], pa.int64())}))
+    assert X2[0, 2] == pytest.approx((3.0 - pre.columns[1]["mean"]) / pre.columns[1]["std"])
+    assert "no indicator" in pre.transform_notes[0]
+
+
+def test_all_missing_column_is_dropped_and_constant_column_kept():
+    table = pa.table(
+        {
+            "empty": pa.array([None] * 4, pa.float64()),
+            "const": [5.0] * 4,
+            "x": [1.0, 2.0, 3.0, 4.0],
+            "y": [0, 1, 0, 1],
+        }
+    )
+    pre = Preprocessor().fit(table, "y")
+    assert pre.input_columns == ["const", "x"]
+    assert pre.dropped == {"empty": "every value is missing in the training rows"}
+    X, _ = pre.transform(table)
+    np.testing.assert_array_equal(X[:, 0], 0.0)  # std 1, centered
+    assert any("constant" in note and "'const'" in note for note in pre.notes)
+
+
+def test_no_features_left_is_refused():
+    table = pa.table({"empty": pa.array([None] * 3, pa.string()), "y": [0, 1, 0]})
+    with pytest.raises(
+        InputError, match=r"at least one usable feature column.*'empty': every value is missing"
+    ):
+        Preprocessor().fit(table, "y")
+
+
+def test_junk_in_numeric_column_names_column_and_rows(tmp_path):
+    (tmp_path / "junk.csv").write_text("x,y\n12,0\n13,1\nabc,0\n14,1\n?,0\n")
+    table = read_table(tmp_path / "junk.csv")
+    with pytest.raises(
+        InputError,
+        match=r"column 'x' looks numeric .*got \['\?', 'abc'\] at rows 2, 4 \(0-based data rows; lines 4, 6 of .*junk\.csv\) — correct those values .*categorical=\['x'\]",
+    ):
+        Preprocessor().fit(table, "y")
+    # the suggested fix works
+    assert Preprocessor(categorical=["x"]).fit(table, "y").n_features == 5
+
+
+def test_numbers_stored_as_text_are_read_as_numbers():
+    table = pa.table({"x": [" 1.5", "2", "-3e1"], "y": [0, 1, 0]})
+    pre = Preprocessor().fit(table, "y")
+    assert pre.columns[0]["kind"] == "numeric"
+    assert pre.columns[0]["mean"] == pytest.approx((1.5 + 2 - 30) / 3)
+
+
+def test_mostly_text_column_is_categorical():
+    table = pa.table({"size": ["S", "M", "L", "XL", "1"], "y": [0, 1, 0, 1, 0]})
+    assert Preprocessor().fit(table, "y").columns[0]["kind"] == "categorical"
+
+
+def test_infinite_feature_names_rows():
+    table = pa.table({"x": [1.0, float("inf"), 2.0], "y": [0, 1, 0]})
+    with pytest.raises(
+        InputError, match=r"column 'x' must hold finite numbers; got infinite values at row 1 "
+    ):
+        Preprocessor().fit(table, "y")
+
+
+def test_regression_target_round_trip():
+    _, y = datasets.load("diabetes")
+    table = datasets.load("diabetes", as_frame=True)
+    pre = Preprocessor().fit(table, "target")
+    assert pre.task == "regression" and pre.n_outputs == 1
+    _, y_std = pre.transform(table)
+    assert y_std.dtype == np.float32
+    assert abs(float(y_std.mean())) < 1e-5 and float(y_std.std()) == pytest.approx(1.0, rel=1e-5)
+    np.testing.assert_allclose(pre.inverse_transform_target(y_std), y, rtol=1e-5)
+    import torch
+
+    back = pre.inverse_transform_target(torch.from_numpy(y_std[:3]))
+    np.testing.assert_allclose(back, y[:3], rtol=1e-5)
+
+
+def test_classification_inverse_transform_gives_labels():
+    table = pa.table({"x": [1, 2, 3, 4], "y": ["cat", "dog", "cat", "emu"]})
+    pre = Preprocessor().fit(table, "y")
+    assert pre.inverse_transform_target([2, 0]).tolist() == ["emu", "cat"]
+    scores = np.array([[0.1, 0.9, 0.0], [0.0, 0.0, 5.0]])
+    assert pre.inverse_transform_target(scores).tolist() == ["dog", "emu"]
+
+
+def test_to_dict_from_dict_round_trip_gives_identical_transform(tmp_path, mixed):
+    pre = Preprocessor(max_categories=2).fit(mixed, "y", rows=[0, 1, 2, 3])
+    spec = json.loads(json.dumps(pre.to_dict()))
+    again = Preprocessor.from_dict(spec)
+    X1, y1 = pre.transform(mixed)
+    X2, y2 = again.transform(mixed)
+    np.testing.assert_array_equal(X1, X2)
+    np.testing.assert_array_equal(y1, y2)
+    assert again.notes == pre.notes and again.feature_names == pre.feature_names
+    pre.save(tmp_path / "prep.json")
+    loaded = Preprocessor.load(tmp_path / "prep.json")
+    np.testing.assert_array_equal(loaded.transform(mixed)[0], X1)
+    assert loaded.to_dict() == pre.to_dict()
+
+
+def test_regression_spec_round_trip(tmp_path):
+    table = datasets.load("linnerud", as_frame=True)
+    pre = Preprocessor().fit(table, datasets.target_column("linnerud"))
+    pre.save(tmp_path / "p.json")
+    loaded = Preprocessor.load(tmp_path / "p.json")
+    np.testing.assert_array_equal(loaded.transform(table)[1], pre.transform(table)[1])
+    assert loaded.transform(table)[1].shape == (20, 3)
+
+
+def test_bad_spec_files(tmp_path):
+    with pytest.raises(InputError, match=r"preprocessing spec .*must exist"):
+        Preprocessor.load(tmp_path / "none.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(InputError, match=r"must be valid JSON"):
+        Preprocessor.load(tmp_path / "bad.json")
+    with pytest.raises(
+        InputError, match=r"must be a dict with format 'descend\.tabular\.Preprocessor'"
+    ):
+        Preprocessor.from_dict({"format": "other"})
+
+
+def test_transform_names_missing_columns_and_ignores_extra(mixed):
+    pre = Preprocessor().fit(mixed, "y")
+    with pytest.raises(
+        InputError,
+        match=r"must be columns of the table; got no column \['age', 'flag'\] — for 'age' did you mean 'Age'\?",
+    ):
+        pre.transform(pa.table({"Age": [1.0], "color": ["red"]}))
+    X, y = pre.transform(pa.table({"age": [1.0], "color": ["red"], "flag": [True], "new": [1]}))
+    assert y is None and X.shape == (1, pre.n_features)
+    assert pre.transform_notes == ["Ignored columns not seen in training: ['new']."]
+
+
+def test_transform_refuses_text_in_a_numeric_column():
+    pre = Preprocessor().fit(pa.table({"x": [1.0, 2.0, 3.0], "y": [0, 1, 0]}), "y")
+    with pytest.raises(
+        InputError, match=r"column 'x' was numeric in training .*got \['n/a!'\] at row 1 "
+    ):
+        pre.transform(pa.table({"x": ["4", "n/a!"]}))
+
+
+def test_target_missing_lists_close_matches(mixed):
+    with pytest.raises(
+        InputError,
+        match=r"target column must be a column of the table; got no column \['Y'\] — for 'Y' did you mean 'y'\?",
+    ):
+        Preprocessor().fit(mixed, "Y")
+
+
+def test_target_with_missing_values_names_rows_and_can_be_dropped():
+    table = pa.table({"x": [1.0, 2.0, 3.0, 4.0], "y": [0.5, None, 1.5, float("nan")]})
+    with pytest.raises(
+        InputError,
+        match=r"target 'y' must have a value in every row; got 2 missing at rows 1, 3 .*drop_missing_target",
+    ):
+        Preprocessor().fit(table, "y")
+    kept, dropped = drop_missing_target(table, "y")
+    assert dropped.tolist() == [1, 3] and kept["x"].to_pylist() == [1.0, 3.0]
+    assert Preprocessor().fit(kept, "y").n_train_rows == 2
+
+
+def test_missing_target_rows_are_rows_of_the_whole_table():
+    table = pa.table({"x": [1.0, 2.0, 3.0, 4.0], "y": [0, 1, None, 1]})
+    with pytest.raises(InputError, match=r"1 missing at row 2 "):
+        Preprocessor().fit(table, "y", rows=[0, 2, 3])
+
+
+def test_single_class_target_is_refused():
+    with pytest.raises(
+        InputError,
+        match=r"must have at least 2 classes .*got one class, 'a', in all 3 training rows",
+    ):
+        Preprocessor().fit(pa.table({"x": [1, 2, 3], "y": ["a", "a", "a"]}), "y")
+
+
+def test_unseen_class_at_transform_is_refused():
+    pre = Preprocessor().fit(pa.table({"x": [1, 2, 3], "y": ["a", "b", "a"]}), "y")
+    with pytest.raises(InputError, match=r"new class \['c'\] at row 1 "):
+        pre.transform(pa.table({"x": [1, 2], "y": ["a", "c"]}))
+
+
+def test_task_override_and_regression_target_with_text():
+    table = pa.table({"x": [1.0, 2.0, 3.0, 4.0], "y": [0, 1, 0, 1]})
+    assert Preprocessor(task="regression").fit(table, "y").task == "regression"
+    bad = pa.table({"x": [1.0, 2.0, 3.0], "y": ["1.5", "x", "2"]})
+    with pytest.raises(
+        InputError, match=r"regression target 'y' must hold numbers; got \['x'\] at row 1 "
+    ):
+        Preprocessor(task="regression").fit(bad, "y")
+
+
+def test_bad_options_and_unfitted_use():
+    with pytest.raises(ConfigError, match=r"task must be one of"):
+        Preprocessor(task="clustering")
+    with pytest.raises(ConfigError, match=r"max_categories must be an integer >= 1"):
+        Preprocessor(max_categories=0)
+    with pytest.raises(
+        ConfigError,
+        match=r"categorical must be a list of column names; got 'c' — pass categorical=\['c'\]",
+    ):
+        Preprocessor(categorical="c")
+    with pytest.raises(ConfigError, match=r"needs a fitted preprocessor"):
+        Preprocessor().transform(pa.table({"x": [1]}))
+    with pytest.raises(
+        InputError,
+        match=r"Preprocessor ignore must be a column of the table; got no column \['idd'\] — for 'idd' did you mean 'id'",
+    ):
+        Preprocessor(ignore=["idd"]).fit(pa.table({"id": [1, 2], "x": [1, 2], "y": [0, 1]}), "y")
+
+
+def test_dates_become_numbers():
+    import datetime
+
+    days = [datetime.date(2020, 1, d) for d in (1, 2, 3, 4)]
+    pre = Preprocessor().fit(pa.table({"d": days, "y": [0, 1, 0, 1]}), "y")
+    assert pre.columns[0]["std"] == pytest.approx(np.std([0, 1, 2, 3]) * 86400)
+
+
+# ----------------------------------------------------------------------------- split_indices
+
+
+def test_split_is_deterministic_and_a_partition():
+    a = split_indices(100, 0.2, 0.1, seed=3)
+    b = split_indices(100, 0.2, 0.1, seed=3)
+    c = split_indices(100, 0.2, 0.1, seed=4)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(a[1], c[1])
+    assert [len(p) for p in a] == [70, 20, 10]
+    assert sorted(np.concatenate(a).tolist()) == list(range(100))
+
+
+def test_split_is_stratified():
+    labels = np.array([0] * 80 + [1] * 16 + [2] * 4)
+    train, val, test = split_indices(100, 0.25, 0.25, seed=0, stratify_labels=labels)
+    assert np.bincount(labels[val], minlength=3).tolist() == [20, 4, 1]
+    assert np.bincount(labels[test], minlength=3).tolist() == [20, 4, 1]
+    assert np.bincount(labels[train], minlength=3).tolist() == [40, 8, 2]
+    # text labels from a table column work too, and give the same split as their codes
+    text = pa.array(np.array(["a", "b", "c"])[labels])
+    again = split_indices(100, 0.25, 0.25, seed=0, stratify_labels=text)
+    np.testing.assert_array_equal(again[1], val)
+
+
+def test_every_class_keeps_a_training_row():
+    labels = ["rare"] + ["common"] * 9
+    for seed in range(20):
+        train, _, _ = split_indices(10, 0.3, 0.2, seed=seed, stratify_labels=labels)
+        assert 0 in train
+
+
+def test_too_few_rows_for_the_splits():
+    with pytest.raises(
+        InputError,
+        match=r"data must have at least 3 rows to split into training, validation .* got 2 rows — add rows",
+    ):
+        split_indices(2, 0.2, 0.2, seed=0)
+    train, val, test = split_indices(3, 0.2, 0.2, seed=0)
+    assert (len(train), len(val), len(test)) == (1, 1, 1)
+
+
+def test_bad_split_settings():
+    with pytest.raises(ConfigError, match=r"validation_fraction must be a number in \[0, 1\)"):
+        split_indices(10, 1.5)
+    with pytest.raises(ConfigError, match=r"must be below 1 so rows remain for training"):
+        split_indices(10, 0.6, 0.5)
+    with pytest.raises(
+        InputError, match=r"stratify_labels must have one label per row \(10\); got 3 labels"
+    ):
+        split_indices(10, 0.2, stratify_labels=["a", "b", "c"])
+
+
+def test_pandas_categorical_and_parquet_dictionary_columns(tmp_path):
+    pd = pytest.importorskip("pandas")
+    df = pd.DataFrame(
+        {"c": pd.Categorical(["a", "b", "a", "c"]), "x": [1.0, 2.0, 3.0, 4.0], "y": [0, 1, 0, 1]}
+    )
+    pre = Preprocessor().fit(df, "y")
+    assert pre.feature_names == ["c=a", "c=b", "c=c", "x"]
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp_path / "d.parquet")
+    table = read_table(tmp_path / "d.parquet")
+    assert pa.types.is_dictionary(table["c"].type)
+    np.testing.assert_array_equal(pre.transform(table)[0], pre.transform(df)[0])
