@@ -14,6 +14,17 @@ An ``update`` may change its own ``state`` in place (to save memory) but never t
 State is a tree of ``dict``/``tuple``/``list`` whose leaves are tensors, Python numbers, strings
 or ``None``; per-parameter tensors live in ``dict[str, Tensor]`` keyed by parameter name. That
 keeps every state checkpointable without pickle.
+
+Updates never alias a transform's state, so they stay valid after the next ``update``.
+
+**In-place protocol (internal, optional).** A chain pays one pass over memory per transform.
+To avoid allocating a fresh tensor at every link, a transform's ``update`` function may carry
+an attribute ``inplace``: ``inplace(grads, state, params, owned) -> (updates, state, fresh)``.
+``owned=True`` promises that the incoming tensors were created by an earlier link of the same
+chain during this very call and are referenced nowhere else, so the transform may overwrite
+them; ``fresh=True`` makes the same promise about the returned tensors. :func:`chain` threads
+the flag through; the first link always gets ``owned=False`` (the caller's gradients), and a
+transform without ``inplace`` resets it. Build such transforms with :func:`inplace_transform`.
 """
 
 from __future__ import annotations
@@ -27,7 +38,20 @@ Params = dict[str, torch.Tensor]
 Updates = dict[str, torch.Tensor]
 State = Any
 
-__all__ = ["Params", "State", "Transform", "Updates", "apply_updates", "chain", "identity"]
+__all__ = [
+    "InplaceUpdate",
+    "Params",
+    "State",
+    "Transform",
+    "Updates",
+    "apply_updates",
+    "chain",
+    "identity",
+    "inplace_transform",
+    "named_params",
+]
+
+InplaceUpdate = Callable[[Updates, State, "Params | None", bool], tuple[Updates, State, bool]]
 
 
 class Transform(NamedTuple):
@@ -36,6 +60,27 @@ class Transform(NamedTuple):
 
     init: Callable[[Params], State]
     update: Callable[[Updates, State, Params | None], tuple[Updates, State]]
+
+
+def inplace_transform(init: Callable[[Params], State], update_inplace: InplaceUpdate) -> Transform:
+    """A :class:`Transform` from an ``init`` and an in-place-aware update (see the module doc).
+
+    The public ``update(grads, state, params)`` calls ``update_inplace(..., owned=False)`` under
+    ``torch.no_grad()``, so it never touches the caller's tensors; :func:`chain` calls the
+    ``inplace`` variant directly to let later links reuse the buffers earlier links allocated.
+    """
+
+    @torch.no_grad()
+    def inplace(grads: Updates, state: State, params: Params | None, owned: bool):
+        return update_inplace(grads, state, params, owned)
+
+    @torch.no_grad()
+    def update(grads: Updates, state: State, params: Params | None = None):
+        updates, state, _ = update_inplace(grads, state, params, False)
+        return updates, state
+
+    update.inplace = inplace  # type: ignore[attr-defined]
+    return Transform(init, update)
 
 
 def identity() -> Transform:
@@ -47,6 +92,7 @@ def identity() -> Transform:
     def update(grads: Updates, state: State, params: Params | None = None):
         return grads, state
 
+    update.inplace = lambda grads, state, params, owned: (grads, state, owned)  # type: ignore[attr-defined]
     return Transform(init, update)
 
 
@@ -70,13 +116,25 @@ def chain(*transforms: Transform) -> Transform:
     def init(params: Params) -> State:
         return tuple(t.init(params) for t in flat)
 
-    def update(grads: Updates, state: State, params: Params | None = None):
-        new_state = []
-        for t, s in zip(flat, state):
-            grads, s = t.update(grads, s, params)
-            new_state.append(s)
-        return grads, tuple(new_state)
+    links = [(t, getattr(t.update, "inplace", None)) for t in flat]
 
+    def update_inplace(grads: Updates, state: State, params: Params | None, owned: bool):
+        new_state = []
+        for (t, inplace), s in zip(links, state):
+            if inplace is None:
+                grads, s = t.update(grads, s, params)
+                owned = False
+            else:
+                grads, s, owned = inplace(grads, s, params, owned)
+            new_state.append(s)
+        return grads, tuple(new_state), owned
+
+    # No no_grad() here: each link decides (descend's own links run under no_grad).
+    def update(grads: Updates, state: State, params: Params | None = None):
+        updates, state, _ = update_inplace(grads, state, params, False)
+        return updates, state
+
+    update.inplace = update_inplace  # type: ignore[attr-defined]
     return Transform(init, update)
 
 
@@ -92,9 +150,7 @@ def apply_updates(params: Params, updates: Updates) -> None:
         return
     ps = [params[n] for n in names]
     us = [updates[n] for n in names]
-    if len({(p.device, p.dtype) for p in ps}) == 1 and all(
-        u.dtype == ps[0].dtype for u in us
-    ):
+    if len({(p.device, p.dtype) for p in ps}) == 1 and all(u.dtype == ps[0].dtype for u in us):
         torch._foreach_add_(ps, us)
     else:
         for p, u in zip(ps, us):

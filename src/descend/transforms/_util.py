@@ -1,0 +1,192 @@
+"""Shared helpers of the transforms: device/dtype grouping for multi-tensor ops, masks, checks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import torch
+
+from descend._errors import ConfigError, check_choice, describe, message
+
+Impl = Literal["auto", "fused", "foreach", "reference"]
+Mask = Literal["default"] | Callable[[str, torch.Tensor], bool] | Mapping[str, bool] | None
+
+IMPLS = ("auto", "foreach", "reference")
+FUSED_IMPLS = ("auto", "fused", "foreach", "reference")
+
+
+def present(tensors: Mapping[str, torch.Tensor | None]) -> list[str]:
+    """Names whose tensor is not ``None`` (a parameter without a gradient this step)."""
+    return [n for n, t in tensors.items() if t is not None]
+
+
+def groups(names: list[str], ref: Mapping[str, torch.Tensor]) -> list[list[str]]:
+    """Split ``names`` by the device and dtype of ``ref[name]``: one multi-tensor call each."""
+    if not names:
+        return []
+    out: dict[tuple[torch.device, torch.dtype], list[str]] = {}
+    for n in names:
+        t = ref[n]
+        out.setdefault((t.device, t.dtype), []).append(n)
+    return list(out.values())
+
+
+def resolve_impl(impl: str, owner: str) -> Literal["foreach", "reference"]:
+    """``"auto"`` means the multi-tensor path (torch ``_foreach_*`` ops), on every device."""
+    check_choice("impl", impl, IMPLS, owner=owner)
+    return "reference" if impl == "reference" else "foreach"
+
+
+def fused_devices() -> tuple[str, ...]:
+    """Device types with torch's fused optimizer kernels (empty if this torch has none)."""
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+        return tuple(_get_fused_kernels_supported_devices())
+    except (ImportError, AttributeError):  # pragma: no cover - depends on the torch version
+        return ()
+
+
+def check_finite(name: str, value: Any, *, owner: str) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or value != value or value in (float("inf"), float("-inf")):
+        raise ConfigError(
+            message(f"{owner}: {name}", "must be a finite number", describe(value), None)
+        )
+    return float(value)
+
+
+def check_callable(name: str, value: Any, *, owner: str, example: str) -> None:
+    if not callable(value):
+        raise ConfigError(
+            message(
+                f"{owner}: {name}",
+                "must be a callable",
+                describe(value),
+                f"pass e.g. {name}={example}",
+            )
+        )
+
+
+def check_bool(name: str, value: Any, *, owner: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(
+            message(f"{owner}: {name}", "must be True or False", describe(value), None)
+        )
+    return value
+
+
+def default_mask(name: str, tensor: torch.Tensor) -> bool:
+    """Decay weight matrices, conv kernels and embeddings (ndim >= 2); skip biases and norms."""
+    return tensor.ndim >= 2
+
+
+def mask_fn(mask: Any, *, owner: str) -> Callable[[str, torch.Tensor], bool]:
+    """Turn a mask spec into ``(name, tensor) -> bool``."""
+    if mask is None:
+        return lambda name, tensor: True
+    if isinstance(mask, str):
+        check_choice("mask", mask, ("default",), owner=owner)
+        return default_mask
+    if isinstance(mask, Mapping):
+        bad = [k for k, v in mask.items() if not isinstance(k, str) or not isinstance(v, bool)]
+        if bad:
+            raise ConfigError(
+                message(
+                    f"{owner}: mask",
+                    "as a dict must map parameter names (str) to True/False",
+                    f"entry {bad[0]!r}: {describe(mask[bad[0]])}",
+                    "e.g. mask={'fc.weight': True, 'fc.bias': False}",
+                )
+            )
+        table = dict(mask)
+        return lambda name, tensor: table.get(name, False)
+    if callable(mask):
+        return mask
+    raise ConfigError(
+        message(
+            f"{owner}: mask",
+            "must be 'default', None, a dict {name: bool} or a callable (name, tensor) -> bool",
+            describe(mask),
+            "e.g. mask=lambda name, p: not name.endswith('bias')",
+        )
+    )
+
+
+def check_mask_names(mask: Any, params: Mapping[str, torch.Tensor], *, owner: str) -> None:
+    """A dict mask naming a parameter that does not exist is a typo: say so at init."""
+    if not isinstance(mask, Mapping):
+        return
+    unknown = [k for k in mask if k not in params]
+    if unknown:
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], list(params), n=3)
+        fix = f"did you mean {' or '.join(map(repr, close))}?" if close else None
+        raise ConfigError(
+            message(
+                f"{owner}: mask",
+                "must name existing parameters",
+                f"unknown name {unknown[0]!r}",
+                fix or f"parameter names are {list(params)[:8]}",
+            )
+        )
+
+
+class MaskCache:
+    """Per-name mask decisions, computed once (a parameter's name and ndim never change)."""
+
+    def __init__(self, fn: Callable[[str, torch.Tensor], bool]):
+        self.fn = fn
+        self.table: dict[str, bool] = {}
+
+    def reset(self) -> None:
+        self.table.clear()
+
+    def __call__(self, name: str, tensor: torch.Tensor) -> bool:
+        hit = self.table.get(name)
+        if hit is None:
+            hit = self.table[name] = bool(self.fn(name, tensor))
+        return hit
+
+
+def zeros_like_all(
+    params: Mapping[str, torch.Tensor], fill: float = 0.0
+) -> dict[str, torch.Tensor]:
+    """One state buffer per parameter, same device, dtype and layout."""
+    return {
+        n: torch.full_like(p, fill, memory_format=torch.preserve_format)
+        if fill
+        else torch.zeros_like(p, memory_format=torch.preserve_format)
+        for n, p in params.items()
+    }
+
+
+def need_params(params: Any, owner: str) -> None:
+    if params is None:
+        raise ConfigError(
+            message(
+                f"{owner}.update",
+                "needs the current parameters",
+                "params=None",
+                "call update(grads, state, params)",
+            )
+        )
+
+
+def mul(tensors: dict[str, torch.Tensor], factor: float | torch.Tensor, owned: bool):
+    """``{n: t * factor}``; in place when the caller owns the tensors."""
+    names = present(tensors)
+    if owned:
+        for grp in groups(names, tensors):
+            ts = [tensors[n] for n in grp]
+            f = factor.to(ts[0].device) if isinstance(factor, torch.Tensor) else factor
+            torch._foreach_mul_(ts, f)
+        return tensors
+    out: dict[str, torch.Tensor] = {}
+    for grp in groups(names, tensors):
+        ts = [tensors[n] for n in grp]
+        f = factor.to(ts[0].device) if isinstance(factor, torch.Tensor) else factor
+        out.update(zip(grp, torch._foreach_mul(ts, f)))
+    return out
