@@ -1,0 +1,214 @@
+"""Per-epoch time of descend.fit against the loops people write by hand, side by side.
+
+Same process, same data, same model, same optimizer settings (AdamW, lr 1e-3, wd 0.01), same
+batch size and epoch count for every contender:
+
+- ``bare/descend-adamw``: a hand-written loop over in-memory tensors (randperm + indexing) that
+  drives descend's own AdamW transform: fit's framework overhead is ``fit / this``.
+- ``bare/torch-adamw``: the same loop with ``torch.optim.AdamW`` at its defaults (the for-loop
+  implementation on CPU), and ``bare/torch-adamw-fused`` with ``fused=True``.
+- ``dataloader``: the typical ``DataLoader(TensorDataset, shuffle=True)`` loop, torch AdamW.
+- ``sklearn-mlp``: scikit-learn's MLPClassifier/MLPRegressor (adam, same width and batch size),
+  time per iteration (= epoch).
+- ``descend.fit``: training only (``validation=None``), and ``descend.fit+val`` with its default
+  20% validation split evaluated every epoch (on 80% of the training rows, so slightly less work).
+
+Run: ``python benchmarks/fit_overhead.py [--epochs 5] [--repeats 3]``. Prints a Markdown table
+of seconds per epoch (median over repeats) and ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+import warnings
+
+import numpy as np
+import torch
+from sklearn.datasets import load_digits
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.neural_network import MLPClassifier, MLPRegressor
+
+import descend
+from descend.transforms import apply_updates
+
+
+def make_mlp(i: int, h: int, o: int, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Linear(i, h),
+        torch.nn.ReLU(),
+        torch.nn.Linear(h, h),
+        torch.nn.ReLU(),
+        torch.nn.Linear(h, o),
+    )
+
+
+def workloads():
+    X, y = load_digits(return_X_y=True)
+    yield "digits (1.8k x 64, clf, batch 32)", (X / 16).astype(np.float32), y, "clf", 256, 32
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((20_000, 32)).astype(np.float32)
+    w = rng.standard_normal(32).astype(np.float32)
+    yr = (np.tanh(X @ w / 4) + 0.1 * rng.standard_normal(20_000)).astype(np.float32)
+    yield "synthetic (20k x 32, reg, batch 128)", X, yr, "reg", 256, 128
+    Xc = rng.standard_normal((50_000, 54)).astype(np.float32)
+    yc = (Xc[:, :7] @ rng.standard_normal((7, 7))).argmax(1)
+    yield "synthetic (50k x 54, clf, batch 256)", Xc, yc, "clf", 512, 256
+
+
+def loss_fn(kind):
+    if kind == "clf":
+        return torch.nn.functional.cross_entropy
+    return lambda p, t: torch.nn.functional.mse_loss(p.squeeze(-1), t)
+
+
+def bare_loop(model, X, y, kind, bs, epochs, make_opt):
+    _, step = make_opt(model)
+    lf = loss_fn(kind)
+    g = torch.Generator().manual_seed(0)
+    n = X.shape[0]
+    t = time.perf_counter()
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=g)
+        for i in range(0, n, bs):
+            idx = perm[i : i + bs]
+            step(lf(model(X[idx]), y[idx]))
+    return (time.perf_counter() - t) / epochs
+
+
+def torch_opt(**kw):
+    def make(model):
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01, **kw)
+
+        def step(loss):
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        return opt, step
+
+    return make
+
+
+def descend_opt(model):
+    params = {n: p for n, p in model.named_parameters()}
+    names, plist = list(params), list(params.values())
+    tx = descend.optim.adamw(lr=1e-3, weight_decay=0.01)
+    state = [tx.init(params)]
+
+    def step(loss):
+        grads = dict(zip(names, torch.autograd.grad(loss, plist)))
+        updates, state[0] = tx.update(grads, state[0], params)
+        apply_updates(params, updates)
+
+    return tx, step
+
+
+def dataloader_loop(model, X, y, kind, bs, epochs):
+    ds = torch.utils.data.TensorDataset(X, y)
+    dl = torch.utils.data.DataLoader(ds, batch_size=bs, shuffle=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+    lf = loss_fn(kind)
+    t = time.perf_counter()
+    for _ in range(epochs):
+        for xb, yb in dl:
+            opt.zero_grad(set_to_none=True)
+            lf(model(xb), yb).backward()
+            opt.step()
+    return (time.perf_counter() - t) / epochs
+
+
+def sklearn_mlp(X, y, kind, width, bs, epochs):
+    cls = MLPClassifier if kind == "clf" else MLPRegressor
+    m = cls(
+        hidden_layer_sizes=(width, width),
+        batch_size=bs,
+        max_iter=epochs,
+        tol=-np.inf,
+        n_iter_no_change=10**9,
+        alpha=0.0,
+        learning_rate_init=1e-3,
+        random_state=0,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        t = time.perf_counter()
+        m.fit(X, y)
+    return (time.perf_counter() - t) / m.n_iter_
+
+
+def descend_fit(model, X, y, kind, bs, epochs, validation):
+    loss = "cross_entropy" if kind == "clf" else "mse"
+    t = time.perf_counter()
+    r = descend.fit(
+        model,
+        (X, y),
+        loss,
+        optimizer=descend.optim.adamw(lr=1e-3, weight_decay=0.01),
+        batch_size=bs,
+        epochs=epochs,
+        validation=validation,
+        patience=None,
+        metric=None if validation is None else "auto",
+        verbose=0,
+        seed=0,
+    )
+    assert r.epochs == epochs
+    return (time.perf_counter() - t) / epochs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    E = args.epochs
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
+        f"threads, torch {torch.__version__}, python {platform.python_version()}"
+    )
+    for name, Xn, yn, kind, width, bs in workloads():
+        X = torch.as_tensor(Xn)
+        y = torch.as_tensor(yn).long() if kind == "clf" else torch.as_tensor(yn)
+        d_in = X.shape[1]
+        d_out = int(y.max()) + 1 if kind == "clf" else 1
+        contenders = {
+            "bare/descend-adamw": lambda: bare_loop(
+                make_mlp(d_in, width, d_out), X, y, kind, bs, E, descend_opt
+            ),
+            "bare/torch-adamw": lambda: bare_loop(
+                make_mlp(d_in, width, d_out), X, y, kind, bs, E, torch_opt()
+            ),
+            "bare/torch-adamw-fused": lambda: bare_loop(
+                make_mlp(d_in, width, d_out), X, y, kind, bs, E, torch_opt(fused=True)
+            ),
+            "dataloader": lambda: dataloader_loop(make_mlp(d_in, width, d_out), X, y, kind, bs, E),
+            "sklearn-mlp": lambda: sklearn_mlp(Xn, yn, kind, width, bs, E),
+            "descend.fit": lambda: descend_fit(
+                make_mlp(d_in, width, d_out), Xn, yn, kind, bs, E, None
+            ),
+            "descend.fit+val": lambda: descend_fit(
+                make_mlp(d_in, width, d_out), Xn, yn, kind, bs, E, 0.2
+            ),
+        }
+        # warm-up (allocator, thread pools, first-call costs)
+        bare_loop(make_mlp(d_in, width, d_out), X, y, kind, bs, 1, descend_opt)
+        times: dict[str, list[float]] = {k: [] for k in contenders}
+        for _ in range(args.repeats):  # interleave contenders so drift hits all alike
+            for k, f in contenders.items():
+                times[k].append(f())
+        med = {k: statistics.median(v) for k, v in times.items()}
+        ref = med["bare/descend-adamw"]
+        fit_t = med["descend.fit"]
+        print(f"\n### {name}, width {width}, {E} epochs x {args.repeats} repeats\n")
+        print("| contender | s/epoch | ÷ bare/descend-adamw | descend.fit speed-up vs it |")
+        print("|---|---:|---:|---:|")
+        for k, v in med.items():
+            print(f"| {k} | {v:.4f} | {v / ref:.2f} | {v / fit_t:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

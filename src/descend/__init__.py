@@ -1,0 +1,38 @@
+"""descend — optimize the loss.
+
+Give it a model (any ``torch.nn.Module`` or a plain function of tensors), data and a loss; it
+finds the parameters that minimize the loss with backpropagation and the gradient-descent
+family, choosing its own learning rate and schedule unless told otherwise.
+
+>>> import torch, descend
+>>> X = torch.randn(512, 4); y = X.sum(1)
+>>> result = descend.fit(torch.nn.Linear(4, 1), (X, y), "mse", epochs=3, verbose=0, seed=0)
+>>> result.stop_reason in descend.StopReason
+True
+"""
+
+from descend import data, losses, optim, schedules, transforms
+from descend._errors import CheckpointError, ConfigError, DescendError, InputError
+from descend.minimize import minimize
+from descend.train import Callback, History, Result, StopReason, fit
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Callback",
+    "CheckpointError",
+    "ConfigError",
+    "DescendError",
+    "History",
+    "InputError",
+    "Result",
+    "StopReason",
+    "__version__",
+    "data",
+    "fit",
+    "losses",
+    "minimize",
+    "optim",
+    "schedules",
+    "transforms",
+]

@@ -1,0 +1,265 @@
+"""``descend.minimize``: minimize any differentiable scalar function of tensors.
+
+For problems that are not "a model and a dataset": curve fitting written by hand, a physics
+loss, Rosenbrock. The default method is full-batch L-BFGS with a strong-Wolfe line search
+(``torch.optim.LBFGS``), the right tool for smooth deterministic objectives; any descend
+optimizer (``method=descend.optim.adam(lr=1e-2)`` or a registry name) works too.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from descend import optim
+from descend._errors import ConfigError, InputError, describe, message
+from descend.train.result import History, Result, StopReason
+from descend.transforms import Transform, apply_updates, find_lr_state
+
+__all__ = ["minimize"]
+
+
+def _as_params(params: Any) -> tuple[dict[str, torch.Tensor], str]:
+    """Normalize params to ``{name: leaf tensor requiring grad}``; return the input's kind."""
+    if torch.is_tensor(params):
+        items, kind = {"x": params}, "tensor"
+    elif isinstance(params, dict):
+        items, kind = dict(params), "dict"
+    elif isinstance(params, (list, tuple)):
+        items, kind = {str(i): p for i, p in enumerate(params)}, "list"
+    else:
+        raise ConfigError(
+            message(
+                "minimize(params)",
+                "must be a tensor, a list of tensors or a {name: tensor} dict",
+                describe(params),
+                "pass e.g. torch.tensor([-1.0, 1.0])",
+            )
+        )
+    out = {}
+    for name, p in items.items():
+        t = torch.as_tensor(p)
+        if not t.is_floating_point():
+            t = t.to(torch.get_default_dtype())
+        if not (t.is_leaf and t.requires_grad):
+            t = t.detach().clone().requires_grad_(True)
+        out[name] = t
+    return out, kind
+
+
+def _call(fn: Callable, params: dict[str, torch.Tensor], kind: str) -> torch.Tensor:
+    if kind == "tensor":
+        value = fn(params["x"])
+    elif kind == "list":
+        value = fn(list(params.values()))
+    else:
+        value = fn(params)
+    if not torch.is_tensor(value) or value.numel() != 1 or not value.is_floating_point():
+        raise InputError(
+            message(
+                "minimize(fn)",
+                "must return a scalar floating-point tensor",
+                describe(value),
+                "reduce the objective to one number, e.g. return loss.sum()",
+            )
+        )
+    return value.reshape(())
+
+
+def minimize(
+    fn: Callable,
+    params: Any,
+    *,
+    method: str | Transform = "lbfgs",
+    steps: int = 1000,
+    tol: float = 1e-12,
+    gtol: float = 1e-9,
+    patience: int = 20,
+    max_time: float | None = None,
+) -> Result:
+    """Minimize ``fn(params)`` over ``params``.
+
+    Args:
+        fn: the objective. Called as ``fn(x)`` when ``params`` is a tensor, ``fn([a, b])`` for a
+            list, ``fn({"a": a, ...})`` for a dict; must return a scalar tensor.
+        params: the starting point (a tensor, a list of tensors, or a dict). Never modified:
+            the optimized values are returned in ``Result.params`` (same names; a single tensor
+            is under ``"x"``).
+        method: ``"lbfgs"`` (full-batch L-BFGS with strong-Wolfe line search, the default), a
+            descend optimizer registry name, or a Transform such as ``descend.optim.adam(lr=1e-2)``.
+        steps: the iteration budget.
+        tol: stop when the objective improves by less than ``tol`` (relative) for ``patience``
+            consecutive steps.
+        gtol: stop when the gradient norm falls below ``gtol``.
+        patience: see ``tol``.
+        max_time: wall-clock budget in seconds.
+
+    Returns:
+        Result with ``model=None``, ``params`` the best point found, ``best_loss`` its value, and
+        the per-step history (``step_loss``, ``step_grad_norm``, ``step_lr``).
+
+    Example:
+        >>> import torch, descend
+        >>> rosen = lambda p: (1 - p[0]) ** 2 + 100 * (p[1] - p[0] ** 2) ** 2
+        >>> r = descend.minimize(rosen, torch.tensor([-1.5, 2.0], dtype=torch.float64))
+        >>> torch.allclose(r.params["x"], torch.ones(2, dtype=torch.float64), atol=1e-4)
+        True
+    """
+    if not callable(fn):
+        raise ConfigError(
+            message(
+                "minimize(fn)",
+                "must be callable",
+                describe(fn),
+                "pass a function of the parameters",
+            )
+        )
+    if not isinstance(steps, int) or steps < 1:
+        raise ConfigError(
+            message(
+                "minimize: steps", "must be an integer >= 1", describe(steps), "pass e.g. steps=500"
+            )
+        )
+    p, kind = _as_params(params)
+    plist = list(p.values())
+    history = History()
+    t0 = time.perf_counter()
+    best_val = math.inf
+    best = {k: v.detach().clone() for k, v in p.items()}
+    since = 0
+    reason = StopReason.MAX_EPOCHS
+    desc: str
+
+    def record(value: float, gnorm: float, lr: float) -> bool:
+        nonlocal best_val, since
+        history.step_loss.append(value)
+        history.step_grad_norm.append(gnorm)
+        history.step_lr.append(lr)
+        improved = (
+            value < best_val - tol * max(abs(best_val), 1e-30)
+            if math.isfinite(best_val)
+            else math.isfinite(value)
+        )
+        if value < best_val:
+            best_val = value
+            for k, v in p.items():
+                best[k].copy_(v.detach())
+        since = 0 if improved else since + 1
+        return improved
+
+    try:
+        if isinstance(method, str) and method.lower() == "lbfgs":
+            desc = "lbfgs(strong_wolfe)"
+            opt = torch.optim.LBFGS(
+                plist,
+                lr=1,
+                max_iter=20,
+                history_size=20,
+                tolerance_grad=gtol,
+                tolerance_change=0.0,
+                line_search_fn="strong_wolfe",
+            )
+
+            def closure():
+                opt.zero_grad()
+                v = _call(fn, p, kind)
+                v.backward()
+                return v
+
+            for _ in range(max(1, steps // 20)):
+                v = opt.step(closure)
+                with torch.no_grad():
+                    value = float(_call(fn, p, kind))
+                grads = [q.grad for q in plist if q.grad is not None]
+                gn = (
+                    float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+                    if grads
+                    else 0.0
+                )
+                del v
+                record(value, gn, 1.0)
+                if not math.isfinite(value):
+                    reason = StopReason.DIVERGED
+                    break
+                if gn < gtol:
+                    reason = StopReason.CONVERGED
+                    break
+                if since >= max(1, patience // 10):
+                    reason = StopReason.CONVERGED
+                    break
+                if max_time is not None and time.perf_counter() - t0 > max_time:
+                    reason = StopReason.MAX_TIME
+                    break
+        else:
+            tx = optim.get(method) if isinstance(method, str) else method
+            if not isinstance(tx, Transform):
+                raise ConfigError(
+                    message(
+                        "minimize(method)",
+                        "must be 'lbfgs', an optimizer name or a Transform",
+                        describe(method),
+                        "use e.g. method=descend.optim.adam(lr=1e-2)",
+                    )
+                )
+            desc = method if isinstance(method, str) else "user optimizer"
+            state = tx.init(p)
+            lr_state = find_lr_state(state)
+            for _ in range(steps):
+                v = _call(fn, p, kind)
+                grads = torch.autograd.grad(v, plist, allow_unused=True)
+                g = {k: gr for k, gr in zip(p, grads) if gr is not None}
+                gn = (
+                    float(torch.linalg.vector_norm(torch.stack([x.norm() for x in g.values()])))
+                    if g
+                    else 0.0
+                )
+                value = float(v.detach())
+                record(value, gn, float(lr_state["lr"]) if lr_state else math.nan)
+                if not math.isfinite(value):
+                    reason = StopReason.DIVERGED
+                    break
+                if gn < gtol:
+                    reason = StopReason.CONVERGED
+                    break
+                if since >= patience:
+                    reason = StopReason.CONVERGED
+                    break
+                updates, state = tx.update(g, state, p)
+                apply_updates(p, updates)
+                if max_time is not None and time.perf_counter() - t0 > max_time:
+                    reason = StopReason.MAX_TIME
+                    break
+    except KeyboardInterrupt:
+        reason = StopReason.INTERRUPTED
+
+    n = len(history.step_loss)
+    sentences = {
+        StopReason.CONVERGED: f"Converged after {n} iterations: the gradient norm or the change "
+        f"in the objective fell below tolerance.",
+        StopReason.MAX_EPOCHS: f"Used the whole budget of {steps} steps; the objective may "
+        "still be falling.",
+        StopReason.DIVERGED: "Diverged: the objective became non-finite; kept the best point. "
+        "Try a smaller learning rate or method='lbfgs'.",
+        StopReason.MAX_TIME: "Stopped at the max_time budget; kept the best point.",
+        StopReason.INTERRUPTED: "Interrupted by the user; kept the best point.",
+    }
+    return Result(
+        model=None,
+        params=best,
+        history=history,
+        stop_reason=reason,
+        stop_message=sentences[reason] + f" Best value {best_val:.6g}.",
+        best_epoch=0,
+        best_loss=best_val,
+        seed=0,
+        epochs=0,
+        steps=n,
+        elapsed=time.perf_counter() - t0,
+        device=str(plist[0].device) if plist else "cpu",
+        optimizer=desc,
+        monitor="objective",
+    )

@@ -1,0 +1,153 @@
+"""Callbacks: small hooks into the training loop, and the progress display.
+
+A callback subclasses :class:`Callback` and overrides any of ``on_fit_start``,
+``on_step_end``, ``on_epoch_end`` and ``on_fit_end`` (no-ops by default). Each receives the
+:class:`~descend.train.loop.Loop`, whose attributes (``model``, ``epoch``, ``step``,
+``history``, ``best_loss`` ...) describe the run so far; ``loop.request_stop(message)`` ends the
+run after the current step with stop reason ``callback``. ``on_fit_end`` runs in a ``finally``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from descend.train.loop import Loop
+
+__all__ = ["Callback", "PlainProgress", "RichProgress", "default_progress"]
+
+
+class Callback:
+    """Base class with no-op hooks."""
+
+    #: Set to False when ``on_step_end`` does nothing, so the loop can skip calling it.
+    wants_steps: bool = True
+
+    def on_fit_start(self, loop: Loop) -> None:
+        pass
+
+    def on_step_end(self, loop: Loop) -> None:
+        pass
+
+    def on_epoch_end(self, loop: Loop) -> None:
+        pass
+
+    def on_fit_end(self, loop: Loop) -> None:
+        pass
+
+
+def _fmt(v: float | None) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:.4g}"
+
+
+def epoch_line(loop: Loop) -> str:
+    """One plain-text line describing the epoch just finished (no control characters)."""
+    h = loop.history
+    parts = [
+        f"epoch {h.epoch[-1]:>{len(str(loop.max_epochs))}}/{loop.max_epochs}",
+        f"train_loss {_fmt(h.train_loss[-1])}",
+    ]
+    if h.val_loss:
+        parts.append(f"val_loss {_fmt(h.val_loss[-1])}")
+    if h.metric and h.metric_name:
+        parts.append(f"{h.metric_name} {_fmt(h.metric[-1])}")
+    if h.step_lr:
+        parts.append(f"lr {h.step_lr[-1]:.3g}")
+    parts.append(f"{h.time[-1]:.1f}s")
+    if loop.improved:
+        parts.append("*")
+    return "  ".join(parts)
+
+
+class PlainProgress(Callback):
+    """One plain line per epoch, for logs and pipes (used when stdout is not a terminal)."""
+
+    wants_steps = False
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.stream or sys.stdout, flush=True)
+
+    def on_fit_start(self, loop: Loop) -> None:
+        self._print(loop.describe_start())
+
+    def on_epoch_end(self, loop: Loop) -> None:
+        self._print(epoch_line(loop))
+
+    def on_fit_end(self, loop: Loop) -> None:
+        if loop.stop_message:
+            self._print(loop.stop_message)
+
+
+class RichProgress(Callback):
+    """A live progress bar (rich) for terminals: one bar over epochs, updated every epoch,
+    with the latest losses in the description; a line per epoch is kept above the bar when
+    ``lines=True``."""
+
+    wants_steps = False
+
+    def __init__(self, lines: bool = False) -> None:
+        self.lines = lines
+        self._progress = None
+        self._task = None
+
+    def on_fit_start(self, loop: Loop) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("[bold]descend[/bold]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            TextColumn("<"),
+            TimeRemainingColumn(),
+            transient=False,
+        )
+        self._progress.start()
+        self._progress.console.print(loop.describe_start())
+        self._task = self._progress.add_task("", total=loop.max_epochs)
+
+    def on_epoch_end(self, loop: Loop) -> None:
+        if self._progress is None:
+            return
+        h = loop.history
+        desc = f"loss {_fmt(h.train_loss[-1])}"
+        if h.val_loss:
+            desc += f"  val {_fmt(h.val_loss[-1])}"
+        if h.metric and h.metric_name:
+            desc += f"  {h.metric_name} {_fmt(h.metric[-1])}"
+        self._progress.update(self._task, completed=len(h.epoch), description=desc)
+        if self.lines:
+            self._progress.console.print(epoch_line(loop))
+
+    def on_fit_end(self, loop: Loop) -> None:
+        if self._progress is None:
+            return
+        self._progress.stop()
+        if loop.stop_message:
+            self._progress.console.print(loop.stop_message)
+        self._progress = None
+
+
+def default_progress(verbose: int) -> Callback | None:
+    """The progress display for a verbosity level: none at 0; a rich bar on a terminal, plain
+    lines otherwise, at 1; at 2 the bar also keeps one line per epoch."""
+    if verbose <= 0:
+        return None
+    if sys.stdout.isatty():
+        return RichProgress(lines=verbose >= 2)
+    return PlainProgress()

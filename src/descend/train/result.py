@@ -1,0 +1,204 @@
+"""What a run returns: :class:`Result`, its :class:`History` and the :class:`StopReason`."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["History", "Result", "StopReason"]
+
+
+class StopReason(str, Enum):
+    """Why training stopped. ``str(reason)`` is the short name; ``Result.stop_message`` is the
+    sentence a person reads."""
+
+    CONVERGED = "converged"
+    """The objective stopped changing (gradient norm or loss change below tolerance)."""
+    PATIENCE = "patience_exhausted"
+    """The monitored loss did not improve for ``patience`` epochs (early stopping)."""
+    MAX_EPOCHS = "max_epochs"
+    """The epoch (or step) budget was spent."""
+    MAX_TIME = "max_time"
+    """The wall-clock budget was spent."""
+    DIVERGED = "diverged"
+    """The loss became non-finite or exploded and could not be recovered."""
+    INTERRUPTED = "interrupted"
+    """The user interrupted the run (Ctrl-C / SIGTERM)."""
+    CALLBACK = "callback"
+    """A callback asked the run to stop."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass
+class History:
+    """Everything recorded during a run, as plain Python floats.
+
+    Per step: ``step_loss`` (training loss of the batch), ``step_lr`` (learning rate applied),
+    ``step_grad_norm`` (global L2 norm of the gradients before any clipping).
+    Per epoch: ``epoch`` (1-based), ``train_loss`` (mean of the epoch's batch losses),
+    ``val_loss``, ``metric`` (validation metric named ``metric_name``; training metric when there
+    is no validation data), ``time`` (seconds since the start of ``fit`` at the end of the epoch).
+    ``events``: notable things that happened (divergence rollbacks, learning-rate changes, ...),
+    each a dict with at least ``step``, ``epoch``, ``kind`` and ``message``.
+    """
+
+    step_loss: list[float] = field(default_factory=list)
+    step_lr: list[float] = field(default_factory=list)
+    step_grad_norm: list[float] = field(default_factory=list)
+    epoch: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    metric: list[float] = field(default_factory=list)
+    metric_name: str | None = None
+    time: list[float] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serializable dict of the whole history."""
+        return {
+            "step_loss": list(self.step_loss),
+            "step_lr": list(self.step_lr),
+            "step_grad_norm": list(self.step_grad_norm),
+            "epoch": list(self.epoch),
+            "train_loss": list(self.train_loss),
+            "val_loss": list(self.val_loss),
+            "metric": list(self.metric),
+            "metric_name": self.metric_name,
+            "time": list(self.time),
+            "events": [dict(e) for e in self.events],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> History:
+        return cls(**{k: (list(v) if isinstance(v, list) else v) for k, v in d.items()})
+
+    def epoch_records(self) -> list[dict[str, Any]]:
+        """One dict per epoch (for JSON lines, tables, DataFrames)."""
+        rows = []
+        for i, e in enumerate(self.epoch):
+            row: dict[str, Any] = {"epoch": e, "train_loss": self.train_loss[i]}
+            if i < len(self.val_loss):
+                row["val_loss"] = self.val_loss[i]
+            if i < len(self.metric) and self.metric_name:
+                row[self.metric_name] = self.metric[i]
+            row["time"] = self.time[i]
+            rows.append(row)
+        return rows
+
+    def plot(self, path: str | Path | None = None, *, title: str | None = None):
+        """Draw the loss curves (per-step training loss, per-epoch train and validation loss).
+
+        Returns the matplotlib Figure; saves it to ``path`` (PNG, SVG, PDF by extension) when
+        given.
+        """
+        import matplotlib
+
+        if path is not None:
+            matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        n_epochs = len(self.epoch)
+        if self.step_loss and n_epochs:
+            steps_per_epoch = len(self.step_loss) / n_epochs
+            xs = [(i + 1) / steps_per_epoch for i in range(len(self.step_loss))]
+            ax.plot(xs, self.step_loss, color="tab:blue", alpha=0.25, lw=0.8, label="batch loss")
+        if n_epochs:
+            ax.plot(self.epoch, self.train_loss, color="tab:blue", lw=2, label="train loss")
+        if self.val_loss:
+            ax.plot(
+                self.epoch[: len(self.val_loss)],
+                self.val_loss,
+                color="tab:orange",
+                lw=2,
+                label="validation loss",
+            )
+            finite = [v for v in self.val_loss if math.isfinite(v)]
+            if finite:
+                best = min(
+                    range(len(self.val_loss)),
+                    key=lambda i: self.val_loss[i] if math.isfinite(self.val_loss[i]) else math.inf,
+                )
+                ax.axvline(
+                    self.epoch[best],
+                    color="gray",
+                    ls=":",
+                    lw=1,
+                    label=f"best epoch {self.epoch[best]}",
+                )
+        positive = [v for v in self.train_loss + self.val_loss if math.isfinite(v)]
+        if positive and min(positive) > 0 and max(positive) / min(positive) > 20:
+            ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss")
+        ax.set_title(title or "loss curve")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper right")
+        fig.tight_layout()
+        if path is not None:
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+        return fig
+
+
+@dataclass
+class Result:
+    """The outcome of :func:`descend.fit` or :func:`descend.minimize`.
+
+    Attributes:
+        model: the trained module (the same object passed in), holding the best weights when
+            ``restore_best`` was on. ``None`` for :func:`descend.minimize`.
+        params: ``{name: tensor}`` of the final (best) parameters.
+        history: per-step and per-epoch records.
+        stop_reason: why the run stopped (:class:`StopReason`).
+        stop_message: the same, as one sentence a person can read.
+        best_epoch: the epoch whose weights were kept (1-based; 0 = the starting point).
+        best_loss: the monitored loss at ``best_epoch`` (validation loss when there was
+            validation data, else training loss).
+        seed: the seed that makes this run reproducible (drawn and recorded when not given).
+        epochs: epochs completed; steps: optimizer steps taken; elapsed: seconds.
+        device: where training ran. optimizer: a description of the optimizer used.
+        classes: the original class labels when targets were encoded, else ``None``.
+        autopilot: what the default policy chose and why (``None`` when the user chose).
+    """
+
+    model: torch.nn.Module | None
+    params: dict[str, torch.Tensor]
+    history: History
+    stop_reason: StopReason
+    stop_message: str
+    best_epoch: int
+    best_loss: float
+    seed: int
+    epochs: int
+    steps: int
+    elapsed: float
+    device: str
+    optimizer: str
+    classes: Any = None
+    autopilot: dict[str, Any] | None = None
+    monitor: str = "val_loss"
+
+    @property
+    def best_metric(self) -> float | None:
+        """The validation metric at the best epoch (``None`` when no metric was computed)."""
+        if self.best_epoch < 1 or self.best_epoch > len(self.history.metric):
+            return None
+        return self.history.metric[self.best_epoch - 1]
+
+    def __repr__(self) -> str:
+        metric = ""
+        if self.best_metric is not None and self.history.metric_name:
+            metric = f", {self.history.metric_name}={self.best_metric:.4g}"
+        return (
+            f"Result(stop_reason={self.stop_reason.value!r}, best_epoch={self.best_epoch}, "
+            f"{self.monitor}={self.best_loss:.6g}{metric}, epochs={self.epochs}, "
+            f"steps={self.steps}, elapsed={self.elapsed:.2f}s, seed={self.seed})"
+        )

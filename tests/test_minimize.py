@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+import descend
+from descend import ConfigError, InputError, StopReason
+
+
+def rosen(p):
+    return (1 - p[0]) ** 2 + 100 * (p[1] - p[0] ** 2) ** 2
+
+
+def test_lbfgs_finds_rosenbrock_minimum():
+    x0 = torch.tensor([-1.5, 2.0], dtype=torch.float64)
+    r = descend.minimize(rosen, x0)
+    torch.testing.assert_close(r.params["x"], torch.ones(2, dtype=torch.float64), atol=1e-4, rtol=0)
+    assert r.best_loss < 1e-8
+    assert r.stop_reason is StopReason.CONVERGED
+    assert torch.equal(x0, torch.tensor([-1.5, 2.0], dtype=torch.float64))  # input untouched
+
+
+def test_adam_on_rosenbrock_gets_close():
+    r = descend.minimize(
+        rosen,
+        torch.tensor([-1.0, 1.0], dtype=torch.float64),
+        method=descend.optim.adam(lr=2e-2),
+        steps=5000,
+    )
+    assert r.best_loss < 1e-4
+    assert len(r.history.step_loss) == r.steps
+
+
+def test_dict_params_curve_fit():
+    x = torch.linspace(0, 1, 50, dtype=torch.float64)
+    y = 3 * x + 0.5
+
+    def obj(p):
+        return ((p["a"] * x + p["b"] - y) ** 2).mean()
+
+    r = descend.minimize(
+        obj,
+        {"a": torch.tensor(0.0, dtype=torch.float64), "b": torch.tensor(0.0, dtype=torch.float64)},
+    )
+    assert r.params["a"].item() == pytest.approx(3.0, abs=1e-6)
+    assert r.params["b"].item() == pytest.approx(0.5, abs=1e-6)
+
+
+def test_non_scalar_objective_is_refused():
+    with pytest.raises(InputError, match="scalar"):
+        descend.minimize(lambda x: x * 2, torch.ones(3))
+
+
+def test_bad_method_is_refused():
+    with pytest.raises(ConfigError):
+        descend.minimize(rosen, torch.zeros(2), method="no_such_optimizer")
