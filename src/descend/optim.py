@@ -649,14 +649,16 @@ class TorchOptimizer(torch.optim.Optimizer):
         return loss
 
     def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
-        """``{"state": <transform state>, "param_groups": [{"lr": ..., "params": [names]}]}``.
+        """``{"state": <tx state>, "param_groups": [{"lr", "params": [names]}], "synced_lr"}``.
 
         Tensors are the live state (like torch's ``state_dict``): copy them to keep a
         snapshot while training goes on.
         """
         group = {k: v for k, v in self.param_groups[0].items() if k != "params"}
         group["params"] = list(self.named)
-        return {"state": self.tx_state, "param_groups": [group]}
+        # synced_lr: the group lr last folded into the lr-state scale; a scheduler may have
+        # moved group["lr"] since, and the resumed optimizer must notice that too.
+        return {"state": self.tx_state, "param_groups": [group], "synced_lr": self._seen_lr}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:  # type: ignore[override]
         """Restore a :meth:`state_dict` (tensors are copied into this optimizer's buffers)."""
@@ -697,7 +699,7 @@ class TorchOptimizer(torch.optim.Optimizer):
         for key, value in groups[0].items():
             if key != "params":
                 group[key] = value
-        self._seen_lr = group["lr"]
+        self._seen_lr = state_dict.get("synced_lr", group["lr"])
 
 
 def as_torch_optimizer(

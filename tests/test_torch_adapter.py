@@ -1,0 +1,269 @@
+"""optim.as_torch_optimizer: a descend Transform inside hand-written torch loops."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from descend import optim, schedules
+from descend._errors import CheckpointError, ConfigError
+from descend.testing import check_state_tree
+from descend.transforms import apply_updates, chain, find_lr_state, scale, scale_by_adam
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)
+    ).double()
+
+
+def _batches(n, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [
+        (
+            torch.randn(16, 4, generator=g, dtype=torch.float64),
+            torch.randn(16, 2, generator=g, dtype=torch.float64),
+        )
+        for _ in range(n)
+    ]
+
+
+def _torch_loop(model, opt, batches, sched=None):
+    for x, y in batches:
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+
+
+def _same(a, b):
+    return all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def _close(a, b, tol=1e-6):
+    return max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters())) < tol
+
+
+def test_is_a_real_torch_optimizer():
+    model = _model()
+    opt = optim.as_torch_optimizer(optim.adamw(lr=1e-2), model)
+    assert isinstance(opt, torch.optim.Optimizer)
+    assert len(opt.param_groups) == 1
+    group = opt.param_groups[0]
+    assert group["lr"] == 1e-2
+    assert [id(p) for p in group["params"]] == [id(p) for p in model.parameters()]
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: optim.adamw(lr=1e-2), lambda: optim.momentum(0.05), lambda: optim.nadam()]
+)
+def test_same_trajectory_as_driving_the_transform_directly(make):
+    batches = _batches(20)
+    a = _model()
+    _torch_loop(a, optim.as_torch_optimizer(make(), a), batches)
+
+    b = _model()
+    tx = make()
+    params = dict(b.named_parameters())
+    state = tx.init(params)
+    for x, y in batches:
+        for p in params.values():
+            p.grad = None
+        torch.nn.functional.mse_loss(b(x), y).backward()
+        updates, state = tx.update({n: p.grad for n, p in params.items()}, state, params)
+        apply_updates(params, updates)
+    assert _same(a, b)
+
+
+def test_matches_torch_adam_in_a_torch_loop():
+    batches = _batches(50)
+    a, b = _model(), _model()
+    _torch_loop(a, torch.optim.Adam(a.parameters(), lr=1e-2), batches)
+    _torch_loop(b, optim.as_torch_optimizer(optim.adam(lr=1e-2), b), batches)
+    assert _close(a, b)
+
+
+def test_accepts_a_name_a_dict_or_pairs():
+    model = _model()
+    for source in (model, dict(model.named_parameters()), list(model.named_parameters())):
+        opt = optim.as_torch_optimizer("adam", source)
+        assert list(opt.state_dict()["param_groups"][0]["params"]) == [
+            n for n, _ in model.named_parameters()
+        ]
+
+
+def test_zero_grad_closure_and_missing_grads():
+    model = _model()
+    opt = optim.as_torch_optimizer(optim.sgd(lr=0.1), model)
+    x, y = _batches(1)[0]
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        return loss
+
+    loss = opt.step(closure)
+    assert isinstance(loss, torch.Tensor) and loss.ndim == 0
+    opt.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+    # a parameter without a gradient is left alone; the others move
+    before = [p.detach().clone() for p in model.parameters()]
+    model[2].bias.grad = None
+    model[0].weight.grad = torch.ones_like(model[0].weight)
+    opt.step()
+    after = list(model.parameters())
+    assert torch.allclose(after[0], before[0] - 0.1)
+    assert all(torch.equal(a, b) for a, b in zip(after[1:], before[1:]))
+
+
+def _plain(tree):
+    """What a checkpoint round trip does: tuples become lists, tensors are copied."""
+    if isinstance(tree, dict):
+        return {k: _plain(v) for k, v in tree.items()}
+    if isinstance(tree, (tuple, list)):
+        return [_plain(v) for v in tree]
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().clone()
+    return tree
+
+
+@pytest.mark.parametrize("name", sorted(optim.REGISTRY))
+def test_state_dict_round_trip_resumes_exactly(name):
+    batches = _batches(20)
+    make = lambda: optim.get(name, lr=1e-2, max_grad_norm=1.0)  # noqa: E731
+
+    straight = _model()
+    _torch_loop(straight, optim.as_torch_optimizer(make(), straight), batches)
+
+    first = _model()
+    opt = optim.as_torch_optimizer(make(), first)
+    _torch_loop(first, opt, batches[:10])
+    saved = opt.state_dict()
+    check_state_tree(saved)
+    assert saved["param_groups"][0]["params"] == [n for n, _ in first.named_parameters()]
+    saved = _plain(saved)
+    weights = {n: p.detach().clone() for n, p in first.named_parameters()}
+
+    resumed = _model(seed=123)
+    resumed.load_state_dict(weights)
+    opt2 = optim.as_torch_optimizer(make(), resumed)
+    opt2.load_state_dict(saved)
+    _torch_loop(resumed, opt2, batches[10:])
+    assert _same(straight, resumed)
+
+
+def test_state_is_keyed_by_parameter_name():
+    model = _model()
+    opt = optim.as_torch_optimizer(optim.adam(lr=1e-2), model)
+    _torch_loop(model, opt, _batches(2))
+    adam_state = opt.state_dict()["state"][0]
+    names = [n for n, _ in model.named_parameters()]
+    assert list(adam_state["exp_avg"]) == names and adam_state["count"] == 2
+
+
+def test_torch_lr_scheduler_matches_torch_optimizer():
+    batches = _batches(30)
+    a, b = _model(), _model()
+    ta = torch.optim.Adam(a.parameters(), lr=1e-2)
+    _torch_loop(a, ta, batches, torch.optim.lr_scheduler.StepLR(ta, step_size=7, gamma=0.5))
+    tb = optim.as_torch_optimizer(optim.adam(lr=1e-2), b)
+    _torch_loop(b, tb, batches, torch.optim.lr_scheduler.StepLR(tb, step_size=7, gamma=0.5))
+    assert _close(a, b)
+    lr_state = find_lr_state(tb.tx_state)
+    assert tb.param_groups[0]["lr"] == pytest.approx(1e-2 * 0.5**4)
+    assert lr_state["scale"] == pytest.approx(0.5**4)
+    assert lr_state["lr"] == pytest.approx(1e-2 * 0.5**4)
+
+
+def test_torch_scheduler_multiplies_a_descend_schedule():
+    model = _model()
+    sched = schedules.linear_warmup(4)
+    opt = optim.as_torch_optimizer(optim.sgd(lr=0.1, schedule=sched), model)
+    torch_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5)
+    _torch_loop(model, opt, _batches(3), torch_sched)
+    lr_state = find_lr_state(opt.tx_state)
+    assert lr_state["lr"] == pytest.approx(0.1 * sched(2) * 0.5)
+
+
+def test_scheduler_state_round_trip():
+    batches = _batches(20)
+    make = lambda: optim.adamw(lr=1e-2)  # noqa: E731
+    make_sched = lambda o: torch.optim.lr_scheduler.ExponentialLR(o, gamma=0.9)  # noqa: E731
+
+    straight = _model()
+    opt = optim.as_torch_optimizer(make(), straight)
+    _torch_loop(straight, opt, batches, make_sched(opt))
+
+    first = _model()
+    opt = optim.as_torch_optimizer(make(), first)
+    sched = make_sched(opt)
+    _torch_loop(first, opt, batches[:10], sched)
+    saved_opt, saved_sched = _plain(opt.state_dict()), sched.state_dict()
+    weights = {n: p.detach().clone() for n, p in first.named_parameters()}
+
+    resumed = _model()
+    resumed.load_state_dict(weights)
+    opt2 = optim.as_torch_optimizer(make(), resumed)
+    sched2 = make_sched(opt2)
+    opt2.load_state_dict(saved_opt)
+    sched2.load_state_dict(saved_sched)
+    _torch_loop(resumed, opt2, batches[10:], sched2)
+    assert _same(straight, resumed)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_add_param_group_is_refused():
+    model = _model()
+    opt = optim.as_torch_optimizer(optim.adam(), model)
+    with pytest.raises(
+        ConfigError, match=r"add_param_group is not supported .*descend.transforms.masked"
+    ):
+        opt.add_param_group({"params": [torch.zeros(1, requires_grad=True)]})
+
+
+def test_lr_change_without_lr_state_is_refused():
+    model = _model()
+    opt = optim.as_torch_optimizer(chain(scale_by_adam(), scale(-1e-3)), model)
+    assert opt.param_groups[0]["lr"] == 1.0
+    opt.param_groups[0]["lr"] = 0.5
+    with pytest.raises(
+        ConfigError, match=r"can change only if the transform ends in scale_by_learning_rate"
+    ):
+        opt.step()
+
+
+def test_load_state_dict_errors():
+    model = _model()
+    opt = optim.as_torch_optimizer(optim.adam(), model)
+    good = opt.state_dict()
+    with pytest.raises(CheckpointError, match=r"must have 'state' and 'param_groups'"):
+        opt.load_state_dict({"state": {}})
+    renamed = {**good, "param_groups": [{**good["param_groups"][0], "params": ["a", "b"]}]}
+    with pytest.raises(
+        CheckpointError,
+        match=r"must cover the same parameter names as the model; got missing \['0.bias'",
+    ):
+        opt.load_state_dict(renamed)
+    other = optim.as_torch_optimizer(optim.momentum(0.1), model).state_dict()
+    with pytest.raises(CheckpointError, match=r"optimizer state at 'state/0' must have keys"):
+        opt.load_state_dict(other)
+    bad_shape = _plain(good)
+    bad_shape["state"][0]["exp_avg"]["0.weight"] = torch.zeros(3)
+    with pytest.raises(
+        CheckpointError, match=r"'state/0/exp_avg/0.weight' must be a tensor of shape \(8, 4\)"
+    ):
+        opt.load_state_dict(bad_shape)
+
+
+def test_bad_parameters_are_refused():
+    with pytest.raises(
+        ConfigError, match=r"as_torch_optimizer: parameters must be a module or a non-empty"
+    ):
+        optim.as_torch_optimizer(optim.adam(), {})
+    with pytest.raises(ConfigError, match=r"optim.get: optimizer must be one of"):
+        optim.as_torch_optimizer("adamm", _model())
