@@ -9,12 +9,58 @@ issue replaces the constants with choices made from the data and the model.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
 
 from descend import optim, schedules
 from descend.transforms import Transform
 
-__all__ = ["default_optimizer"]
+if TYPE_CHECKING:
+    from descend.data import Bundle
+    from descend.losses import Loss
+    from descend.train.callbacks import Callback
+    from descend.train.result import Result
+
+__all__ = ["Plan", "PlanContext", "default_optimizer", "plan"]
+
+
+@dataclass
+class PlanContext:
+    """What the policy may look at: the model (do not train it in place: trials use copies),
+    the prepared data, the loss, the budget, and ``run_trial`` to train a copy briefly."""
+
+    model: torch.nn.Module
+    bundle: Bundle
+    loss: Loss
+    epochs: int
+    seed: int
+    device: torch.device
+    lr: float | None
+    #: ``run_trial(tx, epochs, model=None) -> Result``: trains a deep copy of the model (or the
+    #: given module) with ``tx`` for ``epochs`` epochs, silently, without early stopping.
+    run_trial: Callable[..., Result]
+
+
+@dataclass
+class Plan:
+    """The policy's decision: the optimizer, a description, the record shown to the user
+    (``Result.autopilot``), and callbacks to add to the run (e.g. a safety net)."""
+
+    tx: Transform
+    description: str
+    record: dict[str, Any] | None
+    callbacks: list[Callback] = field(default_factory=list)
+
+
+def plan(ctx: PlanContext) -> Plan:
+    """Choose the optimizer for a run where the user gave no optimizer."""
+    tx, desc, record = default_optimizer(
+        lr=ctx.lr, steps_per_epoch=ctx.bundle.train.num_batches, epochs=ctx.epochs
+    )
+    return Plan(tx, desc, record)
 
 
 def default_optimizer(

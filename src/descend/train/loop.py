@@ -14,6 +14,7 @@ running sums stay on the device and are read once per epoch.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import random
 import time
@@ -26,7 +27,7 @@ from descend import data as D
 from descend import losses as L
 from descend import optim
 from descend._errors import ConfigError, InputError, check_choice, describe, message
-from descend.train.autopilot import default_optimizer
+from descend.train import autopilot as _autopilot
 from descend.train.callbacks import Callback, default_progress
 from descend.train.result import History, Result, StopReason
 from descend.transforms import Transform, apply_updates, find_lr_state
@@ -539,6 +540,34 @@ class Loop:
         )
 
 
+def _trial_runner(module, bundle, loss_obj, dev, seed, precision):
+    def run_trial(tx: Transform, epochs: int, model: torch.nn.Module | None = None) -> Result:
+        """Train ``model`` (default: a deep copy of the user's) with ``tx`` for ``epochs``."""
+        if model is None:
+            model = copy.deepcopy(module)
+        loop = Loop(
+            model,
+            bundle,
+            loss_obj,
+            tx,
+            optimizer_desc="trial",
+            max_epochs=epochs,
+            patience=None,
+            tol=0.0,
+            restore_best=False,
+            callbacks=(),
+            device=dev,
+            seed=seed,
+            precision=precision,
+            max_time=None,
+            metric=None,
+            autopilot=None,
+        )
+        return loop.run()
+
+    return run_trial
+
+
 def fit(
     model: torch.nn.Module | Callable,
     data: Any,
@@ -665,10 +694,21 @@ def fit(
     )
 
     autopilot = None
+    extra_callbacks: list[Callback] = []
     if optimizer is None:
-        tx, desc, autopilot = default_optimizer(
-            lr=lr, steps_per_epoch=bundle.train.num_batches, epochs=epochs
+        ctx = _autopilot.PlanContext(
+            model=module,
+            bundle=bundle,
+            loss=loss_obj,
+            epochs=epochs,
+            seed=seed,
+            device=dev,
+            lr=lr,
+            run_trial=_trial_runner(module, bundle, loss_obj, dev, seed, precision),
         )
+        decision = _autopilot.plan(ctx)
+        tx, desc, autopilot = decision.tx, decision.description, decision.record
+        extra_callbacks = list(decision.callbacks)
     elif isinstance(optimizer, str):
         kwargs = {"lr": lr} if lr is not None else {}
         tx = optim.get(optimizer, **kwargs)
@@ -696,7 +736,7 @@ def fit(
         )
 
     progress = default_progress(verbose)
-    cbs = list(callbacks) + ([progress] if progress is not None else [])
+    cbs = list(callbacks) + extra_callbacks + ([progress] if progress is not None else [])
     loop = Loop(
         module,
         bundle,
