@@ -1,0 +1,630 @@
+"""The `descend` command, end to end: the real command in a subprocess for the flows a person
+runs (fit, predict, runs, Ctrl-C), and the same app in-process (typer's CliRunner) for the many
+refused inputs, which would otherwise each pay torch's import time."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from descend import cli, runs
+from descend.models import mlp
+from descend.tabular import Preprocessor
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+# Control characters other than newline (ANSI escapes, carriage returns, backspaces ...).
+CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
+
+
+def _env() -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("FORCE_COLOR", "CLICOLOR_FORCE", "TTY_COMPATIBLE", "COLUMNS")
+    }
+    env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")
+    # Tiny models: one thread avoids torch's thread contention on a loaded 2-core machine.
+    env["OMP_NUM_THREADS"] = "1"
+    env["MPLBACKEND"] = "Agg"
+    return env
+
+
+def descend(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run the real command: ``python -m descend ARGS`` with stdout/stderr captured (not a TTY)."""
+    return subprocess.run(
+        [sys.executable, "-m", "descend", *args],
+        cwd=cwd,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def invoke(args: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch):
+    """The same app in-process (no new interpreter)."""
+    monkeypatch.chdir(cwd)
+    return CliRunner().invoke(cli.app, args, prog_name="descend")
+
+
+def write_linear_csv(path: Path, n: int = 300, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 3))
+    y = X @ np.array([2.0, -1.0, 0.5]) + 3.0 + rng.normal(scale=0.1, size=n)
+    pcsv.write_csv(pa.table({"a": X[:, 0], "b": X[:, 1], "c": X[:, 2], "price": y}), path)
+
+
+def iris_table() -> pa.Table:
+    from sklearn.datasets import load_iris
+
+    bunch = load_iris()
+    cols = {f"f{i}": bunch.data[:, i] for i in range(4)}
+    cols["species"] = [str(bunch.target_names[t]) for t in bunch.target]
+    return pa.table(cols)
+
+
+def snapshot(directory: Path) -> dict[str, tuple[bytes, int]]:
+    return {
+        str(p.relative_to(directory)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def reg_run(tmp_path_factory):
+    """One real regression run, shared by the tests that read a finished run directory."""
+    work = tmp_path_factory.mktemp("reg")
+    write_linear_csv(work / "lin.csv")
+    proc = descend(
+        "fit",
+        "lin.csv",
+        "--target",
+        "price",
+        "--epochs",
+        "40",
+        "--seed",
+        "0",
+        "--out",
+        "runs/lin",
+        cwd=work,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return work, work / "runs" / "lin", proc
+
+
+# ----------------------------------------------------------------------------- subprocess flows
+
+
+def test_fit_regression_end_to_end(reg_run):
+    _, run_dir, proc = reg_run
+    summary = json.loads((run_dir / runs.SUMMARY_FILE).read_text())
+    assert summary["status"] == "completed"
+    assert summary["task"] == "regression" and summary["loss"] == "mse"
+    assert summary["test"]["r2"] > 0.9
+    assert summary["test"]["rmse"] > 0 and summary["test"]["mae"] > 0
+    out = proc.stdout
+    assert "task: regression" in out and "pass --task classification to override" in out
+    assert f"run saved to {Path('runs') / 'lin'}" in out
+    assert "test (60 rows): rmse" in out
+    assert summary["stop_message"] in out
+    # Not a terminal: one plain line per epoch and no control characters anywhere.
+    epoch_lines = [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert len(epoch_lines) == summary["epochs"]
+    assert not CONTROL.search(out) and not CONTROL.search(proc.stderr)
+    assert proc.stderr == ""
+
+
+def test_run_directory_is_complete_and_loadable(reg_run):
+    work, run_dir, _ = reg_run
+    assert {p.name for p in run_dir.iterdir()} == set(runs.RUN_FILES)
+    config = json.loads((run_dir / runs.CONFIG_FILE).read_text())
+    summary = json.loads((run_dir / runs.SUMMARY_FILE).read_text())
+    spec = json.loads((run_dir / runs.MODEL_SPEC_FILE).read_text())
+    prep = json.loads((run_dir / runs.PREPROCESS_FILE).read_text())
+    metrics = [json.loads(line) for line in (run_dir / runs.METRICS_FILE).read_text().splitlines()]
+    # config.json: enough to reproduce exactly.
+    opts = config["options"]
+    assert opts["seed"] == 0 and opts["epochs"] == 40 and opts["task"] == "regression"
+    assert opts["hidden"] == [64, 64] and opts["target"] == "price"
+    assert config["data"]["sha256"] == hashlib.sha256((work / "lin.csv").read_bytes()).hexdigest()
+    assert Path(config["data"]["absolute_path"]) == (work / "lin.csv").resolve()
+    assert {"descend", "torch", "numpy", "python"} <= set(config["versions"])
+    assert config["reproduce"].startswith("descend fit ") and "--seed 0" in config["reproduce"]
+    assert config["split"] == {
+        "train": 180,
+        "validation": 60,
+        "test": 60,
+        "seed": 0,
+        "stratified": False,
+    }
+    # metrics.jsonl: one object per epoch.
+    assert [m["epoch"] for m in metrics] == list(range(1, summary["epochs"] + 1))
+    assert all({"train_loss", "val_loss", "r2", "lr", "time", "best"} <= set(m) for m in metrics)
+    # The model: safetensors keyed by parameter name, matching model.json.
+    state = load_file(str(run_dir / runs.MODEL_FILE))
+    assert {k: list(v.shape) for k, v in state.items()} == spec["parameters"]
+    model = mlp(**{**spec["spec"], "hidden": tuple(spec["spec"]["hidden"])})
+    model.load_state_dict(state)
+    assert Preprocessor.from_dict(prep).feature_names == ["a", "b", "c"]
+    assert summary["model_bytes"] == (run_dir / runs.MODEL_FILE).stat().st_size
+    assert summary["n_parameters"] == sum(v.numel() for v in state.values())
+    assert (run_dir / runs.PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(run_dir.glob(".*"))  # no temporary files left behind
+
+
+def test_predict_round_trip_matches_the_model_in_process(reg_run, tmp_path):
+    _, run_dir, _ = reg_run
+    new = tmp_path / "new.csv"
+    write_linear_csv(new, n=25, seed=7)
+    table = pcsv.read_csv(new).drop_columns(["price"])
+    pcsv.write_csv(table, new)
+    proc = descend("predict", str(run_dir), str(new), "-o", "pred.csv", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote 25 predictions to pred.csv" in proc.stdout
+    got = pcsv.read_csv(tmp_path / "pred.csv")
+    assert got.column_names == ["price"]
+    # In-process: rebuild from model.json + safetensors, apply preprocess.json, call the model.
+    spec = json.loads((run_dir / "model.json").read_text())["spec"]
+    model = mlp(
+        spec["in_features"],
+        spec["out_features"],
+        hidden=tuple(spec["hidden"]),
+        activation=spec["activation"],
+    )
+    model.load_state_dict(load_file(str(run_dir / "model.safetensors")))
+    model.eval()
+    pre = Preprocessor.load(run_dir / "preprocess.json")
+    X, _ = pre.transform(table)
+    with torch.no_grad():
+        expected = pre.inverse_transform_target(model(torch.from_numpy(X))[:, 0].numpy())
+    np.testing.assert_allclose(got["price"].to_numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_fit_classification_parquet_with_text_labels(tmp_path, monkeypatch):
+    table = iris_table()
+    pq.write_table(table, tmp_path / "iris.parquet")
+    proc = descend(
+        "fit",
+        "iris.parquet",
+        "--target",
+        "species",
+        "--epochs",
+        "30",
+        "--lr",
+        "0.01",
+        "--batch-size",
+        "16",
+        "--seed",
+        "0",
+        "--out",
+        "runs/iris",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "task: classification — target 'species': text labels" in proc.stdout
+    summary = json.loads((tmp_path / "runs/iris/summary.json").read_text())
+    assert summary["test"]["accuracy"] > 0.8
+    assert 0 < summary["test"]["log_loss"] < 1.0
+    assert summary["classes"] == ["setosa", "versicolor", "virginica"]
+    # Predictions: labels in their original form, one probability column per class.
+    pq.write_table(table.drop_columns(["species"]), tmp_path / "new.parquet")
+    result = invoke(
+        ["predict", "runs/iris", "new.parquet", "-o", "pred.csv"], tmp_path, monkeypatch
+    )
+    assert result.exit_code == 0, result.output
+    pred = pcsv.read_csv(tmp_path / "pred.csv")
+    assert pred.column_names == ["species", "prob_setosa", "prob_versicolor", "prob_virginica"]
+    assert set(pred["species"].to_pylist()) <= {"setosa", "versicolor", "virginica"}
+    probs = np.stack([pred[c].to_numpy() for c in pred.column_names[1:]], axis=1)
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-6)
+    accuracy = np.mean(
+        np.asarray(pred["species"].to_pylist()) == np.asarray(table["species"].to_pylist())
+    )
+    assert accuracy > 0.8
+
+
+def test_ctrl_c_saves_the_best_model_and_exits_130(tmp_path):
+    write_linear_csv(tmp_path / "lin.csv", n=600)
+    log = (tmp_path / "out.txt").open("w")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "descend",
+            "fit",
+            "lin.csv",
+            "--target",
+            "price",
+            "--epochs",
+            "100000",
+            "--patience",
+            "0",
+            "--max-time",
+            "90",
+            "--out",
+            "runs/int",
+        ],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=log,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    metrics = tmp_path / "runs/int/metrics.jsonl"
+    deadline = time.monotonic() + 90
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    assert proc.returncode == 130, err
+    out = (tmp_path / "out.txt").read_text()
+    assert "Interrupted by the user" in out and "saved the best model so far" in out
+    assert "Traceback" not in err
+    summary = json.loads((tmp_path / "runs/int/summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["stop_reason"] == "interrupted"
+    assert summary["best_epoch"] >= 1
+    assert load_file(str(tmp_path / "runs/int/model.safetensors"))
+
+
+def test_bad_input_in_a_real_process_is_one_line_exit_2(tmp_path):
+    proc = descend("fit", "missing.csv", "--target", "y", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: data file 'missing.csv' must exist")
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_runs_lists_completed_corrupt_and_incomplete_runs(reg_run, tmp_path):
+    _, run_dir, _ = reg_run
+    base = tmp_path / "runs"
+    shutil.copytree(run_dir, base / "good")
+    shutil.copytree(run_dir, base / "broken")
+    (base / "broken" / "summary.json").write_text('{"status": "compl')
+    shutil.copytree(run_dir, base / "cut")
+    (base / "cut" / "summary.json").unlink()
+    (base / "not-a-run").mkdir()
+    proc = descend("runs", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = {
+        name: line
+        for line in proc.stdout.splitlines()
+        for name in ("good", "broken", "cut", "not-a-run")
+        if f" {name} " in line
+    }
+    assert "completed" in lines["good"] and "r2 0.9" in lines["good"]
+    assert "lin" in lines["good"] and "regression" in lines["good"]
+    assert "corrupt" in lines["broken"]
+    assert "incomplete" in lines["cut"]
+    assert "not-a-run" not in lines
+    assert "broken: corrupt — run file" in proc.stdout
+    assert not CONTROL.search(proc.stdout)
+
+
+# ----------------------------------------------------------------------------- in-process
+
+
+def test_show_prints_summary_and_loss_curve(reg_run, monkeypatch):
+    work, run_dir, _ = reg_run
+    result = invoke(["show", str(run_dir)], work, monkeypatch)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((run_dir / "summary.json").read_text())
+    out = result.stdout
+    assert summary["stop_message"] in out
+    assert "rmse" in out and "r2" in out and "completed" in out
+    assert "epoch" in out  # the x axis of the plot, or the column of the fallback table
+    assert not CONTROL.search(out)
+    # The same run by name under --runs-dir.
+    by_name = invoke(["show", "lin", "--runs-dir", "runs"], work, monkeypatch)
+    assert by_name.exit_code == 0 and summary["stop_message"] in by_name.stdout
+
+
+def test_show_falls_back_to_a_table_without_plotext(reg_run, monkeypatch):
+    work, run_dir, _ = reg_run
+    monkeypatch.setitem(sys.modules, "plotext", None)  # import fails
+    result = invoke(["show", str(run_dir)], work, monkeypatch)
+    assert result.exit_code == 0, result.output
+    assert "loss per epoch" in result.stdout and "train_loss" in result.stdout
+
+
+def test_datasets_lists_builtins(tmp_path, monkeypatch):
+    result = invoke(["datasets"], tmp_path, monkeypatch)
+    assert result.exit_code == 0
+    for name in ("iris", "digits", "diabetes", "wine"):
+        assert name in result.stdout
+    assert "1,797" in result.stdout and "10 classes" in result.stdout
+
+
+def test_help_documents_every_option_with_its_default(tmp_path, monkeypatch):
+    result = invoke(["fit", "--help"], tmp_path, monkeypatch)
+    assert result.exit_code == 0
+    text = re.sub(r"\s+", " ", re.sub(r"[│╭╮╰╯─]", " ", result.stdout))
+    for flag in (
+        "--target",
+        "--task",
+        "--config",
+        "--epochs",
+        "--batch-size",
+        "--hidden",
+        "--activation",
+        "--dropout",
+        "--batch-norm",
+        "--optimizer",
+        "--lr",
+        "--patience",
+        "--validation-fraction",
+        "--test-fraction",
+        "--seed",
+        "--device",
+        "--max-time",
+        "--max-categories",
+        "--categorical",
+        "--ignore",
+        "--out",
+        "--runs-dir",
+        "--quiet",
+    ):
+        assert flag in text, flag
+    for default in (
+        "default: 100",
+        "default: 32",
+        "default: 0.2",
+        "default: relu",
+        "drawn and recorded",
+        "auto: the default policy",
+    ):
+        assert default in text, default
+
+
+def test_out_existing_nonempty_dir_is_refused_untouched(tmp_path, monkeypatch):
+    write_linear_csv(tmp_path / "lin.csv", n=40)
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    (out / "summary.json").write_text("{}")
+    before = snapshot(out)
+    result = invoke(
+        ["fit", "lin.csv", "--target", "price", "--out", "mine", "--epochs", "1"],
+        tmp_path,
+        monkeypatch,
+    )
+    assert result.exit_code == 2
+    assert "error: --out 'mine' must be a new or empty directory" in result.stderr
+    assert snapshot(out) == before
+    assert not (tmp_path / "runs").exists()
+
+
+def test_config_toml_and_command_line_precedence(tmp_path, monkeypatch):
+    write_linear_csv(tmp_path / "lin.csv", n=60)
+    (tmp_path / "run.toml").write_text(
+        'data = "lin.csv"\ntarget = "price"\nepochs = 3\nhidden = [8]\nseed = 5\n'
+        'batch-size = 8\nactivation = "tanh"\n[fit]\npatience = 4\n'
+    )
+    result = invoke(
+        [
+            "fit",
+            "--config",
+            "run.toml",
+            "--epochs",
+            "2",
+            "--activation",
+            "gelu",
+            "--out",
+            "runs/c",
+            "-q",
+        ],
+        tmp_path,
+        monkeypatch,
+    )
+    assert result.exit_code == 0, result.output
+    opts = json.loads((tmp_path / "runs/c/config.json").read_text())["options"]
+    assert opts["epochs"] == 2 and opts["activation"] == "gelu"  # the command line wins
+    assert opts["hidden"] == [8] and opts["seed"] == 5 and opts["batch_size"] == 8
+    assert opts["patience"] == 4 and opts["data"] == str((tmp_path / "lin.csv").resolve())
+    spec = json.loads((tmp_path / "runs/c/model.json").read_text())["spec"]
+    assert spec["hidden"] == [8] and spec["activation"] == "gelu"
+    # Quiet: no progress lines, only the summary.
+    assert "epoch 1/2" not in result.stdout and "run saved to" in result.stdout
+
+
+def test_config_toml_errors_name_the_file_and_key(tmp_path, monkeypatch):
+    write_linear_csv(tmp_path / "lin.csv", n=40)
+    (tmp_path / "bad.toml").write_text("epoch = 3\n")
+    result = invoke(
+        ["fit", "lin.csv", "--target", "price", "--config", "bad.toml"], tmp_path, monkeypatch
+    )
+    assert result.exit_code == 2
+    assert "config file 'bad.toml': key 'epoch'" in result.stderr
+    assert "did you mean 'epochs'" in result.stderr
+    (tmp_path / "bad.toml").write_text("epochs = 'many'\n")
+    result = invoke(
+        ["fit", "lin.csv", "--target", "price", "--config", "bad.toml"], tmp_path, monkeypatch
+    )
+    assert result.exit_code == 2 and "epochs must be an integer" in result.stderr
+    (tmp_path / "bad.toml").write_text("epochs = = 3\n")
+    result = invoke(
+        ["fit", "lin.csv", "--target", "price", "--config", "bad.toml"], tmp_path, monkeypatch
+    )
+    assert result.exit_code == 2 and "must be valid TOML" in result.stderr
+
+
+def _rows(header: str, rows: list[str]) -> str:
+    return "\n".join([header, *rows]) + "\n"
+
+
+BAD_FILES = {
+    "empty.csv": "",
+    "header.csv": "a,b,y\n",
+    "nan_target.csv": _rows("a,b,y", [f"{i},{i * 2},{i * 0.5}" for i in range(30)]).replace(
+        "\n4,8,2.0\n", "\n4,8,\n"
+    ),
+    "one_class.csv": _rows("a,b,y", [f"{i},{i * 2},yes" for i in range(30)]),
+    "junk.csv": _rows("a,b,y", [f"{i},{'abc' if i == 6 else i * 2},{i % 2}" for i in range(30)]),
+    "no_features.csv": _rows("b,y", [f",{i % 2}" for i in range(30)]),
+    "dup.csv": _rows("a,a,y", [f"{i},{i},{i % 2}" for i in range(10)]),
+    "tiny.csv": _rows("a,y", ["1,2.5", "2,3.5"]),
+    "few_per_class.csv": _rows("a,y", ["1,a", "2,b", "3,c", "4,a"]),
+    "ok.csv": _rows("a,b,y", [f"{i},{i * 2},{i * 0.5}" for i in range(30)]),
+    "data.xlsx": "not a spreadsheet",
+    "bad_fields.csv": "a,b,y\n1,2,3\n4,5\n",
+}
+
+BAD_CASES = [
+    (["fit", "missing.csv", "--target", "y"], "data file 'missing.csv' must exist"),
+    (["fit", "irsi"], "did you mean 'iris'?"),
+    (["fit", "data.xlsx", "--target", "y"], "must be CSV or Parquet"),
+    (["fit", "empty.csv", "--target", "y"], "an empty file"),
+    (["fit", "header.csv", "--target", "y"], "a header only"),
+    (["fit", "bad_fields.csv", "--target", "y"], "line 3 has 2"),
+    (["fit", "ok.csv", "--target", "Y"], "did you mean 'y'?"),
+    (
+        ["fit", "ok.csv"],
+        "needs --target COLUMN, the column to predict; got no --target — pass "
+        "e.g. --target y; the columns are 'a', 'b', 'y'",
+    ),
+    (
+        ["fit", "nan_target.csv", "--target", "y"],
+        "target 'y' must have a value in every row; got 1 missing at row 4",
+    ),
+    (["fit", "one_class.csv", "--target", "y"], "must have at least 2 classes"),
+    (["fit", "junk.csv", "--target", "y"], "column 'b'"),
+    (
+        ["fit", "junk.csv", "--target", "y"],
+        "['abc'] at row 6 (0-based data rows; line 8 of junk.csv)",
+    ),
+    (["fit", "no_features.csv", "--target", "y"], "'b': every value is missing"),
+    (["fit", "dup.csv", "--target", "y"], "duplicate column name ['a']"),
+    (["fit", "tiny.csv", "--target", "y"], "must have at least 3 rows to split"),
+    (
+        ["fit", "few_per_class.csv", "--target", "y", "--task", "classification"],
+        "must have at least one training row per class (3 classes)",
+    ),
+    (["fit", "ok.csv", "--target", "y", "--hidden", "64,x"], "--hidden must be"),
+    (["fit", "ok.csv", "--target", "y", "--optimizer", "adamm"], "did you mean 'adam'"),
+    (["fit", "ok.csv", "--target", "y", "--task", "clasification"], "--task must be one of"),
+    (
+        [
+            "fit",
+            "ok.csv",
+            "--target",
+            "y",
+            "--validation-fraction",
+            "0.6",
+            "--test-fraction",
+            "0.5",
+        ],
+        "must be below 1",
+    ),
+    (["show", "runs/nothing"], "run directory 'runs/nothing' must exist"),
+    (["predict", "runs/nothing", "ok.csv"], "run directory 'runs/nothing' must exist"),
+]
+
+
+@pytest.mark.parametrize(("args", "expected"), BAD_CASES, ids=[" ".join(a) for a, _ in BAD_CASES])
+def test_bad_input_exits_2_with_a_message(args, expected, tmp_path, monkeypatch):
+    for name, text in BAD_FILES.items():
+        (tmp_path / name).write_text(text)
+    result = invoke(args, tmp_path, monkeypatch)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: ")
+    assert expected in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 2
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists()  # nothing was saved
+
+
+def test_a_column_entirely_missing_is_dropped_with_a_note(tmp_path, monkeypatch):
+    rows = [f"{i},,{i % 2}" for i in range(40)]
+    (tmp_path / "d.csv").write_text(_rows("a,empty,y", rows))
+    result = invoke(
+        ["fit", "d.csv", "--target", "y", "--epochs", "2", "--out", "r"], tmp_path, monkeypatch
+    )
+    assert result.exit_code == 0, result.output
+    assert "Dropped column 'empty': every value is missing" in result.stdout
+
+
+@pytest.fixture
+def tiny_run(tmp_path, monkeypatch):
+    write_linear_csv(tmp_path / "lin.csv", n=40)
+    result = invoke(
+        ["fit", "lin.csv", "--target", "price", "--epochs", "2", "--out", "r", "-q"],
+        tmp_path,
+        monkeypatch,
+    )
+    assert result.exit_code == 0, result.output
+    return tmp_path / "r"
+
+
+def test_predict_with_mismatched_columns_names_file_and_column(tiny_run, tmp_path, monkeypatch):
+    pcsv.write_csv(pa.table({"a": [1.0], "c": [2.0]}), tmp_path / "new.csv")
+    result = invoke(["predict", "r", "new.csv", "-o", "pred.csv"], tmp_path, monkeypatch)
+    assert result.exit_code == 2
+    assert "prediction data 'new.csv'" in result.stderr and "no column ['b']" in result.stderr
+    assert not (tmp_path / "pred.csv").exists()
+
+
+def test_predict_and_show_refuse_incomplete_or_corrupt_runs(tiny_run, tmp_path, monkeypatch):
+    pcsv.write_csv(pa.table({"a": [1.0], "b": [0.0], "c": [2.0]}), tmp_path / "new.csv")
+    model = tiny_run / "model.safetensors"
+    model.write_bytes(model.read_bytes()[:50])  # cut off
+    result = invoke(["predict", "r", "new.csv"], tmp_path, monkeypatch)
+    assert result.exit_code == 2 and "model.safetensors' must be a complete" in result.stderr
+    (tiny_run / "summary.json").write_text("{oops")
+    for args in (["show", "r"], ["predict", "r", "new.csv"]):
+        result = invoke(args, tmp_path, monkeypatch)
+        assert result.exit_code == 2
+        assert "summary.json' must be valid JSON" in result.stderr
+    (tiny_run / "summary.json").unlink()
+    result = invoke(["show", "r"], tmp_path, monkeypatch)
+    assert result.exit_code == 2 and "must contain summary.json" in result.stderr
+
+
+def test_predict_to_stdout(tiny_run, tmp_path, monkeypatch):
+    pcsv.write_csv(
+        pa.table({"a": [1.0, 2.0], "b": [0.0, 1.0], "c": [2.0, 3.0]}), tmp_path / "new.csv"
+    )
+    result = invoke(["predict", "r", "new.csv"], tmp_path, monkeypatch)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == '"price"' and len(lines) == 3
+
+
+def test_default_run_directories_are_new_each_time(tmp_path, monkeypatch):
+    write_linear_csv(tmp_path / "lin.csv", n=40)
+    for _ in range(2):
+        result = invoke(
+            ["fit", "lin.csv", "--target", "price", "--epochs", "2", "-q"], tmp_path, monkeypatch
+        )
+        assert result.exit_code == 0, result.output
+    made = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert len(made) == 2 and all(re.fullmatch(r"lin-\d{8}-\d{6}(-\d+)?", n) for n in made)
+    listing = invoke(["runs"], tmp_path, monkeypatch)
+    assert listing.exit_code == 0 and listing.stdout.count("completed") == 2
