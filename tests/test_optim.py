@@ -12,6 +12,16 @@ from descend._errors import ConfigError
 from descend.testing import check_state_tree, check_transform
 from descend.transforms import Transform, apply_updates, find_lr_state
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: torch's intra-op threads only spin, and crawl when the CPUs are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 IMPLS = ["auto", "foreach", "reference"]
 ADAM_IMPLS = ["auto", "fused", "foreach", "reference"]
 
