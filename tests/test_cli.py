@@ -284,8 +284,8 @@ def test_ctrl_c_saves_the_best_model_and_exits_130(tmp_path):
         if proc.poll() is None:
             proc.kill()
         log.close()
-    assert proc.returncode == 130, err
     out = (tmp_path / "out.txt").read_text()
+    assert proc.returncode == 130, f"{err}\n{out[-2000:]}"
     assert "Interrupted by the user" in out and "saved the best model so far" in out
     assert "Traceback" not in err
     summary = json.loads((tmp_path / "runs/int/summary.json").read_text())
@@ -303,7 +303,10 @@ def test_bad_input_in_a_real_process_is_one_line_exit_2(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_runs_lists_completed_corrupt_and_incomplete_runs(reg_run, tmp_path):
+# ----------------------------------------------------------------------------- in-process
+
+
+def test_runs_lists_completed_corrupt_and_incomplete_runs(reg_run, tmp_path, monkeypatch):
     _, run_dir, _ = reg_run
     base = tmp_path / "runs"
     shutil.copytree(run_dir, base / "good")
@@ -312,8 +315,8 @@ def test_runs_lists_completed_corrupt_and_incomplete_runs(reg_run, tmp_path):
     shutil.copytree(run_dir, base / "cut")
     (base / "cut" / "summary.json").unlink()
     (base / "not-a-run").mkdir()
-    proc = descend("runs", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
+    proc = invoke(["runs"], tmp_path, monkeypatch)
+    assert proc.exit_code == 0, proc.output
     lines = {
         name: line
         for line in proc.stdout.splitlines()
@@ -327,9 +330,6 @@ def test_runs_lists_completed_corrupt_and_incomplete_runs(reg_run, tmp_path):
     assert "not-a-run" not in lines
     assert "broken: corrupt — run file" in proc.stdout
     assert not CONTROL.search(proc.stdout)
-
-
-# ----------------------------------------------------------------------------- in-process
 
 
 def test_show_prints_summary_and_loss_curve(reg_run, monkeypatch):

@@ -786,8 +786,10 @@ def prepare_data(
     # Transforming every row at once checks the validation and test rows too (junk, missing
     # targets, unseen classes), with row numbers of the file.
     X, y = pre.transform(table)
+    # The task line above already says what tabular's task note says (in --task terms).
+    task_note = ("Target: regression", f"Target {targets[0]!r}: classification")
     for note in pre.notes:
-        if not note.startswith("Target"):  # the task line above says it for the CLI
+        if not note.startswith(task_note):
             notify(note)
     return PreparedData(
         name=name,
