@@ -628,3 +628,15 @@ def test_default_run_directories_are_new_each_time(tmp_path, monkeypatch):
     assert len(made) == 2 and all(re.fullmatch(r"lin-\d{8}-\d{6}(-\d+)?", n) for n in made)
     listing = invoke(["runs"], tmp_path, monkeypatch)
     assert listing.exit_code == 0 and listing.stdout.count("completed") == 2
+
+
+def test_without_held_out_rows_training_loss_decides(tmp_path, monkeypatch):
+    write_linear_csv(tmp_path / "lin.csv", n=40)
+    args = ["fit", "lin.csv", "--target", "price", "--epochs", "2", "--batch-size", "0"]
+    args += ["--validation-fraction", "0", "--test-fraction", "0", "--out", "r", "-q"]
+    result = invoke(args, tmp_path, monkeypatch)
+    assert result.exit_code == 0, result.output
+    assert "no held-out metrics" in result.stdout
+    summary = json.loads((tmp_path / "r/summary.json").read_text())
+    assert summary["monitor"] == "train_loss" and summary["test"] is None
+    assert summary["rows"] == {"train": 40, "validation": 0, "test": 0}

@@ -253,6 +253,8 @@ def fit(
             f"validation ({s['rows']['validation']:,} rows, no test split): "
             f"{runs.format_metrics(s['validation'])}"
         )
+    else:
+        _say("no validation or test rows (both fractions are 0): no held-out metrics")
     if cfg.quiet and s.get("stop_message"):
         _say(s["stop_message"])
     _say(f"run saved to {outcome.run_dir}")
