@@ -181,6 +181,17 @@ def test_impls_agree_and_share_state_layout(name):
         assert _layout(state) == _layout(ref_state), impl
 
 
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_fused_path_falls_back_where_the_kernel_is_missing(name, monkeypatch):
+    from descend.transforms._kernels import AdamKernel
+
+    expected, expected_state = _train_descend(optim.get(name, lr=0.05, impl="reference"))
+    monkeypatch.setattr(AdamKernel, "supports", staticmethod(lambda tensor: False))
+    got, state = _train_descend(optim.get(name, lr=0.05))
+    assert _max_diff(expected, got) < 1e-6
+    assert _layout(state) == _layout(expected_state)
+
+
 def _layout(state):
     if isinstance(state, dict):
         return {k: _layout(v) for k, v in state.items()}

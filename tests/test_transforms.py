@@ -352,3 +352,12 @@ def test_dict_mask_with_unknown_name():
         match=r"masked: mask must name existing parameters; got unknown name 'fc.bais' — did you mean 'fc.bias'",
     ):
         masked(scale(1.0), {"fc.bais": True}).init(_params())
+
+
+@pytest.mark.skipif(not hasattr(torch, "_fused_adam_"), reason="this torch has no fused Adam")
+def test_fused_adam_kernel_is_used_on_cpu():
+    from descend.transforms._kernels import AdamKernel
+
+    for dtype in (torch.float32, torch.float64):
+        assert AdamKernel.supports(torch.zeros(1, dtype=dtype))
+    assert not AdamKernel.supports(torch.zeros(1, dtype=torch.complex64))

@@ -53,6 +53,7 @@ from descend.transforms import (
     scale_by_rms,
     trace,
 )
+from descend.transforms._fused import fused_adam_chain
 from descend.transforms._util import (
     FUSED_IMPLS,
     IMPLS,
@@ -141,6 +142,46 @@ def _recipe(
     links += [p for p in parts if p is not None]
     links.append(scale_by_learning_rate(lr, schedule))
     return chain(*links)
+
+
+def _adam_recipe(
+    head: list[Transform],
+    b1: float,
+    b2: float,
+    eps: float,
+    amsgrad: bool,
+    weight_decay: float,
+    mask: Any,
+    lr: float,
+    schedule: Schedule | None,
+    max_grad_norm: float | None,
+    impl: str,
+) -> Transform:
+    """``[clip] *head  scale_by_adam  [add_decayed_weights]  scale_by_learning_rate``.
+
+    With ``impl`` "auto"/"fused" the last three links run as one fused kernel call (same
+    state tree, same numbers; see :mod:`descend.transforms._fused`).
+    """
+    if max_grad_norm is not None:
+        head = [clip_by_global_norm(max_grad_norm), *head]
+    if impl in ("auto", "fused"):
+        return fused_adam_chain(
+            head,
+            b1=b1,
+            b2=b2,
+            eps=eps,
+            amsgrad=amsgrad,
+            weight_decay=weight_decay,
+            mask=mask,
+            lr=lr,
+            schedule=schedule,
+        )
+    return chain(
+        *head,
+        scale_by_adam(b1, b2, eps, amsgrad, impl=impl),
+        *([add_decayed_weights(weight_decay, mask)] if weight_decay else []),
+        scale_by_learning_rate(lr, schedule),
+    )
 
 
 # --------------------------------------------------------------------------- optimizers
@@ -369,13 +410,8 @@ def adam(
     eps = _nonneg("eps", eps, owner)
     weight_decay = _nonneg("weight_decay", weight_decay, owner)
     amsgrad = check_bool("amsgrad", amsgrad, owner=owner)
-    return _recipe(
-        add_l2(weight_decay) if weight_decay else None,
-        scale_by_adam(b1, b2, eps, amsgrad, impl=impl),
-        lr=lr,
-        schedule=schedule,
-        max_grad_norm=max_grad_norm,
-    )
+    head = [add_l2(weight_decay)] if weight_decay else []
+    return _adam_recipe(head, b1, b2, eps, amsgrad, 0.0, None, lr, schedule, max_grad_norm, impl)
 
 
 def adamw(
@@ -413,12 +449,8 @@ def adamw(
     eps = _nonneg("eps", eps, owner)
     weight_decay = _nonneg("weight_decay", weight_decay, owner)
     amsgrad = check_bool("amsgrad", amsgrad, owner=owner)
-    return _recipe(
-        scale_by_adam(b1, b2, eps, amsgrad, impl=impl),
-        add_decayed_weights(weight_decay, mask) if weight_decay else None,
-        lr=lr,
-        schedule=schedule,
-        max_grad_norm=max_grad_norm,
+    return _adam_recipe(
+        [], b1, b2, eps, amsgrad, weight_decay, mask, lr, schedule, max_grad_norm, impl
     )
 
 

@@ -16,11 +16,11 @@ import torch
 
 from descend._errors import check_choice, check_in_range, check_positive
 from descend.transforms._base import Params, State, Transform, Updates, inplace_transform
+from descend.transforms._kernels import AdamKernel
 from descend.transforms._util import (
     FUSED_IMPLS,
     Impl,
     check_bool,
-    fused_devices,
     groups,
     present,
     resolve_impl,
@@ -69,10 +69,7 @@ def scale_by_adam(
     amsgrad = check_bool("amsgrad", amsgrad, owner=owner)
     check_choice("impl", impl, FUSED_IMPLS, owner=owner)
     path = impl if impl != "auto" else "fused"
-    fused_kernel = getattr(torch, "_fused_adam_", None)
-    # device type -> a float32 scalar holding the step, as torch's fused kernel reads it
-    fused_steps: dict[torch.device, torch.Tensor] = {}
-    fused_ok = set(fused_devices()) if fused_kernel is not None else set()
+    kernel = AdamKernel(b1, b2, eps, amsgrad)
 
     def init(params: Params) -> State:
         state = {
@@ -102,29 +99,6 @@ def scale_by_adam(
             updates[name] = m_hat / (v_hat.sqrt() + eps)
         return updates, state, True
 
-    def fused_group(gs, ms, vs, v_maxes, t: int) -> list[torch.Tensor] | None:
-        device = gs[0].device
-        if device.type not in fused_ok:
-            return None
-        step = fused_steps.get(device)
-        if step is None:
-            step = fused_steps[device] = torch.zeros((), dtype=torch.float32, device=device)
-        step.fill_(t)
-        # The kernel does θ ← θ − lr·m̂/(√v̂ + ε) in place; run on zeros with lr = −1 it
-        # writes the Adam direction itself into a fresh buffer and leaves θ alone.
-        out = [torch.zeros_like(g, memory_format=torch.preserve_format) for g in gs]
-        try:
-            fused_kernel(
-                out, gs, ms, vs, v_maxes, [step] * len(gs),
-                amsgrad=amsgrad, lr=-1.0, beta1=b1, beta2=b2, weight_decay=0.0, eps=eps,
-                maximize=False, grad_scale=None, found_inf=None,
-            )  # fmt: skip
-        except (RuntimeError, TypeError, NotImplementedError):  # pragma: no cover
-            # A dtype/layout this torch cannot fuse: fail before any write, use foreach.
-            fused_ok.discard(device.type)
-            return None
-        return out
-
     def update_foreach(grads: Updates, state: State, params: Params | None, owned: bool):
         state["count"] += 1
         t = state["count"]
@@ -135,12 +109,14 @@ def scale_by_adam(
             gs = [grads[n] for n in grp]
             ms = [state["exp_avg"][n] for n in grp]
             vs = [state["exp_avg_sq"][n] for n in grp]
-            if path == "fused":
+            if path == "fused" and kernel.supports(gs[0]):
+                # The kernel does x ← x − lr·m̂/(√v̂ + ε); on zeros with lr = −1 it writes the
+                # Adam direction into a fresh buffer.
+                u = [torch.zeros_like(g, memory_format=torch.preserve_format) for g in gs]
                 v_maxes = [state["max_exp_avg_sq"][n] for n in grp] if amsgrad else []
-                fused = fused_group(gs, ms, vs, v_maxes, t)
-                if fused is not None:
-                    out.update(zip(grp, fused))
-                    continue
+                kernel(u, gs, ms, vs, v_maxes, t, lr=-1.0)
+                out.update(zip(grp, u))
+                continue
             torch._foreach_lerp_(ms, gs, 1 - b1)
             torch._foreach_mul_(vs, b2)
             torch._foreach_addcmul_(vs, gs, gs, value=1 - b2)

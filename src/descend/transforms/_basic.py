@@ -91,15 +91,24 @@ def scale_by_learning_rate(lr: float, schedule: Callable[[int], float] | None = 
         return {"count": 0, "lr": lr, "scale": 1.0}
 
     def update(grads: Updates, state: State, params: Params | None, owned: bool):
-        count = state["count"]
-        lr_t = lr * state["scale"]
-        if schedule is not None:
-            lr_t *= float(schedule(count))
-        state["count"] = count + 1
-        state["lr"] = lr_t
+        lr_t = next_lr(state, lr, schedule)
+        commit_lr(state, lr_t)
         return mul(grads, -lr_t, owned), state, True
 
     return inplace_transform(init, update)
+
+
+def next_lr(state: dict[str, Any], lr: float, schedule: Callable[[int], float] | None) -> float:
+    """The learning rate of the coming step, ``lr · scale · schedule(count)``."""
+    lr_t = lr * state["scale"]
+    if schedule is not None:
+        lr_t *= float(schedule(state["count"]))
+    return lr_t
+
+
+def commit_lr(state: dict[str, Any], lr_t: float) -> None:
+    state["count"] += 1
+    state["lr"] = lr_t
 
 
 def find_lr_state(state: Any) -> dict[str, Any] | None:
