@@ -164,6 +164,26 @@ def test_state_dict_round_trip_resumes_exactly(name):
     assert _same(straight, resumed)
 
 
+@pytest.mark.parametrize(
+    ("saved_impl", "loaded_impl"), [("auto", "reference"), ("reference", "auto")]
+)
+def test_state_dict_moves_between_implementations(saved_impl, loaded_impl):
+    batches = _batches(20)
+    straight = _model()
+    opt = optim.as_torch_optimizer(optim.adamw(lr=1e-2, impl="reference"), straight)
+    _torch_loop(straight, opt, batches)
+
+    first = _model()
+    opt = optim.as_torch_optimizer(optim.adamw(lr=1e-2, impl=saved_impl), first)
+    _torch_loop(first, opt, batches[:10])
+    resumed = _model()
+    resumed.load_state_dict(first.state_dict())
+    opt2 = optim.as_torch_optimizer(optim.adamw(lr=1e-2, impl=loaded_impl), resumed)
+    opt2.load_state_dict(_plain(opt.state_dict()))
+    _torch_loop(resumed, opt2, batches[10:])
+    assert _close(straight, resumed, 1e-9)
+
+
 def test_state_is_keyed_by_parameter_name():
     model = _model()
     opt = optim.as_torch_optimizer(optim.adam(lr=1e-2), model)
