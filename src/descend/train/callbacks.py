@@ -63,6 +63,14 @@ def epoch_line(loop: Loop) -> str:
     return "  ".join(parts)
 
 
+def new_events(cb: Any, loop: Loop) -> list[dict[str, Any]]:
+    """The history events a progress display has not shown yet."""
+    seen = getattr(cb, "_events_seen", 0)
+    events = loop.history.events[seen:]
+    cb._events_seen = len(loop.history.events)
+    return events
+
+
 class PlainProgress(Callback):
     """One plain line per epoch, for logs and pipes (used when stdout is not a terminal)."""
 
@@ -79,6 +87,8 @@ class PlainProgress(Callback):
 
     def on_epoch_end(self, loop: Loop) -> None:
         self._print(epoch_line(loop))
+        for event in new_events(self, loop):
+            self._print(f"  ! {event['message']}")
 
     def on_fit_end(self, loop: Loop) -> None:
         if loop.stop_message:
@@ -133,6 +143,10 @@ class RichProgress(Callback):
         self._progress.update(self._task, completed=len(h.epoch), description=desc)
         if self.lines:
             self._progress.console.print(epoch_line(loop))
+        for event in new_events(self, loop):
+            self._progress.console.print(
+                f"[yellow]! {event['message']}[/yellow]", markup=True, highlight=False
+            )
 
     def on_fit_end(self, loop: Loop) -> None:
         if self._progress is None:

@@ -17,18 +17,31 @@ import contextlib
 import copy
 import math
 import random
+import signal
+import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
+from descend import checkpoint as C
 from descend import data as D
 from descend import losses as L
 from descend import optim
-from descend._errors import ConfigError, InputError, check_choice, describe, message
+from descend._errors import (
+    CheckpointError,
+    ConfigError,
+    InputError,
+    check_choice,
+    describe,
+    message,
+)
 from descend.train import autopilot as _autopilot
 from descend.train.callbacks import Callback, default_progress
+from descend.train.guard import Guard
 from descend.train.result import History, Result, StopReason
 from descend.transforms import Transform, apply_updates, find_lr_state
 
@@ -125,6 +138,10 @@ class Loop:
         max_time: float | None,
         metric: str | Callable | None,
         autopilot: dict[str, Any] | None,
+        guard: Guard | None = None,
+        checkpoint: str | Path | None = None,
+        checkpoint_every: int | str = "epoch",
+        config: dict[str, Any] | None = None,
     ) -> None:
         self.model = model
         self.bundle = bundle
@@ -147,7 +164,11 @@ class Loop:
         self._names = list(self.params)
         self._plist = [self.params[n] for n in self._names]
         self.opt_state = tx.init(self.params)
-        self._lr_state = find_lr_state(self.opt_state)
+        self.lr_state = find_lr_state(self.opt_state)
+        self.guard = guard
+        self.checkpoint_dir = Path(checkpoint) if checkpoint is not None else None
+        self.checkpoint_every = checkpoint_every
+        self.config = dict(config or {})
 
         self.history = History()
         self.epoch = 0
@@ -160,6 +181,15 @@ class Loop:
         self._since_best = 0
         self._best_state: dict[str, torch.Tensor] | None = None
         self._t0 = 0.0
+        self._t_offset = 0.0
+        # Position inside the current epoch, and the epoch's records so far (kept on the device
+        # until the epoch ends; a checkpoint reads them).
+        self.batch = 0
+        self._ep_losses: list[torch.Tensor] = []
+        self._ep_norms: list[torch.Tensor] = []
+        self._ep_lrs: list[float] = []
+        self._interrupt: int | None = None
+        self._resumed_from: Path | None = None
 
         self._metric_fn, self.history.metric_name = self._pick_metric(metric)
         self.monitor = "val_loss" if bundle.val is not None else "train_loss"
@@ -386,19 +416,38 @@ class Loop:
             self.model.load_state_dict(self._best_state)
 
     def _elapsed(self) -> float:
-        return time.perf_counter() - self._t0
+        return time.perf_counter() - self._t0 + self._t_offset
 
-    def _end_epoch(
-        self, step_losses: list, step_norms: list, lrs: list[float]
-    ) -> StopReason | None:
+    def refresh_lr_state(self) -> None:
+        """Look up the learning-rate state again (after ``opt_state`` was replaced)."""
+        self.lr_state = find_lr_state(self.opt_state)
+
+    def record_event(self, kind: str, text: str) -> None:
+        """Add an event (rollback, checkpoint failure, ...) to the history."""
+        self.history.events.append(
+            {"step": self.step, "epoch": self.epoch + 1, "kind": kind, "message": text}
+        )
+
+    def _end_epoch(self) -> StopReason | None:
         """Read the epoch's numbers (one sync), evaluate, and decide whether to stop."""
         h = self.history
-        losses = torch.stack(step_losses).float().cpu().tolist() if step_losses else []
-        norms = torch.stack(step_norms).float().cpu().tolist() if step_norms else []
+        losses = (
+            [float(v) for v in torch.stack(self._ep_losses).float().cpu().tolist()]
+            if self._ep_losses
+            else []
+        )
+        norms = (
+            [float(v) for v in torch.stack(self._ep_norms).float().cpu().tolist()]
+            if self._ep_norms
+            else []
+        )
         h.step_loss.extend(losses)
         h.step_grad_norm.extend(norms)
-        h.step_lr.extend(lrs)
-        train_loss = sum(losses) / len(losses) if losses else math.nan
+        h.step_lr.extend(self._ep_lrs)
+        self._ep_losses, self._ep_norms, self._ep_lrs = [], [], []
+        self.batch = 0
+        finite = [v for v in losses if math.isfinite(v)]
+        train_loss = sum(finite) / len(finite) if finite else math.nan
         self.epoch += 1
         h.epoch.append(self.epoch)
         h.train_loss.append(train_loss)
@@ -415,7 +464,7 @@ class Loop:
             h.metric.append(metric)
         h.time.append(self._elapsed())
 
-        if not math.isfinite(train_loss):
+        if not math.isfinite(train_loss) or (self.guard is None and len(finite) < len(losses)):
             self.improved = False
             return StopReason.DIVERGED
         threshold = self.best_loss - max(self.tol * abs(self.best_loss), 0.0)
@@ -429,7 +478,7 @@ class Loop:
             self._save_best()
         else:
             self._since_best += 1
-        if norms and max(norms[-1:]) < 1e-10:
+        if norms and norms[-1] < 1e-10:
             return StopReason.CONVERGED
         if self.patience is not None and self._since_best >= self.patience:
             return StopReason.PATIENCE if self.bundle.val is not None else StopReason.CONVERGED
@@ -464,6 +513,12 @@ class Loop:
         if reason is StopReason.MAX_TIME:
             return f"Stopped after {self._elapsed():.1f}s, the max_time budget; {kept}."
         if reason is StopReason.DIVERGED:
+            if self.guard is not None and self.guard.events:
+                return (
+                    f"Diverged in epoch {self.epoch + 1}: the loss kept blowing up after "
+                    f"{self.guard.events} rollbacks with a lower learning rate each time; "
+                    f"{kept}. Try a much lower learning rate or max_grad_norm=1.0."
+                )
             return (
                 f"Diverged in epoch {self.epoch}: the training loss became non-finite; "
                 f"{kept}. Try a lower learning rate or max_grad_norm=1.0."
@@ -472,42 +527,265 @@ class Loop:
             return f"Interrupted by the user during epoch {self.epoch + 1}; {kept}."
         return f"Stopped after epoch {self.epoch}: {self._stop_request}; {kept}."
 
-    def run(self) -> Result:
+    # ---- checkpoints ---------------------------------------------------------------------
+
+    def _rng_state(self) -> dict[str, Any]:
+        import numpy as np
+
+        rng: dict[str, Any] = {"torch_cpu": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            for i, st in enumerate(torch.cuda.get_rng_state_all()):
+                rng[f"cuda_{i}"] = st
+        ver, internal, gauss = random.getstate()
+        rng["python"] = [ver, list(internal), gauss]
+        npst = np.random.get_state(legacy=False)
+        rng["numpy"] = {
+            "key": npst["state"]["key"].tolist(),
+            "pos": int(npst["state"]["pos"]),
+            "has_gauss": int(npst["has_gauss"]),
+            "gauss": float(npst["gauss"]),
+        }
+        return rng
+
+    def _set_rng_state(self, rng: dict[str, Any]) -> None:
+        import numpy as np
+
+        if "torch_cpu" in rng:
+            torch.set_rng_state(rng["torch_cpu"])
+        for k, v in rng.items():
+            if k.startswith("cuda_") and torch.cuda.is_available():
+                i = int(k.split("_")[1])
+                if i < torch.cuda.device_count():
+                    torch.cuda.set_rng_state(v, i)
+        if "python" in rng:
+            ver, internal, gauss = rng["python"]
+            random.setstate((ver, tuple(internal), gauss))
+        if "numpy" in rng:
+            n = rng["numpy"]
+            np.random.set_state(
+                {
+                    "bit_generator": "MT19937",
+                    "state": {"key": np.array(n["key"], dtype=np.uint32), "pos": n["pos"]},
+                    "has_gauss": n["has_gauss"],
+                    "gauss": n["gauss"],
+                }
+            )
+
+    def _meta(self) -> dict[str, Any]:
+        partial_losses = (
+            torch.stack(self._ep_losses).float().cpu().tolist() if self._ep_losses else []
+        )
+        partial_norms = torch.stack(self._ep_norms).float().cpu().tolist() if self._ep_norms else []
+        return {
+            "seed": self.seed,
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "step": self.step,
+            "best_loss": self.best_loss,
+            "best_epoch": self.best_epoch,
+            "since_best": self._since_best,
+            "elapsed": self._elapsed(),
+            "history": self.history.to_dict(),
+            "partial": {"loss": partial_losses, "norm": partial_norms, "lr": list(self._ep_lrs)},
+            "guard": self.guard.state_dict() if self.guard is not None else None,
+            "model_signature": {k: list(v.shape) for k, v in self.model.state_dict().items()},
+            "opt_signature": C.tree_signature(self.opt_state),
+            "optimizer": self.optimizer_desc,
+            "autopilot": self.autopilot,
+            "config": self.config,
+        }
+
+    def save_checkpoint(self) -> Path | None:
+        """Write a checkpoint of the exact current state (no-op without ``checkpoint=``).
+
+        A failure (full disk, permissions changed mid-run) is a warning and an event: the
+        previous checkpoint stays, training goes on.
+        """
+        if self.checkpoint_dir is None:
+            return None
+        ckpt = C.Checkpoint(
+            step=self.step,
+            model=dict(self.model.state_dict()),
+            opt_state=self.opt_state,
+            best=self._best_state,
+            meta=self._meta(),
+            rng=self._rng_state(),
+        )
+        try:
+            path = C.save(self.checkpoint_dir, ckpt)
+        except OSError as e:
+            text = (
+                f"could not write a checkpoint at step {self.step} "
+                f"({type(e).__name__}: {e.strerror or e}); the previous one is kept"
+            )
+            warnings.warn(f"descend: {text}", RuntimeWarning, stacklevel=2)
+            self.record_event("checkpoint_failed", text)
+            return None
+        if self.guard is not None:
+            # The rollback point must be identical in a resumed run: make it this state.
+            self.guard.snapshot(self)
+        return path
+
+    def load_checkpoint(self, ckpt: C.Checkpoint) -> None:
+        """Put the run exactly where ``ckpt`` left it; refuse a checkpoint of another model
+        or optimizer, naming what differs."""
+        own = {k: list(v.shape) for k, v in self.model.state_dict().items()}
+        theirs = {k: list(v.shape) for k, v in ckpt.model.items()}
+        if own != theirs:
+            missing = sorted(set(own) - set(theirs))
+            extra = sorted(set(theirs) - set(own))
+            shapes = [
+                f"{k} {tuple(theirs[k])} vs model {tuple(own[k])}"
+                for k in sorted(set(own) & set(theirs))
+                if own[k] != theirs[k]
+            ]
+            parts = []
+            if missing:
+                parts.append(f"not in the checkpoint: {', '.join(missing[:8])}")
+            if extra:
+                parts.append(f"only in the checkpoint: {', '.join(extra[:8])}")
+            if shapes:
+                parts.append(f"different shapes: {'; '.join(shapes[:8])}")
+            raise CheckpointError(
+                message(
+                    f"resume from {ckpt.path}",
+                    "needs the same model (parameter names and shapes)",
+                    "; ".join(parts),
+                    "rebuild the model exactly as in the original run, or start "
+                    "a new run without resume=",
+                )
+            )
+        sig = C.tree_signature(self.opt_state)
+        if sig != ckpt.meta.get("opt_signature"):
+            theirs_sig = ckpt.meta.get("opt_signature") or {}
+            diff = sorted(set(sig.items()) ^ set(theirs_sig.items()))
+            shown = ", ".join(f"{k}: {v}" for k, v in diff[:6])
+            raise CheckpointError(
+                message(
+                    f"resume from {ckpt.path}",
+                    "needs the same optimizer as the original run",
+                    f"an optimizer state that differs at {shown}",
+                    f"use the original optimizer ({ckpt.meta.get('optimizer')}), or start a new run",
+                )
+            )
+        with torch.no_grad():
+            self.model.load_state_dict(ckpt.model)
+        self.opt_state = C.unflatten_tree(
+            C.flatten_tree(ckpt.opt_state, "x")[0], C.flatten_tree(ckpt.opt_state, "x")[1]
+        )
+        self.opt_state = _to_device_tree(self.opt_state, self.device)
+        self.refresh_lr_state()
+        if ckpt.best is not None and self.restore_best:
+            self._best_state = {k: v.to(self.device) for k, v in ckpt.best.items()}
+        m = ckpt.meta
+        self.epoch, self.batch, self.step = m["epoch"], m["batch"], m["step"]
+        self.best_loss, self.best_epoch = m["best_loss"], m["best_epoch"]
+        self._since_best = m["since_best"]
+        self._t_offset = m["elapsed"]
+        self.history = History.from_dict(m["history"])
+        part = m["partial"]
+        dev = self.device
+        self._ep_losses = [torch.tensor(v, dtype=torch.float32, device=dev) for v in part["loss"]]
+        self._ep_norms = [torch.tensor(v, dtype=torch.float32, device=dev) for v in part["norm"]]
+        self._ep_lrs = list(part["lr"])
+        if self.guard is not None and m.get("guard") is not None:
+            self.guard.load_state_dict(m["guard"])
+        self._set_rng_state(ckpt.rng)
+        self._resumed_from = ckpt.path
+
+    # ---- signals -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _signals(self):
+        """Turn the first Ctrl-C / SIGTERM into a request honoured after the current step (so
+        the final checkpoint is consistent); a second Ctrl-C interrupts at once."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {}
+
+        def handler(signum, frame):
+            if self._interrupt is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self._interrupt = signum
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError, OSError):
+                previous[sig] = signal.signal(sig, handler)
+        try:
+            yield
+        finally:
+            for sig, h in previous.items():
+                signal.signal(sig, h)
+
+    # ---- the run -------------------------------------------------------------------------
+
+    def _epoch_loop(self) -> StopReason | None:
+        """Run the current epoch from ``self.batch``; return a stop reason or None."""
+        src = self.bundle.train
+        guard = self.guard
+        every = self.checkpoint_every if isinstance(self.checkpoint_every, int) else None
+        if guard is not None:
+            guard.snapshot(self)
+        for batch in src.batches(self.epoch, start=self.batch):
+            xb, yb = batch[0], batch[1]
+            value, gnorm = self.train_step(xb, yb)
+            self.batch += 1
+            self._ep_losses.append(value)
+            self._ep_norms.append(gnorm)
+            lr_state = self.lr_state
+            self._ep_lrs.append(float(lr_state["lr"]) if lr_state is not None else math.nan)
+            if guard is not None and guard.after_step(self, value, gnorm) == "diverged":
+                return StopReason.DIVERGED
+            for cb in self.step_callbacks:
+                cb.on_step_end(self)
+            if self._interrupt is not None:
+                return StopReason.INTERRUPTED
+            if every is not None and self.step % every == 0:
+                self.save_checkpoint()
+            if self._stop_request is not None or (
+                self.max_time is not None and self._elapsed() > self.max_time
+            ):
+                break
+        if guard is not None and guard.flush(self) == "diverged":
+            return StopReason.DIVERGED
+        return None
+
+    def run(self, resume: C.Checkpoint | None = None) -> Result:
         self._t0 = time.perf_counter()
         self.check_model_fits()
         reason: StopReason | None = None
-        # The starting point counts as "epoch 0" so a run that only gets worse keeps it.
-        self._save_best()
+        if resume is not None:
+            self.load_checkpoint(resume)
+        else:
+            # The starting point counts as "epoch 0" so a run that only gets worse keeps it.
+            self._save_best()
         try:
-            for cb in self.callbacks:
-                cb.on_fit_start(self)
-            self.model.train()
-            src = self.bundle.train
-            lr_state = self._lr_state
-            while reason is None and self.epoch < self.max_epochs:
-                step_losses: list[torch.Tensor] = []
-                step_norms: list[torch.Tensor] = []
-                lrs: list[float] = []
-                for xb, yb in src.batches(self.epoch):
-                    value, gnorm = self.train_step(xb, yb)
-                    step_losses.append(value)
-                    step_norms.append(gnorm)
-                    lrs.append(float(lr_state["lr"]) if lr_state is not None else math.nan)
-                    for cb in self.step_callbacks:
-                        cb.on_step_end(self)
-                    if self._stop_request is not None:
-                        break
-                    if self.max_time is not None and self._elapsed() > self.max_time:
-                        break
-                reason = self._end_epoch(step_losses, step_norms, lrs)
+            with self._signals():
                 for cb in self.callbacks:
-                    cb.on_epoch_end(self)
-                if reason is None and self._stop_request is not None:
-                    reason = StopReason.CALLBACK
-                if reason is None and self.max_time is not None and self._elapsed() > self.max_time:
-                    reason = StopReason.MAX_TIME
-            if reason is None:
-                reason = StopReason.MAX_EPOCHS
+                    cb.on_fit_start(self)
+                self.model.train()
+                while reason is None and self.epoch < self.max_epochs:
+                    reason = self._epoch_loop()
+                    if reason is not None:
+                        break
+                    reason = self._end_epoch()
+                    if self.checkpoint_every == "epoch" or reason is not None:
+                        self.save_checkpoint()
+                    for cb in self.callbacks:
+                        cb.on_epoch_end(self)
+                    if reason is None and self._stop_request is not None:
+                        reason = StopReason.CALLBACK
+                    if (
+                        reason is None
+                        and self.max_time is not None
+                        and self._elapsed() > self.max_time
+                    ):
+                        reason = StopReason.MAX_TIME
+                if reason is None:
+                    reason = StopReason.MAX_EPOCHS
+                if reason is StopReason.INTERRUPTED:
+                    self.save_checkpoint()
         except KeyboardInterrupt:
             reason = StopReason.INTERRUPTED
         finally:
@@ -520,7 +798,7 @@ class Loop:
         self.stop_message = self._sentence(reason)
         for cb in self.callbacks:
             cb.on_fit_end(self)
-        return Result(
+        result = Result(
             model=self.model,
             params={n: p.detach() for n, p in self.model.named_parameters()},
             history=self.history,
@@ -538,6 +816,21 @@ class Loop:
             autopilot=self.autopilot,
             monitor=self.monitor,
         )
+        if self._interrupt == signal.SIGTERM:
+            raise SystemExit(128 + signal.SIGTERM)
+        return result
+
+
+def _to_device_tree(tree: Any, device: torch.device) -> Any:
+    if torch.is_tensor(tree):
+        return tree.to(device)
+    if isinstance(tree, dict):
+        return {k: _to_device_tree(v, device) for k, v in tree.items()}
+    if isinstance(tree, tuple):
+        return tuple(_to_device_tree(v, device) for v in tree)
+    if isinstance(tree, list):
+        return [_to_device_tree(v, device) for v in tree]
+    return tree
 
 
 def _trial_runner(module, bundle, loss_obj, dev, seed, precision):
@@ -590,6 +883,10 @@ def fit(
     max_time: float | None = None,
     params: dict[str, Any] | None = None,
     shuffle: bool = True,
+    guard: bool = True,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int | Literal["epoch"] = "epoch",
+    resume: str | Path | bool | None = None,
 ) -> Result:
     """Train ``model`` on ``data`` by minimizing ``loss``; return a :class:`Result`.
 
@@ -628,6 +925,16 @@ def fit(
         max_time: wall-clock budget in seconds.
         params: the parameters of a function model (see ``model``).
         shuffle: reshuffle the training data every epoch (default on).
+        guard: the divergence guard (default on): a non-finite or exploding batch loss rolls
+            the run back to its last good state, lowers the learning rate and skips the batch;
+            every event is in ``Result.history.events``. See :mod:`descend.train.guard`.
+        checkpoint: a directory for atomic, verified checkpoints (see :mod:`descend.checkpoint`);
+            refused at the start if it is not writable. Ctrl-C / SIGTERM write a final one.
+        checkpoint_every: ``"epoch"`` (default) or a number of optimizer steps.
+        resume: continue a run from the newest good checkpoint in this directory (``True``:
+            the ``checkpoint`` directory). With the same model, data, loss and optimizer the
+            continued run is bit-identical on CPU to one never interrupted. A directory with no
+            checkpoint yet starts a fresh run (so the same command works for start and restart).
 
     Returns:
         Result: the trained model, history, stop reason and sentence, best epoch, seed.
@@ -666,6 +973,49 @@ def fit(
             )
         )
     check_choice("precision", precision, ("fp32", "bf16"), owner="fit")
+    if checkpoint_every != "epoch" and (
+        not isinstance(checkpoint_every, int)
+        or isinstance(checkpoint_every, bool)
+        or checkpoint_every < 1
+    ):
+        raise ConfigError(
+            message(
+                "fit: checkpoint_every",
+                "must be 'epoch' or an integer >= 1",
+                describe(checkpoint_every),
+                "pass e.g. checkpoint_every=500",
+            )
+        )
+    resume_ckpt = None
+    if resume is True:
+        if checkpoint is None:
+            raise ConfigError(
+                message(
+                    "fit(resume=True)",
+                    "needs checkpoint= (where to resume from)",
+                    "no checkpoint directory",
+                    "pass checkpoint='runs/mine'",
+                )
+            )
+        resume = checkpoint
+    if resume not in (None, False):
+        same_dir = checkpoint is not None and Path(checkpoint) == Path(resume)
+        if not Path(resume).exists() and not same_dir:
+            raise CheckpointError(
+                message(
+                    "fit(resume=...)",
+                    "must name a checkpoint directory",
+                    repr(str(resume)),
+                    "check the path, or leave resume unset to start a new run",
+                )
+            )
+        resume_ckpt = C.latest(resume) if Path(resume).exists() else None
+        if checkpoint is None:
+            checkpoint = resume
+        if resume_ckpt is not None:
+            seed = int(resume_ckpt.meta["seed"])
+    if checkpoint is not None:
+        C.check_writable(checkpoint)
     if seed is None:
         seed = random.SystemRandom().randrange(2**31)
     torch.manual_seed(seed)
@@ -706,9 +1056,15 @@ def fit(
             lr=lr,
             run_trial=_trial_runner(module, bundle, loss_obj, dev, seed, precision),
         )
-        decision = _autopilot.plan(ctx)
+        rebuild = getattr(_autopilot, "rebuild", None)
+        if resume_ckpt is not None and rebuild is not None and resume_ckpt.meta.get("autopilot"):
+            # Resuming: rebuild the recorded choice; no trials (they would move the RNG and
+            # waste time) and no start-of-run callbacks (the checkpoint holds the state).
+            decision = rebuild(resume_ckpt.meta["autopilot"], ctx)
+        else:
+            decision = _autopilot.plan(ctx)
+            extra_callbacks = list(decision.callbacks) if resume_ckpt is None else []
         tx, desc, autopilot = decision.tx, decision.description, decision.record
-        extra_callbacks = list(decision.callbacks)
     elif isinstance(optimizer, str):
         kwargs = {"lr": lr} if lr is not None else {}
         tx = optim.get(optimizer, **kwargs)
@@ -754,5 +1110,17 @@ def fit(
         max_time=max_time,
         metric=metric,
         autopilot=autopilot,
+        guard=Guard(check_every=1 if dev.type == "cpu" else 16) if guard else None,
+        checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
+        config={
+            "loss": loss_obj.name,
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "patience": patience,
+            "tol": tol,
+            "seed": seed,
+            "optimizer": desc,
+        },
     )
-    return loop.run()
+    return loop.run(resume=resume_ckpt)

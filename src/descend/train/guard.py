@@ -1,0 +1,245 @@
+"""The divergence guard: catch a non-finite or exploding loss, roll back, lower the rate, go on.
+
+How it decides (on by default, ``fit(guard=False)`` turns it off):
+
+- **Non-finite**: a NaN/inf batch loss or gradient norm is always an event.
+- **Spike**: the guard tracks the running level of log(loss) (an exponential moving average and
+  its mean absolute deviation). A batch whose log-loss exceeds the level by more than
+  ``max(log(spike_factor), 6 × deviation)`` is suspicious; ``confirm`` suspicious batches in a
+  row are an event (one noisy batch is not). Working in log space makes the test scale-free: a
+  noisy small loss (0.005–0.05 per batch) is not flagged, while a loss that sits at 2.5× its
+  steady level is — the typical first sign of a learning rate far too high.
+- **Rollback**: the guard keeps one snapshot of the model and optimizer state, taken at every
+  epoch start, every ``snapshot_every`` steps and at every checkpoint, and only after the steps
+  since the previous snapshot passed the checks. On an event it restores that snapshot, scales
+  the learning rate by ``lr_factor`` (via the learning-rate state's ``scale``), and carries on
+  with the next batch — the offending batch is skipped.
+- **Giving up**: after ``max_retries`` events with no clean snapshot in between, or
+  ``max_events`` in all, the run stops with stop reason ``diverged`` (best weights kept).
+
+Checks read the loss on the host: every step on CPU (free), every ``check_every`` steps on an
+accelerator (one sync per window), so the hot path stays asynchronous there.
+
+Memory: one extra copy of the parameters, buffers and optimizer state (the snapshot).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from descend.train.loop import Loop
+
+__all__ = ["Guard"]
+
+
+def _clone_tree(tree: Any) -> Any:
+    if torch.is_tensor(tree):
+        return tree.detach().clone()
+    if isinstance(tree, dict):
+        return {k: _clone_tree(v) for k, v in tree.items()}
+    if isinstance(tree, tuple):
+        return tuple(_clone_tree(v) for v in tree)
+    if isinstance(tree, list):
+        return [_clone_tree(v) for v in tree]
+    return copy.copy(tree)
+
+
+def _copy_into(dst: Any, src: Any) -> Any:
+    """Copy ``src`` into ``dst`` in place where shapes allow; returns the tree to use."""
+    if torch.is_tensor(dst) and torch.is_tensor(src) and dst.shape == src.shape:
+        dst.copy_(src)
+        return dst
+    if isinstance(dst, dict) and isinstance(src, dict) and dst.keys() == src.keys():
+        for k in src:
+            dst[k] = _copy_into(dst[k], src[k])
+        return dst
+    if isinstance(dst, (tuple, list)) and type(dst) is type(src) and len(dst) == len(src):
+        items = [_copy_into(a, b) for a, b in zip(dst, src)]
+        return type(dst)(items) if isinstance(dst, tuple) else items
+    return _clone_tree(src)
+
+
+class Guard:
+    """Watches batch losses and gradient norms; rolls the run back when they go bad."""
+
+    def __init__(
+        self,
+        *,
+        check_every: int = 1,
+        snapshot_every: int = 25,
+        spike_factor: float = 2.5,
+        warmup: int = 1,
+        confirm: int = 2,
+        lr_factor: float = 0.3,
+        max_retries: int = 6,
+        max_events: int = 30,
+    ) -> None:
+        self.check_every = check_every
+        self.snapshot_every = snapshot_every
+        self.spike_factor = spike_factor
+        self.warmup = warmup
+        self.confirm = confirm
+        self.suspicious = 0
+        self.lr_factor = lr_factor
+        self.max_retries = max_retries
+        self.max_events = max_events
+        # Running statistics of log(loss) over accepted steps (part of checkpoints).
+        self.level: float | None = None
+        self.dev = 0.0
+        self.seen = 0
+        self.events = 0
+        self.retries = 0
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._snapshot: tuple[dict[str, torch.Tensor], Any] | None = None
+
+    # ---- state for checkpoints ----------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "level": self.level,
+            "dev": self.dev,
+            "seen": self.seen,
+            "events": self.events,
+            "retries": self.retries,
+            "suspicious": self.suspicious,
+        }
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        self.level = d["level"]
+        self.dev = d["dev"]
+        self.seen = d["seen"]
+        self.suspicious = d.get("suspicious", 0)
+        self.events = d["events"]
+        self.retries = d["retries"]
+
+    # ---- snapshots -----------------------------------------------------------------------
+
+    def snapshot(self, loop: Loop) -> None:
+        """Remember the current model and optimizer state as the rollback point."""
+        sd = loop.model.state_dict()
+        if self._snapshot is None:
+            self._snapshot = (
+                {k: v.detach().clone() for k, v in sd.items()},
+                _clone_tree(loop.opt_state),
+            )
+        else:
+            model_copy, opt_copy = self._snapshot
+            for k, v in sd.items():
+                model_copy[k].copy_(v)
+            self._snapshot = (model_copy, _copy_into(opt_copy, loop.opt_state))
+        self.retries = 0
+
+    def _rollback(self, loop: Loop, factor: float) -> None:
+        assert self._snapshot is not None
+        model_copy, opt_copy = self._snapshot
+        lr_state = loop.lr_state
+        scale = float(lr_state["scale"]) if lr_state is not None else 1.0
+        with torch.no_grad():
+            for k, v in loop.model.state_dict().items():
+                v.copy_(model_copy[k])
+        loop.opt_state = _copy_into(loop.opt_state, opt_copy)
+        loop.refresh_lr_state()
+        if loop.lr_state is not None:
+            loop.lr_state["scale"] = scale * factor
+
+    # ---- checks --------------------------------------------------------------------------
+
+    def after_step(self, loop: Loop, loss: torch.Tensor, gnorm: torch.Tensor) -> str | None:
+        """Called after every step. Returns ``"diverged"`` when the run should stop."""
+        self._pending.append((loss, gnorm))
+        if len(self._pending) < self.check_every:
+            return None
+        pending, self._pending = self._pending, []
+        values = torch.stack([torch.stack([a.float(), b.float()]) for a, b in pending]).tolist()
+        for i, (lv, gv) in enumerate(values):
+            kind, why = self._judge(lv, gv)
+            if kind is None:
+                self.suspicious = 0
+                self._accept(lv)
+                continue
+            step = loop.step - len(values) + i + 1
+            if kind == "nonfinite":
+                self.suspicious = 0
+                return self._event(loop, step, why, kind)
+            self.suspicious += 1
+            if self.suspicious == 1:
+                self._first_why = why
+            if self.suspicious >= self.confirm:
+                self.suspicious = 0
+                return self._event(loop, step, self._first_why)
+        if loop.step % self.snapshot_every == 0 and self.suspicious == 0:
+            self.snapshot(loop)
+        return None
+
+    def flush(self, loop: Loop) -> str | None:
+        """Check the steps still pending (end of an epoch); returns ``"diverged"`` or None."""
+        if not self._pending:
+            return None
+        saved, self.check_every = self.check_every, len(self._pending)
+        try:
+            last = self._pending.pop()
+            return self.after_step(loop, *last)
+        finally:
+            self.check_every = saved
+
+    def _judge(self, loss: float, gnorm: float) -> tuple[str | None, str]:
+        """``(kind, text)``: kind is None (fine), "nonfinite", "spike" or "elevated" (still
+        above half the spike threshold, in log space, right after a spike)."""
+        if not math.isfinite(loss):
+            return "nonfinite", f"the batch loss was {loss}"
+        if not math.isfinite(gnorm):
+            return "nonfinite", f"the gradient norm was {gnorm}"
+        if self.level is not None and self.seen >= self.warmup and loss > 0:
+            z = math.log(loss) - self.level
+            threshold = max(math.log(self.spike_factor), 6.0 * self.dev)
+            if z > threshold:
+                return "spike", (
+                    f"the batch loss {loss:.4g} was {math.exp(z):.1f}x its running level "
+                    f"{math.exp(self.level):.4g}"
+                )
+            if self.suspicious and z > threshold / 2:
+                return "elevated", ""
+        return None, ""
+
+    def _accept(self, loss: float) -> None:
+        x = math.log(max(loss, 1e-30))
+        if self.level is None:
+            self.level = x
+        else:
+            self.dev = 0.95 * self.dev + 0.05 * abs(x - self.level)
+            self.level = 0.9 * self.level + 0.1 * x
+        self.seen += 1
+
+    def _event(self, loop: Loop, step: int, why: str, kind: str = "spike") -> str | None:
+        self.events += 1
+        self.retries += 1
+        if (
+            self._snapshot is None
+            or self.retries > self.max_retries
+            or self.events > self.max_events
+        ):
+            loop.record_event(
+                "diverged", f"step {step}: {why}; giving up after {self.events} rollbacks"
+            )
+            return "diverged"
+        # A lone non-finite batch is usually bad data: skip it at the same rate. A spike, or a
+        # second failure before the next clean snapshot, means the rate is too high.
+        lower = kind != "nonfinite" or self.retries > 1
+        self._rollback(loop, self.lr_factor if lower else 1.0)
+        new_lr = loop.lr_state["scale"] if loop.lr_state is not None else float("nan")
+        action = (
+            f"scaled the learning rate by {self.lr_factor} (now x{new_lr:.3g} of the planned rate)"
+            if lower
+            else "kept the learning rate"
+        )
+        loop.record_event(
+            "rollback",
+            f"step {step}: {why}; rolled back to the last good state, skipped the batch and "
+            f"{action}",
+        )
+        return None

@@ -1,0 +1,176 @@
+"""Checkpoint format: atomic writes, verification, fallback, no pickle, mismatch errors."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import descend
+from descend import CheckpointError
+from descend import checkpoint as C
+
+
+def data(n=200, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, 4)).astype(np.float32)
+    return X, X @ np.array([1.0, -1.0, 0.5, 2.0], dtype=np.float32)
+
+
+def train(tmp, epochs=3, model=None, optimizer=None, **kw):
+    torch.manual_seed(0)
+    model = model or torch.nn.Sequential(
+        torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)
+    )
+    return descend.fit(
+        model,
+        data(),
+        "mse",
+        optimizer=optimizer or descend.optim.adam(lr=1e-2),
+        epochs=epochs,
+        patience=None,
+        verbose=0,
+        seed=1,
+        checkpoint=tmp,
+        **kw,
+    )
+
+
+def test_tree_round_trip_keeps_structure_and_names():
+    tree = (
+        {"count": 3, "mu": {"w": torch.ones(2, 2), "b": torch.zeros(2)}},
+        (),
+        {"lr": 0.1, "scale": float("nan"), "x": None, "l": [1, "a", torch.arange(3)]},
+    )
+    skel, tensors = C.flatten_tree(tree, "opt/")
+    back = C.unflatten_tree(skel, tensors)
+    assert C.tree_signature(back) == C.tree_signature(tree)
+    assert back[0]["mu"]["w"] is tree[0]["mu"]["w"] and back[1] == ()
+    assert isinstance(back[0], dict) and isinstance(back[1], tuple) and np.isnan(back[2]["scale"])
+
+
+def test_only_latest_two_checkpoints_kept_and_each_verifies(tmp_path):
+    train(tmp_path, epochs=4)
+    found = C.list_checkpoints(tmp_path)
+    assert len(found) == 2
+    for p in found:
+        assert {f.name for f in p.iterdir()} == {C.TENSORS, C.STATE, C.MANIFEST}
+        assert C._verify(p) is None
+    ck = C.latest(tmp_path)
+    assert ck.meta["epoch"] == 4 and ck.step == int(found[0].name.split("-")[1])
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "no_manifest"])
+def test_damaged_latest_checkpoint_falls_back_with_warning(tmp_path, damage):
+    train(tmp_path, epochs=3)
+    newest, previous = C.list_checkpoints(tmp_path)
+    target = newest / C.TENSORS
+    if damage == "flip":
+        raw = bytearray(target.read_bytes())
+        raw[len(raw) // 2] ^= 0x01  # one bit, deep inside the tensor data
+        target.write_bytes(bytes(raw))
+    elif damage == "truncate":
+        target.write_bytes(target.read_bytes()[:-10])
+    else:
+        (newest / C.MANIFEST).unlink()
+    with pytest.warns(RuntimeWarning, match=str(newest.name)):
+        ck = C.latest(tmp_path)
+    assert ck.path == previous
+
+
+def test_resume_uses_previous_checkpoint_when_latest_is_corrupt(tmp_path):
+    r_full = train(tmp_path / "a", epochs=4)
+    train(tmp_path / "b", epochs=3)
+    newest = C.list_checkpoints(tmp_path / "b")[0]
+    raw = bytearray((newest / C.STATE).read_bytes())
+    raw[10] ^= 0xFF
+    (newest / C.STATE).write_bytes(bytes(raw))
+    with pytest.warns(RuntimeWarning, match="checksum"):
+        r = train(tmp_path / "b", epochs=4, resume=True)
+    assert r.history.step_loss == r_full.history.step_loss
+
+
+def test_planted_pickle_is_never_unpickled(tmp_path):
+    train(tmp_path, epochs=1)
+    ck = C.list_checkpoints(tmp_path)[0]
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    payload = pickle.dumps({"x": Evil()})
+    (ck / C.TENSORS).write_bytes(payload)
+    # Even with a manifest that matches the planted file, loading must refuse it.
+    import hashlib
+    import json
+
+    mf = json.loads((ck / C.MANIFEST).read_text())
+    mf[C.TENSORS] = {"sha256": hashlib.sha256(payload).hexdigest(), "size": len(payload)}
+    (ck / C.MANIFEST).write_text(json.dumps(mf))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert C.latest(tmp_path) is None
+    assert any("could not be read" in str(w.message) for w in caught)
+    assert not marker.exists()
+
+
+def test_resume_refuses_a_different_model_listing_names_and_shapes(tmp_path):
+    train(tmp_path, epochs=1)
+    other = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    with pytest.raises(CheckpointError, match=r"0\.weight \(16, 4\) vs model \(8, 4\)"):
+        train(tmp_path, epochs=2, model=other, resume=True)
+
+
+def test_resume_refuses_a_different_optimizer(tmp_path):
+    train(tmp_path, epochs=1)
+    with pytest.raises(CheckpointError, match="same optimizer"):
+        train(tmp_path, epochs=2, optimizer=descend.optim.sgd(lr=0.1), resume=True)
+
+
+def test_resume_from_missing_directory_is_refused(tmp_path):
+    with pytest.raises(CheckpointError, match="must name a checkpoint directory"):
+        descend.fit(
+            torch.nn.Linear(4, 1), data(), "mse", epochs=1, verbose=0, resume=tmp_path / "nope"
+        )
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_checkpoint_directory_is_refused_at_start(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    with pytest.raises(CheckpointError, match="writable"):
+        train(ro / "ck", epochs=1)
+
+
+def test_checkpoint_path_that_is_a_file_is_refused_at_start(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(CheckpointError, match="must be a writable directory"):
+        train(f, epochs=1)
+
+
+def test_full_disk_mid_run_warns_and_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = C._write_bytes
+
+    def flaky(path, data):
+        if str(path).endswith(C.STATE):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise OSError(28, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(C, "_write_bytes", flaky)
+    with pytest.warns(RuntimeWarning, match="No space left"):
+        r = train(tmp_path, epochs=3)
+    assert r.epochs == 3
+    assert any(e["kind"] == "checkpoint_failed" for e in r.history.events)
+    assert not list(tmp_path.glob(".tmp-ckpt-*"))
+    kept = [C._read(p).meta["epoch"] for p in C.list_checkpoints(tmp_path)]
+    assert kept == [3, 1]  # epoch 2's write failed; epoch 1's stayed until epoch 3's was whole

@@ -1,0 +1,105 @@
+"""The divergence guard: too-high learning rates, poisoned batches, unrecoverable runs."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+
+import descend
+from descend import StopReason
+from descend.train.callbacks import PlainProgress
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    return (X / 16).astype(np.float32), y
+
+
+def mlp(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
+
+
+def run(digits, lr, guard=True, model=None, **kw):
+    X, y = digits
+    return descend.fit(
+        model or mlp(),
+        (X, y),
+        "cross_entropy",
+        optimizer=descend.optim.adam(lr=lr),
+        epochs=kw.pop("epochs", 30),
+        verbose=0,
+        seed=0,
+        guard=guard,
+        **kw,
+    )
+
+
+def test_learning_rate_100x_too_high_ends_within_5_percent_of_normal(digits):
+    normal = run(digits, 1e-3)  # Adam's default rate
+    unguarded = run(digits, 1e-1, guard=False)
+    guarded = run(digits, 1e-1)
+    assert unguarded.best_loss > 1.05 * normal.best_loss  # the bad rate really hurts ...
+    assert guarded.best_loss <= 1.05 * normal.best_loss  # ... and the guard recovers from it
+    rollbacks = [e for e in guarded.history.events if e["kind"] == "rollback"]
+    assert rollbacks and "running level" in rollbacks[0]["message"]
+    assert min(guarded.history.step_lr) < 1e-1 * 0.5
+
+
+class Poison(torch.nn.Module):
+    """Wraps a model; from ``start`` to ``stop`` (optimizer steps) the output is NaN/inf."""
+
+    def __init__(self, inner, start, stop, value=float("nan")):
+        super().__init__()
+        self.inner, self.start, self.stop, self.value, self.calls = inner, start, stop, value, 0
+
+    def forward(self, x):
+        out = self.inner(x)
+        if self.training:
+            self.calls += 1
+            if self.start <= self.calls < self.stop:
+                return out * self.value
+        return out
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_poisoned_batch_does_not_corrupt_parameters(digits, value):
+    clean = run(digits, 1e-3, epochs=5)
+    model = Poison(mlp(), start=60, stop=61, value=value)
+    buf = io.StringIO()
+    r = run(digits, 1e-3, model=model, epochs=5, callbacks=[PlainProgress(buf)])
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert [e["kind"] for e in r.history.events] == ["rollback"]
+    assert "step 60" in r.history.events[0]["message"]
+    assert r.stop_reason is StopReason.MAX_EPOCHS
+    assert r.best_loss < 1.2 * clean.best_loss
+    assert "! step 60" in buf.getvalue()  # the event is shown to the user
+
+
+def test_unrecoverable_run_stops_diverged_and_keeps_best_weights(digits):
+    model = Poison(mlp(), start=200, stop=10**9)
+    r = run(digits, 1e-3, model=model, epochs=10)
+    assert r.stop_reason is StopReason.DIVERGED
+    assert "rollbacks" in r.stop_message
+    assert r.history.events[-1]["kind"] == "diverged"
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    # The weights in the model are the best epoch's: evaluating them reproduces its loss.
+    assert r.best_epoch >= 1 and math.isfinite(r.best_loss)
+
+
+def test_without_guard_nan_stops_diverged(digits):
+    model = Poison(mlp(), start=50, stop=10**9)
+    r = run(digits, 1e-3, model=model, epochs=5, guard=False)
+    assert r.stop_reason is StopReason.DIVERGED
+    assert r.history.events == []
+
+
+def test_guard_does_not_fire_on_a_healthy_run(digits):
+    r = run(digits, 3e-3, epochs=15)
+    assert r.history.events == []
