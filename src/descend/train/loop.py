@@ -297,12 +297,16 @@ class Loop:
 
     # ---- the step ----------------------------------------------------------------------
 
-    def train_step(self, xb: torch.Tensor, yb: torch.Tensor | None):
+    def train_step(self, xb: torch.Tensor, yb: torch.Tensor | None, wb: torch.Tensor | None = None):
         with self._autocast():
             out = self.model(xb)
             if yb is not None and self._y_unsqueeze:
                 yb = yb.unsqueeze(-1)
-            value = self.loss(out.float() if self.precision == "bf16" else out, yb, validate=False)
+            out = out.float() if self.precision == "bf16" else out
+            if wb is None:
+                value = self.loss(out, yb, validate=False)
+            else:
+                value = self.loss(out, yb, weight=wb, validate=False)
         grads = torch.autograd.grad(value, self._plist, allow_unused=True)
         g = {n: gr for n, gr in zip(self._names, grads) if gr is not None}
         norms = torch._foreach_norm(list(g.values())) if g else []
@@ -728,8 +732,8 @@ class Loop:
         if guard is not None:
             guard.snapshot(self)
         for batch in src.batches(self.epoch, start=self.batch):
-            xb, yb = batch[0], batch[1]
-            value, gnorm = self.train_step(xb, yb)
+            # Sources yield (x, y) or, with sample weights, (x, y, w).
+            value, gnorm = self.train_step(*batch)
             self.batch += 1
             self._ep_losses.append(value)
             self._ep_norms.append(gnorm)
@@ -887,6 +891,7 @@ def fit(
     checkpoint: str | Path | None = None,
     checkpoint_every: int | Literal["epoch"] = "epoch",
     resume: str | Path | bool | None = None,
+    sample_weight: Any = None,
 ) -> Result:
     """Train ``model`` on ``data`` by minimizing ``loss``; return a :class:`Result`.
 
@@ -931,6 +936,8 @@ def fit(
         checkpoint: a directory for atomic, verified checkpoints (see :mod:`descend.checkpoint`);
             refused at the start if it is not writable. Ctrl-C / SIGTERM write a final one.
         checkpoint_every: ``"epoch"`` (default) or a number of optimizer steps.
+        sample_weight: one non-negative weight per training sample (array of shape (N,));
+            the training loss becomes the weighted mean.
         resume: continue a run from the newest good checkpoint in this directory (``True``:
             the ``checkpoint`` directory). With the same model, data, loss and optimizer the
             continued run is bit-identical on CPU to one never interrupted. A directory with no
@@ -1041,6 +1048,7 @@ def fit(
         seed=seed,
         batch_size=batch_size,
         shuffle=shuffle,
+        **({"sample_weight": sample_weight} if sample_weight is not None else {}),
     )
 
     autopilot = None
