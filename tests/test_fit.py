@@ -322,3 +322,38 @@ def test_plot_writes_png(tmp_path, digits):
     path = tmp_path / "curve.png"
     r.history.plot(path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_opt_state_continues_exactly_like_one_longer_run():
+    torch.manual_seed(0)
+    X = torch.randn(96, 3)
+    y = X @ torch.tensor([1.0, -2.0, 0.5])
+    kw = dict(
+        batch_size=None, validation=None, patience=None, verbose=0, seed=0, restore_best=False
+    )
+    m1 = torch.nn.Linear(3, 1)
+    m2 = torch.nn.Linear(3, 1)
+    m2.load_state_dict(m1.state_dict())
+    descend.fit(m1, (X, y), "mse", optimizer=descend.optim.adam(lr=0.05), epochs=10, **kw)
+    r = descend.fit(m2, (X, y), "mse", optimizer=descend.optim.adam(lr=0.05), epochs=5, **kw)
+    descend.fit(
+        m2,
+        (X, y),
+        "mse",
+        optimizer=descend.optim.adam(lr=0.05),
+        epochs=5,
+        opt_state=r.opt_state,
+        **kw,
+    )
+    for a, b in zip(m1.parameters(), m2.parameters()):
+        assert torch.equal(a, b)
+    with pytest.raises(ConfigError, match="same optimizer"):
+        descend.fit(
+            m2,
+            (X, y),
+            "mse",
+            optimizer=descend.optim.sgd(lr=0.05),
+            epochs=1,
+            opt_state=r.opt_state,
+            **kw,
+        )

@@ -422,6 +422,20 @@ class Loop:
     def _elapsed(self) -> float:
         return time.perf_counter() - self._t0 + self._t_offset
 
+    def set_opt_state(self, state: Any) -> None:
+        """Start from a given optimizer state (must match this optimizer's structure)."""
+        if C.tree_signature(state) != C.tree_signature(self.opt_state):
+            raise ConfigError(
+                message(
+                    "fit(opt_state=...)",
+                    "must come from the same optimizer and model",
+                    "a state of a different structure",
+                    "pass the Result.opt_state of a run with the same optimizer, or leave it unset",
+                )
+            )
+        self.opt_state = _to_device_tree(state, self.device)
+        self.refresh_lr_state()
+
     def refresh_lr_state(self) -> None:
         """Look up the learning-rate state again (after ``opt_state`` was replaced)."""
         self.lr_state = find_lr_state(self.opt_state)
@@ -819,6 +833,7 @@ class Loop:
             classes=self.bundle.classes,
             autopilot=self.autopilot,
             monitor=self.monitor,
+            opt_state=self.opt_state,
         )
         if self._interrupt == signal.SIGTERM:
             raise SystemExit(128 + signal.SIGTERM)
@@ -892,6 +907,7 @@ def fit(
     checkpoint_every: int | Literal["epoch"] = "epoch",
     resume: str | Path | bool | None = None,
     sample_weight: Any = None,
+    opt_state: Any = None,
 ) -> Result:
     """Train ``model`` on ``data`` by minimizing ``loss``; return a :class:`Result`.
 
@@ -938,6 +954,9 @@ def fit(
         checkpoint_every: ``"epoch"`` (default) or a number of optimizer steps.
         sample_weight: one non-negative weight per training sample (array of shape (N,));
             the training loss becomes the weighted mean.
+        opt_state: continue from this optimizer state (``Result.opt_state`` of an earlier run
+            with the same model and optimizer) instead of a fresh one — warm starts that keep
+            Adam's moments and the schedule position.
         resume: continue a run from the newest good checkpoint in this directory (``True``:
             the ``checkpoint`` directory). With the same model, data, loss and optimizer the
             continued run is bit-identical on CPU to one never interrupted. A directory with no
@@ -1131,4 +1150,6 @@ def fit(
             "optimizer": desc,
         },
     )
+    if opt_state is not None:
+        loop.set_opt_state(opt_state)
     return loop.run(resume=resume_ckpt)

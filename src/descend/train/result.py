@@ -167,6 +167,7 @@ class Result:
         device: where training ran. optimizer: a description of the optimizer used.
         classes: the original class labels when targets were encoded, else ``None``.
         autopilot: what the default policy chose and why (``None`` when the user chose).
+        opt_state: the optimizer state at the end (pass to ``fit(opt_state=...)`` to go on).
     """
 
     model: torch.nn.Module | None
@@ -185,6 +186,7 @@ class Result:
     classes: Any = None
     autopilot: dict[str, Any] | None = None
     monitor: str = "val_loss"
+    opt_state: Any = None
 
     @property
     def best_metric(self) -> float | None:
