@@ -11,7 +11,17 @@ family, choosing its own learning rate and schedule unless told otherwise.
 True
 """
 
-from descend import data, losses, optim, schedules, transforms
+from descend import (
+    checkpoint,
+    data,
+    datasets,
+    losses,
+    models,
+    optim,
+    schedules,
+    tabular,
+    transforms,
+)
 from descend._errors import CheckpointError, ConfigError, DescendError, InputError
 from descend.minimize import minimize
 from descend.train import Callback, History, Result, StopReason, fit
@@ -28,11 +38,15 @@ __all__ = [
     "Result",
     "StopReason",
     "__version__",
+    "checkpoint",
     "data",
+    "datasets",
     "fit",
     "losses",
     "minimize",
+    "models",
     "optim",
     "schedules",
+    "tabular",
     "transforms",
 ]
