@@ -135,7 +135,7 @@ def test_fit_regression_end_to_end(reg_run):
 
 def test_run_directory_is_complete_and_loadable(reg_run):
     work, run_dir, _ = reg_run
-    assert {p.name for p in run_dir.iterdir()} == set(runs.RUN_FILES)
+    assert {p.name for p in run_dir.iterdir()} == {*runs.RUN_FILES, runs.CHECKPOINT_DIR}
     config = json.loads((run_dir / runs.CONFIG_FILE).read_text())
     summary = json.loads((run_dir / runs.SUMMARY_FILE).read_text())
     spec = json.loads((run_dir / runs.MODEL_SPEC_FILE).read_text())

@@ -263,6 +263,35 @@ def fit(
         raise typer.Exit(EXIT_INTERRUPTED)
 
 
+@app.command()
+@_guard
+def resume(
+    run: Annotated[str, typer.Argument(help="The run directory (or its name under --runs-dir).")],
+    runs_dir: Annotated[str, typer.Option(help="Where run directories are.")] = _D.runs_dir,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress or notes; only the final summary.")
+    ] = False,
+) -> None:
+    """Continue an interrupted or killed run from its newest good checkpoint.
+
+    Same data (checked by sha256), same config, same seed: the continued run ends exactly
+    where the uninterrupted run would have.
+    """
+    run_dir, cfg = runs.resume_config(run, runs_dir=runs_dir)
+    cfg.quiet = quiet
+    notify = (lambda s: None) if quiet else _say
+    notify(f"resuming {run_dir}")
+    outcome = runs.train(cfg, notify=notify, argv=sys.argv[1:], resume_run=run_dir)
+    s = outcome.summary
+    if s.get("test"):
+        _say(f"test ({s['rows']['test']:,} rows): {runs.format_metrics(s['test'])}")
+    if quiet and s.get("stop_message"):
+        _say(s["stop_message"])
+    _say(f"run saved to {run_dir}")
+    if outcome.interrupted:
+        raise typer.Exit(EXIT_INTERRUPTED)
+
+
 # ----------------------------------------------------------------------------- predict
 
 

@@ -25,6 +25,11 @@ Design:
   re-seeded from ``(seed, epoch)`` and ``sampler.set_epoch(epoch)`` is called when it exists, so
   a shuffled loader with a generator resumes exactly too; ``start`` batches are skipped by
   iterating past them (they are still loaded).
+* **Sample weights.** ``prepare(..., sample_weight=w)`` checks ``w`` (one finite weight >= 0
+  per sample, not all 0), drops the rows whose weight is 0 (they contribute nothing to a
+  weighted mean, and a batch made only of them would be 0/0), moves ``w`` to the device with
+  ``X`` and ``y``, splits it along with them, and the sources then yield ``(xb, yb, wb)``
+  triples sliced by the same permutation.
 * **Bad data is refused before training** with :class:`~descend._errors.InputError` whose
   message names the input, the rule, what was received and the fix.
 
@@ -78,7 +83,11 @@ __all__ = [
 ]
 
 TargetKind = Literal["index", "float", "any"]
-Batch = tuple[torch.Tensor, "torch.Tensor | None"]
+Batch = (
+    tuple[torch.Tensor, "torch.Tensor | None"]
+    | tuple[torch.Tensor, "torch.Tensor | None", torch.Tensor]
+)
+"""``(xb, yb)``, or ``(xb, yb, wb)`` when the data has per-sample weights (``yb`` may be None)."""
 
 _ACCEPTED = (
     "a numpy array, torch Tensor, list, pandas DataFrame/Series, pyarrow Table/Array, "
@@ -147,6 +156,7 @@ class Source:
         resident: True when the tensors live on the device and batches are slices of them.
         X: the full feature tensor when resident, else None.
         y: the full target tensor when resident and supervised, else None.
+        w: the full per-sample weight tensor (N,) when resident and weighted, else None.
         n_samples: number of samples (None for a stream of unknown length).
         batch_size: samples per batch (None = one full batch).
         num_batches: batches per epoch (None for a stream of unknown length).
@@ -156,6 +166,7 @@ class Source:
     resident: bool = False
     X: torch.Tensor | None = None
     y: torch.Tensor | None = None
+    w: torch.Tensor | None = None
     n_samples: int | None = None
     batch_size: int | None = None
     num_batches: int | None = None
@@ -164,7 +175,8 @@ class Source:
     def batches(self, epoch: int = 0, start: int = 0) -> Iterator[Batch]:
         """Yield the ``(xb, yb)`` batches of ``epoch`` from batch index ``start`` on.
 
-        ``yb`` is None for unsupervised data.
+        ``yb`` is None for unsupervised data. With per-sample weights the batches are
+        ``(xb, yb, wb)`` triples.
         """
         raise NotImplementedError
 
@@ -184,6 +196,8 @@ class ResidentSource(Source):
         shuffle: permute the samples every epoch; False = in order.
         drop_last: drop the last partial batch.
         seed: the run's seed (the order of epoch ``e`` depends only on ``(seed, e)``).
+        w: per-sample weights (N,) on the device, or None. With weights every batch is a
+            triple ``(xb, yb, wb)``, ``wb`` indexed like ``xb`` and ``yb``.
 
     Example:
         >>> src = ResidentSource(torch.arange(10.0).unsqueeze(1), None, batch_size=4)
@@ -201,6 +215,7 @@ class ResidentSource(Source):
         shuffle: bool = True,
         drop_last: bool = False,
         seed: int = 0,
+        w: torch.Tensor | None = None,
     ) -> None:
         n = int(X.shape[0])
         if y is not None and int(y.shape[0]) != n:
@@ -212,7 +227,16 @@ class ResidentSource(Source):
                     "build y from the same rows as X",
                 )
             )
-        self.X, self.y = X, y
+        if w is not None and tuple(w.shape) != (n,):
+            raise InputError(
+                message(
+                    "sample_weight",
+                    f"must hold one weight per sample, shape ({n},)",
+                    f"shape {tuple(w.shape)}",
+                    "pass a 1-D array with one weight per row of X",
+                )
+            )
+        self.X, self.y, self.w = X, y, w
         self.n_samples = n
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
@@ -243,7 +267,7 @@ class ResidentSource(Source):
         return epoch_permutation(self.n_samples or 0, self.seed, epoch).to(self.X.device)
 
     def batches(self, epoch: int = 0, start: int = 0) -> Iterator[Batch]:
-        """Yield ``(xb, yb)`` for batches ``start, start+1, ...`` of ``epoch``.
+        """Yield ``(xb, yb)`` (or ``(xb, yb, wb)`` with weights) for batches ``start, ...``.
 
         Args:
             epoch: 0-based epoch; with ``shuffle`` the order is a pure function of (seed, epoch).
@@ -253,10 +277,10 @@ class ResidentSource(Source):
         return self._iterate(int(epoch), int(start))
 
     def _iterate(self, epoch: int, start: int) -> Iterator[Batch]:
-        X, y = self.X, self.y
+        X, y, w = self.X, self.y, self.w
         if self._full:
             if start == 0:
-                yield X, y
+                yield (X, y) if w is None else (X, y, w)
             return
         bs, n = self.batch_size, self.n_samples
         assert bs is not None and n is not None
@@ -266,10 +290,13 @@ class ResidentSource(Source):
         for b in range(start, self.num_batches):
             lo, hi = b * bs, min((b + 1) * bs, n)
             if perm is None:
-                yield X[lo:hi], (None if y is None else y[lo:hi])
+                xb, yb = X[lo:hi], (None if y is None else y[lo:hi])
+                wb = None if w is None else w[lo:hi]
             else:
                 idx = perm[lo:hi]
-                yield X.index_select(0, idx), (None if y is None else y.index_select(0, idx))
+                xb, yb = X.index_select(0, idx), (None if y is None else y.index_select(0, idx))
+                wb = None if w is None else w.index_select(0, idx)
+            yield (xb, yb) if wb is None else (xb, yb, wb)
 
 
 class StreamSource(Source):
@@ -475,6 +502,7 @@ def prepare(
     batch_size: int | None = 32,
     shuffle: bool = True,
     drop_last: bool = False,
+    sample_weight: Any = None,
 ) -> Bundle:
     """Validate and convert the user's data into device-resident (or streamed) batch sources.
 
@@ -501,6 +529,11 @@ def prepare(
         batch_size: samples per batch, or None for one full batch.
         shuffle: a new order every epoch (a pure function of ``(seed, epoch)``).
         drop_last: drop the last partial training batch.
+        sample_weight: one finite weight >= 0 per sample of in-memory ``data`` (any 1-D
+            array-like), not all 0. Rows of weight 0 are dropped (they would contribute nothing
+            to a weighted mean); the rest are split along with ``X`` and ``y`` (a fractional
+            validation part keeps its rows' weights) and the sources yield ``(xb, yb, wb)``.
+            Explicit validation data is not weighted.
 
     Returns:
         A :class:`Bundle`; in-memory data is on ``device`` (one copy).
@@ -560,6 +593,15 @@ def prepare(
                     "a DataLoader / IterableDataset, which is streamed",
                     "pass explicit validation data (a DataLoader, Dataset or (X_val, y_val)), "
                     "or validation=None",
+                )
+            )
+        if sample_weight is not None:
+            raise InputError(
+                message(
+                    "sample_weight",
+                    "needs in-memory data (it is matched to the rows of X)",
+                    "a DataLoader / IterableDataset, which is streamed",
+                    "pass the data as arrays (X, y), or weight the loss inside your own loop",
                 )
             )
         train: Source = StreamSource(train_raw.loader, **kw)
@@ -644,6 +686,20 @@ def prepare(
     if val_arrays is not None:
         _check_finite(val_arrays[0], "validation X", dtype)
 
+    w = None
+    if sample_weight is not None:
+        w = _sample_weight(sample_weight, n, dtype)
+        keep = w > 0
+        if not bool(keep.all()):
+            # Classes were encoded above, from every row: dropping a class's only rows keeps
+            # its index (and Bundle.classes) stable.
+            idx = keep.nonzero().reshape(-1)
+            X = X.index_select(0, idx.to(X.device))
+            y = None if y is None else y.index_select(0, idx.to(y.device))
+            w = w.index_select(0, idx)
+            n = int(idx.numel())
+
+    wv = None
     if fraction is not None:
         labels = None
         if y is not None and target_kind == "index" and stratify and y.ndim == 1:
@@ -653,14 +709,18 @@ def prepare(
         yv = None if y is None else y.index_select(0, val_idx.to(y.device))
         X = X.index_select(0, train_idx.to(X.device))
         y = None if y is None else y.index_select(0, train_idx.to(y.device))
+        if w is not None:
+            wv, w = w.index_select(0, val_idx), w.index_select(0, train_idx)
         val_arrays = (Xv, yv)
 
     Xd, yd = _to_device(X, y, device, dtype)
-    train = ResidentSource(Xd, yd, batch_size, shuffle, drop_last, seed)
+    wd = None if w is None else w.to(device)
+    train = ResidentSource(Xd, yd, batch_size, shuffle, drop_last, seed, w=wd)
     val = None
     if val_arrays is not None:
         Xvd, yvd = _to_device(val_arrays[0], val_arrays[1], device, dtype)
-        val = ResidentSource(Xvd, yvd, batch_size, shuffle=False, drop_last=False, seed=seed)
+        wvd = None if wv is None else wv.to(device)
+        val = ResidentSource(Xvd, yvd, batch_size, shuffle=False, drop_last=False, seed=seed, w=wvd)
     elif isinstance(val_raw, _Stream):
         val = StreamSource(val_raw.loader, **kw)
     shape = tuple(Xd.shape[1:])
@@ -676,6 +736,62 @@ def prepare(
         target_kind=target_kind,
         device=device,
     )
+
+
+def _sample_weight(obj: Any, n: int, dtype: torch.dtype) -> torch.Tensor:
+    """Per-sample weights as a CPU ``dtype`` tensor of shape (n,), or InputError."""
+    fix = "pass one finite weight >= 0 per row of X, e.g. numpy.ones(len(X))"
+    if isinstance(obj, numbers.Number):
+        obj = np.asarray(obj)  # refused below as a scalar, naming the shape it needs
+    raw = _raw(obj, "sample_weight", tabular_float=False)
+    if isinstance(raw, np.ndarray):
+        if raw.dtype.kind == "O" and raw.size and _numeric_objects(raw):
+            raw = raw.astype(np.float64)
+        if raw.dtype.kind not in "biuf":
+            raise InputError(
+                message("sample_weight", "must be numbers", f"values of dtype {raw.dtype}", fix)
+            )
+        raw = _np_to_tensor(raw)
+    if raw.is_complex():
+        raise InputError(
+            message("sample_weight", "must be real numbers", f"dtype {raw.dtype}", fix)
+        )
+    if raw.ndim == 2 and raw.shape[1] == 1:
+        raw = raw[:, 0]
+    if raw.ndim != 1 or int(raw.shape[0]) != n:
+        raise InputError(
+            message(
+                "sample_weight",
+                f"must hold one weight per sample, shape ({n},)",
+                "a scalar" if raw.ndim == 0 else f"shape {tuple(raw.shape)}",
+                fix,
+            )
+        )
+    w = raw.to("cpu", dtype=torch.float64 if raw.dtype == torch.float64 else dtype)
+    _check_finite(w, "sample_weight", dtype, fix=fix)
+    w = w.to(dtype)
+    negative = w < 0
+    if bool(negative.any()):
+        first = int(negative.to(torch.uint8).argmax())
+        raise InputError(
+            message(
+                "sample_weight",
+                "must be >= 0",
+                f"{int(negative.sum())} negative weight(s), the first {float(w[first]):g} at "
+                f"row {first}",
+                "use 0 to leave a sample out",
+            )
+        )
+    if not bool((w > 0).any()):
+        raise InputError(
+            message(
+                "sample_weight",
+                "must give at least one sample a weight > 0",
+                f"all {n} weights equal to 0",
+                "give the samples to train on a positive weight",
+            )
+        )
+    return w
 
 
 def _n_features(shape: tuple[int, ...]) -> int:

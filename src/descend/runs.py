@@ -95,6 +95,7 @@ MODEL_FILE = "model.safetensors"
 MODEL_SPEC_FILE = "model.json"
 PREPROCESS_FILE = "preprocess.json"
 SUMMARY_FILE = "summary.json"
+CHECKPOINT_DIR = "checkpoints"
 PLOT_FILE = "loss.png"
 RUN_FILES = (
     CONFIG_FILE,
@@ -921,25 +922,35 @@ class RunRecorder(Callback):
 
     wants_steps = False
 
-    def __init__(self, make_dir: Callable[[], Path], files: Mapping[str, Any]) -> None:
+    def __init__(
+        self, make_dir: Callable[[], Path], files: Mapping[str, Any], *, resuming: bool = False
+    ) -> None:
         self._make_dir = make_dir
         self._files = dict(files)
         self.dir: Path | None = None
         self._metrics = None
+        self._resuming = resuming
 
     def on_fit_start(self, loop: Any) -> None:
         self.dir = self._make_dir()
         for filename, obj in self._files.items():
             atomic_write_json(self.dir / filename, obj)
+        if loop.checkpoint_dir is None:
+            # Checkpoints live in the run directory (made only now, after fit checked the data).
+            loop.checkpoint_dir = self.dir / CHECKPOINT_DIR
+        if self._resuming:
+            # The checkpoint's history is the truth: rewrite the epochs it holds, so an epoch
+            # line written after the last checkpoint (and replayed now) is not duplicated.
+            lines = "".join(
+                json.dumps(_finite(r), allow_nan=False) + "\n" for r in loop.history.epoch_records()
+            )
+            atomic_write_bytes(self.dir / METRICS_FILE, lines.encode())
         self._metrics = open(self.dir / METRICS_FILE, "a", encoding="utf-8")  # noqa: SIM115
 
     def on_epoch_end(self, loop: Any) -> None:
         if self._metrics is None:
             return
         record = loop.history.epoch_records()[-1]
-        if loop.history.step_lr:
-            record["lr"] = loop.history.step_lr[-1]
-        record["best"] = bool(loop.improved)
         self._metrics.write(json.dumps(_finite(record), allow_nan=False) + "\n")
         self._metrics.flush()
 
@@ -975,6 +986,7 @@ def train(
     *,
     notify: Callable[[str], None] = lambda s: None,
     argv: Sequence[str] | None = None,
+    resume_run: Path | None = None,
 ) -> RunOutcome:
     """Run ``descend fit`` for a resolved config: prepare the data, train, evaluate on the test
     split, and save the run directory. Returns when the run is saved (also when interrupted:
@@ -987,7 +999,7 @@ def train(
     from descend.models import default_hidden, describe_model, mlp
 
     started_at, t0 = _now(), time.perf_counter()
-    if cfg.out is not None:
+    if cfg.out is not None and resume_run is None:
         check_out_dir(cfg.out)
     seed = cfg.seed if cfg.seed is not None else random.SystemRandom().randrange(2**31)
     data = prepare_data(cfg, seed, notify)
@@ -1045,10 +1057,19 @@ def train(
         "parameters": {k: list(v.shape) for k, v in model.state_dict().items()},
         "n_parameters": n_params,
     }
+    files = {PREPROCESS_FILE: pre.to_dict(), MODEL_SPEC_FILE: model_record}
+    if resume_run is None:
+        files[CONFIG_FILE] = config_record
     recorder = RunRecorder(
-        lambda: make_run_dir(data.name, out=cfg.out, runs_dir=cfg.runs_dir),
-        {CONFIG_FILE: config_record, PREPROCESS_FILE: pre.to_dict(), MODEL_SPEC_FILE: model_record},
+        (lambda: resume_run)
+        if resume_run is not None
+        else (lambda: make_run_dir(data.name, out=cfg.out, runs_dir=cfg.runs_dir)),
+        files,
+        resuming=resume_run is not None,
     )
+    ckpt_kw: dict[str, Any] = {}
+    if resume_run is not None:
+        ckpt_kw = {"checkpoint": resume_run / CHECKPOINT_DIR, "resume": resume_run / CHECKPOINT_DIR}
     X_train, y_train = data.part(data.train_idx)
     validation = data.part(data.val_idx) if len(data.val_idx) else None
     summary: dict[str, Any] = {
@@ -1077,6 +1098,7 @@ def train(
             device=cfg.device,
             precision=cfg.precision,
             max_time=cfg.max_time,
+            **ckpt_kw,
         )
     except BaseException as exc:
         if recorder.dir is not None:
@@ -1557,3 +1579,71 @@ def write_csv(table: Any, path: str | os.PathLike[str] | None) -> None:
             )
         )
     atomic_write_bytes(target, data)
+
+
+# ----------------------------------------------------------------------------- resuming
+
+
+def resume_config(
+    run: str | os.PathLike[str], *, runs_dir: str | os.PathLike[str] = "runs"
+) -> tuple[Path, FitConfig]:
+    """The run directory and its recorded (resolved) config, for ``descend resume``.
+
+    Refuses a run without checkpoints, a completed run, and a data file that changed since
+    (its sha256 differs): resuming on other data would not continue the same run.
+    """
+    d = _resolve_run_dir(run, runs_dir)
+    config = _read_json(d / CONFIG_FILE, d)
+    if config.get("format") != RUN_FORMAT or "options" not in config:
+        raise CheckpointError(
+            message(
+                f"run file '{d / CONFIG_FILE}'",
+                f"must be written by descend fit (format {RUN_FORMAT!r})",
+                f"format {config.get('format')!r}",
+                "pass a directory made by `descend fit`",
+            )
+        )
+    summary_path = d / SUMMARY_FILE
+    if summary_path.is_file():
+        summary = _read_json(summary_path, d)
+        if summary.get("status") == "completed":
+            raise CheckpointError(
+                message(
+                    f"run '{d}'",
+                    "must be unfinished to resume",
+                    "a completed run",
+                    "start a new run with `descend fit` (add --epochs to train longer)",
+                )
+            )
+    if not (d / CHECKPOINT_DIR).is_dir():
+        raise CheckpointError(
+            message(
+                f"run '{d}'",
+                f"must hold checkpoints in {CHECKPOINT_DIR}/ to resume",
+                "no checkpoint directory (it stopped before its first epoch ended)",
+                "start it again with `" + str(config.get("reproduce", "descend fit ...")) + "`",
+            )
+        )
+    source = config.get("data", {})
+    if source.get("kind") == "file":
+        path = Path(source["absolute_path"])
+        if not path.is_file():
+            raise InputError(
+                message(
+                    f"data file '{path}'",
+                    "must still exist to resume the run",
+                    "no such file",
+                    "put the file back where it was",
+                )
+            )
+        if file_sha256(path) != source.get("sha256"):
+            raise InputError(
+                message(
+                    f"data file '{path}'",
+                    "must be unchanged to resume the run",
+                    "a file whose sha256 differs from the one recorded",
+                    "restore the original file, or start a new run with `descend fit`",
+                )
+            )
+    cfg = resolve_config(config["options"])
+    return d, cfg

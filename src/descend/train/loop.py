@@ -489,6 +489,7 @@ class Loop:
         self.improved = math.isfinite(monitored) and (
             monitored < threshold or not math.isfinite(self.best_loss)
         )
+        h.improved.append(self.improved)
         if self.improved:
             self.best_loss = monitored
             self.best_epoch = self.epoch
@@ -835,8 +836,6 @@ class Loop:
             monitor=self.monitor,
             opt_state=self.opt_state,
         )
-        if self._interrupt == signal.SIGTERM:
-            raise SystemExit(128 + signal.SIGTERM)
         return result
 
 

@@ -45,6 +45,7 @@ class History:
     Per epoch: ``epoch`` (1-based), ``train_loss`` (mean of the epoch's batch losses),
     ``val_loss``, ``metric`` (validation metric named ``metric_name``; training metric when there
     is no validation data), ``time`` (seconds since the start of ``fit`` at the end of the epoch).
+    ``improved``: whether each epoch improved on the best so far (its weights were kept).
     ``events``: notable things that happened (divergence rollbacks, learning-rate changes, ...),
     each a dict with at least ``step``, ``epoch``, ``kind`` and ``message``.
     """
@@ -58,6 +59,7 @@ class History:
     metric: list[float] = field(default_factory=list)
     metric_name: str | None = None
     time: list[float] = field(default_factory=list)
+    improved: list[bool] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -72,6 +74,7 @@ class History:
             "metric": list(self.metric),
             "metric_name": self.metric_name,
             "time": list(self.time),
+            "improved": list(self.improved),
             "events": [dict(e) for e in self.events],
         }
 
@@ -82,12 +85,18 @@ class History:
     def epoch_records(self) -> list[dict[str, Any]]:
         """One dict per epoch (for JSON lines, tables, DataFrames)."""
         rows = []
+        n = len(self.epoch)
+        per_epoch = len(self.step_lr) // n if n and len(self.step_lr) % n == 0 else 0
         for i, e in enumerate(self.epoch):
             row: dict[str, Any] = {"epoch": e, "train_loss": self.train_loss[i]}
             if i < len(self.val_loss):
                 row["val_loss"] = self.val_loss[i]
             if i < len(self.metric) and self.metric_name:
                 row[self.metric_name] = self.metric[i]
+            if per_epoch:
+                row["lr"] = self.step_lr[(i + 1) * per_epoch - 1]
+            if i < len(self.improved):
+                row["best"] = self.improved[i]
             row["time"] = self.time[i]
             rows.append(row)
         return rows

@@ -1,0 +1,59 @@
+"""`descend resume`: a CLI run killed with SIGKILL continues to the same final model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+ARGS = ["fit", "digits", "--epochs", "8", "--seed", "5", "--hidden", "64", "--quiet"]
+
+
+def env():
+    return dict(os.environ, PYTHONPATH=SRC, OMP_NUM_THREADS="1")
+
+
+def descend(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "descend", *args], cwd=cwd, env=env(),
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_killed_cli_run_resumes_to_identical_model(tmp_path):
+    ref = descend(*ARGS, "--out", "ref", cwd=tmp_path)
+    assert ref.returncode == 0, ref.stderr
+
+    proc = subprocess.Popen([sys.executable, "-m", "descend", *ARGS, "--out", "run"],
+                            cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+    res = descend("resume", "run", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    a = load_file(tmp_path / "ref" / "model.safetensors")
+    b = load_file(tmp_path / "run" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ref_lines = (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()
+    run_lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    strip = [{k: v for k, v in json.loads(x).items() if k != "time"} for x in ref_lines]
+    assert strip == [{k: v for k, v in json.loads(x).items() if k != "time"} for x in run_lines]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
+
+    again = descend("resume", "run", cwd=tmp_path)
+    assert again.returncode == 2 and "completed run" in again.stderr
