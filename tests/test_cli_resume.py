@@ -22,17 +22,27 @@ def env():
 
 
 def descend(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "descend", *args], cwd=cwd, env=env(),
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "descend", *args],
+        cwd=cwd,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_killed_cli_run_resumes_to_identical_model(tmp_path):
     ref = descend(*ARGS, "--out", "ref", cwd=tmp_path)
     assert ref.returncode == 0, ref.stderr
 
-    proc = subprocess.Popen([sys.executable, "-m", "descend", *ARGS, "--out", "run"],
-                            cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "descend", *ARGS, "--out", "run"],
+        cwd=tmp_path,
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     metrics = tmp_path / "run" / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
