@@ -519,3 +519,120 @@ def test_cuda_resident_batches():
         torch.testing.assert_close(xa.cpu(), xc)  # same order on every device
     X = torch.randn(10, 3, device=dev)
     assert D.prepare(X, validation=None, device=dev).train.X.data_ptr() == X.data_ptr()
+
+
+# ----------------------------------------------------------------------------------------------
+# Sample weights
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch_size,shuffle", [(7, True), (7, False), (None, True)])
+def test_sample_weights_travel_with_their_rows(batch_size, shuffle):
+    n = 40
+    w = np.arange(1, n + 1, dtype=np.float64)  # weight of row r is r + 1
+    b = prep(
+        (numbered(n), torch.arange(n) % 2), batch_size=batch_size, shuffle=shuffle, sample_weight=w
+    )
+    assert b.train.w.dtype == torch.float32 and b.train.w.shape == (n,)
+    batches = list(b.train.batches(2))
+    assert len(batches) == b.train.num_batches
+    seen = []
+    for xb, yb, wb in batches:  # triples, sliced by the same permutation
+        rows = rows_of(xb)
+        assert yb.tolist() == [r % 2 for r in rows]
+        assert wb.tolist() == [r + 1.0 for r in rows]
+        seen += rows
+    assert sorted(seen) == list(range(n))
+    # Resuming mid-epoch yields the same triples as the tail of the epoch.
+    if batch_size is not None:
+        tail = list(b.train.batches(2, start=2))
+        for full, part in zip(batches[2:], tail):
+            assert all(torch.equal(a, c) for a, c in zip(full, part))
+
+
+def test_unweighted_sources_still_yield_pairs():
+    b = prep((numbered(10), torch.arange(10) % 2), batch_size=4)
+    assert b.train.w is None
+    assert all(len(batch) == 2 for batch in b.train.batches(0))
+
+
+def test_sample_weights_accept_lists_pandas_and_tensors():
+    X, y = numbered(6), torch.arange(6) % 2
+    ws = [
+        [1, 2, 3, 4, 5, 6],
+        pd.Series([1.0, 2, 3, 4, 5, 6]),
+        torch.arange(1, 7),
+        np.arange(1, 7).reshape(-1, 1),
+        np.arange(1, 7).astype(object),
+    ]
+    for w in ws:
+        got = prep((X, y), sample_weight=w, batch_size=None).train.w
+        assert got.tolist() == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+
+
+def test_sample_weights_split_with_the_rows_and_validation_yields_triples():
+    y = np.repeat([0, 1], [30, 20])
+    X = numbered(len(y))
+    w = np.arange(len(y), dtype=np.float64) + 0.5
+    b = D.prepare((X, y), validation=0.2, device=CPU, seed=3, sample_weight=w, batch_size=8)
+    unweighted = D.prepare((X, y), validation=0.2, device=CPU, seed=3, batch_size=8)
+    # The same split as without weights (weights do not move the stratified split).
+    assert rows_of(b.val.X) == rows_of(unweighted.val.X)
+    assert b.train.w.tolist() == [r + 0.5 for r in rows_of(b.train.X)]
+    assert b.val.w.tolist() == [r + 0.5 for r in rows_of(b.val.X)]
+    for xb, _yb, wb in b.val.batches(0):
+        assert wb.tolist() == [r + 0.5 for r in rows_of(xb)]
+
+
+def test_zero_weight_rows_are_dropped_before_the_split():
+    y = np.array(["a", "b", "c"] * 10)
+    X = numbered(30)
+    w = np.ones(30)
+    w[2::3] = 0  # every "c" row, and only those
+    b = D.prepare((X, y), validation=0.25, device=CPU, seed=0, sample_weight=w)
+    rows = rows_of(b.train.X) + rows_of(b.val.X)
+    assert sorted(rows) == [r for r in range(30) if r % 3 != 2]
+    assert b.n_train + b.n_val == 20
+    assert b.classes.tolist() == ["a", "b", "c"]  # the code book still holds every label
+    assert bool((b.train.w > 0).all()) and bool((b.val.w > 0).all())
+
+
+def test_explicit_validation_is_not_weighted():
+    b = prep((XN, YN), validation=(XN[:5], YN[:5]), sample_weight=np.ones(30))
+    assert b.train.w is not None and b.val.w is None
+
+
+BAD_WEIGHTS = [
+    (
+        np.ones(29),
+        r"sample_weight must hold one weight per sample, shape \(30,\); got shape \(29,\)",
+    ),
+    (np.ones((30, 2)), r"sample_weight must hold one weight per sample.*got shape \(30, 2\)"),
+    (2.0, r"sample_weight must hold one weight per sample.*got a scalar"),
+    (
+        np.where(np.arange(30) == 4, np.nan, 1.0),
+        r"sample_weight must contain only finite numbers; got 1 non-finite values \(1 NaN, 0 inf\), the first at row 4 — pass one finite weight",
+    ),
+    (
+        np.where(np.arange(30) == 7, -2.0, 1.0),
+        r"sample_weight must be >= 0; got 1 negative weight\(s\), the first -2 at row 7 — use 0",
+    ),
+    (
+        np.zeros(30),
+        r"sample_weight must give at least one sample a weight > 0; got all 30 weights equal to 0",
+    ),
+    (np.array(["1"] * 30), r"sample_weight must be numbers; got values of dtype <U1"),
+    (np.full(30, 1e300), r"sample_weight must fit in torch\.float32"),
+]
+
+
+@pytest.mark.parametrize("w,pattern", BAD_WEIGHTS, ids=[f"w{i}" for i in range(len(BAD_WEIGHTS))])
+def test_bad_sample_weights_are_refused(w, pattern):
+    with pytest.raises(InputError, match=pattern):
+        prep((XN, YN), sample_weight=w)
+
+
+def test_sample_weight_with_a_stream_is_refused():
+    loader = DataLoader(TensorDataset(numbered(10), torch.arange(10) % 2), batch_size=4)
+    with pytest.raises(InputError, match=r"sample_weight needs in-memory data"):
+        prep(loader, sample_weight=np.ones(10))
