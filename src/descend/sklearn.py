@@ -1,0 +1,538 @@
+"""scikit-learn estimators: :class:`Classifier` and :class:`Regressor`.
+
+Drop-in replacements for ``MLPClassifier`` / ``MLPRegressor`` that follow the estimator
+contract (``get_params``/``set_params``/``clone``, ``fit`` returns ``self``, learned attributes
+end in ``_``), work inside ``Pipeline``, ``GridSearchCV`` and ``cross_val_score``, and need no
+tuning. Nothing about training is decided here: every fit is one call of :func:`descend.fit`
+with the library's default policy (``optimizer=None``: the learning rate and schedule are chosen
+from the data), :func:`descend.models.mlp` sized by :func:`descend.models.default_hidden`, and the
+library's losses (``cross_entropy``, ``mse``). What the estimators add is the tabular glue an MLP
+needs and scikit-learn users expect:
+
+* **Standardized features** (``mean_``, ``scale_``, weighted by ``sample_weight``); for
+  regression the targets too (``y_mean_``, ``y_scale_``), undone in ``predict``.
+* **Early stopping on a held-out split** (``validation_fraction``, stratified for
+  classification) with the best weights restored — when the split holds at least
+  ``_MIN_VALIDATION`` rows; smaller data trains on every row and stops on the training loss.
+* **Warm starts that keep the optimizer.** ``warm_start=True`` and ``partial_fit`` continue the
+  previous run's optimizer: its transform, Adam's moments and the schedule position
+  (``fit(opt_state=...)``), unlike scikit-learn's MLP, which restarts Adam on a warm start.
+  The default schedule is shaped over the first fit's ``max_epochs``; a warm start continues
+  along it (at its final, zero rate once a previous fit used the whole budget: pass ``lr=`` or
+  an ``optimizer`` for a constant rate, or fit afresh). ``partial_fit`` runs one epoch per call
+  and, since the number of calls is unknown, starts with the library's constant-rate AdamW for
+  data of unknown length (or the ``optimizer``/``lr`` given); features are standardized with the
+  first call's statistics.
+
+Example:
+    >>> from sklearn.datasets import load_iris
+    >>> from descend.sklearn import Classifier
+    >>> X, y = load_iris(return_X_y=True)
+    >>> clf = Classifier(random_state=0).fit(X, y)
+    >>> clf.score(X, y) > 0.9
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.utils import check_random_state
+from sklearn.utils.multiclass import check_classification_targets, unique_labels
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+
+from descend import losses as L
+from descend.models import default_hidden, mlp
+from descend.train import Callback, fit
+from descend.train import autopilot as _autopilot
+
+__all__ = ["Classifier", "Regressor"]
+
+#: A validation split smaller than this is too noisy to stop on: train on every row instead.
+_MIN_VALIDATION = 10
+#: Rows per forward pass in predict (bounds memory on large inputs).
+_PREDICT_CHUNK = 65536
+
+
+def _auto_batch_size(n: int) -> int:
+    """Mini-batches of about n/16 rows, within [32, 512] (and never more than n)."""
+    return max(1, min(n, max(32, min(512, n // 16))))
+
+
+class _KeepOptimizer(Callback):
+    """Remembers the run's optimizer transform, so a warm start can continue with it."""
+
+    wants_steps = False
+
+    def __init__(self) -> None:
+        self.tx = None
+
+    def on_fit_end(self, loop: Any) -> None:
+        self.tx = loop.tx
+
+
+class _Estimator(BaseEstimator):
+    """The shared fit/partial_fit machinery of :class:`Classifier` and :class:`Regressor`."""
+
+    _is_classifier = False
+
+    def __init__(
+        self,
+        hidden_layer_sizes: tuple[int, ...] | None = None,
+        activation: str = "relu",
+        max_epochs: int = 200,
+        batch_size: int | None = None,
+        validation_fraction: float | None = 0.1,
+        patience: int | None = 10,
+        tol: float = 1e-4,
+        random_state: int | np.random.RandomState | None = None,
+        warm_start: bool = False,
+        verbose: int = 0,
+        optimizer: Any = None,
+        lr: float | None = None,
+        device: str | None = None,
+    ) -> None:
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.validation_fraction = validation_fraction
+        self.patience = patience
+        self.tol = tol
+        self.random_state = random_state
+        self.warm_start = warm_start
+        self.verbose = verbose
+        self.optimizer = optimizer
+        self.lr = lr
+        self.device = device
+
+    # ---- subclass hooks ------------------------------------------------------------------
+
+    def _targets(self, y: np.ndarray, first: bool, classes: Any = None) -> np.ndarray:
+        raise NotImplementedError
+
+    def _loss(self, y: np.ndarray) -> Any:
+        raise NotImplementedError
+
+    def _n_outputs(self) -> int:
+        raise NotImplementedError
+
+    def _scale_targets(
+        self, targets: np.ndarray, sample_weight: np.ndarray | None, first: bool
+    ) -> np.ndarray:
+        return targets
+
+    def _check_two_classes(self, targets: np.ndarray, sample_weight: np.ndarray | None) -> None:
+        return None
+
+    # ---- fitting -------------------------------------------------------------------------
+
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> _Estimator:
+        """Train on ``(X, y)``; with ``warm_start=True`` continue the previous fit.
+
+        Args:
+            X: array-like or DataFrame of shape (n_samples, n_features).
+            y: targets (n_samples,) — or (n_samples, n_outputs) for regression.
+            sample_weight: one weight >= 0 per sample (the loss becomes the weighted mean).
+
+        Returns:
+            self
+        """
+        warm = bool(self.warm_start) and hasattr(self, "model_")
+        return self._fit(X, y, sample_weight, incremental=False, warm=warm)
+
+    def _fit(
+        self,
+        X: Any,
+        y: Any,
+        sample_weight: Any,
+        *,
+        incremental: bool,
+        warm: bool,
+        classes: Any = None,
+    ) -> _Estimator:
+        self._check_params()
+        X, y = validate_data(
+            self,
+            X,
+            y,
+            reset=not warm,
+            dtype=(np.float64, np.float32),
+            multi_output=not self._is_classifier,
+            y_numeric=not self._is_classifier,
+        )
+        X = np.asarray(X, dtype=np.float64)
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(
+                sample_weight, X, dtype=np.float64, ensure_non_negative=True
+            )
+        targets = self._targets(y, first=not warm, classes=classes)
+        if self._is_classifier and not incremental:
+            self._check_two_classes(targets, sample_weight)
+
+        if not warm:
+            self.mean_, self.scale_ = _weighted_moments(X, sample_weight)
+            self._n_calls = 0
+            self.n_iter_ = 0
+            self.loss_curve_: list[float] = []
+            self.validation_loss_curve_: list[float] = []
+            self._tx = None
+            self._opt_state = None
+        targets = self._scale_targets(targets, sample_weight, first=not warm)
+        Xs = torch.from_numpy(((X - self.mean_) / self.scale_).astype(np.float32))
+
+        seed = self._seed()
+        # Rows of weight 0 are dropped by the data layer: size everything by the rows that count.
+        n = X.shape[0] if sample_weight is None else int(np.count_nonzero(sample_weight))
+        if not warm:
+            hidden = self.hidden_layer_sizes
+            if hidden is None:
+                hidden = default_hidden(n, X.shape[1], self._n_outputs())
+            self.model_ = mlp(
+                X.shape[1], self._n_outputs(), tuple(hidden), self.activation, seed=seed
+            )
+
+        continuing = warm and getattr(self, "_tx", None) is not None and self._opt_state is not None
+        optimizer, lr, opt_state = self.optimizer, self.lr, None
+        if continuing:
+            optimizer, lr, opt_state = self._tx, None, self._opt_state
+        elif incremental and optimizer is None:
+            # The number of partial_fit calls is unknown, so no schedule can be shaped over
+            # it: the library's policy for data of unknown length (constant AdamW).
+            optimizer, _, _ = _autopilot.default_optimizer(lr=lr, steps_per_epoch=None, epochs=1)
+            lr = None
+
+        validation = None if incremental else self._validation(n, targets, sample_weight)
+        n_train = n if validation is None else n - int(np.floor(validation * n + 0.5))
+        keep = _KeepOptimizer()
+        result = fit(
+            self.model_,
+            (Xs, torch.from_numpy(targets)),
+            self._loss(targets),
+            optimizer=optimizer,
+            lr=lr,
+            epochs=1 if incremental else int(self.max_epochs),
+            batch_size=self.batch_size or _auto_batch_size(n_train),
+            validation=validation,
+            patience=None if incremental else self.patience,
+            tol=self.tol,
+            restore_best=not incremental,
+            metric=None,
+            callbacks=[keep],
+            verbose=self.verbose,
+            seed=seed,
+            device=self.device,
+            sample_weight=None if sample_weight is None else torch.from_numpy(sample_weight),
+            opt_state=opt_state,
+        )
+        self._tx = keep.tx
+        self._opt_state = result.opt_state
+        self._n_calls += 1
+        self.n_iter_ += result.epochs
+        self.loss_curve_ = [*self.loss_curve_, *result.history.train_loss]
+        self.validation_loss_curve_ = [*self.validation_loss_curve_, *result.history.val_loss]
+        self.stop_reason_ = str(result.stop_reason)
+        self.stop_message_ = result.stop_message
+        self.best_loss_ = result.best_loss
+        self.best_epoch_ = result.best_epoch
+        if result.autopilot is not None or not continuing:
+            self.autopilot_ = result.autopilot
+        self.optimizer_ = result.optimizer
+        return self
+
+    def _check_params(self) -> None:
+        def bad(name: str, rule: str) -> ValueError:
+            value = getattr(self, name)
+            return ValueError(
+                f"{type(self).__name__}: {name} {rule}; got {value!r} — see the docstring"
+            )
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+        if not is_int(self.max_epochs) or self.max_epochs < 1:
+            raise bad("max_epochs", "must be an integer >= 1")
+        if self.batch_size is not None and (not is_int(self.batch_size) or self.batch_size < 1):
+            raise bad("batch_size", "must be an integer >= 1, or None to choose from the data")
+        vf = self.validation_fraction
+        if vf is not None and (
+            isinstance(vf, bool) or not isinstance(vf, numbers.Real) or not 0 <= vf < 1
+        ):
+            raise bad("validation_fraction", "must be in [0, 1), or None for no split")
+        if self.patience is not None and (not is_int(self.patience) or self.patience < 1):
+            raise bad("patience", "must be an integer >= 1, or None to never stop early")
+        if self.hidden_layer_sizes is not None:
+            h = self.hidden_layer_sizes
+            if is_int(h):
+                raise bad("hidden_layer_sizes", f"must be a sequence of widths, e.g. ({h},)")
+
+    def _seed(self) -> int:
+        # A fresh generator from random_state each call: an int gives the same seed every fit
+        # (deterministic refits); partial_fit calls get successive seeds (new batch orders).
+        base = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        return (base + getattr(self, "_n_calls", 0)) % np.iinfo(np.int32).max
+
+    def _validation(
+        self, n: int, targets: np.ndarray, sample_weight: np.ndarray | None
+    ) -> float | None:
+        vf = self.validation_fraction
+        if not vf:
+            return None
+        n_val = int(np.floor(vf * n + 0.5))
+        if n_val < _MIN_VALIDATION or n - n_val < _MIN_VALIDATION:
+            return None
+        if self._is_classifier:
+            labels = targets if sample_weight is None else targets[sample_weight > 0]
+            counts = np.bincount(labels)
+            present = int(np.count_nonzero(counts))
+            # Stratification needs room for every class on both sides of the split.
+            if n_val < int(np.count_nonzero(counts >= 2)) or n - n_val < present:
+                return None
+        return float(vf)
+
+    # ---- prediction ----------------------------------------------------------------------
+
+    def _forward(self, X: Any) -> np.ndarray:
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
+        Xs = ((np.asarray(X, dtype=np.float64) - self.mean_) / self.scale_).astype(np.float32)
+        model = self.model_
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        outs = []
+        try:
+            with torch.no_grad():
+                for i in range(0, Xs.shape[0], _PREDICT_CHUNK):
+                    xb = torch.from_numpy(Xs[i : i + _PREDICT_CHUNK]).to(device)
+                    outs.append(model(xb).double().cpu().numpy())
+        finally:
+            model.train(was_training)
+        if not outs:
+            return np.zeros((0, self._n_outputs()))
+        return np.concatenate(outs, axis=0)
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "model_")
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The optimizer transform holds closures (not picklable); an unpickled estimator's warm
+        # start continues the weights with a new optimizer.
+        state = self.__dict__.copy()
+        state.pop("_tx", None)
+        return state
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        return tags
+
+
+def _weighted_moments(
+    X: np.ndarray, sample_weight: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and standard deviations (weighted); a constant column gets scale 1."""
+    mean = np.average(X, axis=0, weights=sample_weight)
+    var = np.average((X - mean) ** 2, axis=0, weights=sample_weight)
+    scale = np.sqrt(var)
+    scale[~(scale > 10 * np.finfo(np.float64).eps * np.maximum(1.0, np.abs(mean)))] = 1.0
+    return mean, scale
+
+
+class Classifier(ClassifierMixin, _Estimator):
+    """A multi-layer perceptron classifier trained by :func:`descend.fit` (cross-entropy).
+
+    A drop-in for ``sklearn.neural_network.MLPClassifier`` that needs no tuning: the
+    architecture comes from :func:`descend.models.default_hidden`, the optimizer, learning rate
+    and schedule from the library's default policy, and training stops early on a held-out
+    split with the best weights restored.
+
+    Args:
+        hidden_layer_sizes: widths of the hidden layers; None = sized from the data
+            (:func:`descend.models.default_hidden`).
+        activation: ``"relu"``, ``"gelu"``, ``"tanh"``, ``"silu"`` or ``"leaky_relu"``.
+        max_epochs: the epoch budget (early stopping usually ends sooner).
+        batch_size: rows per step; None = about n/16, within [32, 512].
+        validation_fraction: share of the rows held out (stratified) for early stopping and
+            best-weight restore; None or 0 trains on every row. Splits under 10 rows are not
+            made (the training loss is watched instead).
+        patience: epochs without improvement before stopping; None never stops early.
+        tol: the relative improvement that counts.
+        random_state: int for reproducible fits (initialization, split, batch order).
+        warm_start: continue from the previous fit: its weights AND its optimizer state.
+        verbose: 0 silent, 1 progress, 2 one line per epoch.
+        optimizer: None (the library's choice), a registry name or a ``descend.optim``
+            transform.
+        lr: a learning rate (AdamW at exactly this rate with ``optimizer=None``).
+        device: ``"cpu"``, ``"cuda"``, ...; None picks the accelerator if there is one.
+
+    Attributes:
+        classes_, n_features_in_, feature_names_in_ (DataFrames with string column names),
+        model_ (the trained ``torch.nn.Module``), mean_, scale_ (feature standardization),
+        loss_curve_ (training loss per epoch, across warm starts), validation_loss_curve_,
+        best_loss_, best_epoch_, stop_reason_ (``"patience_exhausted"``, ``"max_epochs"``, ...),
+        stop_message_ (the sentence), n_iter_ (epochs run, across warm starts), optimizer_,
+        autopilot_ (what the default policy chose and why).
+
+    Example:
+        >>> from sklearn.datasets import load_wine
+        >>> from descend.sklearn import Classifier
+        >>> X, y = load_wine(return_X_y=True)
+        >>> clf = Classifier(random_state=0).fit(X, y)
+        >>> clf.predict_proba(X[:2]).sum(axis=1).round(6).tolist()
+        [1.0, 1.0]
+    """
+
+    _is_classifier = True
+
+    def partial_fit(
+        self, X: Any, y: Any, classes: Any = None, sample_weight: Any = None
+    ) -> Classifier:
+        """One epoch over ``(X, y)``, continuing the weights and the optimizer state.
+
+        Args:
+            X, y, sample_weight: as in :meth:`fit`.
+            classes: every class label; required on the first call (later calls may hold a
+                subset of them).
+
+        Returns:
+            self
+        """
+        first = not hasattr(self, "model_")
+        if first and classes is None:
+            raise ValueError(
+                "Classifier.partial_fit: classes must be passed on the first call to "
+                "partial_fit; got classes=None — pass classes=numpy.unique(y_all)"
+            )
+        return self._fit(X, y, sample_weight, incremental=True, warm=not first, classes=classes)
+
+    def _targets(self, y: np.ndarray, first: bool, classes: Any = None) -> np.ndarray:
+        check_classification_targets(y)
+        if first:
+            self.classes_ = unique_labels(y) if classes is None else unique_labels(classes)
+        elif classes is not None and not np.array_equal(unique_labels(classes), self.classes_):
+            raise ValueError(
+                f"Classifier.partial_fit: classes must stay the same across calls; got "
+                f"{unique_labels(classes).tolist()} after {self.classes_.tolist()}"
+            )
+        unseen = np.setdiff1d(unique_labels(y), self.classes_)
+        if unseen.size:
+            raise ValueError(
+                f"Classifier: y holds labels not in classes_ {self.classes_.tolist()}: "
+                f"{unseen.tolist()[:5]} — pass every label in classes= on the first "
+                "partial_fit call, or fit afresh"
+            )
+        return np.searchsorted(self.classes_, y).astype(np.int64)
+
+    def _check_two_classes(self, targets: np.ndarray, sample_weight: np.ndarray | None) -> None:
+        present = targets if sample_weight is None else targets[sample_weight > 0]
+        if np.unique(present).size < 2:
+            only = self.classes_[present[0]].item() if present.size else None
+            where = " among the samples of weight > 0" if sample_weight is not None else ""
+            raise ValueError(
+                "Classifier needs samples of at least 2 classes to train; got one class "
+                f"({only!r}){where} — a one-class problem has nothing to learn"
+            )
+
+    def _loss(self, targets: np.ndarray) -> Any:
+        loss = L.get("cross_entropy")
+        if np.unique(targets).size != len(self.classes_):
+            # Some classes are absent from this call's rows (partial_fit): keep the indices as
+            # they are instead of letting the data layer re-encode the labels it sees.
+            loss = dataclasses.replace(loss, target_kind="any")
+        return loss
+
+    def _n_outputs(self) -> int:
+        return len(self.classes_)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities, shape (n_samples, n_classes), each row summing to 1."""
+        logits = self._forward(X)
+        logits -= logits.max(axis=1, keepdims=True)
+        p = np.exp(logits)
+        return p / p.sum(axis=1, keepdims=True)
+
+    def predict_log_proba(self, X: Any) -> np.ndarray:
+        """Log of :meth:`predict_proba`."""
+        logits = self._forward(X)
+        logits -= logits.max(axis=1, keepdims=True)
+        return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The most probable class label of each row."""
+        index = self._forward(X).argmax(axis=1)
+        return self.classes_[index]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = True
+        return tags
+
+
+class Regressor(RegressorMixin, _Estimator):
+    """A multi-layer perceptron regressor trained by :func:`descend.fit` (mean squared error).
+
+    A drop-in for ``sklearn.neural_network.MLPRegressor`` that needs no tuning; features and
+    targets are standardized inside (``y_mean_``, ``y_scale_``) and predictions are returned
+    in the targets' units. Multi-output targets of shape (n_samples, n_outputs) are supported.
+    The parameters are those of :class:`Classifier` (``validation_fraction``'s split is random,
+    not stratified).
+
+    Attributes:
+        n_outputs_, y_mean_, y_scale_, and those of :class:`Classifier` but ``classes_``.
+
+    Example:
+        >>> from sklearn.datasets import load_diabetes
+        >>> from descend.sklearn import Regressor
+        >>> X, y = load_diabetes(return_X_y=True)
+        >>> reg = Regressor(random_state=0).fit(X, y)
+        >>> reg.predict(X[:3]).shape
+        (3,)
+    """
+
+    def partial_fit(self, X: Any, y: Any, sample_weight: Any = None) -> Regressor:
+        """One epoch over ``(X, y)``, continuing the weights and the optimizer state."""
+        first = not hasattr(self, "model_")
+        return self._fit(X, y, sample_weight, incremental=True, warm=not first)
+
+    def _targets(self, y: np.ndarray, first: bool, classes: Any = None) -> np.ndarray:
+        y = np.asarray(y, dtype=np.float64)
+        if first:
+            self._y_1d = y.ndim == 1
+            self.n_outputs_ = 1 if y.ndim == 1 else y.shape[1]
+        n_out = 1 if y.ndim == 1 else y.shape[1]
+        if n_out != self.n_outputs_:
+            raise ValueError(
+                f"Regressor: y must keep its {self.n_outputs_} output(s) across warm starts; "
+                f"got {n_out} — fit afresh (warm_start=False) for a new target"
+            )
+        return y.reshape(y.shape[0], -1)
+
+    def _scale_targets(
+        self, targets: np.ndarray, sample_weight: np.ndarray | None, first: bool
+    ) -> np.ndarray:
+        if first:
+            self.y_mean_, self.y_scale_ = _weighted_moments(targets, sample_weight)
+        return ((targets - self.y_mean_) / self.y_scale_).astype(np.float32)
+
+    def _loss(self, targets: np.ndarray) -> Any:
+        return L.get("mse")
+
+    def _n_outputs(self) -> int:
+        return int(self.n_outputs_)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predictions in the targets' units: (n_samples,) for 1-D y, else (n_samples, k)."""
+        out = self._forward(X) * self.y_scale_ + self.y_mean_
+        return out.ravel() if self._y_1d else out
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        tags.target_tags.single_output = True
+        return tags

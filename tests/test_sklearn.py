@@ -1,0 +1,281 @@
+"""Tests of descend.sklearn: the scikit-learn estimator contract, and what issue #7 asks of it."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.datasets import load_iris, make_regression
+from sklearn.model_selection import GridSearchCV, cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+import descend
+from descend.sklearn import Classifier, Regressor
+from descend.transforms import find_lr_state
+
+torch.set_num_threads(1)
+
+
+def _fit_takes_sample_weights() -> bool:
+    """Whether the training loop accepts weighted (x, y, w) batches (loop.check_model_fits)."""
+    try:
+        descend.fit(
+            torch.nn.Linear(1, 1),
+            (torch.zeros(4, 1), torch.zeros(4)),
+            "mse",
+            optimizer="sgd",
+            lr=0.1,
+            epochs=1,
+            batch_size=None,
+            validation=None,
+            verbose=0,
+            seed=0,
+            sample_weight=torch.ones(4),
+        )
+    except ValueError:
+        return False
+    return True
+
+
+WEIGHTS_OK = _fit_takes_sample_weights()
+needs_weights = pytest.mark.xfail(
+    not WEIGHTS_OK, reason="loop.check_model_fits unpacks (x, y) pairs only", strict=False
+)
+
+# ----------------------------------------------------------------------------------------------
+# scikit-learn's own estimator checks
+# ----------------------------------------------------------------------------------------------
+
+SAMPLE_WEIGHT_EQUIVALENCE = (
+    "training runs in float32: a weighted loss and repeated rows agree only up to float32 "
+    "rounding (summation order), about 1e-6 relative after training, and the check asks for "
+    "rtol=1e-7 on predict_proba (scikit-learn's own MLPs pass it only with the float64 "
+    "full-batch lbfgs solver). Zero weight == dropping the row holds exactly: see "
+    "test_zero_weight_is_the_same_as_dropping_the_row"
+)
+# Checks that fit with sample_weight, while the loop cannot yet take weighted batches.
+_WEIGHTED_FIT_CHECKS = (
+    "check_sample_weights_pandas_series",
+    "check_sample_weights_not_an_array",
+    "check_sample_weights_list",
+    "check_sample_weights_not_overwritten",
+    "check_sample_weight_equivalence_on_dense_data",
+)
+
+
+def expected_failed_checks(estimator) -> dict[str, str]:
+    failed = {"check_sample_weight_equivalence_on_dense_data": SAMPLE_WEIGHT_EQUIVALENCE}
+    if not WEIGHTS_OK:
+        failed.update(
+            {c: "loop.check_model_fits unpacks (x, y) pairs only" for c in _WEIGHTED_FIT_CHECKS}
+        )
+    return failed
+
+
+# A short budget keeps the ~120 checks quick; every behaviour they test is the default one.
+@parametrize_with_checks(
+    [Classifier(max_epochs=30), Regressor(max_epochs=30)],
+    expected_failed_checks=expected_failed_checks,
+)
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data forms: DataFrames, string labels, multi-output
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def iris():
+    X, y = load_iris(return_X_y=True)
+    return X, y
+
+
+def test_classifier_takes_dataframes_and_string_labels(iris):
+    X, y = iris
+    frame = pd.DataFrame(X, columns=["sepal_l", "sepal_w", "petal_l", "petal_w"])
+    labels = np.array(["setosa", "versicolor", "virginica"])[y]
+    clf = Classifier(max_epochs=40, random_state=0).fit(frame, labels)
+    assert clf.classes_.tolist() == ["setosa", "versicolor", "virginica"]
+    assert clf.feature_names_in_.tolist() == list(frame.columns)
+    assert clf.n_features_in_ == 4
+    pred = clf.predict(frame)
+    assert pred.dtype == labels.dtype and set(pred) <= set(labels)
+    proba = clf.predict_proba(frame)
+    assert proba.shape == (150, 3)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(np.exp(clf.predict_log_proba(frame)), proba, rtol=1e-10)
+    assert clf.score(frame, labels) > 0.9
+    # The learned attributes the issue names.
+    assert len(clf.loss_curve_) == clf.n_iter_ >= 1
+    assert len(clf.validation_loss_curve_) == clf.n_iter_
+    assert clf.stop_reason_ in {"patience_exhausted", "max_epochs", "converged"}
+    assert isinstance(clf.model_, torch.nn.Module)
+    with pytest.warns(UserWarning, match="feature names"):
+        clf.predict(X)  # fitted with names, given none: scikit-learn's warning
+
+
+def test_regressor_multi_output_in_the_targets_units():
+    X, Y = make_regression(n_samples=300, n_features=6, n_targets=3, noise=1.0, random_state=0)
+    Y = Y * 1000.0 + 5000.0  # far from unit scale: the estimator standardizes and undoes it
+    reg = Regressor(max_epochs=60, random_state=0).fit(X, Y)
+    assert reg.n_outputs_ == 3 and reg.predict(X).shape == (300, 3)
+    assert reg.score(X, Y) > 0.95
+    assert abs(reg.predict(X).mean() - Y.mean()) < 0.05 * Y.std()
+    one = Regressor(max_epochs=5, random_state=0).fit(X, Y[:, 0])
+    assert one.predict(X).shape == (300,)
+    column = Regressor(max_epochs=5, random_state=0).fit(X, Y[:, :1])
+    assert column.predict(X).shape == (300, 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Composition: params, clone, Pipeline, GridSearchCV, cross_val_score, pickle
+# ----------------------------------------------------------------------------------------------
+
+
+def test_params_clone_and_search(iris):
+    X, y = iris
+    clf = Classifier(hidden_layer_sizes=(16,), max_epochs=5, lr=0.01, random_state=0)
+    assert clf.get_params()["lr"] == 0.01
+    assert clf.set_params(lr=0.02) is clf and clf.lr == 0.02
+    twin = clone(clf)
+    assert twin.get_params() == clf.get_params() and not hasattr(twin, "model_")
+
+    search = GridSearchCV(
+        make_pipeline(Classifier(max_epochs=5, random_state=0)),
+        {"classifier__hidden_layer_sizes": [(8,), (16,)]},
+        cv=2,
+    ).fit(X, y)
+    assert search.best_params_["classifier__hidden_layer_sizes"] in [(8,), (16,)]
+    scores = cross_val_score(Regressor(max_epochs=5, random_state=0), X[:, :3], X[:, 3], cv=2)
+    assert scores.shape == (2,) and np.all(np.isfinite(scores))
+
+
+def test_fixed_random_state_refits_identically(iris):
+    X, y = iris
+    a = Classifier(max_epochs=10, random_state=3).fit(X, y).predict_proba(X)
+    b = Classifier(max_epochs=10, random_state=3).fit(X, y).predict_proba(X)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_pickle_round_trip_and_warm_start_after_it(iris):
+    X, y = iris
+    clf = Classifier(max_epochs=5, random_state=0, warm_start=True).fit(X, y)
+    back = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_array_equal(back.predict_proba(X), clf.predict_proba(X))
+    back.fit(X, y)  # the optimizer transform is not pickled: continues with a fresh one
+    assert back.n_iter_ > clf.n_iter_
+
+
+# ----------------------------------------------------------------------------------------------
+# Warm starts and partial_fit keep the optimizer state
+# ----------------------------------------------------------------------------------------------
+
+
+def _steps(est) -> int:
+    return int(find_lr_state(est._opt_state)["count"])
+
+
+def test_warm_start_continues_weights_and_optimizer_state(iris):
+    X, y = iris
+    clf = Classifier(max_epochs=8, patience=None, random_state=0, warm_start=True)
+    clf.fit(X, y)
+    model, steps, epochs = clf.model_, _steps(clf), clf.n_iter_
+    first_curve = list(clf.loss_curve_)
+    clf.fit(X, y)
+    assert clf.model_ is model  # the same network, trained further
+    assert _steps(clf) == 2 * steps  # Adam's step count (and moments) went on, not reset
+    assert clf.n_iter_ == 2 * epochs and clf.loss_curve_[: len(first_curve)] == first_curve
+    # Starting from the trained weights: the second run's first epoch is already low.
+    assert clf.loss_curve_[epochs] < first_curve[0]
+
+    cold = clone(clf).set_params(warm_start=False).fit(X, y)
+    cold.fit(X, y)
+    assert _steps(cold) == steps and cold.n_iter_ == epochs
+
+
+def test_partial_fit_runs_one_epoch_per_call_and_keeps_the_state(iris):
+    X, y = iris
+    clf = Classifier(random_state=0, batch_size=50)
+    with pytest.raises(ValueError, match="classes must be passed on the first call"):
+        clf.partial_fit(X, y)
+    losses = []
+    for _ in range(30):
+        clf.partial_fit(X, y, classes=[0, 1, 2])
+        losses.append(clf.loss_curve_[-1])
+    assert clf.n_iter_ == 30 and len(clf.loss_curve_) == 30
+    assert _steps(clf) == 30 * 3
+    assert losses[-1] < 0.5 * losses[0]
+    assert clf.score(X, y) > 0.8
+    with pytest.raises(ValueError, match="X has 3 features, but Classifier is expecting 4"):
+        clf.partial_fit(X[:, :3], y)
+    with pytest.raises(ValueError, match=r"labels not in classes_ \[0, 1, 2\]: \[7\]"):
+        clf.partial_fit(X[:2], [0, 7])
+
+
+def test_partial_fit_chunk_without_some_classes_keeps_the_label_codes(iris):
+    X, y = iris
+    clf = Classifier(random_state=0, batch_size=32)
+    two = y != 1  # classes 0 and 2 only: the data layer must not re-code 2 as 1
+    for _ in range(25):
+        clf.partial_fit(X[two], y[two], classes=[0, 1, 2])
+    pred = clf.predict(X[y == 2])
+    assert np.mean(pred == 2) > 0.9
+
+
+def test_regressor_partial_fit(iris):
+    X, _ = iris
+    reg = Regressor(random_state=0)
+    for _ in range(20):
+        reg.partial_fit(X[:, :3], X[:, 3])
+    assert reg.n_iter_ == 20 and reg.score(X[:, :3], X[:, 3]) > 0.8
+
+
+# ----------------------------------------------------------------------------------------------
+# Sample weights
+# ----------------------------------------------------------------------------------------------
+
+
+@needs_weights
+def test_zero_weight_is_the_same_as_dropping_the_row(iris):
+    X, y = iris
+    w = np.ones(len(y))
+    w[::4] = 0
+    weighted = Classifier(max_epochs=10, random_state=0).fit(X, y, sample_weight=w)
+    dropped = Classifier(max_epochs=10, random_state=0).fit(X[w > 0], y[w > 0])
+    np.testing.assert_allclose(weighted.predict_proba(X), dropped.predict_proba(X), atol=1e-6)
+
+
+@needs_weights
+def test_sample_weights_move_the_fit():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 1))
+    y = np.where(np.arange(200) < 100, 0.0, 10.0)  # two groups with the same X distribution
+    w = np.where(y == 0, 1.0, 1e-3)
+    reg = Regressor(max_epochs=30, random_state=0).fit(X, y, sample_weight=w)
+    assert abs(reg.predict(X).mean()) < 1.0  # pulled to the heavy group's 0, not the mean 5
+
+
+# ----------------------------------------------------------------------------------------------
+# Errors
+# ----------------------------------------------------------------------------------------------
+
+
+def test_errors_name_the_problem(iris):
+    X, y = iris
+    with pytest.raises(ValueError, match="at least 2 classes to train; got one class"):
+        Classifier().fit(X, np.zeros(len(y)))
+    with pytest.raises(ValueError, match="max_epochs must be an integer >= 1"):
+        Classifier(max_epochs=0).fit(X, y)
+    with pytest.raises(ValueError, match=r"validation_fraction must be in \[0, 1\)"):
+        Regressor(validation_fraction=1.5).fit(X, y)
+    with pytest.raises(ValueError, match=r"hidden_layer_sizes must be a sequence.*\(32,\)"):
+        Classifier(hidden_layer_sizes=32).fit(X, y)
+    with pytest.raises(ValueError, match="Input X contains NaN"):
+        Classifier().fit(np.full_like(X, np.nan), y)
