@@ -11,12 +11,21 @@ follows the same trajectory as its torch.optim twin to 1e-6 in float64. Every op
 - ``schedule``: a multiplier ``step -> float`` of the learning rate (:mod:`descend.schedules`);
 - ``max_grad_norm``: clip the global gradient norm first (as ``clip_grad_norm_``);
 - ``impl``: ``"foreach"`` (multi-tensor ``_foreach_*`` ops), ``"reference"`` (one tensor at a
-  time, the paper's equations) or, for adam/adamw, ``"fused"`` (torch's fused Adam kernel).
-  ``"auto"`` picks the fastest available (fused for Adam, else foreach). All give the same
-  numbers to rounding and the same state tree, so a checkpoint from one loads into another.
+  time, the paper's equations) or, for adam/adamw and sgd/momentum/nesterov, ``"fused"``
+  (torch's fused Adam/SGD kernels). ``"auto"`` picks the fastest available (fused where there
+  is a kernel, else foreach). All give the same numbers to rounding and the same state tree, so
+  a checkpoint from one loads into another. The fused recipes also step the parameters in one
+  pass through :func:`descend.transforms.update_and_apply`.
 
-``REGISTRY`` maps names to these factories and :func:`get` builds one from a name.
-:func:`as_torch_optimizer` wraps any Transform as a real ``torch.optim.Optimizer``.
+The modern optimizers (:func:`schedulefree_adamw`, :func:`schedulefree_sgd`, :func:`muon`,
+:func:`lion`, :func:`prodigy`, :func:`lamb`, :func:`lars`) follow their reference
+implementations (tests check the trajectories against the ``schedulefree``, ``prodigyopt`` and
+``lion-pytorch`` packages and ``torch.optim.Muon``) and take the same common arguments.
+
+``REGISTRY`` maps the classic names (the torch.optim twins) to their factories and
+``MODERN_REGISTRY`` the modern ones; :func:`get` builds one from a name in either and
+:func:`names` lists them all. :func:`as_torch_optimizer` wraps any Transform as a real
+``torch.optim.Optimizer`` (with ``.train()``/``.eval()`` for schedule-free optimizers).
 """
 
 from __future__ import annotations
@@ -46,17 +55,30 @@ from descend.transforms import (
     clip_by_global_norm,
     find_lr_state,
     named_params,
+    scale,
     scale_by_adagrad,
     scale_by_adam,
     scale_by_learning_rate,
+    scale_by_lion,
+    scale_by_muon,
     scale_by_nadam,
+    scale_by_prodigy,
     scale_by_rms,
+    scale_by_schedule_free,
+    scale_by_trust_ratio,
+    swap_to_eval,
+    swap_to_train,
     trace,
+    update_and_apply,
 )
-from descend.transforms._fused import fused_adam_chain
+from descend.transforms import (
+    partition as partition_transform,
+)
+from descend.transforms._fused import fused_adam_chain, fused_sgd_chain
 from descend.transforms._util import (
     FUSED_IMPLS,
     IMPLS,
+    SGD_IMPLS,
     Impl,
     Mask,
     check_bool,
@@ -64,6 +86,7 @@ from descend.transforms._util import (
 )
 
 __all__ = [
+    "MODERN_REGISTRY",
     "REGISTRY",
     "TorchOptimizer",
     "adagrad",
@@ -71,10 +94,19 @@ __all__ = [
     "adamw",
     "as_torch_optimizer",
     "get",
+    "lamb",
+    "lars",
+    "lion",
     "momentum",
+    "muon",
+    "muon_partition",
     "nadam",
+    "names",
     "nesterov",
+    "prodigy",
     "rmsprop",
+    "schedulefree_adamw",
+    "schedulefree_sgd",
     "sgd",
 ]
 
@@ -184,6 +216,37 @@ def _adam_recipe(
     )
 
 
+def _sgd_recipe(
+    weight_decay: float,
+    mu: float,
+    dampening: float,
+    nesterov: bool,
+    lr: float,
+    schedule: Schedule | None,
+    max_grad_norm: float | None,
+    impl: str,
+) -> Transform:
+    """``[clip]  [add_l2]  [trace]  scale_by_learning_rate``; with ``impl`` "auto"/"fused" the
+    tail runs as torch's fused SGD kernel (same state tree, same numbers)."""
+    head = [clip_by_global_norm(max_grad_norm)] if max_grad_norm is not None else []
+    if impl in ("auto", "fused"):
+        return fused_sgd_chain(
+            head,
+            weight_decay=weight_decay,
+            momentum=mu,
+            dampening=dampening,
+            nesterov=nesterov,
+            lr=lr,
+            schedule=schedule,
+        )
+    return chain(
+        *head,
+        *([add_l2(weight_decay)] if weight_decay else []),
+        *([trace(mu, dampening, nesterov=nesterov, impl=impl)] if mu else []),
+        scale_by_learning_rate(lr, schedule),
+    )
+
+
 # --------------------------------------------------------------------------- optimizers
 
 
@@ -214,14 +277,9 @@ def sgd(
         tensor([2.4000])
     """
     owner = "sgd"
-    lr = _common(owner, lr, schedule, max_grad_norm, impl)
+    lr = _common(owner, lr, schedule, max_grad_norm, impl, SGD_IMPLS)
     weight_decay = _nonneg("weight_decay", weight_decay, owner)
-    return _recipe(
-        add_l2(weight_decay) if weight_decay else None,
-        lr=lr,
-        schedule=schedule,
-        max_grad_norm=max_grad_norm,
-    )
+    return _sgd_recipe(weight_decay, 0.0, 0.0, False, lr, schedule, max_grad_norm, impl)
 
 
 def momentum(
@@ -247,19 +305,22 @@ def momentum(
         schedule, max_grad_norm, impl: see the module docstring.
     """
     owner = "momentum"
-    lr = _common(owner, lr, schedule, max_grad_norm, impl)
+    lr = _common(owner, lr, schedule, max_grad_norm, impl, SGD_IMPLS)
     mu = _momentum(momentum, owner)
     dampening = check_in_range(
         "dampening", dampening, 0.0, 1.0, owner=owner, high_inclusive=True, example="dampening=0"
     )
     weight_decay = _nonneg("weight_decay", weight_decay, owner)
-    return _recipe(
-        add_l2(weight_decay) if weight_decay else None,
-        trace(mu, dampening, impl=impl),
-        lr=lr,
-        schedule=schedule,
-        max_grad_norm=max_grad_norm,
-    )
+    if mu == 0:
+        # torch.optim.SGD(momentum=0) ignores dampening; keep the trace link (and its state)
+        return _recipe(
+            add_l2(weight_decay) if weight_decay else None,
+            trace(mu, dampening, impl="reference" if impl == "reference" else "foreach"),
+            lr=lr,
+            schedule=schedule,
+            max_grad_norm=max_grad_norm,
+        )
+    return _sgd_recipe(weight_decay, mu, dampening, False, lr, schedule, max_grad_norm, impl)
 
 
 def nesterov(
@@ -283,16 +344,10 @@ def nesterov(
         schedule, max_grad_norm, impl: see the module docstring.
     """
     owner = "nesterov"
-    lr = _common(owner, lr, schedule, max_grad_norm, impl)
+    lr = _common(owner, lr, schedule, max_grad_norm, impl, SGD_IMPLS)
     mu = _momentum(momentum, owner, allow_zero=False)
     weight_decay = _nonneg("weight_decay", weight_decay, owner)
-    return _recipe(
-        add_l2(weight_decay) if weight_decay else None,
-        trace(mu, 0.0, nesterov=True, impl=impl),
-        lr=lr,
-        schedule=schedule,
-        max_grad_norm=max_grad_norm,
-    )
+    return _sgd_recipe(weight_decay, mu, 0.0, True, lr, schedule, max_grad_norm, impl)
 
 
 def adagrad(
@@ -491,6 +546,523 @@ def nadam(
     )
 
 
+# --------------------------------------------------------------------------- modern optimizers
+
+
+def _head(max_grad_norm: float | None) -> list[Transform]:
+    return [clip_by_global_norm(max_grad_norm)] if max_grad_norm is not None else []
+
+
+def _int(name: str, value: Any, owner: str, low: int = 0) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ConfigError(
+            message(f"{owner}: {name}", f"must be an integer >= {low}", describe(value),
+                    f"pass e.g. {name}={max(low, 100)}")
+        )  # fmt: skip
+    return value
+
+
+def schedulefree_adamw(
+    lr: float = 2.5e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    mask: Mask | str = "default",
+    warmup_steps: int = 0,
+    r: float = 0.0,
+    weight_lr_power: float = 2.0,
+    *,
+    schedule: Schedule | None = None,
+    max_grad_norm: float | None = None,
+    impl: Impl = "auto",
+) -> Transform:
+    """Schedule-free AdamW (Defazio et al. 2024), as ``schedulefree.AdamWScheduleFree``.
+
+    No learning-rate schedule is needed: the parameters follow an interpolation ``y`` between
+    a running average ``x`` and a base AdamW-like iterate ``z``, and the average is what you
+    evaluate (see :func:`descend.transforms.scale_by_schedule_free` for the equations).
+
+    **Evaluate at the average.** While training the parameters hold ``y``; call
+    ``descend.transforms.swap_to_eval(state, params)`` before evaluating or saving weights and
+    ``swap_to_train(state, params)`` before the next step. ``descend.fit`` does it for you
+    (evaluation, best weights and checkpoints use the averaged point), and so do
+    ``as_torch_optimizer(...).eval()`` / ``.train()``. Models with BatchNorm should recompute its
+    running statistics at the averaged point (``torch.optim.swa_utils.update_bn``).
+
+    Args:
+        lr: η > 0 (the reference default 2.5e-3; typically 1–10× AdamW's).
+        betas: (β1 in (0, 1), β2 in [0, 1)).
+        eps: ε >= 0.
+        weight_decay: λ >= 0 (at ``y``, decoupled from the second moment).
+        mask: which parameters to decay (``"default"``: ndim >= 2; ``None``: all, as the
+            reference).
+        warmup_steps: linear warmup (the reference's way to warm up; >= 0).
+        r, weight_lr_power: weighting of the average (see the transform).
+        schedule, max_grad_norm, impl: see the module docstring (``impl``: foreach/reference).
+    """
+    owner = "schedulefree_adamw"
+    lr = _common(owner, lr, schedule, max_grad_norm, impl)
+    b1, b2 = _betas(betas, owner)
+    if b1 == 0:
+        _momentum(b1, owner, allow_zero=False)
+    warmup_steps = _int("warmup_steps", warmup_steps, owner)
+    core = scale_by_schedule_free(
+        lr,
+        b1=b1,
+        b2=b2,
+        eps=_nonneg("eps", eps, owner),
+        weight_decay=_nonneg("weight_decay", weight_decay, owner),
+        mask=mask,
+        warmup_steps=warmup_steps,
+        r=_nonneg("r", r, owner),
+        weight_lr_power=_nonneg("weight_lr_power", weight_lr_power, owner),
+        schedule=schedule,
+        impl=impl,
+    )
+    return chain(*_head(max_grad_norm), core)
+
+
+def schedulefree_sgd(
+    lr: float = 1.0,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    mask: Mask | str = "default",
+    warmup_steps: int = 0,
+    r: float = 0.0,
+    weight_lr_power: float = 2.0,
+    *,
+    schedule: Schedule | None = None,
+    max_grad_norm: float | None = None,
+    impl: Impl = "auto",
+) -> Transform:
+    """Schedule-free SGD (Defazio et al. 2024), as ``schedulefree.SGDScheduleFree``.
+
+    :func:`schedulefree_adamw` without the second moment: the direction is the gradient
+    (plus ``λ y``). Evaluate at the averaged point exactly as described there.
+
+    Args:
+        lr: η > 0 (the reference default 1.0 suits normalized networks; start lower otherwise).
+        momentum: β1 in (0, 1), the interpolation between the average and the base iterate.
+        weight_decay: λ >= 0 (coupled, at ``y``).
+        mask, warmup_steps, r, weight_lr_power: as :func:`schedulefree_adamw`.
+        schedule, max_grad_norm, impl: see the module docstring (``impl``: foreach/reference).
+    """
+    owner = "schedulefree_sgd"
+    lr = _common(owner, lr, schedule, max_grad_norm, impl)
+    mu = _momentum(momentum, owner, allow_zero=False)
+    core = scale_by_schedule_free(
+        lr,
+        b1=mu,
+        b2=None,
+        weight_decay=_nonneg("weight_decay", weight_decay, owner),
+        mask=mask,
+        warmup_steps=_int("warmup_steps", warmup_steps, owner),
+        r=_nonneg("r", r, owner),
+        weight_lr_power=_nonneg("weight_lr_power", weight_lr_power, owner),
+        schedule=schedule,
+        impl=impl,
+    )
+    return chain(*_head(max_grad_norm), core)
+
+
+def lion(
+    lr: float = 1e-4,
+    betas: tuple[float, float] = (0.9, 0.99),
+    weight_decay: float = 0.0,
+    mask: Mask | str = "default",
+    *,
+    schedule: Schedule | None = None,
+    max_grad_norm: float | None = None,
+    impl: Impl = "auto",
+) -> Transform:
+    """Lion (Chen et al. 2023), as ``lion_pytorch.Lion``::
+
+        θ ← θ − η · ( sign(β1 m + (1 − β1) g) + λ θ ),     m ← β2 m + (1 − β2) g
+
+    Every coordinate moves by ±η, so use a learning rate 3–10× smaller than AdamW's and a
+    weight decay 3–10× larger. One state buffer (half of Adam's memory).
+
+    Args:
+        lr: η > 0.
+        betas: (β1, β2), each in [0, 1).
+        weight_decay: λ >= 0, decoupled.
+        mask: which parameters to decay (``"default"``: ndim >= 2; ``None``: all, as the
+            reference).
+        schedule, max_grad_norm, impl: see the module docstring (``impl``: foreach/reference).
+    """
+    owner = "lion"
+    lr = _common(owner, lr, schedule, max_grad_norm, impl)
+    b1, b2 = _betas(betas, owner)
+    weight_decay = _nonneg("weight_decay", weight_decay, owner)
+    return _recipe(
+        scale_by_lion(b1, b2, impl=impl),
+        add_decayed_weights(weight_decay, mask) if weight_decay else None,
+        lr=lr,
+        schedule=schedule,
+        max_grad_norm=max_grad_norm,
+    )
+
+
+def prodigy(
+    lr: float = 1.0,
+    betas: tuple[float, float] = (0.9, 0.999),
+    beta3: float | None = None,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    decouple: bool = True,
+    mask: Mask | str = "default",
+    use_bias_correction: bool = False,
+    safeguard_warmup: bool = False,
+    d0: float = 1e-6,
+    d_coef: float = 1.0,
+    growth_rate: float = float("inf"),
+    *,
+    schedule: Schedule | None = None,
+    max_grad_norm: float | None = None,
+    impl: Impl = "auto",
+) -> Transform:
+    """Prodigy (Mishchenko & Defazio 2024), as ``prodigyopt.Prodigy``: Adam whose step size
+    ``d · lr`` is estimated on the fly, so ``lr`` stays at 1.0 (see
+    :func:`descend.transforms.scale_by_prodigy` for the update). One estimate ``d`` covers all
+    the parameters (as the reference's single estimate over its groups); it is in the state as
+    a tensor, and never synchronizes with the host.
+
+    Args:
+        lr: multiplier of the estimated step (1.0; lower it only if training is unstable).
+        betas: (β1, β2), each in [0, 1).
+        beta3: decay of the estimate's sums, in [0, 1) (default sqrt(β2)).
+        eps: ε > 0.
+        weight_decay: λ >= 0 (decoupled unless ``decouple=False``).
+        decouple: AdamW-style decay.
+        mask: which parameters to decay (``"default"``: ndim >= 2; ``None``: all, as the
+            reference).
+        use_bias_correction, safeguard_warmup, d0, d_coef, growth_rate: as the reference.
+        schedule, max_grad_norm, impl: see the module docstring (``impl``: foreach/reference).
+    """
+    owner = "prodigy"
+    lr = _common(owner, lr, schedule, max_grad_norm, impl)
+    b1, b2 = _betas(betas, owner)
+    core = scale_by_prodigy(
+        lr,
+        b1=b1,
+        b2=b2,
+        b3=beta3,
+        eps=eps,
+        weight_decay=_nonneg("weight_decay", weight_decay, owner),
+        decouple=decouple,
+        mask=mask,
+        use_bias_correction=use_bias_correction,
+        safeguard_warmup=safeguard_warmup,
+        d0=d0,
+        d_coef=d_coef,
+        growth_rate=growth_rate,
+        schedule=schedule,
+        impl=impl,
+    )
+    return chain(*_head(max_grad_norm), core)
+
+
+def lamb(
+    lr: float = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-6,
+    weight_decay: float = 0.0,
+    mask: Mask | str = "default",
+    trust_mask: Mask | str = None,
+    *,
+    schedule: Schedule | None = None,
+    max_grad_norm: float | None = None,
+    impl: Impl = "auto",
+) -> Transform:
+    """LAMB (You et al. 2020): AdamW's update rescaled per tensor by the trust ratio::
+
+        u = m̂ / (sqrt(v̂) + ε) + λ θ,     θ ← θ − η · (‖θ‖ / ‖u‖) · u
+
+    (the ratio is 1 where either norm is 0). The trust ratio is a transform of its own
+    (:func:`descend.transforms.scale_by_trust_ratio`) and works after any other scaler too.
+
+    Args:
+        lr: η > 0.
+        betas: (β1, β2), each in [0, 1).
+        eps: ε >= 0 (1e-6 as the paper).
+        weight_decay: λ >= 0, decoupled, inside the ratio.
+        mask: which parameters to decay (``"default"``: ndim >= 2).
+        trust_mask: which parameters get the trust ratio (``None``: all, as the paper).
+        schedule, max_grad_norm, impl: see the module docstring.
+    """
+    owner = "lamb"
+    lr = _common(owner, lr, schedule, max_grad_norm, impl)
+    b1, b2 = _betas(betas, owner)
+    eps = _nonneg("eps", eps, owner)
+    weight_decay = _nonneg("weight_decay", weight_decay, owner)
+    return _recipe(
+        scale_by_adam(b1, b2, eps, impl=impl),
+        add_decayed_weights(weight_decay, mask) if weight_decay else None,
+        scale_by_trust_ratio(mask=trust_mask),
+        lr=lr,
+        schedule=schedule,
+        max_grad_norm=max_grad_norm,
+    )
+
+
+def lars(
+    lr: float = 1.0,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    trust_coefficient: float = 1e-3,
+    eps: float = 0.0,
+    nesterov: bool = False,
+    mask: Mask | str = "default",
+    trust_mask: Mask | str = None,
+    *,
+    schedule: Schedule | None = None,
+    max_grad_norm: float | None = None,
+    impl: Impl = "auto",
+) -> Transform:
+    """LARS (You et al. 2017): momentum SGD with a layer-wise trust ratio, as optax's ``lars``::
+
+        u = g + λ θ,     u ← c · ‖θ‖ / (‖u‖ + ε) · u,     b ← μ b + u,     θ ← θ − η b
+
+    Each layer moves by about ``η c`` of its own norm per step, whatever its gradient scale;
+    meant for very large batches with a large ``η``.
+
+    Args:
+        lr: η > 0 (1.0 with c = 1e-3).
+        momentum: μ in [0, 1).
+        weight_decay: λ >= 0, inside the ratio.
+        trust_coefficient: c > 0.
+        eps: ε >= 0.
+        nesterov: Nesterov momentum.
+        mask: which parameters to decay (``"default"``: ndim >= 2).
+        trust_mask: which parameters get the ratio (``None``: all).
+        schedule, max_grad_norm, impl: see the module docstring (``impl``: foreach/reference).
+    """
+    owner = "lars"
+    lr = _common(owner, lr, schedule, max_grad_norm, impl)
+    mu = _momentum(momentum, owner)
+    weight_decay = _nonneg("weight_decay", weight_decay, owner)
+    trust_coefficient = check_positive("trust_coefficient", trust_coefficient, owner=owner)
+    eps = _nonneg("eps", eps, owner)
+    nesterov = check_bool("nesterov", nesterov, owner=owner)
+    if nesterov and not mu:
+        _momentum(mu, owner, allow_zero=False)
+    return _recipe(
+        add_decayed_weights(weight_decay, mask) if weight_decay else None,
+        scale_by_trust_ratio(trust_coefficient, eps, mask=trust_mask),
+        trace(mu, nesterov=nesterov, impl=impl) if mu else None,
+        lr=lr,
+        schedule=schedule,
+        max_grad_norm=max_grad_norm,
+    )
+
+
+# --------------------------------------------------------------------------- Muon
+
+# module names (the part of a parameter name before ".weight") that mark an embedding or an
+# output layer; matched as whole "_"-separated words, so "attention.output.dense" stays hidden
+_EMBED_WORDS = ("embed", "embeds", "embedding", "embeddings", "wte", "wpe", "emb")
+_HEAD_WORDS = ("head", "classifier", "logits", "readout", "lm_head", "output", "out")
+MuonLabel = str
+
+
+def _name_label(name: str) -> str | None:
+    parts = name.lower().split(".")
+    module = parts[-2] if len(parts) >= 2 else parts[0]
+    words = set(module.replace("-", "_").split("_"))
+    if module in _EMBED_WORDS or words & {"embed", "embedding", "embeddings", "embeds"}:
+        return "embedding"
+    if module in _HEAD_WORDS or words & {"head", "classifier", "logits"}:
+        return "head"
+    return None
+
+
+def muon_partition(
+    model_or_params: torch.nn.Module | Params | Iterable[tuple[str, torch.Tensor]],
+) -> dict[str, str]:
+    """Which parameters :func:`muon` orthogonalizes (``"muon"``) and which go to AdamW.
+
+    Muon is for hidden weight matrices only. A parameter goes to ``"adamw"`` when it is
+
+    - a bias, gain or any tensor with ``ndim < 2``;
+    - an embedding: the weight of an ``nn.Embedding``/``nn.EmbeddingBag`` module, or a name whose
+      module part is an embedding word (``embed``, ``wte``, ``wpe``, ``*_embeddings`` ...);
+    - the output layer: the last ``nn.Linear`` in the module's registration order (given a
+      module), the last parameter with ``ndim >= 2`` (given a dict: its order is the module's),
+      or a name whose module part is ``head``, ``lm_head``, ``classifier``, ``output``, ``out``,
+      ``logits`` ...
+
+    Every other tensor with ``ndim >= 2`` (convolution kernels too, as matrices
+    ``(out, in · k · k)``) goes to ``"muon"``. Pass the result (edited if you like) as
+    ``muon(partition=...)``; by default :func:`muon` applies these rules to the names and
+    shapes it sees at ``init``, so a module's Embedding/Linear types are seen only if you pass
+    ``partition=muon_partition(model)`` or ``partition=model``.
+
+    Example:
+        >>> import torch
+        >>> from descend import optim
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(),
+        ...                             torch.nn.Linear(8, 8), torch.nn.Linear(8, 2))
+        >>> optim.muon_partition(model)
+        {'0.weight': 'muon', '0.bias': 'adamw', '2.weight': 'muon', '2.bias': 'adamw', '3.weight': 'adamw', '3.bias': 'adamw'}
+    """
+    params = named_params(model_or_params)
+    special: set[int] = set()
+    if isinstance(model_or_params, torch.nn.Module):
+        last_linear = None
+        for module in model_or_params.modules():
+            if isinstance(module, (torch.nn.Embedding, torch.nn.EmbeddingBag)):
+                special.add(id(module.weight))
+            elif isinstance(module, torch.nn.Linear):
+                last_linear = module
+        if last_linear is not None:
+            special.add(id(last_linear.weight))
+    else:
+        matrices = [n for n, p in params.items() if isinstance(p, torch.Tensor) and p.ndim >= 2]
+        if matrices:
+            special.add(id(params[matrices[-1]]))
+    out = {}
+    for n, p in params.items():
+        hidden = p.ndim >= 2 and id(p) not in special and _name_label(n) is None
+        out[n] = "muon" if hidden else "adamw"
+    return out
+
+
+def _muon_labels(spec: Any, owner: str) -> dict[str, str] | Callable[[str, torch.Tensor], str]:
+    """``muon(partition=...)`` (not None) as a dict or a callable for the partition transform."""
+    if isinstance(spec, torch.nn.Module):
+        return muon_partition(spec)
+    if isinstance(spec, Mapping):
+        bad = [(k, v) for k, v in spec.items() if v not in ("muon", "adamw")]
+        if bad:
+            raise ConfigError(
+                message(
+                    f"{owner}: partition[{bad[0][0]!r}]",
+                    "must be 'muon' or 'adamw'",
+                    describe(bad[0][1]),
+                    "start from descend.optim.muon_partition(model) and edit it",
+                )
+            )
+        return dict(spec)
+    if callable(spec):
+        return spec
+    raise ConfigError(
+        message(
+            f"{owner}: partition",
+            "must be None (automatic), a model, a dict {name: 'muon'|'adamw'} or a callable "
+            "(name, tensor) -> 'muon'|'adamw'",
+            describe(spec),
+            "pass partition=descend.optim.muon_partition(model)",
+        )
+    )
+
+
+def muon(
+    lr: float = 1e-3,
+    momentum: float = 0.95,
+    nesterov: bool = True,
+    ns_steps: int = 5,
+    weight_decay: float = 0.01,
+    adjust_lr: str = "match_rms_adamw",
+    adamw_lr: float | None = None,
+    adamw_betas: tuple[float, float] = (0.9, 0.999),
+    adamw_eps: float = 1e-8,
+    adamw_weight_decay: float | None = None,
+    partition: Any = None,
+    *,
+    ns_dtype: torch.dtype | str = "auto",
+    schedule: Schedule | None = None,
+    max_grad_norm: float | None = None,
+    impl: Impl = "auto",
+) -> Transform:
+    """Muon (Jordan et al. 2024) for hidden weight matrices, AdamW for everything else.
+
+    For a hidden matrix ``W`` of shape ``(A, B)``, as ``torch.optim.Muon``::
+
+        b ← μ b + (1 − μ) g,     m = (1 − μ) g + μ b  (nesterov)  or  b
+        W ← W − η · (s(A, B) · NS(m) + λ W)
+
+    with NS five Newton–Schulz steps that orthogonalize ``m`` (batched over matrices of the same
+    shape; bfloat16 on GPUs). **Learning-rate convention**: by default ``s = 0.2 · sqrt(max(A,
+    B))`` (``adjust_lr="match_rms_adamw"``, Liu et al. 2025), which gives the update the RMS of
+    a typical AdamW update, so ``lr`` and ``weight_decay`` are AdamW's and one learning rate
+    drives both parts (``adamw_lr`` defaults to ``lr``). ``adjust_lr="original"`` is Keller
+    Jordan's ``sqrt(max(1, A/B))`` with learning rates around 0.02 (then set ``adamw_lr``, e.g.
+    3e-4).
+
+    The parameters are split by :func:`muon_partition` (biases, gains, embeddings and the output
+    layer go to AdamW); see the split with ``optim.muon_partition(model)``, or pass your own as
+    ``partition``. The state is ``(partition state {"muon": ..., "adamw": ...}, lr_state)``:
+    there is one learning-rate dict (``find_lr_state``), and a schedule or the divergence
+    guard's scale moves both parts together.
+
+    Args:
+        lr: η > 0, the learning rate of the Muon part (and of the AdamW part unless
+            ``adamw_lr`` is set).
+        momentum: μ in [0, 1).
+        nesterov: Nesterov momentum.
+        ns_steps: Newton–Schulz iterations (1–99).
+        weight_decay: λ >= 0, decoupled, on the Muon matrices.
+        adjust_lr: ``"match_rms_adamw"``, ``"original"`` or ``"none"``.
+        adamw_lr: the AdamW part's learning rate (default: ``lr``).
+        adamw_betas, adamw_eps: the AdamW part's β1, β2 and ε.
+        adamw_weight_decay: the AdamW part's decay (default: ``weight_decay``), on its
+            parameters with ndim >= 2 (embeddings, the output layer), never biases and gains.
+        partition: ``None`` (the rules of :func:`muon_partition` on the names and shapes seen at
+            ``init``), a model (its module types are used too), a dict ``{name: "muon" |
+            "adamw"}`` or a callable ``(name, tensor) -> "muon" | "adamw"``.
+        ns_dtype: the Newton–Schulz dtype, ``"auto"``: bfloat16 on GPUs, the parameters' on CPU.
+        schedule, max_grad_norm, impl: see the module docstring (``impl``: foreach, the batched
+            Newton–Schulz, or reference, one matrix at a time).
+
+    Example:
+        >>> import torch
+        >>> from descend import optim
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(),
+        ...                             torch.nn.Linear(16, 16), torch.nn.ReLU(),
+        ...                             torch.nn.Linear(16, 1))
+        >>> opt = optim.as_torch_optimizer(optim.muon(lr=1e-3, partition=model), model)
+    """
+    owner = "muon"
+    lr = _common(owner, lr, schedule, max_grad_norm, impl)
+    mu = _momentum(momentum, owner)
+    weight_decay = _nonneg("weight_decay", weight_decay, owner)
+    adamw_lr = lr if adamw_lr is None else check_positive("adamw_lr", adamw_lr, owner=owner)
+    b1, b2 = _betas(adamw_betas, owner)
+    adamw_eps = _nonneg("adamw_eps", adamw_eps, owner)
+    adamw_wd = (
+        weight_decay
+        if adamw_weight_decay is None
+        else _nonneg("adamw_weight_decay", adamw_weight_decay, owner)
+    )
+    labels = None if partition is None else _muon_labels(partition, owner)
+    muon_part = chain(
+        scale_by_muon(mu, nesterov, ns_steps, adjust_lr, ns_dtype=ns_dtype, impl=impl),  # type: ignore[arg-type]
+        *([add_decayed_weights(weight_decay, None)] if weight_decay else []),
+    )
+    adamw_part = chain(
+        scale_by_adam(b1, b2, adamw_eps, impl=impl),
+        *([add_decayed_weights(adamw_wd, "default")] if adamw_wd else []),
+        *([scale(adamw_lr / lr)] if adamw_lr != lr else []),
+    )
+    parts = {"muon": muon_part, "adamw": adamw_part}
+    if labels is not None:
+        split = partition_transform(parts, labels)
+    else:
+        # the automatic rules need the whole parameter dict (the last matrix is the output
+        # layer), so they run at init and the partition transform reads the table
+        auto: dict[str, str] = {}
+        split = partition_transform(parts, lambda name, tensor: auto[name])
+        split_init = split.init
+
+        def init(params: Params) -> Any:
+            auto.clear()
+            auto.update(muon_partition(params))
+            return split_init(params)
+
+        split = Transform(init, split.update)
+    return _recipe(split, lr=lr, schedule=schedule, max_grad_norm=max_grad_norm)
+
+
 REGISTRY: dict[str, Callable[..., Transform]] = {
     "sgd": sgd,
     "momentum": momentum,
@@ -501,6 +1073,29 @@ REGISTRY: dict[str, Callable[..., Transform]] = {
     "adamw": adamw,
     "nadam": nadam,
 }
+
+MODERN_REGISTRY: dict[str, Callable[..., Transform]] = {
+    "schedulefree_adamw": schedulefree_adamw,
+    "schedulefree_sgd": schedulefree_sgd,
+    "muon": muon,
+    "lion": lion,
+    "prodigy": prodigy,
+    "lamb": lamb,
+    "lars": lars,
+}
+
+
+_ALIASES = {
+    "schedulefree": "schedulefree_adamw",
+    "schedule_free": "schedulefree_adamw",
+    "schedule_free_adamw": "schedulefree_adamw",
+    "schedule_free_sgd": "schedulefree_sgd",
+}
+
+
+def names() -> list[str]:
+    """Every optimizer name :func:`get` accepts (``REGISTRY`` and ``MODERN_REGISTRY``)."""
+    return [*REGISTRY, *MODERN_REGISTRY]
 
 
 def get(spec: str | Transform, **kwargs: Any) -> Transform:
@@ -530,9 +1125,10 @@ def get(spec: str | Transform, **kwargs: Any) -> Transform:
                 f"use one of {sorted(REGISTRY)}",
             )
         )
-    name = spec.strip().lower()
-    check_choice("optimizer", name, sorted(REGISTRY), owner="optim.get")
-    factory = REGISTRY[name]
+    name = spec.strip().lower().replace("-", "_")
+    name = _ALIASES.get(name, name)
+    check_choice("optimizer", name, sorted(names()), owner="optim.get")
+    factory = REGISTRY.get(name) or MODERN_REGISTRY[name]
     sig = inspect.signature(factory)
     unknown = [k for k in kwargs if k not in sig.parameters]
     if unknown:
@@ -624,11 +1220,17 @@ class TorchOptimizer(torch.optim.Optimizer):
     ``group lr / base lr``, on top of the transform's own schedule. The transform's state is
     ``self.tx_state``; ``state_dict()`` holds it keyed by parameter NAME, with tensors and
     plain Python values only.
+
+    Schedule-free optimizers: call ``opt.eval()`` before evaluating or saving the weights (the
+    parameters become the averaged point) and ``opt.train()`` before training again, next to
+    ``model.eval()``/``model.train()``. ``step()`` in eval mode raises; for every other
+    optimizer both calls are harmless no-ops. (``descend.fit`` does all this by itself.)
     """
 
-    def __init__(self, tx: Transform, params: Params):
+    def __init__(self, tx: Transform, params: Params, *, fused_step: bool = False):
         self.tx = tx
         self.named: Params = params
+        self.fused_step = fused_step
         self.tx_state = tx.init(params)
         self._lr_state = find_lr_state(self.tx_state)
         self.base_lr = float(self._lr_state["lr"]) if self._lr_state is not None else 1.0
@@ -676,9 +1278,21 @@ class TorchOptimizer(torch.optim.Optimizer):
         grads = {n: p.grad for n, p in self.named.items() if p.grad is not None}
         if grads:
             with torch.no_grad():
-                updates, self.tx_state = self.tx.update(grads, self.tx_state, self.named)
-                apply_updates(self.named, updates)
+                if self.fused_step:
+                    self.tx_state = update_and_apply(self.tx, grads, self.tx_state, self.named)
+                else:
+                    updates, self.tx_state = self.tx.update(grads, self.tx_state, self.named)
+                    apply_updates(self.named, updates)
         return loss
+
+    def train(self) -> bool:
+        """Parameters to the training point (schedule-free); ``True`` if anything moved."""
+        return swap_to_train(self.tx_state, self.named)
+
+    def eval(self) -> bool:
+        """Parameters to the averaged point for evaluation/saving (schedule-free); ``True`` if
+        anything moved. Idempotent; a no-op for optimizers without an averaged point."""
+        return swap_to_eval(self.tx_state, self.named)
 
     def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
         """``{"state": <tx state>, "param_groups": [{"lr", "params": [names]}], "synced_lr"}``.
@@ -737,8 +1351,17 @@ class TorchOptimizer(torch.optim.Optimizer):
 def as_torch_optimizer(
     tx: Transform | str,
     model_or_named_params: torch.nn.Module | Params | Iterable[tuple[str, torch.Tensor]],
+    *,
+    fused_step: bool = False,
 ) -> TorchOptimizer:
     """Wrap a descend optimizer as a ``torch.optim.Optimizer`` for hand-written torch loops.
+
+    ``step()`` computes ``tx.update`` and applies it, bit for bit what driving the transform by
+    hand gives. With ``fused_step=True`` it uses :func:`descend.transforms.update_and_apply`
+    instead: for adam/adamw and sgd/momentum/nesterov one fused kernel call that writes the
+    parameters (the speed of ``torch.optim.AdamW(fused=True)``), equal to the plain step up
+    to rounding. Schedule-free optimizers need ``opt.train()``/``opt.eval()`` (see
+    :class:`TorchOptimizer`).
 
     Example:
         >>> import torch
@@ -764,4 +1387,5 @@ def as_torch_optimizer(
                 "pass model or dict(model.named_parameters())",
             )
         )
-    return TorchOptimizer(tx, params)
+    check_bool("fused_step", fused_step, owner="as_torch_optimizer")
+    return TorchOptimizer(tx, params, fused_step=fused_step)

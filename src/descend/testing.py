@@ -17,7 +17,15 @@ from typing import Any
 
 import torch
 
-from descend.transforms import Params, Transform, apply_updates
+from descend.transforms import (
+    Params,
+    Transform,
+    apply_updates,
+    averaged_point_states,
+    swap_to_eval,
+    swap_to_train,
+    update_and_apply,
+)
 
 __all__ = ["check_state_tree", "check_transform", "quadratic_params"]
 
@@ -75,6 +83,12 @@ def _quadratic(params: Params, seed: int) -> tuple[Any, Any]:
 def check_transform(tx: Transform, params: Params | None = None, *, steps: int = 100) -> None:
     """Check the public contract of a transform; raise ``AssertionError`` naming what broke.
 
+    Beyond the basics (no mutation of the inputs, checkpointable state, updates shaped like the
+    parameters, a convex quadratic lowered) it checks the optional paths: a fused
+    ``update.apply`` must step the parameters as ``update`` + ``apply_updates`` does (to
+    1e-9 relative in float64), and a state with an averaged point (schedule-free) must swap to
+    eval and back idempotently.
+
     Args:
         tx: the transform (e.g. a named optimizer) to check.
         params: parameters to use (cloned, never modified); default :func:`quadratic_params`.
@@ -124,3 +138,44 @@ def check_transform(tx: Transform, params: Params | None = None, *, steps: int =
             f"{start:.4g} -> {end:.4g}"
         )
     check_state_tree(state)
+    if getattr(tx.update, "apply", None) is not None:
+        _check_fused_apply(tx, base, grad)
+    if any(True for _ in averaged_point_states(state)):
+        _check_swap(state, params)
+
+
+def _check_fused_apply(tx: Transform, base: Params, grad: Any, steps: int = 5) -> None:
+    """``update.apply`` (via update_and_apply) must equal update + apply_updates."""
+    plain = {n: p.detach().clone() for n, p in base.items()}
+    fused = {n: p.detach().clone() for n, p in base.items()}
+    s_plain, s_fused = tx.init(plain), tx.init(fused)
+    for _ in range(steps):
+        updates, s_plain = tx.update(grad(plain), s_plain, plain)
+        apply_updates(plain, updates)
+        s_fused = update_and_apply(tx, grad(fused), s_fused, fused)
+    check_state_tree(s_fused)
+    for name in plain:
+        a, b = plain[name], fused[name]
+        tol = 1e-9 if a.dtype == torch.float64 else 1e-5
+        if not torch.allclose(a, b, rtol=tol, atol=tol):
+            diff = (a - b).abs().max().item()
+            raise AssertionError(
+                f"the fused update.apply path moved {name!r} differently from update + "
+                f"apply_updates (max difference {diff:.3g} after {steps} steps)"
+            )
+
+
+def _check_swap(state: Any, params: Params) -> None:
+    """swap_to_eval/swap_to_train: idempotent, and eval → train restores the training point."""
+    before = {n: p.detach().clone() for n, p in params.items()}
+    if not swap_to_eval(state, params):
+        raise AssertionError("swap_to_eval did not swap a state that has an averaged point")
+    if swap_to_eval(state, params):
+        raise AssertionError("swap_to_eval swapped twice (it must be idempotent)")
+    check_state_tree(state)
+    if not swap_to_train(state, params) or swap_to_train(state, params):
+        raise AssertionError("swap_to_train must swap once, then be a no-op")
+    for name, p in params.items():
+        tol = 1e-9 if p.dtype == torch.float64 else 1e-4
+        if not torch.allclose(p, before[name], rtol=tol, atol=tol):
+            raise AssertionError(f"swap_to_eval then swap_to_train did not restore {name!r}")

@@ -25,6 +25,14 @@ chain during this very call and are referenced nowhere else, so the transform ma
 them; ``fresh=True`` makes the same promise about the returned tensors. :func:`chain` threads
 the flag through; the first link always gets ``owned=False`` (the caller's gradients), and a
 transform without ``inplace`` resets it. Build such transforms with :func:`inplace_transform`.
+
+**Fused apply protocol (optional).** A fused recipe (AdamW, momentum SGD) may also carry
+``update.apply(grads, state, params) -> state``: the update *and* :func:`apply_updates` in one
+pass over memory (torch's fused kernels writing the parameters directly). It must leave the
+parameters and the state exactly as ``update`` followed by ``apply_updates`` would, up to
+rounding (``descend.testing.check_transform`` checks it). Call it through
+:func:`update_and_apply`, which falls back to those two calls for every other transform; with
+:func:`apply_updates` it is the only place descend changes parameters.
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ __all__ = [
     "identity",
     "inplace_transform",
     "named_params",
+    "update_and_apply",
 ]
 
 InplaceUpdate = Callable[[Updates, State, "Params | None", bool], tuple[Updates, State, bool]]
@@ -62,12 +71,17 @@ class Transform(NamedTuple):
     update: Callable[[Updates, State, Params | None], tuple[Updates, State]]
 
 
-def inplace_transform(init: Callable[[Params], State], update_inplace: InplaceUpdate) -> Transform:
+def inplace_transform(
+    init: Callable[[Params], State],
+    update_inplace: InplaceUpdate,
+    apply: Callable[[Updates, State, Params], State] | None = None,
+) -> Transform:
     """A :class:`Transform` from an ``init`` and an in-place-aware update (see the module doc).
 
     The public ``update(grads, state, params)`` calls ``update_inplace(..., owned=False)`` under
     ``torch.no_grad()``, so it never touches the caller's tensors; :func:`chain` calls the
     ``inplace`` variant directly to let later links reuse the buffers earlier links allocated.
+    ``apply``, if given, is the fused update-and-apply path (see :func:`update_and_apply`).
     """
 
     @torch.no_grad()
@@ -80,6 +94,8 @@ def inplace_transform(init: Callable[[Params], State], update_inplace: InplaceUp
         return updates, state
 
     update.inplace = inplace  # type: ignore[attr-defined]
+    if apply is not None:
+        update.apply = torch.no_grad()(apply)  # type: ignore[attr-defined]
     return Transform(init, update)
 
 
@@ -155,6 +171,35 @@ def apply_updates(params: Params, updates: Updates) -> None:
     else:
         for p, u in zip(ps, us):
             p.add_(u.to(p.dtype))
+
+
+def update_and_apply(tx: Transform, grads: Updates, state: State, params: Params) -> State:
+    """One optimizer step: ``tx.update`` then :func:`apply_updates`, fused where ``tx`` can.
+
+    Returns the new state; ``params`` change in place. For transforms with a fused apply path
+    (``adam``/``adamw`` and ``sgd``/``momentum``/``nesterov`` with ``impl="auto"``/``"fused"``)
+    this is one call of torch's fused kernel on the parameters, the same pass over memory as
+    ``torch.optim.AdamW(fused=True).step()``; for every other transform it is exactly::
+
+        updates, state = tx.update(grads, state, params)
+        apply_updates(params, updates)
+
+    Example:
+        >>> import torch
+        >>> from descend import optim
+        >>> from descend.transforms import update_and_apply
+        >>> params = {"x": torch.tensor([3.0])}
+        >>> tx = optim.sgd(lr=0.1)
+        >>> state = update_and_apply(tx, {"x": torch.tensor([2.0])}, tx.init(params), params)
+        >>> params["x"]
+        tensor([2.8000])
+    """
+    fused = getattr(tx.update, "apply", None)
+    if fused is not None:
+        return fused(grads, state, params)
+    updates, state = tx.update(grads, state, params)
+    apply_updates(params, updates)
+    return state
 
 
 def named_params(source: torch.nn.Module | Params | Iterable[tuple[str, torch.Tensor]]) -> Params:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -28,6 +28,7 @@ __all__ = [
     "clip_by_global_norm",
     "find_lr_state",
     "masked",
+    "partition",
     "scale",
     "scale_by_learning_rate",
     "scale_by_schedule",
@@ -289,5 +290,112 @@ def masked(inner: Transform, mask: Mask) -> Transform:
         out = dict(grads)
         out.update(sub_u)
         return out, state, fresh and (owned or len(chosen) == len(names))
+
+    return inplace_transform(init, update)
+
+
+def partition(
+    transforms: Mapping[str, Transform],
+    labels: Mapping[str, str] | Callable[[str, torch.Tensor], str],
+) -> Transform:
+    """Send each parameter to one of several transforms, chosen by a label per parameter.
+
+    ``transforms`` maps a label (e.g. ``"muon"``, ``"adamw"``) to a Transform; ``labels`` is a
+    dict ``{parameter name: label}`` covering every parameter, or a callable
+    ``(name, tensor) -> label``. The state is ``{label: that transform's state over its
+    parameters}``; a label with no parameters keeps an empty state. Labels are decided at
+    ``init`` (a parameter's name and shape never change).
+
+    Example:
+        >>> import torch
+        >>> from descend.transforms import partition, scale
+        >>> tx = partition({"a": scale(1.0), "b": scale(-1.0)}, lambda n, p: "a" if p.ndim else "b")
+        >>> params = {"w": torch.zeros(2), "s": torch.zeros(())}
+        >>> up, _ = tx.update({"w": torch.ones(2), "s": torch.ones(())}, tx.init(params), params)
+        >>> up["w"], up["s"]
+        (tensor([1., 1.]), tensor(-1.))
+    """
+    from descend._errors import ConfigError, describe, message
+
+    owner = "partition"
+    if not isinstance(transforms, Mapping) or not transforms:
+        raise ConfigError(
+            message(
+                f"{owner}: transforms",
+                "must be a non-empty dict {label: Transform}",
+                describe(transforms),
+                "e.g. partition({'muon': scale_by_muon(), 'adamw': scale_by_adam()}, labels)",
+            )
+        )
+    for label, t in transforms.items():
+        if not isinstance(label, str) or not isinstance(t, Transform):
+            raise ConfigError(
+                message(
+                    f"{owner}: transforms[{label!r}]",
+                    "must be a descend Transform under a str label",
+                    describe(t),
+                    None,
+                )
+            )
+    if not (isinstance(labels, Mapping) or callable(labels)):
+        raise ConfigError(
+            message(
+                f"{owner}: labels",
+                "must be a dict {parameter name: label} or a callable (name, tensor) -> label",
+                describe(labels),
+                None,
+            )
+        )
+    names = list(transforms)
+    inner = {k: (t, getattr(t.update, "inplace", None)) for k, t in transforms.items()}
+    table: dict[str, str] = {}
+
+    def label_of(name: str, tensor: torch.Tensor) -> str:
+        hit = table.get(name)
+        if hit is None:
+            hit = labels.get(name) if isinstance(labels, Mapping) else labels(name, tensor)
+            if hit not in transforms:
+                raise ConfigError(
+                    message(
+                        f"{owner}: the label of {name!r}",
+                        f"must be one of {names}",
+                        describe(hit),
+                        "label every parameter with one of the transforms' keys",
+                    )
+                )
+            table[name] = hit
+        return hit
+
+    def init(params: Params) -> State:
+        table.clear()
+        if isinstance(labels, Mapping):
+            check_mask_names(labels, params, owner=owner)
+        return {
+            k: transforms[k].init({n: p for n, p in params.items() if label_of(n, p) == k})
+            for k in names
+        }
+
+    def update(grads: Updates, state: State, params: Params | None, owned: bool):
+        ref = params if params is not None else grads
+        chosen: dict[str, list[str]] = {k: [] for k in names}
+        for n in present(grads):
+            chosen[label_of(n, ref[n])].append(n)
+        out = dict(grads)
+        fresh = True
+        new_state = state  # in place: links keep their state dicts' identity
+        for k in names:
+            if not chosen[k]:
+                continue
+            t, inplace = inner[k]
+            sub_g = {n: grads[n] for n in chosen[k]}
+            sub_p = None if params is None else {n: params[n] for n in chosen[k]}
+            if inplace is None:
+                sub_u, new_state[k] = t.update(sub_g, state[k], sub_p)
+                fresh = False
+            else:
+                sub_u, new_state[k], f = inplace(sub_g, state[k], sub_p, owned)
+                fresh = fresh and f
+            out.update(sub_u)
+        return out, new_state, fresh
 
     return inplace_transform(init, update)

@@ -1,11 +1,19 @@
-"""A fused fast path for the Adam family's tail: Adam → decoupled decay → learning rate.
+"""Fused fast paths for the Adam family and momentum SGD.
 
 ``chain(*head, scale_by_adam(), [add_decayed_weights(λ)], scale_by_learning_rate(η))`` costs a
-pass over memory per link. :func:`fused_adam_chain` returns a Transform with exactly that
-chain's state tree (a checkpoint loads into either) whose update computes the tail in one call
-of torch's fused Adam kernel: the update buffer starts as ``−η λ θ`` (decayed parameters) or
-zeros, and the kernel subtracts ``η · m̂ / (√v̂ + ε)`` from it. Where the kernel is unavailable
-it runs the chain itself (the ``_foreach_*`` path).
+pass over memory per link, and :func:`~descend.transforms.apply_updates` one more.
+:func:`fused_adam_chain` returns a Transform with exactly that chain's state tree (a checkpoint
+loads into either) and two fused paths:
+
+- ``update``: one call of torch's fused Adam kernel on an update buffer that starts as
+  ``−η λ θ`` (decayed parameters) or zeros; the kernel subtracts ``η · m̂ / (√v̂ + ε)``;
+- ``update.apply`` (used by :func:`~descend.transforms.update_and_apply`): the kernel runs on
+  the parameters themselves, ``θ ← θ (1 − η λ) − η m̂ / (√v̂ + ε)``: the same single pass as
+  ``torch.optim.AdamW(fused=True).step()``.
+
+:func:`fused_sgd_chain` does the same for ``chain(*head, [add_l2(λ)], [trace(μ, ...)],
+scale_by_learning_rate(η))`` with torch's fused SGD kernel. Where a kernel is unavailable both
+paths run the chain itself (the ``_foreach_*`` path).
 """
 
 from __future__ import annotations
@@ -16,17 +24,27 @@ from typing import Any
 import torch
 
 from descend.transforms._adaptive import scale_by_adam
-from descend.transforms._base import Params, State, Transform, Updates, chain, inplace_transform
+from descend.transforms._base import (
+    Params,
+    State,
+    Transform,
+    Updates,
+    apply_updates,
+    chain,
+    inplace_transform,
+)
 from descend.transforms._basic import (
     add_decayed_weights,
+    add_l2,
     commit_lr,
     next_lr,
     scale_by_learning_rate,
 )
-from descend.transforms._kernels import AdamKernel
+from descend.transforms._kernels import AdamKernel, SGDKernel
+from descend.transforms._momentum import trace
 from descend.transforms._util import MaskCache, groups, mask_fn, need_params, present
 
-__all__ = ["fused_adam_chain"]
+__all__ = ["fused_adam_chain", "fused_sgd_chain"]
 
 
 def _inplace(t: Transform):
@@ -39,6 +57,22 @@ def _inplace(t: Transform):
         return grads, state, False
 
     return fallback
+
+
+def _param_groups(
+    grads: Updates, params: Params, supports: Callable[[torch.Tensor], bool]
+) -> list[list[str]] | None:
+    """Names grouped by the parameters' (device, dtype), or None if the kernel cannot write the
+    parameters directly (no kernel here, or a gradient of another dtype/device)."""
+    names = present(grads)
+    for n in names:
+        p, g = params[n], grads[n]
+        if p.dtype != g.dtype or p.device != g.device or p.shape != g.shape:
+            return None
+    grps = groups(names, params)
+    if not all(supports(params[grp[0]]) for grp in grps):
+        return None
+    return grps
 
 
 def fused_adam_chain(
@@ -72,15 +106,31 @@ def fused_adam_chain(
             decide.reset()
         return reference.init(params)
 
+    def run_head(grads: Updates, state: list, params: Params | None):
+        owned = False
+        for i in range(n_head):
+            grads, state[i], owned = steps[i](grads, state[i], params, owned)
+        return grads, owned
+
+    def run_tail(grads: Updates, state: list, params: Params | None, owned: bool):
+        for i in range(n_head, len(links)):
+            grads, state[i], owned = steps[i](grads, state[i], params, owned)
+        return grads, tuple(state), owned
+
+    def moments(adam: State, grp: list[str]):
+        return (
+            [adam["exp_avg"][n] for n in grp],
+            [adam["exp_avg_sq"][n] for n in grp],
+            [adam["max_exp_avg_sq"][n] for n in grp] if amsgrad else [],
+        )
+
     def update(grads: Updates, state: State, params: Params | None, owned: bool):
         state = list(state)
         for i in range(n_head):
             grads, state[i], owned = steps[i](grads, state[i], params, owned)
         grps = groups(present(grads), grads)
         if not all(kernel.supports(grads[grp[0]]) for grp in grps):
-            for i in range(n_head, len(links)):
-                grads, state[i], owned = steps[i](grads, state[i], params, owned)
-            return grads, tuple(state), owned
+            return run_tail(grads, state, params, owned)
         if decide is not None:
             need_params(params, "add_decayed_weights")
         adam, lr_state = state[i_adam], state[i_lr]
@@ -103,17 +153,114 @@ def fused_adam_chain(
                     for n in rest
                 )
             # ... and the kernel subtracts η · m̂ / (√v̂ + ε) from it
-            kernel(
-                [out[n] for n in grp],
-                [grads[n] for n in grp],
-                [adam["exp_avg"][n] for n in grp],
-                [adam["exp_avg_sq"][n] for n in grp],
-                [adam["max_exp_avg_sq"][n] for n in grp] if amsgrad else [],
-                t,
-                lr=lr_t,
-            )
+            kernel([out[n] for n in grp], [grads[n] for n in grp], *moments(adam, grp), t, lr_t)
         adam["count"] = t
         commit_lr(lr_state, lr_t)
         return out, tuple(state), True
 
-    return inplace_transform(init, update)
+    def apply(grads: Updates, state: State, params: Params) -> State:
+        state = list(state)
+        grads, owned = run_head(grads, state, params)
+        grps = _param_groups(grads, params, kernel.supports)
+        if grps is None:
+            updates, state, _ = run_tail(grads, state, params, owned)
+            apply_updates(params, updates)
+            return state
+        adam, lr_state = state[i_adam], state[i_lr]
+        lr_t = next_lr(lr_state, lr, schedule)
+        t = adam["count"] + 1
+        for grp in grps:
+            if decide is None:
+                split = [(grp, 0.0)]
+            else:
+                decayed = [n for n in grp if decide(n, params[n])]
+                kept = [n for n in grp if not decide(n, params[n])]
+                split = [(decayed, weight_decay), (kept, 0.0)]
+            for names, wd in split:
+                if names:
+                    ps = [params[n] for n in names]
+                    gs = [grads[n] for n in names]
+                    kernel(ps, gs, *moments(adam, names), t, lr_t, wd)
+        adam["count"] = t
+        commit_lr(lr_state, lr_t)
+        return tuple(state)
+
+    return inplace_transform(init, update, apply)
+
+
+def fused_sgd_chain(
+    head: Sequence[Transform],
+    *,
+    weight_decay: float,
+    momentum: float,
+    dampening: float,
+    nesterov: bool,
+    lr: float,
+    schedule: Callable[[int], float] | None,
+) -> Transform:
+    """``chain(*head, [add_l2(weight_decay)], [trace(momentum, dampening, nesterov)],
+    scale_by_learning_rate(lr, schedule))`` with the tail in torch's fused SGD kernel.
+
+    ``momentum=0`` means plain SGD (no trace link, no buffers).
+    """
+    l2 = [add_l2(weight_decay)] if weight_decay else []
+    mom = [trace(momentum, dampening, nesterov, impl="foreach")] if momentum else []
+    links = [*head, *l2, *mom, scale_by_learning_rate(lr, schedule)]
+    reference = chain(*links)
+    steps = [_inplace(t) for t in links]
+    n_head = len(head)
+    i_trace = n_head + len(l2) if momentum else None
+    i_lr = len(links) - 1
+    kernel = SGDKernel(momentum, dampening, nesterov)
+
+    def buffers(state: list, names: list[str]) -> tuple[list[torch.Tensor], bool]:
+        if i_trace is None:
+            return [], False
+        tr = state[i_trace]
+        return [tr["momentum_buffer"][n] for n in names], tr["count"] == 0
+
+    def finish(state: list, lr_t: float) -> State:
+        if i_trace is not None:
+            state[i_trace]["count"] += 1
+        commit_lr(state[i_lr], lr_t)
+        return tuple(state)
+
+    def update(grads: Updates, state: State, params: Params | None, owned: bool):
+        state = list(state)
+        # head and the coupled decay run as links (the decay needs θ, the kernel sees a buffer)
+        for i in range(n_head + len(l2)):
+            grads, state[i], owned = steps[i](grads, state[i], params, owned)
+        grps = groups(present(grads), grads)
+        if not grps or not all(kernel.supports(grads[grp[0]]) for grp in grps):
+            for i in range(n_head + len(l2), len(links)):
+                grads, state[i], owned = steps[i](grads, state[i], params, owned)
+            return grads, tuple(state), owned
+        lr_t = next_lr(state[i_lr], lr, schedule)
+        out: dict[str, torch.Tensor] = {}
+        for grp in grps:
+            # out ← 0 − η d: the kernel writes the whole update into a fresh buffer
+            u = [torch.zeros_like(grads[n], memory_format=torch.preserve_format) for n in grp]
+            bufs, first = buffers(state, grp)
+            kernel(u, [grads[n] for n in grp], bufs, first=first, lr=lr_t)
+            out.update(zip(grp, u))
+        return out, finish(state, lr_t), True
+
+    def apply(grads: Updates, state: State, params: Params) -> State:
+        state = list(state)
+        owned = False
+        for i in range(n_head):
+            grads, state[i], owned = steps[i](grads, state[i], params, owned)
+        grps = _param_groups(grads, params, kernel.supports)
+        if not grps:
+            for i in range(n_head, len(links)):
+                grads, state[i], owned = steps[i](grads, state[i], params, owned)
+            apply_updates(params, grads)
+            return tuple(state)
+        lr_t = next_lr(state[i_lr], lr, schedule)
+        for grp in grps:
+            bufs, first = buffers(state, grp)
+            ps = [params[n] for n in grp]
+            kernel(ps, [grads[n] for n in grp], bufs, first=first, lr=lr_t, wd=weight_decay)
+        return finish(state, lr_t)
+
+    return inplace_transform(reference.init, update, apply)

@@ -1,85 +1,163 @@
-"""torch's fused Adam kernel, used as a pure function of descend's state.
+"""torch's fused optimizer kernels, used as pure functions of descend's state.
 
-``torch._fused_adam_`` (what ``torch.optim.Adam(fused=True)`` runs) updates moments and
-parameters in one pass over memory. It is private torch API, so every (device type, dtype) is
-probed once on a tiny tensor before it touches real state; where the probe fails descend uses
-its ``_foreach_*`` path instead.
+``torch._fused_adam_`` / ``torch._fused_adamw_`` (what ``torch.optim.Adam(W)(fused=True)`` runs)
+and ``torch._fused_sgd_`` (``torch.optim.SGD(fused=True)``) update the optimizer state and a
+target tensor list in one pass over memory. descend calls them two ways:
+
+- on a fresh *update buffer* (zeros, or the decay term), so ``update`` returns the update
+  without touching the parameters;
+- on the *parameters themselves*, from :func:`descend.transforms.update_and_apply`, which is
+  then exactly torch's fused ``step()``.
+
+They are private torch API, so every (kernel, device type, dtype) is probed once on a tiny tensor
+before it touches real state; where the probe fails descend uses its ``_foreach_*`` path instead.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
 from descend.transforms._util import fused_devices
 
-__all__ = ["AdamKernel"]
+__all__ = ["AdamKernel", "SGDKernel"]
 
-_KERNEL = getattr(torch, "_fused_adam_", None)
-_DEVICES = frozenset(fused_devices()) if _KERNEL is not None else frozenset()
-_PROBED: dict[tuple[str, torch.dtype], bool] = {}
+_ADAM = getattr(torch, "_fused_adam_", None)
+_ADAMW = getattr(torch, "_fused_adamw_", None)
+_SGD = getattr(torch, "_fused_sgd_", None)
+_DEVICES = frozenset(fused_devices())
+_PROBED: dict[tuple[str, str, torch.dtype], bool] = {}
 
 
-def _run(out, gs, ms, vs, v_maxes, steps, *, amsgrad, lr, b1, b2, eps) -> None:
-    _KERNEL(  # type: ignore[misc]
+def _run_adam(out, gs, ms, vs, v_maxes, steps, *, amsgrad, lr, b1, b2, eps, wd=0.0) -> None:
+    # weight_decay > 0 only through _fused_adamw_ (decoupled): θ ← θ(1 − lr·wd) − lr·m̂/(√v̂+ε)
+    kernel = _ADAMW if wd else _ADAM
+    kernel(  # type: ignore[misc]
         out, gs, ms, vs, v_maxes, steps,
-        amsgrad=amsgrad, lr=lr, beta1=b1, beta2=b2, weight_decay=0.0, eps=eps,
+        amsgrad=amsgrad, lr=lr, beta1=b1, beta2=b2, weight_decay=wd, eps=eps,
         maximize=False, grad_scale=None, found_inf=None,
     )  # fmt: skip
 
 
-def _probe(device: torch.device, dtype: torch.dtype) -> bool:
-    """Does the kernel run here, and compute Adam's first step (the sign of g)?"""
-    try:
-        like = {"device": device, "dtype": dtype}
-        out = [torch.zeros(2, **like)]
+def _run_sgd(out, gs, bufs, *, wd, momentum, lr, dampening, nesterov, first) -> None:
+    _SGD(  # type: ignore[misc]
+        out, gs, bufs,
+        weight_decay=wd, momentum=momentum, lr=lr, dampening=dampening, nesterov=nesterov,
+        maximize=False, is_first_step=first, grad_scale=None, found_inf=None,
+    )  # fmt: skip
+
+
+def _probe_adam(device: torch.device, dtype: torch.dtype) -> bool:
+    """Do both Adam kernels run here and compute Adam's first step (the sign of g)?"""
+    like = {"device": device, "dtype": dtype}
+    step = [torch.ones((), dtype=torch.float32, device=device)]
+    for wd, start, want in ((0.0, 0.0, [1.0, -1.0]), (0.5, 1.0, [2.5, 0.5])):
+        out = [torch.full((2,), start, **like)]
         g = [torch.tensor([2.0, -3.0], **like)]
         m, v = [torch.zeros(2, **like)], [torch.zeros(2, **like)]
-        step = [torch.ones((), dtype=torch.float32, device=device)]
-        _run(out, g, m, v, [], step, amsgrad=False, lr=-1.0, b1=0.9, b2=0.999, eps=0.0)
-        return torch.allclose(out[0].float().cpu(), torch.tensor([1.0, -1.0]), atol=1e-2)
-    except Exception:  # any failure means: do not use the kernel here
+        # lr = −1: out ← out(1 + wd) + sign(g)
+        _run_adam(out, g, m, v, [], step, amsgrad=False, lr=-1.0, b1=0.9, b2=0.999, eps=0.0, wd=wd)
+        if not torch.allclose(out[0].float().cpu(), torch.tensor(want), atol=1e-2):
+            return False
+    return True
+
+
+def _probe_sgd(device: torch.device, dtype: torch.dtype) -> bool:
+    """Does the SGD kernel run here, with torch.optim.SGD's momentum semantics?"""
+    like = {"device": device, "dtype": dtype}
+    out = [torch.zeros(2, **like)]
+    g = [torch.tensor([2.0, -3.0], **like)]
+    buf = [torch.zeros(2, **like)]
+    _run_sgd(out, g, buf, wd=0.0, momentum=0.5, lr=-1.0, dampening=0.0, nesterov=False, first=True)
+    _run_sgd(out, g, buf, wd=0.0, momentum=0.5, lr=-1.0, dampening=0.0, nesterov=False, first=False)
+    # b1 = g, b2 = 0.5 g + g; out = b1 + b2 = 2.5 g
+    return torch.allclose(out[0].float().cpu(), torch.tensor([5.0, -7.5]), atol=1e-2)
+
+
+def _supported(name: str, kernel: object, probe: Callable, tensor: torch.Tensor) -> bool:
+    device = tensor.device
+    if kernel is None or device.type not in _DEVICES or tensor.is_sparse or tensor.is_complex():
         return False
+    key = (name, device.type, tensor.dtype)
+    ok = _PROBED.get(key)
+    if ok is None:
+        try:
+            ok = bool(probe(device, tensor.dtype))
+        except Exception:  # any failure means: do not use the kernel here
+            ok = False
+        _PROBED[key] = ok
+    return ok
+
+
+class _Steps:
+    """One float32 step tensor per device, as torch's fused optimizers keep their step."""
+
+    def __init__(self) -> None:
+        self._steps: dict[torch.device, torch.Tensor] = {}
+
+    def __call__(self, device: torch.device, t: int, n: int) -> list[torch.Tensor]:
+        step = self._steps.get(device)
+        if step is None:
+            # exact up to 2**24 steps
+            step = self._steps[device] = torch.zeros((), dtype=torch.float32, device=device)
+        step.fill_(t)
+        return [step] * n
 
 
 class AdamKernel:
-    """``out ← out − lr · (m̂ / (sqrt(v̂) + ε))`` after updating ``m`` and ``v`` in place.
+    """``out ← out(1 − lr·wd) − lr · (m̂ / (sqrt(v̂) + ε))`` after updating ``m``, ``v`` in place.
 
     With ``out`` zeros and ``lr = −1`` it returns Adam's direction; with ``out = −η λ θ`` and
-    ``lr = η`` it returns AdamW's whole update. ``out`` is a descend buffer, never a parameter.
+    ``lr = η`` AdamW's whole update; with ``out`` the parameters and ``wd = λ`` it is torch's
+    fused AdamW step.
     """
 
     def __init__(self, b1: float, b2: float, eps: float, amsgrad: bool):
         self.b1, self.b2, self.eps, self.amsgrad = b1, b2, eps, amsgrad
-        self._steps: dict[torch.device, torch.Tensor] = {}
+        self._steps = _Steps()
 
     @staticmethod
     def supports(tensor: torch.Tensor) -> bool:
-        device = tensor.device
-        if device.type not in _DEVICES or tensor.is_sparse or tensor.is_complex():
-            return False
-        key = (device.type, tensor.dtype)
-        ok = _PROBED.get(key)
-        if ok is None:
-            ok = _PROBED[key] = _probe(device, tensor.dtype)
-        return ok
+        return _supported("adam", _ADAMW if _ADAM is not None else None, _probe_adam, tensor)
 
-    def __call__(self, out, gs, ms, vs, v_maxes, t: int, lr: float) -> None:
-        device = gs[0].device
-        step = self._steps.get(device)
-        if step is None:
-            # float32, as torch's fused optimizers keep their step; exact up to 2**24 steps
-            step = self._steps[device] = torch.zeros((), dtype=torch.float32, device=device)
-        step.fill_(t)
-        _run(
+    def __call__(self, out, gs, ms, vs, v_maxes, t: int, lr: float, wd: float = 0.0) -> None:
+        _run_adam(
             out,
             gs,
             ms,
             vs,
             v_maxes if self.amsgrad else [],
-            [step] * len(gs),
+            self._steps(gs[0].device, t, len(gs)),
             amsgrad=self.amsgrad,
             lr=lr,
             b1=self.b1,
             b2=self.b2,
             eps=self.eps,
+            wd=wd,
+        )
+
+
+class SGDKernel:
+    """``out ← out − lr · d`` with ``d`` torch.optim.SGD's momentum direction (coupled decay
+    ``wd · out`` added to the gradient first), updating the momentum buffers in place."""
+
+    def __init__(self, momentum: float, dampening: float, nesterov: bool):
+        self.momentum, self.dampening, self.nesterov = momentum, dampening, nesterov
+
+    @staticmethod
+    def supports(tensor: torch.Tensor) -> bool:
+        return _supported("sgd", _SGD, _probe_sgd, tensor)
+
+    def __call__(self, out, gs, bufs, *, first: bool, lr: float, wd: float = 0.0) -> None:
+        _run_sgd(
+            out,
+            gs,
+            bufs,
+            wd=wd,
+            momentum=self.momentum,
+            lr=lr,
+            dampening=self.dampening,
+            nesterov=self.nesterov,
+            first=first,
         )

@@ -14,6 +14,8 @@ Mask = Literal["default"] | Callable[[str, torch.Tensor], bool] | Mapping[str, b
 
 IMPLS = ("auto", "foreach", "reference")
 FUSED_IMPLS = ("auto", "fused", "foreach", "reference")
+# momentum SGD gained its fused path later; "fused" is listed last so messages keep their shape
+SGD_IMPLS = ("auto", "foreach", "reference", "fused")
 
 
 def present(tensors: Mapping[str, torch.Tensor | None]) -> list[str]:
