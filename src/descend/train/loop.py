@@ -221,7 +221,8 @@ class Loop:
         """Run the model once on a few samples and validate the loss against ALL targets, so a
         bad shape, an out-of-range class or a NaN target is refused before step 1."""
         src = self.bundle.train
-        xb, yb = next(iter(src.batches(0)))
+        first = next(iter(src.batches(0)))
+        xb, yb = first[0], first[1]
         n_probe = min(8, len(xb) if torch.is_tensor(xb) else 8)
         probe_x = xb[:n_probe] if torch.is_tensor(xb) else xb
         was_training = self.model.training
@@ -387,7 +388,8 @@ class Loop:
                     (None if src.y is None else src.y[i : i + _EVAL_CHUNK]),
                 )
         else:
-            yield from src.batches(0)
+            for batch in src.batches(0):
+                yield batch[0], batch[1]
 
     # ---- the run -----------------------------------------------------------------------
 
