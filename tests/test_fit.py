@@ -357,3 +357,30 @@ def test_opt_state_continues_exactly_like_one_longer_run():
             opt_state=r.opt_state,
             **kw,
         )
+
+
+def test_schedule_free_evaluates_and_deploys_the_averaged_point():
+    torch.manual_seed(0)
+    X = torch.randn(256, 4)
+    y = X @ torch.tensor([1.0, -1.0, 2.0, 0.5]) + 0.3 * torch.randn(256)
+    Xv, yv = X[200:], y[200:]
+    model = mlp(4, 32, 1)
+    r = descend.fit(
+        model,
+        (X[:200], y[:200]),
+        "mse",
+        validation=(Xv, yv),
+        optimizer=descend.optim.schedulefree_adamw(lr=1e-2),
+        epochs=5,
+        restore_best=False,
+        verbose=0,
+        seed=0,
+    )
+    with torch.no_grad():
+        final = torch.nn.functional.mse_loss(model(Xv).squeeze(-1), yv).item()
+    # The model ends at the averaged point, and that is the point every epoch was judged at.
+    assert final == pytest.approx(r.history.val_loss[-1], rel=1e-5)
+    # ... which is not the training point y: swapping back changes the weights.
+    before = [p.detach().clone() for p in model.parameters()]
+    assert descend.transforms.swap_to_train(r.opt_state, dict(model.named_parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))

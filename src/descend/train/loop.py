@@ -43,7 +43,13 @@ from descend.train import autopilot as _autopilot
 from descend.train.callbacks import Callback, default_progress
 from descend.train.guard import Guard
 from descend.train.result import History, Result, StopReason
-from descend.transforms import Transform, apply_updates, find_lr_state
+from descend.transforms import (
+    Transform,
+    apply_updates,
+    find_lr_state,
+    swap_to_eval,
+    swap_to_train,
+)
 
 __all__ = ["Loop", "fit"]
 
@@ -471,6 +477,46 @@ class Loop:
         self.epoch += 1
         h.epoch.append(self.epoch)
         h.train_loss.append(train_loss)
+        # Schedule-free optimizers train at one point and average another: evaluate, and keep
+        # as "best", the averaged point, then swap back for the next step.
+        swapped = swap_to_eval(self.opt_state, self.params)
+        try:
+            if swapped:
+                self._recompute_batchnorm()
+            return self._judge_epoch(train_loss, losses, finite, norms)
+        finally:
+            if swapped:
+                swap_to_train(self.opt_state, self.params)
+
+    @torch.no_grad()
+    def _recompute_batchnorm(self) -> None:
+        """BatchNorm running statistics belong to the training point; after swapping in the
+        averaged point, recompute them with one pass over (up to 50 batches of) training data."""
+        bns = [
+            m for m in self.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+        ]
+        if not bns or not self.bundle.train.resident:
+            return
+        saved = [(m, m.momentum) for m in bns]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the pass
+        was_training = self.model.training
+        self.model.train()
+        try:
+            src = self.bundle.train
+            n = src.X.shape[0]
+            step = max(1, src.batch_size or n)
+            for i in range(0, min(n, 50 * step), step):
+                with self._autocast():
+                    self.model(src.X[i : i + step])
+        finally:
+            for m, mom in saved:
+                m.momentum = mom
+            self.model.train(was_training)
+
+    def _judge_epoch(self, train_loss, losses, finite, norms) -> StopReason | None:
+        h = self.history
         metric = None
         if self.bundle.val is not None:
             val_loss, metric = self.evaluate(self.bundle.val)
@@ -776,6 +822,8 @@ class Loop:
         self._t0 = time.perf_counter()
         self.check_model_fits()
         reason: StopReason | None = None
+        # A warm start may hand over a schedule-free state left in eval mode.
+        swap_to_train(self.opt_state, self.params)
         if resume is not None:
             self.load_checkpoint(resume)
         else:
@@ -816,6 +864,8 @@ class Loop:
                 for cb in self.callbacks:
                     cb.on_fit_end(self)
         self._restore_best()
+        if not self.restore_best or self._best_state is None:
+            swap_to_eval(self.opt_state, self.params)  # deploy the averaged point
         self.stop_message = self._sentence(reason)
         for cb in self.callbacks:
             cb.on_fit_end(self)
