@@ -384,3 +384,21 @@ def test_schedule_free_evaluates_and_deploys_the_averaged_point():
     before = [p.detach().clone() for p in model.parameters()]
     assert descend.transforms.swap_to_train(r.opt_state, dict(model.named_parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_bf16_autocast_trains(digits):
+    X, y = digits
+    r = descend.fit(
+        mlp(64, 64, 10),
+        (X, y),
+        "cross_entropy",
+        precision="bf16",
+        optimizer=descend.optim.adam(lr=3e-3),
+        epochs=3,
+        verbose=0,
+        seed=0,
+    )
+    assert r.history.val_loss[-1] < 0.9 * r.history.val_loss[0]
+    assert r.best_metric > 0.85
+    with pytest.raises(ConfigError, match="precision"):
+        descend.fit(mlp(64, 8, 10), (X, y), "cross_entropy", precision="fp8", verbose=0)
