@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 import descend
 
-# Loop.check_model_fits unpacks the first batch as a pair; a weighted source yields (x, y, w).
-# Remove this marker once loop.py takes ``next(iter(src.batches(0)))[:2]`` there.
-_NEEDS_LOOP_FIX = pytest.mark.xfail(
-    raises=ValueError, strict=False, reason="loop.check_model_fits unpacks (x, y) pairs only"
-)
 
-
-@_NEEDS_LOOP_FIX
 def test_sample_weight_zero_ignores_samples():
     torch.manual_seed(0)
     X = torch.randn(64, 2)

@@ -14,38 +14,11 @@ from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-import descend
 from descend.sklearn import Classifier, Regressor
 from descend.transforms import find_lr_state
 
 torch.set_num_threads(1)
 
-
-def _fit_takes_sample_weights() -> bool:
-    """Whether the training loop accepts weighted (x, y, w) batches (loop.check_model_fits)."""
-    try:
-        descend.fit(
-            torch.nn.Linear(1, 1),
-            (torch.zeros(4, 1), torch.zeros(4)),
-            "mse",
-            optimizer="sgd",
-            lr=0.1,
-            epochs=1,
-            batch_size=None,
-            validation=None,
-            verbose=0,
-            seed=0,
-            sample_weight=torch.ones(4),
-        )
-    except ValueError:
-        return False
-    return True
-
-
-WEIGHTS_OK = _fit_takes_sample_weights()
-needs_weights = pytest.mark.xfail(
-    not WEIGHTS_OK, reason="loop.check_model_fits unpacks (x, y) pairs only", strict=False
-)
 
 # ----------------------------------------------------------------------------------------------
 # scikit-learn's own estimator checks
@@ -58,28 +31,15 @@ SAMPLE_WEIGHT_EQUIVALENCE = (
     "full-batch lbfgs solver). Zero weight == dropping the row holds exactly: see "
     "test_zero_weight_is_the_same_as_dropping_the_row"
 )
-# Checks that fit with sample_weight, while the loop cannot yet take weighted batches.
-_WEIGHTED_FIT_CHECKS = (
-    "check_sample_weights_pandas_series",
-    "check_sample_weights_not_an_array",
-    "check_sample_weights_list",
-    "check_sample_weights_not_overwritten",
-    "check_sample_weight_equivalence_on_dense_data",
-)
 
 
 def expected_failed_checks(estimator) -> dict[str, str]:
-    failed = {"check_sample_weight_equivalence_on_dense_data": SAMPLE_WEIGHT_EQUIVALENCE}
-    if not WEIGHTS_OK:
-        failed.update(
-            {c: "loop.check_model_fits unpacks (x, y) pairs only" for c in _WEIGHTED_FIT_CHECKS}
-        )
-    return failed
+    return {"check_sample_weight_equivalence_on_dense_data": SAMPLE_WEIGHT_EQUIVALENCE}
 
 
-# A short budget keeps the ~120 checks quick; every behaviour they test is the default one.
+# The default estimators, as users get them.
 @parametrize_with_checks(
-    [Classifier(max_epochs=30), Regressor(max_epochs=30)],
+    [Classifier(), Regressor()],
     expected_failed_checks=expected_failed_checks,
 )
 def test_sklearn_estimator_checks(estimator, check):
@@ -114,8 +74,8 @@ def test_classifier_takes_dataframes_and_string_labels(iris):
     assert clf.score(frame, labels) > 0.9
     # The learned attributes the issue names.
     assert len(clf.loss_curve_) == clf.n_iter_ >= 1
-    assert len(clf.validation_loss_curve_) == clf.n_iter_
-    assert clf.stop_reason_ in {"patience_exhausted", "max_epochs", "converged"}
+    assert clf.validation_loss_curve_ == []  # the classifier holds out nothing by default
+    assert clf.stop_reason_ in {"max_epochs", "converged"}
     assert isinstance(clf.model_, torch.nn.Module)
     with pytest.warns(UserWarning, match="feature names"):
         clf.predict(X)  # fitted with names, given none: scikit-learn's warning
@@ -155,6 +115,16 @@ def test_params_clone_and_search(iris):
     assert search.best_params_["classifier__hidden_layer_sizes"] in [(8,), (16,)]
     scores = cross_val_score(Regressor(max_epochs=5, random_state=0), X[:, :3], X[:, 3], cv=2)
     assert scores.shape == (2,) and np.all(np.isfinite(scores))
+
+
+def test_validation_split_early_stopping_and_small_data_fallback(iris):
+    X, y = iris
+    clf = Classifier(validation_fraction=0.2, patience=3, random_state=0).fit(X, y)
+    assert len(clf.validation_loss_curve_) == clf.n_iter_
+    assert clf.best_epoch_ <= clf.n_iter_
+    # 20 rows: a 10% split would hold 2 rows, too few to stop on: no split is made.
+    reg = Regressor(max_epochs=3, random_state=0).fit(X[:20, :3], X[:20, 3])
+    assert reg.validation_loss_curve_ == [] and len(reg.loss_curve_) == 3
 
 
 def test_fixed_random_state_refits_identically(iris):
@@ -231,7 +201,7 @@ def test_partial_fit_chunk_without_some_classes_keeps_the_label_codes(iris):
 
 def test_regressor_partial_fit(iris):
     X, _ = iris
-    reg = Regressor(random_state=0)
+    reg = Regressor(random_state=0, batch_size=16)
     for _ in range(20):
         reg.partial_fit(X[:, :3], X[:, 3])
     assert reg.n_iter_ == 20 and reg.score(X[:, :3], X[:, 3]) > 0.8
@@ -242,7 +212,6 @@ def test_regressor_partial_fit(iris):
 # ----------------------------------------------------------------------------------------------
 
 
-@needs_weights
 def test_zero_weight_is_the_same_as_dropping_the_row(iris):
     X, y = iris
     w = np.ones(len(y))
@@ -252,7 +221,6 @@ def test_zero_weight_is_the_same_as_dropping_the_row(iris):
     np.testing.assert_allclose(weighted.predict_proba(X), dropped.predict_proba(X), atol=1e-6)
 
 
-@needs_weights
 def test_sample_weights_move_the_fit():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(200, 1))
