@@ -239,11 +239,17 @@ def test_errors_name_the_problem(iris):
     X, y = iris
     with pytest.raises(ValueError, match="at least 2 classes to train; got one class"):
         Classifier().fit(X, np.zeros(len(y)))
-    with pytest.raises(ValueError, match="max_epochs must be an integer >= 1"):
+    with pytest.raises(
+        ValueError,
+        match=r"Classifier: max_epochs must be an integer >= 1; got 0 — pass e\.g\. max_epochs=50",
+    ):
         Classifier(max_epochs=0).fit(X, y)
     with pytest.raises(ValueError, match=r"validation_fraction must be in \[0, 1\)"):
         Regressor(validation_fraction=1.5).fit(X, y)
-    with pytest.raises(ValueError, match=r"hidden_layer_sizes must be a sequence.*\(32,\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"hidden_layer_sizes must be a sequence of layer widths.*got 32 — pass e\.g\. hidden_layer_sizes=\(32,\)",
+    ):
         Classifier(hidden_layer_sizes=32).fit(X, y)
     with pytest.raises(ValueError, match="Input X contains NaN"):
         Classifier().fit(np.full_like(X, np.nan), y)

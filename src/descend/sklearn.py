@@ -53,6 +53,7 @@ from sklearn.utils.multiclass import check_classification_targets, unique_labels
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from descend import losses as L
+from descend._errors import describe, message
 from descend.models import default_hidden, mlp
 from descend.train import Callback, fit
 from descend.train import autopilot as _autopilot
@@ -259,30 +260,43 @@ class _Estimator(BaseEstimator):
         return self
 
     def _check_params(self) -> None:
-        def bad(name: str, rule: str) -> ValueError:
-            value = getattr(self, name)
-            return ValueError(
-                f"{type(self).__name__}: {name} {rule}; got {value!r} — see the docstring"
-            )
+        def bad(name: str, rule: str, fix: str) -> ValueError:
+            got = describe(getattr(self, name))
+            return ValueError(message(f"{type(self).__name__}: {name}", rule, got, fix))
 
         def is_int(v: Any) -> bool:
             return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
         if not is_int(self.max_epochs) or self.max_epochs < 1:
-            raise bad("max_epochs", "must be an integer >= 1")
+            raise bad("max_epochs", "must be an integer >= 1", "pass e.g. max_epochs=50")
         if self.batch_size is not None and (not is_int(self.batch_size) or self.batch_size < 1):
-            raise bad("batch_size", "must be an integer >= 1, or None to choose from the data")
+            raise bad(
+                "batch_size",
+                "must be an integer >= 1, or None to size it from the data",
+                "pass e.g. batch_size=128",
+            )
         vf = self.validation_fraction
         if vf is not None and (
             isinstance(vf, bool) or not isinstance(vf, numbers.Real) or not 0 <= vf < 1
         ):
-            raise bad("validation_fraction", "must be in [0, 1), or None for no split")
+            raise bad(
+                "validation_fraction",
+                "must be in [0, 1), or None for no split",
+                "pass e.g. validation_fraction=0.1",
+            )
         if self.patience is not None and (not is_int(self.patience) or self.patience < 1):
-            raise bad("patience", "must be an integer >= 1, or None to never stop early")
-        if self.hidden_layer_sizes is not None:
-            h = self.hidden_layer_sizes
-            if is_int(h):
-                raise bad("hidden_layer_sizes", f"must be a sequence of widths, e.g. ({h},)")
+            raise bad(
+                "patience",
+                "must be an integer >= 1, or None to never stop early",
+                "pass e.g. patience=10",
+            )
+        h = self.hidden_layer_sizes
+        if h is not None and (is_int(h) or isinstance(h, str)):
+            raise bad(
+                "hidden_layer_sizes",
+                "must be a sequence of layer widths, or None to size it from the data",
+                f"pass e.g. hidden_layer_sizes=({h},)" if is_int(h) else "pass e.g. (64, 64)",
+            )
 
     def _seed(self) -> int:
         # A fresh generator from random_state each call: an int gives the same seed every fit
