@@ -28,6 +28,20 @@ from descend.train import Callback, History, Result, StopReason, fit
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # scikit-learn estimators load lazily: `import descend` stays light.
+    if name in ("Classifier", "Regressor"):
+        from descend import sklearn as _sk
+
+        return getattr(_sk, name)
+    if name == "lr_find":
+        from descend.train.lr_find import lr_find
+
+        return lr_find
+    raise AttributeError(f"module 'descend' has no attribute {name!r}")
+
+
 __all__ = [
     "Callback",
     "CheckpointError",

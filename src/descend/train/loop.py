@@ -887,6 +887,7 @@ class Loop:
             autopilot=self.autopilot,
             monitor=self.monitor,
             opt_state=self.opt_state,
+            tx=self.tx,
         )
         return result
 
@@ -1123,6 +1124,15 @@ def fit(
 
     autopilot = None
     extra_callbacks: list[Callback] = []
+    if optimizer is None and opt_state is not None:
+        raise ConfigError(
+            message(
+                "fit(opt_state=...)",
+                "needs the optimizer that made it",
+                "opt_state with optimizer=None (the default policy would plan a new one)",
+                "pass optimizer=result.tx together with opt_state=result.opt_state",
+            )
+        )
     if optimizer is None:
         ctx = _autopilot.PlanContext(
             model=module,

@@ -177,6 +177,7 @@ class Result:
         classes: the original class labels when targets were encoded, else ``None``.
         autopilot: what the default policy chose and why (``None`` when the user chose).
         opt_state: the optimizer state at the end (pass to ``fit(opt_state=...)`` to go on).
+        tx: the optimizer transform used (pass as ``fit(optimizer=...)`` with ``opt_state``).
     """
 
     model: torch.nn.Module | None
@@ -196,6 +197,7 @@ class Result:
     autopilot: dict[str, Any] | None = None
     monitor: str = "val_loss"
     opt_state: Any = None
+    tx: Any = None
 
     @property
     def best_metric(self) -> float | None:
