@@ -1,0 +1,622 @@
+"""Zero tuning: descend's default run against a tuned AdamW and the usual peers.
+
+For every workload, in one process, with the same model (same initial weights), the same
+train/validation/test split and the same epoch budget and batch size:
+
+- ``adamw-tuned``: ``torch.optim.AdamW`` (fused, weight decay 0.01) with linear warmup over 5%
+  of the steps and cosine decay to 0, its learning rate chosen from a 6-point grid
+  (1e-4 … 3e-2, ×√10 apart) by the best validation loss; the chosen rate, the time of the chosen
+  run and the total time of the grid are recorded;
+- ``adamw-default``: AdamW at 1e-3, constant; ``sgd``: SGD at 0.01; ``schedulefree``:
+  ``schedulefree.AdamWScheduleFree`` with its defaults; ``prodigy``: ``prodigyopt.Prodigy`` at
+  lr 1.0; ``sklearn-mlp``: scikit-learn's MLPClassifier/MLPRegressor (same hidden layers and
+  batch size, its defaults otherwise, one ``partial_fit`` per epoch);
+- ``descend``: ``descend.fit(model, data, loss, epochs=, batch_size=, validation=)`` with no
+  optimizer settings at all (its default early stopping included).
+
+Every torch peer is a hand-written loop over in-memory tensors (permutation + indexing, the
+fast way on CPU) that draws its batches in exactly descend's ``(seed, epoch)`` order (so batch
+order, which alone moved one AdamW run's best validation loss by up to 11% on digits, is the
+same for everyone), evaluates the validation loss after every epoch and keeps the best weights; its best validation loss is the minimum over epochs (what early stopping with
+best-weight restore returns), and the test metric is measured with those best weights.
+
+Reported per workload (means over seeds): best validation loss and its ratio to adamw-tuned's,
+the test metric (accuracy or R²), wall time, and the first epoch at which the method's
+validation loss is within 1% of adamw-tuned's best (``-`` = never). descend's wall time
+includes its planning (range test + race).
+
+Run: ``python benchmarks/suite.py`` (full table, ~15–20 min on 2 cores) or
+``python benchmarks/suite.py --quick`` (a smoke run of a minute or two). ``--only NAME`` runs
+one workload, ``--json PATH`` saves every number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import platform
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+import descend
+from descend.data import epoch_permutation
+
+GRID = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2]
+PEERS = ["adamw-tuned", "adamw-default", "sgd", "schedulefree", "prodigy", "sklearn-mlp", "descend"]
+
+
+# ------------------------------------------------------------------------------- workloads
+
+
+@dataclass
+class Workload:
+    name: str
+    task: str  # "clf" | "reg"
+    load: Callable[[], tuple[np.ndarray, np.ndarray]]
+    hidden: tuple[int, ...]
+    batch_size: int
+    epochs: int
+    seeds: int
+    note: str
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    sklearn: bool = True
+
+
+def _digits():
+    from sklearn.datasets import load_digits
+
+    return load_digits(return_X_y=True)
+
+
+def _breast():
+    from sklearn.datasets import load_breast_cancer
+
+    return load_breast_cancer(return_X_y=True)
+
+
+def _diabetes():
+    from sklearn.datasets import load_diabetes
+
+    X, y = load_diabetes(return_X_y=True, scaled=False)
+    return X, y.astype(np.float32)
+
+
+def _synth_clf():
+    from sklearn.datasets import make_classification
+
+    return make_classification(
+        n_samples=20_000,
+        n_features=20,
+        n_informative=10,
+        n_redundant=5,
+        n_classes=3,
+        random_state=0,
+    )
+
+
+def _friedman(n: int):
+    def load():
+        from sklearn.datasets import make_friedman1
+
+        X, y = make_friedman1(n_samples=n, n_features=10, noise=1.0, random_state=0)
+        return X, y.astype(np.float32)
+
+    return load
+
+
+def workloads(quick: bool) -> list[Workload]:
+    q = quick
+    return [
+        Workload(
+            "digits-mlp",
+            "clf",
+            _digits,
+            (128, 128),
+            32,
+            12 if q else 40,
+            1 if q else 3,
+            "digits 8x8 (1,797 x 64, 10 classes), MLP 64-128-128-10 (26k params)",
+        ),
+        Workload(
+            "breast-cancer-mlp",
+            "clf",
+            _breast,
+            (64, 64),
+            32,
+            15 if q else 60,
+            1 if q else 3,
+            "breast cancer (569 x 30, 2 classes), MLP 30-64-64-2 (6k params)",
+        ),
+        Workload(
+            "diabetes-mlp",
+            "reg",
+            _diabetes,
+            (64, 64),
+            32,
+            20 if q else 100,
+            1 if q else 3,
+            "diabetes (442 x 10), target in original units, MLP 10-64-64-1 (5k params)",
+        ),
+        Workload(
+            "synthetic-clf-20k",
+            "clf",
+            _synth_clf,
+            (128, 128),
+            128,
+            6 if q else 25,
+            1 if q else 3,
+            "make_classification (20,000 x 20, 3 classes), MLP 20-128-128-3 (19k params)",
+        ),
+        Workload(
+            "friedman1-200k",
+            "reg",
+            _friedman(20_000 if q else 200_000),
+            (128, 128),
+            256,
+            3 if q else 8,
+            1 if q else 2,
+            "make_friedman1 (200,000 x 10, noise 1; 160k train), MLP 10-128-128-1 (18k params)",
+            val_fraction=0.1,
+            test_fraction=0.1,
+        ),
+        Workload(
+            "digits-wide-1M",
+            "clf",
+            _digits,
+            (1024, 1024),
+            64,
+            5 if q else 30,
+            1 if q else 2,
+            "digits, wide MLP 64-1024-1024-10 (1.12M params)",
+        ),
+    ]
+
+
+@dataclass
+class Split:
+    Xtr: torch.Tensor
+    ytr: torch.Tensor
+    Xv: torch.Tensor
+    yv: torch.Tensor
+    Xt: torch.Tensor
+    yt: torch.Tensor
+    n_out: int
+
+
+def make_split(w: Workload, seed: int) -> Split:
+    """Seeded stratified split, features standardized with the training part's statistics."""
+    from sklearn.model_selection import train_test_split
+
+    X, y = w.load()
+    X = np.asarray(X, dtype=np.float64)
+    strat = y if w.task == "clf" else None
+    Xa, Xt, ya, yt = train_test_split(
+        X, y, test_size=w.test_fraction, random_state=seed, stratify=strat
+    )
+    rel = w.val_fraction / (1 - w.test_fraction)
+    Xtr, Xv, ytr, yv = train_test_split(
+        Xa, ya, test_size=rel, random_state=seed, stratify=ya if w.task == "clf" else None
+    )
+    # Constant training columns (digits' border pixels) keep scale 1, not 1/1e-8.
+    mu, sd = Xtr.mean(0), Xtr.std(0)
+    sd = np.where(sd > 1e-6, sd, 1.0)
+
+    def f(a):
+        return torch.as_tensor((a - mu) / sd, dtype=torch.float32)
+
+    def t(a):
+        return torch.as_tensor(a, dtype=torch.long if w.task == "clf" else torch.float32)
+
+    n_out = int(np.max(y)) + 1 if w.task == "clf" else 1
+    return Split(f(Xtr), t(ytr), f(Xv), t(yv), f(Xt), t(yt), n_out)
+
+
+def make_model(w: Workload, s: Split, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    layers: list[torch.nn.Module] = []
+    d = s.Xtr.shape[1]
+    for h in w.hidden:
+        layers += [torch.nn.Linear(d, h), torch.nn.ReLU()]
+        d = h
+    layers.append(torch.nn.Linear(d, s.n_out))
+    return torch.nn.Sequential(*layers)
+
+
+# ------------------------------------------------------------------------------- evaluation
+
+
+def loss_fn(task: str):
+    if task == "clf":
+        return torch.nn.functional.cross_entropy
+    return lambda out, y: torch.nn.functional.mse_loss(out.squeeze(-1), y)
+
+
+@torch.no_grad()
+def val_loss(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, task: str) -> float:
+    was = model.training
+    model.eval()
+    try:
+        return float(loss_fn(task)(model(X), y))
+    finally:
+        model.train(was)
+
+
+@torch.no_grad()
+def test_metric(model: torch.nn.Module, s: Split, task: str) -> float:
+    model.eval()
+    out = model(s.Xt)
+    if task == "clf":
+        return float((out.argmax(1) == s.yt).float().mean())
+    pred = out.squeeze(-1)
+    return float(1 - ((pred - s.yt) ** 2).sum() / ((s.yt - s.yt.mean()) ** 2).sum())
+
+
+@dataclass
+class Run:
+    method: str
+    val: list[float]  # per epoch
+    times: list[float]  # seconds since the start, per epoch
+    wall: float
+    test: float
+    info: dict[str, Any] = field(default_factory=dict)
+    cpu: float = math.nan  # process CPU seconds: robust to other jobs on a shared box
+
+    @property
+    def best(self) -> float:
+        finite = [v for v in self.val if math.isfinite(v)]
+        return min(finite) if finite else math.inf
+
+
+# ------------------------------------------------------------------------------- peers
+
+
+def torch_loop(
+    w: Workload,
+    s: Split,
+    seed: int,
+    make_opt: Callable[[torch.nn.Module, int], tuple[Any, Any]],
+    method: str,
+    eval_mode: Callable[[Any, bool], None] | None = None,
+) -> Run:
+    """A hand-written loop over in-memory tensors; keeps the best weights by validation loss."""
+    model = make_model(w, s, seed)
+    n = s.Xtr.shape[0]
+    bs = w.batch_size
+    steps = -(-n // bs) * w.epochs
+    opt, sched = make_opt(model, steps)
+    lf = loss_fn(w.task)
+    vals: list[float] = []
+    times: list[float] = []
+    best, best_sd = math.inf, None
+    t0, c0 = time.perf_counter(), time.process_time()
+    for epoch in range(w.epochs):
+        if eval_mode is not None:
+            eval_mode(opt, False)
+        model.train()
+        # The same (seed, epoch) batch order as descend.fit: batch order alone moved the best
+        # validation loss of one AdamW run by up to 11% on digits, which would swamp the
+        # differences between methods.
+        perm = epoch_permutation(n, seed, epoch)
+        for i in range(0, n, bs):
+            idx = perm[i : i + bs]
+            opt.zero_grad(set_to_none=True)
+            lf(model(s.Xtr[idx]), s.ytr[idx]).backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+        if eval_mode is not None:
+            eval_mode(opt, True)
+        v = val_loss(model, s.Xv, s.yv, w.task)
+        vals.append(v)
+        times.append(time.perf_counter() - t0)
+        if math.isfinite(v) and v < best:
+            best = v
+            best_sd = {k: t.detach().clone() for k, t in model.state_dict().items()}
+        if not math.isfinite(v):
+            break
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    if best_sd is not None:
+        model.load_state_dict(best_sd)
+    return Run(method, vals, times, wall, test_metric(model, s, w.task), cpu=cpu)
+
+
+def warmup_cosine(opt: torch.optim.Optimizer, steps: int):
+    warm = max(1, round(0.05 * steps))
+
+    def f(t: int) -> float:
+        if t < warm:
+            return (t + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (t - warm) / max(1, steps - warm))))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, f)
+
+
+def adamw(lr: float, schedule: bool):
+    def make(model, steps):
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, fused=True)
+        return opt, warmup_cosine(opt, steps) if schedule else None
+
+    return make
+
+
+def sgd(model, steps):
+    return torch.optim.SGD(model.parameters(), lr=0.01), None
+
+
+def schedulefree_opt(model, steps):
+    import schedulefree
+
+    opt = schedulefree.AdamWScheduleFree(model.parameters())
+    return opt, None
+
+
+def sf_mode(opt, evaluating: bool) -> None:
+    # Schedule-free evaluates at the averaged point x; train steps at y.
+    (opt.eval if evaluating else opt.train)()
+
+
+def prodigy(model, steps):
+    import prodigyopt
+
+    return prodigyopt.Prodigy(model.parameters(), lr=1.0), None
+
+
+def sklearn_mlp(w: Workload, s: Split, seed: int) -> Run:
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier, MLPRegressor
+
+    cls = MLPClassifier if w.task == "clf" else MLPRegressor
+    m = cls(hidden_layer_sizes=w.hidden, batch_size=w.batch_size, random_state=seed)
+    Xtr, ytr = s.Xtr.numpy(), s.ytr.numpy()
+    Xv, yv = s.Xv.numpy(), s.yv.numpy()
+    classes = np.arange(s.n_out)
+    vals, times = [], []
+    best, best_m = math.inf, None
+    t0, c0 = time.perf_counter(), time.process_time()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for _ in range(w.epochs):
+            if w.task == "clf":
+                m.partial_fit(Xtr, ytr, classes=classes)
+                p = np.clip(m.predict_proba(Xv), 1e-15, 1)
+                v = float(-np.log(p[np.arange(len(yv)), yv]).mean())
+            else:
+                m.partial_fit(Xtr, ytr)
+                v = float(((m.predict(Xv) - yv) ** 2).mean())
+            vals.append(v)
+            times.append(time.perf_counter() - t0)
+            if math.isfinite(v) and v < best:
+                best, best_m = v, copy.deepcopy(m)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    assert best_m is not None
+    if w.task == "clf":
+        test = float((best_m.predict(s.Xt.numpy()) == s.yt.numpy()).mean())
+    else:
+        yt = s.yt.numpy()
+        test = float(
+            1 - ((best_m.predict(s.Xt.numpy()) - yt) ** 2).sum() / ((yt - yt.mean()) ** 2).sum()
+        )
+    return Run("sklearn-mlp", vals, times, wall, test, cpu=cpu)
+
+
+def descend_run(w: Workload, s: Split, seed: int) -> Run:
+    model = make_model(w, s, seed)
+    t0, c0 = time.perf_counter(), time.process_time()
+    r = descend.fit(
+        model,
+        (s.Xtr, s.ytr),
+        "cross_entropy" if w.task == "clf" else "mse",
+        epochs=w.epochs,
+        batch_size=w.batch_size,
+        validation=(s.Xv, s.yv),
+        verbose=0,
+        seed=seed,
+    )
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    rec = r.autopilot or {}
+    # Work in epochs of the training set: the range test's steps, every race candidate's
+    # epochs, and the epochs fit ran after adopting the winner (load-independent, unlike time).
+    spe = -(-s.Xtr.shape[0] // w.batch_size)
+    cands = rec.get("candidates") or []
+    work = (rec.get("range_test") or {}).get("steps", 0) / spe
+    work += sum(c.get("epochs", 0) for c in cands)
+    work += r.epochs - rec.get("continued_from_epoch", 0)
+    info = {
+        "work_epochs": work,
+        "lr": rec.get("lr"),
+        "ceiling": (rec.get("range_test") or {}).get("suggestion"),
+        "race_epochs": rec.get("race_epochs"),
+        "candidates": len(rec.get("candidates") or []),
+        "planning_s": rec.get("planning_seconds"),
+        "epochs_run": r.epochs,
+        "best_epoch": r.best_epoch,
+        "best_loss": r.best_loss,
+        "stop": str(r.stop_reason),
+    }
+    # The history is the winner's whole trajectory (race epochs included); the run's best may
+    # come from another race candidate, which the recorded best_loss accounts for.
+    vals = list(r.history.val_loss)
+    test = test_metric(model, s, w.task)
+    return Run("descend", vals, list(r.history.time), wall, test, info, cpu=cpu)
+
+
+# ------------------------------------------------------------------------------- the suite
+
+
+def run_seed(w: Workload, seed: int, methods: list[str]) -> dict[str, Run]:
+    s = make_split(w, seed)
+    out: dict[str, Run] = {}
+    # Interleave: the grid first, then each peer once, so load drift hits everyone alike.
+    if "adamw-tuned" in methods:
+        grid = [torch_loop(w, s, seed, adamw(lr, True), f"adamw@{lr:g}") for lr in GRID]
+        best = min(grid, key=lambda r: r.best)
+        chosen = GRID[grid.index(best)]
+        best.method = "adamw-tuned"
+        best.info = {
+            "lr": chosen,
+            "grid_wall": sum(r.wall for r in grid),
+            "grid_cpu": sum(r.cpu for r in grid),
+            "grid": {f"{lr:g}": r.best for lr, r in zip(GRID, grid)},
+        }
+        out["adamw-tuned"] = best
+    runners: dict[str, Callable[[], Run]] = {
+        "descend": lambda: descend_run(w, s, seed),
+        "adamw-default": lambda: torch_loop(w, s, seed, adamw(1e-3, False), "adamw-default"),
+        "sgd": lambda: torch_loop(w, s, seed, sgd, "sgd"),
+        "schedulefree": lambda: torch_loop(
+            w, s, seed, schedulefree_opt, "schedulefree", eval_mode=sf_mode
+        ),
+        "prodigy": lambda: torch_loop(w, s, seed, prodigy, "prodigy"),
+        "sklearn-mlp": lambda: sklearn_mlp(w, s, seed),
+    }
+    for name, fn in runners.items():
+        if name in methods and (name != "sklearn-mlp" or w.sklearn):
+            out[name] = fn()
+    return out
+
+
+def first_within(run: Run, target: float, rel: float = 0.01) -> int | None:
+    for i, v in enumerate(run.val):
+        if math.isfinite(v) and v <= target * (1 + rel):
+            return i + 1
+    return None
+
+
+def summarize(w: Workload, per_seed: list[dict[str, Run]]) -> list[dict[str, Any]]:
+    rows = []
+    for m in PEERS:
+        runs = [d[m] for d in per_seed if m in d]
+        if not runs:
+            continue
+        targets = [d["adamw-tuned"].best for d in per_seed if m in d]
+        ratios = [r.best / t for r, t in zip(runs, targets)]
+        hits = [first_within(r, t) for r, t in zip(runs, targets)]
+        tuned_walls = [d["adamw-tuned"].wall for d in per_seed if m in d]
+        tuned_cpus = [d["adamw-tuned"].cpu for d in per_seed if m in d]
+        best = [r.info["best_loss"] if m == "descend" else r.best for r in runs]
+        if m == "descend":
+            ratios = [b / t for b, t in zip(best, targets)]
+            hits = [
+                h if h is not None or b > t * 1.01 else r.info["best_epoch"]
+                for h, b, t, r in zip(hits, best, targets, runs)
+            ]
+        rows.append(
+            {
+                "workload": w.name,
+                "method": m,
+                "best_val": statistics.fmean(best),
+                "ratio": statistics.fmean(ratios),
+                "ratios": ratios,
+                "test": statistics.fmean(r.test for r in runs),
+                "wall": statistics.fmean(r.wall for r in runs),
+                "wall_vs_tuned_run": statistics.fmean(
+                    r.wall / tw for r, tw in zip(runs, tuned_walls)
+                ),
+                "cpu": statistics.fmean(r.cpu for r in runs),
+                "work_vs_tuned_run": statistics.fmean(
+                    (r.info.get("work_epochs") or len(r.val)) / w.epochs for r in runs
+                ),
+                "cpu_vs_tuned_run": statistics.fmean(r.cpu / tc for r, tc in zip(runs, tuned_cpus)),
+                "epoch_1pct": hits,
+                "info": [r.info for r in runs],
+            }
+        )
+    return rows
+
+
+def markdown(w: Workload, rows: list[dict[str, Any]]) -> str:
+    metric = "test acc" if w.task == "clf" else "test R²"
+    lines = [
+        f"#### {w.name}: {w.note}; batch {w.batch_size}, {w.epochs} epochs, "
+        f"{len(rows[0]['ratios'])} seed(s)",
+        "",
+        f"| method | best val loss | vs tuned | per seed | {metric} | wall s | CPU s "
+        "| CPU vs 1 tuned run | epochs of work vs 1 tuned run | epoch within 1% |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        hits = ", ".join("-" if h is None else str(h) for h in r["epoch_1pct"])
+        per = " ".join(f"{x:.3f}" for x in r["ratios"])
+        extra = ""
+        if r["method"] == "adamw-tuned":
+            lrs = ", ".join(f"{i['lr']:g}" for i in r["info"])
+            grid = statistics.fmean(i["grid_cpu"] for i in r["info"])
+            extra = f" (lr {lrs}; grid {grid:.1f} CPU s)"
+        if r["method"] == "descend":
+            lrs = ", ".join(f"{i['lr']:.2g}" for i in r["info"])
+            extra = f" (lr {lrs})"
+        lines.append(
+            f"| {r['method']}{extra} | {r['best_val']:.4g} | {r['ratio']:.3f} | {per} | "
+            f"{r['test']:.4f} | {r['wall']:.1f} | {r['cpu']:.1f} | {r['cpu_vs_tuned_run']:.2f} "
+            f"| {r['work_vs_tuned_run']:.2f} | {hits} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small budgets, one seed: a smoke run")
+    ap.add_argument("--only", action="append", help="run only this workload (repeatable)")
+    ap.add_argument("--seeds", type=int, help="override the number of seeds")
+    ap.add_argument("--methods", help="comma-separated subset of " + ",".join(PEERS))
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: the 2-core box is shared, and 2 threads swing 10x "
+        "under load)",
+    )
+    ap.add_argument("--json", help="write every number to this file")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    methods = args.methods.split(",") if args.methods else PEERS
+    if "adamw-tuned" not in methods:
+        methods = ["adamw-tuned", *methods]
+    import os
+
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
+        f"({args.threads} thread(s)), python {platform.python_version()}, "
+        f"load average at start {os.getloadavg()[0]:.2f}"
+    )
+    everything = []
+    t_all = time.perf_counter()
+    for w in workloads(args.quick):
+        if args.only and w.name not in args.only:
+            continue
+        n_seeds = args.seeds or w.seeds
+        per_seed = []
+        for seed in range(n_seeds):
+            t = time.perf_counter()
+            per_seed.append(run_seed(w, seed, methods))
+            print(f"  {w.name} seed {seed}: {time.perf_counter() - t:.0f}s", flush=True)
+        rows = summarize(w, per_seed)
+        print(markdown(w, rows), flush=True)
+        print(flush=True)
+        everything.append(
+            {
+                "workload": w.name,
+                "rows": rows,
+                "curves": [
+                    {m: {"val": r.val, "times": r.times} for m, r in d.items()} for d in per_seed
+                ],
+            }
+        )
+    print(f"total {time.perf_counter() - t_all:.0f}s; load average at end {os.getloadavg()[0]:.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(everything, f, indent=1, default=str)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""The default optimization policy (descend.train.autopilot): what it chooses, that it is
+deterministic, that explicit settings win, and that it survives bad starting points."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+
+import descend
+from descend import schedules
+from descend.train import autopilot
+from descend.train.callbacks import PlainProgress
+
+
+def _clf(n=400, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, 10, generator=g)
+    y = ((X[:, 0] * X[:, 1] > 0).long() + (X[:, 2] > 0.5).long()).clamp(max=2)
+    return X, y
+
+
+def _mlp(i=10, o=3, seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(i, 32), torch.nn.ReLU(), torch.nn.Linear(32, o))
+
+
+def _fit(model, data, loss="cross_entropy", **kw):
+    kw.setdefault("epochs", 40)
+    kw.setdefault("verbose", 0)
+    kw.setdefault("seed", 0)
+    return descend.fit(model, data, loss, **kw)
+
+
+def test_explicit_lr_is_exactly_that_rate_and_no_policy_runs(monkeypatch):
+    X, y = _clf()
+    calls = []
+    real = autopilot._lr_find.sweep
+    monkeypatch.setattr(
+        autopilot._lr_find, "sweep", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    r = _fit(_mlp(), (X, y), lr=0.0123, epochs=3)
+    assert calls == []  # no range test, no race
+    assert r.autopilot is None
+    assert len(r.history.step_lr) == r.steps
+    assert all(v == pytest.approx(0.0123) for v in r.history.step_lr)
+
+
+def test_explicit_optimizer_never_consults_the_policy(monkeypatch):
+    def boom(ctx):
+        raise AssertionError("the policy must not run when an optimizer is given")
+
+    monkeypatch.setattr(autopilot, "plan", boom)
+    X, y = _clf()
+    r = _fit(_mlp(), (X, y), optimizer="sgd", lr=0.05, epochs=2)
+    assert all(v == pytest.approx(0.05) for v in r.history.step_lr)
+    r = _fit(_mlp(), (X, y), optimizer=descend.optim.momentum(lr=0.02), epochs=2)
+    assert r.autopilot is None
+    assert all(v == pytest.approx(0.02) for v in r.history.step_lr)
+
+
+def test_choices_are_deterministic_for_a_seed():
+    X, y = _clf()
+    a = _fit(_mlp(), (X, y), seed=7)
+    torch.manual_seed(999)  # the global RNG state before the call must not matter
+    b = _fit(_mlp(), (X, y), seed=7)
+    ra, rb = dict(a.autopilot), dict(b.autopilot)
+    ra.pop("planning_seconds"), rb.pop("planning_seconds")
+    assert ra == rb
+    assert a.history.val_loss == b.history.val_loss
+    for (n, p), q in zip(a.model.named_parameters(), b.model.parameters()):
+        assert torch.equal(p, q), n
+
+
+def test_record_says_what_was_tried_and_why_and_progress_shows_it():
+    X, y = _clf()
+    buf = io.StringIO()
+    r = _fit(_mlp(), (X, y), callbacks=[PlainProgress(buf)])
+    rec = r.autopilot
+    assert rec["optimizer"] == "adamw" and rec["lr"] > 0
+    rt = rec["range_test"]
+    assert rt["steps"] >= 10 and rt["suggestion"] == pytest.approx(rt["min_lr"] / 10)
+    lrs = [c["lr"] for c in rec["candidates"]]
+    assert len(lrs) >= 2 and rec["lr"] in lrs
+    assert max(lrs) == pytest.approx(rt["suggestion"])  # the ceiling is the range test's
+    statuses = [c["status"] for c in rec["candidates"]]
+    assert sum(s.startswith("winner") for s in statuses) == 1
+    assert all(math.isfinite(c["best"]) for c in rec["candidates"])
+    winner = next(c for c in rec["candidates"] if c["status"].startswith("winner"))
+    assert winner["best"] == min(c["best"] for c in rec["candidates"])
+    assert f"{rec['lr']:.3g}" in rec["why"]
+    start = buf.getvalue().splitlines()[0]
+    assert "autopilot adamw(lr=" in start and f"{rec['lr']:.3g}" in start
+    assert r.optimizer.startswith("autopilot adamw(")
+
+
+def test_the_winner_continues_instead_of_restarting():
+    X, y = _clf()
+    r = _fit(_mlp(), (X, y), patience=None)
+    rec = r.autopilot
+    assert rec["race_epochs"] >= 1 and rec["continued_from_epoch"] == rec["race_epochs"]
+    # One trajectory from epoch 1: the race epochs of the winner, then fit's own epochs.
+    assert r.history.epoch == list(range(1, r.epochs + 1))
+    assert r.epochs == 40
+    steps_per_epoch = math.ceil(320 / 32)
+    assert r.steps == len(r.history.step_lr) == 40 * steps_per_epoch
+    # The schedule never restarts: every step's rate is lr x warmup-cosine(step) over the budget.
+    sched = schedules.cosine(rec["total_steps"], warmup_steps=rec["warmup_steps"])
+    expected = [rec["lr"] * sched(t) for t in range(r.steps)]
+    assert r.history.step_lr == pytest.approx(expected, rel=1e-6)
+    # And the best epoch is a real epoch of that trajectory.
+    assert r.best_loss == r.history.val_loss[r.best_epoch - 1]
+
+
+def test_the_rate_comes_from_the_data_not_a_constant():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(400, 5, generator=g)
+    w = torch.tensor([1.0, -2.0, 0.5, 3.0, 1.0])
+    fixed = descend.optim.adamw(lr=1e-3, schedule=schedules.cosine(200, warmup_steps=10))
+    chosen = {}
+    for scale in (0.05, 20.0):
+        y = scale * (X @ w)
+        torch.manual_seed(0)
+        r = _fit(torch.nn.Linear(5, 1), (X, y), "mse", epochs=20)
+        torch.manual_seed(0)
+        f = _fit(torch.nn.Linear(5, 1), (X, y), "mse", epochs=20, optimizer=fixed)
+        chosen[scale] = r.autopilot["lr"]
+        assert r.best_metric > 0.95  # R²: the policy fits both scales...
+        assert f.best_metric < 0.5  # ...where one fixed rate (AdamW 1e-3) fits neither
+    # Adam's steps do not scale with the gradient, so targets 400x larger need far larger
+    # rates: the policy has to read that off the data.
+    assert chosen[20.0] > 30 * chosen[0.05]
+
+
+def test_recovers_from_a_badly_scaled_starting_point():
+    X, y = _clf()
+
+    def bad():
+        model = _mlp()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(25.0)  # logits in the hundreds: initial cross-entropy ~ 100
+        return model
+
+    with torch.no_grad():
+        start = torch.nn.functional.cross_entropy(bad()(X), y).item()
+    r = _fit(bad(), (X, y), epochs=20)
+    # The old fixed default (AdamW 1e-3, warmup + cosine) barely moves from such a start.
+    fixed = descend.optim.adamw(lr=1e-3, schedule=schedules.cosine(200, warmup_steps=10))
+    f = _fit(bad(), (X, y), epochs=20, optimizer=fixed)
+    assert start > 50
+    assert r.best_loss < 0.1 * start
+    assert r.best_loss < 0.2 * f.best_loss
+    assert r.best_metric > f.best_metric
+
+
+def test_candidates_that_diverge_are_dropped_and_the_run_survives(monkeypatch):
+    real = autopilot._lr_find.analyze
+
+    def reckless(lrs, losses, **kw):
+        out = real(lrs, losses, **kw)
+        out["suggestion"], out["descended"] = 1e4, True  # a ceiling no model survives
+        return out
+
+    monkeypatch.setattr(autopilot._lr_find, "analyze", reckless)
+    monkeypatch.setattr(autopilot, "SPAN", 1e7)  # candidates from 1e-3 up to 1e4
+    X, y = _clf()
+    r = _fit(_mlp(), (X, y))
+    statuses = {c["lr"]: c["status"] for c in r.autopilot["candidates"]}
+    assert any("diverged" in s or "dropped" in s for s in statuses.values())
+    assert r.autopilot["lr"] < 1e3
+    assert math.isfinite(r.best_loss) and r.best_metric > 0.5
+
+
+def test_a_budget_too_small_to_race_uses_the_range_test_alone():
+    X, y = _clf()
+    steps = []
+
+    class Steps(descend.Callback):
+        def on_step_end(self, loop):
+            steps.append(loop.step)
+
+    r = _fit(_mlp(), (X, y), epochs=3, callbacks=[Steps()])
+    rec = r.autopilot
+    assert rec["policy"] == "range test" and "candidates" not in rec
+    assert rec["lr"] == pytest.approx(rec["range_test"]["suggestion"] / math.sqrt(autopilot.SPAN))
+    assert rec["range_test"]["steps"] == 20  # not 50: at most half the budget, at least 20
+    # No race, so nothing is adopted: the run is an ordinary run from step 1.
+    assert steps == list(range(1, 31)) and r.history.epoch == [1, 2, 3]
+
+
+def test_ctrl_c_while_planning_ends_the_run_as_interrupted(monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(autopilot._lr_find, "sweep", interrupted)
+    X, y = _clf()
+    model = _mlp()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    r = _fit(model, (X, y))
+    assert r.stop_reason is descend.StopReason.INTERRUPTED and r.steps == 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_streamed_data_and_no_validation():
+    X, y = _clf()
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(X, y), batch_size=32, shuffle=False
+    )
+    r = _fit(_mlp(), loader, epochs=4)
+    assert r.autopilot["lr"] > 0 and math.isfinite(r.best_loss)
+    r = _fit(_mlp(), (X, y), epochs=6, validation=None)
+    assert r.monitor == "train_loss" and math.isfinite(r.best_loss)
+
+
+def test_rebuild_gives_the_recorded_optimizer_without_trials():
+    X, y = _clf()
+    r = _fit(_mlp(), (X, y), epochs=6)
+    ctx = autopilot.PlanContext(
+        model=_mlp(),
+        bundle=None,  # rebuild must not look at the data
+        loss=None,
+        epochs=6,
+        seed=0,
+        device=torch.device("cpu"),
+        lr=None,
+        run_trial=None,
+    )
+    plan = autopilot.rebuild(r.autopilot, ctx)
+    params = {n: p.detach().clone() for n, p in _mlp().named_parameters()}
+    state = plan.tx.init(params)
+    lrs = []
+    for _ in range(5):
+        grads = {n: torch.ones_like(p) for n, p in params.items()}
+        plan.tx.update(grads, state, params)
+        lrs.append(descend.transforms.find_lr_state(state)["lr"])
+    assert lrs == pytest.approx(r.history.step_lr[:5], rel=1e-6)
