@@ -957,7 +957,7 @@ def _muon_labels(spec: Any, owner: str) -> dict[str, str] | Callable[[str, torch
 
 
 def muon(
-    lr: float = 1e-3,
+    lr: float = 3e-3,
     momentum: float = 0.95,
     nesterov: bool = True,
     ns_steps: int = 5,
@@ -985,9 +985,11 @@ def muon(
     shape; bfloat16 on GPUs). **Learning-rate convention**: by default ``s = 0.2 · sqrt(max(A,
     B))`` (``adjust_lr="match_rms_adamw"``, Liu et al. 2025), which gives the update the RMS of
     a typical AdamW update, so ``lr`` and ``weight_decay`` are AdamW's and one learning rate
-    drives both parts (``adamw_lr`` defaults to ``lr``). ``adjust_lr="original"`` is Keller
-    Jordan's ``sqrt(max(1, A/B))`` with learning rates around 0.02 (then set ``adamw_lr``, e.g.
-    3e-4).
+    drives both parts (``adamw_lr`` defaults to ``lr``). The default 3e-3 was the most
+    consistent of 1e-3 … 2e-2 on the zero-tuning suite's small MLPs (benchmarks/RESULTS.md);
+    Keller Jordan's 0.02 under his scaling is about 4e-3 (768-wide) to 9e-3 (128-wide) in this
+    one. ``adjust_lr="original"`` is his ``sqrt(max(1, A/B))`` with learning rates around 0.02
+    (then set ``adamw_lr``, e.g. 3e-4).
 
     The parameters are split by :func:`muon_partition` (biases, gains, embeddings and the output
     layer go to AdamW); see the split with ``optim.muon_partition(model)``, or pass your own as
@@ -1020,7 +1022,7 @@ def muon(
         >>> model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(),
         ...                             torch.nn.Linear(16, 16), torch.nn.ReLU(),
         ...                             torch.nn.Linear(16, 1))
-        >>> opt = optim.as_torch_optimizer(optim.muon(lr=1e-3, partition=model), model)
+        >>> opt = optim.as_torch_optimizer(optim.muon(partition=model), model)
     """
     owner = "muon"
     lr = _common(owner, lr, schedule, max_grad_norm, impl)
