@@ -550,8 +550,9 @@ def markdown(w: Workload, rows: list[dict[str, Any]]) -> str:
         extra = ""
         if r["method"] == "adamw-tuned":
             lrs = ", ".join(f"{i['lr']:g}" for i in r["info"])
-            grid = statistics.fmean(i["grid_cpu"] for i in r["info"])
-            extra = f" (lr {lrs}; grid {grid:.1f} CPU s)"
+            gw = statistics.fmean(i["grid_wall"] for i in r["info"])
+            gc = statistics.fmean(i["grid_cpu"] for i in r["info"])
+            extra = f" (lr {lrs}; grid {gw:.1f} s wall, {gc:.1f} s CPU)"
         if r["method"] == "descend":
             lrs = ", ".join(f"{i['lr']:.2g}" for i in r["info"])
             extra = f" (lr {lrs})"
@@ -577,7 +578,16 @@ def main() -> None:
         "under load)",
     )
     ap.add_argument("--json", help="write every number to this file")
+    ap.add_argument("--render", help="print the tables of a saved --json file and exit")
     args = ap.parse_args()
+    if args.render:
+        with open(args.render) as f:
+            saved = json.load(f)
+        by_name = {w.name: w for w in workloads(False)}
+        for entry in saved:
+            print(markdown(by_name[entry["workload"]], entry["rows"]))
+            print()
+        return
     torch.set_num_threads(args.threads)
     methods = args.methods.split(",") if args.methods else PEERS
     if "adamw-tuned" not in methods:
