@@ -103,3 +103,51 @@ def test_without_guard_nan_stops_diverged(digits):
 def test_guard_does_not_fire_on_a_healthy_run(digits):
     r = run(digits, 3e-3, epochs=15)
     assert r.history.events == []
+
+
+class _FakeLoop:
+    """Just enough of a Loop for the guard: a model, optimizer state, a history, events."""
+
+    def __init__(self, first_loss):
+        from descend.train.result import History
+
+        self.model = torch.nn.Linear(2, 2)
+        self.opt_state = {"m": torch.zeros(2)}
+        self.lr_state = {"scale": 1.0}
+        self.history = History()
+        self.history.step_loss.append(first_loss)
+        self.step = 0
+        self.events = []
+
+    def refresh_lr_state(self):
+        pass
+
+    def record_event(self, kind, text):
+        self.events.append((kind, text))
+
+
+def _feed(guard, loop, losses):
+    for v in losses:
+        loop.step += 1
+        loop.history.step_loss.append(v)
+        if guard.after_step(loop, torch.tensor(v), torch.tensor(1.0)) == "diverged":
+            return "diverged"
+    return None
+
+
+def test_near_zero_loss_noise_is_not_a_spike():
+    # A memorized training set: batch losses around 0.003 with hard batches 10-20x that. In
+    # log space they are spikes; in absolute terms (vs a start of 2.3) they are nothing. This
+    # sequence made a digits run stop "diverged" after 7 rollbacks before the absolute floor.
+    from descend.train.guard import Guard
+
+    loop = _FakeLoop(2.3)
+    guard = Guard()
+    steady = [0.003, 0.0025, 0.0031, 0.0028] * 10
+    noisy = [0.0176, 0.04585, 0.003, 0.01946, 0.0125, 0.003, 0.05259, 0.0676, 0.003] * 3
+    assert _feed(guard, loop, steady + noisy) is None
+    assert loop.events == [] and loop.lr_state["scale"] == 1.0
+    # ... while a jump back toward the starting level is caught, confirmed by a second batch.
+    assert _feed(guard, loop, [*steady, 0.9, 1.2]) is None
+    assert [k for k, _ in loop.events] == ["rollback"]
+    assert loop.lr_state["scale"] == pytest.approx(0.3)

@@ -8,7 +8,11 @@ How it decides (on by default, ``fit(guard=False)`` turns it off):
   ``max(log(spike_factor), 6 × deviation)`` is suspicious; ``confirm`` suspicious batches in a
   row are an event (one noisy batch is not). Working in log space makes the test scale-free: a
   noisy small loss (0.005–0.05 per batch) is not flagged, while a loss that sits at 2.5× its
-  steady level is — the typical first sign of a learning rate far too high.
+  steady level is — the typical first sign of a learning rate far too high. A spike must also
+  be large in absolute terms: above the running level by ``abs_floor`` (5%) of the loss level
+  the run started from. Near zero training loss a single hard batch is easily 10x the running
+  level (0.003 → 0.03 on a memorized digits set) without anything going wrong; a rate that is
+  too high drives the loss back toward where it started.
 - **Rollback**: the guard keeps one snapshot of the model and optimizer state, taken at every
   epoch start, every ``snapshot_every`` steps and at every checkpoint, and only after the steps
   since the previous snapshot passed the checks. On an event it restores that snapshot, scales
@@ -78,6 +82,7 @@ class Guard:
         lr_factor: float = 0.3,
         max_retries: int = 6,
         max_events: int = 30,
+        abs_floor: float = 0.05,
     ) -> None:
         self.check_every = check_every
         self.snapshot_every = snapshot_every
@@ -88,6 +93,9 @@ class Guard:
         self.lr_factor = lr_factor
         self.max_retries = max_retries
         self.max_events = max_events
+        self.abs_floor = abs_floor
+        # The first accepted loss: the scale the absolute floor is measured against.
+        self.start: float | None = None
         # Running statistics of log(loss) over accepted steps (part of checkpoints).
         self.level: float | None = None
         self.dev = 0.0
@@ -107,6 +115,7 @@ class Guard:
             "events": self.events,
             "retries": self.retries,
             "suspicious": self.suspicious,
+            "start": self.start,
         }
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
@@ -114,6 +123,7 @@ class Guard:
         self.dev = d["dev"]
         self.seen = d["seen"]
         self.suspicious = d.get("suspicious", 0)
+        self.start = d.get("start")
         self.events = d["events"]
         self.retries = d["retries"]
 
@@ -151,6 +161,11 @@ class Guard:
 
     def after_step(self, loop: Loop, loss: torch.Tensor, gnorm: torch.Tensor) -> str | None:
         """Called after every step. Returns ``"diverged"`` when the run should stop."""
+        if self.start is None and loop.history.step_loss:
+            # A run continued from a race (or earlier epochs) starts from its first step's loss.
+            first = loop.history.step_loss[0]
+            if math.isfinite(first):
+                self.start = max(first, 0.0)
         self._pending.append((loss, gnorm))
         if len(self._pending) < self.check_every:
             return None
@@ -197,6 +212,9 @@ class Guard:
         if self.level is not None and self.seen >= self.warmup and loss > 0:
             z = math.log(loss) - self.level
             threshold = max(math.log(self.spike_factor), 6.0 * self.dev)
+            floor = self.abs_floor * (self.start or 0.0)
+            if loss - math.exp(self.level) <= floor:
+                return None, ""
             if z > threshold:
                 return "spike", (
                     f"the batch loss {loss:.4g} was {math.exp(z):.1f}x its running level "
@@ -210,6 +228,8 @@ class Guard:
         x = math.log(max(loss, 1e-30))
         if self.level is None:
             self.level = x
+            if self.start is None:
+                self.start = max(loss, 0.0)
         else:
             self.dev = 0.95 * self.dev + 0.05 * abs(x - self.level)
             self.level = 0.9 * self.level + 0.1 * x
