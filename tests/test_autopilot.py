@@ -28,7 +28,7 @@ def _mlp(i=10, o=3, seed=0):
 
 
 def _fit(model, data, loss="cross_entropy", **kw):
-    kw.setdefault("epochs", 40)
+    kw.setdefault("epochs", 60)
     kw.setdefault("verbose", 0)
     kw.setdefault("seed", 0)
     return descend.fit(model, data, loss, **kw)
@@ -103,9 +103,9 @@ def test_the_winner_continues_instead_of_restarting():
     assert rec["race_epochs"] >= 1 and rec["continued_from_epoch"] == rec["race_epochs"]
     # One trajectory from epoch 1: the race epochs of the winner, then fit's own epochs.
     assert r.history.epoch == list(range(1, r.epochs + 1))
-    assert r.epochs == 40
+    assert r.epochs == 60
     steps_per_epoch = math.ceil(320 / 32)
-    assert r.steps == len(r.history.step_lr) == 40 * steps_per_epoch
+    assert r.steps == len(r.history.step_lr) == 60 * steps_per_epoch
     # The schedule never restarts: every step's rate is lr x warmup-cosine(step) over the budget.
     sched = schedules.cosine(rec["total_steps"], warmup_steps=rec["warmup_steps"])
     expected = [rec["lr"] * sched(t) for t in range(r.steps)]
