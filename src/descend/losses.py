@@ -151,21 +151,31 @@ def _check_pred(loss: str, pred: object) -> None:
                 "(cast with pred.float() if needed)",
             )
         )
-    if pred.ndim == 0:
+    _check_batch(
+        loss,
+        "pred",
+        pred,
+        "pass a batch; for a single sample use pred.reshape(1) and target.reshape(1)",
+    )
+
+
+def _check_batch(loss: str, role: str, t: Tensor, scalar_fix: str) -> None:
+    """``t`` has a batch dimension (``scalar_fix`` says how to add one) and a sample in it."""
+    if t.ndim == 0:
         raise InputError(
             message(
-                f"{loss} pred",
+                f"{loss} {role}",
                 "must have a batch dimension, shape (N, ...)",
                 "a 0-dimensional tensor",
-                "pass a batch; for a single sample use pred.reshape(1) and target.reshape(1)",
+                scalar_fix,
             )
         )
-    if pred.shape[0] == 0:
+    if t.shape[0] == 0:
         raise InputError(
             message(
-                f"{loss} pred",
+                f"{loss} {role}",
                 "must hold at least one sample",
-                f"an empty batch of shape {_shape(pred)}",
+                f"an empty batch of shape {_shape(t)}",
                 "check the data split and the batch slicing; a batch needs N >= 1 samples",
             )
         )
@@ -192,24 +202,7 @@ def _check_target_basics(loss: str, pred: Tensor | None, target: object) -> None
                 "move them with targets.to(pred.device)",
             )
         )
-    if target.ndim == 0:
-        raise InputError(
-            message(
-                f"{loss} targets",
-                "must have a batch dimension, shape (N, ...)",
-                "a 0-dimensional tensor",
-                "pass one target per sample, e.g. target.reshape(1)",
-            )
-        )
-    if target.shape[0] == 0:
-        raise InputError(
-            message(
-                f"{loss} targets",
-                "must hold at least one sample",
-                f"an empty batch of shape {_shape(target)}",
-                "check the data split and the batch slicing; a batch needs N >= 1 samples",
-            )
-        )
+    _check_batch(loss, "targets", target, "pass one target per sample, e.g. target.reshape(1)")
 
 
 def _batch_mismatch(loss: str, pred: Tensor, target: Tensor) -> InputError:
@@ -235,27 +228,17 @@ def _check_same_shape(loss: str, pred: Tensor, target: Tensor) -> None:
         else None
     )
     rule = "must have the same shape as pred"
+    got = f"pred of shape {_shape(pred)} and targets of shape {_shape(target)}"
+    squeeze = None  # one side has an extra trailing dimension of 1
     if pred.ndim == target.ndim + 1 and pred.shape[-1] == 1 and pred.shape[:-1] == target.shape:
         fix_t = "target.reshape(-1, 1)" if target.ndim == 1 else "target.unsqueeze(-1)"
-        got = f"pred of shape {_shape(pred)} and targets of shape {_shape(target)}"
-        raise InputError(
-            message(
-                f"{loss} targets",
-                rule,
-                f"{got}, {broadcast}" if broadcast else got,
-                f"pass pred.squeeze(-1) or {fix_t}",
-            )
-        )
-    if target.ndim == pred.ndim + 1 and target.shape[-1] == 1 and target.shape[:-1] == pred.shape:
+        squeeze = f"pass pred.squeeze(-1) or {fix_t}"
+    elif target.ndim == pred.ndim + 1 and target.shape[-1] == 1 and target.shape[:-1] == pred.shape:
         fix_p = "pred.reshape(-1, 1)" if pred.ndim == 1 else "pred.unsqueeze(-1)"
-        got = f"pred of shape {_shape(pred)} and targets of shape {_shape(target)}"
+        squeeze = f"pass target.squeeze(-1) or {fix_p}"
+    if squeeze is not None:
         raise InputError(
-            message(
-                f"{loss} targets",
-                rule,
-                f"{got}, {broadcast}" if broadcast else got,
-                f"pass target.squeeze(-1) or {fix_p}",
-            )
+            message(f"{loss} targets", rule, f"{got}, {broadcast}" if broadcast else got, squeeze)
         )
     if target.shape[0] != pred.shape[0]:
         raise _batch_mismatch(loss, pred, target)
@@ -265,14 +248,7 @@ def _check_same_shape(loss: str, pred: Tensor, target: Tensor) -> None:
         if pred.ndim == 2 and target.ndim == 2
         else "reshape pred or targets so that they match"
     )
-    raise InputError(
-        message(
-            f"{loss} targets",
-            rule,
-            f"pred of shape {_shape(pred)} and targets of shape {_shape(target)}",
-            fix,
-        )
-    )
+    raise InputError(message(f"{loss} targets", rule, got, fix))
 
 
 def _broadcastable(a: torch.Size, b: torch.Size) -> bool:
@@ -599,6 +575,8 @@ def _check_index_targets(
 
 
 def _check_class_pred(loss: str, pred: Tensor) -> None:
+    """:func:`_check_pred`, then one score per class (dimension 1)."""
+    _check_pred(loss, pred)
     if pred.ndim < 2:
         raise InputError(
             message(
@@ -678,10 +656,15 @@ def _check_probability_targets(loss: str, pred: Tensor | None, target: Tensor) -
 # ---------------------------------------------------------------------------------------------
 
 
+def _per_sample(weight: Tensor, losses: Tensor) -> Tensor:
+    """Per-sample ``weight`` (N,) shaped to broadcast over ``losses`` (N, ...)."""
+    w = weight.to(dtype=losses.dtype, device=losses.device)
+    return w.reshape(w.shape[:1] + (1,) * (losses.ndim - 1))
+
+
 def _weighted(losses: Tensor, weight: Tensor, reduction: str) -> Tensor:
     """Reduce elementwise ``losses`` (N, ...) with per-sample ``weight`` (N,)."""
-    w = weight.to(dtype=losses.dtype, device=losses.device)
-    w = w.reshape(w.shape[:1] + (1,) * (losses.ndim - 1))
+    w = _per_sample(weight, losses)
     weighted = losses * w
     if reduction == "none":
         return weighted
@@ -700,13 +683,10 @@ def _weighted_index(
 ) -> Tensor:
     """Like torch's class-weighted mean, times per-sample weights: the denominator is
     ``sum_i w_i * class_weight[y_i]`` over the samples not ignored."""
-    w = weight.to(dtype=losses.dtype, device=losses.device)
-    w = w.reshape(w.shape[:1] + (1,) * (losses.ndim - 1))
+    if reduction != "mean":
+        return _weighted(losses, weight, reduction)
+    w = _per_sample(weight, losses)
     weighted = losses * w
-    if reduction == "none":
-        return weighted
-    if reduction == "sum":
-        return weighted.sum()
     counted = (target != ignore_index).to(losses.dtype)
     if class_weight is not None:
         counted = counted * class_weight[target.clamp(0, class_weight.shape[0] - 1)]
@@ -723,6 +703,44 @@ def _to_pred(value: WeightLike, pred: Tensor) -> Tensor | None:
 
 def _as_index(target: Tensor) -> Tensor:
     return target if target.dtype == torch.long else target.long()
+
+
+def _float_loss(
+    fn: Callable[..., Tensor],
+    pred: Tensor,
+    target: Tensor,
+    sample_weight: Tensor | None,
+    reduction: str,
+    **options: Any,
+) -> Tensor:
+    """``fn(pred, target, **options)`` (a :mod:`torch.nn.functional` loss) on targets cast to
+    pred's dtype: torch's own reduction without per-sample weights, :func:`_weighted` with them.
+    ``options`` go to ``fn`` as they are (its ``weight=`` is a class weight)."""
+    target = target.to(pred.dtype)
+    if sample_weight is None:
+        return fn(pred, target, reduction=reduction, **options)
+    return _weighted(fn(pred, target, reduction="none", **options), sample_weight, reduction)
+
+
+def _index_loss(
+    fn: Callable[..., Tensor],
+    pred: Tensor,
+    target: Tensor,
+    class_weight: WeightLike,
+    ignore_index: int | None,
+    sample_weight: Tensor | None,
+    reduction: str,
+    **options: Any,
+) -> Tensor:
+    """``fn`` (``F.cross_entropy`` or ``F.nll_loss``) on class-index targets: torch's
+    class-weighted reduction, or :func:`_weighted_index` with per-sample weights."""
+    cw = _to_pred(class_weight, pred)
+    target = _as_index(target)
+    ii = _TORCH_IGNORE_INDEX if ignore_index is None else ignore_index
+    if sample_weight is None:
+        return fn(pred, target, weight=cw, ignore_index=ii, reduction=reduction, **options)
+    losses = fn(pred, target, weight=cw, ignore_index=ii, reduction="none", **options)
+    return _weighted_index(losses, target, sample_weight, cw, ii, reduction)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -758,24 +776,8 @@ def _check_regression(
     _check_weight(loss, weight, target.shape[0], reduction, target.device)
 
 
-def _check_mse(
-    pred: Tensor | None,
-    target: Tensor,
-    *,
-    weight: Tensor | None = None,
-    reduction: Reduction = "mean",
-) -> None:
-    _check_regression("mse", pred, target, weight=weight, reduction=reduction)
-
-
-def _check_mae(
-    pred: Tensor | None,
-    target: Tensor,
-    *,
-    weight: Tensor | None = None,
-    reduction: Reduction = "mean",
-) -> None:
-    _check_regression("mae", pred, target, weight=weight, reduction=reduction)
+_check_mse = functools.partial(_check_regression, "mse")
+_check_mae = functools.partial(_check_regression, "mae")
 
 
 def _check_huber(
@@ -824,10 +826,7 @@ def mse(
     """
     if validate:
         _check_mse(pred, target, weight=weight, reduction=reduction)
-    target = target.to(pred.dtype)
-    if weight is None:
-        return F.mse_loss(pred, target, reduction=reduction)
-    return _weighted(F.mse_loss(pred, target, reduction="none"), weight, reduction)
+    return _float_loss(F.mse_loss, pred, target, weight, reduction)
 
 
 def mae(
@@ -860,10 +859,7 @@ def mae(
     """
     if validate:
         _check_mae(pred, target, weight=weight, reduction=reduction)
-    target = target.to(pred.dtype)
-    if weight is None:
-        return F.l1_loss(pred, target, reduction=reduction)
-    return _weighted(F.l1_loss(pred, target, reduction="none"), weight, reduction)
+    return _float_loss(F.l1_loss, pred, target, weight, reduction)
 
 
 def huber(
@@ -904,15 +900,29 @@ def huber(
     """
     if validate:
         _check_huber(pred, target, delta=delta, weight=weight, reduction=reduction)
-    target = target.to(pred.dtype)
-    if weight is None:
-        return F.huber_loss(pred, target, reduction=reduction, delta=delta)
-    return _weighted(F.huber_loss(pred, target, reduction="none", delta=delta), weight, reduction)
+    return _float_loss(F.huber_loss, pred, target, weight, reduction, delta=delta)
 
 
 # ---------------------------------------------------------------------------------------------
 # Classification losses
 # ---------------------------------------------------------------------------------------------
+
+
+def _check_soft_options(loss: str, probabilities: object, label_smoothing: object) -> None:
+    """cross_entropy's ``probabilities`` and ``label_smoothing`` options."""
+    if not isinstance(probabilities, bool):
+        raise ConfigError(
+            message(f"{loss}: probabilities", "must be True or False", describe(probabilities))
+        )
+    check_in_range(
+        "label_smoothing",
+        label_smoothing,
+        0.0,
+        1.0,
+        owner=loss,
+        high_inclusive=True,
+        example="label_smoothing=0.1",
+    )
 
 
 def _check_cross_entropy(
@@ -928,19 +938,7 @@ def _check_cross_entropy(
 ) -> None:
     loss = "cross_entropy"
     _check_reduction(loss, reduction)
-    if not isinstance(probabilities, bool):
-        raise ConfigError(
-            message(f"{loss}: probabilities", "must be True or False", describe(probabilities))
-        )
-    check_in_range(
-        "label_smoothing",
-        label_smoothing,
-        0.0,
-        1.0,
-        owner=loss,
-        high_inclusive=True,
-        example="label_smoothing=0.1",
-    )
+    _check_soft_options(loss, probabilities, label_smoothing)
     _check_ignore_index(loss, ignore_index)
     if probabilities and ignore_index is not None:
         raise ConfigError(
@@ -952,7 +950,6 @@ def _check_cross_entropy(
             )
         )
     if pred is not None:
-        _check_pred(loss, pred)
         _check_class_pred(loss, pred)
     _check_target_basics(loss, pred, target)
     if probabilities:
@@ -1036,37 +1033,27 @@ def cross_entropy(
             weight=weight,
             reduction=reduction,
         )
-    cw = _to_pred(class_weight, pred)
     if probabilities:
-        target = target.to(pred.dtype)
-        if weight is None:
-            return F.cross_entropy(
-                pred, target, weight=cw, reduction=reduction, label_smoothing=label_smoothing
-            )
-        losses = F.cross_entropy(
-            pred, target, weight=cw, reduction="none", label_smoothing=label_smoothing
-        )
-        return _weighted(losses, weight, reduction)
-    target = _as_index(target)
-    ii = _TORCH_IGNORE_INDEX if ignore_index is None else ignore_index
-    if weight is None:
-        return F.cross_entropy(
+        cw = _to_pred(class_weight, pred)
+        return _float_loss(
+            F.cross_entropy,
             pred,
             target,
-            weight=cw,
-            ignore_index=ii,
-            reduction=reduction,
+            weight,
+            reduction,
+            weight=cw,  # torch's class weight; the per-sample weights are the argument above
             label_smoothing=label_smoothing,
         )
-    losses = F.cross_entropy(
+    return _index_loss(
+        F.cross_entropy,
         pred,
         target,
-        weight=cw,
-        ignore_index=ii,
-        reduction="none",
+        class_weight,
+        ignore_index,
+        weight,
+        reduction,
         label_smoothing=label_smoothing,
     )
-    return _weighted_index(losses, target, weight, cw, ii, reduction)
 
 
 def _check_nll(
@@ -1082,7 +1069,6 @@ def _check_nll(
     _check_reduction(loss, reduction)
     _check_ignore_index(loss, ignore_index)
     if pred is not None:
-        _check_pred(loss, pred)
         _check_class_pred(loss, pred)
     _check_target_basics(loss, pred, target)
     _check_index_targets(loss, pred, target, ignore_index, soft_alternative=False)
@@ -1159,13 +1145,7 @@ def nll(
             weight=weight,
             reduction=reduction,
         )
-    cw = _to_pred(class_weight, pred)
-    target = _as_index(target)
-    ii = _TORCH_IGNORE_INDEX if ignore_index is None else ignore_index
-    if weight is None:
-        return F.nll_loss(pred, target, weight=cw, ignore_index=ii, reduction=reduction)
-    losses = F.nll_loss(pred, target, weight=cw, ignore_index=ii, reduction="none")
-    return _weighted_index(losses, target, weight, cw, ii, reduction)
+    return _index_loss(F.nll_loss, pred, target, class_weight, ignore_index, weight, reduction)
 
 
 def _check_binary_cross_entropy(
@@ -1283,12 +1263,10 @@ def binary_cross_entropy(
         _check_binary_cross_entropy(
             pred, target, pos_weight=pos_weight, weight=weight, reduction=reduction
         )
-    target = target.to(pred.dtype)
     pw = _to_pred(pos_weight, pred)
-    if weight is None:
-        return F.binary_cross_entropy_with_logits(pred, target, pos_weight=pw, reduction=reduction)
-    losses = F.binary_cross_entropy_with_logits(pred, target, pos_weight=pw, reduction="none")
-    return _weighted(losses, weight, reduction)
+    return _float_loss(
+        F.binary_cross_entropy_with_logits, pred, target, weight, reduction, pos_weight=pw
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1510,19 +1488,8 @@ def _check_options(base: str, options: dict[str, Any]) -> None:
     if base == "huber":
         check_positive("delta", options.get("delta", 1.0), owner="huber")
     if base == "cross_entropy":
-        probabilities = options.get("probabilities", False)
-        if not isinstance(probabilities, bool):
-            raise ConfigError(
-                message(f"{base}: probabilities", "must be True or False", describe(probabilities))
-            )
-        check_in_range(
-            "label_smoothing",
-            options.get("label_smoothing", 0.0),
-            0.0,
-            1.0,
-            owner=base,
-            high_inclusive=True,
-            example="label_smoothing=0.1",
+        _check_soft_options(
+            base, options.get("probabilities", False), options.get("label_smoothing", 0.0)
         )
     if base in ("cross_entropy", "nll"):
         _check_ignore_index(base, options.get("ignore_index"))
