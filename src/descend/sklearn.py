@@ -95,6 +95,9 @@ class _Estimator(BaseEstimator):
 
     _is_classifier = False
 
+    # The Regressor's parameters and defaults (it inherits this __init__). scikit-learn reads
+    # the parameters from each estimator's own __init__ signature, so the Classifier repeats
+    # them for its default validation_fraction=None.
     def __init__(
         self,
         hidden_layer_sizes: tuple[int, ...] | None = None,
@@ -555,37 +558,7 @@ class Regressor(RegressorMixin, _Estimator):
         (3,)
     """
 
-    def __init__(
-        self,
-        hidden_layer_sizes: tuple[int, ...] | None = None,
-        activation: str = "relu",
-        max_epochs: int = 50,
-        batch_size: int | None = None,
-        validation_fraction: float | None = 0.1,
-        patience: int | None = 10,
-        tol: float = 1e-4,
-        random_state: int | np.random.RandomState | None = None,
-        warm_start: bool = False,
-        verbose: int = 0,
-        optimizer: Any = None,
-        lr: float | None = None,
-        device: str | None = None,
-    ) -> None:
-        super().__init__(
-            hidden_layer_sizes=hidden_layer_sizes,
-            activation=activation,
-            max_epochs=max_epochs,
-            batch_size=batch_size,
-            validation_fraction=validation_fraction,
-            patience=patience,
-            tol=tol,
-            random_state=random_state,
-            warm_start=warm_start,
-            verbose=verbose,
-            optimizer=optimizer,
-            lr=lr,
-            device=device,
-        )
+    # __init__ is _Estimator's: the same parameters and defaults (validation_fraction=0.1).
 
     def partial_fit(self, X: Any, y: Any, sample_weight: Any = None) -> Regressor:
         """One epoch over ``(X, y)``, continuing the weights and the optimizer state."""
