@@ -251,6 +251,15 @@ def _parse_text_numbers(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(values_np, dtype=np.float64), np.flatnonzero(bad_np)
 
 
+def _not_numbers(
+    col: pa.ChunkedArray, bad: np.ndarray, where: _Rows, subject: str, rule: str, fix: str
+) -> InputError:
+    """The error for the text values at positions ``bad`` of ``col`` that are not numbers: the
+    first few distinct ones and where they are."""
+    examples = _quote_list(sorted(set(col.take(pa.array(bad[:20])).to_pylist())), 5)
+    return InputError(message(subject, rule, f"{examples} at {where.describe(bad)}", fix))
+
+
 def _time_seconds(col: pa.ChunkedArray) -> np.ndarray:
     t = col.type
     if pa.types.is_timestamp(t):
@@ -1052,14 +1061,13 @@ class Preprocessor:
         if _is_text(col.type):
             values, bad = _parse_text_numbers(col)
             if len(bad):
-                examples = _quote_list(sorted(set(col.take(pa.array(bad[:20])).to_pylist())), 5)
-                raise InputError(
-                    message(
-                        f"regression target {name!r}",
-                        "must hold numbers",
-                        f"{examples} at {where.describe(bad)}",
-                        "fix those values, or use task='classification' for labels",
-                    )
+                raise _not_numbers(
+                    col,
+                    bad,
+                    where,
+                    f"regression target {name!r}",
+                    "must hold numbers",
+                    "fix those values, or use task='classification' for labels",
                 )
         elif _is_number(col.type) or pa.types.is_boolean(col.type) or _is_time(col.type):
             values = _numeric_values(col)
@@ -1167,15 +1175,14 @@ class Preprocessor:
         if len(bad) == 0:
             return True
         if valid - len(bad) >= _JUNK_THRESHOLD * valid:
-            examples = _quote_list(sorted(set(col.take(pa.array(bad[:20])).to_pylist())), 5)
-            raise InputError(
-                message(
-                    f"column {name!r}",
-                    "looks numeric (most values are numbers) so every value must be a number",
-                    f"{examples} at {where.describe(bad)}",
-                    "correct those values or leave the cells empty (missing numbers are filled "
-                    f"with the median), or pass categorical=[{name!r}] to treat it as text",
-                )
+            raise _not_numbers(
+                col,
+                bad,
+                where,
+                f"column {name!r}",
+                "looks numeric (most values are numbers) so every value must be a number",
+                "correct those values or leave the cells empty (missing numbers are filled "
+                f"with the median), or pass categorical=[{name!r}] to treat it as text",
             )
         return False
 
@@ -1356,15 +1363,14 @@ class Preprocessor:
         if _is_text(t):
             values, bad = _parse_text_numbers(col)
             if len(bad):
-                examples = _quote_list(sorted(set(col.take(pa.array(bad[:20])).to_pylist())), 5)
-                raise InputError(
-                    message(
-                        f"column {name!r}",
-                        "was numeric in training so every value must be a number",
-                        f"{examples} at {where.describe(bad)}",
-                        "correct those values or leave the cells empty (missing numbers are "
-                        "filled with the training median)",
-                    )
+                raise _not_numbers(
+                    col,
+                    bad,
+                    where,
+                    f"column {name!r}",
+                    "was numeric in training so every value must be a number",
+                    "correct those values or leave the cells empty (missing numbers are "
+                    "filled with the training median)",
                 )
         elif _is_number(t) or pa.types.is_boolean(t) or _is_time(t) or pa.types.is_null(t):
             values = np.full(len(col), np.nan) if pa.types.is_null(t) else _numeric_values(col)
