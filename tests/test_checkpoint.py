@@ -22,6 +22,7 @@ def data(n=200, seed=0):
 
 
 def train(tmp, epochs=3, model=None, optimizer=None, **kw):
+    kw.setdefault("checkpoint_every", "epoch")
     torch.manual_seed(0)
     model = model or torch.nn.Sequential(
         torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)
@@ -174,3 +175,30 @@ def test_full_disk_mid_run_warns_and_keeps_previous_checkpoint(tmp_path, monkeyp
     assert not list(tmp_path.glob(".tmp-ckpt-*"))
     kept = [C._read(p).meta["epoch"] for p in C.list_checkpoints(tmp_path)]
     assert kept == [3, 1]  # epoch 2's write failed; epoch 1's stayed until epoch 3's was whole
+
+
+def test_auto_cadence_writes_after_epoch_one_then_by_cost(tmp_path, monkeypatch):
+    # "auto" writes at the first epoch end, then only once 20x the last write's duration has
+    # passed: with the ratio made huge, a 6-epoch run of millisecond epochs writes after
+    # epoch 1 and at the stop, not at every epoch.
+    from descend.train import loop as L
+
+    saved: list[int] = []
+    real_save = C.save
+
+    def counting_save(directory, ckpt):
+        saved.append(ckpt.meta["epoch"])
+        return real_save(directory, ckpt)
+
+    monkeypatch.setattr(C, "save", counting_save)
+    monkeypatch.setattr(L, "AUTO_CHECKPOINT_RATIO", 1e6)
+    train(tmp_path / "auto", epochs=6, checkpoint_every="auto")
+    assert saved == [1, 6]
+    saved.clear()
+    train(tmp_path / "epoch", epochs=6, checkpoint_every="epoch")
+    assert saved == [1, 2, 3, 4, 5, 6]
+    saved.clear()
+    # The real ratio on a fast disk still writes at least the first and the last epoch.
+    monkeypatch.setattr(L, "AUTO_CHECKPOINT_RATIO", 20)
+    train(tmp_path / "real", epochs=6, checkpoint_every="auto")
+    assert saved[0] == 1 and saved[-1] == 6
