@@ -94,6 +94,25 @@ def _explicit(ctx: typer.Context, names: list[str]) -> dict[str, Any]:
     return out
 
 
+# ----------------------------------------------------------------------------- shared options
+
+_Quiet = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress or notes; only the final summary.")
+]
+_LookupRunsDir = Annotated[str, typer.Option(help="Where to look up a run given by name.")]
+
+
+def _test_line(s: dict[str, Any]) -> str:
+    return f"test ({s['rows']['test']:,} rows): {runs.format_metrics(s['test'])}"
+
+
+def _say_saved(s: dict[str, Any], run_dir: Any, quiet: bool) -> None:
+    """The end of a training summary: the stop reason (which --quiet kept back) and where."""
+    if quiet and s.get("stop_message"):
+        _say(s["stop_message"])
+    _say(f"run saved to {run_dir}")
+
+
 # ----------------------------------------------------------------------------- fit
 
 
@@ -227,9 +246,7 @@ def fit(
         ),
     ] = None,
     runs_dir: Annotated[str, typer.Option(help="Where new run directories go.")] = _D.runs_dir,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress or notes; only the final summary.")
-    ] = _D.quiet,
+    quiet: _Quiet = _D.quiet,
 ) -> None:
     """Train a model on a data file or built-in dataset and save a run directory.
 
@@ -247,7 +264,7 @@ def fit(
         _error("interrupted before the first epoch finished; nothing was saved")
         raise typer.Exit(EXIT_INTERRUPTED)
     if s.get("test"):
-        _say(f"test ({s['rows']['test']:,} rows): {runs.format_metrics(s['test'])}")
+        _say(_test_line(s))
     elif s.get("validation"):
         _say(
             f"validation ({s['rows']['validation']:,} rows, no test split): "
@@ -255,9 +272,7 @@ def fit(
         )
     else:
         _say("no validation or test rows (both fractions are 0): no held-out metrics")
-    if cfg.quiet and s.get("stop_message"):
-        _say(s["stop_message"])
-    _say(f"run saved to {outcome.run_dir}")
+    _say_saved(s, outcome.run_dir, cfg.quiet)
     if outcome.interrupted:
         _say(f"interrupted: saved the best model so far (epoch {s.get('best_epoch', 0)})")
         raise typer.Exit(EXIT_INTERRUPTED)
@@ -268,9 +283,7 @@ def fit(
 def resume(
     run: Annotated[str, typer.Argument(help="The run directory (or its name under --runs-dir).")],
     runs_dir: Annotated[str, typer.Option(help="Where run directories are.")] = _D.runs_dir,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress or notes; only the final summary.")
-    ] = False,
+    quiet: _Quiet = False,
 ) -> None:
     """Continue an interrupted or killed run from its newest good checkpoint.
 
@@ -284,10 +297,8 @@ def resume(
     outcome = runs.train(cfg, notify=notify, argv=sys.argv[1:], resume_run=run_dir)
     s = outcome.summary
     if s.get("test"):
-        _say(f"test ({s['rows']['test']:,} rows): {runs.format_metrics(s['test'])}")
-    if quiet and s.get("stop_message"):
-        _say(s["stop_message"])
-    _say(f"run saved to {run_dir}")
+        _say(_test_line(s))
+    _say_saved(s, run_dir, quiet)
     if outcome.interrupted:
         raise typer.Exit(EXIT_INTERRUPTED)
 
@@ -319,9 +330,7 @@ def predict(
             "--output", "-o", help="The CSV file to write ('-' = stdout).", show_default="stdout"
         ),
     ] = None,
-    runs_dir: Annotated[
-        str, typer.Option(help="Where to look up a run given by name.")
-    ] = _D.runs_dir,
+    runs_dir: _LookupRunsDir = _D.runs_dir,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ...", show_default="cpu")] = None,
 ) -> None:
     """Predict with a saved run: labels in their original form plus one probability column per
@@ -421,9 +430,7 @@ def show(
         str,
         typer.Argument(help="A run directory (or its name under --runs-dir).", show_default=False),
     ],
-    runs_dir: Annotated[
-        str, typer.Option(help="Where to look up a run given by name.")
-    ] = _D.runs_dir,
+    runs_dir: _LookupRunsDir = _D.runs_dir,
 ) -> None:
     """Show a run: summary, stop reason, test metrics and the loss curve in the terminal."""
     from rich.table import Table
