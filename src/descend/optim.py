@@ -164,13 +164,18 @@ def _momentum(value: float, owner: str, *, allow_zero: bool = True) -> float:
     )
 
 
+def _head(max_grad_norm: float | None) -> list[Transform]:
+    return [clip_by_global_norm(max_grad_norm)] if max_grad_norm is not None else []
+
+
 def _recipe(
     *parts: Transform | None,
     lr: float,
     schedule: Schedule | None,
     max_grad_norm: float | None,
 ) -> Transform:
-    links = [clip_by_global_norm(max_grad_norm)] if max_grad_norm is not None else []
+    """``[clip] *parts scale_by_learning_rate``, leaving out the parts that are None."""
+    links = _head(max_grad_norm)
     links += [p for p in parts if p is not None]
     links.append(scale_by_learning_rate(lr, schedule))
     return chain(*links)
@@ -194,11 +199,9 @@ def _adam_recipe(
     With ``impl`` "auto"/"fused" the last three links run as one fused kernel call (same
     state tree, same numbers; see :mod:`descend.transforms._fused`).
     """
-    if max_grad_norm is not None:
-        head = [clip_by_global_norm(max_grad_norm), *head]
     if impl in ("auto", "fused"):
         return fused_adam_chain(
-            head,
+            [*_head(max_grad_norm), *head],
             b1=b1,
             b2=b2,
             eps=eps,
@@ -208,11 +211,13 @@ def _adam_recipe(
             lr=lr,
             schedule=schedule,
         )
-    return chain(
+    return _recipe(
         *head,
         scale_by_adam(b1, b2, eps, amsgrad, impl=impl),
-        *([add_decayed_weights(weight_decay, mask)] if weight_decay else []),
-        scale_by_learning_rate(lr, schedule),
+        add_decayed_weights(weight_decay, mask) if weight_decay else None,
+        lr=lr,
+        schedule=schedule,
+        max_grad_norm=max_grad_norm,
     )
 
 
@@ -228,10 +233,9 @@ def _sgd_recipe(
 ) -> Transform:
     """``[clip]  [add_l2]  [trace]  scale_by_learning_rate``; with ``impl`` "auto"/"fused" the
     tail runs as torch's fused SGD kernel (same state tree, same numbers)."""
-    head = [clip_by_global_norm(max_grad_norm)] if max_grad_norm is not None else []
     if impl in ("auto", "fused"):
         return fused_sgd_chain(
-            head,
+            _head(max_grad_norm),
             weight_decay=weight_decay,
             momentum=mu,
             dampening=dampening,
@@ -239,11 +243,12 @@ def _sgd_recipe(
             lr=lr,
             schedule=schedule,
         )
-    return chain(
-        *head,
-        *([add_l2(weight_decay)] if weight_decay else []),
-        *([trace(mu, dampening, nesterov=nesterov, impl=impl)] if mu else []),
-        scale_by_learning_rate(lr, schedule),
+    return _recipe(
+        add_l2(weight_decay) if weight_decay else None,
+        trace(mu, dampening, nesterov=nesterov, impl=impl) if mu else None,
+        lr=lr,
+        schedule=schedule,
+        max_grad_norm=max_grad_norm,
     )
 
 
@@ -547,10 +552,6 @@ def nadam(
 
 
 # --------------------------------------------------------------------------- modern optimizers
-
-
-def _head(max_grad_norm: float | None) -> list[Transform]:
-    return [clip_by_global_norm(max_grad_norm)] if max_grad_norm is not None else []
 
 
 def _int(name: str, value: Any, owner: str, low: int = 0) -> int:
