@@ -402,3 +402,38 @@ def test_bf16_autocast_trains(digits):
     assert r.best_metric > 0.85
     with pytest.raises(ConfigError, match="precision"):
         descend.fit(mlp(64, 8, 10), (X, y), "cross_entropy", precision="fp8", verbose=0)
+
+
+def test_fit_takes_the_fused_update_path_and_it_matches_the_reference(digits):
+    # fit steps through transforms.update_and_apply: the Adam family's fused apply (one pass
+    # over parameters and state) is what runs, and it lands where the readable path does.
+    X, y = digits
+    X, y = X[:256], y[:256]
+    tx = descend.optim.adamw(lr=3e-3)
+    calls = []
+    fused_apply = tx.update.apply
+
+    def counting(*a, **k):
+        calls.append(1)
+        return fused_apply(*a, **k)
+
+    tx.update.apply = counting
+    finals = []
+    for opt in (tx, descend.optim.adamw(lr=3e-3, impl="reference")):
+        torch.manual_seed(0)
+        model = mlp(64, 32, 10)
+        r = descend.fit(
+            model,
+            (X, y),
+            "cross_entropy",
+            optimizer=opt,
+            epochs=3,
+            patience=None,
+            restore_best=False,
+            verbose=0,
+            seed=0,
+        )
+        finals.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+    assert len(calls) == r.steps > 0
+    for k in finals[0]:
+        torch.testing.assert_close(finals[0][k], finals[1][k], rtol=1e-4, atol=1e-6)

@@ -3,7 +3,8 @@
 Read it top to bottom to follow one batch: ``data.prepare`` makes device-resident tensors and
 a seeded batch order; the model computes predictions; the loss (validated once, up front)
 reduces them to a scalar; ``torch.autograd.grad`` computes the gradients; the optimizer's
-transform chain turns them into updates; ``apply_updates`` changes the parameters. At the end
+transform chain turns them into updates that change the parameters (``update_and_apply``: one
+fused pass where the optimizer has one, else ``update`` then ``apply_updates``). At the end
 of each epoch the validation loss decides whether these are the best weights so far and
 whether to stop.
 
@@ -45,10 +46,10 @@ from descend.train.guard import Guard
 from descend.train.result import History, Result, StopReason
 from descend.transforms import (
     Transform,
-    apply_updates,
     find_lr_state,
     swap_to_eval,
     swap_to_train,
+    update_and_apply,
 )
 
 __all__ = ["Loop", "fit"]
@@ -324,8 +325,9 @@ class Loop:
         g = {n: gr for n, gr in zip(self._names, grads) if gr is not None}
         norms = torch._foreach_norm(list(g.values())) if g else []
         gnorm = torch.linalg.vector_norm(torch.stack(norms)) if norms else value.new_zeros(())
-        updates, self.opt_state = self.tx.update(g, self.opt_state, self.params)
-        apply_updates(self.params, updates)
+        # One fused pass over parameters and optimizer state where the transform has one
+        # (the Adam family, momentum SGD); exactly update + apply_updates otherwise.
+        self.opt_state = update_and_apply(self.tx, g, self.opt_state, self.params)
         self.step += 1
         return value.detach(), gnorm.detach()
 
