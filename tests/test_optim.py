@@ -11,22 +11,25 @@ from descend import optim, schedules
 from descend._errors import ConfigError
 from descend.testing import check_state_tree, check_transform
 from descend.transforms import Transform, apply_updates, find_lr_state
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: torch's intra-op threads only spin, and crawl when the CPUs are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+from helpers.optim_common import (
+    data,
+    layout,
+    loss,
+    max_diff,
+    minimize,
+    quadratic,
+    quadratic_grad,
+    rosenbrock,
+    rosenbrock_grad,
+    train_descend,
+)
 
 IMPLS = ["auto", "foreach", "reference"]
 ADAM_IMPLS = ["auto", "fused", "foreach", "reference"]
 
 
 # --------------------------------------------------------------------------- helpers
+# (the problem, the descend loop and the test functions: tests/helpers/optim_common.py)
 
 
 def _mlp() -> torch.nn.Module:
@@ -39,25 +42,14 @@ def _mlp() -> torch.nn.Module:
     ).double()
 
 
-def _data():
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(64, 5, generator=g, dtype=torch.float64)
-    y = torch.randn(64, 3, generator=g, dtype=torch.float64)
-    return x, y
-
-
-def _loss(model, x, y):
-    return ((model(x) - y) ** 2).mean()
-
-
 def _train_torch(make_opt, steps=100, clip=None, scheduler=None):
     model = _mlp()
-    x, y = _data()
+    x, y = data()
     opt = make_opt(model.parameters())
     sched = scheduler(opt) if scheduler else None
     for _ in range(steps):
         opt.zero_grad()
-        _loss(model, x, y).backward()
+        loss(model, x, y).backward()
         if clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
@@ -67,21 +59,7 @@ def _train_torch(make_opt, steps=100, clip=None, scheduler=None):
 
 
 def _train_descend(tx: Transform, steps=100):
-    model = _mlp()
-    x, y = _data()
-    params = dict(model.named_parameters())
-    state = tx.init(params)
-    for _ in range(steps):
-        for p in params.values():
-            p.grad = None
-        _loss(model, x, y).backward()
-        updates, state = tx.update({n: p.grad for n, p in params.items()}, state, params)
-        apply_updates(params, updates)
-    return model, state
-
-
-def _max_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
-    return max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters()))
+    return train_descend(_mlp(), tx, steps)
 
 
 # --------------------------------------------------------------------------- oracle
@@ -164,7 +142,7 @@ def test_matches_torch_optim(case, impl):
     make_torch, make_descend = ORACLE[case]
     expected = _train_torch(make_torch)
     got, _ = _train_descend(make_descend(impl))
-    assert _max_diff(expected, got) < 1e-6
+    assert max_diff(expected, got) < 1e-6
 
 
 @pytest.mark.parametrize("name", ["adam", "adamw"])
@@ -172,7 +150,7 @@ def test_fused_adam_matches_torch(name):
     make_torch, make_descend = ORACLE[name]
     expected = _train_torch(make_torch)
     got, _ = _train_descend(make_descend("fused"))
-    assert _max_diff(expected, got) < 1e-6
+    assert max_diff(expected, got) < 1e-6
 
 
 @pytest.mark.parametrize("name", sorted(optim.REGISTRY))
@@ -185,8 +163,8 @@ def test_impls_agree_and_share_state_layout(name):
         runs[impl] = (model, state)
     ref_model, ref_state = runs["reference"]
     for impl, (model, state) in runs.items():
-        assert _max_diff(ref_model, model) < 1e-6, impl
-        assert _layout(state) == _layout(ref_state), impl
+        assert max_diff(ref_model, model) < 1e-6, impl
+        assert layout(state) == layout(ref_state), impl
 
 
 @pytest.mark.parametrize("name", ["adam", "adamw"])
@@ -196,24 +174,14 @@ def test_fused_path_falls_back_where_the_kernel_is_missing(name, monkeypatch):
     expected, expected_state = _train_descend(optim.get(name, lr=0.05, impl="reference"))
     monkeypatch.setattr(AdamKernel, "supports", staticmethod(lambda tensor: False))
     got, state = _train_descend(optim.get(name, lr=0.05))
-    assert _max_diff(expected, got) < 1e-6
-    assert _layout(state) == _layout(expected_state)
-
-
-def _layout(state):
-    if isinstance(state, dict):
-        return {k: _layout(v) for k, v in state.items()}
-    if isinstance(state, (tuple, list)):
-        return [_layout(v) for v in state]
-    if isinstance(state, torch.Tensor):
-        return ("tensor", tuple(state.shape), state.dtype)
-    return type(state).__name__
+    assert max_diff(expected, got) < 1e-6
+    assert layout(state) == layout(expected_state)
 
 
 def test_max_grad_norm_matches_clip_grad_norm():
     expected = _train_torch(lambda ps: torch.optim.Adam(ps, lr=0.01), clip=0.05)
     got, _ = _train_descend(optim.adam(0.01, max_grad_norm=0.05))
-    assert _max_diff(expected, got) < 1e-6
+    assert max_diff(expected, got) < 1e-6
 
 
 def test_schedule_matches_torch_lambda_lr():
@@ -223,7 +191,7 @@ def test_schedule_matches_torch_lambda_lr():
         scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, sched),
     )
     got, state = _train_descend(optim.momentum(0.1, schedule=sched))
-    assert _max_diff(expected, got) < 1e-6
+    assert max_diff(expected, got) < 1e-6
     lr_state = find_lr_state(state)
     assert lr_state["count"] == 100
     assert lr_state["lr"] == pytest.approx(0.1 * sched(99))
@@ -290,58 +258,28 @@ def test_registry_check_transform(name):
     check_transform(optim.get(name, lr=CONTRACT_LR[name], max_grad_norm=1.0, weight_decay=0.01))
 
 
-def _minimize(tx: Transform, f, grad, x0, steps):
-    x = torch.tensor(x0, dtype=torch.float64)
-    params = {"x": x}
-    state = tx.init(params)
-    for _ in range(steps):
-        updates, state = tx.update({"x": grad(x)}, state, params)
-        apply_updates(params, updates)
-    return f(x).item()
-
-
-def _rosenbrock(x):
-    return (1 - x[0]) ** 2 + 100 * (x[1] - x[0] ** 2) ** 2
-
-
-def _rosenbrock_grad(x):
-    a, b = x[0], x[1]
-    return torch.stack([-2 * (1 - a) - 400 * a * (b - a**2), 200 * (b - a**2)])
-
-
-_SCALES = torch.arange(1, 6, dtype=torch.float64)
-
-
-def _quadratic(x):
-    return 0.5 * (_SCALES * (x - 1) ** 2).sum()
-
-
-def _quadratic_grad(x):
-    return _SCALES * (x - 1)
-
-
 def test_analytic_gradients():
     x = torch.tensor([-1.2, 1.0], dtype=torch.float64, requires_grad=True)
-    _rosenbrock(x).backward()
-    assert torch.allclose(x.grad, _rosenbrock_grad(x.detach()))
+    rosenbrock(x).backward()
+    assert torch.allclose(x.grad, rosenbrock_grad(x.detach()))
     x = torch.randn(5, dtype=torch.float64, requires_grad=True)
-    _quadratic(x).backward()
-    assert torch.allclose(x.grad, _quadratic_grad(x.detach()))
+    quadratic(x).backward()
+    assert torch.allclose(x.grad, quadratic_grad(x.detach()))
 
 
 @pytest.mark.parametrize("name", sorted(optim.REGISTRY))
 def test_registry_lowers_quadratic(name):
-    start = _quadratic(torch.zeros(5, dtype=torch.float64)).item()
+    start = quadratic(torch.zeros(5, dtype=torch.float64)).item()
     tx = optim.get(name, lr=CONTRACT_LR[name] * 10)
-    end = _minimize(tx, _quadratic, _quadratic_grad, [0.0] * 5, 200)
+    end = minimize(tx, quadratic, quadratic_grad, [0.0] * 5, 200)
     assert end < 0.1 * start
 
 
 @pytest.mark.parametrize("name", sorted(optim.REGISTRY))
 def test_registry_lowers_rosenbrock(name):
     x0 = [-1.2, 1.0]
-    start = _rosenbrock(torch.tensor(x0)).item()  # 24.2
-    end = _minimize(optim.get(name, lr=CONTRACT_LR[name]), _rosenbrock, _rosenbrock_grad, x0, 500)
+    start = rosenbrock(torch.tensor(x0)).item()  # 24.2
+    end = minimize(optim.get(name, lr=CONTRACT_LR[name]), rosenbrock, rosenbrock_grad, x0, 500)
     assert end < 0.5 * start
 
 
@@ -517,4 +455,4 @@ def test_adamw_unknown_mask_name_is_refused_at_init():
 
 def test_rosenbrock_start_value():
     # guards the contract test's margin: f(-1.2, 1) = 24.2
-    assert math.isclose(_rosenbrock(torch.tensor([-1.2, 1.0])).item(), 24.2, rel_tol=1e-6)
+    assert math.isclose(rosenbrock(torch.tensor([-1.2, 1.0])).item(), 24.2, rel_tol=1e-6)

@@ -18,7 +18,6 @@ from descend._errors import ConfigError
 from descend.testing import check_state_tree, check_transform
 from descend.transforms import (
     Transform,
-    apply_updates,
     find_lr_state,
     newton_schulz,
     partition,
@@ -29,20 +28,24 @@ from descend.transforms import (
     swap_to_train,
     update_and_apply,
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: torch's intra-op threads only spin, and crawl when the CPUs are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+from helpers.optim_common import (
+    data,
+    layout,
+    loss,
+    max_diff,
+    minimize,
+    quadratic,
+    quadratic_grad,
+    rosenbrock,
+    rosenbrock_grad,
+    torch_steps,
+    train_descend,
+)
 
 IMPLS = ["foreach", "reference"]
 
 # --------------------------------------------------------------------------- helpers
+# (the problem, the descend loop and the test functions: tests/helpers/optim_common.py)
 
 
 def _mlp() -> torch.nn.Module:
@@ -60,20 +63,9 @@ def _mlp() -> torch.nn.Module:
     ).double()
 
 
-def _data():
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(64, 5, generator=g, dtype=torch.float64)
-    y = torch.randn(64, 3, generator=g, dtype=torch.float64)
-    return x, y
-
-
-def _loss(model, x, y):
-    return ((model(x) - y) ** 2).mean()
-
-
 def _train_torch(make_opts, steps=100, schedule_free=False):
     model = _mlp()
-    x, y = _data()
+    x, y = data()
     opts = make_opts(model)
     if schedule_free:
         for opt in opts:
@@ -81,7 +73,7 @@ def _train_torch(make_opts, steps=100, schedule_free=False):
     for _ in range(steps):
         for opt in opts:
             opt.zero_grad()
-        _loss(model, x, y).backward()
+        loss(model, x, y).backward()
         for opt in opts:
             opt.step()
     if schedule_free:
@@ -91,31 +83,11 @@ def _train_torch(make_opts, steps=100, schedule_free=False):
 
 
 def _train_descend(tx: Transform, steps=100, schedule_free=False, fused=False):
-    model = _mlp()
-    x, y = _data()
-    params = dict(model.named_parameters())
-    state = tx.init(params)
-    for _ in range(steps):
-        for p in params.values():
-            p.grad = None
-        _loss(model, x, y).backward()
-        grads = {n: p.grad for n, p in params.items()}
-        if fused:
-            state = update_and_apply(tx, grads, state, params)
-        else:
-            updates, state = tx.update(grads, state, params)
-            apply_updates(params, updates)
-    if schedule_free:
-        assert swap_to_eval(state, params)
-    return model, state
-
-
-def _max_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
-    return max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters()))
+    return train_descend(_mlp(), tx, steps, schedule_free=schedule_free, fused=fused)
 
 
 def _moved(model: torch.nn.Module) -> float:
-    return _max_diff(model, _mlp())
+    return max_diff(model, _mlp())
 
 
 # --------------------------------------------------------------------------- reference parity
@@ -139,7 +111,7 @@ def test_schedulefree_adamw_matches_reference():
         )
         got, _ = _train_descend(tx, schedule_free=True)
         assert _moved(got) > 0.05
-        assert _max_diff(expected, got) < 1e-9, impl
+        assert max_diff(expected, got) < 1e-9, impl
 
 
 def test_schedulefree_sgd_matches_reference():
@@ -158,7 +130,7 @@ def test_schedulefree_sgd_matches_reference():
         )
         got, _ = _train_descend(tx, schedule_free=True)
         assert _moved(got) > 0.05
-        assert _max_diff(expected, got) < 1e-9, impl
+        assert max_diff(expected, got) < 1e-9, impl
 
 
 # Prodigy's growing step size makes this small net chaotic at lr 1.0 with some settings
@@ -185,7 +157,7 @@ def test_prodigy_matches_reference(case, capsys):
         got, state = _train_descend(optim.prodigy(mask=None, impl=impl, **kwargs))
         assert _moved(got) > 0.5
         # the reference sums its estimate in Python floats, we on the device: rounding only
-        assert _max_diff(expected, got) < 1e-8, impl
+        assert max_diff(expected, got) < 1e-8, impl
         assert state[-1][0]["d"].item() > 1e-3
 
 
@@ -198,7 +170,7 @@ def test_lion_matches_reference():
         tx = optim.lion(1e-3, betas=(0.9, 0.95), weight_decay=0.1, mask=None, impl=impl)
         got, _ = _train_descend(tx)
         assert _moved(got) > 0.05
-        assert _max_diff(expected, got) < 1e-9, impl
+        assert max_diff(expected, got) < 1e-9, impl
 
 
 def _torch_muon(m, lr=0.01, wd=0.1, adamw_lr=0.003, adjust="match_rms_adamw", nesterov=True):
@@ -246,7 +218,7 @@ def test_muon_matches_torch_muon(adjust, nesterov, monkeypatch):
     for impl in IMPLS:
         got, state = _train_descend(_muon_tx(impl, adjust, nesterov, torch.float64))
         assert _moved(got) > 0.05
-        assert _max_diff(expected, got) < 1e-9, impl
+        assert max_diff(expected, got) < 1e-9, impl
         split = state[0]
         assert sorted(split["muon"][0]["momentum_buffer"]) == ["0.weight", "2.weight", "4.weight"]
 
@@ -266,13 +238,13 @@ def test_muon_bfloat16_matches_torch_muon():
     expected = _train_torch(_torch_muon, steps=20)
     for impl in IMPLS:
         got, _ = _train_descend(_muon_tx(impl, "match_rms_adamw", True, torch.bfloat16), steps=20)
-        assert _max_diff(expected, got) < 1e-12, impl
+        assert max_diff(expected, got) < 1e-12, impl
 
 
 def test_muon_batched_newton_schulz_matches_one_matrix_at_a_time():
     a, _ = _train_descend(optim.muon(0.01, ns_dtype=torch.float64, impl="reference"))
     b, _ = _train_descend(optim.muon(0.01, ns_dtype=torch.float64, impl="foreach"))
-    assert _max_diff(a, b) < 1e-9
+    assert max_diff(a, b) < 1e-9
     g = torch.Generator().manual_seed(0)
     xs = [torch.randn(6, 10, generator=g, dtype=torch.float64) for _ in range(3)]
     batch = newton_schulz(torch.stack(xs))
@@ -290,7 +262,7 @@ def _lamb_reference(model, x, y, lr, b1, b2, eps, wd, steps=100):
     v = [torch.zeros_like(p) for p in params]
     for t in range(1, steps + 1):
         model.zero_grad()
-        _loss(model, x, y).backward()
+        loss(model, x, y).backward()
         with torch.no_grad():
             for p, mi, vi in zip(params, m, v):
                 g = p.grad
@@ -310,7 +282,7 @@ def _lars_reference(model, x, y, lr, mu, wd, tc, steps=100):
     bufs = [torch.zeros_like(p) for p in params]
     for _ in range(steps):
         model.zero_grad()
-        _loss(model, x, y).backward()
+        loss(model, x, y).backward()
         with torch.no_grad():
             for p, b in zip(params, bufs):
                 u = p.grad + (wd * p if p.ndim >= 2 else 0)
@@ -322,23 +294,23 @@ def _lars_reference(model, x, y, lr, mu, wd, tc, steps=100):
 
 
 def test_lamb_matches_the_paper():
-    x, y = _data()
+    x, y = data()
     expected = _lamb_reference(_mlp(), x, y, 0.01, 0.9, 0.99, 1e-6, 0.01)
     for impl in ("auto", *IMPLS):
         tx = optim.lamb(0.01, betas=(0.9, 0.99), weight_decay=0.01, impl=impl)
         got, _ = _train_descend(tx)
         assert _moved(got) > 0.05
-        assert _max_diff(expected, got) < 1e-9, impl
+        assert max_diff(expected, got) < 1e-9, impl
 
 
 def test_lars_matches_the_paper():
-    x, y = _data()
+    x, y = data()
     expected = _lars_reference(_mlp(), x, y, 0.5, 0.9, 1e-3, 1e-2)
     for impl in IMPLS:
         tx = optim.lars(0.5, momentum=0.9, weight_decay=1e-3, trust_coefficient=1e-2, impl=impl)
         got, _ = _train_descend(tx)
         assert _moved(got) > 0.05
-        assert _max_diff(expected, got) < 1e-9, impl
+        assert max_diff(expected, got) < 1e-9, impl
 
 
 def test_trust_ratio_is_a_transform_for_any_optimizer():
@@ -401,13 +373,13 @@ def test_update_and_apply_matches_torch_fused_and_the_reference(name):
     tx = make_descend("auto")
     assert getattr(tx.update, "apply", None) is not None
     got, state = _train_descend(tx, fused=True)
-    assert _max_diff(expected, got) < 1e-9
+    assert max_diff(expected, got) < 1e-9
     ref, ref_state = _train_descend(make_descend("reference"))
-    assert _max_diff(ref, got) < 1e-9
-    assert _layout(state) == _layout(ref_state)
+    assert max_diff(ref, got) < 1e-9
+    assert layout(state) == layout(ref_state)
     # the fused update() (an update buffer, no parameter writes) agrees too
     buffered, _ = _train_descend(make_descend("fused"))
-    assert _max_diff(ref, buffered) < 1e-9
+    assert max_diff(ref, buffered) < 1e-9
 
 
 def test_update_and_apply_with_default_mask_clip_and_schedule():
@@ -417,7 +389,7 @@ def test_update_and_apply_with_default_mask_clip_and_schedule():
     )
     ref, ref_state = _train_descend(make("reference"))
     got, state = _train_descend(make("auto"), fused=True)
-    assert _max_diff(ref, got) < 1e-9
+    assert max_diff(ref, got) < 1e-9
     assert find_lr_state(state) == find_lr_state(ref_state)
 
 
@@ -430,7 +402,7 @@ def test_update_and_apply_falls_back_without_kernels(name, monkeypatch):
     monkeypatch.setattr(AdamKernel, "supports", staticmethod(lambda tensor: False))
     monkeypatch.setattr(SGDKernel, "supports", staticmethod(lambda tensor: False))
     got, _ = _train_descend(make("auto"), steps=20, fused=True)
-    assert _max_diff(ref, got) < 1e-9
+    assert max_diff(ref, got) < 1e-9
 
 
 def test_update_and_apply_on_a_plain_chain_is_update_then_apply():
@@ -450,19 +422,9 @@ def test_torch_adapter_fused_step():
     for opt, model in ((ta, a), (tb, b)):
         for x, y in batches:
             opt.zero_grad()
-            _loss(model, x, y).backward()
+            loss(model, x, y).backward()
             opt.step()
-    assert _max_diff(a, b) < 1e-12
-
-
-def _layout(state):
-    if isinstance(state, dict):
-        return {k: _layout(v) for k, v in state.items()}
-    if isinstance(state, (tuple, list)):
-        return [_layout(v) for v in state]
-    if isinstance(state, torch.Tensor):
-        return ("tensor", tuple(state.shape), state.dtype)
-    return type(state).__name__
+    assert max_diff(a, b) < 1e-12
 
 
 # --------------------------------------------------------------------------- schedule-free swap
@@ -508,7 +470,7 @@ def test_swap_is_a_no_op_without_an_averaged_point():
 
 def test_torch_adapter_train_eval_matches_the_reference_package():
     sf = _schedulefree()
-    x, y = _data()
+    x, y = data()
     a, b = _mlp(), _mlp()
     ta = sf.AdamWScheduleFree(a.parameters(), lr=0.01)
     tb = optim.as_torch_optimizer(optim.schedulefree_adamw(0.01), b)
@@ -518,13 +480,13 @@ def test_torch_adapter_train_eval_matches_the_reference_package():
         opt.train()
         for step in range(30):
             opt.zero_grad()
-            _loss(model, x, y).backward()
+            loss(model, x, y).backward()
             opt.step()
             if step % 10 == 9:
                 opt.eval()
                 opt.eval()  # idempotent, unlike forgetting it
                 with torch.no_grad():
-                    losses.append(_loss(model, x, y).item())
+                    losses.append(loss(model, x, y).item())
                 opt.train()
         evals.append(losses)
     assert evals[0] == pytest.approx(evals[1], abs=1e-12)
@@ -537,22 +499,15 @@ def test_torch_adapter_train_eval_matches_the_reference_package():
 
 
 def test_checkpoint_in_eval_mode_resumes_exactly():
-    x, y = _data()
-
-    def steps(model, opt, n):
-        for _ in range(n):
-            opt.zero_grad()
-            _loss(model, x, y).backward()
-            opt.step()
-
+    x, y = data()
     straight = _mlp()
     opt = optim.as_torch_optimizer(optim.schedulefree_adamw(0.01), straight)
-    steps(straight, opt, 20)
+    torch_steps(straight, opt, x, y, 20)
     opt.eval()
 
     first = _mlp()
     opt1 = optim.as_torch_optimizer(optim.schedulefree_adamw(0.01), first)
-    steps(first, opt1, 10)
+    torch_steps(first, opt1, x, y, 10)
     opt1.eval()  # save at the averaged point, as for deployment
     weights = {n: p.detach().clone() for n, p in first.named_parameters()}
     saved = _plain(opt1.state_dict())
@@ -563,9 +518,9 @@ def test_checkpoint_in_eval_mode_resumes_exactly():
     opt2 = optim.as_torch_optimizer(optim.schedulefree_adamw(0.01), resumed)
     opt2.load_state_dict(saved)
     assert opt2.train() is True  # the state knew it was saved in eval mode
-    steps(resumed, opt2, 10)
+    torch_steps(resumed, opt2, x, y, 10)
     opt2.eval()
-    assert _max_diff(straight, resumed) < 1e-12
+    assert max_diff(straight, resumed) < 1e-12
 
 
 def _plain(tree):
@@ -705,45 +660,21 @@ def test_modern_impls_agree_and_share_state_layout(name):
     }
     ref_model, ref_state = runs["reference"]
     for impl, (model, state) in runs.items():
-        assert _max_diff(ref_model, model) < 1e-8, impl
-        assert _layout(state) == _layout(ref_state), impl
-
-
-_SCALES = torch.arange(1, 6, dtype=torch.float64)
-
-
-def _minimize(tx, f, grad, x0, steps):
-    params = {"x": torch.tensor(x0, dtype=torch.float64)}
-    state = tx.init(params)
-    for _ in range(steps):
-        updates, state = tx.update({"x": grad(params["x"])}, state, params)
-        apply_updates(params, updates)
-    swap_to_eval(state, params)
-    return f(params["x"]).item()
+        assert max_diff(ref_model, model) < 1e-8, impl
+        assert layout(state) == layout(ref_state), impl
 
 
 @pytest.mark.parametrize("name", sorted(optim.MODERN_REGISTRY))
 def test_modern_registry_lowers_quadratic_and_rosenbrock(name):
-    def quad(x):
-        return 0.5 * (_SCALES * (x - 1) ** 2).sum()
-
-    def quad_grad(x):
-        return _SCALES * (x - 1)
-
-    def rosen(x):
-        return (1 - x[0]) ** 2 + 100 * (x[1] - x[0] ** 2) ** 2
-
-    def rosen_grad(x):
-        a, b = x[0], x[1]
-        return torch.stack([-2 * (1 - a) - 400 * a * (b - a**2), 200 * (b - a**2)])
-
-    start = quad(torch.zeros(5, dtype=torch.float64)).item()
+    start = quadratic(torch.zeros(5, dtype=torch.float64)).item()
     # LARS's default trust coefficient 1e-3 moves 0.1% of ‖θ‖ per step: too slow for 200 steps
     kwargs = {"prodigy": {}, "lars": {"lr": 0.5, "trust_coefficient": 0.1}}.get(
         name, {"lr": CONTRACT_LR[name] * 10}
     )
-    assert _minimize(optim.get(name, **kwargs), quad, quad_grad, [0.0] * 5, 200) < 0.1 * start
-    end = _minimize(optim.get(name, lr=ROSENBROCK_LR[name]), rosen, rosen_grad, [-1.2, 1.0], 500)
+    tx = optim.get(name, **kwargs)
+    assert minimize(tx, quadratic, quadratic_grad, [0.0] * 5, 200) < 0.1 * start
+    tx = optim.get(name, lr=ROSENBROCK_LR[name])
+    end = minimize(tx, rosenbrock, rosenbrock_grad, [-1.2, 1.0], 500)
     assert end < 0.5 * 24.2
 
 
@@ -784,28 +715,21 @@ def test_modern_update_never_mutates_and_never_synchronizes(name, monkeypatch):
 
 @pytest.mark.parametrize("name", sorted(optim.MODERN_REGISTRY))
 def test_modern_state_dict_round_trip_resumes_exactly(name):
-    x, y = _data()
+    x, y = data()
     make = lambda: optim.get(name, lr=CONTRACT_LR[name] / 10, max_grad_norm=1.0)  # noqa: E731
-
-    def steps(model, opt, n):
-        for _ in range(n):
-            opt.zero_grad()
-            _loss(model, x, y).backward()
-            opt.step()
-
     straight = _mlp()
-    steps(straight, optim.as_torch_optimizer(make(), straight), 10)
+    torch_steps(straight, optim.as_torch_optimizer(make(), straight), x, y, 10)
     first = _mlp()
     opt = optim.as_torch_optimizer(make(), first)
-    steps(first, opt, 5)
+    torch_steps(first, opt, x, y, 5)
     saved = _plain(opt.state_dict())
     check_state_tree(saved)
     resumed = _mlp()
     resumed.load_state_dict(first.state_dict())
     opt2 = optim.as_torch_optimizer(make(), resumed)
     opt2.load_state_dict(saved)
-    steps(resumed, opt2, 5)
-    assert _max_diff(straight, resumed) == 0
+    torch_steps(resumed, opt2, x, y, 5)
+    assert max_diff(straight, resumed) == 0
 
 
 def test_modern_mixed_dtypes_are_grouped():
