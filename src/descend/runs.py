@@ -449,15 +449,16 @@ def resolve_config(*layers: Mapping[str, Any]) -> FitConfig:
         from descend import optim
 
         name = cfg.optimizer.strip().lower()
-        if name not in optim.REGISTRY:
-            close = difflib.get_close_matches(name, sorted(optim.REGISTRY), n=3)
+        known = sorted(optim.names())
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=3)
             fix = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
             raise ConfigError(
                 message(
                     "--optimizer",
                     "must be a descend optimizer",
                     repr(cfg.optimizer),
-                    fix + f"Optimizers: {', '.join(sorted(optim.REGISTRY))}",
+                    fix + f"Optimizers: {', '.join(known)}",
                 )
             )
         cfg.optimizer = name

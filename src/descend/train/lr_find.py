@@ -305,7 +305,7 @@ def sweep(
 def _make_tx(optimizer: str | Callable[..., Transform]) -> tuple[Callable[[float], Transform], str]:
     if isinstance(optimizer, str):
         name = optimizer.strip().lower()
-        if name not in optim.REGISTRY:
+        if name not in optim.names():
             optim.get(name)  # raises the registry's message with close matches
         return (lambda lr: optim.get(name, lr=lr)), name
     if callable(optimizer):
