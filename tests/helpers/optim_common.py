@@ -67,6 +67,17 @@ def torch_steps(model: torch.nn.Module, opt: torch.optim.Optimizer, x, y, n: int
         opt.step()
 
 
+def forbid_host_sync(monkeypatch) -> None:
+    """Make ``.item()``, ``float()``, ``bool()``, ``.tolist()`` and ``int()`` on any tensor (a
+    host-device synchronization on GPUs) fail until ``monkeypatch.undo()``."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("host-device synchronization in update()")
+
+    for attr in ("item", "__float__", "__bool__", "tolist", "__int__"):
+        monkeypatch.setattr(torch.Tensor, attr, refuse)
+
+
 def minimize(tx: Transform, f, grad, x0, steps) -> float:
     """``f`` after ``steps`` steps of ``tx`` from ``x0`` with the analytic ``grad``, evaluated
     at the averaged point for schedule-free optimizers (a no-op for the others)."""
