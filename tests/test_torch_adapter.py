@@ -65,13 +65,16 @@ def test_is_a_real_torch_optimizer():
     assert [id(p) for p in group["params"]] == [id(p) for p in model.parameters()]
 
 
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize(
     "make", [lambda: optim.adamw(lr=1e-2), lambda: optim.momentum(0.05), lambda: optim.nadam()]
 )
-def test_same_trajectory_as_driving_the_transform_directly(make):
+def test_same_trajectory_as_driving_the_transform_directly(make, fused):
+    # fused_step=False is bit for bit the hand-driven transform; the default fused step (one
+    # kernel writing the parameters) lands on the same trajectory up to float32 rounding.
     batches = _batches(20)
     a = _model()
-    _torch_loop(a, optim.as_torch_optimizer(make(), a), batches)
+    _torch_loop(a, optim.as_torch_optimizer(make(), a, fused_step=fused), batches)
 
     b = _model()
     tx = make()
@@ -83,7 +86,7 @@ def test_same_trajectory_as_driving_the_transform_directly(make):
         torch.nn.functional.mse_loss(b(x), y).backward()
         updates, state = tx.update({n: p.grad for n, p in params.items()}, state, params)
         apply_updates(params, updates)
-    assert _same(a, b)
+    assert _close(a, b, tol=1e-5) if fused else _same(a, b)
 
 
 def test_matches_torch_adam_in_a_torch_loop():

@@ -1230,7 +1230,7 @@ class TorchOptimizer(torch.optim.Optimizer):
     optimizer both calls are harmless no-ops. (``descend.fit`` does all this by itself.)
     """
 
-    def __init__(self, tx: Transform, params: Params, *, fused_step: bool = False):
+    def __init__(self, tx: Transform, params: Params, *, fused_step: bool = True):
         self.tx = tx
         self.named: Params = params
         self.fused_step = fused_step
@@ -1355,15 +1355,16 @@ def as_torch_optimizer(
     tx: Transform | str,
     model_or_named_params: torch.nn.Module | Params | Iterable[tuple[str, torch.Tensor]],
     *,
-    fused_step: bool = False,
+    fused_step: bool = True,
 ) -> TorchOptimizer:
     """Wrap a descend optimizer as a ``torch.optim.Optimizer`` for hand-written torch loops.
 
-    ``step()`` computes ``tx.update`` and applies it, bit for bit what driving the transform by
-    hand gives. With ``fused_step=True`` it uses :func:`descend.transforms.update_and_apply`
-    instead: for adam/adamw and sgd/momentum/nesterov one fused kernel call that writes the
-    parameters (the speed of ``torch.optim.AdamW(fused=True)``), equal to the plain step up
-    to rounding. Schedule-free optimizers need ``opt.train()``/``opt.eval()`` (see
+    ``step()`` runs :func:`descend.transforms.update_and_apply` (``fused_step=True``, the
+    default): for adam/adamw and sgd/momentum/nesterov one fused kernel call that writes the
+    parameters — the speed of ``torch.optim.AdamW(fused=True)``, half its time on many small
+    tensors (benchmarks/RESULTS.md) — equal to the readable step up to rounding; for every other
+    optimizer exactly ``tx.update`` + ``apply_updates``. ``fused_step=False`` always takes
+    that readable pair, bit for bit what driving the transform by hand gives. Schedule-free optimizers need ``opt.train()``/``opt.eval()`` (see
     :class:`TorchOptimizer`).
 
     Example:
