@@ -379,8 +379,9 @@ class Classifier(ClassifierMixin, _Estimator):
 
     A drop-in for ``sklearn.neural_network.MLPClassifier`` that needs no tuning: the
     architecture comes from :func:`descend.models.default_hidden`, the optimizer, learning rate
-    and schedule from the library's default policy, and training stops early on a held-out
-    split with the best weights restored.
+    and schedule from the library's default policy. Like ``MLPClassifier`` it trains on every
+    row and stops when the training loss stops improving; ``validation_fraction=0.1`` holds
+    out a stratified split instead and restores the weights with the best validation loss.
 
     Args:
         hidden_layer_sizes: widths of the hidden layers; None = sized from the data
