@@ -12,15 +12,6 @@ from descend import schedules as S
 from descend._errors import ConfigError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: torch's intra-op threads only spin, and crawl when the CPUs are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _max_jump(schedule, steps):
     values = [schedule(t) for t in range(steps)]
     return max(abs(a - b) for a, b in itertools.pairwise(values))

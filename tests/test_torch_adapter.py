@@ -11,15 +11,6 @@ from descend.testing import check_state_tree
 from descend.transforms import apply_updates, chain, find_lr_state, scale, scale_by_adam
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: torch's intra-op threads only spin, and crawl when the CPUs are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _model(seed=0):
     torch.manual_seed(seed)
     return torch.nn.Sequential(

@@ -28,15 +28,6 @@ from descend.transforms import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: torch's intra-op threads only spin, and crawl when the CPUs are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _params(dtype=torch.float64, seed=0):
     g = torch.Generator().manual_seed(seed)
     return {
