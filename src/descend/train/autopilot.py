@@ -13,7 +13,7 @@ What it does (every number it decides by is in ``Result.autopilot``):
    run's final schedule), each on its own copy of the model, in the run's own batch order. They
    train in lockstep, one epoch at a time, judged by their best validation loss so far. The
    number of candidates is what the budget affords: the whole plan (range test, every
-   candidate-epoch, and the rest of the winner's run) may cost ``RACE_BUDGET`` = 1.35× the
+   candidate-epoch, and the rest of the winner's run) may cost ``RACE_BUDGET`` = 1.4× the
    epoch budget, and every candidate must be able to race for ``MIN_RACE_FRACTION`` = 25% of
    it — in practice two candidates, ``s/4`` and ``s``. A candidate that stops improving for
    ``max(3, 15% of the budget)`` epochs (never more than the run's patience) is finished (its
@@ -81,9 +81,11 @@ WEIGHT_DECAY = 0.01
 #: Linear warmup over this share of the step budget.
 WARMUP_FRACTION = 0.05
 #: The whole plan (range test, race, the winner's remaining epochs) may spend at most this many
-#: times the epoch budget: under 1.5x with the loop's ~10-20% per-epoch overhead over a bare
-#: fused-AdamW loop; replays of full grids lost nothing from 1.4 down to 1.35, and much at 1.3.
-RACE_BUDGET = 1.35
+#: times the epoch budget. 1.35 was tried (replays of full grids lost nothing) but on the suite
+#: synthetic-clf-20k fell from 0.995 to 1.006 of tuned AdamW (seed 2: 1.008 -> 1.036) for a
+#: CPU ratio of 1.12 instead of 1.22: the 1.5x time goal is met at 1.4, the quality one is not
+#: at 1.35.
+RACE_BUDGET = 1.4
 #: Candidates span [ceiling / SPAN, ceiling].
 SPAN = 4.0
 MAX_CANDIDATES = 4
