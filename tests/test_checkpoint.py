@@ -202,3 +202,12 @@ def test_auto_cadence_writes_after_epoch_one_then_by_cost(tmp_path, monkeypatch)
     monkeypatch.setattr(L, "AUTO_CHECKPOINT_RATIO", 20)
     train(tmp_path / "real", epochs=6, checkpoint_every="auto")
     assert saved[0] == 1 and saved[-1] == 6
+
+
+@pytest.mark.parametrize("bad", ["hourly", 0, 2.5, True])
+def test_bad_checkpoint_every_is_refused_naming_the_choices(tmp_path, bad):
+    with pytest.raises(descend.ConfigError) as e:
+        train(tmp_path, epochs=1, checkpoint_every=bad)
+    text = str(e.value)
+    assert "checkpoint_every must be 'auto', 'epoch' or an integer >= 1" in text
+    assert "checkpoint_every=500" in text
