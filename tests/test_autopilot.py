@@ -186,9 +186,15 @@ def test_a_budget_too_small_to_race_uses_the_range_test_alone():
     rec = r.autopilot
     assert rec["policy"] == "range test" and "candidates" not in rec
     assert rec["lr"] == pytest.approx(rec["range_test"]["suggestion"] / math.sqrt(autopilot.SPAN))
-    assert rec["range_test"]["steps"] == 20  # not 50: at most half the budget, at least 20
+    assert rec["range_test"]["steps"] == 20  # not 50: at most a quarter of it, at least 20
     # No race, so nothing is adopted: the run is an ordinary run from step 1.
     assert steps == list(range(1, 31)) and r.history.epoch == [1, 2, 3]
+
+
+def test_range_test_length_scales_with_the_budget():
+    # 5% of the budget within [50, 100], at most a quarter of a small budget, at least 20.
+    got = {t: autopilot.range_test_steps(t) for t in (30, 50, 120, 200, 1000, 4000, None)}
+    assert got == {30: 20, 50: 20, 120: 30, 200: 50, 1000: 50, 4000: 100, None: 100}
 
 
 def test_ctrl_c_while_planning_ends_the_run_as_interrupted(monkeypatch):

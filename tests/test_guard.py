@@ -151,3 +151,25 @@ def test_near_zero_loss_noise_is_not_a_spike():
     assert _feed(guard, loop, [*steady, 0.9, 1.2]) is None
     assert [k for k, _ in loop.events] == ["rollback"]
     assert loop.lr_state["scale"] == pytest.approx(0.3)
+
+
+def test_snapshot_points_on_short_epochs_follow_the_step_count(digits, monkeypatch):
+    # Full-batch epochs (1 step each): the guard snapshots at the run's start and every 25
+    # steps (epoch starts 0, 25, 50), not at every epoch start, where the copy was ~10% of a
+    # step. Epochs of >= 25 steps keep a snapshot at every epoch start.
+    from descend.train.guard import Guard
+
+    taken: list[tuple[int, int]] = []
+    real = Guard.snapshot
+
+    def spy(self, loop):
+        taken.append((loop.epoch, loop.step))
+        return real(self, loop)
+
+    monkeypatch.setattr(Guard, "snapshot", spy)
+    X, y = digits
+    run((X[:200], y[:200]), 1e-3, epochs=60, batch_size=200, validation=None, patience=None)
+    assert sorted(set(taken)) == [(0, 0), (24, 25), (25, 25), (49, 50), (50, 50)]
+    taken.clear()
+    run((X[:200], y[:200]), 1e-3, epochs=3, batch_size=8, validation=None, patience=None)
+    assert [e for e, s in taken if s == 25 * e] == [0, 1, 2]  # every epoch start

@@ -170,6 +170,16 @@ def test_warm_start_continues_weights_and_optimizer_state(iris):
     assert _steps(cold) == steps and cold.n_iter_ == epochs
 
 
+def test_default_batches_are_full_up_to_512_rows_then_a_quarter_capped_at_256():
+    rng = np.random.default_rng(0)
+    for n, per_epoch in ((150, 1), (512, 1), (600, 4), (2000, 8)):
+        X = rng.normal(size=(n, 3))
+        y = (X[:, 0] > 0).astype(int)
+        clf = Classifier(max_epochs=2, patience=None, random_state=0).fit(X, y)
+        assert clf.autopilot_["total_steps"] == 2 * per_epoch, n
+        assert _steps(clf) == 2 * per_epoch, n
+
+
 def test_partial_fit_runs_one_epoch_per_call_and_keeps_the_state(iris):
     X, y = iris
     clf = Classifier(random_state=0, batch_size=50)

@@ -150,7 +150,7 @@ def mlp(
         model = build()
     else:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)  # the layers are built on the CPU
             model = build()
     model.spec = {
         "in_features": in_features,

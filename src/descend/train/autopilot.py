@@ -3,7 +3,8 @@
 What it does (every number it decides by is in ``Result.autopilot``):
 
 1. **Range test.** A short learning-rate sweep (:mod:`descend.train.lr_find`) on a copy of the
-   model: 5% of the step budget, within [50, 100] steps, of AdamW with the rate growing from
+   model: 5% of the step budget, within [50, 100] steps (at most a quarter of a small budget,
+   at least 20), of AdamW with the rate growing from
    1e-6 to 1 (a usual network blows up near 0.1–1 and the sweep ends there); if nothing in
    that range moved the loss (e.g. raw regression targets in the hundreds), a second sweep goes
    on to 100. The rate at the minimum of the smoothed loss, divided by 10, is the *ceiling*
@@ -159,6 +160,18 @@ def _schedule_text(total: int | None) -> str:
     return f"linear warmup {warmup} steps, cosine decay to 0 at step {total}"
 
 
+def range_test_steps(total: int | None) -> int:
+    """Steps of the range test for a budget of ``total`` steps (None: unknown length).
+
+    5% of the budget within [50, 100] steps, but never more than a quarter of the budget (at
+    least 20): on a budget of 50 full-batch steps a 20-step sweep still finds where the loss
+    blows up, and the 25 steps of the former half-the-budget rule were a third of the fit.
+    """
+    if total is None:
+        return 100
+    return max(20, min(100, max(50, round(0.05 * total)), total // 4))
+
+
 def _ctx_get(ctx: PlanContext, name: str, default: Any) -> Any:
     return getattr(ctx, name, default)
 
@@ -215,11 +228,8 @@ def _plan(ctx: PlanContext) -> Plan:
     spe = ctx.bundle.train.num_batches
     total = spe * ctx.epochs if spe else None
 
-    # 1. The range test, on a copy: 5% of the step budget within [50, 100] steps, but never
-    #    more than half the budget (at least 20 steps).
-    rt_steps = 100
-    if total is not None:
-        rt_steps = max(20, min(100, max(50, round(0.05 * total)), total // 2))
+    # 1. The range test, on a copy.
+    rt_steps = range_test_steps(total)
 
     def sweep(end: float) -> tuple[list[float], list[float]]:
         return _lr_find.sweep(

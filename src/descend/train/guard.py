@@ -13,9 +13,14 @@ How it decides (on by default, ``fit(guard=False)`` turns it off):
   the run started from. Near zero training loss a single hard batch is easily 10x the running
   level (0.003 → 0.03 on a memorized digits set) without anything going wrong; a rate that is
   too high drives the loss back toward where it started.
-- **Rollback**: the guard keeps one snapshot of the model and optimizer state, taken at every
-  epoch start, every ``snapshot_every`` steps and at every checkpoint, and only after the steps
-  since the previous snapshot passed the checks. On an event it restores that snapshot, scales
+- **Rollback**: the guard keeps one snapshot of the model and optimizer state, taken every
+  ``snapshot_every`` steps, at the start of every epoch that is ``snapshot_every`` steps or
+  longer (of every ``snapshot_every // steps_per_epoch``-th epoch when epochs are shorter:
+  on a full-batch run the copy at every epoch start was ~10% of each step), at the run's
+  start and at every checkpoint, and only after the steps since the previous snapshot passed
+  the checks. The points depend on step and epoch counts only (the loop writes its ``"auto"``
+  checkpoints only at epochs that are snapshot points), so a resumed run rolls back to exactly
+  the state the uninterrupted run would. On an event it restores that snapshot, scales
   the learning rate by ``lr_factor`` (via the learning-rate state's ``scale``), and carries on
   with the next batch — the offending batch is skipped.
 - **Giving up**: after ``max_retries`` events with no clean snapshot in between, or
@@ -54,18 +59,46 @@ def _clone_tree(tree: Any) -> Any:
 
 
 def _copy_into(dst: Any, src: Any) -> Any:
-    """Copy ``src`` into ``dst`` in place where shapes allow; returns the tree to use."""
+    """Copy ``src`` into ``dst`` in place where shapes allow; returns the tree to use.
+
+    The tensor copies are batched into one ``torch._foreach_copy_``:
+    a snapshot of a small model is dozens of tiny tensors, and one dispatch per tensor was most
+    of its cost (it runs at every epoch start, i.e. every step of a full-batch run).
+    """
+    pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+    out = _pair_into(dst, src, pairs)
+    copy_pairs(pairs)
+    return out
+
+
+def _pair_into(dst: Any, src: Any, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
     if torch.is_tensor(dst) and torch.is_tensor(src) and dst.shape == src.shape:
-        dst.copy_(src)
+        pairs.append((dst, src))
         return dst
     if isinstance(dst, dict) and isinstance(src, dict) and dst.keys() == src.keys():
         for k in src:
-            dst[k] = _copy_into(dst[k], src[k])
+            dst[k] = _pair_into(dst[k], src[k], pairs)
         return dst
     if isinstance(dst, (tuple, list)) and type(dst) is type(src) and len(dst) == len(src):
-        items = [_copy_into(a, b) for a, b in zip(dst, src)]
+        items = [_pair_into(a, b, pairs) for a, b in zip(dst, src)]
         return type(dst)(items) if isinstance(dst, tuple) else items
     return _clone_tree(src)
+
+
+def copy_pairs(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """``dst.copy_(src)`` for every pair, in one ``torch._foreach_copy_`` call (it takes mixed
+    dtypes and devices, copying those pairs one by one)."""
+    if not pairs:
+        return
+    with torch.no_grad():
+        if _FOREACH_COPY:
+            torch._foreach_copy_([d for d, _ in pairs], [s for _, s in pairs])
+        else:  # pragma: no cover - torch without _foreach_copy_
+            for d, s in pairs:
+                d.copy_(s)
+
+
+_FOREACH_COPY = hasattr(torch, "_foreach_copy_")
 
 
 class Guard:
@@ -129,6 +162,17 @@ class Guard:
 
     # ---- snapshots -----------------------------------------------------------------------
 
+    def epoch_period(self, steps_per_epoch: int | None) -> int:
+        """Take an epoch-start snapshot every this many epochs (1 when epochs are at least
+        ``snapshot_every`` steps long, or of unknown length)."""
+        if not steps_per_epoch:
+            return 1
+        return max(1, self.snapshot_every // steps_per_epoch)
+
+    @property
+    def has_snapshot(self) -> bool:
+        return self._snapshot is not None
+
     def snapshot(self, loop: Loop) -> None:
         """Remember the current model and optimizer state as the rollback point."""
         sd = loop.model.state_dict()
@@ -139,9 +183,12 @@ class Guard:
             )
         else:
             model_copy, opt_copy = self._snapshot
-            for k, v in sd.items():
-                model_copy[k].copy_(v)
-            self._snapshot = (model_copy, _copy_into(opt_copy, loop.opt_state))
+            pairs: list[tuple[torch.Tensor, torch.Tensor]] = [
+                (model_copy[k], v) for k, v in sd.items()
+            ]
+            opt_copy = _pair_into(opt_copy, loop.opt_state, pairs)
+            copy_pairs(pairs)
+            self._snapshot = (model_copy, opt_copy)
         self.retries = 0
 
     def _rollback(self, loop: Loop, factor: float) -> None:
@@ -170,7 +217,10 @@ class Guard:
         if len(self._pending) < self.check_every:
             return None
         pending, self._pending = self._pending, []
-        values = torch.stack([torch.stack([a.float(), b.float()]) for a, b in pending]).tolist()
+        if len(pending) == 1:  # check_every=1 (CPU): two host reads, no stacking
+            values = [(float(pending[0][0]), float(pending[0][1]))]
+        else:  # one device sync for the whole window
+            values = torch.stack([torch.stack([a.float(), b.float()]) for a, b in pending]).tolist()
         for i, (lv, gv) in enumerate(values):
             kind, why = self._judge(lv, gv)
             if kind is None:

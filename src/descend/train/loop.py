@@ -42,7 +42,7 @@ from descend._errors import (
 )
 from descend.train import autopilot as _autopilot
 from descend.train.callbacks import Callback, default_progress
-from descend.train.guard import Guard
+from descend.train.guard import Guard, copy_pairs
 from descend.train.result import History, Result, StopReason
 from descend.transforms import (
     Transform,
@@ -428,8 +428,7 @@ class Loop:
         if self._best_state is None:
             self._best_state = {k: v.detach().clone() for k, v in sd.items()}
         else:
-            for k, v in sd.items():
-                self._best_state[k].copy_(v)
+            copy_pairs([(self._best_state[k], v) for k, v in sd.items()])
 
     def _restore_best(self) -> None:
         if self.restore_best and self._best_state is not None:
@@ -670,11 +669,19 @@ class Loop:
             "config": self.config,
         }
 
+    def _snapshot_epoch(self) -> bool:
+        """Whether the start of epoch ``self.epoch`` (0-based) is a guard snapshot point."""
+        if self.guard is None:
+            return True
+        return self.epoch % self.guard.epoch_period(self.bundle.train.num_batches) == 0
+
     def _epoch_checkpoint_due(self) -> bool:
         """Whether to write a checkpoint at this epoch end.
 
-        ``"epoch"``: always. ``"auto"``: after the first epoch, then whenever the time since the
-        last write is at least ``AUTO_CHECKPOINT_RATIO`` (20) times what that write took, so
+        ``"epoch"``: always. ``"auto"``: after the first epoch (the first guard snapshot point:
+        epoch ``snapshot_every // steps_per_epoch`` on runs of very short epochs), then whenever
+        the time since the last write is at least ``AUTO_CHECKPOINT_RATIO`` (20) times what that
+        write took, at such an epoch end, so
         writing checkpoints costs at most ~5% of the run: every epoch when epochs are long,
         every few epochs when they take milliseconds (on a 150-row set, 52 per-epoch writes were
         half the run's time). A kill loses at most that much work, and the resumed run is still
@@ -683,6 +690,10 @@ class Loop:
         if self.checkpoint_every == "epoch":
             return True
         if self.checkpoint_every != "auto":
+            return False
+        if not self._snapshot_epoch():
+            # Only where the guard snapshots anyway (the next epoch's start), so a wall-time
+            # cadence never moves the rollback point: resumed and uninterrupted runs agree.
             return False
         if self._ckpt_done_at is None:
             return True
@@ -822,7 +833,7 @@ class Loop:
         src = self.bundle.train
         guard = self.guard
         every = self.checkpoint_every if isinstance(self.checkpoint_every, int) else None
-        if guard is not None:
+        if guard is not None and (not guard.has_snapshot or self._snapshot_epoch()):
             guard.snapshot(self)
         for batch in src.batches(self.epoch, start=self.batch):
             # Sources yield (x, y) or, with sample weights, (x, y, w).
@@ -1132,7 +1143,7 @@ def fit(
         C.check_writable(checkpoint)
     if seed is None:
         seed = random.SystemRandom().randrange(2**31)
-    torch.manual_seed(seed)
+    D.seed_all(seed)
 
     module = _as_module(model, params)
     loss_obj = L.get(loss)

@@ -405,7 +405,7 @@ def lr_find(
         shuffle=True,
     )
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        D.seed_all(seed)
         lrs, losses = sweep(
             model,
             bundle,
