@@ -243,3 +243,18 @@ def test_rebuild_gives_the_recorded_optimizer_without_trials():
         plan.tx.update(grads, state, params)
         lrs.append(descend.transforms.find_lr_state(state)["lr"])
     assert lrs == pytest.approx(r.history.step_lr[:5], rel=1e-6)
+
+
+def test_the_race_follows_the_runs_patience_metric_and_max_time():
+    X, y = _clf()
+    # patience=2: a candidate is finished after at most 2 epochs without improvement.
+    r = _fit(_mlp(), (X, y), epochs=60, patience=2, metric=None)
+    assert r.autopilot["policy"] == "range test + race"
+    for c in r.autopilot["candidates"]:
+        if c["status"].startswith(("stopped improving", "winner; stopped")):
+            assert c["epochs"] - c["best_epoch"] <= 2
+    assert r.history.metric == []  # metric=None: the race evaluated none either
+    # max_time: the race ends after 30% of it (400 epochs would race for 100+).
+    r = _fit(_mlp(), (X, y), epochs=400, max_time=0.3, patience=None)
+    assert "the race ended at 30% of max_time" in r.autopilot["why"]
+    assert r.autopilot["race_epochs"] < 100

@@ -1190,6 +1190,12 @@ def fit(
             device=dev,
             lr=lr,
             run_trial=_trial_runner(module, bundle, loss_obj, dev, seed, precision),
+            # The race trains and judges its candidates by the run's own settings.
+            precision=precision,
+            metric=metric,
+            tol=tol,
+            patience=patience,
+            max_time=max_time,
         )
         rebuild = getattr(_autopilot, "rebuild", None)
         if resume_ckpt is not None and rebuild is not None and resume_ckpt.meta.get("autopilot"):
