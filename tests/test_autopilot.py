@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+import types
 
 import pytest
 import torch
@@ -258,3 +259,34 @@ def test_the_race_follows_the_runs_patience_metric_and_max_time():
     r = _fit(_mlp(), (X, y), epochs=400, max_time=0.3, patience=None)
     assert "the race ended at 30% of max_time" in r.autopilot["why"]
     assert r.autopilot["race_epochs"] < 100
+
+
+def _race_stub(cands, *, epochs=30, spent=21.0, epoch=9):
+    # Just the bookkeeping the drop rule reads: 21 + 2 alive + 20 epochs left > 1.4 x 30.
+    race = object.__new__(autopilot._Race)
+    race.ctx = types.SimpleNamespace(epochs=epochs)
+    race.spent, race.epoch, race.cands = spent, epoch, cands
+    return race
+
+
+@pytest.mark.parametrize(
+    ("low_best", "low_best_epoch", "kept"),
+    [
+        (0.1045, 9, "low"),  # within 1% and improved this epoch: the lower rate stays
+        (0.1045, 7, "high"),  # level, but no longer improving: the leader stays
+        (0.1080, 9, "high"),  # improving, but 3.6% behind: the leader stays
+    ],
+)
+def test_budget_drop_prefers_a_level_lower_rate_that_is_still_improving(
+    low_best, low_best_epoch, kept
+):
+    # digits-wide seed 1: 2.7e-4 (0.1045, improving) vs 1.1e-3 (0.1042) when the budget forced
+    # a drop at epoch 9; the higher rate won, stopped improving, and the lower one would have
+    # reached the tuned run's 0.093.
+    low = autopilot._Candidate(lr=2.7e-4, loop=None, best=low_best, best_epoch=low_best_epoch)
+    high = autopilot._Candidate(lr=1.1e-3, loop=None, best=0.1042, best_epoch=9)
+    race = _race_stub([low, high])
+    race._drop_for_budget()
+    survivor = {"low": low, "high": high}[kept]
+    assert [c for c in race.cands if c.alive] == [survivor]
+    assert race.winner() is survivor  # a dropped candidate never wins, even with a lower best

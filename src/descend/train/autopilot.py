@@ -92,6 +92,9 @@ SPAN = 4.0
 MAX_CANDIDATES = 4
 #: Every candidate must be able to race for at least this share of the epoch budget.
 MIN_RACE_FRACTION = 0.25
+#: When the budget forces a drop, a lower rate still improving within this relative distance
+#: of the leader's best loss is kept instead of the leader (see _Race._drop_for_budget).
+TIE = 0.01
 #: The range test sweeps AdamW over [RT_START, RT_END]; over [RT_START, RT_FAR] when nothing
 #: up to RT_END moved the loss.
 RT_START, RT_END, RT_FAR = 1e-6, 1.0, 100.0
@@ -393,8 +396,20 @@ class _Race:
                 RACE_BUDGET * E
             ):
                 return
-            # The worst best-so-far goes; on a tie (nothing measured yet) the highest rate.
-            worst = max(alive, key=lambda c: (c.best, c.lr))
+            # The worst best-so-far goes; on a tie (nothing measured yet) the highest rate. But
+            # a lower rate within TIE of the leader that improved this very epoch is kept over
+            # the leader: higher rates descend first and flatten (or overfit) first, so a
+            # near-tie early in the run favours the lower rate's final loss.
+            lead = min(alive, key=lambda c: (c.best, c.lr))
+            tied = [
+                c
+                for c in alive
+                if c.lr < lead.lr
+                and c.best_epoch == self.epoch
+                and c.best - lead.best <= TIE * abs(lead.best)
+            ]
+            keep = min(tied, key=lambda c: c.lr) if tied else lead
+            worst = max((c for c in alive if c is not keep), key=lambda c: (c.best, c.lr))
             worst.status = f"dropped after epoch {self.epoch} (budget)"
 
     def run(self) -> None:
@@ -446,9 +461,11 @@ class _Race:
                 kept[k].copy_(t)
 
     def winner(self) -> _Candidate:
-        # The lowest best loss wins; a candidate still racing beats a finished one on a tie.
+        # The lowest best loss wins; a candidate still racing beats a finished one on a tie. A
+        # candidate dropped for the budget is out (its state was abandoned when it was dropped).
+        pool = [c for c in self.cands if not c.status.startswith("dropped")] or self.cands
         return min(
-            self.cands,
+            pool,
             key=lambda c: (c.status.startswith("diverged"), c.best, not c.alive, c.lr),
         )
 
