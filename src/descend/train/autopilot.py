@@ -19,8 +19,10 @@ What it does (every number it decides by is in ``Result.autopilot``):
    it — in practice two candidates, ``s/4`` and ``s``. A candidate that stops improving for
    ``max(3, 15% of the budget)`` epochs (never more than the run's patience) is finished (its
    best stands); when the budget runs short, the candidate with the worst best-so-far is
-   dropped; a last survivor that has not yet beaten a finished candidate keeps going alone
-   until it does or stops improving. The lowest best loss wins.
+   dropped — except that a lower rate within ``TIE`` (1%) of the leader that improved in that
+   very epoch is kept instead of the leader (higher rates descend first and flatten first; a
+   dropped candidate never wins); a last survivor that has not yet beaten a finished
+   candidate keeps going alone until it does or stops improving. The lowest best loss wins.
 3. **Continue, do not restart.** The winner goes on from where it is: at the start of the run
    ``fit``'s loop adopts its weights, optimizer state, step count, epoch, history and best
    weights through the checkpoint-resume path (``Loop.load_checkpoint``), so the schedule is
