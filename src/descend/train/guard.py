@@ -61,9 +61,8 @@ def _clone_tree(tree: Any) -> Any:
 def _copy_into(dst: Any, src: Any) -> Any:
     """Copy ``src`` into ``dst`` in place where shapes allow; returns the tree to use.
 
-    The tensor copies are batched into one ``torch._foreach_copy_``:
-    a snapshot of a small model is dozens of tiny tensors, and one dispatch per tensor was most
-    of its cost (it runs at every epoch start, i.e. every step of a full-batch run).
+    The tensor copies are batched into one ``torch._foreach_copy_``: a small model's state is
+    dozens of tiny tensors, and one dispatch per tensor was most of a copy's cost.
     """
     pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
     out = _pair_into(dst, src, pairs)
