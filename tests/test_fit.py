@@ -437,3 +437,46 @@ def test_fit_takes_the_fused_update_path_and_it_matches_the_reference(digits):
     assert len(calls) == r.steps > 0
     for k in finals[0]:
         torch.testing.assert_close(finals[0][k], finals[1][k], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["plain", "batchnorm", "frozen"])
+def test_restored_weights_are_the_best_epochs_whole_state(kind):
+    # A plain MLP's state is its trainable parameters (copied directly); with BatchNorm buffers
+    # or a frozen parameter the loop copies the whole state_dict. Either way the model ends
+    # holding exactly the best epoch's state, buffers included.
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(120, 5, generator=g)
+    y = (X[:, 0] + 0.3 * torch.randn(120, generator=g) > 0).long()
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(5, 16)]
+    if kind == "batchnorm":
+        layers.append(torch.nn.BatchNorm1d(16))
+    layers += [torch.nn.ReLU(), torch.nn.Linear(16, 2)]
+    model = torch.nn.Sequential(*layers)
+    if kind == "frozen":
+        model[0].bias.requires_grad_(False)
+    seen = {}
+
+    class Record(descend.Callback):
+        def on_epoch_end(self, loop):
+            seen[loop.epoch] = {k: v.detach().clone() for k, v in loop.model.state_dict().items()}
+
+    r = descend.fit(
+        model,
+        (X, y),
+        "cross_entropy",
+        optimizer=descend.optim.adam(lr=0.05),
+        epochs=25,
+        batch_size=30,
+        validation=0.3,
+        patience=None,
+        verbose=0,
+        seed=0,
+        callbacks=[Record()],
+    )
+    assert r.best_epoch < 25  # the last epoch was not the best: a restore really happened
+    final = model.state_dict()
+    best = seen[r.best_epoch]
+    assert final.keys() == best.keys()
+    for k in best:
+        assert torch.equal(final[k], best[k]), k

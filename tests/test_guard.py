@@ -122,6 +122,9 @@ class _FakeLoop:
     def refresh_lr_state(self):
         pass
 
+    def state_tensors(self):
+        return self.model.state_dict()
+
     def record_event(self, kind, text):
         self.events.append((kind, text))
 

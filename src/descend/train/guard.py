@@ -174,7 +174,7 @@ class Guard:
 
     def snapshot(self, loop: Loop) -> None:
         """Remember the current model and optimizer state as the rollback point."""
-        sd = loop.model.state_dict()
+        sd = loop.state_tensors()
         if self._snapshot is None:
             self._snapshot = (
                 {k: v.detach().clone() for k, v in sd.items()},

@@ -172,6 +172,18 @@ class Loop:
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         self._names = list(self.params)
         self._plist = [self.params[n] for n in self._names]
+        # When the model's whole state is its trainable parameters (no buffers, no frozen
+        # parameters, no state_dict hooks), the best-weights and rollback copies read them
+        # directly instead of walking the module tree with state_dict() every epoch.
+        sd = model.state_dict(keep_vars=True)
+        self._state_is_params = (
+            list(sd) == self._names
+            and all(sd[n] is p for n, p in zip(self._names, self._plist))
+            and not any(
+                getattr(m, "_state_dict_hooks", None) or getattr(m, "_state_dict_pre_hooks", None)
+                for m in model.modules()
+            )
+        )
         self.opt_state = tx.init(self.params)
         self.lr_state = find_lr_state(self.opt_state)
         self.guard = guard
@@ -421,10 +433,17 @@ class Loop:
         """Ask the run to stop after the current step (stop reason ``callback``)."""
         self._stop_request = why
 
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """The model's ``state_dict()`` tensors (the parameters themselves when they are the
+        whole state): what the best-weights and rollback copies read."""
+        if self._state_is_params:
+            return dict(zip(self._names, self._plist))
+        return self.model.state_dict()
+
     def _save_best(self) -> None:
         if not self.restore_best:
             return
-        sd = self.model.state_dict()
+        sd = self.state_tensors()
         if self._best_state is None:
             self._best_state = {k: v.detach().clone() for k, v in sd.items()}
         else:
