@@ -35,6 +35,7 @@ from helpers.optim_common import (
     loss,
     max_diff,
     minimize,
+    plain_tree,
     quadratic,
     quadratic_grad,
     rosenbrock,
@@ -511,7 +512,7 @@ def test_checkpoint_in_eval_mode_resumes_exactly():
     torch_steps(first, opt1, x, y, 10)
     opt1.eval()  # save at the averaged point, as for deployment
     weights = {n: p.detach().clone() for n, p in first.named_parameters()}
-    saved = _plain(opt1.state_dict())
+    saved = plain_tree(opt1.state_dict())
     check_state_tree(saved)
 
     resumed = _mlp()
@@ -522,16 +523,6 @@ def test_checkpoint_in_eval_mode_resumes_exactly():
     torch_steps(resumed, opt2, x, y, 10)
     opt2.eval()
     assert max_diff(straight, resumed) < 1e-12
-
-
-def _plain(tree):
-    if isinstance(tree, dict):
-        return {k: _plain(v) for k, v in tree.items()}
-    if isinstance(tree, (tuple, list)):
-        return [_plain(v) for v in tree]
-    if isinstance(tree, torch.Tensor):
-        return tree.detach().clone()
-    return tree
 
 
 # --------------------------------------------------------------------------- Muon partition
@@ -718,7 +709,7 @@ def test_modern_state_dict_round_trip_resumes_exactly(name):
     first = _mlp()
     opt = optim.as_torch_optimizer(make(), first)
     torch_steps(first, opt, x, y, 5)
-    saved = _plain(opt.state_dict())
+    saved = plain_tree(opt.state_dict())
     check_state_tree(saved)
     resumed = _mlp()
     resumed.load_state_dict(first.state_dict())

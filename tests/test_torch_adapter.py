@@ -9,6 +9,7 @@ from descend import optim, schedules
 from descend._errors import CheckpointError, ConfigError
 from descend.testing import check_state_tree
 from descend.transforms import apply_updates, chain, find_lr_state, scale, scale_by_adam
+from helpers.optim_common import plain_tree
 
 
 def _model(seed=0):
@@ -122,17 +123,6 @@ def test_zero_grad_closure_and_missing_grads():
     assert all(torch.equal(a, b) for a, b in zip(after[1:], before[1:]))
 
 
-def _plain(tree):
-    """What a checkpoint round trip does: tuples become lists, tensors are copied."""
-    if isinstance(tree, dict):
-        return {k: _plain(v) for k, v in tree.items()}
-    if isinstance(tree, (tuple, list)):
-        return [_plain(v) for v in tree]
-    if isinstance(tree, torch.Tensor):
-        return tree.detach().clone()
-    return tree
-
-
 @pytest.mark.parametrize("name", sorted(optim.REGISTRY))
 def test_state_dict_round_trip_resumes_exactly(name):
     batches = _batches(20)
@@ -147,7 +137,7 @@ def test_state_dict_round_trip_resumes_exactly(name):
     saved = opt.state_dict()
     check_state_tree(saved)
     assert saved["param_groups"][0]["params"] == [n for n, _ in first.named_parameters()]
-    saved = _plain(saved)
+    saved = plain_tree(saved)
     weights = {n: p.detach().clone() for n, p in first.named_parameters()}
 
     resumed = _model(seed=123)
@@ -173,7 +163,7 @@ def test_state_dict_moves_between_implementations(saved_impl, loaded_impl):
     resumed = _model()
     resumed.load_state_dict(first.state_dict())
     opt2 = optim.as_torch_optimizer(optim.adamw(lr=1e-2, impl=loaded_impl), resumed)
-    opt2.load_state_dict(_plain(opt.state_dict()))
+    opt2.load_state_dict(plain_tree(opt.state_dict()))
     _torch_loop(resumed, opt2, batches[10:])
     assert _close(straight, resumed, 1e-9)
 
@@ -224,7 +214,7 @@ def test_scheduler_state_round_trip():
     opt = optim.as_torch_optimizer(make(), first)
     sched = make_sched(opt)
     _torch_loop(first, opt, batches[:10], sched)
-    saved_opt, saved_sched = _plain(opt.state_dict()), sched.state_dict()
+    saved_opt, saved_sched = plain_tree(opt.state_dict()), sched.state_dict()
     weights = {n: p.detach().clone() for n, p in first.named_parameters()}
 
     resumed = _model()
@@ -275,7 +265,7 @@ def test_load_state_dict_errors():
     other = optim.as_torch_optimizer(optim.momentum(0.1), model).state_dict()
     with pytest.raises(CheckpointError, match=r"optimizer state at 'state/0' must have keys"):
         opt.load_state_dict(other)
-    bad_shape = _plain(good)
+    bad_shape = plain_tree(good)
     bad_shape["state"][0]["exp_avg"]["0.weight"] = torch.zeros(3)
     with pytest.raises(
         CheckpointError, match=r"'state/0/exp_avg/0.weight' must be a tensor of shape \(8, 4\)"

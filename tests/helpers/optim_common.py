@@ -109,3 +109,14 @@ def quadratic(x):
 
 def quadratic_grad(x):
     return SCALES * (x - 1)
+
+
+def plain_tree(tree):
+    """What a checkpoint round trip does: tuples become lists, tensors are copied."""
+    if isinstance(tree, dict):
+        return {k: plain_tree(v) for k, v in tree.items()}
+    if isinstance(tree, (tuple, list)):
+        return [plain_tree(v) for v in tree]
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().clone()
+    return tree
