@@ -65,6 +65,37 @@ def test_only_latest_two_checkpoints_kept_and_each_verifies(tmp_path):
     assert ck.meta["epoch"] == 4 and ck.step == int(found[0].name.split("-")[1])
 
 
+def test_resuming_a_run_that_stopped_early_trains_nothing_more(tmp_path):
+    def run(**kw):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+        X, y = data()
+        y = y + torch.randn(len(y), generator=torch.Generator().manual_seed(0)).numpy()
+        return descend.fit(
+            model,
+            (X, y),
+            "mse",
+            optimizer=descend.optim.adam(lr=5e-2),
+            epochs=200,
+            patience=2,
+            verbose=0,
+            seed=1,
+            checkpoint=tmp_path,
+            **kw,
+        )
+
+    first = run()
+    assert str(first.stop_reason) == "patience_exhausted" and first.epochs < 200
+    again = run(resume=True)
+    assert str(again.stop_reason) == "patience_exhausted"
+    assert (again.epochs, again.steps, again.best_loss) == (
+        first.epochs,
+        first.steps,
+        first.best_loss,
+    )
+    assert again.history.val_loss == first.history.val_loss
+
+
 @pytest.mark.parametrize("damage", ["flip", "truncate", "no_manifest"])
 def test_damaged_latest_checkpoint_falls_back_with_warning(tmp_path, damage):
     train(tmp_path, epochs=3)

@@ -573,6 +573,9 @@ class Loop:
             self._since_best += 1
         if norms and norms[-1] < 1e-10:
             return StopReason.CONVERGED
+        return self._patience_spent()
+
+    def _patience_spent(self) -> StopReason | None:
         if self.patience is not None and self._since_best >= self.patience:
             return StopReason.PATIENCE if self.bundle.val is not None else StopReason.CONVERGED
         return None
@@ -886,6 +889,9 @@ class Loop:
         swap_to_train(self.opt_state, self.params)
         if resume is not None:
             self.load_checkpoint(resume)
+            # A checkpoint written when the run stopped early resumes as stopped: it does not
+            # train past its own patience (resuming with a larger patience continues it).
+            reason = self._patience_spent()
         else:
             # The starting point counts as "epoch 0" so a run that only gets worse keeps it.
             self._save_best()
