@@ -222,6 +222,21 @@ def test_streamed_data_and_no_validation():
     assert r.monitor == "train_loss" and math.isfinite(r.best_loss)
 
 
+def test_without_validation_data_there_is_no_race():
+    # The same data and budget race with a validation split and do not without one: the
+    # range test's geometric middle s/2 is used, and the record says why.
+    X, y = _clf()
+    raced = _fit(_mlp(), (X, y)).autopilot
+    assert raced["policy"] == "range test + race" and len(raced["candidates"]) >= 2
+    r = _fit(_mlp(), (X, y), validation=None)
+    rec = r.autopilot
+    assert rec["policy"] == "range test" and "candidates" not in rec
+    assert rec["lr"] == pytest.approx(rec["range_test"]["suggestion"] / 2)
+    assert "no validation data" in rec["why"]
+    assert r.epochs == 60 or str(r.stop_reason) == "converged"
+    assert r.history.epoch[0] == 1 and r.steps == r.epochs * math.ceil(400 / 32)
+
+
 def test_rebuild_gives_the_recorded_optimizer_without_trials():
     X, y = _clf()
     r = _fit(_mlp(), (X, y), epochs=6)
