@@ -101,6 +101,10 @@ def test_default_hidden_rule():
     assert default_hidden(100_000, 20, 1) == (512, 512)  # sqrt(100k) = 316 → 512
     assert default_hidden(10**9, 5000, 1) == (512, 512)  # ceiling
     assert default_hidden(1000, 3, 200) == (512, 512)  # 2 * 200 outputs → 512
+    # Classification: one hidden layer twice as wide.
+    assert default_hidden(150, 4, 3, classification=True) == (128,)
+    assert default_hidden(1797, 64, 10, classification=True) == (256,)
+    assert default_hidden(10**9, 5000, 2, classification=True) == (1024,)
     with pytest.raises(
         ConfigError, match=r"default_hidden: n_samples must be an integer >= 1; got 0"
     ):

@@ -1007,7 +1007,14 @@ def train(
     pre = data.preprocessor
     hidden = cfg.hidden
     if hidden is None:
-        hidden = list(default_hidden(len(data.train_idx), pre.n_features, pre.n_outputs))
+        hidden = list(
+            default_hidden(
+                len(data.train_idx),
+                pre.n_features,
+                pre.n_outputs,
+                classification=data.task == "classification",
+            )
+        )
     model = mlp(
         pre.n_features,
         pre.n_outputs,

@@ -219,7 +219,9 @@ class _Estimator(BaseEstimator):
         if not warm:
             hidden = self.hidden_layer_sizes
             if hidden is None:
-                hidden = default_hidden(n, X.shape[1], self._n_outputs())
+                hidden = default_hidden(
+                    n, X.shape[1], self._n_outputs(), classification=self._is_classifier
+                )
             self.model_ = mlp(
                 X.shape[1], self._n_outputs(), tuple(hidden), self.activation, seed=seed
             )
