@@ -263,3 +263,14 @@ def test_errors_name_the_problem(iris):
         Classifier(hidden_layer_sizes=32).fit(X, y)
     with pytest.raises(ValueError, match="Input X contains NaN"):
         Classifier().fit(np.full_like(X, np.nan), y)
+
+
+def test_default_architecture_is_one_wide_layer_for_classes_and_two_for_values():
+    X, y = load_iris(return_X_y=True)
+    clf = Classifier(max_epochs=2, random_state=0).fit(X, y)
+    widths = [m.out_features for m in clf.model_.modules() if isinstance(m, torch.nn.Linear)]
+    assert widths == [128, 3]  # one hidden layer of 2 x 64
+    Xr, yr = make_regression(n_samples=150, n_features=4, random_state=0)
+    reg = Regressor(max_epochs=2, random_state=0).fit(Xr, yr)
+    widths = [m.out_features for m in reg.model_.modules() if isinstance(m, torch.nn.Linear)]
+    assert widths == [64, 64, 1]
