@@ -516,6 +516,7 @@ def summarize(w: Workload, per_seed: list[dict[str, Run]]) -> list[dict[str, Any
         hits = [first_within(r, t) for r, t in zip(runs, targets)]
         tuned_walls = [d["adamw-tuned"].wall for d in per_seed if m in d]
         tuned_cpus = [d["adamw-tuned"].cpu for d in per_seed if m in d]
+        tuned_test_losses = [d["adamw-tuned"].test_loss for d in per_seed if m in d]
         best = [r.info["best_loss"] if m == "descend" else r.best for r in runs]
         if m == "descend":
             ratios = [b / t for b, t in zip(best, targets)]
@@ -532,8 +533,7 @@ def summarize(w: Workload, per_seed: list[dict[str, Run]]) -> list[dict[str, Any
                 "ratios": ratios,
                 "test": statistics.fmean(r.test for r in runs),
                 "test_loss_ratio": statistics.fmean(
-                    r.test_loss / d["adamw-tuned"].test_loss
-                    for r, d in zip(runs, [d for d in per_seed if m in d])
+                    r.test_loss / t for r, t in zip(runs, tuned_test_losses)
                 ),
                 "wall": statistics.fmean(r.wall for r in runs),
                 "wall_vs_tuned_run": statistics.fmean(
@@ -575,8 +575,8 @@ def markdown(w: Workload, rows: list[dict[str, Any]]) -> str:
             extra = f" (lr {lrs})"
         lines.append(
             f"| {r['method']}{extra} | {r['best_val']:.4g} | {r['ratio']:.3f} | {per} | "
-            f"{r['test_loss_ratio']:.3f} | {r['test']:.4f} | {r['wall']:.1f} | {r['cpu']:.1f} | {r['cpu_vs_tuned_run']:.2f} "
-            f"| {r['work_vs_tuned_run']:.2f} | {hits} |"
+            f"{r['test_loss_ratio']:.3f} | {r['test']:.4f} | {r['wall']:.1f} | {r['cpu']:.1f} "
+            f"| {r['cpu_vs_tuned_run']:.2f} | {r['work_vs_tuned_run']:.2f} | {hits} |"
         )
     return "\n".join(lines)
 
