@@ -480,3 +480,71 @@ def test_restored_weights_are_the_best_epochs_whole_state(kind):
     assert final.keys() == best.keys()
     for k in best:
         assert torch.equal(final[k], best[k]), k
+
+
+def _frozen():
+    """An optimizer whose rate is 0 at every step: the model stays as it started."""
+    return descend.optim.sgd(lr=0.1, schedule=lambda step: 0.0)
+
+
+def test_training_metric_without_validation_is_the_epochs_running_metric():
+    # No validation data: the epoch's metric comes from the training steps' own outputs (no
+    # extra pass). With the weights frozen, every row is scored once per epoch by the same
+    # model, so the running value must equal the metric of that model on the whole set — which
+    # checks the sums across uneven batches (100 rows in 32s) and, for R², across columns.
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((100, 5)).astype(np.float32)
+    y = (X[:, 0] + 0.5 * X[:, 1] > 0).astype(np.int64)
+    torch.manual_seed(0)
+    clf = torch.nn.Linear(5, 2)
+    r = descend.fit(
+        clf, (X, y), "cross_entropy", optimizer=_frozen(), epochs=2, batch_size=32,
+        validation=None, verbose=0,
+    )  # fmt: skip
+    with torch.no_grad():
+        acc = (clf(torch.as_tensor(X)).argmax(1).numpy() == y).mean()
+    assert r.history.metric_name == "accuracy"
+    assert r.history.metric == pytest.approx([acc, acc], abs=1e-6)
+    assert 0.2 < acc < 0.8  # a chance-level model: the comparison is not trivially 0 or 1
+
+    Y = np.stack([X[:, 0] * 2.0, X[:, 1] - X[:, 2]], axis=1).astype(np.float32)
+    torch.manual_seed(1)
+    reg = torch.nn.Linear(5, 2)
+    r = descend.fit(
+        reg, (X, Y), "mse", optimizer=_frozen(), epochs=1, batch_size=32, validation=None,
+        verbose=0,
+    )  # fmt: skip
+    with torch.no_grad():
+        pred = reg(torch.as_tensor(X)).numpy()
+    r2 = np.mean(1 - ((pred - Y) ** 2).sum(0) / ((Y - Y.mean(0)) ** 2).sum(0))
+    assert r.history.metric_name == "r2"
+    assert r.history.metric == pytest.approx([r2], rel=1e-5)
+
+
+def test_running_training_metric_survives_a_mid_epoch_resume(tmp_path):
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((200, 6)).astype(np.float32)
+    y = (X[:, :3] @ rng.standard_normal((3, 3))).argmax(1)
+
+    class Interrupt(descend.Callback):
+        def on_step_end(self, loop):
+            if loop.step == 11:  # epoch 2 of 7 steps, mid-way
+                raise KeyboardInterrupt
+
+    def run(ckdir, **kw):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+        return descend.fit(
+            model, (X, y), "cross_entropy", optimizer=descend.optim.adamw(lr=3e-2), epochs=3,
+            batch_size=32, validation=None, verbose=0, seed=0, checkpoint=ckdir,
+            checkpoint_every=1, **kw,
+        )  # fmt: skip
+
+    whole = run(tmp_path / "a")
+    cut = run(tmp_path / "b", callbacks=[Interrupt()])
+    assert cut.stop_reason is StopReason.INTERRUPTED and cut.epochs == 1
+    resumed = run(tmp_path / "b", resume=True)
+    assert resumed.epochs == 3
+    assert resumed.history.step_loss == whole.history.step_loss
+    assert resumed.history.metric == whole.history.metric
+    assert len(set(whole.history.metric)) > 1  # the metric moved: the comparison can fail

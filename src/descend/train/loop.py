@@ -55,6 +55,80 @@ from descend.transforms import (
 __all__ = ["Loop", "fit"]
 
 _EVAL_CHUNK = 8192
+
+
+class _MetricSum:
+    """Running sums for the epoch metric (accuracy, R² or a callable's batch mean), added to
+    batch by batch on the device without a sync; ``value()`` reads them once.
+
+    ``evaluate`` fills one over a whole source; without validation data the training steps
+    fill one from the outputs they already computed (as Keras and Lightning report a training
+    metric), so no extra pass over the training set is spent on a number for the display.
+    """
+
+    def __init__(self, kind: str | Callable, binary: bool) -> None:
+        self.kind, self.binary = kind, binary
+        self.count = 0
+        self.acc: torch.Tensor | None = None  # hits, sum of SSE per column, or metric * n
+        self.y_sum: torch.Tensor | None = None
+        self.y_sq: torch.Tensor | None = None
+
+    def _add(self, name: str, v: torch.Tensor) -> None:
+        cur = getattr(self, name)
+        setattr(self, name, v if cur is None else cur + v)
+
+    def add(self, out: torch.Tensor, yb: torch.Tensor | None) -> None:
+        if yb is None:
+            return
+        n = out.shape[0]
+        self.count += n
+        if self.kind == "accuracy":
+            if self.binary:
+                hit = (out > 0) == (yb > 0.5)
+                hit = hit.float().mean(dim=tuple(range(1, out.dim()))) if out.dim() > 1 else hit
+                hit = hit.float().sum()
+            elif out.dim() == 2 and out.shape[1] > 1 and yb.dim() == 1:
+                hit = (out.argmax(1) == yb).sum()
+            elif out.dim() == 2 and out.shape[1] > 1 and yb.dim() == 2:
+                hit = (out.argmax(1) == yb.argmax(1)).sum()
+            else:
+                hit = out.new_zeros(())
+            self._add("acc", hit.float())
+        elif self.kind == "r2":
+            yf = yb.float()
+            self._add("acc", ((out - yf) ** 2).sum(0))
+            self._add("y_sum", yf.sum(0))
+            self._add("y_sq", (yf**2).sum(0))
+        else:
+            self._add("acc", torch.as_tensor(self.kind(out, yb), dtype=torch.float32) * n)
+
+    def value(self) -> float | None:
+        if self.acc is None or self.count == 0:
+            return None
+        if self.kind == "r2":
+            sst = self.y_sq - self.y_sum**2 / self.count
+            return float((1 - self.acc / sst.clamp_min(1e-12)).mean())
+        return float(self.acc / self.count)
+
+    def state(self) -> dict[str, Any]:
+        """The sums as plain lists, for a mid-epoch checkpoint."""
+        lists = {
+            k: (None if v is None else v.float().cpu().reshape(-1).tolist())
+            for k, v in (("acc", self.acc), ("y_sum", self.y_sum), ("y_sq", self.y_sq))
+        }
+        return {"count": self.count, **lists}
+
+    def load(self, state: dict[str, Any], device: torch.device) -> None:
+        self.count = int(state["count"])
+        for k in ("acc", "y_sum", "y_sq"):
+            v = state.get(k)
+            t = None if v is None else torch.tensor(v, dtype=torch.float32, device=device)
+            # accuracy and a callable's sum are scalars; R²'s sums are one per output column
+            if t is not None and self.kind != "r2":
+                t = t.reshape(())
+            setattr(self, k, t)
+
+
 #: checkpoint_every="auto": write again once this many times the last write's duration has passed.
 AUTO_CHECKPOINT_RATIO = 20
 
@@ -218,6 +292,10 @@ class Loop:
 
         self._metric_fn, self.history.metric_name = self._pick_metric(metric)
         self.monitor = "val_loss" if bundle.val is not None else "train_loss"
+        # Without validation data the epoch's metric is the running one over its training steps.
+        self._ep_metric = (
+            self._new_metric_sum() if self._metric_fn is not None and bundle.val is None else None
+        )
         self._y_unsqueeze = False
 
     # ---- setup checks ----------------------------------------------------------------
@@ -241,6 +319,9 @@ class Loop:
             else:
                 return None, None
         return name, name
+
+    def _new_metric_sum(self) -> _MetricSum:
+        return _MetricSum(self._metric_fn, binary=self.loss.name == "binary_cross_entropy")
 
     def check_model_fits(self) -> None:
         """Run the model once on a few samples and validate the loss against ALL targets, so a
@@ -333,6 +414,9 @@ class Loop:
                 value = self.loss(out, yb, validate=False)
             else:
                 value = self.loss(out, yb, weight=wb, validate=False)
+        if self._ep_metric is not None:
+            with torch.no_grad():
+                self._ep_metric.add(out.detach().float(), yb)
         grads = torch.autograd.grad(value, self._plist, allow_unused=True)
         g = {n: gr for n, gr in zip(self._names, grads) if gr is not None}
         norms = torch._foreach_norm(list(g.values())) if g else []
@@ -352,8 +436,7 @@ class Loop:
         self.model.eval()
         total = None
         count = 0
-        m_acc = None
-        y_sum = y_sq = None
+        sums = self._new_metric_sum() if self._metric_fn is not None else None
         try:
             for xb, yb in self._eval_batches(src):
                 with self._autocast():
@@ -365,44 +448,14 @@ class Loop:
                 v = self.loss(out, yb, validate=False).float() * n
                 total = v if total is None else total + v
                 count += n
-                if self._metric_fn == "accuracy" and yb is not None:
-                    if self.loss.name == "binary_cross_entropy":
-                        hit = (
-                            ((out > 0) == (yb > 0.5)).float().mean(dim=tuple(range(1, out.dim())))
-                            if out.dim() > 1
-                            else ((out > 0) == (yb > 0.5)).float()
-                        )
-                        hit = hit.sum()
-                    elif out.dim() == 2 and out.shape[1] > 1 and yb.dim() == 1:
-                        hit = (out.argmax(1) == yb).sum()
-                    elif out.dim() == 2 and out.shape[1] > 1 and yb.dim() == 2:
-                        hit = (out.argmax(1) == yb.argmax(1)).sum()
-                    else:
-                        hit = out.new_zeros(())
-                    m_acc = hit.float() if m_acc is None else m_acc + hit.float()
-                elif self._metric_fn == "r2" and yb is not None:
-                    yf = yb.float()
-                    sse = ((out - yf) ** 2).sum(0)
-                    ys, ysq = yf.sum(0), (yf**2).sum(0)
-                    m_acc = sse if m_acc is None else m_acc + sse
-                    y_sum = ys if y_sum is None else y_sum + ys
-                    y_sq = ysq if y_sq is None else y_sq + ysq
-                elif callable(self._metric_fn) and yb is not None:
-                    val = torch.as_tensor(self._metric_fn(out, yb), dtype=torch.float32) * n
-                    m_acc = val if m_acc is None else m_acc + val
+                if sums is not None:
+                    sums.add(out, yb)
         finally:
             self.model.train(was_training)
         if total is None:
             return math.nan, None
         loss_val = float(total / count)
-        metric = None
-        if m_acc is not None:
-            if self._metric_fn == "r2":
-                sst = y_sq - y_sum**2 / count
-                r2 = 1 - m_acc / sst.clamp_min(1e-12)
-                metric = float(r2.mean())
-            else:
-                metric = float(m_acc / count)
+        metric = None if sums is None else sums.value()
         return loss_val, metric
 
     def _eval_batches(self, src: D.Source) -> Iterable[tuple[torch.Tensor, torch.Tensor | None]]:
@@ -550,8 +603,9 @@ class Loop:
             monitored = val_loss
         else:
             monitored = train_loss
-            if self._metric_fn is not None and self.bundle.train.resident:
-                _, metric = self.evaluate(self.bundle.train)
+            if self._ep_metric is not None:
+                metric = self._ep_metric.value()
+                self._ep_metric = self._new_metric_sum()
         if metric is not None:
             h.metric.append(metric)
         h.time.append(self._elapsed())
@@ -682,7 +736,12 @@ class Loop:
             "since_best": self._since_best,
             "elapsed": self._elapsed(),
             "history": self.history.to_dict(),
-            "partial": {"loss": partial_losses, "norm": partial_norms, "lr": list(self._ep_lrs)},
+            "partial": {
+                "loss": partial_losses,
+                "norm": partial_norms,
+                "lr": list(self._ep_lrs),
+                "metric": None if self._ep_metric is None else self._ep_metric.state(),
+            },
             "guard": self.guard.state_dict() if self.guard is not None else None,
             "model_signature": {k: list(v.shape) for k, v in self.model.state_dict().items()},
             "opt_signature": C.tree_signature(self.opt_state),
@@ -818,6 +877,10 @@ class Loop:
         self._ep_losses = [torch.tensor(v, dtype=torch.float32, device=dev) for v in part["loss"]]
         self._ep_norms = [torch.tensor(v, dtype=torch.float32, device=dev) for v in part["norm"]]
         self._ep_lrs = list(part["lr"])
+        if self._ep_metric is not None:
+            self._ep_metric = self._new_metric_sum()
+            if part.get("metric") is not None:
+                self._ep_metric.load(part["metric"], dev)
         if self.guard is not None and m.get("guard") is not None:
             self.guard.load_state_dict(m["guard"])
         self._set_rng_state(ckpt.rng)
@@ -1055,7 +1118,10 @@ def fit(
             ``None`` never stops early.
         restore_best: put the best weights back into the model at the end (default on).
         metric: ``"auto"`` (accuracy for classification, R² for regression), a name, a callable
-            ``(pred, target) -> float`` averaged over samples, or ``None``.
+            ``(pred, target) -> float`` averaged over samples, or ``None``. It is measured on
+            the validation data at the end of each epoch; without validation data it is the
+            running value over the epoch's training steps, from the outputs they computed (as
+            Keras and Lightning report training metrics), not a second pass over the data.
         callbacks: :class:`descend.train.Callback` objects.
         verbose: 0 silent; 1 a progress bar on a terminal or one plain line per epoch in a log;
             2 also keeps one line per epoch on a terminal.
