@@ -237,23 +237,28 @@ def test_without_validation_data_there_is_no_race():
     assert r.history.epoch[0] == 1 and r.steps == r.epochs * math.ceil(400 / 32)
 
 
-def test_without_a_race_regression_with_validation_takes_twice_the_ceiling():
+def test_a_regression_loss_with_validation_aims_at_twice_the_range_tests_reading():
     # A budget too short for a race (4 epochs): a regression loss judged on validation data
-    # trains at 2x the range test's ceiling; the same data without validation, and a
-    # classification loss with it, at the span's geometric middle s/2.
+    # trains at 2x the range test's suggestion (the top of its span); the same data without
+    # validation, and a classification loss with it, at the span's geometric middle s/2.
     g = torch.Generator().manual_seed(3)
     X = torch.randn(400, 10, generator=g)
     y = torch.sin(2 * X[:, 0]) * X[:, 1] + 0.1 * torch.randn(400, generator=g)
     reg = _fit(_mlp(o=1), (X, y), "mse", epochs=4).autopilot
     assert reg["policy"] == "range test" and "affords no race" in reg["why"]
     assert reg["lr"] == pytest.approx(2 * reg["range_test"]["suggestion"])
-    assert "regression loss with validation data" in reg["why"]
+    assert "for a regression loss" in reg["why"] and "top of the span" in reg["why"]
     no_val = _fit(_mlp(o=1), (X, y), "mse", epochs=4, validation=None).autopilot
     assert no_val["lr"] == pytest.approx(no_val["range_test"]["suggestion"] / 2)
     Xc, yc = _clf()
     clf = _fit(_mlp(), (Xc, yc), epochs=4).autopilot
     assert clf["policy"] == "range test" and "affords no race" in clf["why"]
     assert clf["lr"] == pytest.approx(clf["range_test"]["suggestion"] / 2)
+    # With a budget for a race, the regression candidates span [s/2, 2s].
+    raced = _fit(_mlp(o=1), (X, y), "mse", epochs=40).autopilot
+    s = raced["range_test"]["suggestion"]
+    lrs = sorted(c["lr"] for c in raced["candidates"])
+    assert lrs[0] == pytest.approx(s / 2) and lrs[-1] == pytest.approx(2 * s)
 
 
 def test_rebuild_gives_the_recorded_optimizer_without_trials():
