@@ -521,6 +521,33 @@ def test_training_metric_without_validation_is_the_epochs_running_metric():
     assert r.history.metric == pytest.approx([r2], rel=1e-5)
 
 
+def test_running_training_metric_for_streams_and_callables():
+    # A DataLoader (no resident copy to re-evaluate) now gets its training metric too, and a
+    # callable metric is averaged over samples like the built-in ones.
+    rng = np.random.default_rng(2)
+    X = torch.as_tensor(rng.standard_normal((90, 4)), dtype=torch.float32)
+    y = torch.as_tensor((rng.standard_normal(90) > 0).astype(np.int64))
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    with torch.no_grad():
+        acc = float((model(X).argmax(1) == y).float().mean())
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=25)
+    r = descend.fit(
+        model, loader, "cross_entropy", optimizer=_frozen(), epochs=1, validation=None, verbose=0
+    )
+    assert r.history.metric == pytest.approx([acc], abs=1e-6)
+
+    def hit_rate(pred, target):
+        return float((pred.argmax(1) == target).float().mean())
+
+    r = descend.fit(
+        model, (X, y), "cross_entropy", optimizer=_frozen(), epochs=1, batch_size=25,
+        validation=None, verbose=0, metric=hit_rate,
+    )  # fmt: skip
+    assert r.history.metric_name == "hit_rate"
+    assert r.history.metric == pytest.approx([acc], abs=1e-6)
+
+
 def test_running_training_metric_survives_a_mid_epoch_resume(tmp_path):
     rng = np.random.default_rng(1)
     X = rng.standard_normal((200, 6)).astype(np.float32)
