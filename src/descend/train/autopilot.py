@@ -50,7 +50,9 @@ Why this shape (measured on the workloads of ``benchmarks/suite.py``, 2-core CPU
   come from the data; no constant is within 1% everywhere;
 - on full learning-rate grids (11 rates, ×2 apart, 16 workload-seeds) the range test's min/10
   ``s`` was a reliable *ceiling*: overfitting classification sets were best at ``s/4``–``s``,
-  regression sets were flat (within 1–5%) from ``s/2`` up; hence candidates in ``[s/4, s]``;
+  regression sets were flat (within 1–5%) from ``s/2`` up; hence candidates in ``[s/4, s]``
+  (and, since session 5, ``[s/2, 2s]`` for a regression loss, whose short-budget fits kept
+  improving up to ``2s``);
 - a race judged early crowns the highest rate (it descends first and overfits later: on
   digits the curves cross after ~25–30% of the budget), so two candidates raced for a quarter
   of the budget beat four raced for a tenth in replays of those grids (mean ratio to the
