@@ -208,7 +208,9 @@ class Result:
 
     @property
     def best_metric(self) -> float | None:
-        """The validation metric at the best epoch (``None`` when no metric was computed)."""
+        """The metric at the best epoch (``None`` when no metric was computed): measured on the
+        validation data with that epoch's weights; without validation data, the running
+        training metric over that epoch's steps (weights changing as it went)."""
         if self.best_epoch < 1 or self.best_epoch > len(self.history.metric):
             return None
         return self.history.metric[self.best_epoch - 1]
