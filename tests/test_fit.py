@@ -575,3 +575,39 @@ def test_running_training_metric_survives_a_mid_epoch_resume(tmp_path):
     assert resumed.history.step_loss == whole.history.step_loss
     assert resumed.history.metric == whole.history.metric
     assert len(set(whole.history.metric)) > 1  # the metric moved: the comparison can fail
+
+
+def test_evaluation_skips_the_mode_switch_only_for_mode_free_models():
+    from descend.train.loop import _mode_free
+
+    plain = mlp(4, 8, 2)
+    assert _mode_free(plain)
+
+    class MyLinear(torch.nn.Linear):  # a subclass may read self.training
+        pass
+
+    assert not _mode_free(torch.nn.Sequential(MyLinear(4, 2)))
+    assert not _mode_free(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.5)))
+    hooked = mlp(4, 8, 2)
+    hooked[0].register_forward_hook(lambda mod, inp, out: None)
+    assert not _mode_free(hooked)
+
+    # With dropout the validation loss is still measured in eval mode: it equals the loss of
+    # the kept weights evaluated deterministically, and the model ends in training mode.
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((120, 4)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.int64)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(4, 32), torch.nn.ReLU(), torch.nn.Dropout(0.5), torch.nn.Linear(32, 2)
+    )
+    Xv, yv = X[:40], y[:40]
+    r = descend.fit(
+        model, (X[40:], y[40:]), "cross_entropy", validation=(Xv, yv), epochs=3, lr=1e-2,
+        verbose=0, seed=0, restore_best=False,
+    )  # fmt: skip
+    assert model.training
+    model.eval()
+    with torch.no_grad():
+        want = torch.nn.functional.cross_entropy(model(torch.as_tensor(Xv)), torch.as_tensor(yv))
+    assert r.history.val_loss[-1] == pytest.approx(float(want), rel=1e-5)

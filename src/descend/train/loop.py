@@ -152,6 +152,60 @@ class _MetricSum:
             setattr(self, k, t)
 
 
+#: Built-in modules whose forward ignores ``training``: for a model made only of these (exact
+#: types, not subclasses), switching to eval mode and back around every evaluation is skipped.
+#: The switch walks every module twice (~60-200 µs a call on a small MLP: a tenth of a
+#: full-batch epoch) and changes nothing for them.
+_MODE_FREE_TYPES = frozenset(
+    {
+        torch.nn.Sequential,
+        torch.nn.ModuleList,
+        torch.nn.ModuleDict,
+        torch.nn.Linear,
+        torch.nn.Bilinear,
+        torch.nn.Identity,
+        torch.nn.Flatten,
+        torch.nn.Unflatten,
+        torch.nn.ReLU,
+        torch.nn.ReLU6,
+        torch.nn.LeakyReLU,
+        torch.nn.PReLU,
+        torch.nn.ELU,
+        torch.nn.SELU,
+        torch.nn.CELU,
+        torch.nn.GELU,
+        torch.nn.SiLU,
+        torch.nn.Mish,
+        torch.nn.Tanh,
+        torch.nn.Sigmoid,
+        torch.nn.Softplus,
+        torch.nn.Softmax,
+        torch.nn.LogSoftmax,
+        torch.nn.LayerNorm,
+        torch.nn.Embedding,
+        torch.nn.Conv1d,
+        torch.nn.Conv2d,
+        torch.nn.MaxPool1d,
+        torch.nn.MaxPool2d,
+        torch.nn.AvgPool1d,
+        torch.nn.AvgPool2d,
+        torch.nn.AdaptiveAvgPool1d,
+        torch.nn.AdaptiveAvgPool2d,
+    }
+)
+
+
+def _mode_free(model: torch.nn.Module) -> bool:
+    """True when no module of ``model`` behaves differently in train and eval mode (and none
+    has hooks that might look): every module is exactly one of ``_MODE_FREE_TYPES``."""
+    for m in model.modules():
+        if type(m) not in _MODE_FREE_TYPES:
+            return False
+        if m._forward_hooks or m._forward_pre_hooks:
+            return False
+    return True
+
+
 #: checkpoint_every="auto": write again once this many times the last write's duration has passed.
 AUTO_CHECKPOINT_RATIO = 20
 
@@ -455,7 +509,10 @@ class Loop:
     def evaluate(self, src: D.Source) -> tuple[float, float | None]:
         """Mean loss and metric over a whole source, in eval mode, chunked to bound memory."""
         was_training = self.model.training
-        self.model.eval()
+        # Checked per call (cheap next to the switch): a model may change between evaluations.
+        switch = was_training and not _mode_free(self.model)
+        if switch:
+            self.model.eval()
         total = None
         count = 0
         sums = self._new_metric_sum() if self._metric_fn is not None else None
@@ -473,7 +530,8 @@ class Loop:
                 if sums is not None:
                     sums.add(out, yb)
         finally:
-            self.model.train(was_training)
+            if switch:
+                self.model.train(was_training)
         if total is None:
             return math.nan, None
         loss_val = float(total / count)
