@@ -107,7 +107,7 @@ SPAN = 4.0
 #: Regression losses were flat to falling up to 2-4x the suggestion on every set measured, and
 #: short budgets want fast rates; with validation data the best epoch is kept. Measured with
 #: the Regressor's 50-epoch budgets, 5 seeds (benchmarks/RESULTS.md): R² from s/2 to 2s
-#: friedman1 0.925 -> 0.936, 3-output 0.986 -> 0.990, friedman3 0.876 -> 0.888, a
+#: friedman1 0.925 -> 0.935, 3-output 0.986 -> 0.990, friedman3 0.876 -> 0.888, a
 #: sine-product set 0.55 -> 0.76; friedman2, sparse-uncorrelated, friedman1-8k and diabetes
 #: unchanged within noise; 4s was unstable (3-output seed 4: R² 0.84). Without validation
 #: data nothing stops an overfit (diabetes' test loss rose 3% at s, 11% at 2s): no multiple.
