@@ -611,3 +611,70 @@ def test_evaluation_skips_the_mode_switch_only_for_mode_free_models():
     with torch.no_grad():
         want = torch.nn.functional.cross_entropy(model(torch.as_tensor(Xv)), torch.as_tensor(yv))
     assert r.history.val_loss[-1] == pytest.approx(float(want), rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- device hand-back
+
+
+def _line_data():
+    torch.manual_seed(0)
+    X = torch.randn(64, 3)
+    return X, X @ torch.tensor([1.0, -2.0, 0.5])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_cpu_model_trained_on_the_gpu_is_handed_back_on_the_cpu():
+    X, y = _line_data()
+    model = torch.nn.Linear(3, 1)
+    r = descend.fit(model, (X, y), "mse", device="cuda", epochs=3, verbose=0, seed=0)
+    assert r.device.startswith("cuda")
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+    for n, p in model.named_parameters():
+        assert r.params[n].device.type == "cpu" and torch.equal(r.params[n], p)
+    assert model(X).shape == (64, 1)  # the caller's CPU tensors still work
+    on_gpu = torch.nn.Linear(3, 1).cuda()  # already on the accelerator: stays there
+    descend.fit(on_gpu, (X, y), "mse", epochs=2, verbose=0, seed=0)
+    assert {p.device.type for p in on_gpu.parameters()} == {"cuda"}
+
+
+class _Moves(torch.nn.Linear):
+    """A Linear that records every ``.to(...)`` it gets."""
+
+    def __init__(self):
+        super().__init__(3, 1)
+        self.moves: list[str] = []
+
+    def to(self, *args, **kwargs):
+        self.moves.append(str(args[0] if args else kwargs.get("device")))
+        return super().to(*args, **kwargs)
+
+
+class _Boom(descend.train.callbacks.Callback):
+    def on_epoch_end(self, loop):
+        raise RuntimeError("boom")
+
+
+def test_fit_hands_the_model_back_to_its_device_at_the_end_and_on_error(monkeypatch):
+    # No second device on a CPU machine: pretend the model came from "meta" (any device that
+    # is not the training one) and watch fit move it there after training, error or not.
+    from descend.train import loop as loop_mod
+
+    monkeypatch.setattr(loop_mod, "_home_device", lambda module, dev: torch.device("meta"))
+    X, y = _line_data()
+    model = _Moves()
+    r = descend.fit(model, (X, y), "mse", device="cpu", epochs=2, verbose=0, seed=0)
+    assert model.moves == ["cpu", "meta"]
+    assert all(p.device.type == "meta" for p in r.params.values())  # params follow the model
+    failing = _Moves()
+    with pytest.raises(RuntimeError, match="boom"):
+        descend.fit(failing, (X, y), "mse", device="cpu", epochs=2, verbose=0, callbacks=[_Boom()])
+    assert failing.moves == ["cpu", "meta"]
+
+
+def test_home_device_is_none_when_nothing_needs_moving():
+    from descend.train.loop import _home_device
+
+    cpu = torch.device("cpu")
+    assert _home_device(torch.nn.Linear(2, 1), cpu) is None  # already there
+    assert _home_device(torch.nn.ReLU(), cpu) is None  # no tensors
+    assert _home_device(torch.nn.Linear(2, 1), torch.device("meta")) == cpu

@@ -13,6 +13,7 @@ from sklearn.datasets import load_digits
 import descend
 from descend import StopReason
 from descend.train.callbacks import PlainProgress
+from descend.train.guard import Guard
 
 
 @pytest.fixture(scope="module")
@@ -176,3 +177,19 @@ def test_snapshot_points_on_short_epochs_follow_the_step_count(digits, monkeypat
     taken.clear()
     run((X[:200], y[:200]), 1e-3, epochs=3, batch_size=8, validation=None, patience=None)
     assert [e for e, s in taken if s == 25 * e] == [0, 1, 2]  # every epoch start
+
+
+def test_windowed_checks_still_end_an_unrecoverable_run_with_a_diverged_event(digits, monkeypatch):
+    # On an accelerator the guard reads losses in windows of 16 steps; its rollbacks then outlast
+    # a 45-step epoch of non-finite batches and the loop itself stops the run. The events must
+    # still end with "diverged" (seen on an H100 before the loop recorded it).
+    from descend.train import loop as loop_mod
+
+    monkeypatch.setattr(loop_mod, "Guard", lambda check_every: Guard(check_every=16))
+    model = Poison(mlp(), start=200, stop=10**9)
+    r = run(digits, 1e-3, model=model, epochs=10)
+    assert r.stop_reason is StopReason.DIVERGED
+    kinds = [e["kind"] for e in r.history.events]
+    assert kinds[-1] == "diverged" and kinds.count("diverged") == 1
+    assert "rollback" in kinds and "non-finite" in r.history.events[-1]["message"]
+    assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import math
 import random
 import signal
@@ -229,6 +230,16 @@ class _FunctionModel(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fn(x, dict(self.params.items()))
+
+
+def _home_device(module: torch.nn.Module, dev: torch.device) -> torch.device | None:
+    """The one device all of ``module``'s tensors are on, when that is not ``dev`` (else None:
+    already there, no tensors, or spread over several devices)."""
+    found = {t.device for t in itertools.chain(module.parameters(), module.buffers())}
+    if len(found) != 1:
+        return None
+    (home,) = found
+    return None if home == dev else home
 
 
 def _as_module(model: Any, params: dict[str, Any] | None) -> torch.nn.Module:
@@ -692,6 +703,15 @@ class Loop:
 
         if not math.isfinite(train_loss) or (self.guard is None and len(finite) < len(losses)):
             self.improved = False
+            if self.guard is not None:
+                # On an accelerator the guard judges steps in windows, so its rollbacks can
+                # outlast a short epoch whose every batch was non-finite: say so in the events
+                # as the guard would have.
+                self.record_event(
+                    "diverged",
+                    f"epoch {self.epoch}: every batch loss was non-finite; giving up after "
+                    f"{self.guard.events} rollbacks",
+                )
             return StopReason.DIVERGED
         threshold = self.best_loss - max(self.tol * abs(self.best_loss), 0.0)
         self.improved = math.isfinite(monitored) and (
@@ -1176,8 +1196,9 @@ def fit(
     """Train ``model`` on ``data`` by minimizing ``loss``; return a :class:`Result`.
 
     Args:
-        model: a ``torch.nn.Module`` (trained in place, moved to ``device``), or a plain
-            function ``fn(x, params)`` together with ``params={name: initial value}``.
+        model: a ``torch.nn.Module`` (trained in place on ``device``, then handed back on the
+            device it came on), or a plain function ``fn(x, params)`` together with
+            ``params={name: initial value}``.
         data: ``(X, y)`` (numpy, torch, pandas, pyarrow, lists), ``X`` alone for a loss that
             needs no targets, a ``torch.utils.data.Dataset`` or a ``DataLoader``. In-memory data
             is moved to the device once and sliced by a seeded permutation.
@@ -1208,7 +1229,10 @@ def fit(
         seed: makes the run reproducible (split, batch order, dropout). Seeds torch's global
             generator. When not given one is drawn and recorded in ``Result.seed``.
         device: ``"cpu"``, ``"cuda"``, ... ; default: the model's device if it is on an
-            accelerator, else CUDA when available, else CPU.
+            accelerator, else CUDA when available, else CPU. Training happens there; a model
+            that came on another device goes back to it at the end (on error too), so code
+            written for a CPU model keeps working on a machine with a GPU. ``Result.params``
+            follow the model; ``Result.opt_state`` stays on the training device.
         precision: ``"bf16"`` runs forward passes under bfloat16 autocast (opt-in).
         max_time: wall-clock budget in seconds.
         params: the parameters of a function model (see ``model``).
@@ -1319,122 +1343,137 @@ def fit(
     module = _as_module(model, params)
     loss_obj = L.get(loss)
     dev = D.resolve_device(device, module)
+    # Train on `dev`, but hand the model back where the caller had it: code written against a
+    # CPU model keeps working after fit on a machine that happens to have a GPU (Lightning
+    # does the same at teardown). A model already on the accelerator stays there.
+    home = _home_device(module, dev)
     module.to(dev)
-    if torch.is_tensor(data):
-        D.check_devices(module, data)
-    elif isinstance(data, tuple) and data and torch.is_tensor(data[0]):
-        D.check_devices(module, data[0])
-    if isinstance(validation, str):
-        check_choice("validation", validation, ("auto",), owner="fit")
-        validation = None if D.is_streamed(data) else 0.2
-    bundle = D.prepare(
-        data,
-        validation=validation,
-        target_kind=loss_obj.target_kind,
-        stratify=True,
-        device=dev,
-        dtype=torch.float32,
-        seed=seed,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        **({"sample_weight": sample_weight} if sample_weight is not None else {}),
-    )
-
-    autopilot = None
-    extra_callbacks: list[Callback] = []
-    if optimizer is None and opt_state is not None:
-        raise ConfigError(
-            message(
-                "fit(opt_state=...)",
-                "needs the optimizer that made it",
-                "opt_state with optimizer=None (the default policy would plan a new one)",
-                "pass optimizer=result.tx together with opt_state=result.opt_state",
-            )
-        )
-    if optimizer is None:
-        ctx = _autopilot.PlanContext(
-            model=module,
-            bundle=bundle,
-            loss=loss_obj,
-            epochs=epochs,
-            seed=seed,
+    try:
+        if torch.is_tensor(data):
+            D.check_devices(module, data)
+        elif isinstance(data, tuple) and data and torch.is_tensor(data[0]):
+            D.check_devices(module, data[0])
+        if isinstance(validation, str):
+            check_choice("validation", validation, ("auto",), owner="fit")
+            validation = None if D.is_streamed(data) else 0.2
+        bundle = D.prepare(
+            data,
+            validation=validation,
+            target_kind=loss_obj.target_kind,
+            stratify=True,
             device=dev,
-            lr=lr,
-            run_trial=_trial_runner(module, bundle, loss_obj, dev, seed, precision),
-            # The race trains and judges its candidates by the run's own settings.
-            precision=precision,
-            metric=metric,
-            tol=tol,
-            patience=patience,
-            max_time=max_time,
+            dtype=torch.float32,
+            seed=seed,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            **({"sample_weight": sample_weight} if sample_weight is not None else {}),
         )
-        rebuild = getattr(_autopilot, "rebuild", None)
-        if resume_ckpt is not None and rebuild is not None and resume_ckpt.meta.get("autopilot"):
-            # Resuming: rebuild the recorded choice; no trials (they would move the RNG and
-            # waste time) and no start-of-run callbacks (the checkpoint holds the state).
-            decision = rebuild(resume_ckpt.meta["autopilot"], ctx)
-        else:
-            decision = _autopilot.plan(ctx)
-            extra_callbacks = list(decision.callbacks) if resume_ckpt is None else []
-        tx, desc, autopilot = decision.tx, decision.description, decision.record
-    elif isinstance(optimizer, str):
-        kwargs = {"lr": lr} if lr is not None else {}
-        tx = optim.get(optimizer, **kwargs)
-        desc = f"{optimizer}({', '.join(f'{k}={v:g}' for k, v in kwargs.items())})"
-    elif isinstance(optimizer, Transform):
-        if lr is not None:
+
+        autopilot = None
+        extra_callbacks: list[Callback] = []
+        if optimizer is None and opt_state is not None:
             raise ConfigError(
                 message(
-                    "fit(lr=...)",
-                    "cannot change an optimizer that is already built",
-                    f"lr={lr} together with a Transform",
-                    "set the rate when building it, e.g. optimizer=descend.optim.adamw(lr=3e-4)",
+                    "fit(opt_state=...)",
+                    "needs the optimizer that made it",
+                    "opt_state with optimizer=None (the default policy would plan a new one)",
+                    "pass optimizer=result.tx together with opt_state=result.opt_state",
                 )
             )
-        tx = optimizer
-        desc = getattr(optimizer, "name", None) or "user optimizer"
-    else:
-        raise ConfigError(
-            message(
-                "fit(optimizer)",
-                "must be a descend Transform, a registry name, or None",
-                describe(optimizer),
-                "use e.g. descend.optim.adamw(lr=3e-4) or optimizer='sgd'",
+        if optimizer is None:
+            ctx = _autopilot.PlanContext(
+                model=module,
+                bundle=bundle,
+                loss=loss_obj,
+                epochs=epochs,
+                seed=seed,
+                device=dev,
+                lr=lr,
+                run_trial=_trial_runner(module, bundle, loss_obj, dev, seed, precision),
+                # The race trains and judges its candidates by the run's own settings.
+                precision=precision,
+                metric=metric,
+                tol=tol,
+                patience=patience,
+                max_time=max_time,
             )
-        )
+            rebuild = getattr(_autopilot, "rebuild", None)
+            if (
+                resume_ckpt is not None
+                and rebuild is not None
+                and resume_ckpt.meta.get("autopilot")
+            ):
+                # Resuming: rebuild the recorded choice; no trials (they would move the RNG and
+                # waste time) and no start-of-run callbacks (the checkpoint holds the state).
+                decision = rebuild(resume_ckpt.meta["autopilot"], ctx)
+            else:
+                decision = _autopilot.plan(ctx)
+                extra_callbacks = list(decision.callbacks) if resume_ckpt is None else []
+            tx, desc, autopilot = decision.tx, decision.description, decision.record
+        elif isinstance(optimizer, str):
+            kwargs = {"lr": lr} if lr is not None else {}
+            tx = optim.get(optimizer, **kwargs)
+            desc = f"{optimizer}({', '.join(f'{k}={v:g}' for k, v in kwargs.items())})"
+        elif isinstance(optimizer, Transform):
+            if lr is not None:
+                raise ConfigError(
+                    message(
+                        "fit(lr=...)",
+                        "cannot change an optimizer that is already built",
+                        f"lr={lr} together with a Transform",
+                        "set the rate when building it, e.g. optimizer=descend.optim.adamw(lr=3e-4)",
+                    )
+                )
+            tx = optimizer
+            desc = getattr(optimizer, "name", None) or "user optimizer"
+        else:
+            raise ConfigError(
+                message(
+                    "fit(optimizer)",
+                    "must be a descend Transform, a registry name, or None",
+                    describe(optimizer),
+                    "use e.g. descend.optim.adamw(lr=3e-4) or optimizer='sgd'",
+                )
+            )
 
-    progress = default_progress(verbose)
-    cbs = list(callbacks) + extra_callbacks + ([progress] if progress is not None else [])
-    loop = Loop(
-        module,
-        bundle,
-        loss_obj,
-        tx,
-        optimizer_desc=desc,
-        max_epochs=epochs,
-        patience=patience,
-        tol=tol,
-        restore_best=restore_best,
-        callbacks=cbs,
-        device=dev,
-        seed=seed,
-        precision=precision,
-        max_time=max_time,
-        metric=metric,
-        autopilot=autopilot,
-        guard=Guard(check_every=1 if dev.type == "cpu" else 16) if guard else None,
-        checkpoint=checkpoint,
-        checkpoint_every=checkpoint_every,
-        config={
-            "loss": loss_obj.name,
-            "epochs": epochs,
-            "batch_size": batch_size,
-            "patience": patience,
-            "tol": tol,
-            "seed": seed,
-            "optimizer": desc,
-        },
-    )
-    if opt_state is not None:
-        loop.set_opt_state(opt_state)
-    return loop.run(resume=resume_ckpt)
+        progress = default_progress(verbose)
+        cbs = list(callbacks) + extra_callbacks + ([progress] if progress is not None else [])
+        loop = Loop(
+            module,
+            bundle,
+            loss_obj,
+            tx,
+            optimizer_desc=desc,
+            max_epochs=epochs,
+            patience=patience,
+            tol=tol,
+            restore_best=restore_best,
+            callbacks=cbs,
+            device=dev,
+            seed=seed,
+            precision=precision,
+            max_time=max_time,
+            metric=metric,
+            autopilot=autopilot,
+            guard=Guard(check_every=1 if dev.type == "cpu" else 16) if guard else None,
+            checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every,
+            config={
+                "loss": loss_obj.name,
+                "epochs": epochs,
+                "batch_size": batch_size,
+                "patience": patience,
+                "tol": tol,
+                "seed": seed,
+                "optimizer": desc,
+            },
+        )
+        if opt_state is not None:
+            loop.set_opt_state(opt_state)
+        result = loop.run(resume=resume_ckpt)
+    finally:
+        if home is not None:
+            module.to(home)
+    if home is not None:
+        result.params = {n: p.detach() for n, p in module.named_parameters()}
+    return result
