@@ -459,7 +459,10 @@ def test_restored_weights_are_the_best_epochs_whole_state(kind):
 
     class Record(descend.Callback):
         def on_epoch_end(self, loop):
-            seen[loop.epoch] = {k: v.detach().clone() for k, v in loop.model.state_dict().items()}
+            # Copied to the CPU, where fit hands the model back (it may train on a GPU).
+            seen[loop.epoch] = {
+                k: v.detach().cpu().clone() for k, v in loop.model.state_dict().items()
+            }
 
     r = descend.fit(
         model,
@@ -631,6 +634,7 @@ def test_a_cpu_model_trained_on_the_gpu_is_handed_back_on_the_cpu():
     assert {p.device.type for p in model.parameters()} == {"cpu"}
     for n, p in model.named_parameters():
         assert r.params[n].device.type == "cpu" and torch.equal(r.params[n], p)
+    assert {t.device.type for t in _tensors(r.opt_state)} == {"cpu"}
     assert model(X).shape == (64, 1)  # the caller's CPU tensors still work
     on_gpu = torch.nn.Linear(3, 1).cuda()  # already on the accelerator: stays there
     descend.fit(on_gpu, (X, y), "mse", epochs=2, verbose=0, seed=0)
@@ -654,6 +658,17 @@ class _Boom(descend.train.callbacks.Callback):
         raise RuntimeError("boom")
 
 
+def _tensors(tree):
+    if torch.is_tensor(tree):
+        yield tree
+    elif isinstance(tree, dict):
+        for v in tree.values():
+            yield from _tensors(v)
+    elif isinstance(tree, (tuple, list)):
+        for v in tree:
+            yield from _tensors(v)
+
+
 def test_fit_hands_the_model_back_to_its_device_at_the_end_and_on_error(monkeypatch):
     # No second device on a CPU machine: pretend the model came from "meta" (any device that
     # is not the training one) and watch fit move it there after training, error or not.
@@ -664,7 +679,10 @@ def test_fit_hands_the_model_back_to_its_device_at_the_end_and_on_error(monkeypa
     model = _Moves()
     r = descend.fit(model, (X, y), "mse", device="cpu", epochs=2, verbose=0, seed=0)
     assert model.moves == ["cpu", "meta"]
-    assert all(p.device.type == "meta" for p in r.params.values())  # params follow the model
+    # What the result hands back follows the model.
+    assert all(p.device.type == "meta" for p in r.params.values())
+    state = list(_tensors(r.opt_state))
+    assert state and all(t.device.type == "meta" for t in state)
     failing = _Moves()
     with pytest.raises(RuntimeError, match="boom"):
         descend.fit(failing, (X, y), "mse", device="cpu", epochs=2, verbose=0, callbacks=[_Boom()])

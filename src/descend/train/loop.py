@@ -1232,7 +1232,8 @@ def fit(
             accelerator, else CUDA when available, else CPU. Training happens there; a model
             that came on another device goes back to it at the end (on error too), so code
             written for a CPU model keeps working on a machine with a GPU. ``Result.params``
-            follow the model; ``Result.opt_state`` stays on the training device.
+            and ``Result.opt_state`` go with it (``fit(opt_state=...)`` moves a state to the
+            training device again).
         precision: ``"bf16"`` runs forward passes under bfloat16 autocast (opt-in).
         max_time: wall-clock budget in seconds.
         params: the parameters of a function model (see ``model``).
@@ -1474,6 +1475,7 @@ def fit(
     finally:
         if home is not None:
             module.to(home)
-    if home is not None:
+    if home is not None:  # everything handed back lives where the model does
         result.params = {n: p.detach() for n, p in module.named_parameters()}
+        result.opt_state = _to_device_tree(result.opt_state, home)
     return result
