@@ -191,5 +191,17 @@ def test_windowed_checks_still_end_an_unrecoverable_run_with_a_diverged_event(di
     assert r.stop_reason is StopReason.DIVERGED
     kinds = [e["kind"] for e in r.history.events]
     assert kinds[-1] == "diverged" and kinds.count("diverged") == 1
-    assert "rollback" in kinds and "non-finite" in r.history.events[-1]["message"]
+    assert "rollback" in kinds and "giving up" in r.history.events[-1]["message"]
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_poisoned_full_batch_step_is_rolled_back_not_the_end_of_the_run(digits):
+    # One step per epoch: the poisoned step makes the whole epoch's training loss non-finite.
+    # The guard rolled it back, so the run goes on (it used to stop as diverged right there).
+    model = Poison(mlp(), start=5, stop=6)
+    r = run(digits, 1e-2, model=model, epochs=15, batch_size=None, validation=None, patience=None)
+    assert r.stop_reason is StopReason.MAX_EPOCHS and r.epochs == 15
+    assert [e["kind"] for e in r.history.events] == ["rollback"]
+    assert math.isnan(r.history.train_loss[4]) and math.isfinite(r.history.train_loss[-1])
+    assert r.history.train_loss[-1] < r.history.train_loss[3]  # it kept learning afterwards
     assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -134,6 +134,10 @@ class Guard:
         self.seen = 0
         self.events = 0
         self.retries = 0
+        # False from a rollback until a step is judged clean again: a snapshot taken in between
+        # (an epoch start) would reset the retries without any progress, and a run whose every
+        # window fails (checks every 16 steps on an accelerator) would never give up.
+        self.clean_since_event = True
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._snapshot: tuple[dict[str, torch.Tensor], Any] | None = None
 
@@ -148,6 +152,7 @@ class Guard:
             "retries": self.retries,
             "suspicious": self.suspicious,
             "start": self.start,
+            "clean_since_event": self.clean_since_event,
         }
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
@@ -156,6 +161,7 @@ class Guard:
         self.seen = d["seen"]
         self.suspicious = d.get("suspicious", 0)
         self.start = d.get("start")
+        self.clean_since_event = d.get("clean_since_event", True)
         self.events = d["events"]
         self.retries = d["retries"]
 
@@ -172,8 +178,12 @@ class Guard:
     def has_snapshot(self) -> bool:
         return self._snapshot is not None
 
-    def snapshot(self, loop: Loop) -> None:
-        """Remember the current model and optimizer state as the rollback point."""
+    def snapshot(self, loop: Loop, force: bool = False) -> None:
+        """Remember the current model and optimizer state as the rollback point (kept as it is,
+        retries and all, while no step has been judged clean since the last rollback, unless
+        ``force``: a checkpoint's state must be the rollback point a resumed run starts from)."""
+        if self._snapshot is not None and not self.clean_since_event and not force:
+            return
         sd = loop.state_tensors()
         if self._snapshot is None:
             self._snapshot = (
@@ -274,6 +284,7 @@ class Guard:
         return None, ""
 
     def _accept(self, loss: float) -> None:
+        self.clean_since_event = True
         x = math.log(max(loss, 1e-30))
         if self.level is None:
             self.level = x
@@ -300,6 +311,7 @@ class Guard:
         # second failure before the next clean snapshot, means the rate is too high.
         lower = kind != "nonfinite" or self.retries > 1
         self._rollback(loop, self.lr_factor if lower else 1.0)
+        self.clean_since_event = False
         new_lr = loop.lr_state["scale"] if loop.lr_state is not None else float("nan")
         action = (
             f"scaled the learning rate by {self.lr_factor} (now x{new_lr:.3g} of the planned rate)"

@@ -701,17 +701,12 @@ class Loop:
             h.metric.append(metric)
         h.time.append(self._elapsed())
 
-        if not math.isfinite(train_loss) or (self.guard is None and len(finite) < len(losses)):
+        # Without the guard any non-finite step ends the run. With it, every non-finite step
+        # was already rolled back and the guard alone decides when to give up: an epoch of one
+        # step (full batch) or one inside a guard window (16 steps on an accelerator) can be
+        # wholly non-finite while the guard is still lowering the rate.
+        if self.guard is None and (not math.isfinite(train_loss) or len(finite) < len(losses)):
             self.improved = False
-            if self.guard is not None:
-                # On an accelerator the guard judges steps in windows, so its rollbacks can
-                # outlast a short epoch whose every batch was non-finite: say so in the events
-                # as the guard would have.
-                self.record_event(
-                    "diverged",
-                    f"epoch {self.epoch}: every batch loss was non-finite; giving up after "
-                    f"{self.guard.events} rollbacks",
-                )
             return StopReason.DIVERGED
         threshold = self.best_loss - max(self.tol * abs(self.best_loss), 0.0)
         self.improved = math.isfinite(monitored) and (
@@ -764,10 +759,16 @@ class Loop:
             return f"Stopped after {self._elapsed():.1f}s, the max_time budget; {kept}."
         if reason is StopReason.DIVERGED:
             if self.guard is not None and self.guard.events:
+                scale = float(self.lr_state["scale"]) if self.lr_state is not None else None
+                lowered = (
+                    f" (the learning rate lowered to x{scale:.3g} of the planned one)"
+                    if scale is not None and scale < 1
+                    else ""
+                )
                 return (
-                    f"Diverged in epoch {self.epoch + 1}: the loss kept blowing up after "
-                    f"{self.guard.events} rollbacks with a lower learning rate each time; "
-                    f"{kept}. Try a much lower learning rate or max_grad_norm=1.0."
+                    f"Diverged in epoch {self.epoch + 1}: the loss kept blowing up through "
+                    f"{self.guard.events} rollbacks{lowered}; {kept}. Try a much lower learning "
+                    "rate or max_grad_norm=1.0."
                 )
             return (
                 f"Diverged in epoch {self.epoch}: the training loss became non-finite; "
@@ -912,7 +913,7 @@ class Loop:
         self._ckpt_step = self.step
         if self.guard is not None:
             # The rollback point must be identical in a resumed run: make it this state.
-            self.guard.snapshot(self)
+            self.guard.snapshot(self, force=True)
         return path
 
     def load_checkpoint(self, ckpt: C.Checkpoint) -> None:
