@@ -7,6 +7,8 @@ train/validation/test split and the same epoch budget and batch size:
   of the steps and cosine decay to 0, its learning rate chosen from a 6-point grid
   (1e-4 … 3e-2, ×√10 apart) by the best validation loss; the chosen rate, the time of the chosen
   run and the total time of the grid are recorded;
+- ``adamw-tuned-tau``: the same grid with descend's weight-decay rule (the EMA timescale
+  ``1/(lr·wd)`` half the step budget, matrices only): what that rule is worth to a tuned peer;
 - ``adamw-default``: AdamW at 1e-3, constant; ``sgd``: SGD at 0.01; ``schedulefree``:
   ``schedulefree.AdamWScheduleFree`` with its defaults; ``prodigy``: ``prodigyopt.Prodigy`` at
   lr 1.0; ``sklearn-mlp``: scikit-learn's MLPClassifier/MLPRegressor (same hidden layers and
@@ -55,7 +57,16 @@ from descend.data import epoch_permutation
 GRID = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2]
 # Where every torch contender trains (``--device``); the data lives there too.
 DEVICE = torch.device("cpu")
-PEERS = ["adamw-tuned", "adamw-default", "sgd", "schedulefree", "prodigy", "sklearn-mlp", "descend"]
+PEERS = [
+    "adamw-tuned",
+    "adamw-tuned-tau",
+    "adamw-default",
+    "sgd",
+    "schedulefree",
+    "prodigy",
+    "sklearn-mlp",
+    "descend",
+]
 
 
 # ------------------------------------------------------------------------------- workloads
@@ -360,6 +371,22 @@ def adamw(lr: float, schedule: bool):
     return make
 
 
+def adamw_tau(lr: float):
+    """Tuned AdamW with descend's weight-decay rule: the EMA timescale 1/(lr*wd) is half the
+    step budget, on matrices only (biases undecayed), so the grid shows what the rule alone is
+    worth to a tuned peer."""
+
+    def make(model, steps):
+        wd = 1.0 / (lr * 0.5 * steps)
+        mats = [p for p in model.parameters() if p.ndim >= 2]
+        rest = [p for p in model.parameters() if p.ndim < 2]
+        groups = [{"params": mats, "weight_decay": wd}, {"params": rest, "weight_decay": 0.0}]
+        opt = torch.optim.AdamW(groups, lr=lr, fused=True)
+        return opt, warmup_cosine(opt, steps)
+
+    return make
+
+
 def sgd(model, steps):
     return torch.optim.SGD(model.parameters(), lr=0.01), None
 
@@ -485,6 +512,17 @@ def run_seed(w: Workload, seed: int, methods: list[str]) -> dict[str, Run]:
             "grid": {f"{lr:g}": r.best for lr, r in zip(GRID, grid)},
         }
         out["adamw-tuned"] = best
+    if "adamw-tuned-tau" in methods:
+        grid = [torch_loop(w, s, seed, adamw_tau(lr), f"adamw-tau@{lr:g}") for lr in GRID]
+        best = min(grid, key=lambda r: r.best)
+        best.method = "adamw-tuned-tau"
+        best.info = {
+            "lr": GRID[grid.index(best)],
+            "grid_wall": sum(r.wall for r in grid),
+            "grid_cpu": sum(r.cpu for r in grid),
+            "grid": {f"{lr:g}": r.best for lr, r in zip(GRID, grid)},
+        }
+        out["adamw-tuned-tau"] = best
     runners: dict[str, Callable[[], Run]] = {
         "descend": lambda: descend_run(w, s, seed),
         "adamw-default": lambda: torch_loop(w, s, seed, adamw(1e-3, False), "adamw-default"),
@@ -569,7 +607,7 @@ def markdown(w: Workload, rows: list[dict[str, Any]]) -> str:
         hits = ", ".join("-" if h is None else str(h) for h in r["epoch_1pct"])
         per = " ".join(f"{x:.3f}" for x in r["ratios"])
         extra = ""
-        if r["method"] == "adamw-tuned":
+        if r["method"] in ("adamw-tuned", "adamw-tuned-tau"):
             lrs = ", ".join(f"{i['lr']:g}" for i in r["info"])
             gw = statistics.fmean(i["grid_wall"] for i in r["info"])
             gc = statistics.fmean(i["grid_cpu"] for i in r["info"])
