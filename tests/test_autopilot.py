@@ -287,6 +287,18 @@ def test_rebuild_gives_the_recorded_optimizer_without_trials():
         plan.tx.update(grads, state, params)
         lrs.append(descend.transforms.find_lr_state(state)["lr"])
     assert lrs == pytest.approx(r.history.step_lr[:5], rel=1e-6)
+    # The recorded weight decay is the one rebuilt (a run checkpointed under another rule
+    # resumes with its own): with zero gradients AdamW only decays, w <- w * (1 - lr * wd).
+    from descend.transforms import update_and_apply
+
+    for wd in (r.autopilot["weight_decay"], 0.5):
+        tx = autopilot.rebuild({**r.autopilot, "weight_decay": wd}, ctx).tx
+        params = {n: p.detach().clone() for n, p in _mlp().named_parameters()}
+        w0 = params["0.weight"].clone()
+        update_and_apply(
+            tx, {n: torch.zeros_like(p) for n, p in params.items()}, tx.init(params), params
+        )
+        torch.testing.assert_close(params["0.weight"], w0 * (1 - r.history.step_lr[0] * wd))
 
 
 def test_the_race_follows_the_runs_patience_metric_and_max_time():

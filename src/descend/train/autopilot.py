@@ -216,8 +216,8 @@ def _decay_text(total: int | None) -> str:
     return f"1/(lr x {tau:g}): the weights average the updates of the last {tau:g} steps"
 
 
-def _adamw(lr: float, total: int | None) -> Transform:
-    wd = weight_decay(lr, total)
+def _adamw(lr: float, total: int | None, wd: float | None = None) -> Transform:
+    wd = weight_decay(lr, total) if wd is None else wd
     if total is None:
         return optim.adamw(lr=lr, weight_decay=wd)
     sched, _ = _schedule(total)
@@ -690,7 +690,9 @@ def rebuild(record: dict[str, Any], ctx: PlanContext) -> Plan:
     """The optimizer a recorded plan chose, without any trials (used when resuming a run)."""
     lr = float(record["lr"])
     total = record.get("total_steps")
-    tx = _adamw(lr, int(total) if total else None)
+    # The recorded decay, so a run checkpointed under another rule resumes with its own.
+    wd = record.get("weight_decay")
+    tx = _adamw(lr, int(total) if total else None, None if wd is None else float(wd))
     return Plan(tx, f"autopilot adamw(lr={_fmt(lr)}) (resumed)", record)
 
 
