@@ -13,8 +13,8 @@ What it does (every number it decides by is in ``Result.autopilot``):
    matrices set so that AdamW's averaging timescale ``1/(lr·wd)`` is half the step budget, see
    :func:`weight_decay`; linear warmup over 5% of the step budget, cosine decay to 0 at the end
    of the budget: the run's final schedule), each on its own copy of the model, in the run's
-   own batch order. They
-   train in lockstep, one epoch at a time, judged by their best validation loss so far. The
+   own batch order. They train in lockstep, one epoch at a time, judged by their best
+   validation loss so far. The
    number of candidates is what the budget affords: the whole plan (range test, every
    candidate-epoch, and the rest of the winner's run) may cost ``RACE_BUDGET`` = 1.4× the
    epoch budget, and every candidate must be able to race for ``MIN_RACE_FRACTION`` = 25% of
@@ -205,14 +205,17 @@ def weight_decay(lr: float, total: int | None) -> float:
     """
     if total is None:
         return WEIGHT_DECAY
-    tau = max(DECAY_TIMESCALE * total, MIN_DECAY_STEPS)
-    return 1.0 / (lr * tau)
+    return 1.0 / (lr * _timescale(total))
+
+
+def _timescale(total: int) -> float:
+    return max(DECAY_TIMESCALE * total, MIN_DECAY_STEPS)
 
 
 def _decay_text(total: int | None) -> str:
     if total is None:
         return f"{WEIGHT_DECAY:g} (AdamW's usual value: the budget has no known length)"
-    tau = max(DECAY_TIMESCALE * total, MIN_DECAY_STEPS)
+    tau = _timescale(total)
     return f"1/(lr x {tau:g}): the weights average the updates of the last {tau:g} steps"
 
 
