@@ -25,6 +25,11 @@ How it decides (on by default, ``fit(guard=False)`` turns it off):
   with the next batch — the offending batch is skipped.
 - **Giving up**: after ``max_retries`` events with no clean snapshot in between, or
   ``max_events`` in all, the run stops with stop reason ``diverged`` (best weights kept).
+  A snapshot point reached before any step was judged clean since the last rollback keeps
+  the old snapshot and its retry count (else a run whose every check window fails, as on an
+  accelerator, would never give up). With the guard on, only the guard ends a run as
+  diverged: an epoch whose every step was non-finite (a full-batch epoch is one step) has been
+  rolled back, and training goes on.
 
 Checks read the loss on the host: every step on CPU (free), every ``check_every`` steps on an
 accelerator (one sync per window), so the hot path stays asynchronous there.
