@@ -496,33 +496,28 @@ def descend_run(w: Workload, s: Split, seed: int) -> Run:
 # ------------------------------------------------------------------------------- the suite
 
 
+def grid_search(w: Workload, s: Split, seed: int, make: Callable, name: str) -> Run:
+    """The best of ``make(lr)`` over GRID by best validation loss, with the grid's cost."""
+    grid = [torch_loop(w, s, seed, make(lr), f"{name}@{lr:g}") for lr in GRID]
+    best = min(grid, key=lambda r: r.best)
+    best.method = name
+    best.info = {
+        "lr": GRID[grid.index(best)],
+        "grid_wall": sum(r.wall for r in grid),
+        "grid_cpu": sum(r.cpu for r in grid),
+        "grid": {f"{lr:g}": r.best for lr, r in zip(GRID, grid)},
+    }
+    return best
+
+
 def run_seed(w: Workload, seed: int, methods: list[str]) -> dict[str, Run]:
     s = make_split(w, seed)
     out: dict[str, Run] = {}
     # Interleave: the grid first, then each peer once, so load drift hits everyone alike.
-    if "adamw-tuned" in methods:
-        grid = [torch_loop(w, s, seed, adamw(lr, True), f"adamw@{lr:g}") for lr in GRID]
-        best = min(grid, key=lambda r: r.best)
-        chosen = GRID[grid.index(best)]
-        best.method = "adamw-tuned"
-        best.info = {
-            "lr": chosen,
-            "grid_wall": sum(r.wall for r in grid),
-            "grid_cpu": sum(r.cpu for r in grid),
-            "grid": {f"{lr:g}": r.best for lr, r in zip(GRID, grid)},
-        }
-        out["adamw-tuned"] = best
-    if "adamw-tuned-tau" in methods:
-        grid = [torch_loop(w, s, seed, adamw_tau(lr), f"adamw-tau@{lr:g}") for lr in GRID]
-        best = min(grid, key=lambda r: r.best)
-        best.method = "adamw-tuned-tau"
-        best.info = {
-            "lr": GRID[grid.index(best)],
-            "grid_wall": sum(r.wall for r in grid),
-            "grid_cpu": sum(r.cpu for r in grid),
-            "grid": {f"{lr:g}": r.best for lr, r in zip(GRID, grid)},
-        }
-        out["adamw-tuned-tau"] = best
+    tuned = {"adamw-tuned": lambda lr: adamw(lr, True), "adamw-tuned-tau": adamw_tau}
+    for name, make in tuned.items():
+        if name in methods:
+            out[name] = grid_search(w, s, seed, make, name)
     runners: dict[str, Callable[[], Run]] = {
         "descend": lambda: descend_run(w, s, seed),
         "adamw-default": lambda: torch_loop(w, s, seed, adamw(1e-3, False), "adamw-default"),
