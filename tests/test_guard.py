@@ -88,6 +88,7 @@ def test_unrecoverable_run_stops_diverged_and_keeps_best_weights(digits):
     r = run(digits, 1e-3, model=model, epochs=10)
     assert r.stop_reason is StopReason.DIVERGED
     assert "rollbacks" in r.stop_message
+    assert "learning rate lowered to x" in r.stop_message  # how far the guard went
     assert r.history.events[-1]["kind"] == "diverged"
     assert all(torch.isfinite(p).all() for p in model.parameters())
     # The weights in the model are the best epoch's: evaluating them reproduces its loss.
