@@ -42,6 +42,7 @@ from descend._errors import (
     message,
 )
 from descend.train import autopilot as _autopilot
+from descend.train._mlp import MLPStep
 from descend.train.callbacks import Callback, default_progress
 from descend.train.guard import Guard, copy_pairs
 from descend.train.result import History, Result, StopReason
@@ -334,6 +335,8 @@ class Loop:
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         self._names = list(self.params)
         self._plist = [self.params[n] for n in self._names]
+        # A plain MLP takes the hand-written backward pass (train/_mlp.py); None otherwise.
+        self._mlp = MLPStep.build(model, self._plist)
         # When the model's whole state is its trainable parameters (no buffers, no frozen
         # parameters, no state_dict hooks), the best-weights and rollback copies read them
         # directly instead of walking the module tree with state_dict() every epoch.
@@ -493,6 +496,14 @@ class Loop:
     # ---- the step ----------------------------------------------------------------------
 
     def train_step(self, xb: torch.Tensor, yb: torch.Tensor | None, wb: torch.Tensor | None = None):
+        fast = self._mlp
+        if fast is not None and self.precision == "fp32" and fast.usable(xb):
+            if yb is not None and self._y_unsqueeze:
+                yb = yb.unsqueeze(-1)
+            value, out, grads = fast.grads(xb, self.loss, yb, wb)
+            if self._ep_metric is not None:
+                self._ep_metric.add(out, yb)
+            return self._finish_step(value, grads)
         with self._autocast():
             out = self.model(xb)
             if yb is not None and self._y_unsqueeze:
@@ -505,6 +516,9 @@ class Loop:
         if self._ep_metric is not None:
             self._ep_metric.add(out.detach(), yb)
         grads = torch.autograd.grad(value, self._plist, allow_unused=True)
+        return self._finish_step(value, grads)
+
+    def _finish_step(self, value: torch.Tensor, grads: Sequence[torch.Tensor | None]):
         g = {n: gr for n, gr in zip(self._names, grads) if gr is not None}
         norms = torch._foreach_norm(list(g.values())) if g else []
         gnorm = torch.linalg.vector_norm(torch.stack(norms)) if norms else value.new_zeros(())

@@ -1,0 +1,225 @@
+"""The hand-written MLP backward pass (descend/train/_mlp.py) against autograd, its oracle."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import descend
+from descend import losses as L
+from descend.models import mlp
+from descend.train import _mlp
+from descend.train._mlp import MLPStep, loss_grad
+
+
+def autograd_reference(model, x, loss, y, w):
+    plist = [p for p in model.parameters() if p.requires_grad]
+    out = model(x)
+    value = loss(out, y, validate=False) if w is None else loss(out, y, weight=w, validate=False)
+    return value.detach(), out.detach(), torch.autograd.grad(value, plist)
+
+
+def check_same(model, x, loss, y, w=None, rtol=1e-5, atol=1e-6):
+    plist = [p for p in model.parameters() if p.requires_grad]
+    step = MLPStep.build(model, plist)
+    assert step is not None and step.usable(x)
+    value, out, grads = step.grads(x, loss, y, w)
+    ref_value, ref_out, ref_grads = autograd_reference(model, x, loss, y, w)
+    torch.testing.assert_close(value.detach(), ref_value, rtol=rtol, atol=atol)
+    torch.testing.assert_close(out, ref_out, rtol=rtol, atol=atol)
+    assert not out.requires_grad
+    assert len(grads) == len(ref_grads)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=rtol, atol=atol)
+
+
+HIDDEN = [(), (16,), (16, 8), (32, 32, 32)]
+
+
+@pytest.mark.parametrize("hidden", HIDDEN)
+@pytest.mark.parametrize("activation", ["relu", "tanh", "leaky_relu"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_regression_gradients_match_autograd(hidden, activation, weighted):
+    g = torch.Generator().manual_seed(len(hidden))
+    model = mlp(5, 3, hidden, activation, seed=1)
+    x, y = torch.randn(37, 5, generator=g), torch.randn(37, 3, generator=g)
+    w = torch.rand(37, generator=g) if weighted else None
+    check_same(model, x, L.get("mse"), y, w)
+
+
+@pytest.mark.parametrize("hidden", HIDDEN)
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("float_labels", [False, True])
+def test_classification_gradients_match_autograd(hidden, weighted, float_labels):
+    g = torch.Generator().manual_seed(3)
+    model = mlp(6, 4, hidden, seed=2)
+    x = torch.randn(29, 6, generator=g) * 3
+    y = torch.randint(0, 4, (29,), generator=g)
+    if float_labels:
+        y = y.float()
+    w = torch.rand(29, generator=g) if weighted else None
+    check_same(model, x, L.get("cross_entropy"), y, w)
+
+
+@pytest.mark.parametrize(
+    "loss, y",
+    [
+        (L.get("cross_entropy", label_smoothing=0.1), torch.randint(0, 3, (11,))),
+        (L.get("huber", delta=0.5), torch.randn(11, 3)),
+        (L.get("mae"), torch.randn(11, 3)),
+        (L.get(lambda out, y: (out - y).abs().pow(3).mean()), torch.randn(11, 3)),
+    ],
+    ids=["ce-smoothing", "huber", "mae", "custom"],
+)
+def test_other_losses_take_autograd_on_the_output_and_match(loss, y):
+    model = mlp(4, 3, (8, 8), seed=0)
+    x = torch.randn(11, 4, generator=torch.Generator().manual_seed(0))
+    assert loss_grad(loss, model(x).detach(), y, None) is None
+    check_same(model, x, loss, y)
+
+
+def test_closed_form_losses_equal_the_library_losses():
+    g = torch.Generator().manual_seed(0)
+    out, w = torch.randn(9, 4, generator=g), torch.rand(9, generator=g)
+    y_reg, y_cls = torch.randn(9, 4, generator=g), torch.randint(0, 4, (9,), generator=g)
+    for loss, y in [(L.get("mse"), y_reg), (L.get("cross_entropy"), y_cls)]:
+        for weight in (None, w):
+            value, grad = loss_grad(loss, out.clone(), y, weight)
+            o = out.clone().requires_grad_()
+            ref = loss(o, y, weight=weight)
+            torch.testing.assert_close(value, ref.detach())
+            torch.testing.assert_close(grad, torch.autograd.grad(ref, o)[0])
+
+
+def test_bias_free_layers_and_a_trailing_activation():
+    model = nn.Sequential(nn.Linear(3, 5, bias=False), nn.ReLU(), nn.Linear(5, 2), nn.Tanh())
+    x, y = torch.randn(8, 3), torch.randn(8, 2)
+    check_same(model, x, L.get("mse"), y)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: nn.Sequential(nn.Linear(3, 4), nn.GELU(), nn.Linear(4, 2)),
+        lambda: nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.1), nn.Linear(4, 2)),
+        lambda: mlp(3, 2, (4,), batch_norm=True),
+        lambda: nn.Sequential(nn.ReLU(), nn.Linear(3, 2)),
+        lambda: nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.ReLU(), nn.Linear(4, 2)),
+        lambda: nn.Sequential(nn.Linear(3, 4), nn.LeakyReLU(-0.5), nn.Linear(4, 2)),
+        lambda: type("MySeq", (nn.Sequential,), {})(nn.Linear(3, 2)),
+        lambda: nn.Sequential(nn.Sequential(nn.Linear(3, 2))),
+        lambda: nn.Linear(3, 2),
+        lambda: nn.Sequential(),
+    ],
+    ids=[
+        "gelu",
+        "dropout",
+        "batchnorm",
+        "activation-first",
+        "two-activations",
+        "negative-slope",
+        "subclass",
+        "nested",
+        "not-sequential",
+        "empty",
+    ],
+)
+def test_other_models_are_left_to_autograd(make):
+    model = make()
+    assert MLPStep.build(model, [p for p in model.parameters() if p.requires_grad]) is None
+
+
+def test_frozen_or_shared_parameters_are_left_to_autograd():
+    model = mlp(3, 2, (4,), seed=0)
+    model.linear1.weight.requires_grad_(False)
+    assert MLPStep.build(model, [p for p in model.parameters() if p.requires_grad]) is None
+    shared = nn.Linear(4, 4)
+    model = nn.Sequential(nn.Linear(3, 4), shared, nn.ReLU(), shared)
+    assert MLPStep.build(model, list(model.parameters())) is None
+
+
+def test_hooks_inputs_and_modes_that_need_autograd():
+    model = mlp(3, 2, (4,), seed=0)
+    step = MLPStep.build(model, list(model.parameters()))
+    x = torch.randn(5, 3)
+    assert step.usable(x)
+    assert not step.usable(torch.randn(2, 5, 3))  # not a 2-D batch
+    assert not step.usable(x.double())
+    with torch.no_grad():
+        assert not step.usable(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not step.usable(x)
+    handle = model.linear1.register_forward_hook(lambda m, i, o: None)
+    assert not step.usable(x)
+    handle.remove()
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda m, i, o: None)
+    try:
+        assert not step.usable(x)
+    finally:
+        handle.remove()
+    assert step.usable(x)
+
+
+def _data(n=120, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, 6, generator=g)
+    y = (X[:, :3].sum(1, keepdim=True) + 0.1 * torch.randn(n, 1, generator=g)).repeat(1, 2)
+    return X, y
+
+
+def test_fit_takes_the_fast_path_and_trains_like_autograd(monkeypatch):
+    X, y = _data()
+    calls = []
+    grads = MLPStep.grads
+
+    def counting(self, *a, **k):
+        calls.append(1)
+        return grads(self, *a, **k)
+
+    monkeypatch.setattr(MLPStep, "grads", counting)
+    fast = descend.fit(mlp(6, 2, (16, 16), seed=0), (X, y), lr=3e-3, epochs=8, verbose=0, seed=0)
+    assert len(calls) == fast.steps > 0
+
+    # The same run on autograd's path (a no-op forward hook disables the fast path).
+    model = mlp(6, 2, (16, 16), seed=0)
+    model.register_forward_hook(lambda m, i, o: None)
+    calls.clear()
+    slow = descend.fit(model, (X, y), lr=3e-3, epochs=8, verbose=0, seed=0)
+    assert calls == []
+    torch.testing.assert_close(fast.history.train_loss, slow.history.train_loss, rtol=1e-4, atol=0)
+    for a, b in zip(fast.model.parameters(), slow.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_classification_fit_with_sample_weights_matches_autograd():
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(90, 4, generator=g)
+    y = (X[:, 0] > 0).long() + (X[:, 1] > 0.5).long()
+    w = torch.rand(90, generator=g)
+    runs = []
+    for hooked in (False, True):
+        model = mlp(4, 3, (12,), seed=0)
+        if hooked:
+            model.register_forward_hook(lambda m, i, o: None)
+        runs.append(
+            descend.fit(
+                model,
+                (X, y),
+                "cross_entropy",
+                lr=1e-2,
+                epochs=5,
+                sample_weight=w,
+                verbose=0,
+                seed=1,
+            )
+        )
+    torch.testing.assert_close(
+        runs[0].history.train_loss, runs[1].history.train_loss, rtol=1e-4, atol=0
+    )
+    assert runs[0].history.metric == pytest.approx(runs[1].history.metric)
+    assert runs[0].history.step_grad_norm == pytest.approx(runs[1].history.step_grad_norm, rel=1e-4)
+
+
+def test_global_hook_flag_reads_torch_state():
+    assert not _mlp._global_hooks()
