@@ -148,6 +148,8 @@ def test_hooks_inputs_and_modes_that_need_autograd():
     assert not step.usable(x.double())
     with torch.no_grad():
         assert not step.usable(x)
+        assert step.usable(x, training=False)  # evaluation's forward pass
+        torch.testing.assert_close(step.forward(x), model(x))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not step.usable(x)
     handle = model.linear1.register_forward_hook(lambda m, i, o: None)
@@ -178,6 +180,9 @@ def test_fit_takes_the_fast_path_and_trains_like_autograd(monkeypatch):
         return grads(self, *a, **k)
 
     monkeypatch.setattr(MLPStep, "grads", counting)
+    forwards = []
+    forward = MLPStep.forward
+    monkeypatch.setattr(MLPStep, "forward", lambda self, x: forwards.append(1) or forward(self, x))
     fast = descend.fit(mlp(6, 2, (16, 16), seed=0), (X, y), lr=3e-3, epochs=8, verbose=0, seed=0)
     assert len(calls) == fast.steps > 0
 
@@ -188,6 +193,8 @@ def test_fit_takes_the_fast_path_and_trains_like_autograd(monkeypatch):
     slow = descend.fit(model, (X, y), lr=3e-3, epochs=8, verbose=0, seed=0)
     assert calls == []
     torch.testing.assert_close(fast.history.train_loss, slow.history.train_loss, rtol=1e-4, atol=0)
+    assert len(fast.history.val_loss) == 8 and len(forwards) >= 8  # evaluation's pass too
+    torch.testing.assert_close(fast.history.val_loss, slow.history.val_loss, rtol=1e-4, atol=0)
     for a, b in zip(fast.model.parameters(), slow.model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 

@@ -152,20 +152,45 @@ class MLPStep:
             return None  # a frozen, extra or shared parameter: autograd's path
         return cls(model, layers, index)
 
-    def usable(self, xb: torch.Tensor) -> bool:
-        """Whether this step is exact for ``xb`` now (checked every step: cheap)."""
+    def usable(self, xb: torch.Tensor, *, training: bool = True) -> bool:
+        """Whether this step is exact for ``xb`` now (checked every step: cheap).
+
+        ``training=False`` asks about :meth:`forward` alone (evaluation, under ``no_grad``).
+        """
         w = self.layers[0][0].weight
         if (
             xb.dim() != 2
             or xb.dtype != w.dtype
             or xb.device != w.device
-            or xb.requires_grad
-            or not torch.is_grad_enabled()
+            or (training and (xb.requires_grad or not torch.is_grad_enabled()))
             or torch.is_autocast_enabled(w.device.type)
             or _global_hooks()
         ):
             return False
         return not any(_hooked(m) for m in self.modules)
+
+    def forward(self, xb: torch.Tensor) -> torch.Tensor:
+        """The model's output for ``xb``, without a graph (what ``model(xb)`` computes)."""
+        return self._forward(xb, keep=False)[-1]
+
+    @torch.no_grad()
+    def _forward(self, xb: torch.Tensor, keep: bool) -> list[torch.Tensor]:
+        acts = [xb]
+        h = xb
+        for lin, act in self.layers:
+            w, b = lin.weight, lin.bias
+            h = torch.addmm(b, h, w.t()) if b is not None else h.mm(w.t())
+            if act is not None:
+                t = type(act)
+                if t is nn.ReLU:
+                    h = h.relu_()
+                elif t is nn.Tanh:
+                    h = h.tanh_()
+                else:
+                    h = torch.nn.functional.leaky_relu_(h, act.negative_slope)
+            if keep:
+                acts.append(h)
+        return acts if keep else [h]
 
     def grads(
         self,
@@ -179,21 +204,8 @@ class MLPStep:
         ``loss(out, target[, weight=])`` is the loop's loss: differentiated in closed form by
         :func:`loss_grad` where it can be, by autograd on the output alone otherwise.
         """
-        acts: list[torch.Tensor] = [xb]
-        h = xb
-        with torch.no_grad():
-            for lin, act in self.layers:
-                w, b = lin.weight, lin.bias
-                h = torch.addmm(b, h, w.t()) if b is not None else h.mm(w.t())
-                if act is not None:
-                    t = type(act)
-                    if t is nn.ReLU:
-                        h = h.relu_()
-                    elif t is nn.Tanh:
-                        h = h.tanh_()
-                    else:
-                        h = torch.nn.functional.leaky_relu_(h, act.negative_slope)
-                acts.append(h)
+        acts = self._forward(xb, keep=True)
+        h = acts[-1]
         with torch.no_grad():
             closed = loss_grad(loss, h, target, weight)
         if closed is not None:

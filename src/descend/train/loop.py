@@ -542,9 +542,17 @@ class Loop:
         count = 0
         sums = self._new_metric_sum() if self._metric_fn is not None else None
         try:
+            fast = self._mlp
             for xb, yb in self._eval_batches(src):
-                with self._autocast():
-                    out = self.model(xb)
+                if (
+                    fast is not None
+                    and self.precision == "fp32"
+                    and fast.usable(xb, training=False)
+                ):
+                    out = fast.forward(xb)
+                else:
+                    with self._autocast():
+                        out = self.model(xb)
                 out = out.float()
                 if yb is not None and self._y_unsqueeze:
                     yb = yb.unsqueeze(-1)
