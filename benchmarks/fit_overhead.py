@@ -13,6 +13,10 @@ batch size and epoch count for every contender:
   time per iteration (= epoch).
 - ``descend.fit``: training only (``validation=None``), and ``descend.fit+val`` with its default
   20% validation split evaluated every epoch (on 80% of the training rows, so slightly less work).
+  These plain MLPs take fit's hand-written backward pass (descend/train/_mlp.py).
+- ``descend.fit/autograd``: ``descend.fit`` on the same model with a no-op forward hook, which
+  sends it down autograd's path like any other model: ``this / bare/descend-adamw`` is the
+  framework's own overhead, the number the loop is held to.
 
 Run: ``python benchmarks/fit_overhead.py [--epochs 5] [--repeats 3] [--device cuda]`` (the
 full-batch iris workload runs 40x the epochs). On an accelerator every torch contender keeps the
@@ -163,6 +167,12 @@ def sklearn_mlp(X, y, kind, width, bs, epochs):
     return (time.perf_counter() - t) / m.n_iter_
 
 
+def hooked(model: torch.nn.Module) -> torch.nn.Module:
+    """The model with a no-op forward hook: fit takes autograd's path for it."""
+    model.register_forward_hook(lambda module, args, out: None)
+    return model
+
+
 def descend_fit(model, X, y, kind, bs, epochs, validation):
     loss = "cross_entropy" if kind == "clf" else "mse"
     t = time.perf_counter()
@@ -228,6 +238,9 @@ def main() -> None:
             ),
             "descend.fit+val": lambda: descend_fit(
                 make_mlp(d_in, width, d_out), Xn, yn, kind, bs, E, 0.2
+            ),
+            "descend.fit/autograd": lambda: descend_fit(
+                hooked(make_mlp(d_in, width, d_out)), Xn, yn, kind, bs, E, None
             ),
         }
         # warm-up (allocator, thread pools, first-call costs)
