@@ -78,7 +78,7 @@ def loss_grad(
             return None
         diff = out - target
         if weight is None:
-            value = diff.square().mean()
+            value = torch.nn.functional.mse_loss(out, target)
             return value, diff.mul_(2.0 / diff.numel())
         w = weight.to(out.dtype)[:, None]
         denom = w.sum() * out.shape[1]
@@ -178,8 +178,7 @@ class MLPStep:
         acts = [xb]
         h = xb
         for lin, act in self.layers:
-            w, b = lin.weight, lin.bias
-            h = torch.addmm(b, h, w.t()) if b is not None else h.mm(w.t())
+            h = torch.nn.functional.linear(h, lin.weight, lin.bias)
             if act is not None:
                 t = type(act)
                 if t is nn.ReLU:
