@@ -230,3 +230,19 @@ def test_classification_fit_with_sample_weights_matches_autograd():
 
 def test_global_hook_flag_reads_torch_state():
     assert not _mlp._global_hooks()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("loss_name", ["mse", "cross_entropy", "huber"])
+def test_gradients_match_autograd_on_cuda(loss_name):
+    g = torch.Generator().manual_seed(0)
+    model = mlp(6, 3, (32, 32), seed=0).cuda()
+    x = torch.randn(50, 6, generator=g).cuda()
+    y = (
+        torch.randint(0, 3, (50,), generator=g)
+        if loss_name == "cross_entropy"
+        else torch.randn(50, 3, generator=g)
+    )
+    w = torch.rand(50, generator=g).cuda()
+    for weight in (None, w):
+        check_same(model, x, L.get(loss_name), y.cuda(), weight, rtol=1e-4, atol=1e-5)
