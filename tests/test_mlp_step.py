@@ -38,7 +38,7 @@ HIDDEN = [(), (16,), (16, 8), (32, 32, 32)]
 
 
 @pytest.mark.parametrize("hidden", HIDDEN)
-@pytest.mark.parametrize("activation", ["relu", "tanh", "leaky_relu"])
+@pytest.mark.parametrize("activation", ["relu", "tanh", "leaky_relu", "gelu", "silu"])
 @pytest.mark.parametrize("weighted", [False, True])
 def test_regression_gradients_match_autograd(hidden, activation, weighted):
     g = torch.Generator().manual_seed(len(hidden))
@@ -92,8 +92,11 @@ def test_closed_form_losses_equal_the_library_losses():
             torch.testing.assert_close(grad, torch.autograd.grad(ref, o)[0])
 
 
-def test_bias_free_layers_and_a_trailing_activation():
-    model = nn.Sequential(nn.Linear(3, 5, bias=False), nn.ReLU(), nn.Linear(5, 2), nn.Tanh())
+@pytest.mark.parametrize(
+    "last", [nn.Tanh(), nn.GELU(approximate="tanh"), nn.SiLU(), nn.LeakyReLU(0.3)], ids=str
+)
+def test_bias_free_layers_and_a_trailing_activation(last):
+    model = nn.Sequential(nn.Linear(3, 5, bias=False), nn.ReLU(), nn.Linear(5, 2), last)
     x, y = torch.randn(8, 3), torch.randn(8, 2)
     check_same(model, x, L.get("mse"), y)
 
@@ -101,7 +104,7 @@ def test_bias_free_layers_and_a_trailing_activation():
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: nn.Sequential(nn.Linear(3, 4), nn.GELU(), nn.Linear(4, 2)),
+        lambda: nn.Sequential(nn.Linear(3, 4), nn.Sigmoid(), nn.Linear(4, 2)),
         lambda: nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.1), nn.Linear(4, 2)),
         lambda: mlp(3, 2, (4,), batch_norm=True),
         lambda: nn.Sequential(nn.ReLU(), nn.Linear(3, 2)),
@@ -113,7 +116,7 @@ def test_bias_free_layers_and_a_trailing_activation():
         lambda: nn.Sequential(),
     ],
     ids=[
-        "gelu",
+        "sigmoid",
         "dropout",
         "batchnorm",
         "activation-first",

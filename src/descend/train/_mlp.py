@@ -9,7 +9,8 @@ numpy for the same reason.
 
 :class:`MLPStep` is that hand-written step for the one model shape where it is exact and
 simple: an ``nn.Sequential`` of ``nn.Linear`` layers with an elementwise ``nn.ReLU``,
-``nn.LeakyReLU`` or ``nn.Tanh`` after any of them — what :func:`descend.models.mlp` builds
+``nn.LeakyReLU``, ``nn.Tanh``, ``nn.GELU`` or ``nn.SiLU`` after any of them — what
+:func:`descend.models.mlp` builds with any of its activations
 without batch norm or dropout. The forward pass runs without a graph and keeps each layer's
 output; the loss, whatever it is (a registry loss with weights, label smoothing, a user's
 callable), still runs under autograd, but on the network's output alone, which gives
@@ -29,16 +30,18 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules import module as _module
 
 from descend import losses as L
 
-# Activation -> (backward from the activation's *output* h, needs the output kept).
-#   relu:        g · [h > 0]
-#   leaky relu:  g · (h > 0 ? 1 : slope)   (slope > 0 keeps sign(h) = sign(pre-activation))
+# Activations, and their backward pass:
+#   relu:        g · [h > 0]                   (from the output h)
+#   leaky relu:  g · (h > 0 ? 1 : slope)       (slope > 0 keeps sign(h) = sign(pre-activation))
 #   tanh:        g · (1 − h²)
-_ACTS = (nn.ReLU, nn.LeakyReLU, nn.Tanh)
+#   gelu, silu:  torch's own gelu_backward / silu_backward of the pre-activation (kept)
+_ACTS = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.GELU, nn.SiLU)
 
 
 def _global_hooks() -> bool:
@@ -171,25 +174,34 @@ class MLPStep:
 
     def forward(self, xb: torch.Tensor) -> torch.Tensor:
         """The model's output for ``xb``, without a graph (what ``model(xb)`` computes)."""
-        return self._forward(xb, keep=False)[-1]
+        return self._forward(xb, keep=False)[0][-1]
 
     @torch.no_grad()
-    def _forward(self, xb: torch.Tensor, keep: bool) -> list[torch.Tensor]:
+    def _forward(
+        self, xb: torch.Tensor, keep: bool
+    ) -> tuple[list[torch.Tensor], dict[int, torch.Tensor]]:
+        """``([output], {})``, or with ``keep`` every layer's input then the output, and the
+        pre-activations of the GELU/SiLU layers by index (their derivatives need them)."""
         acts = [xb]
+        pre: dict[int, torch.Tensor] = {}
         h = xb
-        for lin, act in self.layers:
-            h = torch.nn.functional.linear(h, lin.weight, lin.bias)
+        for i, (lin, act) in enumerate(self.layers):
+            h = F.linear(h, lin.weight, lin.bias)
             if act is not None:
                 t = type(act)
                 if t is nn.ReLU:
                     h = h.relu_()
                 elif t is nn.Tanh:
                     h = h.tanh_()
+                elif t is nn.LeakyReLU:
+                    h = F.leaky_relu_(h, act.negative_slope)
                 else:
-                    h = torch.nn.functional.leaky_relu_(h, act.negative_slope)
+                    if keep:
+                        pre[i] = h
+                    h = F.gelu(h, approximate=act.approximate) if t is nn.GELU else F.silu(h)
             if keep:
                 acts.append(h)
-        return acts if keep else [h]
+        return (acts, pre) if keep else ([h], pre)
 
     def grads(
         self,
@@ -203,7 +215,7 @@ class MLPStep:
         ``loss(out, target[, weight=])`` is the loop's loss: differentiated in closed form by
         :func:`loss_grad` where it can be, by autograd on the output alone otherwise.
         """
-        acts = self._forward(xb, keep=True)
+        acts, pre = self._forward(xb, keep=True)
         h = acts[-1]
         with torch.no_grad():
             closed = loss_grad(loss, h, target, weight)
@@ -229,8 +241,12 @@ class MLPStep:
                         g = torch.ops.aten.threshold_backward(g, h, 0)
                     elif t is nn.Tanh:
                         g = g * (1 - h * h)
-                    else:
+                    elif t is nn.LeakyReLU:
                         g = torch.where(h > 0, g, g * act.negative_slope)
+                    elif t is nn.GELU:
+                        g = torch.ops.aten.gelu_backward(g, pre[i], approximate=act.approximate)
+                    else:
+                        g = torch.ops.aten.silu_backward(g, pre[i])
                 wi, bi = self.index[i]
                 grads[wi] = g.t().mm(acts[i])
                 if bi is not None:
