@@ -2,27 +2,28 @@
 
 On the small networks tabular training uses (a 20-64-64-3 MLP on a 169-row batch), a step's
 matrix products take ~0.2 ms on one CPU core and torch's autograd machinery around them —
-recording the graph in the forward pass, the engine walking it in the backward pass — as
-long again: ``loss.backward()`` costs 2–2.5× the same arithmetic written out by hand
-(benchmarks/RESULTS.md, fit overhead). scikit-learn's MLP is hand-written backprop in
-numpy for the same reason.
+recording the graph in the forward pass, the engine walking it in the backward pass — about
+as long again: ``loss.backward()`` measured ~2× the same arithmetic written out by hand
+(benchmarks/RESULTS.md, fit overhead). scikit-learn's MLP is hand-written backprop in numpy for
+the same reason. (Wrapping the same arithmetic in a custom ``torch.autograd.Function`` gained
+nothing: the engine's cost is per backward call, not per node.)
 
 :class:`MLPStep` is that hand-written step for the one model shape where it is exact and
 simple: an ``nn.Sequential`` of ``nn.Linear`` layers with an elementwise ``nn.ReLU``,
 ``nn.LeakyReLU``, ``nn.Tanh``, ``nn.GELU`` or ``nn.SiLU`` after any of them — what
-:func:`descend.models.mlp` builds with any of its activations
-without batch norm or dropout. The forward pass runs without a graph and keeps each layer's
-output; the loss, whatever it is (a registry loss with weights, label smoothing, a user's
-callable), still runs under autograd, but on the network's output alone, which gives
-``dL/d output``; the backward pass through the layers is a few ``mm``/``sum`` calls per layer,
-the same arithmetic autograd's ``AddmmBackward`` does. The gradients equal autograd's to
-float rounding (tests/test_mlp_step.py compares them on every supported shape, loss and
-activation).
+:func:`descend.models.mlp` builds with any of its activations and without batch norm or
+dropout. The forward pass runs without a graph and keeps each layer's input (and the GELU/SiLU
+pre-activations). ``dL/d output`` comes in closed form for ``mse`` and ``cross_entropy`` with
+their default options (:func:`loss_grad`) and from autograd on the output alone for any other
+loss (options such as label smoothing, other registry losses, a user's callable). The backward
+pass through the layers is a few ``mm``/``sum`` calls per layer, the arithmetic autograd's
+``AddmmBackward`` does. The gradients equal autograd's to float rounding
+(tests/test_mlp_step.py compares them for every supported activation, depth and loss).
 
 Anything else — other module types, subclasses, hooks on a module or global ones, frozen or
-shared parameters, inputs that are not a 2-D batch of the weights' dtype, bf16 autocast —
-makes :meth:`MLPStep.grads` return ``None`` and the loop takes autograd's path, so the fast
-path can only ever be an exact replacement.
+shared parameters (:meth:`MLPStep.build` returns None), inputs that are not a 2-D batch of the
+weights' dtype and device, autocast, no_grad (:meth:`MLPStep.usable` says False, checked every
+step) — takes autograd's path, so the fast path is only ever an exact replacement.
 """
 
 from __future__ import annotations
