@@ -5,8 +5,9 @@ matrix products take ~0.2 ms on one CPU core and torch's autograd machinery arou
 recording the graph in the forward pass, the engine walking it in the backward pass — about
 as long again: ``loss.backward()`` measured ~2× the same arithmetic written out by hand
 (benchmarks/RESULTS.md, fit overhead). scikit-learn's MLP is hand-written backprop in numpy for
-the same reason. (Wrapping the same arithmetic in a custom ``torch.autograd.Function`` gained
-nothing: the engine's cost is per backward call, not per node.)
+the same reason. (Wrapping the same arithmetic in a custom ``torch.autograd.Function``, so the
+engine still ran but over two nodes instead of a dozen, measured no gain: the step has to keep
+the loss's gradient out of the engine too.)
 
 :class:`MLPStep` is that hand-written step for the one model shape where it is exact and
 simple: an ``nn.Sequential`` of ``nn.Linear`` layers with an elementwise ``nn.ReLU``,
