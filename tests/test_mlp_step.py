@@ -79,6 +79,15 @@ def test_other_losses_take_autograd_on_the_output_and_match(loss, y):
     check_same(model, x, loss, y)
 
 
+def test_a_loss_that_edits_its_input_in_place_works_as_on_autograds_path():
+    def clamped(pred, y):
+        return (pred.clamp_(-0.5, 0.5) - y).square().mean()
+
+    model = mlp(4, 3, (8,), seed=0)
+    x, y = torch.randn(10, 4), torch.randn(10, 3)
+    check_same(model, x, L.get(clamped), y)
+
+
 def test_closed_form_losses_equal_the_library_losses():
     g = torch.Generator().manual_seed(0)
     out, w = torch.randn(9, 4, generator=g), torch.rand(9, generator=g)

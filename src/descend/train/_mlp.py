@@ -226,10 +226,13 @@ class MLPStep:
             out = h
         else:
             out = h.requires_grad_()
+            # The loss sees a non-leaf copy, as it would see model(x): a loss that edits its
+            # input in place (clamp_, ...) works here as it does on autograd's path.
+            pred = out.clone()
             if weight is None:
-                value = loss(out, target, validate=False)
+                value = loss(pred, target, validate=False)
             else:
-                value = loss(out, target, weight=weight, validate=False)
+                value = loss(pred, target, weight=weight, validate=False)
             (g,) = torch.autograd.grad(value, out)
             out = out.detach()
         grads: list[torch.Tensor | None] = [None] * self.n_params
