@@ -16,9 +16,11 @@ simple: an ``nn.Sequential`` of ``nn.Linear`` layers with an elementwise ``nn.Re
 dropout. The forward pass runs without a graph and keeps each layer's input (and the GELU/SiLU
 pre-activations). ``dL/d output`` comes in closed form for ``mse`` and ``cross_entropy`` with
 their default options (:func:`loss_grad`) and from autograd on the output alone for any other
-loss (options such as label smoothing, other registry losses, a user's callable). The backward
-pass through the layers is a few ``mm``/``sum`` calls per layer, the arithmetic autograd's
-``AddmmBackward`` does. The gradients equal autograd's to float rounding
+library loss (options such as label smoothing, huber, mae, ...). A user's own loss function
+takes autograd's path for the whole step: it may reach the parameters other than through the
+output (a penalty closing over the model), which a backward pass from the output would miss.
+The backward pass through the layers is a few ``mm``/``sum`` calls per layer, the arithmetic
+autograd's ``AddmmBackward`` does. The gradients equal autograd's to float rounding
 (tests/test_mlp_step.py compares them for every supported activation, depth and loss).
 
 Anything else — other module types, subclasses, hooks on a module or global ones, frozen or
@@ -124,10 +126,19 @@ class MLPStep:
         self.n_params = sum(1 + (b is not None) for _, b in index)
 
     @classmethod
-    def build(cls, model: nn.Module, plist: Sequence[torch.Tensor]) -> MLPStep | None:
+    def build(
+        cls, model: nn.Module, plist: Sequence[torch.Tensor], loss: object = None
+    ) -> MLPStep | None:
         """An :class:`MLPStep` for ``model`` when it is a plain MLP whose trainable parameters
         are exactly ``plist`` (each Linear's weight and bias, none frozen or shared), else None.
+
+        With ``loss`` given, also None unless it is one of the library's own losses: those see
+        only ``(pred, target, weight)``, while a user's function may reach the parameters by
+        another road (``mse(pred, y) + λ·Σ‖θ‖²`` closing over the model), which a backward pass
+        from the output alone would miss.
         """
+        if loss is not None and not (isinstance(loss, L.Loss) and loss.fn in L._BUILTIN_NAMES):
+            return None
         if type(model) is not nn.Sequential or len(model) == 0:
             return None
         layers: list[tuple[nn.Linear, nn.Module | None]] = []
@@ -226,13 +237,10 @@ class MLPStep:
             out = h
         else:
             out = h.requires_grad_()
-            # The loss sees a non-leaf copy, as it would see model(x): a loss that edits its
-            # input in place (clamp_, ...) works here as it does on autograd's path.
-            pred = out.clone()
             if weight is None:
-                value = loss(pred, target, validate=False)
+                value = loss(out, target, validate=False)
             else:
-                value = loss(pred, target, weight=weight, validate=False)
+                value = loss(out, target, weight=weight, validate=False)
             (g,) = torch.autograd.grad(value, out)
             out = out.detach()
         grads: list[torch.Tensor | None] = [None] * self.n_params

@@ -336,7 +336,7 @@ class Loop:
         self._names = list(self.params)
         self._plist = [self.params[n] for n in self._names]
         # A plain MLP takes the hand-written backward pass (train/_mlp.py); None otherwise.
-        self._mlp = MLPStep.build(model, self._plist)
+        self._mlp = MLPStep.build(model, self._plist, loss)
         # When the model's whole state is its trainable parameters (no buffers, no frozen
         # parameters, no state_dict hooks), the best-weights and rollback copies read them
         # directly instead of walking the module tree with state_dict() every epoch.
