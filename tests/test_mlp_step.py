@@ -197,6 +197,8 @@ def test_hooks_inputs_and_modes_that_need_autograd():
         torch.testing.assert_close(step.forward(x), model(x))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not step.usable(x)
+    with torch.autograd.detect_anomaly():
+        assert not step.usable(x)
     handle = model.linear1.register_forward_hook(lambda m, i, o: None)
     assert not step.usable(x)
     handle.remove()

@@ -180,6 +180,7 @@ class MLPStep:
             or xb.device != w.device
             or (training and (xb.requires_grad or not torch.is_grad_enabled()))
             or torch.is_autocast_enabled(w.device.type)
+            or torch.is_anomaly_enabled()  # the user asked for autograd's own NaN checks
             or _global_hooks()
         ):
             return False
