@@ -184,6 +184,7 @@ def test_frozen_or_shared_parameters_are_left_to_autograd():
     assert MLPStep.build(model, list(model.parameters())) is None
 
 
+@pytest.mark.filterwarnings("ignore:Anomaly Detection has been enabled")
 def test_hooks_inputs_and_modes_that_need_autograd():
     model = mlp(3, 2, (4,), seed=0)
     step = MLPStep.build(model, list(model.parameters()))
