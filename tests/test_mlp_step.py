@@ -294,3 +294,13 @@ def test_gradients_match_autograd_on_cuda(loss_name):
     w = torch.rand(50, generator=g).cuda()
     for weight in (None, w):
         check_same(model, x, L.get(loss_name), y.cuda(), weight, rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_training_keeps_autograds_path(monkeypatch):
+    calls = []
+    monkeypatch.setattr(MLPStep, "grads", lambda *a, **k: calls.append(1))
+    X, y = _data(40)
+    r = descend.fit(
+        mlp(6, 2, (8,), seed=0), (X, y), lr=1e-3, epochs=1, precision="bf16", verbose=0, seed=0
+    )
+    assert calls == [] and r.steps > 0

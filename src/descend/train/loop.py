@@ -335,8 +335,8 @@ class Loop:
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         self._names = list(self.params)
         self._plist = [self.params[n] for n in self._names]
-        # A plain MLP takes the hand-written backward pass (train/_mlp.py); None otherwise.
-        self._mlp = MLPStep.build(model, self._plist, loss)
+        # A plain MLP trained in fp32 takes the hand-written backward pass (train/_mlp.py).
+        self._mlp = MLPStep.build(model, self._plist, loss) if precision == "fp32" else None
         # When the model's whole state is its trainable parameters (no buffers, no frozen
         # parameters, no state_dict hooks), the best-weights and rollback copies read them
         # directly instead of walking the module tree with state_dict() every epoch.
@@ -497,7 +497,7 @@ class Loop:
 
     def train_step(self, xb: torch.Tensor, yb: torch.Tensor | None, wb: torch.Tensor | None = None):
         fast = self._mlp
-        if fast is not None and self.precision == "fp32" and fast.usable(xb):
+        if fast is not None and fast.usable(xb):
             if yb is not None and self._y_unsqueeze:
                 yb = yb.unsqueeze(-1)
             value, out, grads = fast.grads(xb, self.loss, yb, wb)
@@ -544,11 +544,7 @@ class Loop:
         try:
             fast = self._mlp
             for xb, yb in self._eval_batches(src):
-                if (
-                    fast is not None
-                    and self.precision == "fp32"
-                    and fast.usable(xb, training=False)
-                ):
+                if fast is not None and fast.usable(xb, training=False):
                     out = fast.forward(xb)
                 else:
                     with self._autocast():
