@@ -22,7 +22,7 @@ def autograd_reference(model, x, loss, y, w):
 
 def check_same(model, x, loss, y, w=None, rtol=1e-5, atol=1e-6):
     plist = [p for p in model.parameters() if p.requires_grad]
-    step = MLPStep.build(model, plist)
+    step = MLPStep.build(model, plist, L.get("mse"))  # the model check; grads gets `loss`
     assert step is not None and step.usable(x)
     value, out, grads = step.grads(x, loss, y, w)
     ref_value, ref_out, ref_grads = autograd_reference(model, x, loss, y, w)
@@ -172,22 +172,28 @@ def test_bias_free_layers_and_a_trailing_activation(last):
 )
 def test_other_models_are_left_to_autograd(make):
     model = make()
-    assert MLPStep.build(model, [p for p in model.parameters() if p.requires_grad]) is None
+    assert (
+        MLPStep.build(model, [p for p in model.parameters() if p.requires_grad], L.get("mse"))
+        is None
+    )
 
 
 def test_frozen_or_shared_parameters_are_left_to_autograd():
     model = mlp(3, 2, (4,), seed=0)
     model.linear1.weight.requires_grad_(False)
-    assert MLPStep.build(model, [p for p in model.parameters() if p.requires_grad]) is None
+    assert (
+        MLPStep.build(model, [p for p in model.parameters() if p.requires_grad], L.get("mse"))
+        is None
+    )
     shared = nn.Linear(4, 4)
     model = nn.Sequential(nn.Linear(3, 4), shared, nn.ReLU(), shared)
-    assert MLPStep.build(model, list(model.parameters())) is None
+    assert MLPStep.build(model, list(model.parameters()), L.get("mse")) is None
 
 
 @pytest.mark.filterwarnings("ignore:Anomaly Detection has been enabled")
 def test_hooks_inputs_and_modes_that_need_autograd():
     model = mlp(3, 2, (4,), seed=0)
-    step = MLPStep.build(model, list(model.parameters()))
+    step = MLPStep.build(model, list(model.parameters()), L.get("mse"))
     x = torch.randn(5, 3)
     assert step.usable(x)
     assert not step.usable(torch.randn(2, 5, 3))  # not a 2-D batch

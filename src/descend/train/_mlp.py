@@ -25,8 +25,8 @@ autograd's ``AddmmBackward`` does. The gradients equal autograd's to float round
 
 Anything else — other module types, subclasses, hooks on a module or global ones, frozen or
 shared parameters (:meth:`MLPStep.build` returns None), inputs that are not a 2-D batch of the
-weights' dtype and device, autocast, no_grad (:meth:`MLPStep.usable` says False, checked every
-step) — takes autograd's path, so the fast path is only ever an exact replacement.
+weights' dtype and device, autocast, anomaly mode, no_grad (:meth:`MLPStep.usable` says False,
+checked every step) — takes autograd's path, so the fast path is only ever an exact replacement.
 """
 
 from __future__ import annotations
@@ -126,18 +126,16 @@ class MLPStep:
         self.n_params = sum(1 + (b is not None) for _, b in index)
 
     @classmethod
-    def build(
-        cls, model: nn.Module, plist: Sequence[torch.Tensor], loss: object = None
-    ) -> MLPStep | None:
-        """An :class:`MLPStep` for ``model`` when it is a plain MLP whose trainable parameters
-        are exactly ``plist`` (each Linear's weight and bias, none frozen or shared), else None.
+    def build(cls, model: nn.Module, plist: Sequence[torch.Tensor], loss: object) -> MLPStep | None:
+        """An :class:`MLPStep` for ``model`` trained with ``loss`` when the model is a plain MLP
+        whose trainable parameters are exactly ``plist`` (each Linear's weight and bias, none
+        frozen or shared) and the loss is one of the library's own, else None.
 
-        With ``loss`` given, also None unless it is one of the library's own losses: those see
-        only ``(pred, target, weight)``, while a user's function may reach the parameters by
-        another road (``mse(pred, y) + λ·Σ‖θ‖²`` closing over the model), which a backward pass
-        from the output alone would miss.
+        The loss is required, not optional: a library loss sees only ``(pred, target, weight)``,
+        while a user's function may reach the parameters by another road (``mse(pred, y) +
+        λ·Σ‖θ‖²`` closing over the model), which a backward pass from the output alone misses.
         """
-        if loss is not None and not (isinstance(loss, L.Loss) and loss.fn in L._BUILTIN_NAMES):
+        if not (isinstance(loss, L.Loss) and loss.fn in L._BUILTIN_NAMES):
             return None
         if type(model) is not nn.Sequential or len(model) == 0:
             return None
