@@ -20,8 +20,13 @@ Datasets: scikit-learn's bundled iris, wine, breast_cancer, digits (classificati
 75/25 split (stratified for classification). Metrics on the test part: accuracy and log loss
 (classification), R² (regression; averaged over outputs). Wall time is ``fit`` only.
 
-Run: ``python benchmarks/sklearn_estimators.py [--seeds 3] [--datasets iris,wine] [--no-grid]
-[--descend '{"max_epochs": 100}']``. Prints a Markdown table (means over seeds) and ratios.
+``--extra`` adds seven generated 1,000-row sets (friedman2/3, a 50-feature regression, a sine
+product, 3-class ``make_classification``, the first 1,000 digits, moons; see
+``extra_datasets``).
+
+Run: ``python benchmarks/sklearn_estimators.py [--seeds 3] [--datasets iris,wine] [--extra]
+[--no-grid] [--descend '{"max_epochs": 100}']``. Prints a Markdown table (means over seeds) and
+ratios.
 """
 
 from __future__ import annotations
@@ -43,7 +48,11 @@ from sklearn.datasets import (
     load_digits,
     load_iris,
     load_wine,
+    make_classification,
     make_friedman1,
+    make_friedman2,
+    make_friedman3,
+    make_moons,
     make_regression,
 )
 from sklearn.exceptions import ConvergenceWarning
@@ -89,6 +98,46 @@ def datasets() -> dict[str, tuple[Callable[[], tuple[np.ndarray, np.ndarray]], b
     }
 
 
+def _sine_product() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.RandomState(0)
+    X = rng.uniform(-2, 2, (1000, 6))
+    y = np.sin(2 * X[:, 0]) * X[:, 1] + np.cos(X[:, 2] * X[:, 3]) + 0.1 * rng.randn(1000)
+    return X, y
+
+
+def extra_datasets() -> dict[str, tuple[Callable[[], tuple[np.ndarray, np.ndarray]], bool]]:
+    """``--extra``: seven more sets of 1,000 rows, generated offline, built to check the
+    estimators' rules (batch size, budget) beyond the seven above — sets where sklearn's
+    default converges fast (friedman2, the 50-feature regression), a sharply non-linear one
+    (the sine product), a 2-D one with a curved boundary (moons) and a subset of digits."""
+    digits = load_digits(return_X_y=True)
+    return {
+        "friedman2-1000": (
+            lambda: make_friedman2(n_samples=1000, noise=50, random_state=0),
+            False,
+        ),
+        "friedman3-1000": (
+            lambda: make_friedman3(n_samples=1000, noise=0.1, random_state=0),
+            False,
+        ),
+        "regression-50-features": (
+            lambda: make_regression(
+                n_samples=1000, n_features=50, n_informative=20, noise=20, random_state=1
+            ),
+            False,
+        ),
+        "sine-product": (_sine_product, False),
+        "3-class": (
+            lambda: make_classification(
+                n_samples=1000, n_features=20, n_informative=8, n_classes=3, random_state=0
+            ),
+            True,
+        ),
+        "digits-1000": (lambda: (digits[0][:1000], digits[1][:1000]), True),
+        "moons": (lambda: make_moons(n_samples=1000, noise=0.3, random_state=0), True),
+    }
+
+
 def sk_pipeline(clf: bool, seed: int):
     if clf:
         return Pipeline([("scale", StandardScaler()), ("mlp", MLPClassifier(random_state=seed))])
@@ -124,7 +173,7 @@ def evaluate(est, clf: bool, X, y) -> dict[str, float]:
 
 def run(names: list[str], seeds: int, descend_kw: dict, grid: bool) -> list[dict]:
     rows = []
-    table = datasets()
+    table = {**datasets(), **extra_datasets()}
     for name in names:
         loader, clf = table[name]
         X, y = loader()
@@ -207,6 +256,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--datasets", default=",".join(datasets()))
+    parser.add_argument(
+        "--extra", action="store_true", help="also run the seven generated 1,000-row sets"
+    )
     parser.add_argument("--no-grid", action="store_true")
     parser.add_argument("--descend", default="{}", help="JSON of extra descend estimator params")
     parser.add_argument("--json", default=None, help="also write the raw rows to this file")
@@ -214,6 +266,8 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=ConvergenceWarning)
     torch.set_num_threads(1)
     names = [n.strip() for n in args.datasets.split(",") if n.strip()]
+    if args.extra:
+        names += list(extra_datasets())
     descend_kw = json.loads(args.descend)
     with threadpool_limits(1):
         rows = run(names, args.seeds, descend_kw, grid=not args.no_grid)

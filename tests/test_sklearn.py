@@ -127,6 +127,26 @@ def test_validation_split_early_stopping_and_small_data_fallback(iris):
     assert reg.validation_loss_curve_ == [] and len(reg.loss_curve_) == 3
 
 
+def test_auto_patience_runs_the_budget_on_the_training_loss_and_stops_on_validation(iris):
+    from sklearn.datasets import load_wine
+
+    X, y = load_wine(return_X_y=True)
+    # Without a split the training loss is watched; under the default schedule it stalls and
+    # rises mid-run (the weight decay at work), which stopped wine at epoch 31 with patience=10.
+    full = Classifier(random_state=0).fit(X, y)
+    assert full.patience == "auto"
+    assert full.n_iter_ == 50 and full.stop_reason_ == "max_epochs"
+    stopped = Classifier(random_state=0, patience=10).fit(X, y)
+    assert stopped.n_iter_ < 50 and stopped.stop_reason_ == "converged"
+    # With a split, "auto" is 10 epochs of validation loss.
+    Xi, yi = iris
+    clf = Classifier(random_state=0, validation_fraction=0.2, max_epochs=300).fit(Xi, yi)
+    assert clf.stop_reason_ == "patience_exhausted" and "for 10 epochs" in clf.stop_message_
+    assert clf.n_iter_ == clf.best_epoch_ + 10
+    with pytest.raises(ValueError, match="patience"):
+        Classifier(patience="sometimes").fit(Xi, yi)
+
+
 def test_fixed_random_state_refits_identically(iris):
     X, y = iris
     a = Classifier(max_epochs=10, random_state=3).fit(X, y).predict_proba(X)
