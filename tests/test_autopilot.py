@@ -135,6 +135,44 @@ def test_the_rate_comes_from_the_data_not_a_constant():
     assert chosen[20.0] > 30 * chosen[0.05]
 
 
+def _fake_sweep(dip_near: float, dip_far: float, far_depth: float):
+    """A stand-in for lr_find.sweep: flat curves with one dip, at ``dip_near`` on the sweep to
+    1 (2% deep: not a clear descent) and at ``dip_far`` on the sweep on to 100."""
+
+    def sweep(*a, start_lr, end_lr, steps, **k):
+        lrs = [start_lr * (end_lr / start_lr) ** (i / (steps - 1)) for i in range(steps)]
+        at, depth = (dip_near, 0.02) if end_lr <= autopilot.RT_END else (dip_far, far_depth)
+        i_dip = min(range(steps), key=lambda i: abs(math.log(lrs[i] / at)))
+        losses = [1.0 - depth * math.exp(-((i - i_dip) ** 2) / 8) for i in range(steps)]
+        return lrs, losses
+
+    return sweep
+
+
+@pytest.mark.parametrize(
+    ("dip_far", "reads"),
+    [(0.008, "near"), (8.0, "far")],
+    ids=["far-minimum-inside-the-first-range", "far-minimum-beyond-it"],
+)
+def test_a_sweep_further_is_read_only_where_it_goes_beyond_the_first(monkeypatch, dip_far, reads):
+    # A first sweep that does not clearly descend makes the policy sweep on to 100 (for losses
+    # that rates up to 1 cannot move). If that sweep bottoms inside the first one's range, the
+    # first curve was noisy rather than flat: its own minimum is read, not the coarse far one
+    # (a noisy regression fell to R² 0.31 on the far sweep's reading, 10x too low).
+    monkeypatch.setattr(autopilot._lr_find, "sweep", _fake_sweep(0.08, dip_far, 0.5))
+    X, y = _clf()
+    r = _fit(_mlp(), (X, y), epochs=4, validation=None)
+    rt = r.autopilot["range_test"]
+    ceiling = r.autopilot["lr"] * math.sqrt(autopilot.SPAN)  # no race: the span's middle
+    if reads == "near":
+        assert rt["end_lr"] == pytest.approx(autopilot.RT_END)
+        assert 0.04 < rt["min_lr"] < 0.5 and "noisy, not flat" in rt["note"]
+    else:
+        assert rt["end_lr"] == pytest.approx(autopilot.RT_FAR)
+        assert 4.0 < rt["min_lr"] < 50.0 and "note" not in rt
+    assert ceiling == pytest.approx(rt["min_lr"] / 10, rel=1e-6)
+
+
 def test_recovers_from_a_badly_scaled_starting_point():
     X, y = _clf()
 

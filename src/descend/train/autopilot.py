@@ -7,8 +7,9 @@ What it does (every number it decides by is in ``Result.autopilot``):
    at least 20), of AdamW with the rate growing from
    1e-6 to 1 (a usual network blows up near 0.1–1 and the sweep ends there); if nothing in
    that range moved the loss (e.g. raw regression targets in the hundreds), a second sweep goes
-   on to 100. The rate at the minimum of the smoothed loss, divided by 10, is the *ceiling*
-   ``s``.
+   on to 100 (if that one bottoms inside the first one's range, the first curve was noisy, not
+   flat, and the first sweep's minimum is read instead). The rate at the minimum of the
+   smoothed loss, divided by 10, is the *ceiling* ``s``.
 2. **Race.** AdamW candidates log-spaced over ``[s/4, s]`` (decoupled weight decay on
    matrices set so that AdamW's averaging timescale ``1/(lr·wd)`` is half the step budget, see
    :func:`weight_decay`; linear warmup over 5% of the step budget, cosine decay to 0 at the end
@@ -321,14 +322,32 @@ def _plan(ctx: PlanContext) -> Plan:
 
     lrs, losses = sweep(RT_END)
     found = _lr_find.analyze(lrs, losses)
+    noisy_note = None
     swept = len(lrs)
     if not found["descended"] and not found["diverged"]:
         # Nothing up to RT_END moved the loss (e.g. raw regression targets in the hundreds):
         # sweep again, further. Not always: where a sweep to RT_END does descend, rates far
         # above it often "win" a short sweep by fitting the targets' mean and nothing else.
+        near_lrs, near = lrs, found
         lrs, losses = sweep(RT_FAR)
         swept += len(lrs)
         found = _lr_find.analyze(lrs, losses)
+        if found["min_lr"] <= near_lrs[-1]:
+            # The far sweep's minimum lies inside the range the first sweep covered, in finer
+            # steps: the first curve was noisy, not flat (its rates were not all too small),
+            # and the coarse far sweep's minimum is one noisy point. Read the first sweep's
+            # own minimum. (Found on a noisy regression, a sine product of 1,000 rows: the far
+            # sweep read 0.0083 where the first bottomed at 0.079, and the fit reached R² 0.31
+            # where the other seeds' 0.76-0.92.)
+            far_min = found["min_lr"]
+            lrs = near_lrs
+            found = {**near, "suggestion": max(near_lrs[0], near["min_lr"] / 10.0)}
+            noisy_note = (
+                f"the first sweep (to {near_lrs[-1]:.3g}) did not clearly descend, and a sweep "
+                f"on to {RT_FAR:g} bottomed at {far_min:.3g}, inside the first one's range: "
+                f"the first curve was noisy, not flat, so its minimum ({near['min_lr']:.3g}) "
+                "is read"
+            )
     # A regression loss judged on validation data aims higher (see REGRESSION_CEILING).
     # (Not for a stream of unknown length: its rate stays constant, with no decay to settle.)
     fast = (
@@ -348,7 +367,9 @@ def _plan(ctx: PlanContext) -> Plan:
         "descended": found["descended"],
         "diverged": found["diverged"],
     }
-    if not found["descended"] and not found["diverged"]:
+    if noisy_note is not None:
+        rt_record["note"] = noisy_note
+    elif not found["descended"] and not found["diverged"]:
         rt_record["note"] = (
             f"the loss neither fell nor blew up up to lr={lrs[-1]:.3g}: every rate swept was "
             "too small, so the ceiling is the top of the sweep / 10"
