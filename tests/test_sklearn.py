@@ -143,8 +143,11 @@ def test_auto_patience_runs_the_budget_on_the_training_loss_and_stops_on_validat
     clf = Classifier(random_state=0, validation_fraction=0.2, max_epochs=300).fit(Xi, yi)
     assert clf.stop_reason_ == "patience_exhausted" and "for 10 epochs" in clf.stop_message_
     assert clf.n_iter_ == clf.best_epoch_ + 10
-    with pytest.raises(ValueError, match="patience"):
+    with pytest.raises(ValueError) as bad:
         Classifier(patience="sometimes").fit(Xi, yi)
+    text = str(bad.value)
+    assert text.startswith('Classifier: patience must be an integer >= 1, "auto", or None')
+    assert "got 'sometimes'" in text and "pass e.g. patience=10" in text
 
 
 def test_fixed_random_state_refits_identically(iris):
