@@ -104,6 +104,7 @@ def fused_adam_chain(
     def init(params: Params) -> State:
         if decide is not None:
             decide.reset()
+        plans.clear()
         return reference.init(params)
 
     def run_head(grads: Updates, state: list, params: Params | None):
@@ -158,29 +159,52 @@ def fused_adam_chain(
         commit_lr(lr_state, lr_t)
         return out, tuple(state), True
 
+    # apply's plan per set of gradient names: the kernel calls as (names, weight decay) — the
+    # (device, dtype) groups split into decayed and kept parameters — or None where the kernel
+    # cannot write the parameters. Rebuilt when a parameter tensor is replaced or changes
+    # device/dtype; each step still checks that every gradient matches its parameter.
+    plans: dict[tuple[str, ...], tuple[tuple, list[tuple[list[str], float]] | None]] = {}
+
+    def plan(grads: Updates, params: Params):
+        names = tuple(present(grads))
+        ps = [params[n] for n in names]
+        for p, n in zip(ps, names):
+            g = grads[n]
+            if p.dtype != g.dtype or p.device != g.device or p.shape != g.shape:
+                return None
+        ident = tuple((id(p), p.device, p.dtype) for p in ps)
+        hit = plans.get(names)
+        if hit is not None and hit[0] == ident:
+            return hit[1]
+        grps = _param_groups(grads, params, kernel.supports)
+        calls: list[tuple[list[str], float]] | None = None
+        if grps is not None:
+            calls = []
+            for grp in grps:
+                if decide is None:
+                    calls.append((grp, 0.0))
+                    continue
+                decayed = [n for n in grp if decide(n, params[n])]
+                kept = [n for n in grp if not decide(n, params[n])]
+                calls += [(ns, wd) for ns, wd in ((decayed, weight_decay), (kept, 0.0)) if ns]
+        plans[names] = (ident, calls)
+        return calls
+
     def apply(grads: Updates, state: State, params: Params) -> State:
         state = list(state)
-        grads, owned = run_head(grads, state, params)
-        grps = _param_groups(grads, params, kernel.supports)
-        if grps is None:
+        grads, owned = run_head(grads, state, params) if n_head else (grads, False)
+        calls = plan(grads, params)
+        if calls is None:
             updates, state, _ = run_tail(grads, state, params, owned)
             apply_updates(params, updates)
             return state
         adam, lr_state = state[i_adam], state[i_lr]
         lr_t = next_lr(lr_state, lr, schedule)
         t = adam["count"] + 1
-        for grp in grps:
-            if decide is None:
-                split = [(grp, 0.0)]
-            else:
-                decayed = [n for n in grp if decide(n, params[n])]
-                kept = [n for n in grp if not decide(n, params[n])]
-                split = [(decayed, weight_decay), (kept, 0.0)]
-            for names, wd in split:
-                if names:
-                    ps = [params[n] for n in names]
-                    gs = [grads[n] for n in names]
-                    kernel(ps, gs, *moments(adam, names), t, lr_t, wd)
+        for names, wd in calls:
+            ps = [params[n] for n in names]
+            gs = [grads[n] for n in names]
+            kernel(ps, gs, *moments(adam, names), t, lr_t, wd)
         adam["count"] = t
         commit_lr(lr_state, lr_t)
         return tuple(state)
