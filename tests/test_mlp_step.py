@@ -10,7 +10,7 @@ import descend
 from descend import losses as L
 from descend.models import mlp
 from descend.train import _mlp
-from descend.train._mlp import MLPStep, loss_grad
+from descend.train._mlp import MLPStep, loss_grad, loss_value
 
 
 def autograd_reference(model, x, loss, y, w):
@@ -132,6 +132,20 @@ def test_closed_form_losses_equal_the_library_losses():
             ref = loss(o, y, weight=weight)
             torch.testing.assert_close(value, ref.detach())
             torch.testing.assert_close(grad, torch.autograd.grad(ref, o)[0])
+
+
+def test_evaluation_values_equal_the_library_losses_or_defer_to_them():
+    g = torch.Generator().manual_seed(1)
+    out = torch.randn(9, 4, generator=g)
+    y_reg, y_cls = torch.randn(9, 4, generator=g), torch.randint(0, 4, (9,), generator=g)
+    for name, y in [("mse", y_reg), ("cross_entropy", y_cls), ("cross_entropy", y_cls.float())]:
+        loss = L.get(name)
+        torch.testing.assert_close(loss_value(loss, out, y), loss(out, y))
+    # options, other losses, other target shapes: None, and evaluation goes through the loss
+    assert loss_value(L.get("cross_entropy", label_smoothing=0.1), out, y_cls) is None
+    assert loss_value(L.get("huber"), out, y_reg) is None
+    assert loss_value(L.get("mse"), out, y_reg[:, :1]) is None
+    assert loss_value(L.get("mse"), out, None) is None
 
 
 @pytest.mark.parametrize(

@@ -42,12 +42,13 @@ from descend._errors import (
     message,
 )
 from descend.train import autopilot as _autopilot
-from descend.train._mlp import MLPStep
+from descend.train._mlp import MLPStep, loss_value
 from descend.train.callbacks import Callback, default_progress
 from descend.train.guard import Guard, copy_pairs
 from descend.train.result import History, Result, StopReason
 from descend.transforms import (
     Transform,
+    averaged_point_states,
     find_lr_state,
     swap_to_eval,
     swap_to_train,
@@ -319,6 +320,8 @@ class Loop:
         self.bundle = bundle
         self.loss = loss
         self.tx = tx
+        self._averaged_for: Transform | None = None  # see _has_averaged_point
+        self._averaged = False
         self.optimizer_desc = optimizer_desc
         self.max_epochs = max_epochs
         self.patience = patience
@@ -553,7 +556,10 @@ class Loop:
                 if yb is not None and self._y_unsqueeze:
                     yb = yb.unsqueeze(-1)
                 n = out.shape[0]
-                v = self.loss(out, yb, validate=False).float() * n
+                v = loss_value(self.loss, out, yb) if fast is not None else None
+                if v is None:
+                    v = self.loss(out, yb, validate=False)
+                v = v.float() * n
                 total = v if total is None else total + v
                 count += n
                 if sums is not None:
@@ -667,7 +673,7 @@ class Loop:
         h.train_loss.append(train_loss)
         # Schedule-free optimizers train at one point and average another: evaluate, and keep
         # as "best", the averaged point, then swap back for the next step.
-        swapped = swap_to_eval(self.opt_state, self.params)
+        swapped = self._has_averaged_point() and swap_to_eval(self.opt_state, self.params)
         try:
             if swapped:
                 self._recompute_batchnorm()
@@ -675,6 +681,15 @@ class Loop:
         finally:
             if swapped:
                 swap_to_train(self.opt_state, self.params)
+
+    def _has_averaged_point(self) -> bool:
+        """Whether the optimizer state holds a schedule-free averaged point to evaluate at.
+        Looked up once per transform (its state tree has the same shape all run): walking the
+        tree every epoch cost ~10 us, a few % of a small full-batch epoch."""
+        if self._averaged_for is not self.tx:
+            self._averaged_for = self.tx
+            self._averaged = next(averaged_point_states(self.opt_state), None) is not None
+        return self._averaged
 
     @torch.no_grad()
     def _recompute_batchnorm(self) -> None:
