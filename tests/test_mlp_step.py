@@ -32,6 +32,12 @@ def check_same(model, x, loss, y, w=None, rtol=1e-5, atol=1e-6):
     assert len(grads) == len(ref_grads)
     for g, r in zip(grads, ref_grads):
         torch.testing.assert_close(g, r, rtol=rtol, atol=atol)
+    # The loop's form: views into one flat buffer, and their norm in one kernel.
+    _, _, flat = step.grads(x, loss, y, w, flat=True)
+    for g, r in zip(flat, ref_grads):
+        torch.testing.assert_close(g, r, rtol=rtol, atol=atol)
+    norm = torch.linalg.vector_norm(torch.stack([r.norm() for r in ref_grads]))
+    torch.testing.assert_close(step.grad_norm(), norm, rtol=rtol, atol=atol)
 
 
 HIDDEN = [(), (16,), (16, 8), (32, 32, 32)]
@@ -265,6 +271,38 @@ def test_fit_takes_the_fast_path_and_trains_like_autograd(monkeypatch):
     torch.testing.assert_close(fast.history.val_loss, slow.history.val_loss, rtol=1e-4, atol=0)
     for a, b in zip(fast.model.parameters(), slow.model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    # the gradient norm read from the flat buffer is autograd's, step by step
+    torch.testing.assert_close(
+        fast.history.step_grad_norm, slow.history.step_grad_norm, rtol=1e-3, atol=0
+    )
+
+
+def test_a_transform_that_keeps_its_gradients_gets_fresh_ones():
+    """The reused gradient buffer is for the fused optimizer step only: a user's transform may
+    keep the tensors it was given, and must find them as they were."""
+    from descend.transforms import Transform
+
+    seen: list[dict[str, torch.Tensor]] = []
+
+    def update(grads, state, params=None):
+        seen.append(grads)
+        return {n: -0.01 * g for n, g in grads.items()}, state
+
+    X, y = _data()
+    descend.fit(
+        mlp(6, 2, (8,), seed=0),
+        (X, y),
+        optimizer=Transform(lambda params: (), update),
+        epochs=2,
+        batch_size=40,
+        validation=None,
+        verbose=0,
+        seed=0,
+    )
+    assert len(seen) == 6
+    first = seen[0]["linear1.weight"]
+    assert all(s["linear1.weight"] is not first for s in seen[1:])
+    assert not any(torch.equal(s["linear1.weight"], first) for s in seen[1:])
 
 
 def test_classification_fit_with_sample_weights_matches_autograd():

@@ -158,6 +158,8 @@ class MLPStep:
         # Per layer: the position of its weight and bias in the loop's parameter list.
         self.index = index
         self.n_params = sum(1 + (b is not None) for _, b in index)
+        self._flat: torch.Tensor | None = None  # the flat gradient buffer (see _buffer)
+        self._views: list[torch.Tensor] = []
 
     @classmethod
     def build(cls, model: nn.Module, plist: Sequence[torch.Tensor], loss: object) -> MLPStep | None:
@@ -250,17 +252,49 @@ class MLPStep:
                 acts.append(h)
         return (acts, pre) if keep else ([h], pre)
 
+    def _buffer(self, like: torch.Tensor) -> list[torch.Tensor]:
+        """Views, in the loop's parameter order, into one flat gradient buffer of ``like``'s
+        dtype and device (made on first use)."""
+        flat = self._flat
+        if flat is None or flat.dtype != like.dtype or flat.device != like.device:
+            shapes: list[torch.Size | None] = [None] * self.n_params
+            for (lin, _), (wi, bi) in zip(self.layers, self.index):
+                shapes[wi] = lin.weight.shape
+                if bi is not None:
+                    shapes[bi] = lin.bias.shape
+            total = sum(s.numel() for s in shapes)  # type: ignore[union-attr]
+            flat = self._flat = torch.empty(total, dtype=like.dtype, device=like.device)
+            self._views, start = [], 0
+            for shape in shapes:
+                n = shape.numel()  # type: ignore[union-attr]
+                self._views.append(flat[start : start + n].view(shape))  # type: ignore[arg-type]
+                start += n
+        return self._views
+
+    def grad_norm(self) -> torch.Tensor:
+        """The global L2 norm of the gradients of the last ``grads(..., flat=True)`` call: one
+        kernel over the flat buffer (the per-tensor norms, stacked and reduced, were three;
+        ~25 us of a 0.3 ms step on the 3-output tabular set, benchmarks/RESULTS.md)."""
+        assert self._flat is not None
+        return torch.linalg.vector_norm(self._flat)
+
     def grads(
         self,
         xb: torch.Tensor,
         loss: Callable[..., torch.Tensor],
         target: torch.Tensor | None,
         weight: torch.Tensor | None,
+        *,
+        flat: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """``(loss value, output, gradients in the loop's parameter order)`` for one batch.
 
         ``loss(out, target[, weight=])`` is the loop's loss: differentiated in closed form by
         :func:`loss_grad` where it can be, by autograd on the output alone otherwise.
+
+        With ``flat=True`` the gradients are views into one buffer that the next call
+        overwrites (and :meth:`grad_norm` reads): for an optimizer step that consumes them at
+        once (the loop's fused AdamW/SGD path), never for one that may keep them.
         """
         with torch.no_grad():  # one context for the whole step (each costs ~1.5 us)
             acts, pre = self._forward(xb, keep=True)
@@ -279,7 +313,7 @@ class MLPStep:
                     (g,) = torch.autograd.grad(value, out)
                 out = out.detach()
                 value = value.detach()
-            grads: list[torch.Tensor | None] = [None] * self.n_params
+            grads: list[torch.Tensor | None] = self._buffer(g) if flat else [None] * self.n_params  # type: ignore[assignment]
             for i in range(len(self.layers) - 1, -1, -1):
                 lin, act = self.layers[i]
                 h = acts[i + 1]
@@ -296,9 +330,14 @@ class MLPStep:
                     else:
                         g = torch.ops.aten.silu_backward(g, pre[i])
                 wi, bi = self.index[i]
-                grads[wi] = g.t().mm(acts[i])
-                if bi is not None:
-                    grads[bi] = g.sum(0)
+                if flat:
+                    torch.mm(g.t(), acts[i], out=grads[wi])
+                    if bi is not None:
+                        torch.sum(g, 0, out=grads[bi])
+                else:
+                    grads[wi] = g.t().mm(acts[i])
+                    if bi is not None:
+                        grads[bi] = g.sum(0)
                 if i > 0:
                     g = g.mm(lin.weight)
         return value, out, grads  # type: ignore[return-value]

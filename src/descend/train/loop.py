@@ -340,6 +340,10 @@ class Loop:
         self._plist = [self.params[n] for n in self._names]
         # A plain MLP trained in fp32 takes the hand-written backward pass (train/_mlp.py).
         self._mlp = MLPStep.build(model, self._plist, loss) if precision == "fp32" else None
+        # The plain-MLP step writes its gradients into one reused buffer (one kernel for their
+        # norm) where the optimizer's fused path consumes them at once; a transform that might
+        # keep a reference to a gradient across steps gets fresh tensors.
+        self._flat_grads = getattr(tx.update, "apply", None) is not None
         # When the model's whole state is its trainable parameters (no buffers, no frozen
         # parameters, no state_dict hooks), the best-weights and rollback copies read them
         # directly instead of walking the module tree with state_dict() every epoch.
@@ -503,10 +507,11 @@ class Loop:
         if fast is not None and fast.usable(xb):
             if yb is not None and self._y_unsqueeze:
                 yb = yb.unsqueeze(-1)
-            value, out, grads = fast.grads(xb, self.loss, yb, wb)
+            flat = self._flat_grads
+            value, out, grads = fast.grads(xb, self.loss, yb, wb, flat=flat)
             if self._ep_metric is not None:
                 self._ep_metric.add(out, yb)
-            return self._finish_step(value, grads)
+            return self._finish_step(value, grads, fast.grad_norm() if flat else None)
         with self._autocast():
             out = self.model(xb)
             if yb is not None and self._y_unsqueeze:
@@ -521,10 +526,16 @@ class Loop:
         grads = torch.autograd.grad(value, self._plist, allow_unused=True)
         return self._finish_step(value, grads)
 
-    def _finish_step(self, value: torch.Tensor, grads: Sequence[torch.Tensor | None]):
+    def _finish_step(
+        self,
+        value: torch.Tensor,
+        grads: Sequence[torch.Tensor | None],
+        gnorm: torch.Tensor | None = None,
+    ):
         g = {n: gr for n, gr in zip(self._names, grads) if gr is not None}
-        norms = torch._foreach_norm(list(g.values())) if g else []
-        gnorm = torch.linalg.vector_norm(torch.stack(norms)) if norms else value.new_zeros(())
+        if gnorm is None:
+            norms = torch._foreach_norm(list(g.values())) if g else []
+            gnorm = torch.linalg.vector_norm(torch.stack(norms)) if norms else value.new_zeros(())
         # One fused pass over parameters and optimizer state where the transform has one
         # (the Adam family, momentum SGD); exactly update + apply_updates otherwise.
         self.opt_state = update_and_apply(self.tx, g, self.opt_state, self.params)
