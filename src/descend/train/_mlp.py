@@ -61,15 +61,6 @@ def _global_hooks() -> bool:
     )
 
 
-def _hooked(m: nn.Module) -> bool:
-    return bool(
-        m._forward_hooks
-        or m._forward_pre_hooks
-        or m._backward_hooks
-        or getattr(m, "_backward_pre_hooks", None)
-    )
-
-
 @functools.lru_cache(maxsize=8)
 def _minus_ones(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A constant ``(n, 1)`` tensor of −1 (read, never written: the one-hot of the gradient)."""
@@ -218,7 +209,12 @@ class MLPStep:
             or _global_hooks()
         ):
             return False
-        return not any(_hooked(m) for m in self.modules)
+        for m in self.modules:  # any module hook: this runs every step
+            if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks:
+                return False
+            if m._backward_pre_hooks:
+                return False
+        return True
 
     @torch.no_grad()
     def forward(self, xb: torch.Tensor) -> torch.Tensor:

@@ -94,14 +94,17 @@ class _Steps:
     """One float32 step tensor per device, as torch's fused optimizers keep their step."""
 
     def __init__(self) -> None:
-        self._steps: dict[torch.device, torch.Tensor] = {}
+        self._steps: dict[torch.device, tuple[torch.Tensor, list[int]]] = {}
 
     def __call__(self, device: torch.device, t: int, n: int) -> list[torch.Tensor]:
-        step = self._steps.get(device)
-        if step is None:
+        hit = self._steps.get(device)
+        if hit is None:
             # exact up to 2**24 steps
-            step = self._steps[device] = torch.zeros((), dtype=torch.float32, device=device)
-        step.fill_(t)
+            hit = self._steps[device] = (torch.zeros((), dtype=torch.float32, device=device), [0])
+        step, held = hit
+        if held[0] != t:  # the kernels only read it: one fill per step, not one per call
+            step.fill_(t)
+            held[0] = t
         return [step] * n
 
 
