@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import pickle
 
 import numpy as np
@@ -138,11 +139,21 @@ def test_auto_patience_runs_the_budget_on_the_training_loss_and_stops_on_validat
     assert full.n_iter_ == 50 and full.stop_reason_ == "max_epochs"
     stopped = Classifier(random_state=0, patience=10).fit(X, y)
     assert stopped.n_iter_ < 50 and stopped.stop_reason_ == "converged"
-    # With a split, "auto" is 10 epochs of validation loss.
+    # With a split, "auto" is 10 epochs of validation loss (a fixed rate: nothing else stops it).
     Xi, yi = iris
-    clf = Classifier(random_state=0, validation_fraction=0.2, max_epochs=300).fit(Xi, yi)
+    kw = {"random_state": 0, "validation_fraction": 0.2, "max_epochs": 300}
+    clf = Classifier(lr=3e-3, **kw).fit(Xi, yi)
     assert clf.stop_reason_ == "patience_exhausted" and "for 10 epochs" in clf.stop_message_
     assert clf.n_iter_ == clf.best_epoch_ + 10
+    # Under the default policy 9 of those epochs start the decay, and its end ends the run.
+    auto = Classifier(**kw).fit(Xi, yi)
+    decay = auto.autopilot_["decay"]
+    assert auto.autopilot_["decay_stall_epochs"] == 9 and "for 9 epochs" in decay["why"]
+    assert auto.stop_reason_ == "decay_finished" and auto.n_iter_ < 300
+    assert auto.n_iter_ == decay["epoch"] + math.ceil(0.25 * decay["epoch"])
+    assert f"started after epoch {decay['epoch']}" in auto.stop_message_
+    # what the decay is for: the anneal found a better validation loss than the held rate
+    assert auto.best_epoch_ > decay["epoch"]
     with pytest.raises(ValueError) as bad:
         Classifier(patience="sometimes").fit(Xi, yi)
     text = str(bad.value)

@@ -375,6 +375,7 @@ class Loop:
         self.improved = False
         self.stop_message = ""
         self._stop_request: str | None = None
+        self._stop_reason = StopReason.CALLBACK
         self._since_best = 0
         self._best_state: dict[str, torch.Tensor] | None = None
         self._t0 = 0.0
@@ -608,9 +609,13 @@ class Loop:
             f"device {self.device}, seed {self.seed}"
         )
 
-    def request_stop(self, why: str = "a callback asked to stop") -> None:
-        """Ask the run to stop after the current step (stop reason ``callback``)."""
+    def request_stop(
+        self, why: str = "a callback asked to stop", reason: StopReason = StopReason.CALLBACK
+    ) -> None:
+        """Ask the run to stop after the current step (stop reason ``callback``, or the one
+        given); asked before the first step (``on_fit_start``), the run takes none."""
         self._stop_request = why
+        self._stop_reason = reason
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """The model's ``state_dict()`` tensors (the parameters themselves when they are the
@@ -1107,6 +1112,8 @@ class Loop:
             with self._signals():
                 for cb in self.callbacks:
                     cb.on_fit_start(self)
+                if reason is None and self._stop_request is not None:
+                    reason = self._stop_reason
                 self.model.train()
                 while reason is None and self.epoch < self.max_epochs:
                     reason = self._epoch_loop()
@@ -1118,7 +1125,7 @@ class Loop:
                     for cb in self.callbacks:
                         cb.on_epoch_end(self)
                     if reason is None and self._stop_request is not None:
-                        reason = StopReason.CALLBACK
+                        reason = self._stop_reason
                     if (
                         reason is None
                         and self.max_time is not None
@@ -1450,8 +1457,10 @@ def fit(
                 and resume_ckpt.meta.get("autopilot")
             ):
                 # Resuming: rebuild the recorded choice; no trials (they would move the RNG and
-                # waste time) and no start-of-run callbacks (the checkpoint holds the state).
+                # waste time) and no start-of-run adoption (the checkpoint holds the state).
+                # The rebuilt plan's callbacks are the run's own (the stall-started decay).
                 decision = rebuild(resume_ckpt.meta["autopilot"], ctx)
+                extra_callbacks = list(decision.callbacks)
             else:
                 decision = _autopilot.plan(ctx)
                 extra_callbacks = list(decision.callbacks) if resume_ckpt is None else []

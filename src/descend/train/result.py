@@ -31,6 +31,9 @@ class StopReason(str, Enum):
     """The user interrupted the run (Ctrl-C / SIGTERM)."""
     CALLBACK = "callback"
     """A callback asked the run to stop."""
+    DECAYED = "decay_finished"
+    """The default policy's learning-rate decay, started when the validation loss stalled,
+    reached zero (see ``Result.autopilot["decay"]``)."""
 
     def __str__(self) -> str:
         return self.value
