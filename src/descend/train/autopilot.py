@@ -12,8 +12,8 @@ What it does (every number it decides by is in ``Result.autopilot``):
    smoothed loss, divided by 10, is the *ceiling* ``s``.
 2. **Race.** AdamW candidates log-spaced over ``[s/4, s]`` (decoupled weight decay on
    matrices set so that AdamW's averaging timescale ``1/(lr·wd)`` is half the step budget, see
-   :func:`weight_decay`; linear warmup over 5% of the step budget, cosine decay to 0 at the end
-   of the budget: the run's final schedule), each on its own copy of the model, in the run's
+   :func:`weight_decay`; linear warmup over 5% of the step budget, then the peak rate held:
+   the run's final schedule, see 4.), each on its own copy of the model, in the run's
    own batch order. They train in lockstep, one epoch at a time, judged by their best
    validation loss so far. The
    number of candidates is what the budget affords: the whole plan (range test, every
@@ -33,6 +33,19 @@ What it does (every number it decides by is in ``Result.autopilot``):
    there the run's own rules (patience, budget, ``max_time``) decide when it ends. Callbacks
    and the progress display see the run from the adopted epoch on, as after a resume; the
    start line says what was raced.
+4. **Hold, then decay when the loss stalls** (:class:`StableDecay`, warmup-stable-decay: Hu et
+   al. 2024, Hägele et al. 2024). The peak rate is held while the validation loss improves;
+   when it has not improved for ``stall_epochs`` (a fifth of the budget, at least 3, one fewer
+   than the patience) the rate decays linearly to 0 over a quarter of the epochs run so far,
+   with a patience of its own from there, and the run ends when the decay does (stop reason
+   ``decay_finished``). Without a stall the decay takes the last 20% of the budget; without
+   validation data or early stopping, always. Measured against the cosine decay over the budget
+   this replaces (benchmarks/RESULTS.md, session 9): the cosine annealed fits that were still
+   improving (a sine-product regression, R² 0.835 → 0.875; 3-class 0.867 → 0.880), and the held
+   rate reached lower validation *and* test losses on four of the six suite workloads
+   (synthetic-clf-20k 0.881 → 0.794 of tuned AdamW's validation loss, test 0.868 → 0.768).
+   The decay's start is in ``record["decay"]``: checkpoints carry it, and a resumed run
+   re-takes a decision its checkpoint was written just before.
 
 When the budget affords no race (a few epochs), or there is no validation data to judge a
 race by, the range test alone decides and the run is an ordinary run from step 1, at the span's
@@ -858,7 +871,8 @@ def default_optimizer(
     """Return ``(transform, description, autopilot_record)`` without running any trial.
 
     With ``lr`` given the user gets exactly that learning rate, held constant (AdamW), and no
-    autopilot record. Without it: AdamW at 1e-3 with warmup and cosine decay over the budget
+    autopilot record. Without it: AdamW at 1e-3 with warmup, the rate held, and a linear decay
+    over the last 20% of the budget
     (the fixed fallback; :func:`plan` chooses the rate from the data instead).
     """
     if lr is not None:
@@ -873,6 +887,6 @@ def default_optimizer(
         "weight_decay_rule": _decay_text(total),
         "schedule": _schedule_text(total),
         "total_steps": total,
-        "why": "fixed fallback: AdamW 1e-3 with warmup and cosine decay over the step budget",
+        "why": "fixed fallback: AdamW 1e-3 with warmup, held, decayed over the last 20% of the budget",
     }
     return _adamw(base_lr, total), f"adamw(lr={base_lr:g})", record
