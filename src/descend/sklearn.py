@@ -20,8 +20,9 @@ needs and scikit-learn users expect:
   runs its whole budget: accuracy usually keeps improving after the validation log loss has
   passed its minimum, and the held-out rows are missed on small sets (measured in
   benchmarks/RESULTS.md). Unlike ``MLPClassifier`` it does not stop when the *training* loss
-  stalls: the default schedule anneals over ``max_epochs`` and its weight decay makes the
-  training loss rise mid-run while the model still improves (``patience="auto"``: 10 epochs of
+  stalls: the default schedule holds its rate and decays it over the last 20% of
+  ``max_epochs``, and its weight decay makes the training loss rise mid-run while the model
+  still improves (``patience="auto"``: 10 epochs of
   validation loss with a split, no early stop without one; see ``AUTO_PATIENCE``). Pass
   ``validation_fraction=0.1`` for early stopping. A split under ``_MIN_VALIDATION`` rows is
   never made (too noisy to stop on).
@@ -417,10 +418,11 @@ class Classifier(ClassifierMixin, _Estimator):
     A drop-in for ``sklearn.neural_network.MLPClassifier`` that needs no tuning: the
     architecture comes from :func:`descend.models.default_hidden`, the optimizer, learning rate
     and schedule from the library's default policy. Like ``MLPClassifier`` it trains on every
-    row; it runs the whole ``max_epochs`` budget that its schedule anneals over (it does not stop
+    row; it runs the whole ``max_epochs`` budget that its schedule is shaped over (it does not stop
     on a stalled training loss; pass ``patience=10`` for that). ``validation_fraction=0.1``
-    holds out a stratified split instead, stops after 10 epochs without a better validation
-    loss and restores the weights with the best one.
+    holds out a stratified split instead: 9 epochs without a better validation loss start the
+    rate's decay, 10 more without one (or the decay's end) stop the run, and the weights with
+    the best validation loss are restored.
 
     Args:
         hidden_layer_sizes: widths of the hidden layers; None = sized from the data
