@@ -485,6 +485,9 @@ def test_a_validation_stall_starts_the_decay_and_its_end_ends_the_run():
     # (the estimators' test shows one that does: Classifier on iris).
     assert r.stop_reason is descend.StopReason.PATIENCE
     assert r.epochs == decay["epoch"] + 10 < (decay["start_step"] + decay["steps"])
+    assert f"for 10 epochs of the learning rate's decay (started after epoch {decay['epoch']}" in (
+        r.stop_message
+    )
     assert r.best_epoch == decay["epoch"] - stall
 
 

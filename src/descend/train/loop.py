@@ -783,9 +783,17 @@ class Loop:
         best = f"{m} {self.best_loss:.4g} at epoch {self.best_epoch}"
         kept = f"restored the best weights ({best})" if self.restore_best else f"best was {best}"
         if reason is StopReason.PATIENCE:
+            decay = (self.autopilot or {}).get("decay")
+            during = (
+                f" of the learning rate's decay (started after epoch {decay['epoch']}, when it "
+                "had stalled)"
+                if decay
+                else ""
+            )
             return (
                 f"Stopped early after epoch {self.epoch}: the validation loss did not improve "
-                f"by more than {self.tol:g} (relative) for {self.patience} epochs; {kept}."
+                f"by more than {self.tol:g} (relative) for {self.patience} epochs{during}; "
+                f"{kept}."
             )
         if reason is StopReason.CONVERGED:
             if self.history.step_grad_norm and self.history.step_grad_norm[-1] < 1e-10:
