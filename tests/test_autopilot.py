@@ -513,3 +513,23 @@ def test_a_run_killed_at_the_decay_start_resumes_exactly(tmp_path, after):
     for a, b in zip(again.model.parameters(), ref.model.parameters()):
         assert torch.equal(a, b)
     assert again.stop_reason is ref.stop_reason and again.stop_message == ref.stop_message
+
+
+def test_a_checkpoint_of_the_former_cosine_rule_resumes_with_the_cosine():
+    record = {
+        "lr": 0.01,
+        "weight_decay": 0.5,
+        "total_steps": 200,
+        "warmup_steps": 10,
+        "schedule": "linear warmup 10 steps, cosine decay to 0 at step 200",
+    }
+    plan = autopilot.rebuild(record, types.SimpleNamespace(epochs=20, patience=10, bundle=None))
+    params = {"w": torch.zeros(3)}
+    state = plan.tx.init(params)
+    lrs = []
+    for _ in range(120):
+        plan.tx.update({"w": torch.ones(3)}, state, params)
+        lrs.append(descend.transforms.find_lr_state(state)["lr"])
+    cosine = schedules.cosine(200, warmup_steps=10)
+    assert lrs == pytest.approx([0.01 * cosine(t) for t in range(120)])
+    assert plan.callbacks == []  # no stall-started decay for a run planned without one

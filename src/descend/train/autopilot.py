@@ -269,7 +269,10 @@ def _decay_text(total: int | None) -> str:
 
 
 def _adamw(
-    lr: float, total: int | None, wd: float | None = None, schedule: StableDecay | None = None
+    lr: float,
+    total: int | None,
+    wd: float | None = None,
+    schedule: Callable[[int], float] | None = None,
 ) -> Transform:
     wd = weight_decay(lr, total) if wd is None else wd
     if total is None:
@@ -852,8 +855,7 @@ def rebuild(record: dict[str, Any], ctx: PlanContext) -> Plan:
     if "cosine" in str(record.get("schedule", "")):  # a run started under the former rule
         warmup = int(record.get("warmup_steps") or _schedule(total)[1])
         cosine = schedules.cosine(total_steps=total, warmup_steps=warmup)
-        tx = optim.adamw(lr=lr, weight_decay=weight_decay(lr, total) if wd is None else wd,
-                         schedule=cosine)  # fmt: skip
+        tx = _adamw(lr, total, wd, schedule=cosine)
         return Plan(tx, f"autopilot adamw(lr={_fmt(lr)}) (resumed)", record)
     sched, _ = _schedule(total)
     decay = record.get("decay")
