@@ -30,7 +30,7 @@ needs and scikit-learn users expect:
   previous run's optimizer: its transform, Adam's moments and the schedule position
   (``fit(opt_state=...)``), unlike scikit-learn's MLP, which restarts Adam on a warm start.
   The default schedule is shaped over the first fit's ``max_epochs``; a warm start continues
-  along it (at its final, zero rate once a previous fit used the whole budget: pass ``lr=`` or
+  along it (at its final, zero rate once a previous fit's decay reached zero: pass ``lr=`` or
   an ``optimizer`` for a constant rate, or fit afresh). ``partial_fit`` runs one epoch per call
   and, since the number of calls is unknown, starts with the library's constant-rate AdamW for
   data of unknown length (or the ``optimizer``/``lr`` given); features are standardized with the
