@@ -476,6 +476,9 @@ def test_a_validation_stall_starts_the_decay_and_its_end_ends_the_run():
     stall = rec["decay_stall_epochs"]
     assert stall == autopilot.stall_epochs(300, 10) == 9
     assert decay["epoch"] < 0.8 * 300 and f"for {stall} epochs" in decay["why"]
+    # the progress output and the history say when it happened
+    (event,) = [e for e in r.history.events if e["kind"] == "decay"]
+    assert event["step"] == decay["start_step"] and "decays to 0" in event["message"]
     # the rate followed warmup, the held peak, and a linear decay from the stall to zero
     sched = autopilot.StableDecay(rec["total_steps"], rec["warmup_steps"])
     sched.begin(decay["start_step"], decay["steps"])
@@ -508,6 +511,7 @@ def test_a_run_killed_at_the_decay_start_resumes_exactly(tmp_path, after):
     assert first.stop_reason is descend.StopReason.INTERRUPTED and first.epochs == kill_at
     again = _stalling_fit(checkpoint=ck, checkpoint_every="epoch", resume=True)
     assert again.autopilot["decay"] == ref.autopilot["decay"]
+    assert again.history.events == ref.history.events
     for key in ("step_lr", "step_loss", "val_loss", "train_loss"):
         assert getattr(again.history, key) == getattr(ref.history, key), key
     for a, b in zip(again.model.parameters(), ref.model.parameters()):

@@ -336,6 +336,12 @@ class _DecayOnStall(Callback):
                     f"{loop.epoch} instead of at step {self.record.get('decay_default_start')}"
                 ),
             }
+            # One line in the progress output and the history, like the guard's rollbacks.
+            loop.record_event(
+                "decay",
+                f"the validation loss has not improved for {self.stall} epochs: the learning "
+                f"rate now decays to 0 over {sched.length} steps",
+            )
         if sched.moved and loop.step >= sched.start + sched.length:
             from descend.train.result import StopReason
 
