@@ -254,6 +254,21 @@ def test_callback_can_stop_and_sees_every_step(digits):
     assert cb.steps == 7 and cb.ended
     assert r.stop_reason is StopReason.CALLBACK and "seven steps" in r.stop_message
 
+    # Asked before the first step (and with a reason of its own), the run takes none.
+    class StopAtStart(descend.Callback):
+        def on_fit_start(self, loop):
+            loop.request_stop("nothing to do", StopReason.DECAYED)
+
+    model = mlp(64, 16, 10)
+    before = [p.detach().clone() for p in model.parameters()]
+    r = descend.fit(
+        model, (X, y), "cross_entropy", lr=1e-3, epochs=5, verbose=0, seed=0,
+        callbacks=[StopAtStart()],
+    )  # fmt: skip
+    assert r.steps == 0 and r.stop_reason is StopReason.DECAYED
+    assert "nothing to do" in r.stop_message
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))
+
 
 def test_keyboard_interrupt_returns_result_with_best_weights(digits):
     X, y = digits

@@ -67,6 +67,21 @@ def _minus_ones(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tenso
     return torch.full((n, 1), -1.0, dtype=dtype, device=device)
 
 
+def _closed_form(loss: object, out: torch.Tensor, target: torch.Tensor | None) -> str | None:
+    """``"mse"`` or ``"cross_entropy"`` where the closed forms below are exact for ``(out,
+    target)`` — the library's loss with its default options, a 2-D output, a target of the
+    output's shape and dtype (mse) or 1-D class indices (cross-entropy) — else None."""
+    if not isinstance(loss, L.Loss) or loss.kwargs or target is None or out.dim() != 2:
+        return None
+    if loss.fn is L.mse:
+        ok = target.shape == out.shape and target.dtype == out.dtype
+        return "mse" if ok else None
+    if loss.fn is L.cross_entropy:
+        ok = target.dim() == 1 and (not target.is_floating_point() or target.dtype == out.dtype)
+        return "cross_entropy" if ok else None
+    return None
+
+
 def loss_grad(
     loss: object, out: torch.Tensor, target: torch.Tensor | None, weight: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -78,11 +93,11 @@ def loss_grad(
     ``Σ w_i l_i / (Σ w_i · elements per sample)`` with weights; for cross-entropy the gradient
     is ``(softmax(out) − onehot(y)) · w_i / Σ w``.
     """
-    if not isinstance(loss, L.Loss) or loss.kwargs or target is None or out.dim() != 2:
+    kind = _closed_form(loss, out, target)
+    if kind is None:
         return None
-    if loss.fn is L.mse:
-        if target.shape != out.shape or target.dtype != out.dtype:
-            return None
+    assert target is not None
+    if kind == "mse":
         diff = out - target
         if weight is None:
             flat = diff.view(-1)
@@ -93,9 +108,7 @@ def loss_grad(
         denom = w.sum() * out.shape[1]
         value = (diff.square() * w).sum() / denom
         return value, diff.mul_(w * (2.0 / denom))
-    if loss.fn is L.cross_entropy:
-        if target.dim() != 1 or (target.is_floating_point() and target.dtype != out.dtype):
-            return None
+    if kind == "cross_entropy":
         target = target if target.dtype == torch.long else target.long()
         idx = target[:, None]
         logp = torch.log_softmax(out, 1)
@@ -117,18 +130,14 @@ def loss_value(loss: object, out: torch.Tensor, target: torch.Tensor | None) -> 
     form (``mse``, ``cross_entropy`` on class indices, default options, no weights); else None
     (the caller goes through the loss). For evaluation: the loss's own wrapper and checks cost
     several times the arithmetic on a small validation set."""
-    if not isinstance(loss, L.Loss) or loss.kwargs or target is None or out.dim() != 2:
+    kind = _closed_form(loss, out, target)
+    if kind is None:
         return None
-    if loss.fn is L.mse:
-        if target.shape != out.shape or target.dtype != out.dtype:
-            return None
+    assert target is not None
+    if kind == "mse":
         flat = (out - target).view(-1)
         return torch.linalg.vecdot(flat, flat).div_(flat.numel())
-    if loss.fn is L.cross_entropy:
-        if target.dim() != 1 or (target.is_floating_point() and target.dtype != out.dtype):
-            return None
-        return F.cross_entropy(out, target if target.dtype == torch.long else target.long())
-    return None
+    return F.cross_entropy(out, target if target.dtype == torch.long else target.long())
 
 
 class MLPStep:

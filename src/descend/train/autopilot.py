@@ -100,6 +100,7 @@ import torch
 from descend import optim, schedules
 from descend.train import lr_find as _lr_find
 from descend.train.callbacks import Callback
+from descend.train.result import StopReason
 from descend.transforms import Transform
 
 if TYPE_CHECKING:
@@ -223,7 +224,7 @@ class StableDecay:
 
     def __call__(self, step: int) -> float:
         if step < self.warmup:
-            return (step + 1) / self.warmup
+            return schedules._warmup(step, self.warmup)
         if step < self.start:
             return 1.0
         return max(0.0, 1.0 - (step - self.start) / self.length)
@@ -343,8 +344,6 @@ class _DecayOnStall(Callback):
                 f"rate now decays to 0 over {sched.length} steps",
             )
         if sched.moved and loop.step >= sched.start + sched.length:
-            from descend.train.result import StopReason
-
             loop.request_stop(
                 f"the learning rate finished its decay, started after epoch "
                 f"{self.record['decay']['epoch']} when the validation loss stalled",
