@@ -51,6 +51,12 @@ def test_learning_rate_100x_too_high_ends_within_5_percent_of_normal(digits):
     rollbacks = [e for e in guarded.history.events if e["kind"] == "rollback"]
     assert rollbacks and "running level" in rollbacks[0]["message"]
     assert min(guarded.history.step_lr) < 1e-1 * 0.5
+    # The stop sentence says the guard had to step in, how often and how far it lowered the rate.
+    n = len(rollbacks)
+    steps = "one step" if n == 1 else f"{n} steps"
+    assert f"The divergence guard rolled back {steps}, lowering" in guarded.stop_message
+    assert "lowering the learning rate to x" in guarded.stop_message
+    assert "divergence guard" not in normal.stop_message
 
 
 class Poison(torch.nn.Module):
@@ -81,6 +87,7 @@ def test_poisoned_batch_does_not_corrupt_parameters(digits, value):
     assert r.stop_reason is StopReason.MAX_EPOCHS
     assert r.best_loss < 1.2 * clean.best_loss
     assert "! step 60" in buf.getvalue()  # the event is shown to the user
+    assert "The divergence guard rolled back one step (history.events says why)." in r.stop_message
 
 
 def test_unrecoverable_run_stops_diverged_and_keeps_best_weights(digits):

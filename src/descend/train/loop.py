@@ -244,6 +244,17 @@ def _home_device(module: torch.nn.Module, dev: torch.device) -> torch.device | N
     return None if home == dev else home
 
 
+def _data_dtype(module: torch.nn.Module) -> torch.dtype:
+    """The floating dtype the data is converted to: the model's own (a float64 model trains on
+    float64 data, a bfloat16 one on bfloat16), float32 for a model without floating parameters.
+    With parameters of several floating dtypes, the first parameter's (usually the input layer's).
+    """
+    for p in module.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
 def _as_module(model: Any, params: dict[str, Any] | None) -> torch.nn.Module:
     if isinstance(model, torch.nn.Module):
         if params is not None:
@@ -437,13 +448,26 @@ class Loop:
                 out = self.model(probe_x)
         except RuntimeError as e:
             shape = tuple(probe_x.shape) if torch.is_tensor(probe_x) else "?"
+            kind = probe_x.dtype if torch.is_tensor(probe_x) else "?"
+            first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if "dtype" in first_line.lower() and torch.is_tensor(probe_x):
+                dtypes = sorted({str(p.dtype) for p in self.model.parameters()})
+                fix = (
+                    f"the data is {probe_x.dtype} (fit converts it to the model's first floating "
+                    f"parameter's dtype) and the model holds {', '.join(dtypes)}: give every "
+                    "parameter one floating dtype (e.g. model.float() or model.double())"
+                )
+            else:
+                fix = (
+                    "check the model's first layer against the number of features "
+                    f"({self.bundle.n_features})"
+                )
             raise InputError(
                 message(
                     "the model",
                     "must accept the data's feature batches",
-                    f"an error on a batch of shape {shape}: {str(e).splitlines()[0]}",
-                    "check the model's first layer against the number of features "
-                    f"({self.bundle.n_features})",
+                    f"an error on a batch of shape {shape} ({kind}): {first_line}",
+                    fix,
                 )
             ) from None
         finally:
@@ -779,6 +803,25 @@ class Loop:
         return None
 
     def _sentence(self, reason: StopReason) -> str:
+        """Why the run stopped, and — when the divergence guard had to step in but the run went
+        on — that it did: a run that survived five rollbacks at a 400x lower rate should not
+        read like a clean one."""
+        text = self._reason_sentence(reason)
+        events = self.guard.events if self.guard is not None else 0
+        if reason is StopReason.DIVERGED or not events:
+            return text
+        scale = float(self.lr_state["scale"]) if self.lr_state is not None else 1.0
+        steps = "one step" if events == 1 else f"{events} steps"
+        if scale < 1:
+            how = (
+                f", lowering the learning rate to x{scale:.3g} of the planned one: a lower "
+                "learning rate would waste fewer steps"
+            )
+        else:
+            how = " (history.events says why)"
+        return f"{text} The divergence guard rolled back {steps}{how}."
+
+    def _reason_sentence(self, reason: StopReason) -> str:
         m = self.monitor
         best = f"{m} {self.best_loss:.4g} at epoch {self.best_epoch}"
         kept = f"restored the best weights ({best})" if self.restore_best else f"best was {best}"
@@ -1261,7 +1304,9 @@ def fit(
             ``params={name: initial value}``.
         data: ``(X, y)`` (numpy, torch, pandas, pyarrow, lists), ``X`` alone for a loss that
             needs no targets, a ``torch.utils.data.Dataset`` or a ``DataLoader``. In-memory data
-            is moved to the device once and sliced by a seeded permutation.
+            is moved to the device once and sliced by a seeded permutation. Floating features
+            (and real targets) take the model's floating dtype: float32 for most models, float64
+            for a double-precision one.
         loss: a registry name (``"mse"``, ``"cross_entropy"``, ``"mae"``, ``"huber"``,
             ``"binary_cross_entropy"``, ``"nll"``), a :class:`descend.losses.Loss`, or any
             callable ``(pred, target) -> scalar tensor``.
@@ -1423,7 +1468,7 @@ def fit(
             target_kind=loss_obj.target_kind,
             stratify=True,
             device=dev,
-            dtype=torch.float32,
+            dtype=_data_dtype(module),
             seed=seed,
             batch_size=batch_size,
             shuffle=shuffle,

@@ -390,6 +390,8 @@ def lr_find(
                 "pass a module such as torch.nn.Linear(4, 1)",
             )
         )
+    from descend.train.loop import _data_dtype  # the loop imports the autopilot, which imports us
+
     make_tx, name = _make_tx(optimizer)
     loss_obj = L.get(loss)
     dev = D.resolve_device(device, model)
@@ -399,7 +401,7 @@ def lr_find(
         target_kind=loss_obj.target_kind,
         stratify=True,
         device=dev,
-        dtype=torch.float32,
+        dtype=_data_dtype(model),
         seed=seed,
         batch_size=batch_size,
         shuffle=True,
