@@ -747,3 +747,22 @@ def test_home_device_is_none_when_nothing_needs_moving():
     assert _home_device(torch.nn.Linear(2, 1), cpu) is None  # already there
     assert _home_device(torch.nn.ReLU(), cpu) is None  # no tensors
     assert _home_device(torch.nn.Linear(2, 1), torch.device("meta")) == cpu
+
+
+def test_an_objective_of_the_output_alone_trains_on_data_without_targets():
+    # fit(model, X, loss=lambda out: ...) — the docstring's "X alone for a loss that needs no
+    # targets" — used to fail with a raw TypeError (the loop called loss(out, None)).
+    X = torch.randn(200, 3, generator=torch.Generator().manual_seed(0))
+    model = torch.nn.Linear(3, 3)
+    with torch.no_grad():
+        start = float((model(X) ** 2).mean())
+    r = descend.fit(model, X, lambda out: (out**2).mean(), lr=3e-2, epochs=20, verbose=0, seed=0)
+    assert r.best_loss < 0.05 * start
+    # The two-argument form keeps working with X alone (it gets target=None) ...
+    r2 = descend.fit(
+        torch.nn.Linear(3, 3), X, lambda out, _: (out**2).mean(), lr=3e-2, epochs=2, verbose=0
+    )
+    assert math.isfinite(r2.best_loss)
+    # ... and a one-argument loss with targets is refused before step 1, with the fix.
+    with pytest.raises(InputError, match="pass X alone"):
+        descend.fit(torch.nn.Linear(3, 3), (X, X), lambda out: out.mean(), epochs=1, verbose=0)

@@ -1284,6 +1284,19 @@ def _keyword_params(fn: Callable[..., Any]) -> frozenset[str]:
     return frozenset(p.name for p in params if p.kind in kinds)
 
 
+def _takes_pred_only(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` takes exactly one positional argument (``loss(pred)``: an objective of
+    the model's output alone, for data without targets)."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return False
+    return sum(p.kind in kinds for p in params) == 1
+
+
 @dataclass(frozen=True, eq=False)
 class Loss:
     """A loss with its options, as the training loop uses it.
@@ -1300,7 +1313,9 @@ class Loss:
             ``None`` for custom losses (nothing to check).
 
     A custom ``fn`` gets ``weight=`` only if it names a ``weight`` parameter, and with
-    ``validate=True`` its result is checked to be a scalar tensor.
+    ``validate=True`` its result is checked to be a scalar tensor. A custom ``fn`` of one
+    positional argument is an objective of the output alone, ``fn(pred)``, for data without
+    targets (``fit(model, X, loss=lambda out: ...)``).
 
     Example:
         >>> import torch
@@ -1321,6 +1336,7 @@ class Loss:
         params = _keyword_params(self.fn)
         object.__setattr__(self, "_takes_weight", "weight" in params)
         object.__setattr__(self, "_takes_validate", "validate" in params)
+        object.__setattr__(self, "_pred_only", self.check is None and _takes_pred_only(self.fn))
 
     def __call__(
         self,
@@ -1345,7 +1361,20 @@ class Loss:
             extra["weight"] = weight
         if self._takes_validate:  # type: ignore[attr-defined]
             extra["validate"] = validate
-        out = self.fn(pred, target, **self.kwargs, **extra)
+        if self._pred_only:  # type: ignore[attr-defined]
+            if target is not None:
+                raise InputError(
+                    message(
+                        f"loss {self.name!r}",
+                        "takes only the model's output (one argument), so it cannot use targets",
+                        "data with targets y",
+                        "pass X alone, or give the loss a second parameter: "
+                        "def loss(pred, target): ...",
+                    )
+                )
+            out = self.fn(pred, **self.kwargs, **extra)
+        else:
+            out = self.fn(pred, target, **self.kwargs, **extra)
         if validate and not self._takes_validate:  # type: ignore[attr-defined]
             _check_scalar_result(self.name, out)
         return out
