@@ -766,3 +766,32 @@ def test_an_objective_of_the_output_alone_trains_on_data_without_targets():
     # ... and a one-argument loss with targets is refused before step 1, with the fix.
     with pytest.raises(InputError, match="pass X alone"):
         descend.fit(torch.nn.Linear(3, 3), (X, X), lambda out: out.mean(), epochs=1, verbose=0)
+
+
+def test_a_torch_optimizer_passed_to_fit_gets_descends_counterpart_in_the_error():
+    model = torch.nn.Linear(3, 2)
+    X, y = torch.randn(40, 3), torch.randint(0, 2, (40,))
+    cases = [
+        (torch.optim.SGD(model.parameters(), lr=0.1), "descend.optim.sgd(lr=0.1)"),
+        (
+            torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.8, nesterov=True),
+            "descend.optim.nesterov(lr=0.05, momentum=0.8)",
+        ),
+        (
+            torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95)),
+            "descend.optim.adamw(lr=0.0003, betas=(0.9, 0.95), weight_decay=0.01)",
+        ),
+        (torch.optim.LBFGS(model.parameters()), "LBFGS has no direct equivalent"),
+    ]
+    for opt, hint in cases:
+        with pytest.raises(ConfigError) as err:
+            descend.fit(model, (X, y), "cross_entropy", optimizer=opt, epochs=1, verbose=0)
+        text = str(err.value)
+        assert hint in text
+        assert "\n" not in text  # the optimizer's multi-line repr is not pasted in
+    # The hint is runnable: the suggested transform trains.
+    r = descend.fit(
+        model, (X, y), "cross_entropy", optimizer=descend.optim.nesterov(lr=0.05, momentum=0.8),
+        epochs=2, verbose=0,
+    )  # fmt: skip
+    assert math.isfinite(r.best_loss)

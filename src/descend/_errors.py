@@ -60,6 +60,8 @@ def describe(value: Any) -> str:
     if isinstance(value, str):
         return repr(value)
     text = repr(value)
+    if "\n" in text:  # a module's or an optimizer's repr: name the type, not its first lines
+        return f"{type(value).__name__} ({type(value).__module__})"
     return text if len(text) <= 60 else text[:57] + "..."
 
 

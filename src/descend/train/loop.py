@@ -255,6 +255,44 @@ def _data_dtype(module: torch.nn.Module) -> torch.dtype:
     return torch.float32
 
 
+def _torch_optimizer_hint(opt: Any) -> str | None:
+    """For a ``torch.optim`` optimizer passed to fit: descend's equivalent, with its settings
+    (fit steps with descend's transforms; ``as_torch_optimizer`` goes the other way)."""
+    if not isinstance(opt, torch.optim.Optimizer) or not opt.param_groups:
+        return None
+    g = opt.param_groups[0]
+    lr = g.get("lr")
+    lr = float(lr) if isinstance(lr, (int, float)) or torch.is_tensor(lr) else None
+    name = type(opt).__name__
+    args = [f"lr={lr:g}"] if lr is not None else []
+    if name == "SGD":
+        mom = g.get("momentum", 0) or 0
+        factory = "sgd" if not mom else ("nesterov" if g.get("nesterov") else "momentum")
+        if mom:
+            args.append(f"momentum={mom:g}")
+    elif name in {"Adam", "AdamW", "NAdam", "RMSprop", "Adagrad"}:
+        factory = name.lower()
+        betas = g.get("betas")
+        if betas is not None and tuple(float(b) for b in betas) != (0.9, 0.999):
+            args.append(f"betas=({float(betas[0]):g}, {float(betas[1]):g})")
+    else:
+        factory = None
+    wd = g.get("weight_decay", 0) or 0
+    if factory is not None and (wd or factory == "adamw"):
+        args.append(f"weight_decay={wd:g}")
+    if factory is None:
+        return (
+            f"fit steps with descend's optimizers (descend.optim: {name} has no direct "
+            "equivalent); pick one, e.g. optimizer=descend.optim.adamw(lr=3e-4), or leave "
+            "optimizer unset for the default policy"
+        )
+    return (
+        f"fit steps with descend's optimizers: pass optimizer=descend.optim.{factory}"
+        f"({', '.join(args)}), the counterpart of this torch.optim.{name} (fit finds the "
+        "model's parameters itself), or leave optimizer unset for the default policy"
+    )
+
+
 def _as_module(model: Any, params: dict[str, Any] | None) -> torch.nn.Module:
     if isinstance(model, torch.nn.Module):
         if params is not None:
@@ -1540,7 +1578,8 @@ def fit(
                     "fit(optimizer)",
                     "must be a descend Transform, a registry name, or None",
                     describe(optimizer),
-                    "use e.g. descend.optim.adamw(lr=3e-4) or optimizer='sgd'",
+                    _torch_optimizer_hint(optimizer)
+                    or "use e.g. descend.optim.adamw(lr=3e-4) or optimizer='sgd'",
                 )
             )
 
