@@ -164,6 +164,27 @@ def test_resume_refuses_a_different_optimizer(tmp_path):
         train(tmp_path, epochs=2, optimizer=descend.optim.sgd(lr=0.1), resume=True)
 
 
+def test_resume_on_other_data_warns_and_records_it(tmp_path):
+    train(tmp_path / "a", epochs=1)
+    # Same data: no warning, no event (the kill-and-resume tests demand bit-identical runs).
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same = train(tmp_path / "a", epochs=2, resume=True)
+    assert not any(e["kind"] == "resumed_on_other_data" for e in same.history.events)
+    # Other rows of the same shape: the run goes on, and says it is not an exact continuation.
+    train(tmp_path / "b", epochs=1)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    with pytest.warns(RuntimeWarning, match=r"other training data.*x_sum") as caught:
+        other = descend.fit(
+            model, data(seed=1), "mse", optimizer=descend.optim.adam(lr=1e-2), epochs=2,
+            patience=None, verbose=0, seed=1, checkpoint=tmp_path / "b", resume=True,
+        )  # fmt: skip
+    assert caught[0].filename == __file__  # the warning points at the caller's line
+    assert [e["kind"] for e in other.history.events] == ["resumed_on_other_data"]
+    assert other.epochs == 2
+
+
 def test_resume_from_missing_directory_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="must name a checkpoint directory"):
         descend.fit(

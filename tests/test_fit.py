@@ -795,3 +795,18 @@ def test_a_torch_optimizer_passed_to_fit_gets_descends_counterpart_in_the_error(
         epochs=2, verbose=0,
     )  # fmt: skip
     assert math.isfinite(r.best_loss)
+
+
+def test_a_model_with_nothing_to_train_is_refused_before_step_1():
+    X = torch.randn(20, 3)
+    with pytest.raises(InputError, match=r"ReLU without parameters.*torch\.nn\.Linear"):
+        descend.fit(torch.nn.ReLU(), (X, X), "mse", epochs=1, verbose=0)
+    frozen = torch.nn.Linear(3, 3).requires_grad_(False)
+    with pytest.raises(InputError, match=r"2 parameter tensors all have requires_grad=False"):
+        descend.fit(frozen, (X, X), "mse", epochs=1, verbose=0)
+
+
+def test_a_model_returning_a_tuple_is_named_plainly():
+    lstm = torch.nn.LSTM(3, 2, batch_first=True)
+    with pytest.raises(InputError, match="got a tuple of 2 items — return the prediction"):
+        descend.fit(lstm, (torch.randn(20, 1, 3), torch.randn(20)), "mse", epochs=1, verbose=0)

@@ -290,6 +290,8 @@ def test_errors_name_the_problem(iris):
         Classifier(max_epochs=0).fit(X, y)
     with pytest.raises(ValueError, match=r"validation_fraction must be in \[0, 1\)"):
         Regressor(validation_fraction=1.5).fit(X, y)
+    with pytest.raises(ValueError, match=r"Regressor: lr must be a finite number > 0.*got -1"):
+        Regressor(lr=-1).fit(X, y)
     with pytest.raises(
         ValueError,
         match=r"hidden_layer_sizes must be a sequence of layer widths.*got 32 — pass e\.g\. hidden_layer_sizes=\(32,\)",

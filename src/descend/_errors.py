@@ -60,8 +60,11 @@ def describe(value: Any) -> str:
     if isinstance(value, str):
         return repr(value)
     text = repr(value)
-    if "\n" in text:  # a module's or an optimizer's repr: name the type, not its first lines
-        return f"{type(value).__name__} ({type(value).__module__})"
+    if "\n" in text:  # a module's, an optimizer's or a container's repr: name the type
+        kind, module = type(value).__name__, type(value).__module__
+        if isinstance(value, (tuple, list, dict)):
+            return f"a {kind} of {len(value)} items"
+        return f"{kind} ({module})" if module != "builtins" else f"a {kind}"
     return text if len(text) <= 60 else text[:57] + "..."
 
 

@@ -305,6 +305,15 @@ class _Estimator(BaseEstimator):
                 "must be an integer >= 1, or None to size it from the data",
                 "pass e.g. batch_size=128",
             )
+        lr = self.lr
+        if lr is not None and (
+            isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not 0 < lr < float("inf")
+        ):
+            raise bad(
+                "lr",
+                "must be a finite number > 0, or None for the default policy's choice",
+                "pass e.g. lr=1e-3, or leave it unset",
+            )
         vf = self.validation_fraction
         if vf is not None and (
             isinstance(vf, bool) or not isinstance(vf, numbers.Real) or not 0 <= vf < 1

@@ -244,6 +244,36 @@ def _home_device(module: torch.nn.Module, dev: torch.device) -> torch.device | N
     return None if home == dev else home
 
 
+def _check_trainable(module: torch.nn.Module) -> None:
+    """Refuse a model with nothing to train, before any data is touched."""
+    total = sum(1 for _ in module.parameters())
+    if any(p.requires_grad for p in module.parameters()):
+        return
+    got = (
+        f"a {type(module).__name__} without parameters"
+        if total == 0
+        else f"a {type(module).__name__} whose {total} parameter tensors all have requires_grad=False"
+    )
+    raise InputError(
+        message(
+            "the model",
+            "must have trainable parameters (fit minimizes the loss over them)",
+            got,
+            "unfreeze what should train (p.requires_grad_(True))"
+            if total
+            else "train a model with layers that have weights (e.g. torch.nn.Linear); for a "
+            "plain function, pass its parameters with params={name: initial value}",
+        )
+    )
+
+
+def _same_number(a: Any, b: Any) -> bool:
+    """Equal, or both floats within 1e-9 relative (a JSON round trip keeps them exact anyway)."""
+    if isinstance(a, float) and isinstance(b, (int, float)):
+        return math.isclose(a, float(b), rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
+
+
 def _data_dtype(module: torch.nn.Module) -> torch.dtype:
     """The floating dtype the data is converted to: the model's own (a float64 model trains on
     float64 data, a bfloat16 one on bfloat16), float32 for a model without floating parameters.
@@ -437,6 +467,7 @@ class Loop:
         self._ep_lrs: list[float] = []
         self._interrupt: int | None = None
         self._resumed_from: Path | None = None
+        self._data_sig: dict[str, Any] | None = None
 
         self._metric_fn, self.history.metric_name = self._pick_metric(metric)
         self.monitor = "val_loss" if bundle.val is not None else "train_loss"
@@ -983,11 +1014,48 @@ class Loop:
             },
             "guard": self.guard.state_dict() if self.guard is not None else None,
             "model_signature": {k: list(v.shape) for k, v in self.model.state_dict().items()},
+            "data_signature": self._data_signature(),
             "opt_signature": C.tree_signature(self.opt_state),
             "optimizer": self.optimizer_desc,
             "autopilot": self.autopilot,
             "config": self.config,
         }
+
+    def _data_signature(self) -> dict[str, Any]:
+        """What identifies the training data, cheaply: sizes, steps per epoch and, for data in
+        memory, float64 sums of the features and targets (one pass, once per run). A resumed run
+        on other data cannot continue exactly where the first one was, and says so."""
+        if self._data_sig is None:
+            b = self.bundle
+            sig: dict[str, Any] = {
+                "n_train": b.n_train,
+                "n_val": b.n_val,
+                "steps_per_epoch": b.train.num_batches,
+            }
+            src = b.train
+            if src.resident:
+                sig["x_sum"] = float(src.X.double().sum())
+                if src.y is not None:
+                    sig["y_sum"] = float(src.y.double().sum())
+            self._data_sig = sig
+        return self._data_sig
+
+    def _check_resumed_data(self, theirs: dict[str, Any] | None) -> None:
+        if not theirs:  # a checkpoint from before the signature
+            return
+        own = self._data_signature()
+        differ = [k for k in own if k in theirs and not _same_number(own[k], theirs[k])]
+        if not differ:
+            return
+        shown = ", ".join(f"{k} {theirs[k]:.6g} then, {own[k]:.6g} now" for k in differ)
+        text = (
+            f"resumed on other training data than the checkpoint's run ({shown}): the run goes "
+            "on from its saved weights and optimizer state, but not exactly where it was — pass "
+            "the original data to continue it exactly"
+        )
+        # the caller's line: _check_resumed_data < load_checkpoint < Loop.run < fit < caller
+        warnings.warn(f"descend: {text}", RuntimeWarning, stacklevel=5)
+        self.record_event("resumed_on_other_data", text)
 
     def _snapshot_epoch(self) -> bool:
         """Whether the start of epoch ``self.epoch`` (0-based) is a guard snapshot point."""
@@ -1124,6 +1192,7 @@ class Loop:
             self.guard.load_state_dict(m["guard"])
         self._set_rng_state(ckpt.rng)
         self._resumed_from = ckpt.path
+        self._check_resumed_data(m.get("data_signature"))
 
     # ---- signals -------------------------------------------------------------------------
 
@@ -1485,6 +1554,7 @@ def fit(
     D.seed_all(seed)
 
     module = _as_module(model, params)
+    _check_trainable(module)
     loss_obj = L.get(loss)
     dev = D.resolve_device(device, module)
     # Train on `dev`, but hand the model back where the caller had it: code written against a
