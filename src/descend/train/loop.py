@@ -267,6 +267,15 @@ def _check_trainable(module: torch.nn.Module) -> None:
     )
 
 
+def _sum64(t: torch.Tensor, chunk: int = 1 << 22) -> float:
+    """The float64 sum of ``t``'s elements, in chunks of rows: ``sum(dtype=float64)`` makes a
+    whole float64 copy first, twice the data's memory on a large resident set."""
+    if t.dim() == 0 or t.numel() == 0:
+        return float(t.double().sum())
+    rows = max(1, chunk // max(1, t[0].numel()))
+    return float(sum(t[i : i + rows].double().sum() for i in range(0, t.shape[0], rows)))
+
+
 def _same_number(a: Any, b: Any) -> bool:
     """Equal, or both floats within 1e-9 relative (a JSON round trip keeps them exact anyway)."""
     if isinstance(a, float) and isinstance(b, (int, float)):
@@ -1034,9 +1043,9 @@ class Loop:
             }
             src = b.train
             if src.resident:
-                sig["x_sum"] = float(src.X.double().sum())
+                sig["x_sum"] = _sum64(src.X)
                 if src.y is not None:
-                    sig["y_sum"] = float(src.y.double().sum())
+                    sig["y_sum"] = _sum64(src.y)
             self._data_sig = sig
         return self._data_sig
 
