@@ -362,3 +362,30 @@ def test_bf16_training_keeps_autograds_path(monkeypatch):
         mlp(6, 2, (8,), seed=0), (X, y), lr=1e-3, epochs=1, precision="bf16", verbose=0, seed=0
     )
     assert calls == [] and r.steps > 0
+
+
+@pytest.mark.parametrize("task", ["regression", "classification"])
+def test_evaluation_of_a_plain_mlp_equals_the_general_path_exactly(task):
+    # evaluate() takes one forward pass without the train/eval switch for a plain MLP; the
+    # numbers must be the general path's to the bit (early stopping compares them).
+    X, y = _data()
+    if task == "classification":
+        y, loss, out = (y[:, 0] > 0).long(), "cross_entropy", 2
+    else:
+        loss, out = "mse", 2
+    grab = {}
+
+    class Grab(descend.train.Callback):
+        wants_steps = False
+
+        def on_fit_end(self, loop):
+            grab["loop"] = loop
+
+    model = mlp(6, out, (16,), seed=0)
+    descend.fit(model, (X, y), loss, lr=3e-3, epochs=2, verbose=0, seed=0, callbacks=[Grab()])
+    loop = grab["loop"]
+    fast = loop.evaluate(loop.bundle.val)
+    model.register_forward_hook(lambda m, i, o: None)  # the general path from here on
+    assert not loop._mlp.usable(loop.bundle.val.X, training=False)
+    assert loop.evaluate(loop.bundle.val) == fast
+    assert fast[1] is not None  # the metric (accuracy or R²) is computed too
