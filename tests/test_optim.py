@@ -452,3 +452,44 @@ def test_adamw_unknown_mask_name_is_refused_at_init():
 def test_rosenbrock_start_value():
     # guards the contract test's margin: f(-1.2, 1) = 24.2
     assert math.isclose(rosenbrock(torch.tensor([-1.2, 1.0])).item(), 24.2, rel_tol=1e-6)
+
+
+def test_fused_apply_reusing_its_arguments_equals_fresh_ones():
+    # update_and_apply reuses the last step's kernel arguments while the gradients, parameters
+    # and moments are the same tensor objects (fit's plain-MLP path hands over one gradient
+    # buffer every step). It must give the same parameters, bit for bit, as fresh gradients,
+    # and notice a replaced moment tensor or a parameter moved to other storage.
+    from descend.transforms import update_and_apply
+
+    g = torch.Generator().manual_seed(0)
+    shapes = {"w": (4, 3), "b": (4,)}
+    init = {n: torch.randn(s, generator=g) for n, s in shapes.items()}
+    grads_seq = [{n: torch.randn(s, generator=g) for n, s in shapes.items()} for _ in range(6)]
+    sched = schedules.cosine(10, warmup_steps=2)
+
+    def run(reuse, tamper=False):
+        tx = optim.adamw(lr=1e-2, weight_decay=0.1, schedule=sched)
+        params = {n: t.clone() for n, t in init.items()}
+        state = tx.init(params)
+        buf = {n: torch.empty(s) for n, s in shapes.items()}
+        for i, gr in enumerate(grads_seq):
+            if reuse:  # the same tensor objects every step, written in place
+                for n in buf:
+                    buf[n].copy_(gr[n])
+                step_grads = dict(buf)
+            else:
+                step_grads = {n: t.clone() for n, t in gr.items()}
+            if tamper and i == 2:
+                adam = state[0]
+                adam["exp_avg"]["w"] = adam["exp_avg"]["w"].clone()  # replaced, same values
+            if tamper and i == 4:
+                params["b"].data = params["b"].data.clone()  # other storage, same values
+            state = update_and_apply(tx, step_grads, state, params)
+        return params, state[0]
+
+    fresh, fresh_adam = run(reuse=False)
+    for got, adam in (run(reuse=True), run(reuse=True, tamper=True)):
+        for n in shapes:
+            assert torch.equal(got[n], fresh[n])
+            for key in ("exp_avg", "exp_avg_sq"):  # the state the dict holds was updated
+                assert torch.equal(adam[key][n], fresh_adam[key][n])

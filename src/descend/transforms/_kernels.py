@@ -125,20 +125,15 @@ class AdamKernel:
         return _supported("adam", _ADAMW if _ADAM is not None else None, _probe_adam, tensor)
 
     def __call__(self, out, gs, ms, vs, v_maxes, t: int, lr: float, wd: float = 0.0) -> None:
-        _run_adam(
-            out,
-            gs,
-            ms,
-            vs,
-            v_maxes if self.amsgrad else [],
-            self._steps(gs[0].device, t, len(gs)),
-            amsgrad=self.amsgrad,
-            lr=lr,
-            b1=self.b1,
-            b2=self.b2,
-            eps=self.eps,
-            wd=wd,
-        )
+        self.run(gs[0].device, out, gs, ms, vs, v_maxes, t, lr, wd)
+
+    def run(self, device, out, gs, ms, vs, v_maxes, t: int, lr: float, wd: float) -> None:
+        """``__call__`` with the device given (a caller that kept it skips the lookup)."""
+        (_ADAMW if wd else _ADAM)(  # type: ignore[misc]
+            out, gs, ms, vs, v_maxes if self.amsgrad else [], self._steps(device, t, len(gs)),
+            amsgrad=self.amsgrad, lr=lr, beta1=self.b1, beta2=self.b2, weight_decay=wd,
+            eps=self.eps, maximize=False, grad_scale=None, found_inf=None,
+        )  # fmt: skip
 
 
 class SGDKernel:
