@@ -98,6 +98,29 @@ def test_accepts_a_name_a_dict_or_pairs():
         ]
 
 
+def test_accepts_what_a_torch_optimizer_takes():
+    # torch.optim.Adam(model.parameters()) is how everyone builds an optimizer: the adapter
+    # takes the same (a generator of tensors, named "0", "1", ... as in torch's own state),
+    # named_parameters() as a generator, and parameter groups without options; the
+    # trajectory is the module form's, bit for bit.
+    batches = _batches(20)
+    ref = _model()
+    _torch_loop(ref, optim.as_torch_optimizer(optim.adam(lr=1e-2), ref), batches)
+    for make in (
+        lambda m: m.parameters(),
+        lambda m: m.named_parameters(),
+        lambda m: [{"params": m.parameters()}],
+        lambda m: [{"params": [p]} for p in m.parameters()],
+    ):
+        model = _model()
+        opt = optim.as_torch_optimizer(optim.adam(lr=1e-2), make(model))
+        _torch_loop(model, opt, batches)
+        for a, b in zip(ref.parameters(), model.parameters()):
+            assert torch.equal(a, b)
+    names = optim.as_torch_optimizer("adam", _model().parameters()).state_dict()
+    assert names["param_groups"][0]["params"] == ["0", "1", "2", "3"]
+
+
 def test_zero_grad_closure_and_missing_grads():
     model = _model()
     opt = optim.as_torch_optimizer(optim.sgd(lr=0.1), model)
@@ -275,8 +298,11 @@ def test_load_state_dict_errors():
 
 def test_bad_parameters_are_refused():
     with pytest.raises(
-        ConfigError, match=r"as_torch_optimizer: parameters must be a module or a non-empty"
+        ConfigError, match=r"as_torch_optimizer: parameters must be a module, model.parameters"
     ):
         optim.as_torch_optimizer(optim.adam(), {})
+    with pytest.raises(ConfigError, match=r"cannot carry their own options.*got groups with 'lr'"):
+        model = _model()
+        optim.as_torch_optimizer("adam", [{"params": model.parameters(), "lr": 0.1}])
     with pytest.raises(ConfigError, match=r"optim.get: optimizer must be one of"):
         optim.as_torch_optimizer("adamm", _model())

@@ -1351,6 +1351,45 @@ class TorchOptimizer(torch.optim.Optimizer):
         self._seen_lr = state_dict.get("synced_lr", group["lr"])
 
 
+def _adapter_params(source: Any) -> Params:
+    """``{name: tensor}`` from what a torch optimizer takes: a module, a ``{name: tensor}``
+    mapping, ``named_parameters()``, plain ``model.parameters()`` (named "0", "1", ... like
+    torch's own optimizer state) or parameter groups without per-group options."""
+    if isinstance(source, torch.nn.Module):
+        return named_params(source)
+    if isinstance(source, Mapping):
+        return dict(source)
+    if isinstance(source, torch.Tensor):
+        return {"0": source}
+    try:
+        items = list(source)
+    except TypeError:
+        return {}
+    if items and all(isinstance(g, Mapping) for g in items):  # parameter groups
+        options = sorted({k for g in items for k in g if k != "params"})
+        if options:
+            raise ConfigError(
+                message(
+                    "as_torch_optimizer: parameter groups",
+                    "cannot carry their own options (the transform is one optimizer over "
+                    "every parameter)",
+                    f"groups with {', '.join(repr(k) for k in options)}",
+                    "pass the parameters alone, and give some of them another treatment with "
+                    "descend.transforms.masked (e.g. no weight decay on biases: adamw's mask)",
+                )
+            )
+        flat: list[Any] = []
+        for g in items:
+            ps = g.get("params", [])
+            flat.extend([ps] if isinstance(ps, torch.Tensor) else list(ps))
+        items = flat
+    if items and all(isinstance(p, torch.Tensor) for p in items):
+        return {str(i): p for i, p in enumerate(items)}
+    if all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) for p in items):
+        return dict(items)
+    return {str(i): p for i, p in enumerate(items)}  # refused below, naming the bad item
+
+
 def as_torch_optimizer(
     tx: Transform | str,
     model_or_named_params: torch.nn.Module | Params | Iterable[tuple[str, torch.Tensor]],
@@ -1367,6 +1406,12 @@ def as_torch_optimizer(
     that readable pair, bit for bit what driving the transform by hand gives. Schedule-free optimizers need ``opt.train()``/``opt.eval()`` (see
     :class:`TorchOptimizer`).
 
+    The parameters come as a torch optimizer takes them: the module, ``model.parameters()``
+    (the state then names them ``"0"``, ``"1"``, ... as torch's own does),
+    ``model.named_parameters()``, a ``{name: tensor}`` dict, or parameter groups without
+    options of their own (one transform trains them all; per-group options are refused with
+    the alternative, ``descend.transforms.masked``).
+
     Example:
         >>> import torch
         >>> from descend import optim
@@ -1380,13 +1425,14 @@ def as_torch_optimizer(
         ...     sched.step()
     """
     tx = get(tx)
-    params = named_params(model_or_named_params)
+    params = _adapter_params(model_or_named_params)
     bad = [n for n, p in params.items() if not isinstance(p, torch.Tensor)]
     if not params or bad:
         raise ConfigError(
             message(
                 "as_torch_optimizer: parameters",
-                "must be a module or a non-empty {name: tensor} mapping",
+                "must be a module, model.parameters(), named_parameters(), or a non-empty "
+                "{name: tensor} mapping",
                 describe(model_or_named_params) if not params else f"non-tensor {bad[0]!r}",
                 "pass model or dict(model.named_parameters())",
             )
