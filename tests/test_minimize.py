@@ -54,3 +54,11 @@ def test_non_scalar_objective_is_refused():
 def test_bad_method_is_refused():
     with pytest.raises(ConfigError):
         descend.minimize(rosen, torch.zeros(2), method="no_such_optimizer")
+
+
+@pytest.mark.parametrize("method", ["lbfgs", "adam"])
+def test_an_objective_cut_off_from_the_parameters_is_refused(method):
+    # A detached objective used to die inside autograd ("element 0 of tensors does not require
+    # grad"); it is the user's bug, and the message says where to look.
+    with pytest.raises(InputError, match=r"must compute its result.*\.detach\(\)"):
+        descend.minimize(lambda x: x.detach().sum(), torch.ones(2), method=method)

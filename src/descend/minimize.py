@@ -67,6 +67,17 @@ def _call(fn: Callable, params: dict[str, torch.Tensor], kind: str) -> torch.Ten
                 "reduce the objective to one number, e.g. return loss.sum()",
             )
         )
+    if torch.is_grad_enabled() and not value.requires_grad:
+        raise InputError(
+            message(
+                "minimize(fn)",
+                "must compute its result from the parameters with torch operations (the "
+                "gradient flows back through them)",
+                "a result that does not depend on them (no gradient)",
+                "do not call .detach(), .item(), .numpy() or float() on the way, and use the "
+                "tensors fn receives, not copies of them",
+            )
+        )
     return value.reshape(())
 
 
