@@ -810,3 +810,48 @@ def test_a_model_returning_a_tuple_is_named_plainly():
     lstm = torch.nn.LSTM(3, 2, batch_first=True)
     with pytest.raises(InputError, match="got a tuple of 2 items — return the prediction"):
         descend.fit(lstm, (torch.randn(20, 1, 3), torch.randn(20)), "mse", epochs=1, verbose=0)
+
+
+def test_callbacks_are_checked_before_training_and_one_alone_is_accepted():
+    X = torch.randn(40, 3)
+    with pytest.raises(ConfigError, match=r"fit\(callbacks\) must be a list of Callback"):
+        descend.fit(torch.nn.Linear(3, 1), (X, X[:, 0]), "mse", callbacks=print, verbose=0)
+
+    class Half:  # duck-typed, but without on_step_end / on_fit_end: it would fail mid-run
+        def on_fit_start(self, loop):
+            pass
+
+        def on_epoch_end(self, loop):
+            pass
+
+    with pytest.raises(ConfigError, match="without on_step_end, on_fit_end"):
+        descend.fit(torch.nn.Linear(3, 1), (X, X[:, 0]), "mse", callbacks=[Half()], verbose=0)
+
+    seen = []
+
+    class Count(descend.train.Callback):
+        wants_steps = False
+
+        def on_epoch_end(self, loop):
+            seen.append(loop.epoch)
+
+    descend.fit(
+        torch.nn.Linear(3, 1), (X, X[:, 0]), "mse", lr=1e-2, epochs=3, callbacks=Count(), verbose=0
+    )
+    assert seen == [1, 2, 3]
+
+
+def test_a_divergence_on_unscaled_data_names_the_scale():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 4)) * 1e30
+    y = (X[:, 0] > 0).astype(int)
+    r = descend.fit(mlp(4, 16, 2), (X, y), "cross_entropy", lr=1e-2, epochs=5, verbose=0, seed=0)
+    assert r.stop_reason is StopReason.DIVERGED
+    assert re.search(r"the features reach [\d.]+e\+30 in absolute value", r.stop_message)
+    assert "standardize them" in r.stop_message
+    # a divergence on standardized data does not blame the scale
+    bad = descend.fit(
+        mlp(4, 16, 2), (X / 1e30, y), "cross_entropy", lr=1e6, epochs=5, verbose=0, seed=0
+    )
+    if bad.stop_reason is StopReason.DIVERGED:
+        assert "standardize" not in bad.stop_message

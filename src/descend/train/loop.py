@@ -244,6 +244,42 @@ def _home_device(module: torch.nn.Module, dev: torch.device) -> torch.device | N
     return None if home == dev else home
 
 
+#: After a divergence, data beyond this magnitude is named as the likely cause (see _scale_hint).
+UNSCALED = 1e3
+
+_HOOKS = ("on_fit_start", "on_step_end", "on_epoch_end", "on_fit_end")
+
+
+def _callbacks(callbacks: Any) -> list[Callback]:
+    """``fit(callbacks=...)`` as a list: one Callback alone is accepted too; anything without
+    the four hooks is refused before training (it would fail at its first hook, mid-run)."""
+    if isinstance(callbacks, Callback):
+        return [callbacks]
+    fix = (
+        "pass a list of objects that subclass descend.train.Callback (override on_epoch_end, "
+        "on_step_end, ...)"
+    )
+    if isinstance(callbacks, (str, bytes)) or not isinstance(callbacks, (list, tuple)):
+        raise ConfigError(
+            message(
+                "fit(callbacks)", "must be a list of Callback objects", describe(callbacks), fix
+            )
+        )
+    for cb in callbacks:
+        missing = [h for h in _HOOKS if not callable(getattr(cb, h, None))]
+        if missing:
+            raise ConfigError(
+                message(
+                    "fit(callbacks)",
+                    "must hold Callback objects (with on_fit_start, on_step_end, on_epoch_end "
+                    "and on_fit_end)",
+                    f"{describe(cb)}, without {', '.join(missing)}",
+                    fix,
+                )
+            )
+    return list(callbacks)
+
+
 def _check_trainable(module: torch.nn.Module) -> None:
     """Refuse a model with nothing to train, before any data is touched."""
     total = sum(1 for _ in module.parameters())
@@ -928,6 +964,25 @@ class Loop:
             how = " (history.events says why)"
         return f"{text} The divergence guard rolled back {steps}{how}."
 
+    def _scale_hint(self) -> str:
+        """After a divergence: whether unscaled data is the likelier cause than the rate."""
+        src = self.bundle.train
+        if not src.resident:
+            return ""
+        parts = []
+        for name, t in (("features", src.X), ("targets", src.y)):
+            if t is None or not t.is_floating_point() or t.numel() == 0:
+                continue
+            top = float(t.detach().abs().max())
+            if top > UNSCALED:
+                parts.append(f"the {name} reach {top:.3g} in absolute value")
+        if not parts:
+            return ""
+        return (
+            f" Also, {' and '.join(parts)}: standardize them (mean 0, standard deviation 1, "
+            "e.g. sklearn's StandardScaler; the descend CLI and estimators do it for you)."
+        )
+
     def _reason_sentence(self, reason: StopReason) -> str:
         m = self.monitor
         best = f"{m} {self.best_loss:.4g} at epoch {self.best_epoch}"
@@ -975,11 +1030,11 @@ class Loop:
                 return (
                     f"Diverged in epoch {self.epoch + 1}: the loss kept blowing up through "
                     f"{self.guard.events} rollbacks{lowered}; {kept}. Try a much lower learning "
-                    "rate or max_grad_norm=1.0."
+                    f"rate or max_grad_norm=1.0.{self._scale_hint()}"
                 )
             return (
                 f"Diverged in epoch {self.epoch}: the training loss became non-finite; "
-                f"{kept}. Try a lower learning rate or max_grad_norm=1.0."
+                f"{kept}. Try a lower learning rate or max_grad_norm=1.0.{self._scale_hint()}"
             )
         if reason is StopReason.INTERRUPTED:
             return f"Interrupted by the user during epoch {self.epoch + 1}; {kept}."
@@ -1593,6 +1648,7 @@ def fit(
 
     module = _as_module(model, params)
     _check_trainable(module)
+    callbacks = _callbacks(callbacks)
     loss_obj = L.get(loss)
     dev = D.resolve_device(device, module)
     # Train on `dev`, but hand the model back where the caller had it: code written against a
