@@ -640,3 +640,38 @@ def test_without_held_out_rows_training_loss_decides(tmp_path, monkeypatch):
     summary = json.loads((tmp_path / "r/summary.json").read_text())
     assert summary["monitor"] == "train_loss" and summary["test"] is None
     assert summary["rows"] == {"train": 40, "validation": 0, "test": 0}
+
+
+def test_a_run_directory_that_cannot_be_made_is_refused_before_training(tmp_path, monkeypatch):
+    write_linear_csv(tmp_path / "lin.csv", n=40)
+    (tmp_path / "afile").write_text("x")
+    for option in (["--out", "afile/run"], ["--runs-dir", "afile/runs"]):
+        result = invoke(
+            ["fit", "lin.csv", "--target", "price", "--epochs", "2", *option],
+            tmp_path,
+            monkeypatch,
+        )
+        assert result.exit_code == 2
+        assert "must be creatable" in result.stderr and "afile' is a file" in result.stderr
+        assert "epoch" not in result.stdout  # refused before any training
+    # The probe leaves nothing behind where it can create.
+    result = invoke(
+        ["fit", "lin.csv", "--target", "price", "--epochs", "2", "-q", "--out", "new/run"],
+        tmp_path,
+        monkeypatch,
+    )
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["run"]
+
+
+def test_an_output_file_that_cannot_be_written_is_a_clean_error(tiny_run, tmp_path, monkeypatch):
+    pcsv.write_csv(pa.table({"a": [1.0], "b": [0.0], "c": [2.0]}), tmp_path / "new.csv")
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", kwargs.get("dir"))
+
+    monkeypatch.setattr(runs.tempfile, "mkstemp", denied)
+    result = invoke(["predict", "r", "new.csv", "-o", "pred.csv"], tmp_path, monkeypatch)
+    assert result.exit_code == 2, result.output
+    assert "could not use 'pred.csv': Permission denied" in result.stderr
+    assert "Traceback" not in result.output + result.stderr

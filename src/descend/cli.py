@@ -80,6 +80,16 @@ def _guard(fn):
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except BrokenPipeError:  # `descend runs | head`
             raise typer.Exit(0) from None
+        except OSError as exc:  # a path the command cannot create, write or read
+            if exc.filename is None:
+                raise
+            where = repr(str(exc.filename))
+            _error(
+                f"could not use {where}: {exc.strerror or type(exc).__name__} — choose a path you "
+                "can write to (or read from), or fix its permissions or free space; nothing "
+                "already saved was changed"
+            )
+            raise typer.Exit(EXIT_BAD_INPUT) from None
 
     return wrapper
 

@@ -472,7 +472,10 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` so that a reader sees the old file or the new one, never a
     part: a temporary file in the same directory, flushed to disk, then ``os.replace``."""
     target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as exc:  # name the file asked for, not the temporary one
+        raise OSError(exc.errno, exc.strerror, str(target)) from None
     try:
         os.chmod(tmp, _file_mode())  # mkstemp makes 0600; a run's files are as readable as any
         with os.fdopen(fd, "wb") as f:
@@ -567,6 +570,33 @@ def check_out_dir(out: str | os.PathLike[str]) -> Path:
             )
         )
     return p
+
+
+def check_can_create(path: str | os.PathLike[str]) -> None:
+    """Refuse, before any work, a run directory that cannot be created: its nearest existing
+    ancestor must be a directory in which a directory can be made (tried, then removed — a
+    permission check alone says yes to root on a read-only or virtual filesystem)."""
+    p = Path(path).absolute()
+    base = p
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    problem = None
+    if not base.is_dir():
+        problem = f"'{base}' is a file"
+    else:
+        try:
+            os.rmdir(tempfile.mkdtemp(dir=base, prefix=".descend-probe-"))
+        except OSError as exc:
+            problem = f"a directory cannot be made in '{base}' ({exc.strerror})"
+    if problem is not None:
+        raise ConfigError(
+            message(
+                f"run directory '{path}'",
+                "must be creatable",
+                problem,
+                "pass --out (or --runs-dir) on a disk you can write to",
+            )
+        )
 
 
 def make_run_dir(
@@ -1002,6 +1032,8 @@ def train(
     started_at, t0 = _now(), time.perf_counter()
     if cfg.out is not None and resume_run is None:
         check_out_dir(cfg.out)
+    if resume_run is None:
+        check_can_create(cfg.out if cfg.out is not None else cfg.runs_dir)
     seed = cfg.seed if cfg.seed is not None else random.SystemRandom().randrange(2**31)
     data = prepare_data(cfg, seed, notify)
     pre = data.preprocessor
