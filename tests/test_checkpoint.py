@@ -271,3 +271,16 @@ def test_bad_checkpoint_every_is_refused_naming_the_choices(tmp_path, bad):
     text = str(e.value)
     assert "checkpoint_every must be 'auto', 'epoch' or an integer >= 1" in text
     assert "checkpoint_every=500" in text
+
+
+def test_resume_on_other_streamed_data_warns_too(tmp_path):
+    # A DataLoader has no sums to compare, only sizes; those may be None-free ints or not.
+    from torch.utils.data import DataLoader, TensorDataset
+
+    X, y = (torch.as_tensor(a) for a in data())
+    loader = lambda n: DataLoader(TensorDataset(X[:n], y[:n]), batch_size=20)  # noqa: E731
+    kw = dict(optimizer=descend.optim.adam(lr=1e-2), verbose=0, checkpoint=tmp_path)
+    descend.fit(torch.nn.Linear(4, 1), loader(200), "mse", epochs=1, seed=0, **kw)
+    with pytest.warns(RuntimeWarning, match="steps_per_epoch 10 then, 5 now"):
+        r = descend.fit(torch.nn.Linear(4, 1), loader(100), "mse", epochs=2, resume=True, **kw)
+    assert r.history.events[-1]["kind"] == "resumed_on_other_data"

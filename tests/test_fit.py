@@ -855,3 +855,20 @@ def test_a_divergence_on_unscaled_data_names_the_scale():
     )
     if bad.stop_reason is StopReason.DIVERGED:
         assert "standardize" not in bad.stop_message
+
+
+def test_callbacks_may_be_any_iterable():
+    X = torch.randn(30, 3)
+    seen = []
+
+    class Count(descend.train.Callback):
+        wants_steps = False
+
+        def on_epoch_end(self, loop):
+            seen.append(loop.epoch)
+
+    gen = (cb for cb in [Count()])
+    descend.fit(
+        torch.nn.Linear(3, 1), (X, X[:, 0]), "mse", lr=1e-2, epochs=2, callbacks=gen, verbose=0
+    )
+    assert seen == [1, 2]

@@ -23,7 +23,7 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -259,12 +259,16 @@ def _callbacks(callbacks: Any) -> list[Callback]:
         "pass a list of objects that subclass descend.train.Callback (override on_epoch_end, "
         "on_step_end, ...)"
     )
-    if isinstance(callbacks, (str, bytes)) or not isinstance(callbacks, (list, tuple)):
+    try:
+        if isinstance(callbacks, (str, bytes, Mapping)) or callable(callbacks):
+            raise TypeError
+        callbacks = list(callbacks)
+    except TypeError:
         raise ConfigError(
             message(
                 "fit(callbacks)", "must be a list of Callback objects", describe(callbacks), fix
             )
-        )
+        ) from None
     for cb in callbacks:
         missing = [h for h in _HOOKS if not callable(getattr(cb, h, None))]
         if missing:
@@ -310,6 +314,10 @@ def _sum64(t: torch.Tensor, chunk: int = 1 << 22) -> float:
         return float(t.double().sum())
     rows = max(1, chunk // max(1, t[0].numel()))
     return float(sum(t[i : i + rows].double().sum() for i in range(0, t.shape[0], rows)))
+
+
+def _num(v: Any) -> str:
+    return f"{v:.6g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
 
 
 def _same_number(a: Any, b: Any) -> bool:
@@ -973,7 +981,8 @@ class Loop:
         for name, t in (("features", src.X), ("targets", src.y)):
             if t is None or not t.is_floating_point() or t.numel() == 0:
                 continue
-            top = float(t.detach().abs().max())
+            lo, hi = torch.aminmax(t.detach())  # no |t| copy of a large resident set
+            top = max(-float(lo), float(hi))
             if top > UNSCALED:
                 parts.append(f"the {name} reach {top:.3g} in absolute value")
         if not parts:
@@ -1140,7 +1149,7 @@ class Loop:
         differ = [k for k in own if k in theirs and not _same_number(own[k], theirs[k])]
         if not differ:
             return
-        shown = ", ".join(f"{k} {theirs[k]:.6g} then, {own[k]:.6g} now" for k in differ)
+        shown = ", ".join(f"{k} {_num(theirs[k])} then, {_num(own[k])} now" for k in differ)
         text = (
             f"resumed on other training data than the checkpoint's run ({shown}): the run goes "
             "on from its saved weights and optimizer state, but not exactly where it was — pass "
