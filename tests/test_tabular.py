@@ -61,6 +61,23 @@ def test_tsv_gzip_and_sniffed_txt(tmp_path):
         assert table["y"].to_pylist() == [2, 4], name
 
 
+def test_semicolon_csv_from_a_spreadsheet_with_decimal_commas(tmp_path):
+    # A European spreadsheet's "CSV": semicolons between fields, commas in the numbers. Read
+    # as commas it was one column named 'x;y'.
+    (tmp_path / "eu.csv").write_text("x;y;name\n0,5;-1,25;a\n2;3,75;b\n")
+    table = read_table(tmp_path / "eu.csv")
+    assert table.column_names == ["x", "y", "name"]
+    assert table["x"].to_pylist() == [0.5, 2.0] and table["y"].to_pylist() == [-1.25, 3.75]
+    # semicolons with decimal points keep the point; a comma header stays comma-separated
+    (tmp_path / "p.csv").write_text("x;y\n0.5;1,5\n")  # a point anywhere: no decimal comma
+    assert read_table(tmp_path / "p.csv")["x"].to_pylist() == [0.5]
+    (tmp_path / "c.csv").write_text("x,y\n1,2\n")
+    assert read_table(tmp_path / "c.csv").column_names == ["x", "y"]
+    with (tmp_path / "bom.csv").open("w", encoding="utf-8-sig") as f:
+        f.write("x;y\n1,5;2\n")
+    assert read_table(tmp_path / "bom.csv")["x"].to_pylist() == [1.5]
+
+
 def test_missing_file_suggests_a_close_name(tmp_path):
     (tmp_path / "train.csv").write_text("x,y\n1,2\n")
     with pytest.raises(

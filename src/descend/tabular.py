@@ -59,6 +59,7 @@ import difflib
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -321,20 +322,44 @@ def _file_kind(path: Path) -> tuple[str | None, str]:
     return SUPPORTED_EXTENSIONS.get(ext), ext
 
 
-def _sniff_delimiter(path: Path) -> str:
+#: A field that is a number written with a decimal comma (``3,14``, ``-0,5``).
+_DECIMAL_COMMA = re.compile(r"(?:^|;)\s*-?\d+,\d+\s*(?=;|$)", re.MULTILINE)
+_DECIMAL_POINT = re.compile(r"(?:^|;)\s*-?\d+\.\d+\s*(?=;|$)", re.MULTILINE)
+
+
+def _sniff_dialect(path: Path, kind: str) -> tuple[str, str]:
+    """``(delimiter, decimal point)`` of a delimited text file.
+
+    A ``.csv`` is comma-separated unless its header has no comma and another delimiter (the
+    semicolon files a European spreadsheet writes, whose numbers then usually carry a decimal
+    comma: ``;`` files whose data has ``3,14``-shaped fields and no ``3.14``-shaped ones are read
+    with ``,`` as the decimal point); a ``.tsv`` is tab-separated; other text is sniffed.
+    """
     with pa.input_stream(str(path), compression="detect") as stream:
         sample = stream.read(64 * 1024).decode("utf-8", errors="replace")
-    try:
-        return csv.Sniffer().sniff(sample, delimiters=",\t;| ").delimiter
-    except csv.Error:
-        return ","
+    header, _, body = sample.lstrip("\ufeff").partition("\n")
+    if kind == "tsv":
+        delimiter = "\t"
+    elif kind == "csv":
+        delimiter = ","
+        if "," not in header:
+            delimiter = next((d for d in (";", "\t", "|") if d in header), ",")
+    else:
+        try:
+            delimiter = csv.Sniffer().sniff(sample, delimiters=",\t;| ").delimiter
+        except csv.Error:
+            delimiter = ","
+    decimal = "."
+    if delimiter == ";" and _DECIMAL_COMMA.search(body) and not _DECIMAL_POINT.search(body):
+        decimal = ","
+    return delimiter, decimal
 
 
 def _read_csv(path: Path, kind: str) -> pa.Table:
     import pyarrow.csv as pcsv
 
-    delimiter = {"csv": ",", "tsv": "\t"}.get(kind) or _sniff_delimiter(path)
-    convert = pcsv.ConvertOptions(strings_can_be_null=True)
+    delimiter, decimal = _sniff_dialect(path, kind)
+    convert = pcsv.ConvertOptions(strings_can_be_null=True, decimal_point=decimal)
     try:
         return pcsv.read_csv(
             str(path),
