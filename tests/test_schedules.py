@@ -162,3 +162,17 @@ BAD = [
 def test_bad_arguments(build, pattern):
     with pytest.raises(ConfigError, match=pattern):
         build()
+
+
+@pytest.mark.parametrize("impl", ["fused", "foreach"])
+def test_a_schedule_returning_a_non_number_is_named(impl):
+    from descend import optim
+    from descend.transforms import update_and_apply
+
+    tx = optim.adamw(lr=1e-2, schedule=lambda step: "fast", impl=impl)
+    params = {"w": torch.zeros(3)}
+    state = tx.init(params)
+    with pytest.raises(
+        ConfigError, match=r"schedule\(step\) must return a number.*'fast' at step 0"
+    ):
+        update_and_apply(tx, {"w": torch.ones(3)}, state, params)

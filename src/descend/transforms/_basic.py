@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from descend._errors import check_positive
+from descend._errors import ConfigError, check_positive, describe, message
 from descend.transforms._base import Params, State, Transform, Updates, inplace_transform
 from descend.transforms._util import (
     Mask,
@@ -103,7 +103,18 @@ def next_lr(state: dict[str, Any], lr: float, schedule: Callable[[int], float] |
     """The learning rate of the coming step, ``lr · scale · schedule(count)``."""
     lr_t = lr * state["scale"]
     if schedule is not None:
-        lr_t *= float(schedule(state["count"]))
+        value = schedule(state["count"])
+        try:
+            lr_t *= float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                message(
+                    "schedule(step)",
+                    "must return a number (the multiplier of the learning rate)",
+                    f"{describe(value)} at step {state['count']}",
+                    "return a float, e.g. schedule=lambda step: 0.5 ** (step // 1000)",
+                )
+            ) from None
     return lr_t
 
 
