@@ -341,6 +341,10 @@ def test_a_model_of_mixed_dtypes_gets_a_dtype_hint():
 
 def test_bad_settings_are_refused():
     X = torch.randn(20, 2)
+    with pytest.raises(ConfigError, match=r"max_time must be a number of seconds > 0.*got -1"):
+        descend.fit(torch.nn.Linear(2, 1), (X, X[:, 0]), "mse", max_time=-1)
+    with pytest.raises(ConfigError, match=r"tol must be a finite number >= 0; got -0.1"):
+        descend.fit(torch.nn.Linear(2, 1), (X, X[:, 0]), "mse", tol=-0.1)
     with pytest.raises(ConfigError, match="epochs"):
         descend.fit(torch.nn.Linear(2, 1), (X, X[:, 0]), "mse", epochs=0)
     with pytest.raises(ConfigError, match="batch_size"):

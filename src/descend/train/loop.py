@@ -38,6 +38,7 @@ from descend._errors import (
     ConfigError,
     InputError,
     check_choice,
+    check_positive,
     describe,
     message,
 )
@@ -1605,6 +1606,20 @@ def fit(
                 "must be an integer >= 1 or None",
                 describe(patience),
                 "pass e.g. patience=10",
+            )
+        )
+    check_positive("tol", tol, owner="fit", allow_zero=True)
+    if max_time is not None and not (
+        isinstance(max_time, (int, float))
+        and not isinstance(max_time, bool)
+        and 0 < max_time < math.inf
+    ):
+        raise ConfigError(
+            message(
+                "fit: max_time",
+                "must be a number of seconds > 0, or None for no time limit",
+                describe(max_time),
+                "pass e.g. max_time=600",
             )
         )
     check_choice("precision", precision, ("fp32", "bf16"), owner="fit")
