@@ -11,8 +11,10 @@ Choices, and why:
 
 * **Reading** is pyarrow's (``pyarrow.csv`` with its type inference, ``pyarrow.parquet``); the
   format comes from the extension (``.csv``, ``.tsv``, ``.txt`` with a sniffed delimiter, each
-  optionally compressed ``.gz``/``.bz2``/``.zst``/``.lz4``; ``.parquet``/``.pq``). Empty cells
-  in text columns are read as missing.
+  optionally compressed ``.gz``/``.bz2``/``.zst``/``.lz4``; ``.parquet``/``.pq``). A ``.csv``
+  whose header has semicolons and no comma (a European spreadsheet's export) is read with
+  ``;``, and with decimal commas when its numbers are written ``3,14``. Empty cells in text
+  columns are read as missing.
 * **Statistics come from the training rows only** (``fit(..., rows=train_idx)``) so validation
   and test scores are honest. Numeric columns are standardized (mean 0, std 1; a constant
   column keeps std 1). Missing numbers are filled with the training median and, for columns
