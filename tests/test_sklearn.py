@@ -310,3 +310,19 @@ def test_default_architecture_is_one_wide_layer_for_classes_and_two_for_values()
     reg = Regressor(max_epochs=2, random_state=0).fit(Xr, yr)
     widths = [m.out_features for m in reg.model_.modules() if isinstance(m, torch.nn.Linear)]
     assert widths == [64, 64, 1]
+
+
+def test_a_warm_start_refuses_a_new_architecture(iris):
+    # It used to keep the first model silently and ignore the new hidden_layer_sizes.
+    X, y = iris
+    clf = Classifier(max_epochs=2, warm_start=True, random_state=0).fit(X, y)
+    clf.fit(X, y)  # the same settings: continues
+    clf.set_params(hidden_layer_sizes=[8])
+    with pytest.raises(ValueError, match=r"hidden_layer_sizes=None then, \(8,\) now"):
+        clf.fit(X, y)
+    clf.set_params(hidden_layer_sizes=None, activation="tanh")
+    with pytest.raises(ValueError, match="activation='relu' then, 'tanh' now"):
+        clf.partial_fit(X, y)
+    clf.set_params(warm_start=False)  # a fresh fit builds the new one
+    widths = [m.out_features for m in clf.fit(X, y).model_.modules() if hasattr(m, "out_features")]
+    assert isinstance(clf.model_[1], torch.nn.Tanh) and len(widths) == 2

@@ -199,6 +199,8 @@ class _Estimator(BaseEstimator):
         classes: Any = None,
     ) -> _Estimator:
         self._check_params()
+        if warm:
+            self._check_same_architecture()
         X, y = validate_data(
             self,
             X,
@@ -240,6 +242,7 @@ class _Estimator(BaseEstimator):
             self.model_ = mlp(
                 X.shape[1], self._n_outputs(), tuple(hidden), self.activation, seed=seed
             )
+            self._architecture = (self._hidden_param(), self.activation)
 
         continuing = warm and getattr(self, "_tx", None) is not None and self._opt_state is not None
         optimizer, lr, opt_state = self.optimizer, self.lr, None
@@ -338,6 +341,28 @@ class _Estimator(BaseEstimator):
                 "must be a sequence of layer widths, or None to size it from the data",
                 f"pass e.g. hidden_layer_sizes=({h},)" if is_int(h) else "pass e.g. (64, 64)",
             )
+
+    def _hidden_param(self) -> tuple[int, ...] | None:
+        h = self.hidden_layer_sizes
+        return None if h is None else tuple(int(w) for w in h)
+
+    def _check_same_architecture(self) -> None:
+        """A warm start or a later partial_fit continues the model built first: refuse new
+        ``hidden_layer_sizes`` or ``activation`` rather than silently keep the old ones."""
+        built = getattr(self, "_architecture", None)
+        now = (self._hidden_param(), self.activation)
+        if built is None or built == now:
+            return
+        names = ("hidden_layer_sizes", "activation")
+        changed = [f"{n}={b!r} then, {c!r} now" for n, b, c in zip(names, built, now) if b != c]
+        raise ValueError(
+            message(
+                f"{type(self).__name__}: a warm start",
+                "continues the model built by the first fit, so its architecture cannot change",
+                ", ".join(changed),
+                "set warm_start=False (or clone the estimator) to build the new architecture",
+            )
+        )
 
     def _seed(self) -> int:
         # A fresh generator from random_state each call: an int gives the same seed every fit
@@ -539,8 +564,9 @@ class Classifier(ClassifierMixin, _Estimator):
         if unseen.size:
             raise ValueError(
                 f"Classifier: y holds labels not in classes_ {self.classes_.tolist()}: "
-                f"{unseen.tolist()[:5]} — pass every label in classes= on the first "
-                "partial_fit call, or fit afresh"
+                f"{unseen.tolist()[:5]} (a warm start or a later partial_fit call keeps the "
+                "first fit's classes) — pass every label in classes= on the first partial_fit "
+                "call, or fit afresh (warm_start=False)"
             )
         return np.searchsorted(self.classes_, y).astype(np.int64)
 
