@@ -472,7 +472,9 @@ class Classifier(ClassifierMixin, _Estimator):
             (the training loss is not a stop signal under the default schedule).
         tol: the relative improvement that counts.
         random_state: int for reproducible fits (initialization, split, batch order).
-        warm_start: continue from the previous fit: its weights AND its optimizer state.
+        warm_start: continue from the previous fit: its weights AND its optimizer state (the
+            architecture stays the first fit's: a new ``hidden_layer_sizes`` or ``activation``
+            is refused).
         verbose: 0 silent, 1 progress, 2 one line per epoch.
         optimizer: None (the library's choice), a registry name or a ``descend.optim``
             transform.
