@@ -68,16 +68,25 @@ def describe(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def check_positive(name: str, value: float, *, owner: str, allow_zero: bool = False) -> float:
-    """Refuse a non-positive (or negative, with ``allow_zero``) number with a clear message."""
+def check_positive(
+    name: str,
+    value: float,
+    *,
+    owner: str,
+    allow_zero: bool = False,
+    rule: str | None = None,
+    example: str | None = None,
+) -> float:
+    """Refuse a non-positive (or negative, with ``allow_zero``) number with a clear message;
+    ``rule`` and ``example`` replace the generic wording (e.g. a number of seconds)."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     ok = ok and value == value and value not in (float("inf"), float("-inf"))
     ok = ok and (value >= 0 if allow_zero else value > 0)
     if not ok:
-        rule = "must be a finite number >= 0" if allow_zero else "must be a finite number > 0"
-        raise ConfigError(
-            message(f"{owner}: {name}", rule, describe(value), f"pass e.g. {name}=1e-3")
-        )
+        if rule is None:
+            rule = "must be a finite number >= 0" if allow_zero else "must be a finite number > 0"
+        fix = f"pass e.g. {example or f'{name}=1e-3'}"
+        raise ConfigError(message(f"{owner}: {name}", rule, describe(value), fix))
     return float(value)
 
 

@@ -1609,18 +1609,13 @@ def fit(
             )
         )
     check_positive("tol", tol, owner="fit", allow_zero=True)
-    if max_time is not None and not (
-        isinstance(max_time, (int, float))
-        and not isinstance(max_time, bool)
-        and 0 < max_time < math.inf
-    ):
-        raise ConfigError(
-            message(
-                "fit: max_time",
-                "must be a number of seconds > 0, or None for no time limit",
-                describe(max_time),
-                "pass e.g. max_time=600",
-            )
+    if max_time is not None:
+        check_positive(
+            "max_time",
+            max_time,
+            owner="fit",
+            rule="must be a number of seconds > 0, or None for no time limit",
+            example="max_time=600",
         )
     check_choice("precision", precision, ("fp32", "bf16"), owner="fit")
     if checkpoint_every not in ("auto", "epoch") and (
