@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # One prepared GPU check for a session that is lent a device machine (see the device tool's
-# README): the CUDA tests, fit's overhead on the GPU, and the zero-tuning suite's small
-# workloads, each under its own time limit so the whole fits one call (~9 minutes).
+# README): the zero-tuning suite on the GPU, the test suite with the GPU present, and fit's
+# overhead and the GPU/CPU crossover, each under its own time limit so the whole fits one call
+# (~8 minutes on an H200 in session 11; at most 10).
 #
 #   From the repo root, on the device machine (its torch has CUDA; the peers' wheels travel):
 #     bash benchmarks/gpu_check.sh            # logs and JSON land in $OUT (or ./gpu-out)
 #
-# Wheels: torch is already there; pytest, scikit-learn and the peers (schedulefree,
-# prodigyopt) may not be. Put py3 wheels in .whl/ (ignored by git) and carry it: they are
-# installed with --no-deps into /tmp/site first.
+# Wheels: torch, pytest, pytest-xdist and scikit-learn are on the device image; plotext and the
+# peers (schedulefree, prodigyopt, lion-pytorch) are not. Put py3 wheels in .whl/ (ignored by
+# git) and carry it: they are installed with --no-deps into /tmp/site first.
 set -uo pipefail
 out="${OUT:-gpu-out}"
 mkdir -p "$out"
@@ -21,17 +22,19 @@ nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$out/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" \
   | tee -a "$out/gpu.txt"
 
-# 1. The whole suite: with a GPU present, fit's device=None trains on it, so every fit test runs
-#    the CUDA paths (session 6 found two bugs this way), and the CUDA-only tests run too.
-timeout 240 python3 -m pytest -q -rs -p no:cacheprovider tests 2>&1 | tee "$out/tests.txt"
+# 1. The zero-tuning suite, all six workloads (descend vs tuned AdamW) on the GPU: ~4.5 min on
+#    an H100 by session 6's step times (these nets are launch-bound, ~1 ms a step).
+timeout 300 python3 benchmarks/suite.py --device cuda --threads 4 \
+  --methods adamw-tuned,descend --json "$out/suite.json" 2>&1 | tee "$out/suite.txt"
 
-# 2. fit's overhead against hand-written loops (plain MLPs take the fast path; the
-#    descend.fit/autograd row is the loop's own overhead).
-timeout 120 python3 benchmarks/fit_overhead.py --device cuda --repeats 3 --skip 50k \
+# 2. The whole test suite: with a GPU present, fit's device=None trains on it, so every fit
+#    test runs the CUDA paths (session 6 found two bugs this way), and the CUDA-only tests run.
+timeout 170 python3 -m pytest -q -rs -p no:cacheprovider -n 8 tests 2>&1 | tee "$out/tests.txt"
+
+# 3. fit's overhead against hand-written loops on the GPU (what time is left).
+timeout 60 python3 benchmarks/fit_overhead.py --device cuda --repeats 2 --skip 50k \
   2>&1 | tee "$out/fit_overhead.txt"
 
-# 3. The zero-tuning suite's small workloads (descend vs tuned AdamW) on the GPU.
-timeout 180 python3 benchmarks/suite.py --device cuda --threads 4 \
-  --only digits-mlp --only breast-cancer-mlp --only diabetes-mlp \
-  --methods adamw-tuned,descend --json "$out/suite.json" 2>&1 | tee "$out/suite.txt"
+# 4. Where a GPU starts to pay for the estimators' networks (descend.data.GPU_MIN_STEP_WORK).
+timeout 60 python3 benchmarks/gpu_crossover.py 2>&1 | tee "$out/crossover.txt"
 echo "gpu_check done"
