@@ -675,3 +675,46 @@ def test_an_output_file_that_cannot_be_written_is_a_clean_error(tiny_run, tmp_pa
     assert result.exit_code == 2, result.output
     assert "could not use 'pred.csv': Permission denied" in result.stderr
     assert "Traceback" not in result.output + result.stderr
+
+
+def test_fit_keeps_a_small_network_on_the_cpu_unless_a_device_is_given(tmp_path, monkeypatch):
+    # A small tabular network trains faster on the CPU than on a GPU (session 11, H200): with
+    # --device unset the run passes "cpu" to fit for a small step and the user's device as given.
+    import descend
+
+    seen = []
+    real_fit = descend.fit
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["device"])
+        return real_fit(*args, **{**kwargs, "device": "cpu"})
+
+    monkeypatch.setattr(descend, "fit", spy)
+    write_linear_csv(tmp_path / "lin.csv", n=60)
+    for extra in ([], ["--device", "cpu"]):
+        r = invoke(
+            ["fit", "lin.csv", "--target", "price", "--epochs", "2", "--quiet", *extra],
+            tmp_path,
+            monkeypatch,
+        )
+        assert r.exit_code == 0, r.output
+    assert seen == ["cpu", "cpu"]
+    r = invoke(
+        [
+            "fit",
+            "lin.csv",
+            "--target",
+            "price",
+            "--epochs",
+            "1",
+            "--quiet",
+            "--hidden",
+            "1500,1500",
+            "--lr",
+            "1e-3",
+        ],
+        tmp_path,
+        monkeypatch,
+    )
+    assert r.exit_code == 0, r.output
+    assert seen[-1] is None  # 2.3 million weights x 32 rows: the accelerator, if any

@@ -326,3 +326,29 @@ def test_a_warm_start_refuses_a_new_architecture(iris):
     clf.set_params(warm_start=False)  # a fresh fit builds the new one
     widths = [m.out_features for m in clf.fit(X, y).model_.modules() if hasattr(m, "out_features")]
     assert isinstance(clf.model_[1], torch.nn.Tanh) and len(widths) == 2
+
+
+def test_device_none_keeps_small_networks_on_the_cpu(monkeypatch, iris):
+    # A GPU machine trains the bundled sets' small networks 1-5x slower than its CPU (measured
+    # on an H200, session 11): with device=None a step under GPU_MIN_STEP_WORK (batch rows x
+    # weights) trains on the CPU; bigger steps, or an explicit device, are passed on as given.
+    import descend.sklearn as sk
+    from descend.data import auto_device
+
+    seen = []
+    real_fit = sk.fit
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["device"])
+        return real_fit(*args, **{**kwargs, "device": "cpu"})
+
+    monkeypatch.setattr(sk, "fit", spy)
+    X, y = iris
+    Classifier(max_epochs=2, random_state=0).fit(X, y)  # (128,) on <= 150 rows: ~0.1 million
+    Classifier(hidden_layer_sizes=(2048, 2048), max_epochs=1, random_state=0).fit(X, y)
+    Classifier(max_epochs=2, random_state=0, device="cpu").fit(X, y)
+    assert seen == ["cpu", None, "cpu"]
+    model = torch.nn.Linear(1000, 100)  # 100,100 weights
+    assert auto_device(None, 79, model) == "cpu"
+    assert auto_device(None, 80, model) is None  # 8,008,000 >= 8 million
+    assert auto_device("cuda", 1, model) == "cuda"

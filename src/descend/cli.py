@@ -223,7 +223,9 @@ def fit(
     device: Annotated[
         str | None,
         typer.Option(
-            help="cpu, cuda, cuda:1, mps.", show_default="auto: an accelerator if there is one"
+            help="cpu, cuda, cuda:1, mps.",
+            show_default="auto: an accelerator if there is one and a step is big enough "
+            "(batch x weights >= 8 million), else the CPU",
         ),
     ] = None,
     precision: Annotated[str, typer.Option(help="fp32, or bf16 (autocast).")] = _D.precision,

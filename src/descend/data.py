@@ -1583,6 +1583,34 @@ def _model_devices(model: Any) -> list[torch.device]:
     return found
 
 
+# A step of batch rows x weights below this trains faster on the CPU than on a GPU: measured
+# on an H200 machine (16-core host, session 11, benchmarks/RESULTS.md), the scikit-learn
+# estimators' default networks on the bundled sets (0.3-5 million) fit 1-5x faster on its CPU,
+# digits (4.9 million) about evenly, and 20-80 million 1.7-3.6x faster on the GPU: a small step
+# is all kernel launches there.
+GPU_MIN_STEP_WORK = 8_000_000
+
+
+def auto_device(
+    device: str | torch.device | None, batch_size: int, model: torch.nn.Module
+) -> str | torch.device | None:
+    """The device for a tabular run whose user left it unset: ``device`` as given, except that
+    None becomes ``"cpu"`` when one step's work (``batch_size`` rows x the model's weights) is
+    under ``GPU_MIN_STEP_WORK``; for bigger steps None stays None (the accelerator, if any).
+
+    Used by the scikit-learn estimators and the CLI, which build the network themselves;
+    ``fit`` keeps its documented rule (the model's accelerator, else any accelerator).
+
+    Example:
+        >>> auto_device(None, 32, torch.nn.Linear(10, 1))
+        'cpu'
+    """
+    if device is not None:
+        return device
+    weights = sum(p.numel() for p in model.parameters())
+    return "cpu" if batch_size * weights < GPU_MIN_STEP_WORK else None
+
+
 def resolve_device(
     device: str | torch.device | None = None, model: torch.nn.Module | None = None
 ) -> torch.device:

@@ -61,6 +61,7 @@ from typing import Any
 import numpy as np
 
 from descend._errors import CheckpointError, ConfigError, InputError, describe, message
+from descend.data import auto_device
 from descend.train.callbacks import Callback
 
 __all__ = [
@@ -1135,7 +1136,7 @@ def train(
             callbacks=[recorder],
             verbose=0 if cfg.quiet else 1,
             seed=seed,
-            device=cfg.device,
+            device=auto_device(cfg.device, cfg.batch_size or len(data.train_idx), model),
             precision=cfg.precision,
             max_time=cfg.max_time,
             **ckpt_kw,

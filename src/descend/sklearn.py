@@ -60,6 +60,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 
 from descend import losses as L
 from descend._errors import describe, message
+from descend.data import auto_device
 from descend.models import default_hidden, mlp
 from descend.train import Callback, fit
 from descend.train import autopilot as _autopilot
@@ -257,6 +258,7 @@ class _Estimator(BaseEstimator):
         validation = None if incremental else self._validation(n, targets, sample_weight)
         n_train = n if validation is None else n - int(np.floor(validation * n + 0.5))
         keep = _KeepOptimizer()
+        batch_size = self.batch_size or _auto_batch_size(n_train)
         result = fit(
             self.model_,
             (Xs, torch.from_numpy(targets)),
@@ -264,7 +266,7 @@ class _Estimator(BaseEstimator):
             optimizer=optimizer,
             lr=lr,
             epochs=1 if incremental else int(self.max_epochs),
-            batch_size=self.batch_size or _auto_batch_size(n_train),
+            batch_size=batch_size,
             validation=validation,
             patience=self._patience(validation, incremental),
             tol=self.tol,
@@ -273,7 +275,7 @@ class _Estimator(BaseEstimator):
             callbacks=[keep],
             verbose=self.verbose,
             seed=seed,
-            device=self.device,
+            device=auto_device(self.device, batch_size, self.model_),
             sample_weight=None if sample_weight is None else torch.from_numpy(sample_weight),
             opt_state=opt_state,
         )
@@ -479,7 +481,10 @@ class Classifier(ClassifierMixin, _Estimator):
         optimizer: None (the library's choice), a registry name or a ``descend.optim``
             transform.
         lr: a learning rate (AdamW at exactly this rate with ``optimizer=None``).
-        device: ``"cpu"``, ``"cuda"``, ...; None picks the accelerator if there is one.
+        device: ``"cpu"``, ``"cuda"``, ...; None picks the accelerator if there is one and
+            a step is big enough to gain from it (batch rows x weights of at least
+            ``descend.data.GPU_MIN_STEP_WORK``, 8 million), else the CPU: the bundled datasets' networks
+            fit 1-5x faster on the CPU of an H200 machine than on its GPU.
 
     Attributes:
         classes_, n_features_in_, feature_names_in_ (DataFrames with string column names),
