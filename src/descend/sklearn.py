@@ -26,6 +26,9 @@ needs and scikit-learn users expect:
   validation loss with a split, no early stop without one; see ``AUTO_PATIENCE``). Pass
   ``validation_fraction=0.1`` for early stopping. A split under ``_MIN_VALIDATION`` rows is
   never made (too noisy to stop on).
+* **Sparse features** (``scipy.sparse``, e.g. a ``TfidfVectorizer``'s output), as
+  ``MLPClassifier`` takes them: densified for training (up to ``SPARSE_DENSE_LIMIT`` bytes of
+  float64, refused with the fix above that) and in chunks for prediction.
 * **Warm starts that keep the optimizer.** ``warm_start=True`` and ``partial_fit`` continue the
   previous run's optimizer: its transform, Adam's moments and the schedule position
   (``fit(opt_state=...)``), unlike scikit-learn's MLP, which restarts Adam on a warm start.
@@ -52,6 +55,7 @@ import numbers
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils import check_random_state
@@ -81,10 +85,35 @@ _MIN_VALIDATION = 10
 AUTO_PATIENCE = 10
 #: Rows per forward pass in predict (bounds memory on large inputs).
 _PREDICT_CHUNK = 65536
+# Sparse features are trained on dense: at most this many bytes of float64 (the training
+# copy is made once, plus its float32 standardized copy: 1.5x this in all).
+SPARSE_DENSE_LIMIT = 2 * 2**30
+_SPARSE = ("csr", "csc", "coo")
 
 
 #: Up to this many training rows, every step takes the whole set (see _auto_batch_size).
 FULL_BATCH_ROWS = 512
+
+
+def _dense(X: Any, who: str) -> np.ndarray:
+    """``X`` as a float64 array; a scipy sparse matrix is densified if it fits
+    ``SPARSE_DENSE_LIMIT``, else refused naming its dense size and the fix."""
+    if not sp.issparse(X):
+        return np.asarray(X, dtype=np.float64)
+    n, d = X.shape
+    need = n * d * 8
+    if need > SPARSE_DENSE_LIMIT:
+        raise ValueError(
+            message(
+                f"{who}: X",
+                f"is trained on dense features, at most {SPARSE_DENSE_LIMIT / 2**30:g} GiB of "
+                "float64 (descend.sklearn.SPARSE_DENSE_LIMIT)",
+                f"a sparse matrix of {n:,} x {d:,} ({need / 2**30:.1f} GiB dense)",
+                "reduce the columns first, e.g. TfidfVectorizer(max_features=20000) or "
+                "TruncatedSVD(n_components=300) in a Pipeline",
+            )
+        )
+    return X.toarray().astype(np.float64, copy=False)
 
 
 def _auto_batch_size(n: int) -> int:
@@ -207,11 +236,12 @@ class _Estimator(BaseEstimator):
             X,
             y,
             reset=not warm,
+            accept_sparse=_SPARSE,
             dtype=(np.float64, np.float32),
             multi_output=not self._is_classifier,
             y_numeric=not self._is_classifier,
         )
-        X = np.asarray(X, dtype=np.float64)
+        X = _dense(X, type(self).__name__)
         if sample_weight is not None:
             sample_weight = _check_sample_weight(
                 sample_weight, X, dtype=np.float64, ensure_non_negative=True
@@ -403,8 +433,19 @@ class _Estimator(BaseEstimator):
 
     def _forward(self, X: Any) -> np.ndarray:
         check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
-        Xs = ((np.asarray(X, dtype=np.float64) - self.mean_) / self.scale_).astype(np.float32)
+        X = validate_data(
+            self, X, reset=False, accept_sparse=_SPARSE, dtype=(np.float64, np.float32)
+        )
+        if sp.issparse(X):
+            X = X.tocsr()  # row slices, densified one chunk at a time below
+
+        def chunk(i: int) -> torch.Tensor:
+            part = X[i : i + _PREDICT_CHUNK]
+            part = part.toarray() if sp.issparse(part) else part
+            return torch.from_numpy(
+                ((np.asarray(part, dtype=np.float64) - self.mean_) / self.scale_).astype(np.float32)
+            )
+
         model = self.model_
         device = next(model.parameters()).device
         was_training = model.training
@@ -412,8 +453,8 @@ class _Estimator(BaseEstimator):
         outs = []
         try:
             with torch.no_grad():
-                for i in range(0, Xs.shape[0], _PREDICT_CHUNK):
-                    xb = torch.from_numpy(Xs[i : i + _PREDICT_CHUNK]).to(device)
+                for i in range(0, X.shape[0], _PREDICT_CHUNK):
+                    xb = chunk(i).to(device)
                     outs.append(model(xb).double().cpu().numpy())
         finally:
             model.train(was_training)
@@ -434,6 +475,7 @@ class _Estimator(BaseEstimator):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
+        tags.input_tags.sparse = True
         return tags
 
 
