@@ -386,3 +386,27 @@ def test_sparse_features_train_as_their_dense_copy_and_too_big_ones_are_refused(
     monkeypatch.setattr(sk, "SPARSE_DENSE_LIMIT", 120 * 30 * 8 - 1)
     with pytest.raises(ValueError, match=r"120 x 30 .*TruncatedSVD"):
         Classifier(max_epochs=1).fit(sp.csr_matrix(dense), y)
+
+
+def test_mlp_parameters_are_refused_naming_the_counterpart():
+    # Someone switching from MLPRegressor writes max_iter=, alpha=, ...: the error names what
+    # descend takes instead (Python's bare "unexpected keyword argument" did not).
+    with pytest.raises(
+        TypeError, match=r"Regressor: max_iter .*got max_iter=300 — use max_epochs="
+    ):
+        Regressor(max_iter=300)
+    with pytest.raises(
+        TypeError, match=r"Classifier: alpha .*adamw\(lr=1e-3, weight_decay=0.001\)"
+    ):
+        Classifier(alpha=1e-3)
+    with pytest.raises(TypeError, match=r"early_stopping .*validation_fraction="):
+        Classifier(early_stopping=True)
+    with pytest.raises(ValueError, match=r"Classifier.set_params: learning_rate_init .*use lr="):
+        Classifier().set_params(learning_rate_init=0.01)
+    X, y = load_iris(return_X_y=True)
+    with pytest.raises(ValueError, match=r"set_params: max_iter .*max_epochs="):
+        GridSearchCV(Classifier(), {"max_iter": [10, 20]}, cv=2).fit(X, y)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'foo'"):
+        Classifier(foo=1)  # anything else: Python's own message
+    assert clone(Classifier(max_epochs=3)).max_epochs == 3
+    assert pickle.loads(pickle.dumps(Regressor(lr=0.01))).lr == 0.01

@@ -145,7 +145,54 @@ class _KeepOptimizer(Callback):
         self.tx = loop.tx
 
 
-class _Estimator(BaseEstimator):
+# MLPClassifier/MLPRegressor parameters that descend names otherwise, or decides itself: a
+# user switching over gets the counterpart instead of Python's bare "unexpected keyword".
+_MLP_PARAMS = {
+    "max_iter": "use max_epochs= (e.g. max_epochs={v!r})",
+    "learning_rate_init": "use lr= (e.g. lr={v!r}), or leave it out: the default policy "
+    "chooses the rate from the data",
+    "alpha": "pass optimizer=descend.optim.adamw(lr=1e-3, weight_decay={v!r}) to set the weight "
+    "decay yourself, or leave it out: the default policy chooses it with the rate",
+    "solver": "pass optimizer= (a registry name such as 'adamw', 'sgd', 'nesterov', or a "
+    "descend.optim transform), or leave it out: the default policy trains with AdamW",
+    "learning_rate": "leave it out (the default policy shapes the schedule), or pass "
+    "optimizer=descend.optim.adamw(lr=..., schedule=...)",
+    "early_stopping": "use validation_fraction= (e.g. validation_fraction=0.1) and patience=",
+    "n_iter_no_change": "use patience= (e.g. patience={v!r})",
+    "beta_1": "pass optimizer=descend.optim.adamw(lr=1e-3, betas=(beta_1, beta_2), eps=...)",
+    "beta_2": "pass optimizer=descend.optim.adamw(lr=1e-3, betas=(beta_1, beta_2), eps=...)",
+    "epsilon": "pass optimizer=descend.optim.adamw(lr=1e-3, eps={v!r})",
+    "momentum": "pass optimizer=descend.optim.nesterov(lr=0.01, momentum={v!r})",
+    "nesterovs_momentum": "pass optimizer=descend.optim.nesterov(...) or descend.optim.sgd(...)",
+    "shuffle": "leave it out: batches are always drawn from a seeded permutation (random_state=)",
+    "power_t": "leave it out: the default policy shapes the schedule",
+    "max_fun": "leave it out: descend has no lbfgs solver",
+}
+
+
+def _mlp_param_message(who: str, name: str, value: Any) -> str:
+    return message(
+        f"{who}: {name}",
+        "is an MLPClassifier/MLPRegressor parameter that descend's estimators do not take",
+        f"{name}={describe(value)}",
+        _MLP_PARAMS[name].format(v=value),
+    )
+
+
+class _RefuseMLPParams:
+    """Refuses MLPClassifier/MLPRegressor-only parameters before ``__init__`` runs, naming the
+    counterpart. A base placed after the estimator class in the MRO, so that
+    ``inspect.signature`` keeps reading ``__init__`` (scikit-learn's checks do: no
+    ``**kwargs`` is allowed there)."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        for name in kwargs:
+            if name in _MLP_PARAMS:
+                raise TypeError(_mlp_param_message(cls.__name__, name, kwargs[name]))
+        return super().__new__(cls)
+
+
+class _Estimator(BaseEstimator, _RefuseMLPParams):
     """The shared fit/partial_fit machinery of :class:`Classifier` and :class:`Regressor`."""
 
     _is_classifier = False
@@ -182,6 +229,14 @@ class _Estimator(BaseEstimator):
         self.optimizer = optimizer
         self.lr = lr
         self.device = device
+
+    def set_params(self, **params: Any) -> _Estimator:
+        # GridSearchCV(param_grid={"max_iter": ...}) lands here: name the counterpart.
+        for name in params:
+            if name in _MLP_PARAMS:
+                who = f"{type(self).__name__}.set_params"
+                raise ValueError(_mlp_param_message(who, name, params[name]))
+        return super().set_params(**params)
 
     # ---- subclass hooks ------------------------------------------------------------------
 
