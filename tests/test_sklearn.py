@@ -410,3 +410,34 @@ def test_mlp_parameters_are_refused_naming_the_counterpart():
         Classifier(foo=1)  # anything else: Python's own message
     assert clone(Classifier(max_epochs=3)).max_epochs == 3
     assert pickle.loads(pickle.dumps(Regressor(lr=0.01))).lr == 0.01
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_coefs_and_intercepts_reproduce_the_predictions(iris, activation):
+    # MLPClassifier's layout: coefs_[i] is (n_in, n_out). A numpy forward pass through them on
+    # the standardized features gives predict_proba / predict to float32 rounding.
+    X, y = iris
+    act = {"relu": lambda h: np.maximum(h, 0), "tanh": np.tanh}[activation]
+    clf = Classifier(hidden_layer_sizes=(8, 5), activation=activation, max_epochs=3, random_state=0)
+    clf.fit(X, y)
+    h = (X - clf.mean_) / clf.scale_
+    for W, b in zip(clf.coefs_[:-1], clf.intercepts_[:-1]):
+        h = act(h @ W + b)
+    z = h @ clf.coefs_[-1] + clf.intercepts_[-1]
+    p = np.exp(z - z.max(1, keepdims=True))
+    np.testing.assert_allclose(p / p.sum(1, keepdims=True), clf.predict_proba(X), atol=1e-5)
+    assert [W.shape for W in clf.coefs_] == [(4, 8), (8, 5), (5, 3)]
+    assert clf.n_layers_ == 4 and clf.out_activation_ == "softmax"
+    assert clf.loss_ == clf.loss_curve_[-1]
+    clf.coefs_[0][:] = 0  # a copy: the model is untouched
+    np.testing.assert_allclose(p / p.sum(1, keepdims=True), clf.predict_proba(X), atol=1e-5)
+
+    Xr, yr = make_regression(n_samples=80, n_features=3, n_targets=2, random_state=0)
+    reg = Regressor(hidden_layer_sizes=(6,), activation=activation, max_epochs=3, random_state=0)
+    reg.fit(Xr, yr)
+    h = act(((Xr - reg.mean_) / reg.scale_) @ reg.coefs_[0] + reg.intercepts_[0])
+    out = (h @ reg.coefs_[1] + reg.intercepts_[1]) * reg.y_scale_ + reg.y_mean_
+    np.testing.assert_allclose(out, reg.predict(Xr), rtol=1e-5, atol=1e-4 * np.abs(yr).max())
+    assert reg.out_activation_ == "identity" and reg.n_layers_ == 3
+    with pytest.raises(AttributeError):  # NotFittedError is one: hasattr() is False
+        _ = Regressor().coefs_

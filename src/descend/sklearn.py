@@ -517,6 +517,34 @@ class _Estimator(BaseEstimator, _RefuseMLPParams):
             return np.zeros((0, self._n_outputs()))
         return np.concatenate(outs, axis=0)
 
+    # ---- MLPClassifier/MLPRegressor's fitted attributes, read from model_ -------------------
+
+    def _linears(self) -> list[torch.nn.Linear]:
+        check_is_fitted(self)
+        return [m for m in self.model_.modules() if isinstance(m, torch.nn.Linear)]
+
+    @property
+    def coefs_(self) -> list[np.ndarray]:
+        """Layer weights as ``MLPClassifier`` lays them out: ``coefs_[i]`` of shape ``(n_in,
+        n_out)``, acting on the standardized features ((X - mean_) / scale_); a copy."""
+        return [m.weight.detach().cpu().double().numpy().T.copy() for m in self._linears()]
+
+    @property
+    def intercepts_(self) -> list[np.ndarray]:
+        """Layer biases, ``intercepts_[i]`` of shape ``(n_out,)``; a copy."""
+        return [m.bias.detach().cpu().double().numpy().copy() for m in self._linears()]
+
+    @property
+    def n_layers_(self) -> int:
+        """Layers counting input and output, as ``MLPClassifier`` counts them."""
+        return len(self._linears()) + 1
+
+    @property
+    def loss_(self) -> float:
+        """The last epoch's training loss (the standardized targets' for the Regressor)."""
+        check_is_fitted(self)
+        return float(self.loss_curve_[-1]) if self.loss_curve_ else float("nan")
+
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "model_")
 
@@ -580,8 +608,8 @@ class Classifier(ClassifierMixin, _Estimator):
         lr: a learning rate (AdamW at exactly this rate with ``optimizer=None``).
         device: ``"cpu"``, ``"cuda"``, ...; None picks the accelerator if there is one and
             a step is big enough to gain from it (batch rows x weights of at least
-            ``descend.data.GPU_MIN_STEP_WORK``, 8 million), else the CPU: the bundled datasets' networks
-            fit 1-5x faster on the CPU of an H200 machine than on its GPU.
+            ``descend.data.GPU_MIN_STEP_WORK``, 8 million), else the CPU: the bundled
+            datasets' networks fit 1-5x faster on the CPU of an H200 machine than on its GPU.
 
     Attributes:
         classes_, n_features_in_, feature_names_in_ (DataFrames with string column names),
@@ -589,7 +617,9 @@ class Classifier(ClassifierMixin, _Estimator):
         loss_curve_ (training loss per epoch, across warm starts), validation_loss_curve_,
         best_loss_, best_epoch_, stop_reason_ (``"patience_exhausted"``, ``"max_epochs"``, ...),
         stop_message_ (the sentence), n_iter_ (epochs run, across warm starts), optimizer_,
-        autopilot_ (what the default policy chose and why).
+        autopilot_ (what the default policy chose and why); and, read from ``model_`` as
+        ``MLPClassifier`` names them, coefs_ and intercepts_ (copies; on the standardized
+        features), n_layers_, out_activation_ (``"softmax"``, binary too) and loss_.
 
     Example:
         >>> from sklearn.datasets import load_wine
@@ -633,6 +663,13 @@ class Classifier(ClassifierMixin, _Estimator):
             lr=lr,
             device=device,
         )
+
+    @property
+    def out_activation_(self) -> str:
+        """``"softmax"``: the output layer gives one score per class, binary tasks too (where
+        ``MLPClassifier`` has one logistic unit)."""
+        check_is_fitted(self)
+        return "softmax"
 
     def partial_fit(
         self, X: Any, y: Any, classes: Any = None, sample_weight: Any = None
@@ -742,6 +779,13 @@ class Regressor(RegressorMixin, _Estimator):
     """
 
     # __init__ is _Estimator's: the same parameters and defaults (validation_fraction=0.1).
+
+    @property
+    def out_activation_(self) -> str:
+        """``"identity"``: the output is the standardized targets (times y_scale_, plus
+        y_mean_, in predict)."""
+        check_is_fitted(self)
+        return "identity"
 
     def partial_fit(self, X: Any, y: Any, sample_weight: Any = None) -> Regressor:
         """One epoch over ``(X, y)``, continuing the weights and the optimizer state."""
