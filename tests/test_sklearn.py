@@ -441,3 +441,39 @@ def test_coefs_and_intercepts_reproduce_the_predictions(iris, activation):
     assert reg.out_activation_ == "identity" and reg.n_layers_ == 3
     with pytest.raises(AttributeError):  # NotFittedError is one: hasattr() is False
         _ = Regressor().coefs_
+
+
+def test_multilabel_indicator_targets_like_mlpclassifier():
+    # MLPClassifier takes a 0/1 indicator matrix (one logistic output per label): so does the
+    # Classifier — one logit and a binary cross-entropy per label, predict thresholds at 0.5.
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 6))
+    Y = np.stack([X[:, 0] > 0, X[:, 1] + X[:, 2] > 0, X[:, 3] > 0.5], axis=1).astype(int)
+    clf = Classifier(random_state=0).fit(X[:200], Y[:200])
+    assert clf.multilabel_ and clf.classes_.tolist() == [0, 1, 2]
+    assert clf.out_activation_ == "logistic" and clf.coefs_[-1].shape[1] == 3
+    P = clf.predict_proba(X[200:])
+    assert P.shape == (100, 3) and np.all((P > 0) & (P < 1))
+    assert not np.allclose(P.sum(1), 1.0)  # each label its own probability
+    np.testing.assert_allclose(clf.predict_log_proba(X[200:]), np.log(P), rtol=1e-6, atol=1e-9)
+    pred = clf.predict(X[200:])
+    assert pred.dtype == np.int64 and np.array_equal(pred, (P > 0.5).astype(int))
+    assert (pred == Y[200:]).mean() > 0.93  # label-wise accuracy on held-out rows
+    assert clf.score(X[200:], Y[200:]) == np.mean(np.all(pred == Y[200:], axis=1))  # subset acc.
+
+    # a weight of 0 is the same as dropping the row (to float32 rounding: the weighted
+    # binary cross-entropy sums in another order than the plain one)
+    w = np.ones(200)
+    w[::4] = 0
+    a = Classifier(max_epochs=5, random_state=0).fit(X[:200], Y[:200], sample_weight=w)
+    b = Classifier(max_epochs=5, random_state=0).fit(X[:200][w > 0], Y[:200][w > 0])
+    np.testing.assert_allclose(a.predict_proba(X), b.predict_proba(X), rtol=1e-5)
+    c = Classifier(max_epochs=5, random_state=0).fit(X[:200], Y[:200])
+    assert np.abs(c.predict_proba(X) - b.predict_proba(X)).max() > 1e-3  # the rows mattered
+
+    with pytest.raises(ValueError, match="keep the first fit's form"):
+        Classifier(warm_start=True, max_epochs=1).fit(X, Y).fit(X, Y[:, 0])
+    with pytest.raises(ValueError, match=r"one 0/1 column per label"):
+        Classifier(max_epochs=1).partial_fit(X, Y, classes=[0, 1])
+    with pytest.raises(ValueError, match=r"multiclass-multioutput .*MultiOutputClassifier"):
+        Classifier(max_epochs=1).fit(X, np.stack([Y[:, 0], Y[:, 1] * 2], axis=1))

@@ -59,8 +59,13 @@ import scipy.sparse as sp
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils import check_random_state
-from sklearn.utils.multiclass import check_classification_targets, unique_labels
-from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+from sklearn.utils.multiclass import check_classification_targets, type_of_target, unique_labels
+from sklearn.utils.validation import (
+    _check_sample_weight,
+    check_is_fitted,
+    column_or_1d,
+    validate_data,
+)
 
 from descend import losses as L
 from descend._errors import describe, message
@@ -93,6 +98,16 @@ _SPARSE = ("csr", "csc", "coo")
 
 #: Up to this many training rows, every step takes the whole set (see _auto_batch_size).
 FULL_BATCH_ROWS = 512
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(-z)) without overflow warnings."""
+    out = np.empty_like(z)
+    pos = z >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-z[pos]))
+    e = np.exp(z[~pos])
+    out[~pos] = e / (1.0 + e)
+    return out
 
 
 def _dense(X: Any, who: str) -> np.ndarray:
@@ -249,6 +264,9 @@ class _Estimator(BaseEstimator, _RefuseMLPParams):
     def _n_outputs(self) -> int:
         raise NotImplementedError
 
+    def _multilabel(self) -> bool:
+        return False
+
     def _scale_targets(
         self, targets: np.ndarray, sample_weight: np.ndarray | None, first: bool
     ) -> np.ndarray:
@@ -264,7 +282,8 @@ class _Estimator(BaseEstimator, _RefuseMLPParams):
 
         Args:
             X: array-like or DataFrame of shape (n_samples, n_features).
-            y: targets (n_samples,) — or (n_samples, n_outputs) for regression.
+            y: targets (n_samples,) — or (n_samples, n_outputs) for regression, or a 0/1
+                multi-label indicator matrix (n_samples, n_labels) for classification.
             sample_weight: one weight >= 0 per sample (the loss becomes the weighted mean).
 
         Returns:
@@ -293,7 +312,7 @@ class _Estimator(BaseEstimator, _RefuseMLPParams):
             reset=not warm,
             accept_sparse=_SPARSE,
             dtype=(np.float64, np.float32),
-            multi_output=not self._is_classifier,
+            multi_output=True,  # a classifier's 2-D y is a multi-label indicator matrix
             y_numeric=not self._is_classifier,
         )
         X = _dense(X, type(self).__name__)
@@ -302,7 +321,7 @@ class _Estimator(BaseEstimator, _RefuseMLPParams):
                 sample_weight, X, dtype=np.float64, ensure_non_negative=True
             )
         targets = self._targets(y, first=not warm, classes=classes)
-        if self._is_classifier and not incremental:
+        if self._is_classifier and not incremental and not self._multilabel():
             self._check_two_classes(targets, sample_weight)
 
         if not warm:
@@ -475,7 +494,7 @@ class _Estimator(BaseEstimator, _RefuseMLPParams):
         n_val = int(np.floor(vf * n + 0.5))
         if n_val < _MIN_VALIDATION or n - n_val < _MIN_VALIDATION:
             return None
-        if self._is_classifier:
+        if self._is_classifier and not self._multilabel():  # multi-label: a random split
             labels = targets if sample_weight is None else targets[sample_weight > 0]
             counts = np.bincount(labels)
             present = int(np.count_nonzero(counts))
@@ -619,7 +638,9 @@ class Classifier(ClassifierMixin, _Estimator):
         stop_message_ (the sentence), n_iter_ (epochs run, across warm starts), optimizer_,
         autopilot_ (what the default policy chose and why); and, read from ``model_`` as
         ``MLPClassifier`` names them, coefs_ and intercepts_ (copies; on the standardized
-        features), n_layers_, out_activation_ (``"softmax"``, binary too) and loss_.
+        features), n_layers_, out_activation_ (``"softmax"``, binary too) and loss_;
+        multilabel_ (True when y was a 0/1 indicator matrix: then classes_ are the column
+        indices, one logistic output per label, as in ``MLPClassifier``).
 
     Example:
         >>> from sklearn.datasets import load_wine
@@ -667,9 +688,9 @@ class Classifier(ClassifierMixin, _Estimator):
     @property
     def out_activation_(self) -> str:
         """``"softmax"``: the output layer gives one score per class, binary tasks too (where
-        ``MLPClassifier`` has one logistic unit)."""
+        ``MLPClassifier`` has one logistic unit); ``"logistic"`` for multi-label targets."""
         check_is_fitted(self)
-        return "softmax"
+        return "logistic" if self._multilabel() else "softmax"
 
     def partial_fit(
         self, X: Any, y: Any, classes: Any = None, sample_weight: Any = None
@@ -693,7 +714,51 @@ class Classifier(ClassifierMixin, _Estimator):
         return self._fit(X, y, sample_weight, incremental=True, warm=not first, classes=classes)
 
     def _targets(self, y: np.ndarray, first: bool, classes: Any = None) -> np.ndarray:
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
         check_classification_targets(y)
+        kind = type_of_target(y)
+        if y.ndim == 2 and kind != "multilabel-indicator":
+            raise ValueError(
+                message(
+                    "Classifier: y",
+                    "must be labels of shape (n_samples,) or a multi-label indicator matrix of "
+                    "0/1 of shape (n_samples, n_labels)",
+                    f"{kind} targets of shape {y.shape}",
+                    "fit one Classifier per output column (sklearn.multioutput."
+                    "MultiOutputClassifier(Classifier()))",
+                )
+            )
+        if first:
+            self.multilabel_ = kind == "multilabel-indicator"
+        elif (kind == "multilabel-indicator") != self.multilabel_:
+            raise ValueError(
+                message(
+                    "Classifier: y",
+                    "must keep the first fit's form on a warm start or a later partial_fit",
+                    f"{'a multi-label indicator matrix' if y.ndim == 2 else 'labels'} after "
+                    f"{'a multi-label matrix' if self.multilabel_ else 'labels'}",
+                    "fit afresh (warm_start=False)",
+                )
+            )
+        if self.multilabel_:
+            # MLPClassifier's convention: classes_ are the column indices; one logit and a
+            # binary cross-entropy per label.
+            labels = np.arange(y.shape[1])
+            if first:
+                self.classes_ = labels
+            if (classes is not None and not np.array_equal(unique_labels(classes), labels)) or (
+                y.shape[1] != len(self.classes_)
+            ):
+                raise ValueError(
+                    message(
+                        "Classifier: y",
+                        "must have one 0/1 column per label of classes_",
+                        f"{y.shape[1]} columns for classes_ {self.classes_.tolist()}",
+                        "pass the same label columns on every call",
+                    )
+                )
+            return np.asarray(y, dtype=np.float32)
         if first:
             self.classes_ = unique_labels(y) if classes is None else unique_labels(classes)
         elif classes is not None and not np.array_equal(unique_labels(classes), self.classes_):
@@ -721,7 +786,12 @@ class Classifier(ClassifierMixin, _Estimator):
                 f"({only!r}){where} — a one-class problem has nothing to learn"
             )
 
+    def _multilabel(self) -> bool:
+        return bool(getattr(self, "multilabel_", False))
+
     def _loss(self, targets: np.ndarray) -> Any:
+        if self._multilabel():
+            return L.get("binary_cross_entropy")
         loss = L.get("cross_entropy")
         if np.unique(targets).size != len(self.classes_):
             # Some classes are absent from this call's rows (partial_fit): keep the indices as
@@ -733,8 +803,11 @@ class Classifier(ClassifierMixin, _Estimator):
         return len(self.classes_)
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        """Class probabilities, shape (n_samples, n_classes), each row summing to 1."""
+        """Class probabilities, shape (n_samples, n_classes), each row summing to 1 (multi-label:
+        each label's own probability, shape (n_samples, n_labels))."""
         logits = self._forward(X)
+        if self._multilabel():
+            return _sigmoid(logits)
         logits -= logits.max(axis=1, keepdims=True)
         p = np.exp(logits)
         return p / p.sum(axis=1, keepdims=True)
@@ -742,17 +815,23 @@ class Classifier(ClassifierMixin, _Estimator):
     def predict_log_proba(self, X: Any) -> np.ndarray:
         """Log of :meth:`predict_proba`."""
         logits = self._forward(X)
+        if self._multilabel():
+            return -np.logaddexp(0.0, -logits)  # log sigmoid, stable for large |logit|
         logits -= logits.max(axis=1, keepdims=True)
         return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
 
     def predict(self, X: Any) -> np.ndarray:
-        """The most probable class label of each row."""
+        """The most probable class label of each row (multi-label: the 0/1 indicator matrix,
+        1 where a label's probability is above 0.5)."""
+        if self._multilabel():
+            return (self._forward(X) > 0).astype(np.int64)
         index = self._forward(X).argmax(axis=1)
         return self.classes_[index]
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.classifier_tags.multi_class = True
+        tags.classifier_tags.multi_label = True
         return tags
 
 
