@@ -20,9 +20,9 @@ Datasets: scikit-learn's bundled iris, wine, breast_cancer, digits (classificati
 75/25 split (stratified for classification). Metrics on the test part: accuracy and log loss
 (classification), R² (regression; averaged over outputs). Wall time is ``fit`` only.
 
-``--extra`` adds seven generated 1,000-row sets (friedman2/3, a 50-feature regression, a sine
-product, 3-class ``make_classification``, the first 1,000 digits, moons; see
-``extra_datasets``).
+``--extra`` adds eight generated 1,000-row sets (friedman2/3, a 50-feature regression, a sine
+product, 3-class ``make_classification``, the first 1,000 digits, moons, and a 5-label
+multi-label set scored by subset accuracy; see ``extra_datasets``).
 
 Run: ``python benchmarks/sklearn_estimators.py [--seeds 3] [--datasets iris,wine] [--extra]
 [--no-grid] [--descend '{"max_epochs": 100}']``. Prints a Markdown table (means over seeds) and
@@ -53,6 +53,7 @@ from sklearn.datasets import (
     make_friedman2,
     make_friedman3,
     make_moons,
+    make_multilabel_classification,
     make_regression,
 )
 from sklearn.exceptions import ConvergenceWarning
@@ -106,7 +107,7 @@ def _sine_product() -> tuple[np.ndarray, np.ndarray]:
 
 
 def extra_datasets() -> dict[str, tuple[Callable[[], tuple[np.ndarray, np.ndarray]], bool]]:
-    """``--extra``: seven more sets of 1,000 rows, generated offline, built to check the
+    """``--extra``: eight more sets of 1,000 rows, generated offline, built to check the
     estimators' rules (batch size, budget) beyond the seven above — sets where sklearn's
     default converges fast (friedman2, the 50-feature regression), a sharply non-linear one
     (the sine product), a 2-D one with a curved boundary (moons) and a subset of digits."""
@@ -135,6 +136,13 @@ def extra_datasets() -> dict[str, tuple[Callable[[], tuple[np.ndarray, np.ndarra
         ),
         "digits-1000": (lambda: (digits[0][:1000], digits[1][:1000]), True),
         "moons": (lambda: make_moons(n_samples=1000, noise=0.3, random_state=0), True),
+        # a 0/1 indicator y (5 labels): subset accuracy, log loss averaged over the labels
+        "multilabel-5": (
+            lambda: make_multilabel_classification(
+                n_samples=1000, n_features=20, n_classes=5, random_state=0
+            ),
+            True,
+        ),
     }
 
 
@@ -167,6 +175,10 @@ def contenders(clf: bool, seed: int, descend_kw: dict, grid: bool):
 def evaluate(est, clf: bool, X, y) -> dict[str, float]:
     if clf:
         proba = est.predict_proba(X)
+        if y.ndim == 2:  # multi-label: score is the subset accuracy; per-label log loss
+            p = np.clip(proba, 1e-15, 1 - 1e-15)
+            ll = -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
+            return {"metric": float(est.score(X, y)), "log_loss": float(ll)}
         return {"metric": float(est.score(X, y)), "log_loss": float(log_loss(y, proba))}
     return {"metric": float(est.score(X, y))}
 
@@ -180,7 +192,7 @@ def run(names: list[str], seeds: int, descend_kw: dict, grid: bool) -> list[dict
         per: dict[str, list[dict]] = {}
         for seed in range(seeds):
             Xtr, Xte, ytr, yte = train_test_split(
-                X, y, test_size=0.25, random_state=seed, stratify=y if clf else None
+                X, y, test_size=0.25, random_state=seed, stratify=y if clf and y.ndim == 1 else None
             )
             items = list(contenders(clf, seed, descend_kw, grid).items())
             # Rotate the order per seed: no contender always runs first (or after the warm-up).
@@ -233,7 +245,9 @@ def markdown(rows: list[dict], grid: bool) -> str:
         d, s = by[(name, "descend")], by[(name, "sk-default")]
         g = by.get((name, "sk-grid"))
         clf = d["task"] == "classification"
-        metric = "accuracy" if clf else "R²"
+        metric = (
+            ("subset accuracy" if name.startswith("multilabel") else "accuracy") if clf else "R²"
+        )
 
         def fmt(r):
             text = f"{r['metric']:.4f} ± {r['metric_sd']:.4f}"
@@ -257,7 +271,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--datasets", default=",".join(datasets()))
     parser.add_argument(
-        "--extra", action="store_true", help="also run the seven generated 1,000-row sets"
+        "--extra", action="store_true", help="also run the eight generated 1,000-row sets"
     )
     parser.add_argument("--no-grid", action="store_true")
     parser.add_argument("--descend", default="{}", help="JSON of extra descend estimator params")
