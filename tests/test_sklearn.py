@@ -471,6 +471,17 @@ def test_multilabel_indicator_targets_like_mlpclassifier():
     c = Classifier(max_epochs=5, random_state=0).fit(X[:200], Y[:200])
     assert np.abs(c.predict_proba(X) - b.predict_proba(X)).max() > 1e-3  # the rows mattered
 
+    # a sparse indicator matrix is the same targets; partial_fit needs no classes= for one
+    import scipy.sparse as sparse
+
+    d = Classifier(max_epochs=3, random_state=0).fit(X[:200], Y[:200])
+    e = Classifier(max_epochs=3, random_state=0).fit(X[:200], sparse.csr_matrix(Y[:200]))
+    np.testing.assert_array_equal(d.predict_proba(X), e.predict_proba(X))
+    inc = Classifier(random_state=0).partial_fit(X[:200], Y[:200])
+    assert inc.classes_.tolist() == [0, 1, 2] and inc.predict(X[:5]).shape == (5, 3)
+    with pytest.raises(ValueError, match=r"must hold 0 and 1 only; got values \[0, 2\]"):
+        Classifier(max_epochs=1).fit(X, Y * 2)
+
     with pytest.raises(ValueError, match="keep the first fit's form"):
         Classifier(warm_start=True, max_epochs=1).fit(X, Y).fit(X, Y[:, 0])
     with pytest.raises(ValueError, match=r"one 0/1 column per label"):

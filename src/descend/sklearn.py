@@ -316,6 +316,8 @@ class _Estimator(BaseEstimator, _RefuseMLPParams):
             y_numeric=not self._is_classifier,
         )
         X = _dense(X, type(self).__name__)
+        if sp.issparse(y):  # a sparse multi-label indicator (or multi-output) matrix
+            y = y.toarray()
         if sample_weight is not None:
             sample_weight = _check_sample_weight(
                 sample_weight, X, dtype=np.float64, ensure_non_negative=True
@@ -706,7 +708,9 @@ class Classifier(ClassifierMixin, _Estimator):
             self
         """
         first = not hasattr(self, "model_")
-        if first and classes is None:
+        # A multi-label indicator matrix names its classes itself: its column indices.
+        multilabel = len(getattr(y, "shape", np.shape(y))) == 2 and np.shape(y)[1] > 1
+        if first and classes is None and not multilabel:
             raise ValueError(
                 "Classifier.partial_fit: classes must be passed on the first call to "
                 "partial_fit; got classes=None — pass classes=numpy.unique(y_all)"
@@ -744,6 +748,16 @@ class Classifier(ClassifierMixin, _Estimator):
         if self.multilabel_:
             # MLPClassifier's convention: classes_ are the column indices; one logit and a
             # binary cross-entropy per label.
+            values = np.unique(y)
+            if not np.isin(values, (0, 1)).all():
+                raise ValueError(
+                    message(
+                        "Classifier: y",
+                        "as a multi-label indicator matrix must hold 0 and 1 only",
+                        f"values {values.tolist()[:5]}",
+                        "pass (y > 0).astype(int), or one label per row for a multi-class task",
+                    )
+                )
             labels = np.arange(y.shape[1])
             if first:
                 self.classes_ = labels
