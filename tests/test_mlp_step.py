@@ -392,3 +392,45 @@ def test_evaluation_of_a_plain_mlp_equals_the_general_path_exactly(task):
     assert seen["usable"] is False
     assert seen["general"] == seen["fast"]
     assert seen["fast"][1] is not None  # the metric (accuracy or R²) is computed too
+
+
+@pytest.mark.parametrize("where", ["epoch_callback", "step_callback"])
+def test_a_hook_added_mid_run_takes_effect_at_the_next_step_it_can(where):
+    # Without step callbacks the fast step's conditions are checked once per epoch (only user
+    # code can change them); a hook added by an epoch callback must be honoured from the next
+    # epoch's first step, one added by a step callback from the next step.
+    X, y = _data(64)
+    calls = []
+
+    class AddHook(descend.train.Callback):
+        wants_steps = where == "step_callback"
+
+        def _add(self, loop):
+            if not calls:
+                calls.append(("added at step", loop.step))
+                loop.model.register_forward_hook(lambda m, i, o: calls.append(loop.step))
+
+        def on_epoch_end(self, loop):
+            if where == "epoch_callback":
+                self._add(loop)
+
+        def on_step_end(self, loop):
+            if where == "step_callback" and loop.step == 3:
+                self._add(loop)
+
+    r = descend.fit(
+        mlp(6, 2, (8,), seed=0),
+        (X, y),
+        lr=1e-3,
+        epochs=3,
+        batch_size=16,
+        verbose=0,
+        seed=0,
+        validation=None,
+        callbacks=[AddHook()],
+    )
+    added = calls[0][1]
+    trained = [s for s in calls[1:] if isinstance(s, int)]
+    # every training step after the hook went through the module (the general path): the hook
+    # saw the step counter at each of them (evaluation passes may add more calls)
+    assert set(range(added, r.steps)) <= set(trained)

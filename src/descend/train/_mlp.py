@@ -25,8 +25,10 @@ autograd's ``AddmmBackward`` does. The gradients equal autograd's to float round
 
 Anything else — other module types, subclasses, hooks on a module or global ones, frozen or
 shared parameters (:meth:`MLPStep.build` returns None), inputs that are not a 2-D batch of the
-weights' dtype and device, autocast, anomaly mode, no_grad (:meth:`MLPStep.usable` says False,
-checked every step) — takes autograd's path, so the fast path is only ever an exact replacement.
+weights' dtype and device, autocast, anomaly mode, no_grad (:meth:`MLPStep.usable` says False:
+checked at every step while user code runs between steps — step callbacks, a streamed source —
+else at each epoch's first step, since nothing else can change them) — takes autograd's path,
+so the fast path is only ever an exact replacement.
 """
 
 from __future__ import annotations
@@ -203,7 +205,7 @@ class MLPStep:
         return cls(model, layers, index)
 
     def usable(self, xb: torch.Tensor, *, training: bool = True) -> bool:
-        """Whether this step is exact for ``xb`` now (checked every step: cheap).
+        """Whether this step is exact for ``xb`` now (cheap; see the module doc for when).
 
         ``training=False`` asks about :meth:`forward` alone (evaluation, under ``no_grad``).
         """
@@ -218,7 +220,7 @@ class MLPStep:
             or _global_hooks()
         ):
             return False
-        for m in self.modules:  # any module hook: this runs every step
+        for m in self.modules:  # any module hook
             if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks:
                 return False
             if m._backward_pre_hooks:

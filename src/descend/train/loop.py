@@ -473,6 +473,7 @@ class Loop:
         self._plist = [self.params[n] for n in self._names]
         # A plain MLP trained in fp32 takes the hand-written backward pass (train/_mlp.py).
         self._mlp = MLPStep.build(model, self._plist, loss) if precision == "fp32" else None
+        self._fast_ok = False  # see _epoch_loop
         # The plain-MLP step writes its gradients into one reused buffer (one kernel for their
         # norm) where the optimizer's fused path consumes them at once; a transform that might
         # keep a reference to a gradient across steps gets fresh tensors.
@@ -652,7 +653,7 @@ class Loop:
 
     def train_step(self, xb: torch.Tensor, yb: torch.Tensor | None, wb: torch.Tensor | None = None):
         fast = self._mlp
-        if fast is not None and fast.usable(xb):
+        if fast is not None and (self._fast_ok or fast.usable(xb)):
             if yb is not None and self._y_unsqueeze:
                 yb = yb.unsqueeze(-1)
             flat = self._flat_grads
@@ -1331,9 +1332,16 @@ class Loop:
         every = self.checkpoint_every if isinstance(self.checkpoint_every, int) else None
         if guard is not None and (not guard.has_snapshot or self._snapshot_epoch()):
             guard.snapshot(self)
+        # The fast step's conditions (hooks, grad/autocast/anomaly modes, the batches' dtype and
+        # device) change only through user code: with no step callbacks, and slices of one
+        # resident tensor, they are checked at the epoch's first step instead of every step.
+        self._fast_ok = False
+        steady = self._mlp is not None and not self.step_callbacks and src.resident
         for batch in src.batches(self.epoch, start=self.batch):
             # Sources yield (x, y) or, with sample weights, (x, y, w).
             value, gnorm = self.train_step(*batch)
+            if steady and not self._fast_ok:
+                self._fast_ok = self._mlp.usable(batch[0])
             self.batch += 1
             self._ep_losses.append(value)
             self._ep_norms.append(gnorm)

@@ -284,6 +284,9 @@ def sweep(
             lr = start_lr * ratio ** (i / max(steps - 1, 1))
             lr_state["scale"] = lr / base
             value, _ = loop.train_step(*batch)
+            if not loop._fast_ok and loop._mlp is not None and bundle.train.resident:
+                # no user code runs between the sweep's steps: check the fast step once
+                loop._fast_ok = loop._mlp.usable(batch[0])
             v = float(value)
             lrs.append(lr)
             losses.append(v)
