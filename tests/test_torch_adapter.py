@@ -214,6 +214,46 @@ def test_torch_lr_scheduler_matches_torch_optimizer():
     assert lr_state["lr"] == pytest.approx(1e-2 * 0.5**4)
 
 
+@pytest.mark.parametrize(
+    "make_sched",
+    [
+        lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=20),
+        lambda o: torch.optim.lr_scheduler.OneCycleLR(
+            o, max_lr=0.05, total_steps=30, cycle_momentum=False
+        ),
+        lambda o: torch.optim.lr_scheduler.SequentialLR(
+            o,
+            [
+                torch.optim.lr_scheduler.LinearLR(o, 0.1, 1.0, total_iters=5),
+                torch.optim.lr_scheduler.ExponentialLR(o, gamma=0.9),
+            ],
+            milestones=[5],
+        ),
+        lambda o: torch.optim.lr_scheduler.CyclicLR(
+            o, 1e-3, 1e-2, step_size_up=4, cycle_momentum=False
+        ),
+    ],
+    ids=["cosine", "one_cycle", "warmup_then_exponential", "cyclic"],
+)
+def test_common_torch_schedulers_match_torch_adamw(make_sched):
+    batches = _batches(30)
+    a, b = _model(), _model()
+    ta = torch.optim.AdamW(a.parameters(), lr=1e-2)
+    _torch_loop(a, ta, batches, make_sched(ta))
+    tb = optim.as_torch_optimizer(optim.adamw(lr=1e-2, mask=None), b)  # decay all, as torch
+    _torch_loop(b, tb, batches, make_sched(tb))
+    assert _close(a, b, 1e-12)
+    assert tb.param_groups[0]["lr"] == pytest.approx(ta.param_groups[0]["lr"])
+
+
+def test_momentum_cycling_schedulers_are_refused_by_torch_with_the_option_named():
+    # The transform's betas/momentum are fixed: the group has no "betas"/"momentum" for a
+    # scheduler to cycle, so torch refuses OneCycleLR's default and names cycle_momentum.
+    opt = optim.as_torch_optimizer(optim.adamw(lr=1e-2), _model())
+    with pytest.raises(ValueError, match="cycle_momentum"):
+        torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=10)
+
+
 def test_torch_scheduler_multiplies_a_descend_schedule():
     model = _model()
     sched = schedules.linear_warmup(4)
