@@ -1359,6 +1359,7 @@ class Loop:
                 self.max_time is not None and self._elapsed() > self.max_time
             ):
                 break
+        self._fast_ok = False  # user code (epoch callbacks) runs before the next step
         if guard is not None and guard.flush(self) == "diverged":
             return StopReason.DIVERGED
         return None
