@@ -718,3 +718,20 @@ def test_fit_keeps_a_small_network_on_the_cpu_unless_a_device_is_given(tmp_path,
     )
     assert r.exit_code == 0, r.output
     assert seen[-1] is None  # 2.3 million weights x 32 rows: the accelerator, if any
+
+
+def test_several_targets_offer_no_classification_override(tmp_path, monkeypatch):
+    # Two 0/1 target columns are multi-output regression; the task line must not suggest
+    # --task classification, which takes one target column (it is refused, naming that).
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(80, 2))
+    table = {"a": X[:, 0], "b": X[:, 1], "l1": (X[:, 0] > 0) * 1, "l2": (X[:, 1] > 0) * 1}
+    pcsv.write_csv(pa.table(table), tmp_path / "ml.csv")
+    r = invoke(["fit", "ml.csv", "--target", "l1,l2", "--epochs", "1"], tmp_path, monkeypatch)
+    assert r.exit_code == 0, r.output
+    assert "task: regression — target 'l1', 'l2': 2 target columns\n" in r.output
+    assert "pass --task" not in r.output
+    r = invoke(
+        ["fit", "ml.csv", "--target", "l1,l2", "--task", "classification"], tmp_path, monkeypatch
+    )
+    assert r.exit_code == 2 and "needs one target column" in r.output

@@ -786,7 +786,8 @@ def prepare_data(
             )
         )
     other = "regression" if task == "classification" else "classification"
-    tail = f"; pass --task {other} to override" if inferred else ""
+    # (several targets: no override to offer, classification takes one target column)
+    tail = f"; pass --task {other} to override" if inferred and len(targets) == 1 else ""
     notify(f"task: {task} — target {', '.join(repr(t) for t in targets)}: {reason}{tail}")
 
     labels = None
