@@ -339,6 +339,18 @@ def test_a_model_of_mixed_dtypes_gets_a_dtype_hint():
         descend.fit(model, (X, X[:, 0]), "mse", lr=1e-2, epochs=1, verbose=0)
 
 
+def test_integer_features_for_a_linear_model_get_the_float_hint():
+    # fit keeps integer features as they are (an embedding wants its indices); a model of
+    # Linear layers then fails on them: the hint says to pass floats, not to change the model.
+    X = np.random.default_rng(0).integers(0, 10, size=(40, 3))
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+    with pytest.raises(InputError, match=r"the data is torch\.int64: .*X\.astype\('float32'\)"):
+        descend.fit(model, (X, X[:, 0] * 1.0), "mse", lr=1e-2, epochs=1, verbose=0)
+    emb = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Flatten(), torch.nn.Linear(12, 1))
+    r = descend.fit(emb, (X, X[:, 0] * 1.0), "mse", lr=1e-2, epochs=1, verbose=0)  # indices kept
+    assert r.steps > 0
+
+
 def test_bad_settings_are_refused():
     X = torch.randn(20, 2)
     with pytest.raises(ConfigError, match=r"max_time must be a number of seconds > 0.*got -1"):

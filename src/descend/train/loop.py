@@ -574,7 +574,18 @@ class Loop:
             shape = tuple(probe_x.shape) if torch.is_tensor(probe_x) else "?"
             kind = probe_x.dtype if torch.is_tensor(probe_x) else "?"
             first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
-            if "dtype" in first_line.lower() and torch.is_tensor(probe_x):
+            if (
+                "dtype" in first_line.lower()
+                and torch.is_tensor(probe_x)
+                and not (probe_x.is_floating_point() or probe_x.is_complex())
+            ):
+                # Integer features stay integers (an embedding layer wants its indices).
+                fix = (
+                    f"the data is {probe_x.dtype}: fit keeps integer features as they are (for "
+                    "embedding layers); for a model that computes with them, pass floats, e.g. "
+                    "X.astype('float32') or X.float()"
+                )
+            elif "dtype" in first_line.lower() and torch.is_tensor(probe_x):
                 dtypes = sorted({str(p.dtype) for p in self.model.parameters()})
                 fix = (
                     f"the data is {probe_x.dtype} (fit converts it to the model's first floating "
