@@ -351,6 +351,21 @@ def test_integer_features_for_a_linear_model_get_the_float_hint():
     assert r.steps > 0
 
 
+def test_seed_takes_numpy_integers_and_refuses_the_rest():
+    # seed=np.int64(3) (from numpy or a config) raised torch's bare "an integer is required";
+    # seed="a" torch's RuntimeError. Now: the same run as seed=3, and a ConfigError.
+    X = np.random.default_rng(0).normal(size=(40, 2))
+    runs = []
+    for s in (3, np.int64(3)):
+        torch.manual_seed(0)  # the same initial weights
+        model = torch.nn.Linear(2, 1)
+        runs.append(descend.fit(model, (X, X[:, 0]), "mse", lr=1e-2, epochs=2, verbose=0, seed=s))
+    assert runs[0].history.val_loss == runs[1].history.val_loss and runs[1].seed == 3
+    for bad in ("a", 1.5, True):
+        with pytest.raises(ConfigError, match=r"fit: seed must be an integer"):
+            descend.fit(torch.nn.Linear(2, 1), (X, X[:, 0]), "mse", epochs=1, verbose=0, seed=bad)
+
+
 def test_bad_settings_are_refused():
     X = torch.randn(20, 2)
     with pytest.raises(ConfigError, match=r"max_time must be a number of seconds > 0.*got -1"):

@@ -18,6 +18,7 @@ import contextlib
 import copy
 import itertools
 import math
+import numbers
 import random
 import signal
 import threading
@@ -1683,6 +1684,11 @@ def fit(
         C.check_writable(checkpoint)
     if seed is None:
         seed = random.SystemRandom().randrange(2**31)
+    elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ConfigError(
+            message("fit: seed", "must be an integer", describe(seed), "pass e.g. seed=0")
+        )
+    seed = int(seed)  # numpy integers too (torch's generators take Python ints only)
     D.seed_all(seed)
 
     module = _as_module(model, params)
