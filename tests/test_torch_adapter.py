@@ -246,12 +246,66 @@ def test_common_torch_schedulers_match_torch_adamw(make_sched):
     assert tb.param_groups[0]["lr"] == pytest.approx(ta.param_groups[0]["lr"])
 
 
-def test_momentum_cycling_schedulers_are_refused_by_torch_with_the_option_named():
-    # The transform's betas/momentum are fixed: the group has no "betas"/"momentum" for a
-    # scheduler to cycle, so torch refuses OneCycleLR's default and names cycle_momentum.
-    opt = optim.as_torch_optimizer(optim.adamw(lr=1e-2), _model())
-    with pytest.raises(ValueError, match="cycle_momentum"):
-        torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=10)
+@pytest.mark.parametrize("impl", ["fused", "foreach", "reference"])
+@pytest.mark.parametrize(
+    "torch_opt, descend_opt",
+    [
+        (lambda p: torch.optim.Adam(p, lr=1e-2), lambda i: optim.adam(lr=1e-2, impl=i)),
+        (
+            lambda p: torch.optim.AdamW(p, lr=1e-2),
+            lambda i: optim.adamw(lr=1e-2, mask=None, impl=i),
+        ),
+        (
+            lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9),
+            lambda i: optim.momentum(lr=1e-2, momentum=0.9, impl=i),
+        ),
+        (
+            lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9, nesterov=True),
+            lambda i: optim.nesterov(lr=1e-2, momentum=0.9, impl=i),
+        ),
+    ],
+    ids=["adam", "adamw", "momentum", "nesterov"],
+)
+def test_momentum_cycling_schedulers_drive_betas_and_momentum_like_torch(
+    torch_opt, descend_opt, impl
+):
+    # OneCycleLR's default (cycle_momentum=True) moves the group's betas[0] (Adam) or
+    # momentum (SGD) every step: the adapter shows them in its group and reads them back
+    # before each step, on every implementation path.
+    batches = _batches(30)
+    a, b = _model(), _model()
+    ta = torch_opt(a.parameters())
+    tb = optim.as_torch_optimizer(descend_opt(impl), b)
+    make = lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.05, total_steps=30)  # noqa: E731
+    _torch_loop(a, ta, batches, make(ta))
+    _torch_loop(b, tb, batches, make(tb))
+    assert _close(a, b, 1e-12)
+    key = "betas" if "betas" in ta.param_groups[0] else "momentum"
+    assert tb.param_groups[0][key] == ta.param_groups[0][key] != ta.defaults[key]
+
+
+def test_betas_set_on_the_group_are_checked_and_survive_a_state_dict():
+    model = _model()
+    opt = optim.as_torch_optimizer(optim.adamw(lr=1e-2), model)
+    assert opt.param_groups[0]["betas"] == (0.9, 0.999)
+    opt.param_groups[0]["betas"] = (0.8, 0.99)
+    _torch_loop(model, opt, _batches(2))
+    saved = plain_tree(opt.state_dict())
+    fresh = optim.as_torch_optimizer(optim.adamw(lr=1e-2), _model())
+    fresh.load_state_dict(saved)
+    assert fresh.param_groups[0]["betas"] == (0.8, 0.99)
+    straight, resumed = _model(), _model()
+    o1 = optim.as_torch_optimizer(optim.adamw(lr=1e-2, betas=(0.8, 0.99)), straight)
+    o2 = optim.as_torch_optimizer(optim.adamw(lr=1e-2), resumed)
+    o2.param_groups[0]["betas"] = (0.8, 0.99)
+    _torch_loop(straight, o1, _batches(5))
+    _torch_loop(resumed, o2, _batches(5))
+    assert _close(straight, resumed, 1e-15)  # the group's betas are the ones used
+    opt.param_groups[0]["betas"] = (1.2, 0.999)
+    with pytest.raises(ConfigError, match=r"param_groups\[0\]\['betas'\] must be in \[0, 1\)"):
+        _torch_loop(model, opt, _batches(1))
+    sgd = optim.as_torch_optimizer(optim.sgd(lr=0.1), _model())
+    assert "momentum" not in sgd.param_groups[0]  # plain SGD has no momentum to drive
 
 
 def test_torch_scheduler_multiplies_a_descend_schedule():

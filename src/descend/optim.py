@@ -1220,7 +1220,9 @@ class TorchOptimizer(torch.optim.Optimizer):
     Build it with :func:`as_torch_optimizer`. It has one parameter group whose ``"lr"`` starts
     at the transform's base learning rate; changing it (by hand or with any
     ``torch.optim.lr_scheduler``) sets the learning-rate state's ``scale`` to
-    ``group lr / base lr``, on top of the transform's own schedule. The transform's state is
+    ``group lr / base lr``, on top of the transform's own schedule. Adam-family transforms
+    show ``"betas"`` and momentum SGD ``"momentum"`` in the group, read back before each step
+    (so ``OneCycleLR``'s momentum cycling drives them as it drives torch's optimizers). The transform's state is
     ``self.tx_state``; ``state_dict()`` holds it keyed by parameter NAME, with tensors and
     plain Python values only.
 
@@ -1238,8 +1240,20 @@ class TorchOptimizer(torch.optim.Optimizer):
         self._lr_state = find_lr_state(self.tx_state)
         self.base_lr = float(self._lr_state["lr"]) if self._lr_state is not None else 1.0
         self._seen_lr = self.base_lr
+        # Adam's betas or SGD's momentum, where the transform has one holder of them
+        # (scale_by_adam's, trace's): shown as the group's "betas"/"momentum" like torch's
+        # optimizers, and read back before each step, so schedulers that cycle momentum
+        # (OneCycleLR, CyclicLR) drive them as they drive torch's.
+        hyper = getattr(tx.update, "hyper", None)
+        self._betas = hyper if hasattr(hyper, "b1") and hasattr(hyper, "b2") else None
+        self._momentum = hyper if hasattr(hyper, "momentum") else None
+        defaults: dict[str, Any] = {"lr": self.base_lr}
+        if self._betas is not None:
+            defaults["betas"] = (self._betas.b1, self._betas.b2)
+        if self._momentum is not None:
+            defaults["momentum"] = self._momentum.momentum
         self._building = True
-        super().__init__([{"params": list(params.values())}], {"lr": self.base_lr})
+        super().__init__([{"params": list(params.values())}], defaults)
         self._building = False
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -1269,6 +1283,15 @@ class TorchOptimizer(torch.optim.Optimizer):
         self._lr_state["scale"] = lr / self.base_lr
         self._seen_lr = lr
 
+    def _sync_betas(self, betas: Any) -> None:
+        what = "param_groups[0]['betas']"
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ConfigError(
+                message(what, "must be two numbers in [0, 1)", describe(betas), "e.g. (0.9, 0.999)")
+            )
+        b1, b2 = (_unit_interval(what, b) for b in betas)
+        self._betas.b1, self._betas.b2 = b1, b2  # type: ignore[union-attr]
+
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """One update from the ``.grad`` of every named parameter (``None`` grads skipped)."""
         loss = None
@@ -1278,6 +1301,15 @@ class TorchOptimizer(torch.optim.Optimizer):
         lr = self.param_groups[0]["lr"]
         if lr != self._seen_lr:
             self._sync_lr(lr)
+        group = self.param_groups[0]
+        if self._betas is not None:
+            betas = group["betas"]
+            if betas[0] != self._betas.b1 or betas[1] != self._betas.b2:
+                self._sync_betas(betas)
+        if self._momentum is not None and group["momentum"] != self._momentum.momentum:
+            self._momentum.momentum = _unit_interval(
+                "param_groups[0]['momentum']", group["momentum"]
+            )
         grads = {n: p.grad for n, p in self.named.items() if p.grad is not None}
         if grads:
             with torch.no_grad():
@@ -1347,8 +1379,19 @@ class TorchOptimizer(torch.optim.Optimizer):
         group = self.param_groups[0]
         for key, value in groups[0].items():
             if key != "params":
-                group[key] = value
+                # betas saved through JSON or a plain tree come back as a list
+                group[key] = tuple(value) if key == "betas" and isinstance(value, list) else value
         self._seen_lr = state_dict.get("synced_lr", group["lr"])
+
+
+def _unit_interval(what: str, value: Any) -> float:
+    """``value`` as a float in [0, 1) (a beta or a momentum set on a param group), or ConfigError."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value < 1.0
+    if not ok:
+        raise ConfigError(
+            message(what, "must be in [0, 1)", describe(value), "set e.g. 0.9 (betas (0.9, 0.999))")
+        )
+    return float(value)
 
 
 def _adapter_params(source: Any) -> Params:

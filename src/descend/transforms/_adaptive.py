@@ -82,6 +82,7 @@ def scale_by_adam(
         return state
 
     def update_reference(grads: Updates, state: State, params: Params | None, owned: bool):
+        b1, b2 = kernel.b1, kernel.b2  # the betas of this step (a torch scheduler may move b1)
         state["count"] += 1
         t = state["count"]
         updates = {}
@@ -100,6 +101,7 @@ def scale_by_adam(
         return updates, state, True
 
     def update_foreach(grads: Updates, state: State, params: Params | None, owned: bool):
+        b1, b2 = kernel.b1, kernel.b2
         state["count"] += 1
         t = state["count"]
         bc1 = 1 - b1**t
@@ -131,7 +133,11 @@ def scale_by_adam(
             out.update(zip(grp, torch._foreach_div(ms, denom)))
         return out, state, True
 
-    return inplace_transform(init, update_reference if path == "reference" else update_foreach)
+    tx = inplace_transform(init, update_reference if path == "reference" else update_foreach)
+    # The betas' one holder, found by descend.optim.as_torch_optimizer (param_groups "betas",
+    # which schedulers such as OneCycleLR cycle): every path reads kernel.b1/b2 each step.
+    tx.update.hyper = kernel  # type: ignore[attr-defined]
+    return tx
 
 
 def scale_by_nadam(

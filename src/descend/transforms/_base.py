@@ -151,6 +151,10 @@ def chain(*transforms: Transform) -> Transform:
         return updates, state
 
     update.inplace = update_inplace  # type: ignore[attr-defined]
+    # A link's mutable hyperparameters (scale_by_adam's betas), when exactly one link has them.
+    hypers = [h for t in flat if (h := getattr(t.update, "hyper", None)) is not None]
+    if len(hypers) == 1:
+        update.hyper = hypers[0]  # type: ignore[attr-defined]
     return Transform(init, update)
 
 

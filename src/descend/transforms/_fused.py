@@ -96,7 +96,8 @@ def fused_adam_chain(
 ) -> Transform:
     """``chain(*head, scale_by_adam(b1, b2, eps, amsgrad), [add_decayed_weights(weight_decay,
     mask)], scale_by_learning_rate(lr, schedule))`` with the tail in one fused kernel."""
-    tail = [scale_by_adam(b1, b2, eps, amsgrad, impl="foreach")]
+    adam_link = scale_by_adam(b1, b2, eps, amsgrad, impl="foreach")
+    tail = [adam_link]
     if weight_decay:
         tail.append(add_decayed_weights(weight_decay, mask))
     tail.append(scale_by_learning_rate(lr, schedule))
@@ -105,7 +106,7 @@ def fused_adam_chain(
     steps = [_inplace(t) for t in links]
     n_head = len(head)
     i_adam, i_lr = n_head, len(links) - 1
-    kernel = AdamKernel(b1, b2, eps, amsgrad)
+    kernel: AdamKernel = adam_link.update.hyper  # type: ignore[attr-defined]  # shared betas
     decide = MaskCache(mask_fn(mask, owner="add_decayed_weights")) if weight_decay else None
 
     def init(params: Params) -> State:
@@ -275,7 +276,9 @@ def fused_adam_chain(
         remember(grads, state, params, calls)
         return tuple(state)
 
-    return inplace_transform(init, update, apply)
+    tx = inplace_transform(init, update, apply)
+    tx.update.hyper = kernel  # type: ignore[attr-defined]
+    return tx
 
 
 def fused_sgd_chain(
@@ -301,7 +304,9 @@ def fused_sgd_chain(
     n_head = len(head)
     i_trace = n_head + len(l2) if momentum else None
     i_lr = len(links) - 1
-    kernel = SGDKernel(momentum, dampening, nesterov)
+    # the trace link's momentum holder, shared (a torch scheduler may move it)
+    hyper = mom[0].update.hyper if mom else None  # type: ignore[attr-defined]
+    kernel = SGDKernel(momentum, dampening, nesterov, hyper=hyper)
 
     def buffers(state: list, names: list[str]) -> tuple[list[torch.Tensor], bool]:
         if i_trace is None:
@@ -353,4 +358,7 @@ def fused_sgd_chain(
             kernel(ps, [grads[n] for n in grp], bufs, first=first, lr=lr_t, wd=weight_decay)
         return finish(state, lr_t)
 
-    return inplace_transform(reference.init, update, apply)
+    tx = inplace_transform(reference.init, update, apply)
+    if hyper is not None:
+        tx.update.hyper = hyper  # type: ignore[attr-defined]
+    return tx

@@ -16,6 +16,8 @@ before it touches real state; where the probe fails descend uses its ``_foreach_
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
 
 import torch
 
@@ -140,8 +142,15 @@ class SGDKernel:
     """``out ← out − lr · d`` with ``d`` torch.optim.SGD's momentum direction (coupled decay
     ``wd · out`` added to the gradient first), updating the momentum buffers in place."""
 
-    def __init__(self, momentum: float, dampening: float, nesterov: bool):
-        self.momentum, self.dampening, self.nesterov = momentum, dampening, nesterov
+    def __init__(self, momentum: float, dampening: float, nesterov: bool, hyper: Any = None):
+        # hyper: the holder of ``momentum`` shared with the trace link it fuses (a torch
+        # scheduler may move it between steps); its own otherwise.
+        self.hyper = hyper if hyper is not None else SimpleNamespace(momentum=momentum)
+        self.dampening, self.nesterov = dampening, nesterov
+
+    @property
+    def momentum(self) -> float:
+        return self.hyper.momentum
 
     @staticmethod
     def supports(tensor: torch.Tensor) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 
 from descend._errors import ConfigError, check_in_range, message
@@ -58,11 +60,15 @@ def trace(
             )
         )
     path = resolve_impl(impl, owner)
+    # The momentum's one holder (as_torch_optimizer shows it as the group's "momentum", which
+    # schedulers such as OneCycleLR cycle): both paths read it each step.
+    hyper = SimpleNamespace(momentum=momentum)
 
     def init(params: Params) -> State:
         return {"count": 0, "momentum_buffer": zeros_like_all(params)}
 
     def update_reference(grads: Updates, state: State, params: Params | None, owned: bool):
+        momentum = hyper.momentum
         first = state["count"] == 0
         state["count"] += 1
         updates = {}
@@ -76,6 +82,7 @@ def trace(
         return updates, state, True
 
     def update_foreach(grads: Updates, state: State, params: Params | None, owned: bool):
+        momentum = hyper.momentum
         first = state["count"] == 0
         state["count"] += 1
         bufs = state["momentum_buffer"]
@@ -99,4 +106,6 @@ def trace(
                 out.update(zip(grp, torch._foreach_add(gs, bs, alpha=momentum)))
         return out, state, True
 
-    return inplace_transform(init, update_reference if path == "reference" else update_foreach)
+    tx = inplace_transform(init, update_reference if path == "reference" else update_foreach)
+    tx.update.hyper = hyper  # type: ignore[attr-defined]
+    return tx
