@@ -400,3 +400,31 @@ def test_bad_parameters_are_refused():
         optim.as_torch_optimizer("adam", [{"params": model.parameters(), "lr": 0.1}])
     with pytest.raises(ConfigError, match=r"optim.get: optimizer must be one of"):
         optim.as_torch_optimizer("adamm", _model())
+
+
+def test_grad_scaler_clipping_and_step_hooks_work_as_with_torch_adamw():
+    # The mixed-precision loop: GradScaler scales the loss, unscale_ + clip_grad_norm_ act on
+    # param_groups' grads, a step with an inf gradient is skipped by the scaler (the step hooks
+    # see only the steps taken), and the weights follow torch's AdamW.
+    if not hasattr(torch, "amp") or not hasattr(torch.amp, "GradScaler"):
+        pytest.skip("torch.amp.GradScaler is missing")
+    a, b = _model(), _model()
+    ta = torch.optim.AdamW(a.parameters(), lr=1e-2)
+    tb = optim.as_torch_optimizer(optim.adamw(lr=1e-2, mask=None), b)
+    calls = []
+    tb.register_step_pre_hook(lambda o, args, kwargs: calls.append("pre"))
+    tb.register_step_post_hook(lambda o, args, kwargs: calls.append("post"))
+    scalers = [torch.amp.GradScaler("cpu", init_scale=16.0) for _ in range(2)]
+    for i, (x, y) in enumerate(_batches(6)):
+        for model, opt, scaler in ((a, ta, scalers[0]), (b, tb, scalers[1])):
+            opt.zero_grad()
+            scaler.scale(torch.nn.functional.mse_loss(model(x), y)).backward()
+            if i == 2:
+                next(model.parameters()).grad[0, 0] = float("inf")
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            scaler.step(opt)
+            scaler.update()
+    assert _close(a, b, 1e-12)
+    assert calls == ["pre", "post"] * 5  # 6 batches, the inf one skipped
+    assert scalers[1].get_scale() == scalers[0].get_scale() == 8.0
