@@ -366,6 +366,23 @@ def test_seed_takes_numpy_integers_and_refuses_the_rest():
             descend.fit(torch.nn.Linear(2, 1), (X, X[:, 0]), "mse", epochs=1, verbose=0, seed=bad)
 
 
+def test_a_validation_label_unseen_in_training_is_named():
+    # Labels are encoded over training and validation together, so a validation-only label
+    # shows up as one class too many for the model: the error names that label.
+    X = np.random.default_rng(0).normal(size=(60, 3))
+    y = np.where(X[:, 0] > 0, "cat", "dog")
+    with pytest.raises(
+        InputError, match=r"validation y holds labels that the training y does not: \['cow'\]"
+    ):
+        descend.fit(
+            mlp(3, 8, 2), (X, y), "cross_entropy", validation=(X[:6], np.array(["cow"] * 6)),
+            epochs=1, verbose=0,
+        )  # fmt: skip
+    with pytest.raises(InputError, match=r"model's last layer must have 2 outputs") as info:
+        descend.fit(mlp(3, 8, 1), (X, y), "cross_entropy", epochs=1, verbose=0)
+    assert "validation y holds" not in str(info.value)  # no such note where it does not apply
+
+
 def test_bad_settings_are_refused():
     X = torch.randn(20, 2)
     with pytest.raises(ConfigError, match=r"max_time must be a number of seconds > 0.*got -1"):

@@ -633,14 +633,37 @@ class Loop:
         # A zero-cost expanded prediction lets the loss check every target (range, NaN, shape)
         # against the model's real output width, without running the model on all of the data.
         fake = out[:1].float().expand(y_all.shape[0], *out.shape[1:])
-        self.loss.validate(fake, y_all)
-        if (
-            self.bundle.val is not None
-            and self.bundle.val.resident
-            and self.bundle.val.y is not None
-        ):
-            yv = self._shape_targets(out, self.bundle.val.y)
-            self.loss.validate(out[:1].float().expand(yv.shape[0], *out.shape[1:]), yv)
+        val = self.bundle.val
+        yv = None
+        if val is not None and val.resident and val.y is not None:
+            yv = self._shape_targets(out, val.y)
+        try:
+            self.loss.validate(fake, y_all)
+            if yv is not None:
+                self.loss.validate(out[:1].float().expand(yv.shape[0], *out.shape[1:]), yv)
+        except InputError as err:
+            # Labels are encoded over training and validation together: a validation-only
+            # label is one class too many for the model, in either part's check.
+            unseen = [] if yv is None else self._validation_only_labels(y_all, yv)
+            if not unseen:
+                raise
+            raise InputError(
+                f"{err} (validation y holds labels that the training y does not: "
+                f"{unseen} — check the validation labels, or train on rows of them too)"
+            ) from None
+
+    def _validation_only_labels(self, y: torch.Tensor, yv: torch.Tensor) -> list[Any]:
+        """Class labels (original values where they were encoded) present in the validation
+        targets but not in the training targets; [] for other targets."""
+        if self.loss.target_kind != "index" or y.is_floating_point() or yv.is_floating_point():
+            return []
+        only = sorted(set(torch.unique(yv).tolist()) - set(torch.unique(y).tolist()))
+        classes = getattr(self.bundle, "classes", None)
+        if classes is not None:
+            return [classes[i].item() if hasattr(classes[i], "item") else classes[i] for i in only][
+                :5
+            ]
+        return only[:5]
 
     def _shape_targets(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         # A regression model usually ends in Linear(k, 1) while y is 1-D: (N,1) vs (N,) would
