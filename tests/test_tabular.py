@@ -368,7 +368,7 @@ def test_transform_names_missing_columns_and_ignores_extra(mixed):
     pre = Preprocessor().fit(mixed, "y")
     with pytest.raises(
         InputError,
-        match=r"must be columns of the table; got no column \['age', 'flag'\] — for 'age' did you mean 'Age'\?",
+        match=r"feature columns the preprocessor was fitted on must all be in the table; got no column \['age', 'flag'\] — for 'age' did you mean 'Age'\? the table's columns",
     ):
         pre.transform(pa.table({"Age": [1.0], "color": ["red"]}))
     X, y = pre.transform(pa.table({"age": [1.0], "color": ["red"], "flag": [True], "new": [1]}))

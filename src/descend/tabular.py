@@ -125,15 +125,20 @@ def _close_matches(word: str, candidates: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(exact + [by_lower[c] for c in close if by_lower[c] != word]))[:3]
 
 
-def _missing_column_error(what: str, missing: Sequence[str], present: Sequence[str]) -> InputError:
+def _missing_column_error(
+    what: str, missing: Sequence[str], present: Sequence[str], rule: str | None = None
+) -> InputError:
     hints = []
     for name in missing:
         close = _close_matches(name, present)
         if close:
             hints.append(f"for {name!r} did you mean {' or '.join(repr(c) for c in close)}?")
     fix = " ".join(hints) + " " if hints else ""
-    fix += f"The table's columns are {_quote_list(list(present), 20)}"
-    rule = "must be a column of the table" if len(missing) == 1 else "must be columns of the table"
+    fix += f"the table's columns are {_quote_list(list(present), 20)}"
+    if rule is None:
+        rule = (
+            "must be a column of the table" if len(missing) == 1 else "must be columns of the table"
+        )
     return InputError(message(what, rule, f"no column {_quote_list(list(missing))}", fix))
 
 
@@ -1355,7 +1360,10 @@ class Preprocessor:
         missing = [c for c in self.input_columns if c not in full.column_names]
         if missing:
             raise _missing_column_error(
-                "the columns the preprocessor was fitted on", missing, full.column_names
+                "the feature columns the preprocessor was fitted on",
+                missing,
+                full.column_names,
+                rule="must all be in the table",
             )
         data, ids = self._select_rows(full, rows, "Preprocessor.transform")
         where = _Rows(full, ids)
