@@ -735,3 +735,13 @@ def test_several_targets_offer_no_classification_override(tmp_path, monkeypatch)
         ["fit", "ml.csv", "--target", "l1,l2", "--task", "classification"], tmp_path, monkeypatch
     )
     assert r.exit_code == 2 and "needs one target column" in r.output
+
+
+def test_runs_takes_the_same_runs_dir_option_as_fit(reg_run, tmp_path, monkeypatch):
+    # `descend fit --runs-dir X` then `descend runs --runs-dir X` (it knew only --dir).
+    _, run_dir, _ = reg_run
+    shutil.copytree(run_dir, tmp_path / "elsewhere" / "mine")
+    for flag in ("--runs-dir", "--dir", "-d"):
+        proc = invoke(["runs", flag, "elsewhere"], tmp_path, monkeypatch)
+        assert proc.exit_code == 0, proc.output
+        assert " mine " in proc.stdout and "completed" in proc.stdout

@@ -362,7 +362,10 @@ def predict(
 @app.command("runs")
 @_guard
 def runs_command(
-    dir: Annotated[str, typer.Option("--dir", "-d", help="The runs directory.")] = _D.runs_dir,
+    dir: Annotated[
+        str,
+        typer.Option("--runs-dir", "--dir", "-d", help="The runs directory (as fit's --runs-dir)."),
+    ] = _D.runs_dir,
 ) -> None:
     """List past runs: data, task, loss, metric, time, status."""
     from rich.table import Table
