@@ -745,3 +745,17 @@ def test_runs_takes_the_same_runs_dir_option_as_fit(reg_run, tmp_path, monkeypat
         proc = invoke(["runs", flag, "elsewhere"], tmp_path, monkeypatch)
         assert proc.exit_code == 0, proc.output
         assert " mine " in proc.stdout and "completed" in proc.stdout
+
+
+def test_ignore_and_categorical_columns_are_checked_as_the_options_typed(tmp_path, monkeypatch):
+    # It said "Preprocessor ignore must be a column ..." after printing the split.
+    write_linear_csv(tmp_path / "lin.csv", n=40)
+    r = invoke(["fit", "lin.csv", "-t", "price", "--ignore", "zz,A"], tmp_path, monkeypatch)
+    assert r.exit_code == 2
+    assert (
+        "--ignore must name columns of the table; got no column ['zz', 'A'] — for 'A' did you "
+        "mean 'a'?" in r.output
+    )
+    assert "split:" not in r.output and not (tmp_path / "runs").exists()
+    r = invoke(["fit", "lin.csv", "-t", "price", "--categorical", "q"], tmp_path, monkeypatch)
+    assert r.exit_code == 2 and "--categorical must name columns of the table" in r.output

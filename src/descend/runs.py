@@ -767,6 +767,12 @@ def prepare_data(
     if any(t not in table.column_names for t in targets):
         # Raises tabular's message for a missing target: close matches, then the columns.
         tabular.Preprocessor().fit(table, targets)
+    for flag, names in (("--ignore", cfg.ignore), ("--categorical", cfg.categorical)):
+        unknown = [c for c in names or () if c not in table.column_names]
+        if unknown:  # before the split line and the rest: named as the option the user typed
+            raise tabular._missing_column_error(
+                flag, unknown, table.column_names, rule="must name columns of the table"
+            )
     target_cols = [table[t] for t in targets]
 
     if cfg.task != "auto":
