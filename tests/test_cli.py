@@ -240,6 +240,16 @@ def test_fit_classification_parquet_with_text_labels(tmp_path, monkeypatch):
         np.asarray(pred["species"].to_pylist()) == np.asarray(table["species"].to_pylist())
     )
     assert accuracy > 0.8
+    # -o x.parquet writes Parquet (it wrote CSV bytes into a .parquet file), the same table
+    result = invoke(
+        ["predict", "runs/iris", "new.parquet", "-o", "pred.parquet"], tmp_path, monkeypatch
+    )
+    assert result.exit_code == 0, result.output
+    assert pq.read_table(tmp_path / "pred.parquet").equals(pred)
+    # an extension predict does not write is refused before any work, nothing written
+    result = invoke(["predict", "runs/iris", "new.parquet", "-o", "p.json"], tmp_path, monkeypatch)
+    assert result.exit_code == 2 and "must end in .csv or .parquet" in result.output
+    assert not (tmp_path / "p.json").exists()
 
 
 def test_ctrl_c_saves_the_best_model_and_exits_130(tmp_path):

@@ -339,19 +339,24 @@ def predict(
     output: Annotated[
         str | None,
         typer.Option(
-            "--output", "-o", help="The CSV file to write ('-' = stdout).", show_default="stdout"
+            "--output",
+            "-o",
+            help="The file to write: .csv, or .parquet ('-' = CSV to stdout).",
+            show_default="stdout",
         ),
     ] = None,
     runs_dir: _LookupRunsDir = _D.runs_dir,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ...", show_default="cpu")] = None,
 ) -> None:
     """Predict with a saved run: labels in their original form plus one probability column per
-    class (classification), or values in original units (regression), written as CSV."""
+    class (classification), or values in original units (regression), written as CSV (or
+    Parquet for a .parquet file)."""
+    runs.check_output(output)  # before any work
     table, notes = runs.predict(run, data, runs_dir=runs_dir, device=device)
     to_stdout = output is None or output == "-"
     for note in notes:
         _say(f"note: {note}", stderr=True)
-    runs.write_csv(table, output)
+    runs.write_predictions(table, output)
     if not to_stdout:
         _say(f"wrote {table.num_rows:,} predictions to {output}")
 

@@ -1594,20 +1594,26 @@ def predict(
     return pa.table(columns), list(pre.transform_notes)
 
 
-def write_csv(table: Any, path: str | os.PathLike[str] | None) -> None:
-    """Write a table as CSV with pyarrow: to ``path`` atomically, or to stdout for None/``-``."""
-    import pyarrow as pa
-    import pyarrow.csv as pcsv
+_PARQUET_SUFFIXES = (".parquet", ".pq")
+_CSV_SUFFIXES = ("", ".csv", ".txt")
 
-    sink = pa.BufferOutputStream()
-    pcsv.write_csv(table, sink)
-    data = sink.getvalue().to_pybytes()
+
+def check_output(path: str | os.PathLike[str] | None) -> None:
+    """Refuse an ``-o`` that predictions cannot be written to, before any work: a directory, a
+    missing parent directory, or a suffix other than .csv/.txt (or none) and .parquet/.pq."""
     if path is None or str(path) == "-":
-        sys.stdout.flush()
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
         return
     target = Path(path)
+    suffix = target.suffix.lower()
+    if suffix not in _CSV_SUFFIXES + _PARQUET_SUFFIXES:
+        raise ConfigError(
+            message(
+                f"-o '{target}'",
+                "must end in .csv or .parquet (the formats predict writes)",
+                f"a {suffix} file",
+                f"pass e.g. -o {target.with_suffix('.csv')} or -o {target.with_suffix('.parquet')}",
+            )
+        )
     if target.is_dir():
         raise ConfigError(
             message(
@@ -1626,7 +1632,31 @@ def write_csv(table: Any, path: str | os.PathLike[str] | None) -> None:
                 "create it first",
             )
         )
-    atomic_write_bytes(target, data)
+
+
+def write_predictions(table: Any, path: str | os.PathLike[str] | None) -> None:
+    """Write a table with pyarrow, atomically: Parquet for a .parquet/.pq ``path``, CSV
+    otherwise, and CSV to stdout for None/``-``. See :func:`check_output` for what is refused."""
+    import pyarrow as pa
+
+    check_output(path)
+    sink = pa.BufferOutputStream()
+    parquet = path is not None and Path(path).suffix.lower() in _PARQUET_SUFFIXES
+    if parquet:
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, sink)
+    else:
+        import pyarrow.csv as pcsv
+
+        pcsv.write_csv(table, sink)
+    data = sink.getvalue().to_pybytes()
+    if path is None or str(path) == "-":
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    atomic_write_bytes(Path(path), data)
 
 
 # ----------------------------------------------------------------------------- resuming
