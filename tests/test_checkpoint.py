@@ -284,3 +284,20 @@ def test_resume_on_other_streamed_data_warns_too(tmp_path):
     with pytest.warns(RuntimeWarning, match="steps_per_epoch 10 then, 5 now"):
         r = descend.fit(torch.nn.Linear(4, 1), loader(100), "mse", epochs=2, resume=True, **kw)
     assert r.history.events[-1]["kind"] == "resumed_on_other_data"
+
+
+def test_resuming_past_a_smaller_budget_says_there_was_nothing_to_train(tmp_path):
+    # A 5-epoch run resumed with epochs=2: it said "Used the whole budget of 2 epochs ...
+    # (val_loss at epoch 5)"; now the sentence says why nothing trained and what to pass.
+    X = np.random.default_rng(0).normal(size=(60, 3))
+    kw = dict(lr=1e-2, verbose=0, seed=0, checkpoint=tmp_path / "ck")
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    descend.fit(model, (X, X[:, 0]), "mse", epochs=5, **kw)
+    r = descend.fit(model, (X, X[:, 0]), "mse", epochs=2, resume=True, **kw)
+    assert r.stop_message.startswith(
+        "Nothing to train: the checkpoint resumed had already run 5 epochs, more than epochs=2"
+    )
+    assert r.stop_message.endswith("Pass a larger epochs= to train on.")
+    same = descend.fit(model, (X, X[:, 0]), "mse", epochs=5, resume=True, **kw)
+    assert same.stop_message.startswith("Used the whole budget of 5 epochs")

@@ -1062,6 +1062,12 @@ class Loop:
                 if self.best_epoch == self.epoch
                 else ""
             )
+            if self.epoch > self.max_epochs:  # resumed from a checkpoint past this budget
+                return (
+                    f"Nothing to train: the checkpoint resumed had already run {self.epoch} "
+                    f"epochs, more than epochs={self.max_epochs}; {kept}. Pass a larger "
+                    "epochs= to train on."
+                )
             return f"Used the whole budget of {self.max_epochs} epochs; {kept}.{tail}"
         if reason is StopReason.MAX_TIME:
             return f"Stopped after {self._elapsed():.1f}s, the max_time budget; {kept}."
