@@ -44,7 +44,9 @@ HIDDEN = [(), (16,), (16, 8), (32, 32, 32)]
 
 
 @pytest.mark.parametrize("hidden", HIDDEN)
-@pytest.mark.parametrize("activation", ["relu", "tanh", "leaky_relu", "gelu", "silu"])
+@pytest.mark.parametrize(
+    "activation", ["relu", "tanh", "leaky_relu", "gelu", "silu", "logistic", "identity"]
+)
 @pytest.mark.parametrize("weighted", [False, True])
 def test_regression_gradients_match_autograd(hidden, activation, weighted):
     g = torch.Generator().manual_seed(len(hidden))
@@ -166,7 +168,7 @@ def test_bias_free_layers_and_a_trailing_activation(last):
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: nn.Sequential(nn.Linear(3, 4), nn.Sigmoid(), nn.Linear(4, 2)),
+        lambda: nn.Sequential(nn.Linear(3, 4), nn.ELU(), nn.Linear(4, 2)),
         lambda: nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.1), nn.Linear(4, 2)),
         lambda: mlp(3, 2, (4,), batch_norm=True),
         lambda: nn.Sequential(nn.ReLU(), nn.Linear(3, 2)),
@@ -178,7 +180,7 @@ def test_bias_free_layers_and_a_trailing_activation(last):
         lambda: nn.Sequential(),
     ],
     ids=[
-        "sigmoid",
+        "elu",
         "dropout",
         "batchnorm",
         "activation-first",

@@ -299,11 +299,17 @@ def test_errors_name_the_problem(iris):
         Regressor(validation_fraction=1.5).fit(X, y)
     with pytest.raises(ValueError, match=r"Regressor: lr must be a finite number > 0.*got -1"):
         Regressor(lr=-1).fit(X, y)
-    with pytest.raises(
-        ValueError,
-        match=r"hidden_layer_sizes must be a sequence of layer widths.*got 32 — pass e\.g\. hidden_layer_sizes=\(32,\)",
-    ):
-        Classifier(hidden_layer_sizes=32).fit(X, y)
+    # an int is one hidden layer, as MLPClassifier takes it; a string is refused
+    one = Classifier(hidden_layer_sizes=32, max_epochs=1, random_state=0).fit(X, y)
+    assert [m.out_features for m in one.model_.modules() if isinstance(m, torch.nn.Linear)] == [
+        32,
+        3,
+    ]
+    assert one.get_params()["hidden_layer_sizes"] == 32  # the parameter as given
+    with pytest.raises(ValueError, match=r"hidden_layer_sizes must be layer widths.*got '32'"):
+        Classifier(hidden_layer_sizes="32").fit(X, y)
+    with pytest.raises(ValueError, match=r"Classifier: activation must be one of .*'relux'"):
+        Classifier(activation="relux").fit(X, y)
     with pytest.raises(ValueError, match="Input X contains NaN"):
         Classifier().fit(np.full_like(X, np.nan), y)
 
@@ -488,3 +494,17 @@ def test_multilabel_indicator_targets_like_mlpclassifier():
         Classifier(max_epochs=1).partial_fit(X, Y, classes=[0, 1])
     with pytest.raises(ValueError, match=r"multiclass-multioutput .*MultiOutputClassifier"):
         Classifier(max_epochs=1).fit(X, np.stack([Y[:, 0], Y[:, 1] * 2], axis=1))
+
+
+@pytest.mark.parametrize("activation", ["logistic", "identity"])
+def test_mlpclassifier_activation_names_work(iris, activation):
+    # scikit-learn's "logistic" (sigmoid) and "identity" (no activation); both train on the
+    # hand-written step (tests/test_mlp_step.py compares them with autograd).
+    X, y = iris
+    clf = Classifier(activation=activation, max_epochs=30, random_state=0).fit(X, y)
+    acts = [type(m).__name__ for m in clf.model_ if not isinstance(m, torch.nn.Linear)]
+    assert acts == (["Sigmoid"] if activation == "logistic" else [])
+    assert clf.score(X, y) > 0.85
+    reg = Regressor(activation=activation, max_epochs=5, random_state=0)
+    reg.fit(X[:, :3], X[:, 3])
+    assert reg.predict(X[:2, :3]).shape == (2,)

@@ -178,7 +178,7 @@ def fit(
         ),
     ] = None,
     activation: Annotated[
-        str, typer.Option(help="relu, gelu, tanh, silu or leaky_relu.")
+        str, typer.Option(help="relu, gelu, tanh, silu, leaky_relu, logistic or identity.")
     ] = _D.activation,
     dropout: Annotated[
         float, typer.Option(help="Dropout after each hidden layer, in [0, 1).")

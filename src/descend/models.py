@@ -38,7 +38,7 @@ from descend._errors import ConfigError, check_choice, describe, message
 
 __all__ = ["ACTIVATIONS", "default_hidden", "describe_model", "mlp"]
 
-Activation = Literal["relu", "gelu", "tanh", "silu", "leaky_relu"]
+Activation = Literal["relu", "gelu", "tanh", "silu", "leaky_relu", "logistic", "identity"]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -46,6 +46,9 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "tanh": nn.Tanh,
     "silu": nn.SiLU,
     "leaky_relu": nn.LeakyReLU,
+    # scikit-learn's MLP names: the sigmoid, and no activation (a stack of linear layers)
+    "logistic": nn.Sigmoid,
+    "identity": nn.Identity,
 }
 
 # default_hidden's bounds on the width of a hidden layer.
@@ -81,7 +84,8 @@ def mlp(
         in_features: Input width, >= 1.
         out_features: Output width, >= 1 (number of classes, or of regression targets).
         hidden: Widths of the hidden layers, each >= 1; ``()`` gives a linear model.
-        activation: One of ``"relu"``, ``"gelu"``, ``"tanh"``, ``"silu"``, ``"leaky_relu"``.
+        activation: One of ``"relu"``, ``"gelu"``, ``"tanh"``, ``"silu"``, ``"leaky_relu"``,
+            ``"logistic"`` (sigmoid) or ``"identity"`` (no activation module: linear layers).
         dropout: Dropout probability after each hidden activation, in ``[0, 1)``; 0 adds no
             dropout layer.
         batch_norm: Add ``BatchNorm1d`` after each hidden linear layer.
@@ -139,7 +143,8 @@ def mlp(
             layers[f"linear{i}"] = nn.Linear(width, h, bias=not batch_norm)
             if batch_norm:
                 layers[f"norm{i}"] = nn.BatchNorm1d(h)
-            layers[f"act{i}"] = ACTIVATIONS[activation]()
+            if activation != "identity":  # identity: no module, the layers compose linearly
+                layers[f"act{i}"] = ACTIVATIONS[activation]()
             if dropout > 0:
                 layers[f"dropout{i}"] = nn.Dropout(dropout)
             width = h

@@ -51,6 +51,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import numbers
 from typing import Any
 
@@ -70,7 +71,7 @@ from sklearn.utils.validation import (
 from descend import losses as L
 from descend._errors import describe, message
 from descend.data import auto_device
-from descend.models import default_hidden, mlp
+from descend.models import ACTIVATIONS, default_hidden, mlp
 from descend.train import Callback, fit
 from descend.train import autopilot as _autopilot
 
@@ -341,7 +342,7 @@ class _Estimator(BaseEstimator, _RefuseMLPParams):
         # Rows of weight 0 are dropped by the data layer: size everything by the rows that count.
         n = X.shape[0] if sample_weight is None else int(np.count_nonzero(sample_weight))
         if not warm:
-            hidden = self.hidden_layer_sizes
+            hidden = self._hidden_param()
             if hidden is None:
                 hidden = default_hidden(
                     n, X.shape[1], self._n_outputs(), classification=self._is_classifier
@@ -442,17 +443,30 @@ class _Estimator(BaseEstimator, _RefuseMLPParams):
                 'must be an integer >= 1, "auto", or None to never stop early',
                 "pass e.g. patience=10",
             )
+        if not isinstance(self.activation, str) or self.activation not in ACTIVATIONS:
+            close = difflib.get_close_matches(str(self.activation), list(ACTIVATIONS), n=2)
+            raise bad(
+                "activation",
+                f"must be one of {list(ACTIVATIONS)}",
+                f"did you mean {' or '.join(repr(c) for c in close)}?"
+                if close
+                else "pass e.g. activation='relu'",
+            )
         h = self.hidden_layer_sizes
-        if h is not None and (is_int(h) or isinstance(h, str)):
+        if isinstance(h, str):  # (an int is one layer, as MLPClassifier takes it)
             raise bad(
                 "hidden_layer_sizes",
-                "must be a sequence of layer widths, or None to size it from the data",
-                f"pass e.g. hidden_layer_sizes=({h},)" if is_int(h) else "pass e.g. (64, 64)",
+                "must be layer widths (a sequence, or one int), or None to size it from the data",
+                "pass e.g. (64, 64)",
             )
 
     def _hidden_param(self) -> tuple[int, ...] | None:
         h = self.hidden_layer_sizes
-        return None if h is None else tuple(int(w) for w in h)
+        if h is None:
+            return None
+        if isinstance(h, numbers.Integral):  # one hidden layer, as in MLPClassifier
+            return (int(h),)
+        return tuple(int(w) for w in h)
 
     def _check_same_architecture(self) -> None:
         """A warm start or a later partial_fit continues the model built first: refuse new
@@ -607,9 +621,11 @@ class Classifier(ClassifierMixin, _Estimator):
     the best validation loss are restored.
 
     Args:
-        hidden_layer_sizes: widths of the hidden layers; None = sized from the data
+        hidden_layer_sizes: widths of the hidden layers (one int: one layer, as in
+            ``MLPClassifier``); None = sized from the data
             (:func:`descend.models.default_hidden`).
-        activation: ``"relu"``, ``"gelu"``, ``"tanh"``, ``"silu"`` or ``"leaky_relu"``.
+        activation: ``"relu"``, ``"gelu"``, ``"tanh"``, ``"silu"``, ``"leaky_relu"``, or
+            scikit-learn's ``"logistic"`` (sigmoid) and ``"identity"`` (no activation).
         max_epochs: the epoch budget; the default policy's schedule decays over it.
         batch_size: rows per step; None = all rows up to 512, else ``min(256, ceil(n / 4))``.
         validation_fraction: share of the rows held out (stratified) for early stopping and

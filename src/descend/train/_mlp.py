@@ -11,7 +11,7 @@ the loss's gradient out of the engine too.)
 
 :class:`MLPStep` is that hand-written step for the one model shape where it is exact and
 simple: an ``nn.Sequential`` of ``nn.Linear`` layers with an elementwise ``nn.ReLU``,
-``nn.LeakyReLU``, ``nn.Tanh``, ``nn.GELU`` or ``nn.SiLU`` after any of them — what
+``nn.LeakyReLU``, ``nn.Tanh``, ``nn.Sigmoid``, ``nn.GELU`` or ``nn.SiLU`` after any of them — what
 :func:`descend.models.mlp` builds with any of its activations and without batch norm or
 dropout. The forward pass runs without a graph and keeps each layer's input (and the GELU/SiLU
 pre-activations). ``dL/d output`` comes in closed form for ``mse`` and ``cross_entropy`` with
@@ -48,7 +48,7 @@ from descend import losses as L
 #   leaky relu:  g · (h > 0 ? 1 : slope)       (slope > 0 keeps sign(h) = sign(pre-activation))
 #   tanh:        g · (1 − h²)
 #   gelu, silu:  torch's own gelu_backward / silu_backward of the pre-activation (kept)
-_ACTS = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.GELU, nn.SiLU)
+_ACTS = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU)
 # The overload itself: the packet's Python dispatch costs about as much as the kernel here.
 _THRESHOLD_BACKWARD = torch.ops.aten.threshold_backward.default
 
@@ -249,6 +249,8 @@ class MLPStep:
                     h = h.relu_()
                 elif t is nn.Tanh:
                     h = h.tanh_()
+                elif t is nn.Sigmoid:
+                    h = h.sigmoid_()
                 elif t is nn.LeakyReLU:
                     h = F.leaky_relu_(h, act.negative_slope)
                 else:
@@ -330,6 +332,8 @@ class MLPStep:
                         g = _THRESHOLD_BACKWARD(g, h, 0)
                     elif t is nn.Tanh:
                         g = g * (1 - h * h)
+                    elif t is nn.Sigmoid:
+                        g = g * (h * (1 - h))
                     elif t is nn.LeakyReLU:
                         g = torch.where(h > 0, g, g * act.negative_slope)
                     elif t is nn.GELU:
