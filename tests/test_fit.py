@@ -351,6 +351,27 @@ def test_integer_features_for_a_linear_model_get_the_float_hint():
     assert r.steps > 0
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.bool_])
+def test_small_integer_and_boolean_features_train_as_floats(dtype):
+    # Pixels (uint8), flags and counts take the model's float dtype like floats do: the same
+    # run as the float32 copy of the same values, resident or streamed from a DataLoader.
+    X = np.random.default_rng(0).integers(0, 2 if dtype is np.bool_ else 100, size=(48, 3))
+    y = X[:, 0] * 0.1
+
+    def run(data):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+        return descend.fit(model, data, "mse", lr=1e-2, epochs=2, verbose=0, seed=0)
+
+    ref = run((X.astype(np.float32), y))
+    assert run((X.astype(dtype), y)).history.val_loss == ref.history.val_loss
+    Xt = torch.from_numpy(X.astype(dtype))
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(Xt, torch.from_numpy(y).float()), batch_size=16
+    )
+    assert run(loader).steps > 0  # streamed batches are converted too
+
+
 def test_seed_takes_numpy_integers_and_refuses_the_rest():
     # seed=np.int64(3) (from numpy or a config) raised torch's bare "an integer is required";
     # seed="a" torch's RuntimeError. Now: the same run as seed=3, and a ConfigError.

@@ -432,9 +432,7 @@ class StreamSource(Source):
                         "convert the items to tensors in the dataset or the collate_fn",
                     )
                 )
-        x = x.to(
-            self.device, dtype=self.dtype if x.is_floating_point() else None, non_blocking=True
-        )
+        x = x.to(self.device, dtype=self.dtype if _float_features(x) else None, non_blocking=True)
         if y is not None:
             if self.target_kind == "index" and not y.is_floating_point():
                 target_dtype = torch.int64
@@ -839,12 +837,21 @@ def _n_features(shape: tuple[int, ...]) -> int:
     return math.prod(shape) if shape else 1
 
 
+# Feature dtypes that become the model's floating dtype besides floats: booleans and the small
+# integers of pixels, flags and counts. int32/int64 stay integers: what nn.Embedding indexes with.
+_FLOAT_FEATURES = (torch.bool, torch.uint8, torch.int8, torch.int16)
+
+
+def _float_features(t: torch.Tensor) -> bool:
+    return t.is_floating_point() or t.dtype in _FLOAT_FEATURES
+
+
 def _to_device(
     X: torch.Tensor, y: torch.Tensor | None, device: torch.device, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     # One .to() with both device and dtype: no intermediate copy on the device; a no-op when
     # the tensor already has the right dtype and device.
-    Xd = X.to(device, dtype=dtype if (X.is_floating_point() or X.dtype == torch.bool) else None)
+    Xd = X.to(device, dtype=dtype if _float_features(X) else None)
     yd = None if y is None else y.to(device)
     return Xd, yd
 

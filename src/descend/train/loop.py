@@ -582,9 +582,9 @@ class Loop:
             ):
                 # Integer features stay integers (an embedding layer wants its indices).
                 fix = (
-                    f"the data is {probe_x.dtype}: fit keeps integer features as they are (for "
-                    "embedding layers); for a model that computes with them, pass floats, e.g. "
-                    "X.astype('float32') or X.float()"
+                    f"the data is {probe_x.dtype}: fit keeps int32/int64 features as they are "
+                    "(for embedding layers); for a model that computes with them, pass floats, "
+                    "e.g. X.astype('float32') or X.float()"
                 )
             elif "dtype" in first_line.lower() and torch.is_tensor(probe_x):
                 dtypes = sorted({str(p.dtype) for p in self.model.parameters()})
@@ -1564,9 +1564,10 @@ def fit(
             ``params={name: initial value}``.
         data: ``(X, y)`` (numpy, torch, pandas, pyarrow, lists), ``X`` alone for a loss that
             needs no targets, a ``torch.utils.data.Dataset`` or a ``DataLoader``. In-memory data
-            is moved to the device once and sliced by a seeded permutation. Floating features
-            (and real targets) take the model's floating dtype: float32 for most models, float64
-            for a double-precision one.
+            is moved to the device once and sliced by a seeded permutation. Floating, boolean
+            and uint8/int8/int16 features (and real targets) take the model's floating dtype:
+            float32 for most models, float64 for a double-precision one; int32/int64 features
+            stay integers (embedding indices).
         loss: a registry name (``"mse"``, ``"cross_entropy"``, ``"mae"``, ``"huber"``,
             ``"binary_cross_entropy"``, ``"nll"``), a :class:`descend.losses.Loss`, or any
             callable ``(pred, target) -> scalar tensor``.
