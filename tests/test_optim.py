@@ -493,3 +493,26 @@ def test_fused_apply_reusing_its_arguments_equals_fresh_ones():
             assert torch.equal(got[n], fresh[n])
             for key in ("exp_avg", "exp_avg_sq"):  # the state the dict holds was updated
                 assert torch.equal(adam[key][n], fresh_adam[key][n])
+
+
+def test_a_built_optimizer_says_how_it_was_built():
+    # repr(adamw(...)) printed two function addresses, and fit recorded "user optimizer":
+    # both now show the call, with the arguments as given.
+    import numpy as np
+
+    import descend
+    from descend import schedules
+
+    tx = optim.adamw(3e-4, (0.9, 0.95), weight_decay=0.1, schedule=schedules.cosine(100))
+    assert repr(tx) == (
+        "adamw(lr=0.0003, betas=(0.9, 0.95), weight_decay=0.1, "
+        "schedule=cosine(total_steps=100, final=0.0, warmup_steps=0))"
+    )
+    assert repr(optim.lion()) == "lion()" and repr(optim.get("sgd", lr=0.1)) == "sgd(lr=0.1)"
+    X = np.random.default_rng(0).normal(size=(20, 2))
+    r = descend.fit(
+        torch.nn.Linear(2, 1), (X, X[:, 0]), "mse", optimizer=tx, epochs=1, verbose=0, seed=0
+    )
+    assert r.optimizer == repr(tx)
+    plain = descend.transforms.chain(descend.transforms.scale(-0.1))  # hand-built: no call
+    assert repr(plain).startswith("Transform(init=")

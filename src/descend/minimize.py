@@ -216,7 +216,11 @@ def minimize(
                         "use e.g. method=descend.optim.adam(lr=1e-2)",
                     )
                 )
-            desc = method if isinstance(method, str) else "user optimizer"
+            desc = (
+                method
+                if isinstance(method, str)
+                else getattr(method.update, "desc", None) or "user optimizer"
+            )
             state = tx.init(p)
             lr_state = find_lr_state(state)
             for _ in range(steps):

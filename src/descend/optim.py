@@ -30,6 +30,7 @@ implementations (tests check the trajectories against the ``schedulefree``, ``pr
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -255,6 +256,39 @@ def _sgd_recipe(
 # --------------------------------------------------------------------------- optimizers
 
 
+def _fmt_arg(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (tuple, list)):
+        inner = ", ".join(_fmt_arg(v) for v in value)
+        return f"({inner})" if isinstance(value, tuple) else f"[{inner}]"
+    if inspect.isfunction(value) or inspect.ismethod(value):
+        return value.__name__  # a lambda shows as <lambda>
+    return repr(value)  # numbers, strings, descend.schedules' readable objects
+
+
+def _described(factory: Callable[..., Transform]) -> Callable[..., Transform]:
+    """Give the built transform the call that built it, e.g. ``adamw(lr=0.003,
+    weight_decay=0.1)`` — its ``repr``, and what ``fit`` records and prints for it."""
+    sig = inspect.signature(factory)
+
+    @functools.wraps(factory)
+    def build(*args: Any, **kwargs: Any) -> Transform:
+        tx = factory(*args, **kwargs)
+        try:
+            given = sig.bind(*args, **kwargs).arguments
+        except TypeError:  # pragma: no cover - the factory call above raised already
+            return tx
+        args_text = ", ".join(f"{k}={_fmt_arg(v)}" for k, v in given.items())
+        tx.update.desc = f"{factory.__name__}({args_text})"  # type: ignore[attr-defined]
+        return tx
+
+    return build
+
+
+@_described
 def sgd(
     lr: float,
     weight_decay: float = 0.0,
@@ -287,6 +321,7 @@ def sgd(
     return _sgd_recipe(weight_decay, 0.0, 0.0, False, lr, schedule, max_grad_norm, impl)
 
 
+@_described
 def momentum(
     lr: float,
     momentum: float = 0.9,
@@ -328,6 +363,7 @@ def momentum(
     return _sgd_recipe(weight_decay, mu, dampening, False, lr, schedule, max_grad_norm, impl)
 
 
+@_described
 def nesterov(
     lr: float,
     momentum: float = 0.9,
@@ -355,6 +391,7 @@ def nesterov(
     return _sgd_recipe(weight_decay, mu, 0.0, True, lr, schedule, max_grad_norm, impl)
 
 
+@_described
 def adagrad(
     lr: float = 1e-2,
     lr_decay: float = 0.0,
@@ -395,6 +432,7 @@ def adagrad(
     )
 
 
+@_described
 def rmsprop(
     lr: float = 1e-2,
     alpha: float = 0.99,
@@ -438,6 +476,7 @@ def rmsprop(
     )
 
 
+@_described
 def adam(
     lr: float = 1e-3,
     betas: tuple[float, float] = (0.9, 0.999),
@@ -474,6 +513,7 @@ def adam(
     return _adam_recipe(head, b1, b2, eps, amsgrad, 0.0, None, lr, schedule, max_grad_norm, impl)
 
 
+@_described
 def adamw(
     lr: float = 1e-3,
     betas: tuple[float, float] = (0.9, 0.999),
@@ -514,6 +554,7 @@ def adamw(
     )
 
 
+@_described
 def nadam(
     lr: float = 2e-3,
     betas: tuple[float, float] = (0.9, 0.999),
@@ -563,6 +604,7 @@ def _int(name: str, value: Any, owner: str, low: int = 0) -> int:
     return value
 
 
+@_described
 def schedulefree_adamw(
     lr: float = 2.5e-3,
     betas: tuple[float, float] = (0.9, 0.999),
@@ -623,6 +665,7 @@ def schedulefree_adamw(
     return chain(*_head(max_grad_norm), core)
 
 
+@_described
 def schedulefree_sgd(
     lr: float = 1.0,
     momentum: float = 0.9,
@@ -666,6 +709,7 @@ def schedulefree_sgd(
     return chain(*_head(max_grad_norm), core)
 
 
+@_described
 def lion(
     lr: float = 1e-4,
     betas: tuple[float, float] = (0.9, 0.99),
@@ -704,6 +748,7 @@ def lion(
     )
 
 
+@_described
 def prodigy(
     lr: float = 1.0,
     betas: tuple[float, float] = (0.9, 0.999),
@@ -763,6 +808,7 @@ def prodigy(
     return chain(*_head(max_grad_norm), core)
 
 
+@_described
 def lamb(
     lr: float = 1e-3,
     betas: tuple[float, float] = (0.9, 0.999),
@@ -806,6 +852,7 @@ def lamb(
     )
 
 
+@_described
 def lars(
     lr: float = 1.0,
     momentum: float = 0.9,
@@ -957,6 +1004,7 @@ def _muon_labels(spec: Any, owner: str) -> dict[str, str] | Callable[[str, torch
     )
 
 
+@_described
 def muon(
     lr: float = 3e-3,
     momentum: float = 0.95,

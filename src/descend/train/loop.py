@@ -1810,7 +1810,7 @@ def fit(
                     )
                 )
             tx = optimizer
-            desc = getattr(optimizer, "name", None) or "user optimizer"
+            desc = getattr(optimizer.update, "desc", None) or "user optimizer"
         else:
             raise ConfigError(
                 message(

@@ -70,6 +70,13 @@ class Transform(NamedTuple):
     init: Callable[[Params], State]
     update: Callable[[Updates, State, Params | None], tuple[Updates, State]]
 
+    def __repr__(self) -> str:
+        # descend.optim's factories record the call that built the transform (adamw(lr=...))
+        desc = getattr(self.update, "desc", None)
+        if isinstance(desc, str):
+            return desc
+        return f"Transform(init={self.init!r}, update={self.update!r})"
+
 
 def inplace_transform(
     init: Callable[[Params], State],
