@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -62,3 +63,14 @@ def test_an_objective_cut_off_from_the_parameters_is_refused(method):
     # grad"); it is the user's bug, and the message says where to look.
     with pytest.raises(InputError, match=r"must compute its result.*\.detach\(\)"):
         descend.minimize(lambda x: x.detach().sum(), torch.ones(2), method=method)
+
+
+def test_a_numpy_start_or_a_number_is_the_tensor_x():
+    # scipy.optimize users start from numpy arrays and floats (refused before).
+    r = descend.minimize(lambda p: ((p - 3) ** 2).sum(), np.zeros(3))
+    assert r.params["x"].dtype == torch.float64
+    np.testing.assert_allclose(r.params["x"].detach().numpy(), 3.0, atol=1e-6)
+    r = descend.minimize(lambda p: (p - 2) ** 2, 0.5)
+    assert abs(float(r.params["x"]) - 2.0) < 1e-5
+    with pytest.raises(ConfigError, match=r"a numpy array or a number"):
+        descend.minimize(lambda p: p.sum(), "x")

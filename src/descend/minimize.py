@@ -9,10 +9,12 @@ optimizer (``method=descend.optim.adam(lr=1e-2)`` or a registry name) works too.
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 from descend import optim
@@ -27,6 +29,11 @@ def _as_params(params: Any) -> tuple[dict[str, torch.Tensor], str]:
     """Normalize params to ``{name: leaf tensor requiring grad}``; return the input's kind."""
     if torch.is_tensor(params):
         items, kind = {"x": params}, "tensor"
+    elif isinstance(params, np.ndarray) or (
+        isinstance(params, numbers.Real) and not isinstance(params, bool)
+    ):
+        # scipy.optimize's habit: a numpy start (or a number) is the tensor x (float64 stays)
+        items, kind = {"x": torch.as_tensor(params)}, "tensor"
     elif isinstance(params, dict):
         items, kind = dict(params), "dict"
     elif isinstance(params, (list, tuple)):
@@ -35,7 +42,8 @@ def _as_params(params: Any) -> tuple[dict[str, torch.Tensor], str]:
         raise ConfigError(
             message(
                 "minimize(params)",
-                "must be a tensor, a list of tensors or a {name: tensor} dict",
+                "must be a tensor (or a numpy array or a number), a list of tensors or a "
+                "{name: tensor} dict",
                 describe(params),
                 "pass e.g. torch.tensor([-1.0, 1.0])",
             )
@@ -97,9 +105,10 @@ def minimize(
     Args:
         fn: the objective. Called as ``fn(x)`` when ``params`` is a tensor, ``fn([a, b])`` for a
             list, ``fn({"a": a, ...})`` for a dict; must return a scalar tensor.
-        params: the starting point (a tensor, a list of tensors, or a dict). Never modified:
-            the optimized values are returned in ``Result.params`` (same names; a single tensor
-            is under ``"x"``).
+        params: the starting point (a tensor, a list of tensors, or a dict; a numpy array or
+            a number is taken as the tensor, float64 kept, as ``scipy.optimize`` users write
+            it). Never modified: the optimized values are returned in ``Result.params`` (same
+            names; a single tensor is under ``"x"``).
         method: ``"lbfgs"`` (full-batch L-BFGS with strong-Wolfe line search, the default), a
             descend optimizer registry name, or a Transform such as ``descend.optim.adam(lr=1e-2)``.
         steps: the iteration budget.
