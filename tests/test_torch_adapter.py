@@ -306,6 +306,13 @@ def test_betas_set_on_the_group_are_checked_and_survive_a_state_dict():
         _torch_loop(model, opt, _batches(1))
     sgd = optim.as_torch_optimizer(optim.sgd(lr=0.1), _model())
     assert "momentum" not in sgd.param_groups[0]  # plain SGD has no momentum to drive
+    mom_model = _model()
+    mom = optim.as_torch_optimizer(optim.momentum(lr=0.1, momentum=0.9), mom_model)
+    mom.param_groups[0]["momentum"] = -0.5
+    with pytest.raises(
+        ConfigError, match=r"param_groups\[0\]\['momentum'\] must be in \[0, 1\); got -0\.5"
+    ):
+        _torch_loop(mom_model, mom, _batches(1))
 
 
 def test_torch_scheduler_multiplies_a_descend_schedule():
