@@ -8,6 +8,7 @@ import math
 import pickle
 import re
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -255,6 +256,7 @@ def _gradcheck_cases():
         ("mse", lambda p: L.mse(p, reg_t, weight=w), (6, 2)),
         ("mae", lambda p: L.mae(p, reg_t, weight=w), (6, 2)),
         ("huber", lambda p: L.huber(p, reg_t, delta=0.5, weight=w), (6, 2)),
+        ("poisson", lambda p: L.poisson(p, reg_t.abs().round(), weight=w), (6, 2)),
         (
             "cross_entropy",
             lambda p: L.cross_entropy(
@@ -615,6 +617,7 @@ EXPECTED_KINDS = {
     "mse": ("float", "regression"),
     "mae": ("float", "regression"),
     "huber": ("float", "regression"),
+    "poisson": ("float", "regression"),
     "cross_entropy": ("index", "classification"),
     "binary_cross_entropy": ("float", "classification"),
     "nll": ("index", "classification"),
@@ -768,3 +771,70 @@ def test_docstring_examples_run():
 def test_math_sanity_uniform_logits():
     # a model that knows nothing pays log(C) per sample
     assert L.cross_entropy(torch.zeros(5, 7), labels(5, 7)).item() == pytest.approx(math.log(7))
+
+
+# ------------------------------------------------------------------------------------------
+# Poisson
+# ------------------------------------------------------------------------------------------
+
+
+def test_poisson_is_torchs_poisson_nll_plus_the_targets_constant():
+    p = randn(8, 3, dtype=torch.float64, seed=4)
+    y = torch.poisson(
+        torch.rand(8, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5)) * 4
+    )
+    y[0, 0] = 0.0  # y log y is 0 at y = 0
+    const = torch.special.xlogy(y, y) - y
+    ref = F.poisson_nll_loss(p, y, log_input=True, full=False, reduction="none") + const
+    torch.testing.assert_close(L.poisson(p, y, reduction="none"), ref)
+    torch.testing.assert_close(L.poisson(p, y), ref.mean())
+    torch.testing.assert_close(L.poisson(p, y, reduction="sum"), ref.sum())
+    w = weights(8, dtype=torch.float64)
+    torch.testing.assert_close(L.poisson(p, y, weight=w), (ref * w[:, None]).sum() / (w.sum() * 3))
+    # 0 at a perfect fit, > 0 elsewhere; the gradient is exp(pred) - y (over the elements)
+    assert L.poisson(torch.log(y + 1), y + 1).item() == pytest.approx(0.0, abs=1e-12)
+    q = p.clone().requires_grad_()
+    (g,) = torch.autograd.grad(L.poisson(q, y), q)
+    torch.testing.assert_close(g, (p.exp() - y) / y.numel())
+
+
+def test_poisson_refuses_negative_targets_naming_the_alternatives():
+    with pytest.raises(
+        InputError,
+        match=esc(
+            "poisson targets must be counts or rates >= 0; got 1 negative value(s), the first "
+            "-2 at 2 — use mse, mae or huber for targets that can be negative"
+        ),
+    ):
+        L.poisson(randn(4), torch.tensor([1.0, 0.0, -2.0, 3.0]))
+
+
+def test_fit_with_poisson_recovers_a_poisson_glm():
+    """A Linear model trained on the Poisson loss is a Poisson GLM with a log link: the same
+    coefficients as scikit-learn's PoissonRegressor (no penalty), the oracle."""
+    from sklearn.linear_model import PoissonRegressor
+
+    import descend
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 3))
+    y = rng.poisson(np.exp(X @ np.array([0.5, -0.3, 0.2]) + 0.7)).astype(np.float64)
+    ref = PoissonRegressor(alpha=0.0, tol=1e-10, max_iter=1000).fit(X, y)
+    model = torch.nn.Linear(3, 1).double()
+    descend.fit(
+        model,
+        (torch.from_numpy(X), torch.from_numpy(y)),
+        loss="poisson",
+        optimizer=descend.optim.adamw(
+            lr=0.05, weight_decay=0.0, schedule=descend.schedules.cosine(500)
+        ),
+        epochs=500,
+        tol=0.0,
+        batch_size=400,
+        validation=None,
+        patience=None,
+        verbose=0,
+        seed=0,
+    )
+    np.testing.assert_allclose(model.weight.detach().numpy()[0], ref.coef_, atol=1e-4)
+    assert model.bias.item() == pytest.approx(ref.intercept_, abs=1e-4)

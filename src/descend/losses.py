@@ -1,6 +1,6 @@
 """Losses: the scalar that descend minimizes.
 
-Six built-in losses, each a plain function of tensors that **checks its inputs before computing**
+Seven built-in losses, each a plain function of tensors that **checks its inputs before computing**
 and refuses bad ones with an :class:`~descend._errors.InputError` that names the problem and the
 fix (``validate=True``, the default), and computes with :mod:`torch.nn.functional`:
 
@@ -9,6 +9,7 @@ loss                        pred                        targets
 ==========================  ==========================  ====================================
 :func:`mse`, :func:`mae`,   floats, any shape (N, ...)  floats, the same shape as ``pred``
 :func:`huber`
+:func:`poisson`             log expected values         counts or rates >= 0, the same shape
 :func:`cross_entropy`       logits (N, C) or            class indices (N,) / (N, d1, ...),
                             (N, C, d1, ...)             or probabilities like ``pred`` with
                                                         ``probabilities=True``
@@ -77,6 +78,7 @@ __all__ = [
     "mse",
     "nll",
     "num_outputs_needed",
+    "poisson",
 ]
 
 Reduction = Literal["mean", "sum", "none"]
@@ -903,6 +905,79 @@ def huber(
     return _float_loss(F.huber_loss, pred, target, weight, reduction, delta=delta)
 
 
+def _check_poisson(
+    pred: Tensor | None,
+    target: Tensor,
+    *,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+) -> None:
+    _check_regression("poisson", pred, target, weight=weight, reduction=reduction)
+    negative = target < 0
+    if bool(negative.any()):
+        raise InputError(
+            message(
+                "poisson targets",
+                "must be counts or rates >= 0",
+                f"{int(negative.sum())} negative value(s), the first "
+                f"{_num(float(target[negative].reshape(-1)[0]))} at {_first_index(negative)}",
+                "use mse, mae or huber for targets that can be negative",
+            )
+        )
+
+
+def _poisson_elementwise(pred: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+    # exp(pred) - y·pred + (y·log y - y): the half deviance, 0 where exp(pred) = y
+    losses = torch.exp(pred) - target * pred + (torch.special.xlogy(target, target) - target)
+    if reduction == "none":
+        return losses
+    return losses.sum() if reduction == "sum" else losses.mean()
+
+
+def poisson(
+    pred: Tensor,
+    target: Tensor,
+    *,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    validate: bool = True,
+) -> Tensor:
+    """Poisson deviance for counts and rates, with a log link: ``pred`` is the log of the
+    expected value, so the prediction is ``exp(pred)`` (always positive).
+
+    With ``mu = exp(pred)`` elementwise, the half deviance::
+
+        l = mu - y * log(mu) + y * log(y) - y        (y * log(y) = 0 at y = 0)
+
+    which is 0 where ``mu = y`` and whose gradient is ``mu - y``. It is torch's
+    ``poisson_nll_loss(log_input=True)`` plus a constant of the targets (``y log y - y``), so
+    the loss reads 0 at a perfect fit; scikit-learn's ``MLPRegressor(loss="poisson")`` and
+    ``HistGradientBoostingRegressor(loss="poisson")`` minimize the same function.
+
+    Args:
+        pred: log expected values, shape (N, ...), floating point (the model's raw output).
+        target: counts or rates ``>= 0``, floating point, the same shape as ``pred``.
+        weight: optional per-sample weights of shape (N,), >= 0 (weighted mean), e.g.
+            exposures.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        validate: check the inputs first.
+
+    Returns:
+        The reduced loss, or the elementwise losses for ``"none"``.
+
+    Raises:
+        InputError: a bad shape, dtype, NaN/inf or negative target, empty batch, or weight.
+
+    Example:
+        >>> import math, torch
+        >>> poisson(torch.tensor([math.log(2.0), 0.0]), torch.tensor([2.0, 1.0]))
+        tensor(0.)
+    """
+    if validate:
+        _check_poisson(pred, target, weight=weight, reduction=reduction)
+    return _float_loss(_poisson_elementwise, pred, target, weight, reduction)
+
+
 # ---------------------------------------------------------------------------------------------
 # Classification losses
 # ---------------------------------------------------------------------------------------------
@@ -1416,6 +1491,7 @@ _OPTIONS: dict[str, tuple[str, ...]] = {
     "mse": ("reduction",),
     "mae": ("reduction",),
     "huber": ("delta", "reduction"),
+    "poisson": ("reduction",),
     "cross_entropy": (
         "probabilities",
         "label_smoothing",
@@ -1431,6 +1507,7 @@ REGISTRY: dict[str, Loss] = {
     "mse": Loss("mse", mse, {}, "float", "regression", _check_mse),
     "mae": Loss("mae", mae, {}, "float", "regression", _check_mae),
     "huber": Loss("huber", huber, {}, "float", "regression", _check_huber),
+    "poisson": Loss("poisson", poisson, {}, "float", "regression", _check_poisson),
     "cross_entropy": Loss(
         "cross_entropy", cross_entropy, {}, "index", "classification", _check_cross_entropy
     ),
@@ -1454,6 +1531,8 @@ ALIASES: dict[str, str] = {
     "mean_absolute_error": "mae",
     "absolute_error": "mae",
     "huber_loss": "huber",
+    "poisson_deviance": "poisson",
+    "poisson_nll": "poisson",
     "ce": "cross_entropy",
     "crossentropy": "cross_entropy",
     "xent": "cross_entropy",

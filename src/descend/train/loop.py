@@ -1569,6 +1569,7 @@ def fit(
             float32 for most models, float64 for a double-precision one; int32/int64 features
             stay integers (embedding indices).
         loss: a registry name (``"mse"``, ``"cross_entropy"``, ``"mae"``, ``"huber"``,
+            ``"poisson"`` (the model's output is the log of the expected count),
             ``"binary_cross_entropy"``, ``"nll"``), a :class:`descend.losses.Loss`, or any
             callable ``(pred, target) -> scalar tensor``.
         optimizer: a transform from :mod:`descend.optim` (e.g. ``descend.optim.adamw(lr=3e-4)``)
