@@ -15,6 +15,7 @@ from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from descend import optim, schedules
 from descend.sklearn import Classifier, Regressor
 from descend.transforms import find_lr_state
 
@@ -508,3 +509,151 @@ def test_mlpclassifier_activation_names_work(iris, activation):
     reg = Regressor(activation=activation, max_epochs=5, random_state=0)
     reg.fit(X[:, :3], X[:, 3])
     assert reg.predict(X[:2, :3]).shape == (2,)
+
+
+# ----------------------------------------------------------------------------------------------
+# The Regressor's loss (MLPRegressor's loss=)
+# ----------------------------------------------------------------------------------------------
+
+
+def _counts(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 3))
+    y = rng.poisson(np.exp(X @ np.array([0.5, -0.3, 0.2]) + 0.7)).astype(np.float64)
+    return X, y
+
+
+def test_regressor_poisson_without_hidden_layers_is_the_poisson_glm():
+    # loss="poisson" with no hidden layer is a Poisson GLM with a log link: the oracle is
+    # scikit-learn's PoissonRegressor (no penalty), compared by the deviance it minimizes.
+    from sklearn.linear_model import PoissonRegressor
+    from sklearn.metrics import mean_poisson_deviance
+
+    X, y = _counts()
+    reg = Regressor(
+        loss="poisson",
+        hidden_layer_sizes=(),
+        validation_fraction=None,
+        max_epochs=200,
+        random_state=0,
+    ).fit(X, y)
+    glm = PoissonRegressor(alpha=0.0, tol=1e-10, max_iter=1000).fit(X, y)
+    ours, ref = mean_poisson_deviance(y, reg.predict(X)), mean_poisson_deviance(y, glm.predict(X))
+    assert ref <= ours <= ref * 1.005  # the default policy (its weight decay shrinks a little)
+    # Without weight decay, trained to convergence: the GLM's predictions
+    exact = Regressor(
+        loss="poisson",
+        hidden_layer_sizes=(),
+        validation_fraction=None,
+        max_epochs=1000,  # one full-batch step an epoch, the rate annealed to 0
+        optimizer=optim.adamw(lr=0.05, weight_decay=0.0, schedule=schedules.cosine(1000)),
+        tol=0.0,  # every improvement counts (the best epoch's weights are kept)
+        random_state=0,
+    ).fit(X, y)
+    np.testing.assert_allclose(exact.predict(X), glm.predict(X), rtol=2e-3)
+    # the output is the log of the expected value over the targets' mean
+    assert reg.out_activation_ == "exp" and reg.y_mean_ == pytest.approx([0.0])
+    assert reg.y_scale_ == pytest.approx([y.mean()])
+    (w,), (b,) = reg.coefs_, reg.intercepts_
+    manual = np.exp(((X - reg.mean_) / reg.scale_) @ w + b).ravel() * y.mean()
+    np.testing.assert_allclose(reg.predict(X), manual, rtol=1e-5)
+
+
+def test_regressor_loss_names_reach_fit(monkeypatch):
+    import descend.sklearn as sk
+    from descend import losses as L
+
+    seen = []
+    real_fit = sk.fit
+
+    def spy(model, data, loss, **kw):
+        seen.append((loss.name, dict(loss.kwargs)))
+        return real_fit(model, data, loss, **kw)
+
+    monkeypatch.setattr(sk, "fit", spy)
+    X, y = _counts(100)
+    for spec in ("squared_error", "absolute_error", "huber", "poisson", "mse", "l1"):
+        Regressor(loss=spec, max_epochs=1, random_state=0).fit(X, y)
+    Regressor(loss=L.get("huber", delta=0.5), max_epochs=1, random_state=0).fit(X, y)
+    assert seen == [
+        ("mse", {}),
+        ("mae", {}),
+        ("huber", {}),
+        ("poisson", {}),
+        ("mse", {}),
+        ("mae", {}),
+        ("huber", {"delta": 0.5}),
+    ]
+    assert Regressor().get_params()["loss"] == "squared_error"
+
+
+def test_regressor_absolute_error_ignores_outliers_that_squared_error_follows():
+    # A line with 10% of its targets shifted by +50 standard deviations: the median (mae) fit
+    # stays on the line, the mean (mse) fit is pulled up.
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(600, 1))
+    y = 2 * X[:, 0] + rng.normal(scale=0.1, size=600)
+    y[rng.random(600) < 0.1] += 50.0
+    Xt = np.linspace(-1.5, 1.5, 50)[:, None]
+    kw = dict(hidden_layer_sizes=(), validation_fraction=None, max_epochs=100, random_state=0)
+    mae = Regressor(loss="absolute_error", **kw).fit(X, y).predict(Xt)
+    mse = Regressor(loss="squared_error", **kw).fit(X, y).predict(Xt)
+    assert np.abs(mae - 2 * Xt[:, 0]).max() < 0.3
+    assert np.abs(mse - 2 * Xt[:, 0]).mean() > 3.0  # ~ +5: the outliers' share of the mean
+
+
+def test_regressor_refuses_a_bad_loss_and_bad_poisson_targets():
+    X, y = _counts(60)
+    with pytest.raises(
+        ValueError, match=r"Regressor: loss must be 'squared_error', .*did you mean 'squared_error'"
+    ):
+        Regressor(loss="squred_error").fit(X, y)
+    with pytest.raises(
+        ValueError,
+        match="got 'cross_entropy' — cross_entropy is a classification loss: use descend",
+    ):
+        Regressor(loss="cross_entropy").fit(X, y)
+    with pytest.raises(ValueError, match=r"of your own, train a model with descend\.fit"):
+        Regressor(loss=lambda p, t: (p - t).abs().mean()).fit(X, y)
+    with pytest.raises(
+        ValueError, match=r"y must be counts or rates >= 0 for loss='poisson'; got 1 negative"
+    ):
+        Regressor(loss="poisson").fit(X, np.where(np.arange(60) == 3, -1.0, y))
+    y2 = np.column_stack([y, np.zeros(60)])
+    with pytest.raises(ValueError, match=r"positive mean in every output .*means \[.*, 0\.0\]"):
+        Regressor(loss="poisson").fit(X, y2)
+
+
+def test_a_warm_start_refuses_a_new_loss():
+    X, y = _counts(80)
+    reg = Regressor(max_epochs=2, warm_start=True, random_state=0).fit(X, y)
+    reg.set_params(loss="mse")  # the same loss by another name: continues
+    reg.fit(X, y)
+    reg.set_params(loss="poisson")
+    with pytest.raises(ValueError, match="loss='mse' then, 'poisson' now"):
+        reg.fit(X, y)
+
+
+def test_regressor_loss_in_a_grid_search():
+    X, y = _counts(200)
+    search = GridSearchCV(
+        Regressor(max_epochs=5, random_state=0),
+        {"loss": ["squared_error", "poisson"]},
+        cv=2,
+        scoring="neg_mean_poisson_deviance",
+    ).fit(X, y)
+    assert search.best_params_["loss"] in ("squared_error", "poisson")
+    assert clone(search.best_estimator_).get_params()["loss"] == search.best_params_["loss"]
+
+
+def test_n_outputs_and_t_as_mlpclassifier_names_them(iris):
+    X, y = iris
+    clf = Classifier(max_epochs=3, random_state=0).fit(X, y)
+    assert clf.n_outputs_ == 3 == clf.coefs_[-1].shape[1]
+    assert clf.t_ == 3 * 150  # every row, every epoch (no split by default)
+    binary = Classifier(max_epochs=2, random_state=0).fit(X, y == 0)
+    assert binary.n_outputs_ == 2 == binary.coefs_[-1].shape[1]
+    clf.partial_fit(X, y)
+    assert clf.t_ == 4 * 150
+    reg = Regressor(max_epochs=4, patience=None, random_state=0).fit(X, np.column_stack([y, y]))
+    assert reg.n_outputs_ == 2 and reg.t_ == 4 * 135  # 10% held out for validation

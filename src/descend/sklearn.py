@@ -69,7 +69,7 @@ from sklearn.utils.validation import (
 )
 
 from descend import losses as L
-from descend._errors import describe, message
+from descend._errors import ConfigError, describe, message
 from descend.data import auto_device
 from descend.models import ACTIVATIONS, default_hidden, mlp
 from descend.train import Callback, fit
@@ -96,6 +96,11 @@ _PREDICT_CHUNK = 65536
 SPARSE_DENSE_LIMIT = 2 * 2**30
 _SPARSE = ("csr", "csc", "coo")
 
+
+#: The library losses the Regressor takes (``loss=``), by canonical name, and the names it
+#: suggests (scikit-learn's).
+_REGRESSION_LOSSES = ("mse", "mae", "huber", "poisson")
+_LOSS_NAMES = ("squared_error", "absolute_error", "huber", "poisson")
 
 #: Up to this many training rows, every step takes the whole set (see _auto_batch_size).
 FULL_BATCH_ROWS = 512
@@ -331,6 +336,7 @@ class _Estimator(BaseEstimator, _RefuseMLPParams):
             self.mean_, self.scale_ = _weighted_moments(X, sample_weight)
             self._n_calls = 0
             self.n_iter_ = 0
+            self.t_ = 0
             self.loss_curve_: list[float] = []
             self.validation_loss_curve_: list[float] = []
             self._tx = None
@@ -350,7 +356,7 @@ class _Estimator(BaseEstimator, _RefuseMLPParams):
             self.model_ = mlp(
                 X.shape[1], self._n_outputs(), tuple(hidden), self.activation, seed=seed
             )
-            self._architecture = (self._hidden_param(), self.activation)
+            self._architecture = self._arch_now()
 
         continuing = warm and getattr(self, "_tx", None) is not None and self._opt_state is not None
         optimizer, lr, opt_state = self.optimizer, self.lr, None
@@ -390,6 +396,7 @@ class _Estimator(BaseEstimator, _RefuseMLPParams):
         self._opt_state = result.opt_state
         self._n_calls += 1
         self.n_iter_ += result.epochs
+        self.t_ += result.epochs * n_train  # rows the run's steps saw, as MLPClassifier counts
         self.loss_curve_ = [*self.loss_curve_, *result.history.train_loss]
         self.validation_loss_curve_ = [*self.validation_loss_curve_, *result.history.val_loss]
         self.stop_reason_ = str(result.stop_reason)
@@ -468,14 +475,20 @@ class _Estimator(BaseEstimator, _RefuseMLPParams):
             return (int(h),)
         return tuple(int(w) for w in h)
 
+    #: What a warm start cannot change (the model and the targets' scaling are built from it).
+    _ARCH_NAMES: tuple[str, ...] = ("hidden_layer_sizes", "activation")
+
+    def _arch_now(self) -> tuple[Any, ...]:
+        return (self._hidden_param(), self.activation)
+
     def _check_same_architecture(self) -> None:
         """A warm start or a later partial_fit continues the model built first: refuse new
         ``hidden_layer_sizes`` or ``activation`` rather than silently keep the old ones."""
         built = getattr(self, "_architecture", None)
-        now = (self._hidden_param(), self.activation)
+        now = self._arch_now()
         if built is None or built == now:
             return
-        names = ("hidden_layer_sizes", "activation")
+        names = self._ARCH_NAMES
         changed = [f"{n}={b!r} then, {c!r} now" for n, b, c in zip(names, built, now) if b != c]
         raise ValueError(
             message(
@@ -653,7 +666,8 @@ class Classifier(ClassifierMixin, _Estimator):
         model_ (the trained ``torch.nn.Module``), mean_, scale_ (feature standardization),
         loss_curve_ (training loss per epoch, across warm starts), validation_loss_curve_,
         best_loss_, best_epoch_, stop_reason_ (``"patience_exhausted"``, ``"max_epochs"``, ...),
-        stop_message_ (the sentence), n_iter_ (epochs run, across warm starts), optimizer_,
+        stop_message_ (the sentence), n_iter_ (epochs run, across warm starts), t_ (training
+        rows seen by those epochs' steps), n_outputs_ (output units), optimizer_,
         autopilot_ (what the default policy chose and why); and, read from ``model_`` as
         ``MLPClassifier`` names them, coefs_ and intercepts_ (copies; on the standardized
         features), n_layers_, out_activation_ (``"softmax"``, binary too) and loss_;
@@ -832,6 +846,14 @@ class Classifier(ClassifierMixin, _Estimator):
     def _n_outputs(self) -> int:
         return len(self.classes_)
 
+    @property
+    def n_outputs_(self) -> int:
+        """Output units, as ``coefs_[-1]`` has them: one per class (two for a binary task, a
+        softmax over two scores, where ``MLPClassifier`` has one logistic unit), one per
+        label for multi-label targets."""
+        check_is_fitted(self)
+        return self._n_outputs()
+
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities, shape (n_samples, n_classes), each row summing to 1 (multi-label:
         each label's own probability, shape (n_samples, n_labels))."""
@@ -866,14 +888,25 @@ class Classifier(ClassifierMixin, _Estimator):
 
 
 class Regressor(RegressorMixin, _Estimator):
-    """A multi-layer perceptron regressor trained by :func:`descend.fit` (mean squared error).
+    """A multi-layer perceptron regressor trained by :func:`descend.fit`.
 
     A drop-in for ``sklearn.neural_network.MLPRegressor`` that needs no tuning; features and
     targets are standardized inside (``y_mean_``, ``y_scale_``) and predictions are returned
     in the targets' units. Multi-output targets of shape (n_samples, n_outputs) are supported.
-    The parameters are those of :class:`Classifier`, except that ``validation_fraction``
+    The parameters are those of :class:`Classifier`, plus ``loss``, and ``validation_fraction``
     defaults to 0.1 (a random split): the validation loss is the score here, so early stopping
     with best-weight restore pays off.
+
+    Args:
+        loss: what is minimized, as ``MLPRegressor``'s ``loss``: ``"squared_error"`` (default,
+            the mean), ``"absolute_error"`` (the median: robust to outliers), ``"huber"``
+            (squared near the fit, absolute beyond one standard deviation of the targets), or
+            ``"poisson"`` (counts and rates >= 0: the network predicts the log of the expected
+            value, ``out_activation_ == "exp"``, and the targets are divided by their mean, not
+            standardized); any descend name or alias of these (``"mse"``, ``"mae"``...) or a
+            :func:`descend.losses.get` of one with options (``get("huber", delta=0.5)``, in
+            standardized units). A loss function of your own: train with :func:`descend.fit`.
+        (the others): see :class:`Classifier`.
 
     Attributes:
         n_outputs_, y_mean_, y_scale_, and those of :class:`Classifier` but ``classes_``.
@@ -887,14 +920,95 @@ class Regressor(RegressorMixin, _Estimator):
         (3,)
     """
 
-    # __init__ is _Estimator's: the same parameters and defaults (validation_fraction=0.1).
+    _ARCH_NAMES = ("hidden_layer_sizes", "activation", "loss")
+
+    def __init__(
+        self,
+        loss: str | Any = "squared_error",
+        hidden_layer_sizes: tuple[int, ...] | None = None,
+        activation: str = "relu",
+        max_epochs: int = 50,
+        batch_size: int | None = None,
+        validation_fraction: float | None = 0.1,
+        patience: int | str | None = "auto",
+        tol: float = 1e-4,
+        random_state: int | np.random.RandomState | None = None,
+        warm_start: bool = False,
+        verbose: int = 0,
+        optimizer: Any = None,
+        lr: float | None = None,
+        device: str | None = None,
+    ) -> None:
+        super().__init__(
+            hidden_layer_sizes=hidden_layer_sizes,
+            activation=activation,
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            validation_fraction=validation_fraction,
+            patience=patience,
+            tol=tol,
+            random_state=random_state,
+            warm_start=warm_start,
+            verbose=verbose,
+            optimizer=optimizer,
+            lr=lr,
+            device=device,
+        )
+        self.loss = loss
 
     @property
     def out_activation_(self) -> str:
         """``"identity"``: the output is the standardized targets (times y_scale_, plus
-        y_mean_, in predict)."""
+        y_mean_, in predict); ``"exp"`` for ``loss="poisson"`` (the log of the expected value
+        over y_scale_, the targets' mean)."""
         check_is_fitted(self)
-        return "identity"
+        return "exp" if self._poisson() else "identity"
+
+    def _resolved_loss(self) -> L.Loss:
+        """``self.loss`` as a descend regression loss, or a ValueError naming the choices."""
+        spec = self.loss
+        choices = "'squared_error', 'absolute_error', 'huber' or 'poisson'"
+        resolved = None
+        if isinstance(spec, (str, L.Loss)):
+            try:
+                resolved = L.get(spec)
+            except ConfigError:
+                resolved = None
+        if resolved is None or L._BUILTIN_NAMES.get(resolved.fn) not in _REGRESSION_LOSSES:
+            names = [*_LOSS_NAMES, *_REGRESSION_LOSSES]
+            names += [a for a, c in L.ALIASES.items() if c in _REGRESSION_LOSSES]
+            close = (
+                difflib.get_close_matches(spec.lower(), list(dict.fromkeys(names)), n=2)
+                if isinstance(spec, str)
+                else []
+            )
+            if resolved is not None and resolved.task == "classification":
+                fix = f"{resolved.name} is a classification loss: use descend.sklearn.Classifier"
+            elif close:
+                fix = f"did you mean {' or '.join(repr(c) for c in close)}?"
+            else:
+                fix = "for a loss function of your own, train a model with descend.fit"
+            raise ValueError(
+                message(
+                    "Regressor: loss",
+                    f"must be {choices} (or a descend.losses regression loss)",
+                    describe(spec),
+                    fix,
+                )
+            )
+        return resolved
+
+    def _poisson(self) -> bool:
+        return L._BUILTIN_NAMES.get(self._resolved_loss().fn) == "poisson"
+
+    def _arch_now(self) -> tuple[Any, ...]:
+        loss = self._resolved_loss()  # by what it computes: "mse" and "squared_error" agree
+        options = ", ".join(f"{k}={v!r}" for k, v in sorted(loss.kwargs.items()))
+        return (*super()._arch_now(), f"{loss.name}({options})" if options else loss.name)
+
+    def _check_params(self) -> None:
+        super()._check_params()
+        self._resolved_loss()
 
     def partial_fit(self, X: Any, y: Any, sample_weight: Any = None) -> Regressor:
         """One epoch over ``(X, y)``, continuing the weights and the optimizer state."""
@@ -912,24 +1026,51 @@ class Regressor(RegressorMixin, _Estimator):
                 f"Regressor: y must keep its {self.n_outputs_} output(s) across warm starts; "
                 f"got {n_out} — fit afresh (warm_start=False) for a new target"
             )
+        if self._poisson() and (y < 0).any():
+            raise ValueError(
+                message(
+                    "Regressor: y",
+                    "must be counts or rates >= 0 for loss='poisson'",
+                    f"{int((y < 0).sum())} negative value(s), the smallest {y.min():.4g}",
+                    "use loss='squared_error' or 'huber' for targets that can be negative",
+                )
+            )
         return y.reshape(y.shape[0], -1)
 
     def _scale_targets(
         self, targets: np.ndarray, sample_weight: np.ndarray | None, first: bool
     ) -> np.ndarray:
-        if first:
+        if first and self._poisson():
+            # A log link: divide by the mean (the expected value the zero output starts at)
+            # and keep zero at zero; a shift would turn counts into negative values.
+            mean = np.average(targets, axis=0, weights=sample_weight)
+            if not (mean > 0).all():
+                raise ValueError(
+                    message(
+                        "Regressor: y",
+                        "must have a positive mean in every output for loss='poisson' (the "
+                        "log of a mean of 0 is -inf)",
+                        f"means {np.round(mean, 6).tolist()}",
+                        "drop the all-zero output, or use loss='squared_error'",
+                    )
+                )
+            self.y_mean_, self.y_scale_ = np.zeros_like(mean), mean
+        elif first:
             self.y_mean_, self.y_scale_ = _weighted_moments(targets, sample_weight)
         return ((targets - self.y_mean_) / self.y_scale_).astype(np.float32)
 
     def _loss(self, targets: np.ndarray) -> Any:
-        return L.get("mse")
+        return self._resolved_loss()
 
     def _n_outputs(self) -> int:
         return int(self.n_outputs_)
 
     def predict(self, X: Any) -> np.ndarray:
         """Predictions in the targets' units: (n_samples,) for 1-D y, else (n_samples, k)."""
-        out = self._forward(X) * self.y_scale_ + self.y_mean_
+        out = self._forward(X)
+        if self._poisson():
+            out = np.exp(out)
+        out = out * self.y_scale_ + self.y_mean_
         return out.ravel() if self._y_1d else out
 
     def __sklearn_tags__(self):
