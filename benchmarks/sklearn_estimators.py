@@ -20,9 +20,11 @@ Datasets: scikit-learn's bundled iris, wine, breast_cancer, digits (classificati
 75/25 split (stratified for classification). Metrics on the test part: accuracy and log loss
 (classification), R² (regression; averaged over outputs). Wall time is ``fit`` only.
 
-``--extra`` adds eight generated 1,000-row sets (friedman2/3, a 50-feature regression, a sine
-product, 3-class ``make_classification``, the first 1,000 digits, moons, and a 5-label
-multi-label set scored by subset accuracy; see ``extra_datasets``).
+``--extra`` adds nine generated 1,000-row sets (friedman2/3, a 50-feature regression, a sine
+product, 3-class ``make_classification``, the first 1,000 digits, moons, a 5-label
+multi-label set scored by subset accuracy, and counts from a non-linear rate fitted with
+``loss="poisson"`` on both sides and scored by the mean Poisson deviance; see
+``extra_datasets``).
 
 Run: ``python benchmarks/sklearn_estimators.py [--seeds 3] [--datasets iris,wine] [--extra]
 [--no-grid] [--descend '{"max_epochs": 100}']``. Prints a Markdown table (means over seeds) and
@@ -41,6 +43,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from sklearn.base import clone
 from sklearn.compose import TransformedTargetRegressor
 from sklearn.datasets import (
     load_breast_cancer,
@@ -57,7 +60,7 @@ from sklearn.datasets import (
     make_regression,
 )
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.metrics import log_loss
+from sklearn.metrics import log_loss, mean_poisson_deviance
 from sklearn.model_selection import GridSearchCV, train_test_split
 from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.pipeline import Pipeline
@@ -107,7 +110,7 @@ def _sine_product() -> tuple[np.ndarray, np.ndarray]:
 
 
 def extra_datasets() -> dict[str, tuple[Callable[[], tuple[np.ndarray, np.ndarray]], bool]]:
-    """``--extra``: eight more sets of 1,000 rows, generated offline, built to check the
+    """``--extra``: nine more sets of 1,000 rows, generated offline, built to check the
     estimators' rules (batch size, budget) beyond the seven above — sets where sklearn's
     default converges fast (friedman2, the 50-feature regression), a sharply non-linear one
     (the sine product), a 2-D one with a curved boundary (moons) and a subset of digits."""
@@ -143,7 +146,22 @@ def extra_datasets() -> dict[str, tuple[Callable[[], tuple[np.ndarray, np.ndarra
             ),
             True,
         ),
+        # counts from a non-linear rate: loss="poisson" on both sides, scored by the mean
+        # Poisson deviance of the test predictions (lower is better)
+        "poisson-counts": (_poisson_counts, False),
     }
+
+
+#: Sets fitted with loss="poisson" (descend's Regressor and MLPRegressor alike, no target
+#: scaling on scikit-learn's side: the log link needs the counts as they are).
+POISSON = {"poisson-counts"}
+
+
+def _poisson_counts() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(1000, 8))
+    rate = np.exp(0.5 * np.sin(2 * X[:, 0]) + 0.4 * X[:, 1] * X[:, 2] - 0.3 * X[:, 3] + 0.5)
+    return X, rng.poisson(rate).astype(np.float64)
 
 
 def sk_pipeline(clf: bool, seed: int):
@@ -162,7 +180,20 @@ def sk_grid(clf: bool, seed: int):
     return search if clf else TransformedTargetRegressor(search, transformer=StandardScaler())
 
 
-def contenders(clf: bool, seed: int, descend_kw: dict, grid: bool):
+def contenders(clf: bool, seed: int, descend_kw: dict, grid: bool, poisson: bool = False):
+    if poisson:
+        pipe = Pipeline(
+            [("scale", StandardScaler()), ("mlp", MLPRegressor(loss="poisson", random_state=seed))]
+        )
+        out = {
+            "descend": Regressor(loss="poisson", random_state=seed, **descend_kw),
+            "sk-default": pipe,
+        }
+        if grid:
+            out["sk-grid"] = GridSearchCV(
+                clone(pipe), GRID, cv=3, n_jobs=1, scoring="neg_mean_poisson_deviance"
+            )
+        return out
     out = {
         "descend": (Classifier if clf else Regressor)(random_state=seed, **descend_kw),
         "sk-default": sk_default(clf, seed),
@@ -172,7 +203,9 @@ def contenders(clf: bool, seed: int, descend_kw: dict, grid: bool):
     return out
 
 
-def evaluate(est, clf: bool, X, y) -> dict[str, float]:
+def evaluate(est, clf: bool, X, y, poisson: bool = False) -> dict[str, float]:
+    if poisson:
+        return {"metric": float(mean_poisson_deviance(y, np.clip(est.predict(X), 1e-9, None)))}
     if clf:
         proba = est.predict_proba(X)
         if y.ndim == 2:  # multi-label: score is the subset accuracy; per-label log loss
@@ -194,18 +227,19 @@ def run(names: list[str], seeds: int, descend_kw: dict, grid: bool) -> list[dict
             Xtr, Xte, ytr, yte = train_test_split(
                 X, y, test_size=0.25, random_state=seed, stratify=y if clf and y.ndim == 1 else None
             )
-            items = list(contenders(clf, seed, descend_kw, grid).items())
+            poisson = name in POISSON
+            items = list(contenders(clf, seed, descend_kw, grid, poisson).items())
             # Rotate the order per seed: no contender always runs first (or after the warm-up).
             k = seed % len(items)
             for label, est in items[k:] + items[:k]:
                 t = time.perf_counter()
                 est.fit(Xtr, ytr)
                 seconds = time.perf_counter() - t
-                rec = {"seconds": seconds, **evaluate(est, clf, Xte, yte)}
+                rec = {"seconds": seconds, **evaluate(est, clf, Xte, yte, poisson)}
                 if label == "descend":
                     rec["epochs"] = est.n_iter_
                 elif label == "sk-grid":
-                    inner = est if clf else est.regressor_
+                    inner = est if clf or poisson else est.regressor_
                     rec["best"] = inner.best_params_
                 per.setdefault(label, []).append(rec)
                 print(
@@ -248,6 +282,8 @@ def markdown(rows: list[dict], grid: bool) -> str:
         metric = (
             ("subset accuracy" if name.startswith("multilabel") else "accuracy") if clf else "R²"
         )
+        if name in POISSON:
+            metric = "Poisson deviance (lower is better)"
 
         def fmt(r):
             text = f"{r['metric']:.4f} ± {r['metric_sd']:.4f}"
@@ -271,7 +307,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--datasets", default=",".join(datasets()))
     parser.add_argument(
-        "--extra", action="store_true", help="also run the eight generated 1,000-row sets"
+        "--extra", action="store_true", help="also run the nine generated 1,000-row sets"
     )
     parser.add_argument("--no-grid", action="store_true")
     parser.add_argument("--descend", default="{}", help="JSON of extra descend estimator params")
