@@ -491,7 +491,82 @@ def test_a_validation_stall_starts_the_decay_and_its_end_ends_the_run():
     assert f"for 10 epochs of the learning rate's decay (started after epoch {decay['epoch']}" in (
         r.stop_message
     )
-    assert r.best_epoch == decay["epoch"] - stall
+    # The stall is read on the 3-epoch running mean: the decay started `stall` epochs after
+    # the window with the best mean, and runs over the rest of the budget.
+    since, best_end = autopilot._since_smoothed_best(r.history.val_loss[: decay["epoch"]], 1e-4)
+    assert since == stall and decay["epoch"] == best_end + stall
+    assert f"best ending at epoch {best_end})" in decay["why"]
+    assert decay["start_step"] + decay["steps"] == rec["total_steps"]
+
+
+def test_the_stall_is_read_on_the_running_mean():
+    since = autopilot._since_smoothed_best
+    # A lucky epoch 3 (0.3) in a falling curve: the single best stands for 7 epochs, while the
+    # mean over 3 epochs (1.0 .95 .733 .667 .6 .7 .6 .517 .45 .4) improves again from epoch 8.
+    val = [1.0, 0.9, 0.3, 0.8, 0.7, 0.6, 0.5, 0.45, 0.4, 0.35]
+    assert since(val, 1e-4) == (0, 10)
+    # a plateau: the mean's best is the first window wholly on it (epoch 4 here)
+    assert since([1.0, 0.5, 0.5, 0.5, 0.5, 0.5], 1e-4) == (2, 4)
+    # non-finite epochs are left out of a window; a window of none does not improve
+    assert since([1.0, math.nan, math.nan, math.nan, 0.9], 1e-4) == (0, 5)
+    assert since([math.nan, math.nan], 1e-4) == (2, 0)
+
+
+def test_a_noisy_curve_keeps_its_held_rate_while_its_mean_improves():
+    """Patience cannot end the held phase early: the decay starts on the running mean's stall,
+    however long a lucky single epoch stands, and runs to the end of the budget."""
+    sched = autopilot.StableDecay(total=100, warmup=5)
+    record = {"decay_default_start": sched.start}
+    cb = autopilot._DecayOnStall(sched, record, stall=9)
+    loop = types.SimpleNamespace(
+        bundle=types.SimpleNamespace(val=object()),
+        history=types.SimpleNamespace(val_loss=[]),
+        tol=1e-4,
+        step=0,
+        epoch=0,
+        _since_best=0,
+        best_epoch=3,
+        events=[],
+    )
+    loop.record_event = lambda kind, message: loop.events.append(kind)
+    # a lucky epoch 3 (0.75), a trend falling 0.01 an epoch that reaches it only at epoch 22,
+    # then a plateau at 0.6
+    trend = [0.93 - 0.01 * k for k in range(34)]
+    curve = [1.0, 0.95, 0.75, *trend, *[0.6] * 20]
+    for epoch, v in enumerate(curve, 1):
+        loop.history.val_loss.append(v)
+        loop.epoch = loop.step = epoch
+        single_best = min(range(epoch), key=lambda i: curve[i]) + 1
+        loop._since_best = epoch - single_best  # what the loop counts
+        cb.on_epoch_end(loop)
+        if sched.moved:
+            break
+        assert loop._since_best <= 8  # held below the patience (10) while the mean improves
+    since, best_end = autopilot._since_smoothed_best(curve[:epoch], 1e-4)
+    # single epochs would have started the decay at epoch 12 (9 after the lucky one)
+    assert since == 9 and epoch == best_end + 9 and best_end >= 37
+    assert sched.start == epoch and sched.start + sched.length == 100
+    assert loop._since_best == 0 and loop.events == ["decay"]
+
+
+def test_the_default_decay_gets_its_own_patience_too():
+    # No stall before the budget's last 20%: at its start the patience counter restarts, or a
+    # best from the held phase would end the run a few epochs into the decay.
+    sched = autopilot.StableDecay(total=50, warmup=2)
+    record = {"decay_default_start": sched.start}
+    cb = autopilot._DecayOnStall(sched, record, stall=9)
+    loop = types.SimpleNamespace(
+        bundle=types.SimpleNamespace(val=object()),
+        history=types.SimpleNamespace(val_loss=[1.0 - 0.01 * i for i in range(40)]),
+        tol=1e-4,
+        step=40,
+        epoch=40,
+        _since_best=7,
+    )
+    assert sched.start == 40
+    cb.on_epoch_end(loop)
+    assert loop._since_best == 0 and sched.moved and (sched.start, sched.length) == (40, 10)
+    assert record["decay"]["start_step"] == 40 and "still improving" in record["decay"]["why"]
 
 
 @pytest.mark.parametrize("after", [0, 1])

@@ -137,3 +137,51 @@ def test_bad_arguments_are_refused_with_the_fix():
         lr_find(lambda x: x, (X, y), "mse")
     with pytest.raises(ConfigError, match="optimizer"):
         lr_find(m, (X, y), "mse", optimizer="adamm")
+
+
+def _sweep_curve(shape, n=80, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lrs = [1e-6 * (1e6 ** (i / (n - 1))) for i in range(n)]
+    noise = (torch.rand(n, generator=g) - 0.5).tolist()
+    return lrs, [shape(lr) + 0.05 * e for lr, e in zip(lrs, noise)]
+
+
+def test_a_sharp_valley_is_read_at_its_minimum():
+    # falls from 2.3 to its minimum at lr 0.03 and blows up right after: a plain MLP's curve
+    def shape(lr):
+        x = math.log10(lr / 0.03)
+        return 0.3 + 2.0 / (1 + math.exp(4 * (x + 1.5))) + (5.0 * x * x if x > 0 else 0.0)
+
+    lrs, losses = _sweep_curve(shape)
+    a = analyze(lrs, losses)
+    assert a["descended"] and not a["flat_bottom"]
+    lo, hi = a["valley"]
+    assert math.log10(hi / lo) <= 1.0
+    assert a["suggestion"] == pytest.approx(a["min_lr"] / 10)
+    assert 0.01 < a["min_lr"] < 0.06
+
+
+def test_a_flat_bottom_is_read_at_its_left_edge():
+    # falls to a floor at lr ~0.01 and stays there up to lr 1 (batch norm: no blow-up), with
+    # noise: the minimum lands anywhere on the floor, the floor's left edge does not move
+    def shape(lr):
+        return 0.3 + 2.0 / (1 + math.exp(4 * (math.log10(lr / 0.01) + 1.0)))
+
+    reads, minima = [], []
+    for seed in range(5):
+        lrs, losses = _sweep_curve(shape, seed=seed)
+        a = analyze(lrs, losses)
+        assert a["descended"] and a["flat_bottom"] and not a["diverged"]
+        lo, hi = a["valley"]
+        assert math.log10(hi / lo) > 1.0 and a["suggestion"] == pytest.approx(lo / 10)
+        reads.append(a["suggestion"])
+        minima.append(a["min_lr"])
+    assert max(reads) / min(reads) < 2.0  # the left edge is stable from seed to seed
+    assert all(0.0005 < r < 0.005 for r in reads)
+    # the minimum sits at the far end of the floor: read there, the rate would be 100x higher
+    assert min(minima) / 10 > 10 * max(reads)
+    # lr_find's result carries the same reading
+    from descend.train.lr_find import _result
+
+    r = _result(lrs, losses, diverge=4.0, steps=len(lrs), end_lr=1.0, optimizer="adamw")
+    assert r.flat_bottom and r.valley == a["valley"] and r.suggestion == a["suggestion"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import pickle
 
 import numpy as np
@@ -153,12 +152,14 @@ def test_auto_patience_runs_the_budget_on_the_training_loss_and_stops_on_validat
     clf = Classifier(lr=3e-3, **kw).fit(Xi, yi)
     assert clf.stop_reason_ == "patience_exhausted" and "for 10 epochs" in clf.stop_message_
     assert clf.n_iter_ == clf.best_epoch_ + 10
-    # Under the default policy 9 of those epochs start the decay, and its end ends the run.
+    # Under the default policy 9 of those epochs (of the running mean) start the decay over
+    # the rest of the budget, with 10 epochs of patience of its own.
     auto = Classifier(**kw).fit(Xi, yi)
     decay = auto.autopilot_["decay"]
     assert auto.autopilot_["decay_stall_epochs"] == 9 and "for 9 epochs" in decay["why"]
-    assert auto.stop_reason_ == "decay_finished" and auto.n_iter_ < 300
-    assert auto.n_iter_ == decay["epoch"] + math.ceil(0.25 * decay["epoch"])
+    assert decay["start_step"] + decay["steps"] == 300  # full batch: a step an epoch
+    assert auto.stop_reason_ == "patience_exhausted" and auto.n_iter_ < 300
+    assert auto.n_iter_ == auto.best_epoch_ + 10
     assert f"started after epoch {decay['epoch']}" in auto.stop_message_
     # what the decay is for: the anneal found a better validation loss than the held rate
     assert auto.best_epoch_ > decay["epoch"]

@@ -629,9 +629,10 @@ class Classifier(ClassifierMixin, _Estimator):
     and schedule from the library's default policy. Like ``MLPClassifier`` it trains on every
     row; it runs the whole ``max_epochs`` budget that its schedule is shaped over (it does not stop
     on a stalled training loss; pass ``patience=10`` for that). ``validation_fraction=0.1``
-    holds out a stratified split instead: 9 epochs without a better validation loss start the
-    rate's decay, 10 more without one (or the decay's end) stop the run, and the weights with
-    the best validation loss are restored.
+    holds out a stratified split instead: 9 epochs without a better validation loss (its
+    running mean over 3 epochs) start the rate's decay over the rest of the budget, 10 more
+    without a better epoch stop the run, and the weights with the best validation loss are
+    restored.
 
     Args:
         hidden_layer_sizes: widths of the hidden layers (one int: one layer, as in

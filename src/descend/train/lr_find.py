@@ -14,7 +14,15 @@ How the curve is read:
   not finite): nothing to learn past that point.
 - ``suggestion`` is the rate at the minimum of the smoothed loss divided by 10 ("min/10"); if
   the loss neither fell clearly (by 5% and three times its noise) nor blew up, every rate swept
-  was too small to matter and the suggestion is the top of the sweep / 10. On
+  was too small to matter and the suggestion is the top of the sweep / 10.
+- A flat bottom is read at its left edge: the *valley* is the stretch of rates whose smoothed
+  loss lies within ``VALLEY_SHARE`` (10%) of the fall (first batches → minimum) above the
+  minimum; when it spans more than ``FLAT_DECADES`` (one decade), the minimum's place in it is
+  noise, and the suggestion is the valley's lowest rate / 10. A network with batch norm shows
+  this: its loss need not blow up at high rates within a short sweep (the normalized layers do
+  not care about their weights' scale), and the minimum wandered over 0.045–0.81 across six
+  seeds of one small CNN (benchmarks/RESULTS.md, session 12), the highest reading racing rates
+  4–8× above the best. The plain MLPs' sharp valleys (under a decade) read as before. On
   the six workloads of ``benchmarks/suite.py`` the best AdamW rate of a dense grid lay between
   0.25× and 2× of min/10 in every case, while the "steepest descent" point jumped between the
   very first rates (a warming-up EMA looks steep) and 10× too high from one seed to the next —
@@ -58,7 +66,8 @@ class LRFindResult:
         lrs: the learning rate of every step taken.
         losses: the raw batch loss of every step (``nan``/``inf`` where it blew up).
         smoothed: the smoothed loss (bias-corrected EMA), one per finite step.
-        suggestion: the suggested learning rate (``min_lr / 10``, see the module doc).
+        suggestion: the suggested learning rate (``min_lr / 10``, or the left edge of a flat
+            bottom / 10: see the module doc).
         min_lr: the rate at the minimum of the smoothed loss.
         steepest: the rate where the smoothed loss fell fastest per decade (before the
             minimum), or ``None`` when the curve is too short to tell.
@@ -67,6 +76,10 @@ class LRFindResult:
             matter and the suggestion is the top of the sweep / 10 (raise ``end_lr``).
         stop: why the sweep ended, as a sentence.
         optimizer: the optimizer swept.
+        valley: the lowest and highest rate whose smoothed loss is within 10% of the fall
+            above the minimum (None when the loss did not descend).
+        flat_bottom: the valley spans more than a decade: the suggestion is its lowest
+            rate / 10, not the minimum's.
     """
 
     lrs: list[float]
@@ -79,6 +92,8 @@ class LRFindResult:
     stop: str
     optimizer: str = "adamw"
     extra: dict[str, Any] = field(default_factory=dict)
+    valley: tuple[float, float] | None = None
+    flat_bottom: bool = False
 
     def __repr__(self) -> str:
         st = f"{self.steepest:.3g}" if self.steepest is not None else "None"
@@ -151,6 +166,13 @@ def default_beta(steps: int) -> float:
     return min(0.98, max(0.8, 1.0 - 10.0 / max(steps, 1)))
 
 
+#: The valley of a sweep: the rates whose smoothed loss is within this share of the fall
+#: (first batches → minimum) above the minimum.
+VALLEY_SHARE = 0.1
+#: A valley wider than this many decades of rates is a flat bottom, read at its left edge.
+FLAT_DECADES = 1.0
+
+
 def analyze(
     lrs: list[float], losses: list[float], *, beta: float | None = None, diverge: float = 4.0
 ) -> dict[str, Any]:
@@ -158,8 +180,11 @@ def analyze(
 
     Returns ``smoothed``, ``min_lr``, ``suggestion``, ``steepest``, ``descended`` (the smoothed
     loss fell below the first batches' median by more than 5% and more than three times its
-    own noise) and ``diverged`` (the sweep ended in a blow-up). A sweep that neither descended nor blew up only tried rates that were too small:
-    its suggestion is ``lrs[-1] / 10``, the top of the sweep divided by the same 10.
+    own noise), ``diverged`` (the sweep ended in a blow-up), ``valley`` (the lowest and highest
+    rate within ``VALLEY_SHARE`` of the fall above the minimum, or None) and ``flat_bottom``
+    (the valley spans more than ``FLAT_DECADES``: the suggestion is then its lowest rate / 10).
+    A sweep that neither descended nor blew up only tried rates that were too small: its
+    suggestion is ``lrs[-1] / 10``, the top of the sweep divided by the same 10.
     """
     beta = default_beta(len(lrs)) if beta is None else beta
     sm = _smooth(losses, beta)
@@ -183,6 +208,8 @@ def analyze(
             "steepest": None,
             "descended": False,
             "diverged": True,
+            "valley": None,
+            "flat_bottom": False,
         }
     # The first points are the EMA warming up on a handful of batches: not a minimum to trust.
     first = warm if len(sm) > warm else 0
@@ -202,7 +229,15 @@ def analyze(
         logs = [math.log10(x) for x in lrs[: i_min + 1]]
         slopes = [(sm[i + 1] - sm[i - 1]) / (logs[i + 1] - logs[i - 1]) for i in range(warm, i_min)]
         steepest = lrs[warm + min(range(len(slopes)), key=lambda j: slopes[j])]
-    suggestion = min_lr / 10.0 if (descended or diverged) else lrs[len(sm) - 1] / 10.0
+    valley, flat, read = None, False, min_lr
+    if descended:
+        level = sm[i_min] + VALLEY_SHARE * (plateau - sm[i_min])
+        inside = [i for i in range(first, len(sm)) if sm[i] <= level]
+        valley = (lrs[inside[0]], lrs[inside[-1]])
+        flat = math.log10(valley[1] / valley[0]) > FLAT_DECADES
+        if flat:
+            read = valley[0]
+    suggestion = read / 10.0 if (descended or diverged) else lrs[len(sm) - 1] / 10.0
     return {
         "smoothed": sm,
         "min_lr": min_lr,
@@ -210,6 +245,8 @@ def analyze(
         "steepest": steepest,
         "descended": descended,
         "diverged": diverged,
+        "valley": valley,
+        "flat_bottom": flat,
     }
 
 
@@ -456,4 +493,6 @@ def _result(
         descended=a["descended"],
         stop=stop,
         optimizer=optimizer,
+        valley=a["valley"],
+        flat_bottom=a["flat_bottom"],
     )
