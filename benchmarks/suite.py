@@ -85,6 +85,8 @@ class Workload:
     val_fraction: float = 0.2
     test_fraction: float = 0.2
     sklearn: bool = True
+    # A model other than the plain MLP of ``hidden``: ``build(in_features, n_out)``.
+    build: Callable[[int, int], torch.nn.Module] | None = None
 
 
 def _digits():
@@ -127,6 +129,26 @@ def _friedman(n: int):
         return X, y.astype(np.float32)
 
     return load
+
+
+def _digits_cnn(d: int, n_out: int) -> torch.nn.Module:
+    """A small convolutional network on the 8x8 digit images, with batch norm and dropout: the
+    autograd path (not the plain-MLP step), and layers that act differently in training and
+    evaluation."""
+    nn = torch.nn
+    return nn.Sequential(
+        nn.Unflatten(1, (1, 8, 8)),
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Dropout(0.2),
+        nn.Linear(32 * 4 * 4, n_out),
+    )
 
 
 def workloads(quick: bool) -> list[Workload]:
@@ -194,6 +216,18 @@ def workloads(quick: bool) -> list[Workload]:
             1 if q else 2,
             "digits, wide MLP 64-1024-1024-10 (1.12M params)",
         ),
+        Workload(
+            "digits-cnn",
+            "clf",
+            _digits,
+            (),
+            32,
+            10 if q else 40,
+            1 if q else 3,
+            "digits as 1x8x8 images, CNN conv16-BN-conv32-BN-maxpool-dropout-linear (10k params)",
+            sklearn=False,
+            build=_digits_cnn,
+        ),
     ]
 
 
@@ -239,6 +273,8 @@ def make_split(w: Workload, seed: int) -> Split:
 
 def make_model(w: Workload, s: Split, seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
+    if w.build is not None:
+        return w.build(s.Xtr.shape[1], s.n_out).to(DEVICE)
     layers: list[torch.nn.Module] = []
     d = s.Xtr.shape[1]
     for h in w.hidden:
