@@ -22,9 +22,10 @@ nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$out/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" \
   | tee -a "$out/gpu.txt"
 
-# 1. The zero-tuning suite, all six workloads (descend vs tuned AdamW) on the GPU: ~4.5 min on
-#    an H100 by session 6's step times (these nets are launch-bound, ~1 ms a step).
-timeout 300 python3 benchmarks/suite.py --device cuda --threads 4 \
+# 1. The zero-tuning suite, all seven workloads (descend vs tuned AdamW) on the GPU: the six
+#    MLPs took 218 s on an H200 (session 11; launch-bound, ~1 ms a step), the CNN (session 12)
+#    adds ~45 s by the same step time. The JSON is written after every workload.
+timeout 330 python3 benchmarks/suite.py --device cuda --threads 4 \
   --methods adamw-tuned,descend --json "$out/suite.json" 2>&1 | tee "$out/suite.txt"
 
 # 2. The whole test suite: with a GPU present, fit's device=None trains on it, so every fit
