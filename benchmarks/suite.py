@@ -151,6 +151,41 @@ def _digits_cnn(d: int, n_out: int) -> torch.nn.Module:
     )
 
 
+def _tokens():
+    """3,000 sequences of 16 tokens from a vocabulary of 8, one-hot (N, 16 * 8). The class:
+    token 0 occurs before token 1, after it, or one of them is missing (first occurrences) —
+    an order-dependent rule a bag of tokens cannot express — with 5% of the labels redrawn at
+    random, so the validation loss has a floor above zero."""
+    rng = np.random.RandomState(0)
+    seq = rng.randint(0, 8, size=(3000, 16))
+    first = [np.where((seq == t).any(1), (seq == t).argmax(1), 99) for t in (0, 1)]
+    missing = (first[0] == 99) | (first[1] == 99)
+    y = np.where(missing, 2, np.where(first[0] < first[1], 0, 1))
+    noisy = rng.rand(3000) < 0.05
+    y[noisy] = rng.randint(0, 3, size=int(noisy.sum()))
+    return np.eye(8)[seq].reshape(3000, 16 * 8), y
+
+
+class _TinyTransformer(torch.nn.Module):
+    """One pre-norm transformer encoder layer (4 heads, width 32, dropout 0.1, layer norm) over
+    the 16 one-hot tokens with learned positions, mean-pooled, then a linear head (9.5k
+    parameters)."""
+
+    def __init__(self, d: int, n_out: int) -> None:
+        super().__init__()
+        self.embed = torch.nn.Linear(8, 32)
+        self.pos = torch.nn.Parameter(torch.zeros(16, 32))
+        self.layer = torch.nn.TransformerEncoderLayer(
+            32, 4, dim_feedforward=64, dropout=0.1, batch_first=True, norm_first=True
+        )
+        self.norm = torch.nn.LayerNorm(32)
+        self.head = torch.nn.Linear(32, n_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x.view(-1, 16, 8)) + self.pos
+        return self.head(self.norm(self.layer(h)).mean(1))
+
+
 def workloads(quick: bool) -> list[Workload]:
     q = quick
     return [
@@ -227,6 +262,20 @@ def workloads(quick: bool) -> list[Workload]:
             "digits as 1x8x8 images, CNN conv16-BN-conv32-BN-maxpool-dropout-linear (10k params)",
             sklearn=False,
             build=_digits_cnn,
+        ),
+        Workload(
+            "tokens-transformer",
+            "clf",
+            _tokens,
+            (),
+            32,
+            8 if q else 30,
+            1 if q else 3,
+            "3,000 sequences of 16 tokens (vocabulary 8; does token 0 come before token 1?, 5% "
+            "label noise), one pre-norm transformer encoder layer, 4 heads, width 32 (9.5k "
+            "params)",
+            sklearn=False,
+            build=_TinyTransformer,
         ),
     ]
 
