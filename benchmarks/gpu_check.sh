@@ -22,10 +22,11 @@ nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$out/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" \
   | tee -a "$out/gpu.txt"
 
-# 1. The zero-tuning suite, all seven workloads (descend vs tuned AdamW) on the GPU: the six
-#    MLPs took 218 s on an H200 (session 11; launch-bound, ~1 ms a step), the CNN (session 12)
-#    adds ~45 s by the same step time. The JSON is written after every workload.
-timeout 330 python3 benchmarks/suite.py --device cuda --threads 4 \
+# 1. The zero-tuning suite, all nine workloads (descend vs tuned AdamW) on the GPU: the six
+#    MLPs took 218 s on an H200 (session 11; launch-bound, ~1 ms a step); the CNN, the
+#    transformer and the GRU (session 12) add ~2.5 min by the same step time. The JSON is
+#    written after every workload, so a run cut at the limit keeps what it finished.
+timeout 400 python3 benchmarks/suite.py --device cuda --threads 4 \
   --methods adamw-tuned,descend --json "$out/suite.json" 2>&1 | tee "$out/suite.txt"
 
 # 2. The whole test suite: with a GPU present, fit's device=None trains on it, so every fit

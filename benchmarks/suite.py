@@ -186,6 +186,20 @@ class _TinyTransformer(torch.nn.Module):
         return self.head(self.norm(self.layer(h)).mean(1))
 
 
+class _TinyGRU(torch.nn.Module):
+    """A one-layer GRU (width 32) over the 16 one-hot tokens, its last state into a linear
+    head (3.3k parameters): a recurrent net, backpropagated through 16 steps."""
+
+    def __init__(self, d: int, n_out: int) -> None:
+        super().__init__()
+        self.gru = torch.nn.GRU(8, 32, batch_first=True)
+        self.head = torch.nn.Linear(32, n_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, h = self.gru(x.view(-1, 16, 8))
+        return self.head(h[-1])
+
+
 def workloads(quick: bool) -> list[Workload]:
     q = quick
     return [
@@ -276,6 +290,18 @@ def workloads(quick: bool) -> list[Workload]:
             "params)",
             sklearn=False,
             build=_TinyTransformer,
+        ),
+        Workload(
+            "tokens-gru",
+            "clf",
+            _tokens,
+            (),
+            32,
+            8 if q else 30,
+            1 if q else 3,
+            "the same sequences, a one-layer GRU of width 32 (3.3k params)",
+            sklearn=False,
+            build=_TinyGRU,
         ),
     ]
 
