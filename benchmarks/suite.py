@@ -29,7 +29,7 @@ the first epoch at which the method's
 validation loss is within 1% of adamw-tuned's best (``-`` = never). descend's wall time
 includes its planning (range test + race).
 
-Run: ``python benchmarks/suite.py`` (full table, ~15–20 min on 2 cores) or
+Run: ``python benchmarks/suite.py`` (full table of nine workloads, ~25–30 min on 2 cores) or
 ``python benchmarks/suite.py --quick`` (a smoke run of a minute or two). ``--only NAME`` runs
 one workload, ``--json PATH`` saves every number.
 """
