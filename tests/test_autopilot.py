@@ -175,6 +175,34 @@ def test_a_sweep_further_is_read_only_where_it_goes_beyond_the_first(monkeypatch
     assert ceiling == pytest.approx(rt["min_lr"] / 10, rel=1e-6)
 
 
+def test_a_plateau_the_first_sweep_cannot_leave_is_swept_again_slower(monkeypatch):
+    # A first sweep that stays at the starting loss (a GRU on a sequence task for 50 steps),
+    # and the same range in twice the steps that falls clearly, bottoming at 0.3: the slower
+    # sweep's reading is used, and the far sweep never runs.
+    calls = []
+
+    def sweep(*a, start_lr, end_lr, steps, **k):
+        calls.append((end_lr, steps))
+        lrs = [start_lr * (end_lr / start_lr) ** (i / (steps - 1)) for i in range(steps)]
+        if len(calls) == 1:
+            return lrs, [1.0 + 0.001 * (i % 3) for i in range(steps)]
+        i_dip = min(range(steps), key=lambda i: abs(math.log(lrs[i] / 0.3)))
+        return lrs, [1.0 - 0.5 * math.exp(-((i - i_dip) ** 2) / 50) for i in range(steps)]
+
+    monkeypatch.setattr(autopilot._lr_find, "sweep", sweep)
+    X, y = _clf()
+    r = _fit(_mlp(), (X, y), epochs=20, validation=None)
+    first = calls[0][1]
+    assert calls == [(autopilot.RT_END, first), (autopilot.RT_END, 2 * first)]
+    rt = r.autopilot["range_test"]
+    assert rt["steps"] == 3 * first and rt["descended"]
+    assert 0.2 < rt["min_lr"] < 0.8  # the slow sweep's dip at 0.3, read through its smoothing
+    assert f"a {first}-step sweep did not clearly descend; one of {2 * first}" in rt["note"]
+    assert autopilot.slower_sweep_steps(50, 120) == 60  # within half a small budget
+    assert autopilot.slower_sweep_steps(50, 80) == 50  # no slower sweep fits: none is run
+    assert autopilot.slower_sweep_steps(50, None) == 100
+
+
 def test_recovers_from_a_badly_scaled_starting_point():
     X, y = _clf()
 

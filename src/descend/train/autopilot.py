@@ -434,6 +434,14 @@ def range_test_steps(total: int | None) -> int:
     return max(20, min(100, max(50, round(0.05 * total)), total // 4))
 
 
+def slower_sweep_steps(steps: int, total: int | None) -> int:
+    """Steps of the second, slower sweep over the same range when the first neither descended
+    nor blew up: twice the first, within half the budget (never fewer than the first)."""
+    if total is None:
+        return 2 * steps
+    return max(steps, min(2 * steps, total // 2))
+
+
 def _ctx_get(ctx: PlanContext, name: str, default: Any) -> Any:
     return getattr(ctx, name, default)
 
@@ -493,7 +501,7 @@ def _plan(ctx: PlanContext) -> Plan:
     # 1. The range test, on a copy.
     rt_steps = range_test_steps(total)
 
-    def sweep(end: float) -> tuple[list[float], list[float]]:
+    def sweep(end: float, steps: int = rt_steps) -> tuple[list[float], list[float]]:
         return _lr_find.sweep(
             ctx.model,
             ctx.bundle,
@@ -501,7 +509,7 @@ def _plan(ctx: PlanContext) -> Plan:
             make_tx=lambda lr: optim.adamw(lr=lr, weight_decay=WEIGHT_DECAY),
             start_lr=RT_START,
             end_lr=end,
-            steps=rt_steps,
+            steps=steps,
             device=ctx.device,
             seed=ctx.seed,
             precision=_ctx_get(ctx, "precision", "fp32"),
@@ -511,6 +519,20 @@ def _plan(ctx: PlanContext) -> Plan:
     found = _lr_find.analyze(lrs, losses)
     noisy_note = None
     swept = len(lrs)
+    slower = slower_sweep_steps(rt_steps, total)
+    if not found["descended"] and not found["diverged"] and slower > rt_steps:
+        # A plateau the sweep was too short to leave: the same range, twice as slowly. (A GRU
+        # on a sequence task sat at its starting loss through a 50-step sweep, read a noisy
+        # minimum, trained at 7e-4 and stayed at chance; in 100 steps the loss fell from 1.1
+        # to 0.8 and the reading was 0.014, tuned AdamW's best being 0.01: session 12.)
+        slow_lrs, slow_losses = sweep(RT_END, slower)
+        swept += len(slow_lrs)
+        slow = _lr_find.analyze(slow_lrs, slow_losses)
+        if slow["descended"] or slow["diverged"]:
+            lrs, losses, found = slow_lrs, slow_losses, slow
+            noisy_note = (
+                f"a {rt_steps}-step sweep did not clearly descend; one of {slower} steps did"
+            )
     if not found["descended"] and not found["diverged"]:
         # Nothing up to RT_END moved the loss (e.g. raw regression targets in the hundreds):
         # sweep again, further. Not always: where a sweep to RT_END does descend, rates far
