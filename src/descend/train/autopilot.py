@@ -358,21 +358,14 @@ class _DecayOnStall(Callback):
                 # without a better single epoch while its running mean still improves.
                 loop._since_best = min(loop._since_best, self.stall - 1)
                 return
-            # The decay ends where the budget does (StableDecay.begin caps it there).
-            sched.begin(loop.step, sched.total - loop.step)
-            # The decay gets its own patience: counted again from its start.
-            loop._since_best = 0
-            self.record["decay"] = {
-                "start_step": sched.start,
-                "steps": sched.length,
-                "epoch": loop.epoch,
-                "why": (
-                    f"the validation loss (its mean over {STALL_SMOOTHING} epochs) had not "
-                    f"improved for {self.stall} epochs (best ending at epoch {best}), so the "
-                    f"decay started after epoch {loop.epoch} instead of at step "
-                    f"{self.record.get('decay_default_start')}"
-                ),
-            }
+            self._begin(
+                loop,
+                loop.step,
+                f"the validation loss (its mean over {STALL_SMOOTHING} epochs) had not "
+                f"improved for {self.stall} epochs (best ending at epoch {best}), so the "
+                f"decay started after epoch {loop.epoch} instead of at step "
+                f"{self.record.get('decay_default_start')}",
+            )
             # One line in the progress output and the history, like the guard's rollbacks.
             loop.record_event(
                 "decay",
@@ -380,21 +373,15 @@ class _DecayOnStall(Callback):
                 f"rate now decays to 0 over {sched.length} steps",
             )
         elif not sched.moved:
-            # The budget's last share began without a stall: record it (a resume rebuilds
-            # the same schedule), and give this decay its own patience too, or a best from
-            # before it would end the run a few epochs into it.
-            sched.begin(sched.start, sched.total - sched.start)
-            loop._since_best = 0
-            self.record["decay"] = {
-                "start_step": sched.start,
-                "steps": sched.length,
-                "epoch": loop.epoch,
-                "why": (
-                    f"the validation loss (its mean over {STALL_SMOOTHING} epochs) was still "
-                    f"improving, so the decay took the budget's last steps, from step "
-                    f"{sched.start}"
-                ),
-            }
+            # The budget's last share began without a stall: recorded too (a resume rebuilds
+            # the same schedule), with its own patience, or a best from before it would end
+            # the run a few epochs into it.
+            self._begin(
+                loop,
+                sched.start,
+                f"the validation loss (its mean over {STALL_SMOOTHING} epochs) was still "
+                f"improving, so the decay took the budget's last steps, from step {sched.start}",
+            )
         if sched.moved and loop.step >= sched.start + sched.length < sched.total:
             # (a decay that ends before the budget: one started under session 9-11's rule, a
             # quarter of the epochs run so far, in a checkpoint resumed now)
@@ -403,6 +390,18 @@ class _DecayOnStall(Callback):
                 f"{self.record['decay']['epoch']} when the validation loss stalled",
                 StopReason.DECAYED,
             )
+
+    def _begin(self, loop: Loop, step: int, why: str) -> None:
+        """Start the decay at ``step``, over the rest of the budget (``StableDecay.begin``
+        caps it there), with a patience of its own from now, and record when and why."""
+        self.sched.begin(step, self.sched.total - step)
+        loop._since_best = 0
+        self.record["decay"] = {
+            "start_step": self.sched.start,
+            "steps": self.sched.length,
+            "epoch": loop.epoch,
+            "why": why,
+        }
 
     def on_fit_start(self, loop: Loop) -> None:
         self._check(loop)
