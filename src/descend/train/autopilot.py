@@ -37,15 +37,15 @@ What it does (every number it decides by is in ``Result.autopilot``):
    al. 2024, Hägele et al. 2024). The peak rate is held while the validation loss improves;
    when its running mean over 3 epochs has not improved for ``stall_epochs`` (a fifth of the
    budget, at least 3, one fewer than the patience) the rate decays linearly to 0 over the rest
-   of the budget, with a patience of its own from there (stop reason ``decay_finished`` when
-   the decay ends before the budget does). Without a stall the decay takes the last 20% of the
-   budget; without validation data or early stopping, always. Session 12 changed two things,
-   for a small CNN with batch norm and dropout whose validation loss jumps 2-4x from one epoch
-   to the next (benchmarks/RESULTS.md): the stall is read on the running mean (a single lucky
-   early epoch started the decay while the mean still fell), and the decay lasts the rest of
-   the budget instead of a quarter of the epochs run so far (the run ended at 22-28 of 40
-   epochs, before any annealing); the six MLP workloads moved by at most 1%. Measured against the cosine decay over the budget
-   this replaces (benchmarks/RESULTS.md, session 9): the cosine annealed fits that were still
+   of the budget, with a patience of its own from there (the run ends with the budget, or
+   earlier on that patience). Without a stall the decay takes the last 20% of the budget, also
+   with its own patience; without validation data or early stopping, always. Session 12
+   changed two things, for a small CNN with batch norm and dropout whose validation loss jumps
+   2-4x from one epoch to the next (benchmarks/RESULTS.md): the stall is read on the running
+   mean (a single lucky early epoch started the decay while the mean still fell), and the
+   decay lasts the rest of the budget instead of a quarter of the epochs run so far (the run
+   ended at 22-28 of 40 epochs, before any annealing); the six MLP workloads moved by at most
+   1%. Measured against the cosine decay over the budget this replaces (benchmarks/RESULTS.md, session 9): the cosine annealed fits that were still
    improving (a sine-product regression, R² 0.835 → 0.875; 3-class 0.867 → 0.880), and the held
    rate reached lower validation *and* test losses on four of the six suite workloads
    (synthetic-clf-20k 0.881 → 0.794 of tuned AdamW's validation loss, test 0.868 → 0.768).
@@ -332,11 +332,13 @@ def _since_smoothed_best(val: Sequence[float], tol: float) -> tuple[int, int]:
 
 
 class _DecayOnStall(Callback):
-    """Starts the schedule's decay when the validation loss has not improved for ``stall``
-    epochs, and ends the run when the decay reaches zero.
+    """Starts the schedule's decay, over the rest of the budget, when the running mean of the
+    validation loss has not improved for ``stall`` epochs (holding early stopping off until
+    then), and gives the budget's own final decay a patience of its own when no stall came
+    first.
 
-    The decision reads only the loop's state at an epoch end (its epoch, step and epochs since
-    the best), and is also taken at ``on_fit_start``: a run resumed from a checkpoint written
+    The decision reads only the loop's state at an epoch end (its epoch, step, validation
+    history and epochs since the best), and is also taken at ``on_fit_start``: a run resumed from a checkpoint written
     at that epoch end (before the callbacks ran) takes it at the same step, so it continues
     exactly. The decay's start is in ``record["decay"]`` (``Result.autopilot``, and every
     later checkpoint, from which :func:`rebuild` restores it).
