@@ -87,6 +87,8 @@ class Workload:
     sklearn: bool = True
     # A model other than the plain MLP of ``hidden``: ``build(in_features, n_out)``.
     build: Callable[[int, int], torch.nn.Module] | None = None
+    # Integer features (embedding indices): kept as int64, not standardized.
+    indices: bool = False
 
 
 def _digits():
@@ -200,6 +202,35 @@ class _TinyGRU(torch.nn.Module):
         return self.head(h[-1])
 
 
+def _ratings():
+    """20,000 ratings of 300 items by 500 users from a rank-5 latent model plus noise (sd
+    0.5): ``X`` is (user, item) indices, ``y`` the rating."""
+    rng = np.random.RandomState(0)
+    pu, qi = rng.normal(size=(500, 5)), rng.normal(size=(300, 5))
+    u, i = rng.randint(0, 500, 20_000), rng.randint(0, 300, 20_000)
+    r = (pu[u] * qi[i]).sum(1) / np.sqrt(5) + 0.5 * rng.normal(size=20_000)
+    return np.stack([u, i], 1), r.astype(np.float32)
+
+
+class _MatrixFactorization(torch.nn.Module):
+    """Users' and items' embeddings of width 16, their dot product plus a bias each (14k
+    parameters): sparse gradients, every row touched by a few batches an epoch."""
+
+    def __init__(self, d: int, n_out: int) -> None:
+        super().__init__()
+        self.u, self.i = torch.nn.Embedding(500, 16), torch.nn.Embedding(300, 16)
+        self.ub, self.ib = torch.nn.Embedding(500, 1), torch.nn.Embedding(300, 1)
+        for e in (self.u, self.i):
+            torch.nn.init.normal_(e.weight, std=0.1)
+        for e in (self.ub, self.ib):
+            torch.nn.init.zeros_(e.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u, i = x[:, 0], x[:, 1]
+        dot = (self.u(u) * self.i(i)).sum(1, keepdim=True)
+        return dot + self.ub(u) + self.ib(i)
+
+
 def workloads(quick: bool) -> list[Workload]:
     q = quick
     return [
@@ -303,6 +334,20 @@ def workloads(quick: bool) -> list[Workload]:
             sklearn=False,
             build=_TinyGRU,
         ),
+        Workload(
+            "ratings-mf",
+            "reg",
+            _ratings,
+            (),
+            128,
+            8 if q else 30,
+            1 if q else 3,
+            "20,000 ratings (500 users x 300 items, rank-5 latent + noise), matrix "
+            "factorization with embeddings of width 16 (14k params)",
+            sklearn=False,
+            build=_MatrixFactorization,
+            indices=True,
+        ),
     ]
 
 
@@ -322,7 +367,7 @@ def make_split(w: Workload, seed: int) -> Split:
     from sklearn.model_selection import train_test_split
 
     X, y = w.load()
-    X = np.asarray(X, dtype=np.float64)
+    X = np.asarray(X, dtype=np.int64 if w.indices else np.float64)
     strat = y if w.task == "clf" else None
     Xa, Xt, ya, yt = train_test_split(
         X, y, test_size=w.test_fraction, random_state=seed, stratify=strat
@@ -336,6 +381,8 @@ def make_split(w: Workload, seed: int) -> Split:
     sd = np.where(sd > 1e-6, sd, 1.0)
 
     def f(a):
+        if w.indices:
+            return torch.as_tensor(a, dtype=torch.long, device=DEVICE)
         return torch.as_tensor((a - mu) / sd, dtype=torch.float32, device=DEVICE)
 
     def t(a):
