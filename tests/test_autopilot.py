@@ -540,6 +540,18 @@ def test_the_stall_is_read_on_the_running_mean():
     assert since([math.nan, math.nan], 1e-4) == (2, 0)
 
 
+def test_the_running_mean_stall_extends_epoch_by_epoch_as_computed_afresh():
+    # The callback keeps its count and extends it each epoch (recomputing from epoch 1 every
+    # time was quadratic); at every length it equals the count from scratch, NaNs included.
+    g = torch.Generator().manual_seed(0)
+    val = (torch.rand(300, generator=g) + torch.linspace(1.0, 0.2, 300)).tolist()
+    val[40] = math.nan
+    inc = autopilot._SmoothedBest()
+    for n in range(1, len(val) + 1):
+        assert inc.update(val[:n], 1e-4) == autopilot._since_smoothed_best(val[:n], 1e-4)
+    assert inc.update(val[:10], 1e-4) == autopilot._since_smoothed_best(val[:10], 1e-4)
+
+
 def test_a_noisy_curve_keeps_its_held_rate_while_its_mean_improves():
     """Patience cannot end the held phase early: the decay starts on the running mean's stall,
     however long a lucky single epoch stands, and runs to the end of the budget."""
