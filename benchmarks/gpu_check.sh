@@ -7,6 +7,8 @@
 #   From the repo root, on the device machine (its torch has CUDA; the peers' wheels travel):
 #     bash benchmarks/gpu_check.sh suite      # the suite alone (~6.5 min on an H200)
 #     bash benchmarks/gpu_check.sh rest       # tests, fit overhead, crossover (~5 min)
+#     bash benchmarks/gpu_check.sh new        # the four non-MLP workloads, then `rest`: one
+#                                             # call (~9 min) when the MLPs' GPU rows are current
 #     bash benchmarks/gpu_check.sh            # all of it (over 10 minutes: not one call)
 #   Logs and JSON land in $OUT (or ./gpu-out).
 #
@@ -30,7 +32,11 @@ python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.i
 #    MLPs took 218 s on an H200 (session 11; launch-bound, ~1 ms a step); the CNN, the
 #    transformer and the GRU (session 12) add ~2.5 min by the same step time. The JSON is
 #    written after every workload, so a run cut at the limit keeps what it finished.
-if [ "$part" != rest ]; then
+if [ "$part" = new ]; then
+  timeout 260 python3 benchmarks/suite.py --device cuda --threads 4 --methods adamw-tuned,descend \
+    --only digits-cnn --only tokens-transformer --only tokens-gru --only ratings-mf \
+    --json "$out/suite.json" 2>&1 | tee "$out/suite.txt"
+elif [ "$part" != rest ]; then
   timeout 480 python3 benchmarks/suite.py --device cuda --threads 4 \
     --methods adamw-tuned,descend --json "$out/suite.json" 2>&1 | tee "$out/suite.txt"
 fi

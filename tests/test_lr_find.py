@@ -185,3 +185,24 @@ def test_a_flat_bottom_is_read_at_its_left_edge():
 
     r = _result(lrs, losses, diverge=4.0, steps=len(lrs), end_lr=1.0, optimizer="adamw")
     assert r.flat_bottom and r.valley == a["valley"] and r.suggestion == a["suggestion"]
+
+
+def test_a_flat_curve_that_blows_up_is_read_at_its_stable_edge_not_its_noise_minimum():
+    # a matrix factorization's sweep (session 13): the loss does not move at any rate until it
+    # rises and blows up near lr 0.3; the noise minimum lands anywhere below. Read the edge.
+    def shape(lr):
+        return 1.2 if lr < 0.2 else 1.2 * (lr / 0.2) ** 4
+
+    reads, minima = [], []
+    for seed in range(6):
+        g = torch.Generator().manual_seed(seed)
+        lrs = [1e-6 * (1e6 ** (i / 96)) for i in range(97)]
+        noise = torch.randn(97, generator=g).tolist()
+        losses = [shape(lr) * (1 + 0.15 * e) for lr, e in zip(lrs, noise)]
+        a = analyze(lrs, losses)
+        assert a["diverged"] and not a["descended"]
+        reads.append(a["suggestion"])
+        minima.append(a["min_lr"])
+    assert all(0.005 < r < 0.05 for r in reads), reads  # the edge (~0.2) / 10
+    assert max(reads) / min(reads) < 2.0
+    assert min(minima) / 10 < 0.002  # min/10 would have trained some seeds 10x too slowly

@@ -13,8 +13,10 @@ How the curve is read:
 - The sweep stops early once the smoothed loss exceeds ``diverge`` × its minimum (or a loss is
   not finite): nothing to learn past that point.
 - ``suggestion`` is the rate at the minimum of the smoothed loss divided by 10 ("min/10"); if
-  the loss neither fell clearly (by 5% and three times its noise) nor blew up, every rate swept
-  was too small to matter and the suggestion is the top of the sweep / 10.
+  the loss did not fall clearly (by 5% and three times its noise), every rate below the point
+  where it starts to rise was too small to matter and the minimum among them is noise: the
+  suggestion is then the *stable edge* — the last rate before the smoothed loss rises clearly
+  above its median level for good (before the blow-up, or the top of the sweep) — / 10.
 - A flat bottom is read at its left edge: the *valley* is the stretch of rates whose smoothed
   loss lies within ``VALLEY_SHARE`` (10%) of the fall (first batches → minimum) above the
   minimum; when it spans more than ``FLAT_DECADES`` (one decade), the minimum's place in it is
@@ -237,7 +239,20 @@ def analyze(
         flat = math.log10(valley[1] / valley[0]) > FLAT_DECADES
         if flat:
             read = valley[0]
-    suggestion = read / 10.0 if (descended or diverged) else lrs[len(sm) - 1] / 10.0
+    if descended:
+        suggestion = read / 10.0
+    else:
+        # No clear descent: every rate up to where the loss starts to rise was too small to
+        # matter in this sweep, and the minimum among them is the luckiest batch. Read the
+        # stable edge / 10, blow-up or not: the last rate, counting back from the cut, whose
+        # smoothed loss is not clearly (the same margin) above the curve's median level.
+        # (Counting back: a noisy curve wanders above its level early on as well.) A matrix
+        # factorization's embeddings barely move in a 100-step sweep — flat to ~0.3, then a
+        # blow-up — and its noise minimum wandered from 3.5e-6 to 0.06 over six seeds, which
+        # trained at rates down to 5e-7 where AdamW's best was 0.06 (session 13).
+        level = sorted(sm[first:])[(len(sm) - first) // 2] + max(0.05 * abs(plateau), 3.0 * noise)
+        edge = next((i for i in range(len(sm) - 1, first - 1, -1) if sm[i] <= level), first)
+        suggestion = lrs[edge] / 10.0
     return {
         "smoothed": sm,
         "min_lr": min_lr,
