@@ -527,6 +527,44 @@ def test_a_validation_stall_starts_the_decay_and_its_end_ends_the_run():
     assert decay["start_step"] + decay["steps"] == rec["total_steps"]
 
 
+def test_the_decay_starts_from_the_best_weights_kept(monkeypatch):
+    from descend.train.loop import Loop
+
+    seen = []
+    real = Loop.rewind_to_best
+
+    def spy(loop):
+        before = {k: v.clone() for k, v in loop.state_tensors().items()}
+        epoch = real(loop)
+        after = loop.state_tensors()
+        seen.append(
+            {
+                "epoch": loop.epoch,
+                "rewound": epoch,
+                "best_epoch": loop.best_epoch,
+                "is_best": loop._best_state is not None
+                and all(torch.equal(v, loop._best_state[k]) for k, v in after.items()),
+                "moved": any(not torch.equal(v, before[k]) for k, v in after.items()),
+            }
+        )
+        return epoch
+
+    monkeypatch.setattr(Loop, "rewind_to_best", spy)
+    r = _stalling_fit()
+    decay = r.autopilot["decay"]
+    (call,) = seen  # once, at the stall
+    assert call["epoch"] == decay["epoch"] and call["is_best"] and call["moved"]
+    # the best single epoch lies before the stall (the held rate wandered off it since)
+    assert decay["weights_from_epoch"] == call["rewound"] == call["best_epoch"] < decay["epoch"]
+    assert f"from the best weights (epoch {call['rewound']})" in decay["why"]
+    (event,) = r.history.events
+    assert f"back to epoch {call['rewound']}'s weights" in event["message"]
+    # without kept best weights there is nothing to go back to: the decay starts where it is
+    seen.clear()
+    r = _stalling_fit(restore_best=False)
+    assert seen[0]["rewound"] is None and "weights_from_epoch" not in r.autopilot["decay"]
+
+
 def test_the_stall_is_read_on_the_running_mean():
     since = autopilot._since_smoothed_best
     # A lucky epoch 3 (0.3) in a falling curve: the single best stands for 7 epochs, while the
@@ -569,6 +607,8 @@ def test_a_noisy_curve_keeps_its_held_rate_while_its_mean_improves():
         events=[],
     )
     loop.record_event = lambda kind, message: loop.events.append(kind)
+    rewinds = []
+    loop.rewind_to_best = lambda: rewinds.append(loop.epoch) or 3
     # a lucky epoch 3 (0.75), a trend falling 0.01 an epoch that reaches it only at epoch 22,
     # then a plateau at 0.6
     trend = [0.93 - 0.01 * k for k in range(34)]
@@ -587,6 +627,8 @@ def test_a_noisy_curve_keeps_its_held_rate_while_its_mean_improves():
     assert since == 9 and epoch == best_end + 9 and best_end >= 37
     assert sched.start == epoch and sched.start + sched.length == 100
     assert loop._since_best == 0 and loop.events == ["decay"]
+    # the decay starts from the best weights kept, once, at the stall
+    assert rewinds == [epoch] and record["decay"]["weights_from_epoch"] == 3
 
 
 def test_the_default_decay_gets_its_own_patience_too():

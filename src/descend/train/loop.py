@@ -849,6 +849,17 @@ class Loop:
         if self.restore_best and self._best_state is not None:
             self.model.load_state_dict(self._best_state)
 
+    def rewind_to_best(self) -> int | None:
+        """Put the best weights kept so far back into the model, mid-run (the optimizer state
+        stays), and make them the divergence guard's rollback point; return their epoch, or
+        None when no best weights are kept (``restore_best=False``, or none yet)."""
+        if not self.restore_best or self._best_state is None:
+            return None
+        self.model.load_state_dict(self._best_state)
+        if self.guard is not None:
+            self.guard.snapshot(self, force=True)
+        return self.best_epoch
+
     def _elapsed(self) -> float:
         return time.perf_counter() - self._t0 + self._t_offset
 
