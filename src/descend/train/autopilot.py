@@ -37,8 +37,9 @@ What it does (every number it decides by is in ``Result.autopilot``):
    al. 2024, Hägele et al. 2024). The peak rate is held while the validation loss improves;
    when its running mean over 3 epochs has not improved for ``stall_epochs`` (a fifth of the
    budget, at least 3, one fewer than the patience) the rate decays linearly to 0 over the rest
-   of the budget, with a patience of its own from there (the run ends with the budget, or
-   earlier on that patience). Without a stall the decay takes the last 20% of the budget, also
+   of the budget, from the best weights kept so far (session 13: the held rate had wandered off
+   them — an overfitting transformer, a noisy CNN), with a patience of its own from there (the
+   run ends with the budget, or earlier on that patience). Without a stall the decay takes the last 20% of the budget, also
    with its own patience; without validation data or early stopping, always. Session 12
    changed two things, for a small CNN with batch norm and dropout whose validation loss jumps
    2-4x from one epoch to the next (benchmarks/RESULTS.md): the stall is read on the running
@@ -349,8 +350,8 @@ def _since_smoothed_best(val: Sequence[float], tol: float) -> tuple[int, int]:
 class _DecayOnStall(Callback):
     """Starts the schedule's decay, over the rest of the budget and from the best weights so
     far, when the running mean of the validation loss has not improved for ``stall`` epochs
-    (holding early stopping off until then), and gives the budget's own final decay a patience of its own when no stall came
-    first.
+    (holding early stopping off until then), and gives the budget's own final decay a patience
+    of its own when no stall came first.
 
     The decision reads only the loop's state at an epoch end (its epoch, step, validation
     history and epochs since the best), and is also taken at ``on_fit_start``: a run resumed from a checkpoint written
