@@ -7,8 +7,8 @@
 #   From the repo root, on the device machine (its torch has CUDA; the peers' wheels travel):
 #     bash benchmarks/gpu_check.sh suite      # the suite alone (~6.5 min on an H200)
 #     bash benchmarks/gpu_check.sh rest       # tests, fit overhead, crossover (~5 min)
-#     bash benchmarks/gpu_check.sh new        # the four non-MLP workloads, then `rest`: one
-#                                             # call (~9 min) when the MLPs' GPU rows are current
+#     bash benchmarks/gpu_check.sh new        # the four non-MLP workloads alone (~6 min on an
+#                                             # H200: 66 + 135 + 80 + 75 s), then `rest`
 #     bash benchmarks/gpu_check.sh            # all of it (over 10 minutes: not one call)
 #   Logs and JSON land in $OUT (or ./gpu-out).
 #
@@ -28,26 +28,26 @@ nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$out/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" \
   | tee -a "$out/gpu.txt"
 
-# 1. The zero-tuning suite, all nine workloads (descend vs tuned AdamW) on the GPU: the six
+# 1. The zero-tuning suite, all ten workloads (descend vs tuned AdamW) on the GPU: the six
 #    MLPs took 218 s on an H200 (session 11; launch-bound, ~1 ms a step); the CNN, the
 #    transformer and the GRU (session 12) add ~2.5 min by the same step time. The JSON is
 #    written after every workload, so a run cut at the limit keeps what it finished.
 if [ "$part" = new ]; then
-  timeout 260 python3 benchmarks/suite.py --device cuda --threads 4 --methods adamw-tuned,descend \
+  timeout 400 python3 benchmarks/suite.py --device cuda --threads 4 --methods adamw-tuned,descend \
     --only digits-cnn --only tokens-transformer --only tokens-gru --only ratings-mf \
     --json "$out/suite.json" 2>&1 | tee "$out/suite.txt"
 elif [ "$part" != rest ]; then
   timeout 480 python3 benchmarks/suite.py --device cuda --threads 4 \
     --methods adamw-tuned,descend --json "$out/suite.json" 2>&1 | tee "$out/suite.txt"
 fi
-[ "$part" = suite ] && { echo "gpu_check suite done"; exit 0; }
+[ "$part" = suite ] || [ "$part" = new ] && { echo "gpu_check $part done"; exit 0; }
 
 # 2. The whole test suite: with a GPU present, fit's device=None trains on it, so every fit
 #    test runs the CUDA paths (session 6 found two bugs this way), and the CUDA-only tests run.
-timeout 170 python3 -m pytest -q -rs -p no:cacheprovider -n 8 tests 2>&1 | tee "$out/tests.txt"
+timeout 200 python3 -m pytest -q -rs -p no:cacheprovider -n 8 tests 2>&1 | tee "$out/tests.txt"
 
 # 3. fit's overhead against hand-written loops on the GPU (what time is left).
-timeout 60 python3 benchmarks/fit_overhead.py --device cuda --repeats 2 --skip 50k \
+timeout 90 python3 benchmarks/fit_overhead.py --device cuda --repeats 2 --skip 50k \
   2>&1 | tee "$out/fit_overhead.txt"
 
 # 4. Where a GPU starts to pay for the estimators' networks (descend.data.GPU_MIN_STEP_WORK).
