@@ -502,7 +502,7 @@ def test_a_validation_stall_starts_the_decay_and_its_end_ends_the_run():
     rec = r.autopilot
     decay = rec["decay"]
     stall = rec["decay_stall_epochs"]
-    assert stall == autopilot.stall_epochs(300, 10) == 9
+    assert stall == autopilot.stall_epochs(300, 10) == 9 and decay["cause"] == "stall"
     assert decay["epoch"] < 0.8 * 300 and f"for {stall} epochs" in decay["why"]
     # the progress output and the history say when it happened
     (event,) = [e for e in r.history.events if e["kind"] == "decay"]
@@ -649,6 +649,33 @@ def test_the_default_decay_gets_its_own_patience_too():
     cb.on_epoch_end(loop)
     assert loop._since_best == 0 and sched.moved and (sched.start, sched.length) == (40, 10)
     assert record["decay"]["start_step"] == 40 and "still improving" in record["decay"]["why"]
+    assert record["decay"]["cause"] == "budget"
+
+
+def test_the_stop_sentence_says_whether_the_decay_followed_a_stall():
+    from descend.train.loop import Loop
+
+    def sentence(decay):
+        fake = types.SimpleNamespace(
+            monitor="val_loss",
+            best_loss=0.25,
+            best_epoch=30,
+            restore_best=True,
+            autopilot={"decay": decay},
+            epoch=52,
+            tol=1e-4,
+            patience=10,
+        )
+        return Loop._reason_sentence(fake, descend.StopReason.PATIENCE)
+
+    stall = sentence({"epoch": 42, "cause": "stall", "why": "... had not improved ..."})
+    assert "decay (started after epoch 42, when it had stalled)" in stall
+    budget = sentence({"epoch": 40, "cause": "budget", "why": "... was still improving ..."})
+    assert "decay (started after epoch 40, the budget's last share: it had not stalled)" in budget
+    assert "stalled)" not in budget.replace("not stalled)", "")
+    # a record from before "cause" existed: read off its sentence
+    old = sentence({"epoch": 40, "why": "the validation loss ... was still improving, so ..."})
+    assert old == budget
 
 
 @pytest.mark.parametrize("after", [0, 1])

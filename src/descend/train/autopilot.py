@@ -390,6 +390,7 @@ class _DecayOnStall(Callback):
                 f"decay started after epoch {loop.epoch} instead of at step "
                 f"{self.record.get('decay_default_start')}"
                 + (f", from the best weights (epoch {rewound})" if rewound else ""),
+                "stall",
             )
             if rewound:
                 self.record["decay"]["weights_from_epoch"] = rewound
@@ -409,6 +410,7 @@ class _DecayOnStall(Callback):
                 sched.start,
                 f"the validation loss (its mean over {STALL_SMOOTHING} epochs) was still "
                 f"improving, so the decay took the budget's last steps, from step {sched.start}",
+                "budget",
             )
         if sched.moved and loop.step >= sched.start + sched.length < sched.total:
             # (a decay that ends before the budget: one started under session 9-11's rule, a
@@ -419,15 +421,17 @@ class _DecayOnStall(Callback):
                 StopReason.DECAYED,
             )
 
-    def _begin(self, loop: Loop, step: int, why: str) -> None:
+    def _begin(self, loop: Loop, step: int, why: str, cause: str) -> None:
         """Start the decay at ``step``, over the rest of the budget (``StableDecay.begin``
-        caps it there), with a patience of its own from now, and record when and why."""
+        caps it there), with a patience of its own from now, and record when and why
+        (``cause``: ``"stall"``, or ``"budget"`` for the budget's own last share)."""
         self.sched.begin(step, self.sched.total - step)
         loop._since_best = 0
         self.record["decay"] = {
             "start_step": self.sched.start,
             "steps": self.sched.length,
             "epoch": loop.epoch,
+            "cause": cause,
             "why": why,
         }
 

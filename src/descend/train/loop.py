@@ -1046,12 +1046,20 @@ class Loop:
         kept = f"restored the best weights ({best})" if self.restore_best else f"best was {best}"
         if reason is StopReason.PATIENCE:
             decay = (self.autopilot or {}).get("decay")
-            during = (
-                f" of the learning rate's decay (started after epoch {decay['epoch']}, when it "
-                "had stalled)"
-                if decay
-                else ""
-            )
+            during = ""
+            if decay:
+                # (a record written before "cause" existed says it in its sentence)
+                cause = decay.get("cause") or (
+                    "budget" if "still improving" in decay.get("why", "") else "stall"
+                )
+                during = (
+                    f" of the learning rate's decay (started after epoch {decay['epoch']}, "
+                    + (
+                        "when it had stalled)"
+                        if cause == "stall"
+                        else "the budget's last share: it had not stalled)"
+                    )
+                )
             return (
                 f"Stopped early after epoch {self.epoch}: the validation loss did not improve "
                 f"by more than {self.tol:g} (relative) for {self.patience} epochs{during}; "
