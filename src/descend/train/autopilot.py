@@ -39,10 +39,11 @@ What it does (every number it decides by is in ``Result.autopilot``):
    budget, at least 3, one fewer than the patience) the rate decays linearly to 0 over the rest
    of the budget, from the best weights kept so far (session 13: the held rate had wandered off
    them — an overfitting transformer, a noisy CNN), with a patience of its own from there (the
-   run ends with the budget, or earlier on that patience). Without a stall the decay takes the last 20% of the budget, also
-   with its own patience; without validation data or early stopping, always. Session 12
-   changed two things, for a small CNN with batch norm and dropout whose validation loss jumps
-   2-4x from one epoch to the next (benchmarks/RESULTS.md): the stall is read on the running
+   run ends with the budget, or earlier on that patience). Without a stall the decay takes the
+   last 20% of the budget, also with its own patience; without validation data or early
+   stopping, always. Session 12 changed two things, for a small CNN with batch norm and
+   dropout whose validation loss jumps 2-4x from one epoch to the next
+   (benchmarks/RESULTS.md): the stall is read on the running
    mean (a single lucky early epoch started the decay while the mean still fell), and the
    decay lasts the rest of the budget instead of a quarter of the epochs run so far (the run
    ended at 22-28 of 40 epochs, before any annealing); the six MLP workloads moved by at most

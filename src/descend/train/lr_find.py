@@ -14,10 +14,11 @@ How the curve is read:
   not finite): nothing to learn past that point.
 - ``suggestion`` is the rate at the minimum of the smoothed loss divided by 10 ("min/10"); if
   the loss did not fall clearly below the median of the sweep's first quarter (by 5% and by 6
-  times its noise, or by 3 times with its minimum within 30x of the edge below), every rate below the point
-  where it starts to rise was too small to matter and the minimum among them is noise: the
-  suggestion is then the *stable edge* — the last rate before the smoothed loss rises clearly
-  above its median level for good (before the blow-up, or the top of the sweep) — / 10.
+  times its noise, or by 3 times with its minimum within 30x of the edge below), every rate
+  below the point where it starts to rise was too small to matter and the minimum among them
+  is noise: the suggestion is then the *stable edge* — the last rate before the smoothed loss
+  rises clearly above its median level for good (before the blow-up, or the top of the
+  sweep) — / 10.
 - A flat bottom is read at its left edge: the *valley* is the stretch of rates whose smoothed
   loss lies within ``VALLEY_SHARE`` (10%) of the fall (first batches → minimum) above the
   minimum; when it spans more than ``FLAT_DECADES`` (one decade), the minimum's place in it is
@@ -75,9 +76,9 @@ class LRFindResult:
         steepest: the rate where the smoothed loss fell fastest per decade (before the
             minimum), or ``None`` when the curve is too short to tell.
         descended: False when the smoothed loss never fell clearly below the median of the
-            sweep's first quarter (by 5% and 6 times its noise, or 3 times near the edge). The suggestion is then
-            the stable edge / 10: the last rate before the loss rose for good (the top of the
-            sweep if it never did: raise ``end_lr``).
+            sweep's first quarter (by 5% and 6 times its noise, or 3 times near the edge).
+            The suggestion is then the stable edge / 10: the last rate before the loss rose
+            for good (the top of the sweep if it never did: raise ``end_lr``).
         stop: why the sweep ended, as a sentence.
         optimizer: the optimizer swept.
         valley: the lowest and highest rate whose smoothed loss is within 10% of the fall
@@ -170,12 +171,12 @@ def default_beta(steps: int) -> float:
     return min(0.98, max(0.8, 1.0 - 10.0 / max(steps, 1)))
 
 
-#: The valley of a sweep: the rates whose smoothed loss is within this share of the fall
-#: (first batches → minimum) above the minimum.
 #: A descent is clear when the smoothed loss falls this many noise levels (and 5%) below the
-#: start, or 3 with its minimum within ``NEAR_EDGE`` of the stable edge (see ``analyze``).
+#: start, or 3 with its minimum within ``NEAR_EDGE`` times of the stable edge (see ``analyze``).
 DESCENT_NOISE = 6.0
 NEAR_EDGE = 30.0
+#: The valley of a sweep: the rates whose smoothed loss is within this share of the fall
+#: (first batches → minimum) above the minimum.
 VALLEY_SHARE = 0.1
 #: A valley wider than this many decades of rates is a flat bottom, read at its left edge.
 FLAT_DECADES = 1.0
@@ -189,8 +190,8 @@ def analyze(
     Returns ``smoothed``, ``min_lr``, ``suggestion``, ``steepest``, ``descended`` (the smoothed
     loss fell below the median of the sweep's first quarter by more than 5% and more than
     ``DESCENT_NOISE`` times its own noise, or 3 times with its minimum within ``NEAR_EDGE`` of
-    the stable edge), ``diverged`` (the sweep ended in a blow-up), ``valley`` (the lowest and highest
-    rate within ``VALLEY_SHARE`` of the fall above the minimum, or None) and ``flat_bottom``
+    the stable edge), ``diverged`` (the sweep ended in a blow-up), ``valley`` (the lowest and
+    highest rate within ``VALLEY_SHARE`` of the fall above the minimum, or None) and ``flat_bottom``
     (the valley spans more than ``FLAT_DECADES``: the suggestion is then its lowest rate / 10).
     A sweep that did not descend only tried rates too small to matter below its stable edge
     (the last rate before the loss rose for good, the top of the sweep if it never did): its
