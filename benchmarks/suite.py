@@ -640,6 +640,18 @@ def descend_run(w: Workload, s: Split, seed: int) -> Run:
         "best_epoch": r.best_epoch,
         "best_loss": r.best_loss,
         "stop": str(r.stop_reason),
+        # What the policy decided by, for diagnosing a seed from the JSON alone: the sweep's
+        # reading, each race candidate, and the decay's start and cause.
+        "range_test": {
+            k: v
+            for k, v in (rec.get("range_test") or {}).items()
+            if k in ("steps", "min_lr", "suggestion", "descended", "diverged", "flat_bottom")
+        },
+        "race": [
+            {k: c.get(k) for k in ("lr", "best", "best_epoch", "epochs", "status")}
+            for c in rec.get("candidates") or []
+        ],
+        "decay": rec.get("decay"),
     }
     # The history is the winner's whole trajectory (race epochs included); the run's best may
     # come from another race candidate, which the recorded best_loss accounts for.
