@@ -229,8 +229,9 @@ def analyze(
     # A real descent takes the loss clearly below where it started; on a flat, noisy curve
     # the minimum is just the luckiest batch. The start is the median of the sweep's first
     # quarter (from the default starts — 1e-6 in the autopilot, 1e-7 here — Adam's steps there
-    # are too small to move any weight); the noise is the batch-to-batch noise read off successive differences
-    # (residuals from a lagging EMA overstate it where the curve falls), shrunk by the EMA.
+    # are too small to move any weight); the noise is the batch-to-batch noise read off
+    # successive differences (residuals from a lagging EMA overstate it where the curve
+    # falls), shrunk by the EMA.
     h = min(len(sm), max(warm, len(lrs) // 4))
     head = sorted(v for v in losses[:h] if math.isfinite(v))
     plateau = head[len(head) // 2] if head else sm[0]
