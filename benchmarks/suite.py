@@ -729,11 +729,11 @@ WITHIN = 1.01
 def ratio_interval(ratios: list[float], level: float = 0.95) -> tuple[float, float]:
     """A ``level`` confidence interval for the mean of per-seed ratios (Student's t; each ratio
     is paired: the same split, initial weights and batch order for both methods). ``(nan,
-    nan)`` for fewer than two seeds."""
+    nan)`` for fewer than two seeds, or where a run diverged (an infinite ratio)."""
     from scipy.stats import t as student_t
 
     n = len(ratios)
-    if n < 2:
+    if n < 2 or not all(math.isfinite(x) for x in ratios):
         return math.nan, math.nan
     mean = statistics.fmean(ratios)
     half = student_t.ppf(0.5 + level / 2, n - 1) * statistics.stdev(ratios) / math.sqrt(n)
@@ -743,9 +743,12 @@ def ratio_interval(ratios: list[float], level: float = 0.95) -> tuple[float, flo
 def verdict(ratios: list[float]) -> str:
     """What the seeds say about the 1% bar: ``within 1%`` (mean ratio <= 1.01), ``open`` (the
     mean misses but the 95% interval reaches the bar: these seeds cannot tell), ``miss`` (the
-    whole interval is above it)."""
-    if statistics.fmean(ratios) <= WITHIN:
+    whole interval is above it, or a seed diverged)."""
+    mean = statistics.fmean(ratios)
+    if mean <= WITHIN:
         return "within 1%"
+    if not math.isfinite(mean):
+        return "miss"
     lo, _ = ratio_interval(ratios)
     return "open" if not lo > WITHIN else "miss"
 
