@@ -242,6 +242,72 @@ class _MatrixFactorization(torch.nn.Module):
         return dot + self.ub(u) + self.ib(i)
 
 
+def _linear_data():
+    """make_regression (2,000 x 20, 10 informative, noise 5), targets divided by their standard
+    deviation: the textbook least-squares problem."""
+    from sklearn.datasets import make_regression
+
+    X, y = make_regression(2000, 20, n_informative=10, noise=5.0, random_state=0)
+    return X, (y / y.std()).astype(np.float32)
+
+
+def _four_classes():
+    """make_classification (3,000 x 20, 8 informative, 4 classes of one cluster each)."""
+    from sklearn.datasets import make_classification
+
+    return make_classification(
+        3000, 20, n_informative=8, n_classes=4, n_clusters_per_class=1, random_state=0
+    )
+
+
+def _linear(d: int, n_out: int) -> torch.nn.Module:
+    return torch.nn.Linear(d, n_out)
+
+
+def _running_sum():
+    """3,000 sequences of 12 steps of 4 Gaussian features; the class: is the sum of the first
+    feature over the sequence positive? (An LSTM has to carry the running sum to the end.)"""
+    rng = np.random.RandomState(0)
+    seq = rng.normal(size=(3000, 12, 4))
+    y = (seq[:, :, 0].sum(1) > 0).astype(np.int64)
+    return seq.reshape(3000, 48), y
+
+
+class _TinyLSTM(torch.nn.Module):
+    """A one-layer LSTM of width 32 over the 12 steps, its last output into a linear head (5k
+    parameters)."""
+
+    def __init__(self, d: int, n_out: int) -> None:
+        super().__init__()
+        self.lstm = torch.nn.LSTM(4, 32, batch_first=True)
+        self.head = torch.nn.Linear(32, n_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.lstm(x.view(-1, 12, 4))[0][:, -1])
+
+
+def _bags():
+    """4,000 bags of 10 tokens from a vocabulary of 200; each token has a hidden weight, the
+    class is the sign of the bag's total: a linear rule on word counts."""
+    rng = np.random.RandomState(0)
+    tokens = rng.randint(0, 200, size=(4000, 10))
+    w = rng.normal(size=200)
+    return tokens, (w[tokens].sum(1) > 0).astype(np.int64)
+
+
+class _BagOfEmbeddings(torch.nn.Module):
+    """``nn.EmbeddingBag`` (200 x 16, mean) into a linear head (3.2k parameters), the
+    fastText-style text classifier."""
+
+    def __init__(self, d: int, n_out: int) -> None:
+        super().__init__()
+        self.bag = torch.nn.EmbeddingBag(200, 16)
+        self.head = torch.nn.Linear(16, n_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.bag(x))
+
+
 def workloads(quick: bool) -> list[Workload]:
     q = quick
     return [
@@ -357,6 +423,70 @@ def workloads(quick: bool) -> list[Workload]:
             "factorization with embeddings of width 16 (14k params)",
             sklearn=False,
             build=_MatrixFactorization,
+            indices=True,
+        ),
+        # Session 14: five more model types, the textbook ones first (session 13 had tried
+        # them outside the suite; the LSTM and the bag of embeddings were misses there).
+        Workload(
+            "linear-regression",
+            "reg",
+            _linear_data,
+            (),
+            64,
+            8 if q else 30,
+            1 if q else SEEDS,
+            "make_regression (2,000 x 20, noise 5, targets / their sd), a linear model (21 params)",
+            sklearn=False,
+            build=_linear,
+        ),
+        Workload(
+            "logistic-regression",
+            "clf",
+            _four_classes,
+            (),
+            64,
+            8 if q else 30,
+            1 if q else SEEDS,
+            "make_classification (3,000 x 20, 4 classes), multinomial logistic regression "
+            "(84 params)",
+            sklearn=False,
+            build=_linear,
+        ),
+        Workload(
+            "deep-mlp",
+            "clf",
+            _four_classes,
+            (64,) * 6,
+            64,
+            8 if q else 30,
+            1 if q else SEEDS,
+            "the same 4 classes, a 6-hidden-layer MLP of width 64 (23k params)",
+        ),
+        Workload(
+            "sequence-lstm",
+            "clf",
+            _running_sum,
+            (),
+            64,
+            8 if q else 20,
+            1 if q else SEEDS,
+            "3,000 sequences of 12 x 4 Gaussians (is the first feature's sum positive?), a "
+            "one-layer LSTM of width 32 (5k params)",
+            sklearn=False,
+            build=_TinyLSTM,
+        ),
+        Workload(
+            "text-bag",
+            "clf",
+            _bags,
+            (),
+            64,
+            8 if q else 20,
+            1 if q else SEEDS,
+            "4,000 bags of 10 tokens (vocabulary 200; the sign of their hidden weights' sum), "
+            "an EmbeddingBag of width 16 and a linear head (3.2k params)",
+            sklearn=False,
+            build=_BagOfEmbeddings,
             indices=True,
         ),
     ]
