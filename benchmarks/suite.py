@@ -35,7 +35,7 @@ closing overview gives descend's verdict per workload: ``within 1%`` (mean ratio
 wider than 1% (breast cancer's 114 rows: 0.92-2.55), so the interval says how many seeds a
 verdict needs.
 
-Run: ``python benchmarks/suite.py`` (full table of ten workloads, ~35 min on 2 cores with
+Run: ``python benchmarks/suite.py`` (full table of fifteen workloads, ~40 min on 2 cores with
 every peer) or ``python benchmarks/suite.py --quick`` (a smoke run of a minute or two).
 ``--only NAME`` runs one workload, ``--json PATH`` saves every number.
 """
