@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # One prepared GPU check for a session that is lent a device machine (see the device tool's
 # README): the zero-tuning suite on the GPU, the test suite with the GPU present, and fit's
-# overhead and the GPU/CPU crossover, each under its own time limit. With nine suite workloads
-# (session 12) the whole no longer fits one 10-minute call: run it as two calls.
+# overhead and the GPU/CPU crossover, each under its own time limit. The suite's fifteen
+# workloads (session 14) are three parts, 3 seeds each (the CPU tables use 6: a 15-minute
+# device budget holds about two parts); pick what the session needs.
 #
 #   From the repo root, on the device machine (its torch has CUDA; the peers' wheels travel):
-#     bash benchmarks/gpu_check.sh suite      # the suite alone (~6.5 min on an H200)
+#     bash benchmarks/gpu_check.sh suite      # the six MLP workloads (~4 min on an H200)
+#     bash benchmarks/gpu_check.sh new        # the CNN, transformer, GRU and matrix
+#                                             # factorization (~6 min: 66 + 135 + 80 + 75 s)
+#     bash benchmarks/gpu_check.sh five       # session 14's five: linear and logistic
+#                                             # regression, a 6-layer MLP, an LSTM, a bag of
+#                                             # embeddings (not yet timed on a GPU)
 #     bash benchmarks/gpu_check.sh rest       # tests, fit overhead, crossover (~5 min)
-#     bash benchmarks/gpu_check.sh new        # the four non-MLP workloads alone (~6 min on an
-#                                             # H200: 66 + 135 + 80 + 75 s), then `rest`
-#     bash benchmarks/gpu_check.sh            # all of it (over 10 minutes: not one call)
+#     bash benchmarks/gpu_check.sh            # the MLP suite and `rest` (over 10 minutes)
 #   Logs and JSON land in $OUT (or ./gpu-out).
 #
 # Wheels: torch, pytest, pytest-xdist and scikit-learn are on the device image; plotext and the
@@ -28,19 +32,24 @@ nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$out/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" \
   | tee -a "$out/gpu.txt"
 
-# 1. The zero-tuning suite, all ten workloads (descend vs tuned AdamW) on the GPU: the six
-#    MLPs took 218 s on an H200 (session 11; launch-bound, ~1 ms a step); the CNN, the
-#    transformer and the GRU (session 12) add ~2.5 min by the same step time. The JSON is
-#    written after every workload, so a run cut at the limit keeps what it finished.
-if [ "$part" = new ]; then
-  timeout 400 python3 benchmarks/suite.py --device cuda --threads 4 --methods adamw-tuned,descend \
-    --only digits-cnn --only tokens-transformer --only tokens-gru --only ratings-mf \
-    --json "$out/suite.json" 2>&1 | tee "$out/suite.txt"
-elif [ "$part" != rest ]; then
-  timeout 480 python3 benchmarks/suite.py --device cuda --threads 4 \
-    --methods adamw-tuned,descend --json "$out/suite.json" 2>&1 | tee "$out/suite.txt"
-fi
-[ "$part" = suite ] || [ "$part" = new ] && { echo "gpu_check $part done"; exit 0; }
+# 1. The zero-tuning suite on the GPU (descend vs tuned AdamW, 3 seeds): the six MLPs took
+#    218 s on an H200 (session 11; launch-bound, ~1 ms a step). The JSON is written after every
+#    workload, so a run cut at the limit keeps what it finished.
+suite() {
+  timeout "$1" python3 benchmarks/suite.py --device cuda --threads 4 --seeds 3 \
+    --methods adamw-tuned,descend "${@:2}" --json "$out/suite-$part.json" 2>&1 \
+    | tee "$out/suite-$part.txt"
+}
+case "$part" in
+  new) suite 400 --only digits-cnn --only tokens-transformer --only tokens-gru \
+    --only ratings-mf ;;
+  five) suite 400 --only linear-regression --only logistic-regression --only deep-mlp \
+    --only sequence-lstm --only text-bag ;;
+  rest) ;;
+  *) suite 480 --only digits-mlp --only breast-cancer-mlp --only diabetes-mlp \
+    --only synthetic-clf-20k --only friedman1-200k --only digits-wide-1M ;;
+esac
+case "$part" in suite | new | five) echo "gpu_check $part done"; exit 0 ;; esac
 
 # 2. The whole test suite: with a GPU present, fit's device=None trains on it, so every fit
 #    test runs the CUDA paths (session 6 found two bugs this way), and the CUDA-only tests run.
