@@ -5,7 +5,7 @@ train/validation/test split and the same epoch budget and batch size:
 
 - ``adamw-tuned``: ``torch.optim.AdamW`` (fused, weight decay 0.01) with linear warmup over 5%
   of the steps and cosine decay to 0, its learning rate chosen from a 6-point grid
-  (1e-4 … 3e-2, ×√10 apart) by the best validation loss — extended past an edge, up to two
+  (1e-4 … 3e-2, ×√10 apart) by the best validation loss — extended past an edge, up to four
   more rates, when the best is there; the chosen rate, the time of the chosen run and the
   total time of the grid are recorded;
 - ``adamw-tuned-tau``: the same grid with descend's weight-decay rule (the EMA timescale
@@ -811,7 +811,7 @@ def descend_run(w: Workload, s: Split, seed: int) -> Run:
 #: A grid whose best rate is its first or last point is extended past that edge, ×√10 a
 #: step, up to this many extra rates: a best at the edge means the peer was not tuned yet
 #: (session 14: 3e-2 was the pick on every seed of three workloads).
-GRID_EXTEND = 2
+GRID_EXTEND = 4
 
 
 def grid_search(w: Workload, s: Split, seed: int, make: Callable, name: str) -> Run:
