@@ -19,7 +19,12 @@ What it does (every number it decides by is in ``Result.autopilot``):
    number of candidates is what the budget affords: the whole plan (range test, every
    candidate-epoch, and the rest of the winner's run) may cost ``RACE_BUDGET`` = 1.4× the
    epoch budget, and every candidate must be able to race for ``MIN_RACE_FRACTION`` = 25% of
-   it — in practice two candidates, ``s/4`` and ``s``. A candidate that stops improving for
+   it — in practice two candidates, ``s/4`` and ``s``. Where the budget affords more (the
+   slack left after the pair's quarter lets a third race at least 2 epochs and 5% of the
+   budget), a third candidate runs ``s/4`` again with a 2.5x stronger weight decay (timescale
+   ``STRONG_DECAY_TIMESCALE`` = a fifth of the budget); it is judged early — beyond two, the
+   worst candidate goes as soon as keeping it would leave the last two unable to race a
+   quarter of the budget (about a tenth in, successive halving). A candidate that stops improving for
    ``max(3, 15% of the budget)`` epochs (never more than the run's patience) is finished (its
    best stands); when the budget runs short, the candidate with the worst best-so-far is
    dropped — except that a lower rate within ``TIE`` (1%) of the leader that improved in that
@@ -147,6 +152,13 @@ STALL_SMOOTHING = 3
 RACE_BUDGET = 1.4
 #: Candidates span [ceiling / SPAN, ceiling].
 SPAN = 4.0
+#: When the budget affords it, the race adds one candidate with a stronger weight decay: the
+#: span's lowest rate with a timescale of this share of the budget (2.5x the decay of its
+#: twin). It races only while the last two can still race MIN_RACE_FRACTION of the budget
+#: (about a tenth of it), so it stays only where it leads early. Session 15: matrix
+#: factorization overfits within a few epochs at the default timescale (best validation loss
+#: 1.14x tuned AdamW's) and wants a short one (0.92x at 0.2); the MLPs want 0.5.
+STRONG_DECAY_TIMESCALE = 0.2
 #: A regression loss judged on validation data puts its ceiling at this multiple of the range
 #: test's suggestion (its race spans [s/2, 2s]; with no race it trains at the ceiling, 2s).
 #: Regression losses were flat to falling up to 2-4x the suggestion on every set measured, and
@@ -246,7 +258,7 @@ def _schedule(total: int) -> tuple[StableDecay, int]:
     return StableDecay(total, warmup), warmup
 
 
-def weight_decay(lr: float, total: int | None) -> float:
+def weight_decay(lr: float, total: int | None, timescale: float | None = None) -> float:
     """AdamW's decoupled weight decay ``λ`` for peak rate ``lr`` over a budget of ``total`` steps.
 
     ``λ = 1 / (lr · τ)`` with the EMA timescale ``τ = max(DECAY_TIMESCALE · total,
@@ -266,17 +278,21 @@ def weight_decay(lr: float, total: int | None) -> float:
     """
     if total is None:
         return WEIGHT_DECAY
-    return 1.0 / (lr * _timescale(total))
+    tau = _timescale(total, timescale)
+    return 0.0 if math.isinf(tau) else 1.0 / (lr * tau)
 
 
-def _timescale(total: int) -> float:
-    return max(DECAY_TIMESCALE * total, MIN_DECAY_STEPS)
+def _timescale(total: int, share: float | None = None) -> float:
+    share = DECAY_TIMESCALE if share is None else share
+    return max(share * total, MIN_DECAY_STEPS)
 
 
-def _decay_text(total: int | None) -> str:
+def _decay_text(total: int | None, timescale: float | None = None) -> str:
     if total is None:
         return f"{WEIGHT_DECAY:g} (AdamW's usual value: the budget has no known length)"
-    tau = _timescale(total)
+    tau = _timescale(total, timescale)
+    if math.isinf(tau):
+        return "none: the race found the run better without weight decay"
     return f"1/(lr x {tau:g}): the weights average the updates of the last {tau:g} steps"
 
 
@@ -285,8 +301,9 @@ def _adamw(
     total: int | None,
     wd: float | None = None,
     schedule: Callable[[int], float] | None = None,
+    timescale: float | None = None,
 ) -> Transform:
-    wd = weight_decay(lr, total) if wd is None else wd
+    wd = weight_decay(lr, total, timescale) if wd is None else wd
     if total is None:
         return optim.adamw(lr=lr, weight_decay=wd)
     sched = schedule if schedule is not None else _schedule(total)[0]
@@ -652,6 +669,9 @@ def _plan(ctx: PlanContext) -> Plan:
     slack = RACE_BUDGET * E - E - spent
     min_race = max(1.0, MIN_RACE_FRACTION * E)
     K = max(1, min(MAX_CANDIDATES, by_memory, 1 + int(slack // min_race)))
+    # The strong-decay candidate, when what the pair of rates leaves of the slack lets it race
+    # two epochs and 5% of the budget.
+    strong = K == 2 and by_memory > 2 and slack - min_race >= max(2.0, 0.05 * E)
     # Without held-out data there is nothing to race on: judged by the training loss, the race
     # crowned the fastest-fitting rate (s on 11 of 12 suite seeds) at 1.4-1.8x the time, and
     # that rate's test loss was higher on all four workloads measured (benchmarks/RESULTS.md).
@@ -680,6 +700,7 @@ def _plan(ctx: PlanContext) -> Plan:
             "optimizer": "adamw",
             "lr": lr,
             "weight_decay": weight_decay(lr, total),
+            "weight_decay_timescale": DECAY_TIMESCALE,
             "weight_decay_rule": _decay_text(total),
             "schedule": _schedule_text(total),
             "warmup_steps": warmup,
@@ -695,7 +716,7 @@ def _plan(ctx: PlanContext) -> Plan:
             f"{_fmt(ceiling)}, no race"
         )
         return _with_decay(Plan(_adamw(lr, total, schedule=sched), desc, record), sched, ctx)
-    cand_lrs = [ceiling / SPAN ** (1 - i / (K - 1)) for i in range(K)]
+    cands = _candidates(ceiling, K, strong)
     # A candidate is finished when it has not improved for this many epochs: 15% of the
     # budget, at least 3, and never more than the run's own patience.
     patience = _ctx_get(ctx, "patience", 10)
@@ -704,9 +725,19 @@ def _plan(ctx: PlanContext) -> Plan:
         race_patience = max(1, min(race_patience, patience))
     max_time = _ctx_get(ctx, "max_time", None)
     deadline = None if max_time is None else t_start + RACE_TIME_SHARE * max_time
-    race = _Race(ctx, cand_lrs, total, race_patience, spent, t_start, deadline)
+    race = _Race(ctx, cands, total, race_patience, spent, t_start, deadline)
     race.run()
     return race.plan(rt_record, ceiling, ceiling_text)
+
+
+def _candidates(ceiling: float, k: int, strong: bool = False) -> list[tuple[float, float]]:
+    """The race's ``(rate, weight-decay timescale)`` pairs: ``k`` rates log-spaced over
+    ``[ceiling / SPAN, ceiling]`` at the default timescale, and with ``strong`` the lowest rate
+    again at ``STRONG_DECAY_TIMESCALE``."""
+    cands = [(ceiling / SPAN ** (1 - i / (k - 1)), DECAY_TIMESCALE) for i in range(k)]
+    if strong:
+        cands.append((ceiling / SPAN, STRONG_DECAY_TIMESCALE))
+    return cands
 
 
 @dataclass
@@ -714,6 +745,7 @@ class _Candidate:
     lr: float
     loop: Loop
     sched: StableDecay | None = None  # its schedule (the winner's goes on into the run)
+    tau: float = DECAY_TIMESCALE  # its weight-decay timescale, a share of the budget
     status: str = "racing"
     best: float = math.inf
     best_epoch: int = 0
@@ -730,7 +762,7 @@ class _Race:
     def __init__(
         self,
         ctx: PlanContext,
-        lrs: list[float],
+        cands: list[tuple[float, float]],
         total: int,
         patience: int,
         spent: float,
@@ -747,11 +779,11 @@ class _Race:
         self.out_of_time = False
         self.epoch = 0
         self.cands = []
-        for lr in lrs:
+        for lr, tau in cands:
             sched, _ = _schedule(total)
-            tx = _adamw(lr, total, schedule=sched)
+            tx = _adamw(lr, total, schedule=sched, timescale=tau)
             loop = _make_loop(ctx, copy.deepcopy(ctx.model), tx, patience)
-            self.cands.append(_Candidate(lr, loop, sched))
+            self.cands.append(_Candidate(lr, loop, sched, tau))
         self.best_states: dict[int, dict[str, torch.Tensor]] = {}
 
     def _monitored(self, c: _Candidate) -> float:
@@ -766,9 +798,12 @@ class _Race:
         E = self.ctx.epochs
         while True:
             alive = [c for c in self.cands if c.alive]
-            if len(alive) <= 1 or self.spent + len(alive) + (E - self.epoch - 1) <= (
-                RACE_BUDGET * E
-            ):
+            # Beyond two, a candidate goes as soon as keeping it would leave the last two unable
+            # to race to MIN_RACE_FRACTION of the budget (successive halving: the extra ones
+            # are judged early, the final pair late); the last two race while the budget lasts.
+            rest = E - self.epoch - 1
+            pair = max(0.0, MIN_RACE_FRACTION * E - self.epoch - 1) if len(alive) > 2 else 0.0
+            if len(alive) <= 1 or self.spent + len(alive) + pair + rest <= RACE_BUDGET * E:
                 return
             # The worst best-so-far goes; on a tie (nothing measured yet) the highest rate. But
             # a lower rate within TIE of the leader that improved this very epoch is kept over
@@ -880,6 +915,7 @@ class _Race:
         cands = [
             {
                 "lr": c.lr,
+                "timescale": c.tau,
                 "best": c.best,
                 "best_epoch": c.best_epoch,
                 "epochs": c.loop.epoch,
@@ -887,11 +923,18 @@ class _Race:
             }
             for c in self.cands
         ]
+        strong = [c for c in self.cands if c.tau != DECAY_TIMESCALE]
+        raced = f"{K - len(strong)} rates in [{_fmt(ceiling / SPAN)}, {_fmt(ceiling)}]" + (
+            f" and the lowest again with a {DECAY_TIMESCALE / STRONG_DECAY_TIMESCALE:g}x "
+            "stronger weight decay"
+            if strong
+            else ""
+        )
+        won = f"lr={_fmt(w.lr)}" + (" with the stronger decay" if w in strong else "")
         if K > 1:
             why = (
-                f"the range test put the ceiling at {ceiling_text}; {K} rates in "
-                f"[{_fmt(ceiling / SPAN)}, {_fmt(ceiling)}] raced for {self.epoch} epochs "
-                f"and lr={_fmt(w.lr)} had the lowest best loss ({w.best:.4g}); "
+                f"the range test put the ceiling at {ceiling_text}; {raced} raced for "
+                f"{self.epoch} epochs and {won} had the lowest best loss ({w.best:.4g}); "
                 + (
                     f"it continues from epoch {loop.epoch} with its optimizer state"
                     if not finished
@@ -908,8 +951,9 @@ class _Race:
             "policy": "range test + race" if K > 1 else "range test",
             "optimizer": "adamw",
             "lr": w.lr,
-            "weight_decay": weight_decay(w.lr, self.total),
-            "weight_decay_rule": _decay_text(self.total),
+            "weight_decay": weight_decay(w.lr, self.total, w.tau),
+            "weight_decay_timescale": w.tau,
+            "weight_decay_rule": _decay_text(self.total, w.tau),
             "schedule": _schedule_text(self.total),
             "warmup_steps": warmup,
             "total_steps": self.total,
@@ -921,12 +965,12 @@ class _Race:
             "why": why,
         }
         desc = (
-            f"autopilot adamw(lr={_fmt(w.lr)}, wd {_fmt(weight_decay(w.lr, self.total))}, "
+            f"autopilot adamw(lr={_fmt(w.lr)}, wd {_fmt(weight_decay(w.lr, self.total, w.tau))}, "
             f"warmup {warmup}, held, decay to 0 by step {self.total})"
         )
         if K > 1:
             desc += (
-                f" — range test ceiling {_fmt(ceiling)}, raced {K} rates for {self.epoch} "
+                f" — range test ceiling {_fmt(ceiling)}, raced {K} candidates for {self.epoch} "
                 f"epochs, continuing the winner from epoch {loop.epoch}"
             )
         if self.interrupted:
