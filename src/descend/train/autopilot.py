@@ -265,7 +265,9 @@ def weight_decay(lr: float, total: int | None, timescale: float | None = None) -
     MIN_DECAY_STEPS)`` steps: the weights average the updates of the last half of the budget
     and forget the start (Wang & Aitchison 2025: ``τ`` between one epoch and the whole run, the
     best ``τ`` in epochs about constant across model and data sizes). ``λ`` follows the rate, so
-    every race candidate decays on the same timescale. Without a known budget: ``WEIGHT_DECAY``.
+    every race candidate decays on the same timescale — except the stronger-decay candidate,
+    whose ``timescale`` share is ``STRONG_DECAY_TIMESCALE``. Without a known budget:
+    ``WEIGHT_DECAY``.
 
     Measured (benchmarks/RESULTS.md): AdamW's usual 0.01 is a timescale of 10^3–10^5 steps on
     budgets of 10^2–10^4, i.e. no decay at all; the timescale rule lowered the validation loss
@@ -278,8 +280,7 @@ def weight_decay(lr: float, total: int | None, timescale: float | None = None) -
     """
     if total is None:
         return WEIGHT_DECAY
-    tau = _timescale(total, timescale)
-    return 0.0 if math.isinf(tau) else 1.0 / (lr * tau)
+    return 1.0 / (lr * _timescale(total, timescale))
 
 
 def _timescale(total: int, share: float | None = None) -> float:
@@ -291,8 +292,6 @@ def _decay_text(total: int | None, timescale: float | None = None) -> str:
     if total is None:
         return f"{WEIGHT_DECAY:g} (AdamW's usual value: the budget has no known length)"
     tau = _timescale(total, timescale)
-    if math.isinf(tau):
-        return "none: the race found the run better without weight decay"
     return f"1/(lr x {tau:g}): the weights average the updates of the last {tau:g} steps"
 
 
