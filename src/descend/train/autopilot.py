@@ -21,7 +21,8 @@ What it does (every number it decides by is in ``Result.autopilot``):
    epoch budget, and every candidate must be able to race for ``MIN_RACE_FRACTION`` = 25% of
    it — in practice two candidates, ``s/4`` and ``s``. Where the budget affords more (the
    slack left after the pair's quarter lets a third race at least 2 epochs and 5% of the
-   budget), a third candidate runs ``s/4`` again with a 2.5x stronger weight decay (timescale
+   budget), a third candidate runs the span's lowest rate again (``s/4``; ``s/2`` for a
+   regression loss) with a 2.5x stronger weight decay (timescale
    ``STRONG_DECAY_TIMESCALE`` = a fifth of the budget); it is judged early — beyond two, the
    worst candidate goes as soon as keeping it would leave the last two unable to race a
    quarter of the budget (about a tenth in, successive halving). A candidate that stops improving for
