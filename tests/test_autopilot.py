@@ -521,6 +521,29 @@ class _Factorization(torch.nn.Module):
         return (self.u(u) * self.i(i)).sum(-1) + self.ub(u)[:, 0] + self.ib(i)[:, 0]
 
 
+def test_a_candidates_run_is_the_same_whoever_else_races(monkeypatch):
+    # Each candidate draws its dropout masks from its own copy of the random streams: the
+    # winner's race epochs are the same with or without the stronger-decay candidate beside it
+    # (before, the candidates' masks interleaved on one stream and a third changed them all).
+    def fit():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(
+            torch.nn.Linear(10, 64), torch.nn.ReLU(), torch.nn.Dropout(0.3), torch.nn.Linear(64, 3)
+        )
+        return _fit(model, _clf())
+
+    three = fit()
+    without = autopilot._candidates
+    monkeypatch.setattr(autopilot, "_candidates", lambda c, k, strong=False: without(c, k))
+    two = fit()
+    assert len(three.autopilot["candidates"]) == 3 and len(two.autopilot["candidates"]) == 2
+    assert three.autopilot["lr"] == two.autopilot["lr"]  # the same candidate wins both races
+    k = min(three.autopilot["race_epochs"], two.autopilot["race_epochs"])
+    assert k >= 10
+    assert three.history.val_loss[:k] == two.history.val_loss[:k]
+    assert three.history.train_loss[:k] == two.history.train_loss[:k]
+
+
 def _ratings(n=4000):
     # n ratings of a rank-3 model by 200 users of 120 items (20 per user at 4,000)
     g = torch.Generator().manual_seed(1)

@@ -746,6 +746,7 @@ class _Candidate:
     loop: Loop
     sched: StableDecay | None = None  # its schedule (the winner's goes on into the run)
     tau: float = DECAY_TIMESCALE  # its weight-decay timescale, a share of the budget
+    rng: dict[str, Any] = field(default_factory=dict)  # its own random streams (dropout, ...)
     status: str = "racing"
     best: float = math.inf
     best_epoch: int = 0
@@ -784,6 +785,13 @@ class _Race:
             tx = _adamw(lr, total, schedule=sched, timescale=tau)
             loop = _make_loop(ctx, copy.deepcopy(ctx.model), tx, patience)
             self.cands.append(_Candidate(lr, loop, sched, tau))
+        # Every candidate draws its random numbers (dropout masks, ...) from its own copy of the
+        # streams as they are now, so its run is the same whoever else races — the one it would
+        # have alone — and the winner's streams go on into the run with its state.
+        if self.cands:
+            start = self.cands[0].loop._rng_state()
+            for c in self.cands:
+                c.rng = start
         self.best_states: dict[int, dict[str, torch.Tensor]] = {}
 
     def _monitored(self, c: _Candidate) -> float:
@@ -842,7 +850,9 @@ class _Race:
             self.epoch += 1
             for c in alive:
                 c.loop.max_epochs = self.epoch
+                c.loop._set_rng_state(c.rng)
                 result = c.loop.run()
+                c.rng = c.loop._rng_state()
                 self.spent += 1
                 c.times.append(time.perf_counter() - self.t_start)
                 if result.stop_reason is StopReason.INTERRUPTED:
@@ -909,6 +919,7 @@ class _Race:
             opt_state=loop.opt_state,
             best=best_state,
             meta=meta,
+            rng=w.rng,
         )
         _, warmup = _schedule(self.total)
         K = len(self.cands)
