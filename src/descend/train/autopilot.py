@@ -13,8 +13,9 @@ What it does (every number it decides by is in ``Result.autopilot``):
 2. **Race.** AdamW candidates log-spaced over ``[s/4, s]`` (decoupled weight decay on
    matrices set so that AdamW's averaging timescale ``1/(lr·wd)`` is half the step budget, see
    :func:`weight_decay`; linear warmup over 5% of the step budget, then the peak rate held:
-   the run's final schedule, see 4.), each on its own copy of the model, in the run's
-   own batch order. They train in lockstep, one epoch at a time, judged by their best
+   the run's final schedule, see 4.), each on its own copy of the model and of the random
+   streams (its dropout masks are the ones it would draw alone), in the run's own batch
+   order. They train in lockstep, one epoch at a time, judged by their best
    validation loss so far. The
    number of candidates is what the budget affords: the whole plan (range test, every
    candidate-epoch, and the rest of the winner's run) may cost ``RACE_BUDGET`` = 1.4× the
