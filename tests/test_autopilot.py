@@ -577,19 +577,29 @@ def test_an_overfitting_factorization_wins_with_the_stronger_decay(monkeypatch):
 def test_a_run_won_by_the_stronger_decay_resumes_with_it_exactly(tmp_path):
     ref = _factorization_fit()
     assert ref.autopilot["weight_decay_timescale"] == autopilot.STRONG_DECAY_TIMESCALE
-    kill_at = ref.autopilot["continued_from_epoch"] + 3
+    again = _killed_then_resumed(
+        _factorization_fit, ref.autopilot["continued_from_epoch"] + 3, tmp_path / "run"
+    )
+    assert again.autopilot["weight_decay"] == ref.autopilot["weight_decay"]
+    _assert_same_run(again, ref)
+
+
+def _killed_then_resumed(fit, kill_at, ck):
+    """Run ``fit`` with epoch checkpoints in ``ck``, interrupt it after epoch ``kill_at``, and
+    return the run resumed from there."""
 
     class Kill(descend.Callback):
         def on_epoch_end(self, loop):
             if loop.epoch == kill_at:
                 raise KeyboardInterrupt
 
-    ck = tmp_path / "run"
-    first = _factorization_fit(checkpoint=ck, checkpoint_every="epoch", callbacks=[Kill()])
+    first = fit(checkpoint=ck, checkpoint_every="epoch", callbacks=[Kill()])
     assert first.stop_reason is descend.StopReason.INTERRUPTED and first.epochs == kill_at
-    again = _factorization_fit(checkpoint=ck, checkpoint_every="epoch", resume=True)
-    assert again.autopilot["weight_decay"] == ref.autopilot["weight_decay"]
-    for key in ("step_lr", "val_loss", "train_loss"):
+    return fit(checkpoint=ck, checkpoint_every="epoch", resume=True)
+
+
+def _assert_same_run(again, ref):
+    for key in ("step_lr", "step_loss", "val_loss", "train_loss"):
         assert getattr(again.history, key) == getattr(ref.history, key), key
     for a, b in zip(again.model.parameters(), ref.model.parameters()):
         assert torch.equal(a, b)
@@ -817,22 +827,10 @@ def test_a_run_killed_at_the_decay_start_resumes_exactly(tmp_path, after):
     start is not in it: the resumed run must take the same decision at the same step."""
     ref = _stalling_fit(checkpoint=tmp_path / "ref", checkpoint_every="epoch")
     kill_at = ref.autopilot["decay"]["epoch"] + after
-
-    class Kill(descend.Callback):
-        def on_epoch_end(self, loop):
-            if loop.epoch == kill_at:
-                raise KeyboardInterrupt
-
-    ck = tmp_path / "run"
-    first = _stalling_fit(checkpoint=ck, checkpoint_every="epoch", callbacks=[Kill()])
-    assert first.stop_reason is descend.StopReason.INTERRUPTED and first.epochs == kill_at
-    again = _stalling_fit(checkpoint=ck, checkpoint_every="epoch", resume=True)
+    again = _killed_then_resumed(_stalling_fit, kill_at, tmp_path / "run")
     assert again.autopilot["decay"] == ref.autopilot["decay"]
     assert again.history.events == ref.history.events
-    for key in ("step_lr", "step_loss", "val_loss", "train_loss"):
-        assert getattr(again.history, key) == getattr(ref.history, key), key
-    for a, b in zip(again.model.parameters(), ref.model.parameters()):
-        assert torch.equal(a, b)
+    _assert_same_run(again, ref)
     assert again.stop_reason is ref.stop_reason and again.stop_message == ref.stop_message
 
 
