@@ -533,8 +533,7 @@ def test_a_candidates_run_is_the_same_whoever_else_races(monkeypatch):
         return _fit(model, _clf())
 
     three = fit()
-    without = autopilot._candidates
-    monkeypatch.setattr(autopilot, "_candidates", lambda c, k, strong=False: without(c, k))
+    _without_strong_candidate(monkeypatch)
     two = fit()
     assert len(three.autopilot["candidates"]) == 3 and len(two.autopilot["candidates"]) == 2
     assert three.autopilot["lr"] == two.autopilot["lr"]  # the same candidate wins both races
@@ -542,6 +541,13 @@ def test_a_candidates_run_is_the_same_whoever_else_races(monkeypatch):
     assert k >= 10
     assert three.history.val_loss[:k] == two.history.val_loss[:k]
     assert three.history.train_loss[:k] == two.history.train_loss[:k]
+
+
+def _without_strong_candidate(monkeypatch):
+    without = autopilot._candidates
+    monkeypatch.setattr(
+        autopilot, "_candidates", lambda c, k, strong=False, share=0.5: without(c, k, False, share)
+    )
 
 
 def _ratings(n=4000):
@@ -567,8 +573,7 @@ def test_an_overfitting_factorization_wins_with_the_stronger_decay(monkeypatch):
     r = _factorization_fit()
     assert r.autopilot["weight_decay_timescale"] == autopilot.STRONG_DECAY_TIMESCALE
     assert "with the stronger decay" in r.autopilot["why"]
-    without = autopilot._candidates
-    monkeypatch.setattr(autopilot, "_candidates", lambda c, k, strong=False: without(c, k))
+    _without_strong_candidate(monkeypatch)
     r0 = _factorization_fit()
     assert r0.autopilot["weight_decay_timescale"] == autopilot.DECAY_TIMESCALE
     assert r.best_loss < 0.95 * r0.best_loss  # measured: 0.675 vs 0.748
@@ -581,6 +586,52 @@ def test_a_run_won_by_the_stronger_decay_resumes_with_it_exactly(tmp_path):
         _factorization_fit, ref.autopilot["continued_from_epoch"] + 3, tmp_path / "run"
     )
     assert again.autopilot["weight_decay"] == ref.autopilot["weight_decay"]
+    _assert_same_run(again, ref)
+
+
+def _linear_fit(loss="mse", n=2000, **kw):
+    # make_regression's shape: 20 features, a linear target with noise, scaled to unit sd;
+    # a linear model (21 parameters, ~1,500 training rows: 70 per parameter)
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(n, 20, generator=g)
+    y = X @ torch.randn(20, generator=g) + 0.5 * torch.randn(n, generator=g)
+    y = y / y.std()
+    if loss == "cross_entropy":
+        y = (y > 0).long()
+    torch.manual_seed(3)
+    kw = dict(dict(epochs=30, batch_size=64, validation=0.25, seed=3), **kw)
+    return _fit(torch.nn.Linear(20, 2 if loss == "cross_entropy" else 1), (X, y), loss, **kw)
+
+
+def test_a_regression_too_small_to_memorize_its_data_trains_without_weight_decay(monkeypatch):
+    # At >= SAMPLES_PER_PARAMETER rows per parameter a regression cannot overfit, and the decay
+    # only shrinks the weights (the suite's linear regression: 1.05x tuned AdamW with it, 1.00x
+    # without).
+    r = _linear_fit()
+    rec = r.autopilot
+    assert rec["weight_decay"] == 0.0 and rec["weight_decay_timescale"] is None
+    assert rec["weight_decay_rule"].startswith("none: at least 20 training samples per parameter")
+    assert all(c["timescale"] is None for c in rec.get("candidates", []))
+    assert "stronger weight decay" not in rec["why"]
+    monkeypatch.setattr(autopilot, "SAMPLES_PER_PARAMETER", 10**9)  # the rule off
+    r0 = _linear_fit()
+    assert r0.autopilot["weight_decay"] > 0
+    assert r.best_loss < 0.98 * r0.best_loss
+    monkeypatch.undo()
+    # A classifier keeps its decay (a log loss keeps falling as the weights of separable classes
+    # grow, and the decay bounds them), and so does a model with fewer rows per parameter.
+    assert _linear_fit("cross_entropy").autopilot["weight_decay"] > 0
+    assert _linear_fit(n=400).autopilot["weight_decay"] > 0
+    X, y = _clf(2000)
+    assert _fit(_mlp(o=1), (X, y.float()), "mse", epochs=30).autopilot["weight_decay"] > 0
+
+
+def test_a_run_without_weight_decay_resumes_exactly(tmp_path):
+    ref = _linear_fit()
+    assert ref.autopilot["weight_decay"] == 0.0
+    kill_at = ref.autopilot.get("continued_from_epoch", 0) + 3
+    again = _killed_then_resumed(_linear_fit, kill_at, tmp_path / "run")
+    assert again.autopilot["weight_decay"] == 0.0
     _assert_same_run(again, ref)
 
 
