@@ -635,6 +635,79 @@ def test_a_run_without_weight_decay_resumes_exactly(tmp_path):
     _assert_same_run(again, ref)
 
 
+class _OneStepLSTM(torch.nn.Module):
+    # Sequences of length 1 from a zero state: weight_hh multiplies h0 = 0, so its gradient is
+    # exactly zero and only a weight decay could move it.
+    def __init__(self):
+        super().__init__()
+        self.rnn = torch.nn.LSTM(10, 16, batch_first=True)
+        self.head = torch.nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.head(self.rnn(x[:, None, :])[0][:, -1])
+
+
+def test_recurrent_weights_are_named_for_every_recurrent_module():
+    model = torch.nn.ModuleDict(
+        {
+            "lstm": torch.nn.LSTM(4, 8, num_layers=2, bidirectional=True),
+            "gru": torch.nn.GRU(4, 8),
+            "cell": torch.nn.RNNCell(4, 8),
+            "fc": torch.nn.Linear(8, 2),
+        }
+    )
+    assert autopilot.recurrent_weights(model) == [
+        "lstm.weight_hh_l0",
+        "lstm.weight_hh_l0_reverse",
+        "lstm.weight_hh_l1",
+        "lstm.weight_hh_l1_reverse",
+        "gru.weight_hh_l0",
+        "cell.weight_hh",
+    ]
+    model["gru"].weight_hh_l0.requires_grad_(False)  # a frozen one is not the optimizer's
+    assert "gru.weight_hh_l0" not in autopilot.recurrent_weights(model)
+    assert autopilot.recurrent_weights(_mlp()) == []
+
+
+def test_the_default_policy_does_not_decay_recurrent_weights(monkeypatch):
+    # Decaying a state-to-state matrix shortens what the net remembers (the suite's LSTM: 1.25x
+    # tuned AdamW with it decayed, 1.15x without).
+    def fit():
+        torch.manual_seed(0)
+        model = _OneStepLSTM()
+        hh0 = model.rnn.weight_hh_l0.detach().clone()
+        ih0 = model.rnn.weight_ih_l0.detach().clone()
+        r = _fit(model, _clf(), epochs=20)
+        return r, model, hh0, ih0
+
+    r, model, hh0, ih0 = fit()
+    assert r.autopilot["weight_decay"] > 0
+    assert r.autopilot["weight_decay_exempt"] == ["rnn.weight_hh_l0"]
+    assert torch.equal(model.rnn.weight_hh_l0, hh0)  # zero gradient and no decay: untouched
+    assert not torch.equal(model.rnn.weight_ih_l0, ih0)
+    monkeypatch.setattr(autopilot, "recurrent_weights", lambda m: [])  # the former rule
+    r0, model0, hh0, _ = fit()
+    assert r0.autopilot["weight_decay_exempt"] == []
+    assert model0.rnn.weight_hh_l0.norm() < 0.99 * hh0.norm()  # decayed toward zero
+
+
+def test_rebuild_exempts_the_recorded_recurrent_weights_only():
+    from descend.transforms import update_and_apply
+
+    rec = {"lr": 0.01, "total_steps": 100, "weight_decay": 1.0, "schedule": "held"}
+    model = _OneStepLSTM()
+    ctx = types.SimpleNamespace(model=model, bundle=None, epochs=10)
+    for exempt, kept in ((["rnn.weight_hh_l0"], True), ([], False), (None, False)):
+        r = rec if exempt is None else {**rec, "weight_decay_exempt": exempt}
+        tx = autopilot.rebuild(r, ctx).tx
+        params = {n: p.detach().clone() for n, p in model.named_parameters()}
+        zeros = {n: torch.zeros_like(p) for n, p in params.items()}
+        update_and_apply(tx, zeros, tx.init(params), params)
+        for n in ("rnn.weight_hh_l0", "rnn.weight_ih_l0"):
+            same = torch.equal(params[n], dict(model.named_parameters())[n])
+            assert same == (kept and n == "rnn.weight_hh_l0"), (exempt, n)
+
+
 def _killed_then_resumed(fit, kill_at, ck):
     """Run ``fit`` with epoch checkpoints in ``ck``, interrupt it after epoch ``kill_at``, and
     return the run resumed from there."""

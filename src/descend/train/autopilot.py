@@ -13,7 +13,8 @@ What it does (every number it decides by is in ``Result.autopilot``):
 2. **Race.** AdamW candidates log-spaced over ``[s/4, s]`` (decoupled weight decay on
    matrices set so that AdamW's averaging timescale ``1/(lr·wd)`` is half the step budget, see
    :func:`weight_decay` — none for a regression with at least 20 training samples per
-   parameter, too small to memorize its data, see :func:`decay_share`; linear warmup over 5% of the step budget, then the peak rate held:
+   parameter, too small to memorize its data, see :func:`decay_share`, and never on a
+   recurrent net's state-to-state matrices, see :func:`recurrent_weights`; linear warmup over 5% of the step budget, then the peak rate held:
    the run's final schedule, see 4.), each on its own copy of the model and of the random
    streams (its dropout masks are the ones it would draw alone), in the run's own batch
    order. They train in lockstep, one epoch at a time, judged by their best
@@ -331,18 +332,53 @@ def _decay_text(total: int | None, timescale: float | None = None) -> str:
     return f"1/(lr x {tau:g}): the weights average the updates of the last {tau:g} steps"
 
 
+def recurrent_weights(model: torch.nn.Module) -> list[str]:
+    """The names of ``model``'s recurrent weight matrices (``weight_hh`` of every ``nn.RNN``,
+    ``nn.LSTM``, ``nn.GRU`` and their cells), which the default policy does not decay.
+
+    A recurrent matrix carries the state from one step to the next: decaying it toward zero
+    shortens what the network remembers (the state fades by its norm at every step), so it
+    fights the very thing a recurrent net is for. Session 16 (benchmarks/RESULTS.md, 6 seeds):
+    a one-layer LSTM that must sum a feature over 12 steps reached 1.25x tuned AdamW's
+    validation loss with them decayed and 1.15x without (test loss 0.92x), a GRU 1.002x ->
+    0.994x; not decaying the input weights as well gained nothing more (LSTM 1.22x).
+
+    Example:
+        >>> recurrent_weights(torch.nn.Sequential(torch.nn.LSTM(4, 8, num_layers=2)))
+        ['0.weight_hh_l0', '0.weight_hh_l1']
+    """
+    kinds = (torch.nn.RNNBase, torch.nn.RNNCellBase)
+    return [
+        f"{mod}.{name}" if mod else name
+        for mod, m in model.named_modules()
+        if isinstance(m, kinds)
+        for name, p in m.named_parameters(recurse=False)
+        if name.startswith("weight_hh") and p.requires_grad
+    ]
+
+
+def _decay_mask(exempt_names: Sequence[str]) -> Any:
+    """The AdamW decay mask of the default policy: weight matrices (``ndim >= 2``) except
+    ``exempt_names`` (the recurrent ones, :func:`recurrent_weights`); ``"default"`` for none."""
+    exempt = frozenset(exempt_names)
+    if not exempt:
+        return "default"
+    return lambda name, tensor: tensor.ndim >= 2 and name not in exempt
+
+
 def _adamw(
     lr: float,
     total: int | None,
     wd: float | None = None,
     schedule: Callable[[int], float] | None = None,
     timescale: float | None = None,
+    mask: Any = "default",
 ) -> Transform:
     wd = weight_decay(lr, total, timescale) if wd is None else wd
     if total is None:
-        return optim.adamw(lr=lr, weight_decay=wd)
+        return optim.adamw(lr=lr, weight_decay=wd, mask=mask)
     sched = schedule if schedule is not None else _schedule(total)[0]
-    return optim.adamw(lr=lr, weight_decay=wd, schedule=sched)
+    return optim.adamw(lr=lr, weight_decay=wd, schedule=sched, mask=mask)
 
 
 def _schedule_text(total: int | None) -> str:
@@ -683,6 +719,7 @@ def _plan(ctx: PlanContext) -> Plan:
             "optimizer": "adamw",
             "lr": middle,
             "weight_decay": WEIGHT_DECAY,
+            "weight_decay_exempt": recurrent_weights(ctx.model),
             "schedule": _schedule_text(None),
             "total_steps": None,
             "range_test": rt_record,
@@ -692,7 +729,8 @@ def _plan(ctx: PlanContext) -> Plan:
                 f"length, so no race: the geometric middle of {span_text} is used"
             ),
         }
-        return Plan(_adamw(middle, None), f"autopilot adamw(lr={_fmt(middle)}, constant)", record)
+        tx = _adamw(middle, None, mask=_decay_mask(recurrent_weights(ctx.model)))
+        return Plan(tx, f"autopilot adamw(lr={_fmt(middle)}, constant)", record)
 
     # 2. How many candidates the budget affords: each one beyond the first costs one
     #    model-epoch per race epoch, and the race must be able to last MIN_RACE_FRACTION of the
@@ -745,6 +783,7 @@ def _plan(ctx: PlanContext) -> Plan:
             "weight_decay": weight_decay(lr, total, share),
             "weight_decay_timescale": None if math.isinf(share) else share,
             "weight_decay_rule": _decay_text(total, share),
+            "weight_decay_exempt": recurrent_weights(ctx.model),
             "schedule": _schedule_text(total),
             "warmup_steps": warmup,
             "total_steps": total,
@@ -758,7 +797,13 @@ def _plan(ctx: PlanContext) -> Plan:
             f"warmup {warmup}, held, decay to 0 by step {total}) — range test ceiling "
             f"{_fmt(ceiling)}, no race"
         )
-        tx = _adamw(lr, total, schedule=sched, timescale=share)
+        tx = _adamw(
+            lr,
+            total,
+            schedule=sched,
+            timescale=share,
+            mask=_decay_mask(recurrent_weights(ctx.model)),
+        )
         return _with_decay(Plan(tx, desc, record), sched, ctx)
     cands = _candidates(ceiling, K, strong, share)
     # A candidate is finished when it has not improved for this many epochs: 15% of the
@@ -826,9 +871,10 @@ class _Race:
         self.out_of_time = False
         self.epoch = 0
         self.cands = []
+        mask = _decay_mask(recurrent_weights(ctx.model))
         for lr, tau in cands:
             sched, _ = _schedule(total)
-            tx = _adamw(lr, total, schedule=sched, timescale=tau)
+            tx = _adamw(lr, total, schedule=sched, timescale=tau, mask=mask)
             loop = _make_loop(ctx, copy.deepcopy(ctx.model), tx, patience)
             self.cands.append(_Candidate(lr, loop, sched, tau))
         # Every candidate draws its random numbers (dropout masks, ...) from its own copy of the
@@ -1011,6 +1057,7 @@ class _Race:
             "weight_decay": weight_decay(w.lr, self.total, w.tau),
             "weight_decay_timescale": None if math.isinf(w.tau) else w.tau,
             "weight_decay_rule": _decay_text(self.total, w.tau),
+            "weight_decay_exempt": recurrent_weights(self.ctx.model),
             "schedule": _schedule_text(self.total),
             "warmup_steps": warmup,
             "total_steps": self.total,
@@ -1070,20 +1117,25 @@ def rebuild(record: dict[str, Any], ctx: PlanContext) -> Plan:
     # The recorded decay, so a run checkpointed under another rule resumes with its own.
     wd = record.get("weight_decay")
     wd = None if wd is None else float(wd)
+    # The recorded exemptions too (a run recorded before them decayed every matrix).
+    mask = _decay_mask(record.get("weight_decay_exempt") or ())
     if not total:
-        return Plan(_adamw(lr, None, wd), f"autopilot adamw(lr={_fmt(lr)}) (resumed)", record)
+        tx = _adamw(lr, None, wd, mask=mask)
+        return Plan(tx, f"autopilot adamw(lr={_fmt(lr)}) (resumed)", record)
     total = int(total)
     if "cosine" in str(record.get("schedule", "")):  # a run started under the former rule
         warmup = int(record.get("warmup_steps") or _schedule(total)[1])
         cosine = schedules.cosine(total_steps=total, warmup_steps=warmup)
-        tx = _adamw(lr, total, wd, schedule=cosine)
+        tx = _adamw(lr, total, wd, schedule=cosine, mask=mask)
         return Plan(tx, f"autopilot adamw(lr={_fmt(lr)}) (resumed)", record)
     sched, _ = _schedule(total)
     decay = record.get("decay")
     if decay:  # the decay had started early: continue it from where it started
         sched.begin(int(decay["start_step"]), int(decay["steps"]))
     plan = Plan(
-        _adamw(lr, total, wd, schedule=sched), f"autopilot adamw(lr={_fmt(lr)}) (resumed)", record
+        _adamw(lr, total, wd, schedule=sched, mask=mask),
+        f"autopilot adamw(lr={_fmt(lr)}) (resumed)",
+        record,
     )
     return _with_decay(plan, sched, ctx)
 
