@@ -340,8 +340,9 @@ def recurrent_weights(model: torch.nn.Module) -> list[str]:
     shortens what the network remembers (the state fades by its norm at every step), so it
     fights the very thing a recurrent net is for. Session 16 (benchmarks/RESULTS.md, 6 seeds):
     a one-layer LSTM that must sum a feature over 12 steps reached 1.25x tuned AdamW's
-    validation loss with them decayed and 1.15x without (test loss 0.92x), a GRU 1.002x ->
-    0.994x; not decaying the input weights as well gained nothing more (LSTM 1.22x).
+    validation loss with them decayed and 1.14x without (its test loss 1.16x -> 1.04x tuned
+    AdamW's), a GRU 1.002x -> 0.996x; not decaying the input matrices as well gained nothing
+    more (LSTM 1.22x in a screen).
 
     Example:
         >>> recurrent_weights(torch.nn.Sequential(torch.nn.LSTM(4, 8, num_layers=2)))
