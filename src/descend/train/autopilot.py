@@ -14,8 +14,8 @@ What it does (every number it decides by is in ``Result.autopilot``):
    matrices set so that AdamW's averaging timescale ``1/(lr·wd)`` is half the step budget, see
    :func:`weight_decay` — none for a regression with at least 20 training samples per
    parameter, too small to memorize its data, see :func:`decay_share`, and never on a
-   recurrent net's state-to-state matrices, see :func:`recurrent_weights`; linear warmup over 5% of the step budget, then the peak rate held:
-   the run's final schedule, see 4.), each on its own copy of the model and of the random
+   recurrent net's state-to-state matrices, see :func:`recurrent_weights`; linear warmup over
+   5% of the step budget, then the peak rate held: the run's final schedule, see 4.), each on its own copy of the model and of the random
    streams (its dropout masks are the ones it would draw alone), in the run's own batch
    order. They train in lockstep, one epoch at a time, judged by their best
    validation loss so far. The
@@ -165,10 +165,11 @@ SPAN = 4.0
 STRONG_DECAY_TIMESCALE = 0.2
 #: A regression model with at least this many training samples per trainable parameter trains
 #: without weight decay (see decay_share). Weight decay regularizes a model that can memorize
-#: its data; one this small next to it cannot (a linear model on thousands of rows: ordinary least squares is already
-#: the best unbiased fit), and the decay only pulls its weights toward zero — session 16: a
-#: 21-parameter linear regression on 1,600 rows reached 1.05x tuned AdamW's validation loss
-#: with the default decay, 1.00x without (AdamW's usual 0.01 is, on these budgets, no decay).
+#: its data; one this small next to it cannot (a linear model on thousands of rows: least
+#: squares is already the best unbiased fit), and the decay only pulls its weights toward zero
+#: — session 16: a 21-parameter linear regression on 1,600 rows reached 1.05x tuned AdamW's
+#: validation loss with the default decay, 1.00x without (AdamW's usual 0.01 is, on these
+#: budgets, no decay).
 SAMPLES_PER_PARAMETER = 20
 #: A regression loss judged on validation data puts its ceiling at this multiple of the range
 #: test's suggestion (its race spans [s/2, 2s]; with no race it trains at the ceiling, 2s).
@@ -713,6 +714,7 @@ def _plan(ctx: PlanContext) -> Plan:
         )
     middle = ceiling / math.sqrt(SPAN)
     span_text = f"[{_fmt(ceiling / SPAN)}, {_fmt(ceiling)}]"
+    exempt = recurrent_weights(ctx.model)  # matrices that are not decayed
 
     if total is None:  # a stream of unknown length: no epochs to race over
         record = {
@@ -720,7 +722,7 @@ def _plan(ctx: PlanContext) -> Plan:
             "optimizer": "adamw",
             "lr": middle,
             "weight_decay": WEIGHT_DECAY,
-            "weight_decay_exempt": recurrent_weights(ctx.model),
+            "weight_decay_exempt": exempt,
             "schedule": _schedule_text(None),
             "total_steps": None,
             "range_test": rt_record,
@@ -730,7 +732,7 @@ def _plan(ctx: PlanContext) -> Plan:
                 f"length, so no race: the geometric middle of {span_text} is used"
             ),
         }
-        tx = _adamw(middle, None, mask=_decay_mask(recurrent_weights(ctx.model)))
+        tx = _adamw(middle, None, mask=_decay_mask(exempt))
         return Plan(tx, f"autopilot adamw(lr={_fmt(middle)}, constant)", record)
 
     # 2. How many candidates the budget affords: each one beyond the first costs one
@@ -784,7 +786,7 @@ def _plan(ctx: PlanContext) -> Plan:
             "weight_decay": weight_decay(lr, total, share),
             "weight_decay_timescale": None if math.isinf(share) else share,
             "weight_decay_rule": _decay_text(total, share),
-            "weight_decay_exempt": recurrent_weights(ctx.model),
+            "weight_decay_exempt": exempt,
             "schedule": _schedule_text(total),
             "warmup_steps": warmup,
             "total_steps": total,
@@ -798,13 +800,7 @@ def _plan(ctx: PlanContext) -> Plan:
             f"warmup {warmup}, held, decay to 0 by step {total}) — range test ceiling "
             f"{_fmt(ceiling)}, no race"
         )
-        tx = _adamw(
-            lr,
-            total,
-            schedule=sched,
-            timescale=share,
-            mask=_decay_mask(recurrent_weights(ctx.model)),
-        )
+        tx = _adamw(lr, total, schedule=sched, timescale=share, mask=_decay_mask(exempt))
         return _with_decay(Plan(tx, desc, record), sched, ctx)
     cands = _candidates(ceiling, K, strong, share)
     # A candidate is finished when it has not improved for this many epochs: 15% of the
@@ -872,7 +868,8 @@ class _Race:
         self.out_of_time = False
         self.epoch = 0
         self.cands = []
-        mask = _decay_mask(recurrent_weights(ctx.model))
+        self.exempt = recurrent_weights(ctx.model)  # matrices that are not decayed
+        mask = _decay_mask(self.exempt)
         for lr, tau in cands:
             sched, _ = _schedule(total)
             tx = _adamw(lr, total, schedule=sched, timescale=tau, mask=mask)
@@ -1058,7 +1055,7 @@ class _Race:
             "weight_decay": weight_decay(w.lr, self.total, w.tau),
             "weight_decay_timescale": None if math.isinf(w.tau) else w.tau,
             "weight_decay_rule": _decay_text(self.total, w.tau),
-            "weight_decay_exempt": recurrent_weights(self.ctx.model),
+            "weight_decay_exempt": self.exempt,
             "schedule": _schedule_text(self.total),
             "warmup_steps": warmup,
             "total_steps": self.total,
