@@ -683,6 +683,7 @@ def test_the_default_policy_does_not_decay_recurrent_weights(monkeypatch):
     r, model, hh0, ih0 = fit()
     assert r.autopilot["weight_decay"] > 0
     assert r.autopilot["weight_decay_exempt"] == ["rnn.weight_hh_l0"]
+    assert "not on the recurrent matrices (rnn.weight_hh_l0)" in r.autopilot["weight_decay_rule"]
     assert torch.equal(model.rnn.weight_hh_l0, hh0)  # zero gradient and no decay: untouched
     assert not torch.equal(model.rnn.weight_ih_l0, ih0)
     monkeypatch.setattr(autopilot, "recurrent_weights", lambda m: [])  # the former rule

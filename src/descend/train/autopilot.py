@@ -321,7 +321,19 @@ def _timescale(total: int, share: float | None = None) -> float:
     return max(share * total, MIN_DECAY_STEPS)
 
 
-def _decay_text(total: int | None, timescale: float | None = None) -> str:
+def _decay_text(
+    total: int | None, timescale: float | None = None, exempt: Sequence[str] = ()
+) -> str:
+    text = _decay_rule(total, timescale)
+    if exempt:
+        text += (
+            f"; not on the recurrent matrices ({', '.join(exempt)}): decaying them shortens "
+            "what the net remembers"
+        )
+    return text
+
+
+def _decay_rule(total: int | None, timescale: float | None = None) -> str:
     if total is None:
         return f"{WEIGHT_DECAY:g} (AdamW's usual value: the budget has no known length)"
     tau = _timescale(total, timescale)
@@ -785,7 +797,7 @@ def _plan(ctx: PlanContext) -> Plan:
             "lr": lr,
             "weight_decay": weight_decay(lr, total, share),
             "weight_decay_timescale": None if math.isinf(share) else share,
-            "weight_decay_rule": _decay_text(total, share),
+            "weight_decay_rule": _decay_text(total, share, exempt),
             "weight_decay_exempt": exempt,
             "schedule": _schedule_text(total),
             "warmup_steps": warmup,
@@ -1054,7 +1066,7 @@ class _Race:
             "lr": w.lr,
             "weight_decay": weight_decay(w.lr, self.total, w.tau),
             "weight_decay_timescale": None if math.isinf(w.tau) else w.tau,
-            "weight_decay_rule": _decay_text(self.total, w.tau),
+            "weight_decay_rule": _decay_text(self.total, w.tau, self.exempt),
             "weight_decay_exempt": self.exempt,
             "schedule": _schedule_text(self.total),
             "warmup_steps": warmup,
