@@ -15,14 +15,13 @@ What it does (every number it decides by is in ``Result.autopilot``):
    :func:`weight_decay` — none for a regression with at least 20 training samples per
    parameter, too small to memorize its data, see :func:`decay_share`, and never on a
    recurrent net's state-to-state matrices, see :func:`recurrent_weights`; linear warmup over
-   5% of the step budget, then the peak rate held: the run's final schedule, see 4.), each on its own copy of the model and of the random
-   streams (its dropout masks are the ones it would draw alone), in the run's own batch
-   order. They train in lockstep, one epoch at a time, judged by their best
-   validation loss so far. The
-   number of candidates is what the budget affords: the whole plan (range test, every
-   candidate-epoch, and the rest of the winner's run) may cost ``RACE_BUDGET`` = 1.4× the
-   epoch budget, and every candidate must be able to race for ``MIN_RACE_FRACTION`` = 25% of
-   it — in practice two candidates, ``s/4`` and ``s``. Where the budget affords more (the
+   5% of the step budget, then the peak rate held: the run's final schedule, see 4.), each on
+   its own copy of the model and of the random streams (its dropout masks are the ones it
+   would draw alone), in the run's own batch order. They train in lockstep, one epoch at a
+   time, judged by their best validation loss so far. The number of candidates is what the
+   budget affords: the whole plan (range test, every candidate-epoch, and the rest of the
+   winner's run) may cost ``RACE_BUDGET`` = 1.4× the epoch budget, and every candidate must
+   be able to race for ``MIN_RACE_FRACTION`` = 25% of it — in practice two candidates, ``s/4`` and ``s``. Where the budget affords more (the
    slack left after the pair's quarter lets a third race at least 2 epochs and 5% of the
    budget), a third candidate runs the span's lowest rate again (``s/4``; ``s/2`` for a
    regression loss) with a 2.5x stronger weight decay (timescale
@@ -314,6 +313,11 @@ def decay_share(n_params: int, n_samples: int | None, regression: bool) -> float
     if regression and n_samples and n_params and n_samples >= SAMPLES_PER_PARAMETER * n_params:
         return math.inf
     return DECAY_TIMESCALE
+
+
+def _recorded(share: float) -> float | None:
+    """A timescale share as the record states it: None for no decay (JSON has no infinity)."""
+    return None if math.isinf(share) else share
 
 
 def _timescale(total: int, share: float | None = None) -> float:
@@ -796,7 +800,7 @@ def _plan(ctx: PlanContext) -> Plan:
             "optimizer": "adamw",
             "lr": lr,
             "weight_decay": weight_decay(lr, total, share),
-            "weight_decay_timescale": None if math.isinf(share) else share,
+            "weight_decay_timescale": _recorded(share),
             "weight_decay_rule": _decay_text(total, share, exempt),
             "weight_decay_exempt": exempt,
             "schedule": _schedule_text(total),
@@ -1028,7 +1032,7 @@ class _Race:
         cands = [
             {
                 "lr": c.lr,
-                "timescale": None if math.isinf(c.tau) else c.tau,
+                "timescale": _recorded(c.tau),
                 "best": c.best,
                 "best_epoch": c.best_epoch,
                 "epochs": c.loop.epoch,
@@ -1065,7 +1069,7 @@ class _Race:
             "optimizer": "adamw",
             "lr": w.lr,
             "weight_decay": weight_decay(w.lr, self.total, w.tau),
-            "weight_decay_timescale": None if math.isinf(w.tau) else w.tau,
+            "weight_decay_timescale": _recorded(w.tau),
             "weight_decay_rule": _decay_text(self.total, w.tau, self.exempt),
             "weight_decay_exempt": self.exempt,
             "schedule": _schedule_text(self.total),
