@@ -10,30 +10,30 @@ What it does (every number it decides by is in ``Result.autopilot``):
    on to 100 (if that one bottoms inside the first one's range, the first curve was noisy, not
    flat, and the first sweep's minimum is read instead). The rate at the minimum of the
    smoothed loss, divided by 10, is the *ceiling* ``s``.
-2. **Race.** AdamW candidates log-spaced over ``[s/4, s]`` (decoupled weight decay on
-   matrices set so that AdamW's averaging timescale ``1/(lr·wd)`` is half the step budget, see
-   :func:`weight_decay` — none for a regression with at least 20 training samples per
-   parameter, too small to memorize its data, see :func:`decay_share`, and never on a
-   recurrent net's state-to-state matrices, see :func:`recurrent_weights`; linear warmup over
-   5% of the step budget, then the peak rate held: the run's final schedule, see 4.), each on
-   its own copy of the model and of the random streams (its dropout masks are the ones it
-   would draw alone), in the run's own batch order. They train in lockstep, one epoch at a
-   time, judged by their best validation loss so far. The number of candidates is what the
-   budget affords: the whole plan (range test, every candidate-epoch, and the rest of the
-   winner's run) may cost ``RACE_BUDGET`` = 1.4× the epoch budget, and every candidate must
-   be able to race for ``MIN_RACE_FRACTION`` = 25% of it — in practice two candidates, ``s/4`` and ``s``. Where the budget affords more (the
-   slack left after the pair's quarter lets a third race at least 2 epochs and 5% of the
-   budget), a third candidate runs the span's lowest rate again (``s/4``; ``s/2`` for a
-   regression loss) with a 2.5x stronger weight decay (timescale
+2. **Race.** AdamW candidates log-spaced over ``[s/4, s]`` (decoupled weight decay on matrices
+   set so that AdamW's averaging timescale ``1/(lr·wd)`` is half the step budget, see
+   :func:`weight_decay` — none for a regression with at least 20 training samples per parameter,
+   too small to memorize its data, see :func:`decay_share`, and never on a recurrent net's
+   state-to-state matrices, see :func:`recurrent_weights`; linear warmup over 5% of the step
+   budget, then the peak rate held: the run's final schedule, see 4.), each on its own copy of
+   the model and of the random streams (its dropout masks are the ones it would draw alone), in
+   the run's own batch order. They train in lockstep, one epoch at a time, judged by their best
+   validation loss so far. The number of candidates is what the budget affords: the whole plan
+   (range test, every candidate-epoch, and the rest of the winner's run) may cost
+   ``RACE_BUDGET`` = 1.4× the epoch budget, and every candidate must be able to race for
+   ``MIN_RACE_FRACTION`` = 25% of it — in practice two candidates, ``s/4`` and ``s``. Where the
+   budget affords more (the slack left after the pair's quarter lets a third race at least 2
+   epochs and 5% of the budget), a third candidate runs the span's lowest rate again (``s/4``;
+   ``s/2`` for a regression loss) with a 2.5x stronger weight decay (timescale
    ``STRONG_DECAY_TIMESCALE`` = a fifth of the budget); it is judged early — beyond two, the
-   worst candidate goes as soon as keeping it would leave the last two unable to race a
-   quarter of the budget (about a tenth in, successive halving). A candidate that stops improving for
+   worst candidate goes as soon as keeping it would leave the last two unable to race a quarter
+   of the budget (about a tenth in, successive halving). A candidate that stops improving for
    ``max(3, 15% of the budget)`` epochs (never more than the run's patience) is finished (its
-   best stands); when the budget runs short, the candidate with the worst best-so-far is
-   dropped — except that a lower rate within ``TIE`` (1%) of the leader that improved in that
-   very epoch is kept instead of the leader (higher rates descend first and flatten first; a
-   dropped candidate never wins); a last survivor that has not yet beaten a finished
-   candidate keeps going alone until it does or stops improving. The lowest best loss wins.
+   best stands); when the budget runs short, the candidate with the worst best-so-far is dropped
+   — except that a lower rate within ``TIE`` (1%) of the leader that improved in that very epoch
+   is kept instead of the leader (higher rates descend first and flatten first; a dropped
+   candidate never wins); a last survivor that has not yet beaten a finished candidate keeps
+   going alone until it does or stops improving. The lowest best loss wins.
 3. **Continue, do not restart.** The winner goes on from where it is: at the start of the run
    ``fit``'s loop adopts its weights, optimizer state, step count, epoch, history and best
    weights through the checkpoint-resume path (``Loop.load_checkpoint``), so the schedule is
