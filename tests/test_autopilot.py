@@ -522,25 +522,43 @@ class _Factorization(torch.nn.Module):
 
 
 def test_a_candidates_run_is_the_same_whoever_else_races(monkeypatch):
-    # Each candidate draws its dropout masks from its own copy of the random streams: the
-    # winner's race epochs are the same with or without the stronger-decay candidate beside it
-    # (before, the candidates' masks interleaved on one stream and a third changed them all).
+    # Each candidate draws its dropout masks from its own copy of the random streams: its race
+    # epochs are the same with or without the stronger-decay candidate beside it (before, the
+    # candidates' masks interleaved on one stream and a third changed them all). Which candidate
+    # wins may differ — three candidates spend the budget sooner, so one is dropped earlier (on
+    # an H200 the lower rate, dropped at epoch 15 among three, went on to win among two) — but
+    # no candidate's numbers do; and the winner's streams and state go on into the run.
+    seen = {}
+    monitored = autopilot._Race._monitored
+
+    def watch(race, c):
+        v = monitored(race, c)
+        seen[(c.lr, c.tau, race.epoch)] = v
+        return v
+
+    monkeypatch.setattr(autopilot._Race, "_monitored", watch)
+
     def fit():
+        seen.clear()
         torch.manual_seed(0)
         model = torch.nn.Sequential(
             torch.nn.Linear(10, 64), torch.nn.ReLU(), torch.nn.Dropout(0.3), torch.nn.Linear(64, 3)
         )
-        return _fit(model, _clf())
+        r = _fit(model, _clf())
+        a = r.autopilot
+        won = [
+            seen[(a["lr"], a["weight_decay_timescale"], e)] for e in range(1, a["race_epochs"] + 1)
+        ]
+        assert r.history.val_loss[: a["race_epochs"]] == won  # the winner's race is the run's
+        return r, dict(seen)
 
-    three = fit()
+    three, seen3 = fit()
     _without_strong_candidate(monkeypatch)
-    two = fit()
+    two, seen2 = fit()
     assert len(three.autopilot["candidates"]) == 3 and len(two.autopilot["candidates"]) == 2
-    assert three.autopilot["lr"] == two.autopilot["lr"]  # the same candidate wins both races
-    k = min(three.autopilot["race_epochs"], two.autopilot["race_epochs"])
-    assert k >= 10
-    assert three.history.val_loss[:k] == two.history.val_loss[:k]
-    assert three.history.train_loss[:k] == two.history.train_loss[:k]
+    common = set(seen3) & set(seen2)
+    assert len({k[:2] for k in common}) == 2 and len(common) >= 20
+    assert all(seen3[k] == seen2[k] for k in common)
 
 
 def _without_strong_candidate(monkeypatch):
