@@ -989,13 +989,15 @@ def markdown(w: Workload, rows: list[dict[str, Any]]) -> str:
 
 def overview(everything: list[dict[str, Any]], method: str = "descend") -> str:
     """One line per workload for ``method``: its mean ratio to adamw-tuned's best validation
-    loss, the 95% interval over seeds, the seeds it beat tuned on, and the verdict."""
+    loss, the 95% interval over seeds, the median ratio, its mean best loss over tuned's, the
+    seeds it beat tuned on, and the verdict (on the mean ratio)."""
     lines = [
         f"#### {method} vs adamw-tuned, every workload (best validation loss ratio)",
         "",
-        "| workload | seeds | mean ratio | 95% CI | seeds below tuned | test loss vs tuned "
-        "| wall vs 1 tuned run | verdict | lowest of the methods run |",
-        "|---|---:|---:|---|---:|---:|---:|---|---|",
+        "| workload | seeds | mean ratio | 95% CI | median ratio | mean loss vs tuned's "
+        "| seeds below tuned | test loss vs tuned | wall vs 1 tuned run | verdict "
+        "| lowest of the methods run |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---|---|",
     ]
     for entry in everything:
         row = next((r for r in entry["rows"] if r["method"] == method), None)
@@ -1005,6 +1007,12 @@ def overview(everything: list[dict[str, Any]], method: str = "descend") -> str:
         lo, hi = ratio_interval(ratios)
         ci = "-" if not math.isfinite(lo) else f"{lo:.3f}–{hi:.3f}"
         below = sum(x < 1 for x in ratios)
+        # The mean of per-seed ratios is the issue's measure (and the verdict's); where the
+        # tuned peer's best loss comes near zero on some seed (a CNN's 360-row validation set:
+        # 0.003) one ratio can be 11 and carry the mean. The median ratio and the ratio of the
+        # two mean losses show whether the mean says something about most seeds.
+        tuned = next((r for r in entry["rows"] if r["method"] == "adamw-tuned"), None)
+        of_means = row["best_val"] / tuned["best_val"] if tuned and tuned["best_val"] else math.nan
         # The stretch goal: lower than every peer (tuned AdamW included) on the mean ratio.
         rivals = [r for r in entry["rows"] if r["method"] not in (method, "adamw-tuned-tau")]
         lowest = min(rivals, key=lambda r: r["ratio"]) if rivals else None
@@ -1016,6 +1024,7 @@ def overview(everything: list[dict[str, Any]], method: str = "descend") -> str:
             best = f"no ({lowest['method']} {lowest['ratio']:.3f})"
         lines.append(
             f"| {entry['workload']} | {len(ratios)} | {row['ratio']:.3f} | {ci} "
+            f"| {statistics.median(ratios):.3f} | {of_means:.3f} "
             f"| {below} of {len(ratios)} | {row['test_loss_ratio']:.3f} "
             f"| {row['wall_vs_tuned_run']:.2f} | {verdict(ratios)} | {best} |"
         )

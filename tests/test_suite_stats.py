@@ -79,3 +79,35 @@ def test_the_tuned_grid_extends_past_an_edge(suite, monkeypatch, best_at, extra,
     assert run.info["lr"] == pytest.approx(picked)
     assert len(run.info["grid"]) == len(suite.GRID) + len(extra)
     assert run.info["grid_wall"] == pytest.approx(len(calls))
+
+
+def test_the_overview_shows_when_one_seed_carries_the_mean(suite):
+    # Tuned's best near zero on one seed: that seed's ratio (8) carries the mean ratio (3.32),
+    # the verdict stays on the mean, and the median and the ratio of mean losses show the rest.
+    def row(method, best, ratios):
+        return {
+            "method": method,
+            "best_val": statistics.fmean(best),
+            "ratio": statistics.fmean(ratios),
+            "ratios": ratios,
+            "test_loss_ratio": 1.0,
+            "wall_vs_tuned_run": 1.0,
+        }
+
+    tuned = [0.05, 0.04, 0.005]
+    ours = [0.045, 0.042, 0.04]
+    ratios = [o / t for o, t in zip(ours, tuned)]
+    entry = {
+        "workload": "w",
+        "rows": [row("adamw-tuned", tuned, [1.0] * 3), row("descend", ours, ratios)],
+    }
+    line = suite.overview([entry]).splitlines()[-1]
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    header = [c.strip() for c in suite.overview([entry]).splitlines()[2].strip("|").split("|")]
+    got = dict(zip(header, cells))
+    assert got["mean ratio"] == f"{statistics.fmean(ratios):.3f}" == "3.317"
+    assert got["median ratio"] == "1.050"
+    assert got["mean loss vs tuned's"] == f"{statistics.fmean(ours) / statistics.fmean(tuned):.3f}"
+    assert got["mean loss vs tuned's"] == "1.337"
+    assert got["verdict"] == "open"
+    assert got["seeds below tuned"] == "1 of 3"
