@@ -101,10 +101,9 @@ def test_the_overview_shows_when_one_seed_carries_the_mean(suite):
         "workload": "w",
         "rows": [row("adamw-tuned", tuned, [1.0] * 3), row("descend", ours, ratios)],
     }
-    line = suite.overview([entry]).splitlines()[-1]
-    cells = [c.strip() for c in line.strip("|").split("|")]
-    header = [c.strip() for c in suite.overview([entry]).splitlines()[2].strip("|").split("|")]
-    got = dict(zip(header, cells))
+    table = suite.overview([entry]).splitlines()
+    header, line = ([c.strip() for c in t.strip("|").split("|")] for t in (table[2], table[-1]))
+    got = dict(zip(header, line))
     assert got["mean ratio"] == f"{statistics.fmean(ratios):.3f}" == "3.317"
     assert got["median ratio"] == "1.050"
     assert got["mean loss vs tuned's"] == f"{statistics.fmean(ours) / statistics.fmean(tuned):.3f}"
