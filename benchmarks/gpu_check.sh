@@ -52,7 +52,8 @@ esac
 case "$part" in suite | new | five) echo "gpu_check $part done"; exit 0 ;; esac
 
 # 2. The whole test suite (134 s with -n 16 on an H200 in session 17; -n 8 ran past 200 s):
-#    with a GPU present, fit's device=None trains on it, so every fit test runs the CUDA paths (session 6 found two bugs this way), and the CUDA-only tests run.
+#    with a GPU present, fit's device=None trains on it, so every fit test runs the CUDA
+#    paths (session 6 found two bugs this way; session 17 one test), and the CUDA-only tests.
 timeout 240 python3 -m pytest -rs -p no:cacheprovider -p no:benchmark -n 16 tests 2>&1 | tee "$out/tests.txt"
 
 # 3. fit's overhead against hand-written loops on the GPU (what time is left).
