@@ -167,6 +167,21 @@ def test_function_model_curve_fit():
     assert r.params["params.b"].item() == pytest.approx(1.3, abs=0.02)
 
 
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ([torch.zeros(2)], "must be a dict {name: initial value}"),
+        ({"layer.w": torch.zeros(2)}, "the name 'layer.w'"),
+        ({1: torch.zeros(2)}, "the name 1"),
+        ({"w": "zeros"}, "params={'w': ...}) must be a number, a tensor"),
+    ],
+)
+def test_function_model_params_are_checked(params, match):
+    x, y = torch.randn(32, 2), torch.randn(32)
+    with pytest.raises(ConfigError, match=re.escape(match)):
+        descend.fit(lambda x, p: x @ p["w"], (x, y), "mse", params=params, epochs=1, verbose=0)
+
+
 def test_history_records_steps_and_epochs(digits):
     X, y = digits
     r = descend.fit(

@@ -339,6 +339,17 @@ def test_one_output_for_ten_classes():
         L.get("cross_entropy").validate(randn(30, 1), y)
 
 
+def test_one_output_is_refused_even_when_every_label_fits_it():
+    # softmax over one score is 1: the loss is 0 and its gradient 0, so nothing would train
+    pred = randn(6, 1)
+    assert F.cross_entropy(pred, torch.zeros(6, dtype=torch.long)).item() == 0.0  # torch: silent
+    with pytest.raises(InputError, match=esc("at least 2 scores per sample") + ".*binary_cross"):
+        L.cross_entropy(pred, torch.zeros(6, dtype=torch.long))
+    with pytest.raises(InputError, match=esc("a softmax over 1 score is always 1")):
+        L.cross_entropy(pred, torch.ones(6, 1), probabilities=True)
+    assert L.cross_entropy(randn(6, 2), torch.zeros(6, dtype=torch.long)).item() > 0
+
+
 def test_class_index_out_of_range_and_one_based_labels():
     with pytest.raises(InputError, match=esc("[0, 3); got targets with values up to 5")):
         L.cross_entropy(randn(6, 3), torch.tensor([0, 1, 2, 5, 1, 0]))

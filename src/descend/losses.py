@@ -1031,6 +1031,20 @@ def _check_cross_entropy(
         _check_probability_targets(loss, pred, target)
     else:
         _check_index_targets(loss, pred, target, ignore_index, soft_alternative=True)
+    if pred is not None and pred.shape[1] == 1:
+        # (after the targets' checks, whose messages name the classes the labels need) a
+        # softmax over one score is 1 whatever the score: the loss is 0 and its gradient 0,
+        # so nothing would train (torch computes it without a word)
+        raise InputError(
+            message(
+                f"{loss} pred",
+                "must have at least 2 scores per sample (dimension 1), one per class",
+                f"pred of shape {_shape(pred)}: a softmax over 1 score is always 1, so the "
+                "loss is 0 and nothing trains",
+                "give the model's last layer one output per class (2 for a binary task), "
+                "or keep 1 output and use binary_cross_entropy with float 0/1 targets",
+            )
+        )
     _check_class_weight(loss, class_weight, None if pred is None else pred.shape[1])
     _check_weight(loss, weight, target.shape[0], reduction, target.device)
 

@@ -222,15 +222,25 @@ class _FunctionModel(torch.nn.Module):
         super().__init__()
         self.fn = fn
         self.params = torch.nn.ParameterDict(
-            {
-                k: torch.nn.Parameter(
-                    torch.as_tensor(v, dtype=torch.get_default_dtype()).clone()
-                    if not torch.is_tensor(v) or not v.is_floating_point()
-                    else v.detach().clone()
-                )
-                for k, v in params.items()
-            }
+            {k: torch.nn.Parameter(self._initial(k, v)) for k, v in params.items()}
         )
+
+    @staticmethod
+    def _initial(name: str, v: Any) -> torch.Tensor:
+        """A floating-point copy of one initial value (the caller's tensor is not trained)."""
+        if torch.is_tensor(v) and v.is_floating_point():
+            return v.detach().clone()
+        try:
+            return torch.as_tensor(v, dtype=torch.get_default_dtype()).clone()
+        except (TypeError, ValueError, RuntimeError):
+            raise ConfigError(
+                message(
+                    f"fit(params={{{name!r}: ...}})",
+                    "must be a number, a tensor or an array of numbers (its initial value)",
+                    describe(v),
+                    f"pass e.g. {name!r}: torch.zeros(3)",
+                )
+            ) from None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fn(x, dict(self.params.items()))
@@ -399,6 +409,25 @@ def _as_module(model: Any, params: dict[str, Any] | None) -> torch.nn.Module:
                     "no params",
                     "call fit(lambda x, p: p['a'] * x + p['b'], data, 'mse', "
                     "params={'a': 1.0, 'b': 0.0})",
+                )
+            )
+        if not isinstance(params, Mapping):
+            raise ConfigError(
+                message(
+                    "fit(params=...)",
+                    "must be a dict {name: initial value}; the function gets it as fn(x, params)",
+                    describe(params),
+                    "pass e.g. params={'w': torch.zeros(3), 'b': 0.0} and read p['w'] in fn",
+                )
+            )
+        bad = [k for k in params if not isinstance(k, str) or not k or "." in k]
+        if bad:
+            raise ConfigError(
+                message(
+                    "fit(params=...)",
+                    "must have non-empty string names without '.' (torch's parameter names)",
+                    f"the name {bad[0]!r}",
+                    "rename it, e.g. 'layer1_w' instead of 'layer1.w'",
                 )
             )
         return _FunctionModel(model, params)
