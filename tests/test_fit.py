@@ -959,3 +959,11 @@ def test_callbacks_may_be_any_iterable():
         torch.nn.Linear(3, 1), (X, X[:, 0]), "mse", lr=1e-2, epochs=2, callbacks=gen, verbose=0
     )
     assert seen == [1, 2]
+
+
+def test_stop_sentence_counts_one_epoch_in_the_singular():
+    x, y = torch.randn(64, 2), torch.randn(64)
+    r = descend.fit(torch.nn.Linear(2, 1), (x, y), "mse", lr=0.01, epochs=1, verbose=0)
+    assert r.stop_message.startswith("Used the whole budget of 1 epoch;"), r.stop_message
+    r = descend.fit(torch.nn.Linear(2, 1), (x, y), "mse", lr=0.01, epochs=2, verbose=0)
+    assert r.stop_message.startswith("Used the whole budget of 2 epochs;"), r.stop_message

@@ -264,8 +264,8 @@ def minimize(
     sentences = {
         StopReason.CONVERGED: f"Converged after {n} iterations: the gradient norm or the change "
         f"in the objective fell below tolerance.",
-        StopReason.MAX_EPOCHS: f"Used the whole budget of {steps} steps; the objective may "
-        "still be falling.",
+        StopReason.MAX_EPOCHS: f"Used the whole budget of {steps} step{'s' * (steps != 1)}; "
+        "the objective may still be falling.",
         StopReason.DIVERGED: "Diverged: the objective became non-finite; kept the best point. "
         "Try a smaller learning rate or method='lbfgs'.",
         StopReason.MAX_TIME: "Stopped at the max_time budget; kept the best point.",

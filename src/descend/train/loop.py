@@ -441,6 +441,11 @@ def _as_module(model: Any, params: dict[str, Any] | None) -> torch.nn.Module:
     )
 
 
+def _epochs(n: int) -> str:
+    """``"1 epoch"``, ``"5 epochs"``: the stop sentences count in words a reader says."""
+    return f"{n} epoch" if n == 1 else f"{n} epochs"
+
+
 def _n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
@@ -1091,7 +1096,7 @@ class Loop:
                 )
             return (
                 f"Stopped early after epoch {self.epoch}: the validation loss did not improve "
-                f"by more than {self.tol:g} (relative) for {self.patience} epochs{during}; "
+                f"by more than {self.tol:g} (relative) for {_epochs(self.patience)}{during}; "
                 f"{kept}."
             )
         if reason is StopReason.CONVERGED:
@@ -1102,7 +1107,7 @@ class Loop:
                 )
             return (
                 f"Converged after epoch {self.epoch}: the training loss changed by less than "
-                f"{self.tol:g} (relative) for {self.patience} epochs; {kept}."
+                f"{self.tol:g} (relative) for {_epochs(self.patience)}; {kept}."
             )
         if reason is StopReason.MAX_EPOCHS:
             tail = (
@@ -1116,7 +1121,7 @@ class Loop:
                     f"epochs, more than epochs={self.max_epochs}; {kept}. Pass a larger "
                     "epochs= to train on."
                 )
-            return f"Used the whole budget of {self.max_epochs} epochs; {kept}.{tail}"
+            return f"Used the whole budget of {_epochs(self.max_epochs)}; {kept}.{tail}"
         if reason is StopReason.MAX_TIME:
             return f"Stopped after {self._elapsed():.1f}s, the max_time budget; {kept}."
         if reason is StopReason.DIVERGED:
