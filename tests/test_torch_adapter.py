@@ -171,6 +171,39 @@ def test_state_dict_round_trip_resumes_exactly(name):
     assert _same(straight, resumed)
 
 
+@pytest.mark.parametrize("name", sorted(optim.REGISTRY))
+def test_a_model_cast_after_the_optimizer_was_built_trains_as_if_cast_before(name):
+    # torch's optimizers make their state at the first step, so model.double() (or
+    # model.to(device)) after building one still trains; descend's state follows the parameters
+    batches = _batches(12)
+    make = lambda: optim.get(name, lr=1e-2)  # noqa: E731
+
+    late = _model().float()
+    opt = optim.as_torch_optimizer(make(), late)
+    late.double()
+    _torch_loop(late, opt, batches, torch.optim.lr_scheduler.StepLR(opt, step_size=4, gamma=0.5))
+
+    early = _model().float().double()
+    ref = optim.as_torch_optimizer(make(), early)
+    _torch_loop(early, ref, batches, torch.optim.lr_scheduler.StepLR(ref, step_size=4, gamma=0.5))
+    assert _same(early, late)
+    assert find_lr_state(opt.tx_state)["scale"] == find_lr_state(ref.tx_state)["scale"] == 0.25
+    moments = [t for t in _tensors(opt.tx_state) if t.dim() > 0]
+    assert len(moments) == len([t for t in _tensors(ref.tx_state) if t.dim() > 0])
+    assert all(t.dtype == torch.float64 for t in moments if t.is_floating_point())
+
+
+def _tensors(node):
+    if isinstance(node, torch.Tensor):
+        yield node
+    elif isinstance(node, dict):
+        for v in node.values():
+            yield from _tensors(v)
+    elif isinstance(node, (list, tuple)):
+        for v in node:
+            yield from _tensors(v)
+
+
 @pytest.mark.parametrize(
     ("saved_impl", "loaded_impl"), [("auto", "reference"), ("reference", "auto")]
 )

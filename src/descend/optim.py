@@ -1272,7 +1272,9 @@ class TorchOptimizer(torch.optim.Optimizer):
     show ``"betas"`` and momentum SGD ``"momentum"`` in the group, read back before each step
     (so ``OneCycleLR``'s momentum cycling drives them as it drives torch's optimizers). The transform's state is
     ``self.tx_state``; ``state_dict()`` holds it keyed by parameter NAME, with tensors and
-    plain Python values only.
+    plain Python values only. It is made when the optimizer is built (torch's optimizers make
+    theirs at the first step), and follows the parameters when the model is moved or cast
+    afterwards (``model.to(device)``, ``model.double()``): the next ``step()`` moves it.
 
     Schedule-free optimizers: call ``opt.eval()`` before evaluating or saving the weights (the
     parameters become the averaged point) and ``opt.train()`` before training again, next to
@@ -1303,6 +1305,12 @@ class TorchOptimizer(torch.optim.Optimizer):
         self._building = True
         super().__init__([{"params": list(params.values())}], defaults)
         self._building = False
+        # Where the state was made: torch's optimizers make theirs at the first step, so a
+        # model moved or cast after the optimizer was built (``model.to(device)``,
+        # ``model.double()``) still trains; this state exists from the start and follows the
+        # parameters at the next step instead (checked on the first one: a whole-model move).
+        self._first = next(iter(params.values()), None)
+        self._placed = self._where()
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if not getattr(self, "_building", False):
@@ -1358,6 +1366,8 @@ class TorchOptimizer(torch.optim.Optimizer):
             self._momentum.momentum = _unit_interval(
                 "param_groups[0]['momentum']", group["momentum"]
             )
+        if self._where() != self._placed:
+            self._follow_params()
         grads = {n: p.grad for n, p in self.named.items() if p.grad is not None}
         if grads:
             with torch.no_grad():
@@ -1367,6 +1377,51 @@ class TorchOptimizer(torch.optim.Optimizer):
                     updates, self.tx_state = self.tx.update(grads, self.tx_state, self.named)
                     apply_updates(self.named, updates)
         return loss
+
+    def _where(self) -> tuple[torch.device, torch.dtype] | None:
+        p = self._first
+        return None if p is None else (p.device, p.dtype)
+
+    def _follow_params(self) -> None:
+        """Move the state to the parameters: each per-parameter tensor to its parameter's device
+        (floating-point ones to its dtype too, as ``torch.optim.Optimizer.load_state_dict``
+        casts a state), any other tensor to the first parameter's device (and to float64 where a
+        parameter is, as Prodigy's scalars are made). Containers are
+        updated in place (tuples rebuilt), so whatever holds them keeps seeing the state."""
+        named = self.named
+        home = self._first.device if self._first is not None else None
+        # a shared scalar (Prodigy's d) is float64 where any parameter is, as its init makes it
+        wide = any(p.dtype == torch.float64 for p in named.values())
+
+        def moved(v: torch.Tensor, p: torch.Tensor | None) -> torch.Tensor:
+            if p is None:
+                widen = wide and v.is_floating_point() and v.dtype != torch.float64
+                return v.to(device=home, dtype=torch.float64 if widen else v.dtype)
+            cast = v.is_floating_point() and p.is_floating_point()
+            return v.to(device=p.device, dtype=p.dtype if cast else v.dtype)
+
+        def follow(node: Any, owner: torch.Tensor | None = None) -> Any:
+            if isinstance(node, torch.Tensor):
+                return moved(node, owner)
+            if isinstance(node, dict):
+                for k in node:
+                    p = named.get(k) if isinstance(k, str) else None
+                    mine = p if p is not None and isinstance(node[k], torch.Tensor) else None
+                    if mine is not None and node[k].shape != mine.shape:
+                        mine = None
+                    node[k] = follow(node[k], mine)
+                return node
+            if isinstance(node, list):
+                node[:] = [follow(v) for v in node]
+                return node
+            if isinstance(node, tuple):
+                items = [follow(v) for v in node]
+                return type(node)(*items) if hasattr(node, "_fields") else type(node)(items)
+            return node
+
+        with torch.no_grad():
+            self.tx_state = follow(self.tx_state)
+        self._placed = self._where()
 
     def train(self) -> bool:
         """Parameters to the training point (schedule-free); ``True`` if anything moved."""
