@@ -59,6 +59,9 @@ def descend(*args: str, cwd: Path, timeout: float = 120) -> subprocess.Completed
     )
 
 
+MODEL = "model.safetensors"
+
+
 def invoke(args: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch):
     """The same app in-process (no new interpreter)."""
     monkeypatch.chdir(cwd)
@@ -302,6 +305,32 @@ def test_ctrl_c_saves_the_best_model_and_exits_130(tmp_path):
     assert summary["status"] == "interrupted" and summary["stop_reason"] == "interrupted"
     assert summary["best_epoch"] >= 1
     assert load_file(str(tmp_path / "runs/int/model.safetensors"))
+
+
+def test_ctrl_c_while_the_learning_rate_is_chosen_keeps_a_run_to_resume(tmp_path, monkeypatch):
+    from descend.train import autopilot
+
+    write_linear_csv(tmp_path / "lin.csv", n=200)
+    args = ["fit", "lin.csv", "--target", "price", "--epochs", "3", "--seed", "4", "-q"]
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(autopilot._lr_find, "sweep", interrupted)
+        result = invoke([*args, "--out", "run"], tmp_path, monkeypatch)
+    assert result.exit_code == 130, result.output
+    assert "nothing trained yet" in result.stderr and "descend resume run" in result.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and not (tmp_path / "run" / MODEL).exists()
+
+    resumed = invoke(["resume", "run", "-q"], tmp_path, monkeypatch)
+    assert resumed.exit_code == 0, resumed.output
+    assert "starting it again" not in resumed.stdout  # --quiet
+    ref = invoke([*args, "--out", "ref"], tmp_path, monkeypatch)
+    assert ref.exit_code == 0, ref.output
+    a, b = load_file(tmp_path / "ref" / MODEL), load_file(tmp_path / "run" / MODEL)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_bad_input_in_a_real_process_is_one_line_exit_2(tmp_path):
@@ -571,6 +600,19 @@ def test_bad_input_exits_2_with_a_message(args, expected, tmp_path, monkeypatch)
     assert len(result.stderr.strip().splitlines()) <= 2
     assert "Traceback" not in result.output
     assert not (tmp_path / "runs").exists()  # nothing was saved
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("out", [None, "deep/er/run"])
+def test_input_that_fit_refuses_leaves_no_run_directory(out, tmp_path, monkeypatch):
+    # The run directory is made before fit starts (a run killed while the learning rate is
+    # chosen keeps its config); what fit itself refuses removes it and the folders made for it.
+    (tmp_path / "ok.csv").write_text(BAD_FILES["ok.csv"])
+    args = ["fit", "ok.csv", "--target", "y", "--device", "cuda", "--epochs", "2"]
+    result = invoke(args + (["--out", out] if out else []), tmp_path, monkeypatch)
+    assert result.exit_code == 2, result.output
+    assert "CUDA is not available" in result.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "deep").exists()
 
 
 def test_a_column_entirely_missing_is_dropped_with_a_note(tmp_path, monkeypatch):

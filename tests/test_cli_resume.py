@@ -67,3 +67,42 @@ def test_killed_cli_run_resumes_to_identical_model(tmp_path):
 
     again = descend("resume", "run", cwd=tmp_path)
     assert again.returncode == 2 and "completed run" in again.stderr
+
+
+def test_cli_run_killed_before_its_first_epoch_starts_again_as_the_same_run(tmp_path):
+    # The default policy's range test and race run before the first epoch (a race can take a
+    # quarter of the budget): a run killed then still has its directory and config, and
+    # `descend resume` starts it again from the beginning, with the same seed.
+    ref = descend(*ARGS, "--out", "ref", cwd=tmp_path)
+    assert ref.returncode == 0, ref.stderr
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "descend", *ARGS, "--out", "run"],
+        cwd=tmp_path,
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    config = tmp_path / "run" / "config.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not config.exists():
+        time.sleep(0.002)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    assert not metrics.exists() or not metrics.read_text().strip()  # no epoch had ended
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+    shown = descend("show", "run", cwd=tmp_path)
+    assert shown.returncode == 2 and "descend resume run" in shown.stderr
+    res = descend("resume", "run", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    a = load_file(tmp_path / "ref" / "model.safetensors")
+    b = load_file(tmp_path / "run" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ref_lines = (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()
+    run_lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    strip = [{k: v for k, v in json.loads(x).items() if k != "time"} for x in ref_lines]
+    assert strip == [{k: v for k, v in json.loads(x).items() if k != "time"} for x in run_lines]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"

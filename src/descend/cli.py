@@ -116,6 +116,15 @@ def _test_line(s: dict[str, Any]) -> str:
     return f"test ({s['rows']['test']:,} rows): {runs.format_metrics(s['test'])}"
 
 
+def _untrained(run_dir: Any) -> None:
+    """The end of a run interrupted before its first epoch ended: nothing trained to save."""
+    _error(
+        f"interrupted before the first epoch ended: nothing trained yet — "
+        f"`descend resume {run_dir}` starts it again"
+    )
+    raise typer.Exit(EXIT_INTERRUPTED)
+
+
 def _say_saved(s: dict[str, Any], run_dir: Any, quiet: bool) -> None:
     """The end of a training summary: the stop reason (which --quiet kept back) and where."""
     if quiet and s.get("stop_message"):
@@ -272,9 +281,8 @@ def fit(
     notify = (lambda s: None) if cfg.quiet else _say
     outcome = runs.train(cfg, notify=notify, argv=sys.argv[1:])
     s = outcome.summary
-    if outcome.run_dir is None:
-        _error("interrupted before the first epoch finished; nothing was saved")
-        raise typer.Exit(EXIT_INTERRUPTED)
+    if not outcome.trained:
+        _untrained(outcome.run_dir)
     if s.get("test"):
         _say(_test_line(s))
     elif s.get("validation"):
@@ -306,8 +314,12 @@ def resume(
     cfg.quiet = quiet
     notify = (lambda s: None) if quiet else _say
     notify(f"resuming {run_dir}")
+    if not (run_dir / runs.CHECKPOINT_DIR).is_dir():
+        notify("no checkpoint yet (it stopped before its first epoch ended): starting it again")
     outcome = runs.train(cfg, notify=notify, argv=sys.argv[1:], resume_run=run_dir)
     s = outcome.summary
+    if not outcome.trained:
+        _untrained(run_dir)
     if s.get("test"):
         _say(_test_line(s))
     _say_saved(s, run_dir, quiet)

@@ -953,8 +953,9 @@ def format_metrics(metrics: Mapping[str, Any] | None) -> str:
 class RunRecorder(Callback):
     """The callback that makes and fills the run directory while ``fit`` runs.
 
-    ``on_fit_start`` (after fit has checked the data against the model) creates the directory
-    and writes ``config.json``, ``preprocess.json`` and ``model.json``; ``on_epoch_end`` appends
+    ``on_fit_start`` gets the directory from ``make_dir`` (:func:`train` makes it before fit
+    starts, so a run killed while the learning rate is chosen keeps its config) and writes
+    ``config.json``, ``preprocess.json`` and ``model.json`` there; ``on_epoch_end`` appends
     the epoch to ``metrics.jsonl`` and flushes it, so ``tail -f`` and ``descend show`` see
     progress live.
     """
@@ -975,7 +976,7 @@ class RunRecorder(Callback):
         for filename, obj in self._files.items():
             atomic_write_json(self.dir / filename, obj)
         if loop.checkpoint_dir is None:
-            # Checkpoints live in the run directory (made only now, after fit checked the data).
+            # Checkpoints live in the run directory.
             loop.checkpoint_dir = self.dir / CHECKPOINT_DIR
         if self._resuming:
             # The checkpoint's history is the truth: rewrite the epochs it holds, so an epoch
@@ -1006,6 +1007,9 @@ class RunOutcome:
     run_dir: Path | None
     summary: dict[str, Any]
     result: Any = None
+    #: False when the run was interrupted before its first epoch ended (nothing but the
+    #: config and the summary saved)
+    trained: bool = True
 
     @property
     def interrupted(self) -> bool:
@@ -1108,16 +1112,26 @@ def train(
     files = {PREPROCESS_FILE: pre.to_dict(), MODEL_SPEC_FILE: model_record}
     if resume_run is None:
         files[CONFIG_FILE] = config_record
-    recorder = RunRecorder(
-        (lambda: resume_run)
-        if resume_run is not None
-        else (lambda: make_run_dir(data.name, out=cfg.out, runs_dir=cfg.runs_dir)),
-        files,
-        resuming=resume_run is not None,
-    )
+        # The directory exists before fit starts: the default policy's range test and race
+        # run before the first epoch (a race can take a quarter of the budget and more), and a
+        # run killed then must leave its config, so that `descend resume` can start it again.
+        # (Input that fit itself refuses removes it again: see the except clause below.)
+        where = Path(cfg.out) if cfg.out is not None else Path(cfg.runs_dir) / "_"
+        made = [p for p in where.absolute().parents if not p.exists()]  # folders made for it
+        run_dir = make_run_dir(data.name, out=cfg.out, runs_dir=cfg.runs_dir)
+        for filename, obj in files.items():
+            atomic_write_json(run_dir / filename, obj)
+    else:
+        run_dir, made = resume_run, []
+    recorder = RunRecorder(lambda: run_dir, files, resuming=resume_run is not None)
     ckpt_kw: dict[str, Any] = {}
     if resume_run is not None:
-        ckpt_kw = {"checkpoint": resume_run / CHECKPOINT_DIR, "resume": resume_run / CHECKPOINT_DIR}
+        ckpt_kw = {"checkpoint": resume_run / CHECKPOINT_DIR}
+        if (resume_run / CHECKPOINT_DIR).is_dir():
+            ckpt_kw["resume"] = resume_run / CHECKPOINT_DIR
+        # else: killed before its first checkpoint (while the learning rate was chosen, or in
+        # the first epoch): the run starts again from its beginning, the same seed making it the
+        # same run
     X_train, y_train = data.part(data.train_idx)
     validation = data.part(data.val_idx) if len(data.val_idx) else None
     summary: dict[str, Any] = {
@@ -1149,7 +1163,12 @@ def train(
             **ckpt_kw,
         )
     except BaseException as exc:
-        if recorder.dir is not None:
+        refused = isinstance(exc, (InputError, ConfigError))
+        if recorder.dir is None and resume_run is None and refused:
+            # fit refused the input before training: leave nothing behind, as for input
+            # refused before the directory was made
+            _remove_new_run_dir(run_dir, files, made)
+        else:
             summary.update(
                 error=str(exc) or type(exc).__name__,
                 error_type=type(exc).__name__,
@@ -1158,13 +1177,22 @@ def train(
             )
             if isinstance(exc, KeyboardInterrupt):
                 summary["status"] = "interrupted"
-            atomic_write_json(recorder.dir / SUMMARY_FILE, summary)
+            atomic_write_json(run_dir / SUMMARY_FILE, summary)
         raise
-    run_dir = recorder.dir
     interrupted = result.stop_reason is descend.StopReason.INTERRUPTED
     summary["status"] = "interrupted" if interrupted else "completed"
-    if run_dir is None:  # interrupted before the first epoch began: nothing was saved
-        return RunOutcome(None, summary, result)
+    if interrupted and not result.history.epoch:
+        # interrupted before the first epoch ended: no model worth saving; `descend resume`
+        # starts the run again
+        summary.update(
+            stop_reason=result.stop_reason.value,
+            stop_message=result.stop_message,
+            seed=seed,
+            finished_at=_now(),
+            total_seconds=time.perf_counter() - t0,
+        )
+        atomic_write_json(run_dir / SUMMARY_FILE, summary)
+        return RunOutcome(run_dir, summary, result, trained=False)
 
     model_bytes = _save_model(model, run_dir / MODEL_FILE)
     metrics = {
@@ -1205,6 +1233,22 @@ def train(
     )
     atomic_write_json(run_dir / SUMMARY_FILE, summary)
     return RunOutcome(run_dir, summary, result)
+
+
+def _remove_new_run_dir(run_dir: Path, files: Mapping[str, Any], made: Sequence[Path]) -> None:
+    """Remove a run directory this process made, if it still holds only the files written at
+    its start (never anything else: the user may have put something there meanwhile), and
+    the folders made for it (``made``, deepest first) that are empty."""
+    try:
+        names = {p.name for p in run_dir.iterdir()}
+        if names <= set(files):
+            for name in names:
+                (run_dir / name).unlink()
+            run_dir.rmdir()
+        for folder in made:
+            folder.rmdir()  # OSError when not empty: stop there
+    except OSError:
+        pass
 
 
 def _save_model(model: Any, path: Path) -> int:
@@ -1319,7 +1363,9 @@ def _read_json(path: Path, run_dir: Path) -> dict[str, Any]:
                 f"run directory '{run_dir}'",
                 f"must contain {path.name}",
                 "no such file",
-                f"{why}; train it again with `descend fit`",
+                f"{why}; continue a killed run with `descend resume {run_dir}`"
+                if path.name == SUMMARY_FILE and (run_dir / CONFIG_FILE).is_file()
+                else f"{why}; train it again with `descend fit`",
             )
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -1667,8 +1713,10 @@ def resume_config(
 ) -> tuple[Path, FitConfig]:
     """The run directory and its recorded (resolved) config, for ``descend resume``.
 
-    Refuses a run without checkpoints, a completed run, and a data file that changed since
-    (its sha256 differs): resuming on other data would not continue the same run.
+    Refuses a completed run, and a data file that changed since (its sha256 differs):
+    resuming on other data would not continue the same run. A run without checkpoints yet
+    (stopped while the learning rate was chosen, or in its first epoch) starts again from its
+    beginning with its recorded config and seed: the same run.
     """
     d = _resolve_run_dir(run, runs_dir)
     config = _read_json(d / CONFIG_FILE, d)
@@ -1693,15 +1741,6 @@ def resume_config(
                     "start a new run with `descend fit` (add --epochs to train longer)",
                 )
             )
-    if not (d / CHECKPOINT_DIR).is_dir():
-        raise CheckpointError(
-            message(
-                f"run '{d}'",
-                f"must hold checkpoints in {CHECKPOINT_DIR}/ to resume",
-                "no checkpoint directory (it stopped before its first epoch ended)",
-                "start it again with `" + str(config.get("reproduce", "descend fit ...")) + "`",
-            )
-        )
     source = config.get("data", {})
     if source.get("kind") == "file":
         path = Path(source["absolute_path"])
