@@ -607,6 +607,74 @@ def test_a_run_won_by_the_stronger_decay_resumes_with_it_exactly(tmp_path):
     _assert_same_run(again, ref)
 
 
+class _Killed(BaseException):
+    """A kill -9 stand-in: nothing in descend catches it."""
+
+
+def _dropout_fit(**kw):
+    # dropout draws from each candidate's own random streams: they must come back too
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(10, 32), torch.nn.ReLU(), torch.nn.Dropout(0.3), torch.nn.Linear(32, 3)
+    )
+    return _fit(model, _clf(), **dict(dict(epochs=40, seed=1), **kw))
+
+
+@pytest.mark.parametrize(
+    ("make", "kill_after"),
+    [(_factorization_fit, 1), (_factorization_fit, 4), (_dropout_fit, 3)],
+    ids=["factorization-1", "factorization-4", "dropout-3"],
+)
+def test_a_run_killed_during_the_race_resumes_the_race_exactly(
+    tmp_path, monkeypatch, make, kill_after
+):
+    # The range test and the race run before the first epoch (a quarter of the budget or
+    # more): a run killed then goes on from the race's checkpoint, not from scratch, and ends
+    # exactly as the run never killed. (The factorization races three candidates, one dropped
+    # for the budget, and the stronger decay wins: every kind of candidate state comes back.)
+    ref = make()
+    assert len(ref.autopilot["candidates"]) >= 2 and ref.autopilot["race_epochs"] > kill_after
+    monkeypatch.setattr(autopilot, "RACE_CHECKPOINT_RATIO", 0.0)  # every race epoch
+    save = autopilot._Race._save
+
+    def save_then_die(race):
+        save(race)
+        if race.epoch == kill_after:
+            raise _Killed
+
+    ck = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(autopilot._Race, "_save", save_then_die)
+        with pytest.raises(_Killed):
+            make(checkpoint=ck)
+    race_dir = ck / descend.checkpoint.RACE_DIR
+    assert max(p.name for p in race_dir.iterdir()) == f"ckpt-{kill_after:09d}"
+    assert not list(ck.glob("ckpt-*"))  # no checkpoint of the run itself yet
+
+    epochs_raced = []
+    run = autopilot._Race.run
+
+    def counting_run(race):
+        epochs_raced.append(race.epoch)  # where the race starts
+        return run(race)
+
+    with monkeypatch.context() as m:
+        m.setattr(autopilot._Race, "run", counting_run)
+        again = make(checkpoint=ck, resume=True, seed=None)  # the seed: the race's
+    assert epochs_raced == [kill_after]  # it went on from the checkpoint, not from epoch 0
+    assert (
+        f"the race went on from its checkpoint after epoch {kill_after}" in again.autopilot["why"]
+    )
+    assert again.seed == ref.seed == 1
+    for key in ("lr", "weight_decay", "race_epochs", "continued_from_epoch"):
+        assert again.autopilot[key] == ref.autopilot[key], key
+    assert [c["status"] for c in again.autopilot["candidates"]] == [
+        c["status"] for c in ref.autopilot["candidates"]
+    ]
+    _assert_same_run(again, ref)
+    assert not race_dir.exists()  # superseded by the run's own first checkpoint
+
+
 def _linear_fit(loss="mse", n=2000, **kw):
     # make_regression's shape: 20 features, a linear target with noise, scaled to unit sd;
     # a linear model (21 parameters, ~1,500 training rows: 70 per parameter)

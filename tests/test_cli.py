@@ -333,6 +333,37 @@ def test_ctrl_c_while_the_learning_rate_is_chosen_keeps_a_run_to_resume(tmp_path
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_cli_run_killed_during_the_race_goes_on_from_the_race(tmp_path, monkeypatch):
+    from descend.train import autopilot
+
+    class Killed(BaseException):  # a kill -9 stand-in: nothing catches it
+        pass
+
+    args = ["fit", "digits", "--hidden", "64", "--epochs", "30", "--seed", "2", "-q"]
+    ref = invoke([*args, "--out", "ref"], tmp_path, monkeypatch)
+    assert ref.exit_code == 0, ref.output
+    summary = json.loads((tmp_path / "ref" / "summary.json").read_text())
+    assert summary["autopilot"]["race_epochs"] > 2  # a race ran
+    save = autopilot._Race._save
+
+    def save_then_die(race):
+        save(race)
+        if race.epoch == 2:
+            raise Killed
+
+    with monkeypatch.context() as m:
+        m.setattr(autopilot, "RACE_CHECKPOINT_RATIO", 0.0)
+        m.setattr(autopilot._Race, "_save", save_then_die)
+        with pytest.raises(Killed):
+            invoke([*args, "--out", "run"], tmp_path, monkeypatch)
+    assert (tmp_path / "run" / "checkpoints" / "race" / "ckpt-000000002").is_dir()
+    resumed = invoke(["resume", "run"], tmp_path, monkeypatch)
+    assert resumed.exit_code == 0, resumed.output
+    assert "the race goes on from its checkpoint" in resumed.stdout
+    a, b = load_file(tmp_path / "ref" / MODEL), load_file(tmp_path / "run" / MODEL)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_bad_input_in_a_real_process_is_one_line_exit_2(tmp_path):
     proc = descend("fit", "missing.csv", "--target", "y", cwd=tmp_path)
     assert proc.returncode == 2

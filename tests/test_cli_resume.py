@@ -92,7 +92,7 @@ def test_cli_run_killed_before_its_first_epoch_starts_again_as_the_same_run(tmp_
     proc.wait()
     metrics = tmp_path / "run" / "metrics.jsonl"
     assert not metrics.exists() or not metrics.read_text().strip()  # no epoch had ended
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert not list((tmp_path / "run" / "checkpoints").glob("ckpt-*"))  # none of the run's own
 
     shown = descend("show", "run", cwd=tmp_path)
     assert shown.returncode == 2 and "descend resume run" in shown.stderr

@@ -53,6 +53,10 @@ __all__ = [
 
 _NAME = re.compile(r"^ckpt-(\d{9,})$")
 TENSORS = "tensors.safetensors"
+#: Where the default policy's race keeps its checkpoints, inside a run's checkpoint directory:
+#: the race runs before the first epoch, so a run killed during it resumes the race from there
+#: (removed once the run's own first checkpoint is written).
+RACE_DIR = "race"
 STATE = "state.json"
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1

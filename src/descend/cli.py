@@ -23,6 +23,7 @@ import typer
 
 from descend import runs
 from descend._errors import DescendError
+from descend.checkpoint import RACE_DIR
 
 __all__ = ["app", "main"]
 
@@ -314,8 +315,14 @@ def resume(
     cfg.quiet = quiet
     notify = (lambda s: None) if quiet else _say
     notify(f"resuming {run_dir}")
-    if not (run_dir / runs.CHECKPOINT_DIR).is_dir():
-        notify("no checkpoint yet (it stopped before its first epoch ended): starting it again")
+    ck = run_dir / runs.CHECKPOINT_DIR
+    if not list(ck.glob("ckpt-*")):
+        if list((ck / RACE_DIR).glob("ckpt-*")):
+            notify(
+                "stopped while the learning rate was chosen: the race goes on from its checkpoint"
+            )
+        else:
+            notify("no checkpoint yet (it stopped before its first epoch ended): starting it again")
     outcome = runs.train(cfg, notify=notify, argv=sys.argv[1:], resume_run=run_dir)
     s = outcome.summary
     if not outcome.trained:

@@ -1124,14 +1124,13 @@ def train(
     else:
         run_dir, made = resume_run, []
     recorder = RunRecorder(lambda: run_dir, files, resuming=resume_run is not None)
-    ckpt_kw: dict[str, Any] = {}
-    if resume_run is not None:
-        ckpt_kw = {"checkpoint": resume_run / CHECKPOINT_DIR}
-        if (resume_run / CHECKPOINT_DIR).is_dir():
-            ckpt_kw["resume"] = resume_run / CHECKPOINT_DIR
-        # else: killed before its first checkpoint (while the learning rate was chosen, or in
-        # the first epoch): the run starts again from its beginning, the same seed making it the
-        # same run
+    # Checkpoints from the start: the default policy's race writes its own there too, so a
+    # run killed while the learning rate is chosen goes on from the race's last checkpoint.
+    ckpt_kw: dict[str, Any] = {"checkpoint": run_dir / CHECKPOINT_DIR}
+    if resume_run is not None and (resume_run / CHECKPOINT_DIR).is_dir():
+        ckpt_kw["resume"] = resume_run / CHECKPOINT_DIR
+        # (with no checkpoint in it yet — killed before the race's first one — the run starts
+        # again from its beginning: the same seed makes it the same run)
     X_train, y_train = data.part(data.train_idx)
     validation = data.part(data.val_idx) if len(data.val_idx) else None
     summary: dict[str, Any] = {
@@ -1240,6 +1239,9 @@ def _remove_new_run_dir(run_dir: Path, files: Mapping[str, Any], made: Sequence[
     its start (never anything else: the user may have put something there meanwhile), and
     the folders made for it (``made``, deepest first) that are empty."""
     try:
+        ck = run_dir / CHECKPOINT_DIR
+        if ck.is_dir() and not any(ck.iterdir()):
+            ck.rmdir()  # made empty by fit's writability check
         names = {p.name for p in run_dir.iterdir()}
         if names <= set(files):
             for name in names:

@@ -108,11 +108,13 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from descend import optim, schedules
+from descend.checkpoint import RACE_DIR
 from descend.train import lr_find as _lr_find
 from descend.train.callbacks import Callback
 from descend.train.result import StopReason
@@ -193,6 +195,9 @@ RT_START, RT_END, RT_FAR = 1e-6, 1.0, 100.0
 RACE_TIME_SHARE = 0.3
 #: A race never holds more than this many bytes of candidate copies (weights + Adam moments).
 MAX_RACE_BYTES = 2 * 2**30
+#: The race checkpoints after its first epoch, then once this many times the last write's
+#: duration has passed (as the run's "auto" checkpoints: writing costs ~5% of the time).
+RACE_CHECKPOINT_RATIO = 20.0
 
 
 @dataclass
@@ -219,6 +224,11 @@ class PlanContext:
     tol: float = 1e-4
     patience: int | None = 10
     max_time: float | None = None
+    #: The run's checkpoint directory: the race writes its own checkpoints under
+    #: ``checkpoint / RACE_DIR`` (None: no checkpoints), and ``race_resume`` is the newest one
+    #: there when the run resumes before its first checkpoint — the race goes on from it.
+    checkpoint: Any = None
+    race_resume: Any = None
 
 
 @dataclass
@@ -828,6 +838,9 @@ def _plan(ctx: PlanContext) -> Plan:
     max_time = _ctx_get(ctx, "max_time", None)
     deadline = None if max_time is None else t_start + RACE_TIME_SHARE * max_time
     race = _Race(ctx, cands, total, race_patience, spent, t_start, deadline)
+    resume = getattr(ctx, "race_resume", None)
+    if resume is not None:
+        race.load(resume)
     race.run()
     return race.plan(rt_record, ceiling, ceiling_text)
 
@@ -899,6 +912,129 @@ class _Race:
             for c in self.cands:
                 c.rng = start
         self.best_states: dict[int, dict[str, torch.Tensor]] = {}
+        # Checkpoints of the race (every candidate's exact state after a race epoch), so a run
+        # killed during the race goes on from there: written under the run's checkpoint
+        # directory at most as often as the run's own "auto" rule allows (~5% of the time).
+        ck = getattr(ctx, "checkpoint", None)
+        self.ckpt_dir = None if ck is None else Path(ck) / RACE_DIR
+        self._ckpt_done_at: float | None = None
+        self._ckpt_cost = 0.0
+        self.resumed_from: Path | None = None
+        self.resumed_epoch = 0
+
+    # ---- checkpoints ---------------------------------------------------------------------
+
+    def _identity(self) -> list[list[float]]:
+        return [[c.lr, c.tau] for c in self.cands]
+
+    def _save(self) -> None:
+        """Checkpoint the race after a race epoch, when the run keeps checkpoints and it is
+        due (the first race epoch, then once 20x the last write's time has passed)."""
+        if self.ckpt_dir is None:
+            return
+        now = time.perf_counter()
+        due = RACE_CHECKPOINT_RATIO * self._ckpt_cost
+        if self._ckpt_done_at is not None and now - self._ckpt_done_at < due:
+            return
+        from descend import checkpoint as C
+
+        model: dict[str, torch.Tensor] = {}
+        best: dict[str, torch.Tensor] = {}
+        opt: dict[str, Any] = {}
+        rng: dict[str, Any] = {}
+        metas: dict[str, Any] = {}
+        for i, c in enumerate(self.cands):
+            if c.status.startswith("dropped"):
+                continue  # out of the race for good: its state is not needed again
+            model.update({f"{i}/{k}": t for k, t in c.loop.model.state_dict().items()})
+            kept = self.best_states.get(id(c))
+            if kept is not None:
+                best.update({f"{i}/{k}": t for k, t in kept.items()})
+            opt[str(i)] = c.loop.opt_state
+            rng.update({f"{i}/{k}": v for k, v in c.rng.items()})
+            metas[str(i)] = {
+                "loop": c.loop._meta(),
+                "status": c.status,
+                "best": c.best,
+                "best_epoch": c.best_epoch,
+                "times": list(c.times),
+                "has_best": kept is not None,
+            }
+        meta = {
+            "race": {
+                "seed": self.ctx.seed,
+                "candidates": self._identity(),
+                "statuses": [c.status for c in self.cands],
+                "epoch": self.epoch,
+                "spent": self.spent,
+                "elapsed": now - self.t_start,
+            },
+            "candidates": metas,
+        }
+        ckpt = C.Checkpoint(
+            step=self.epoch, model=model, opt_state=opt, best=best, meta=meta, rng=rng
+        )
+        try:
+            C.save(self.ckpt_dir, ckpt)
+        except OSError as e:  # as the run's own checkpoints: a warning, the race goes on
+            import warnings
+
+            warnings.warn(
+                f"descend: could not write a checkpoint of the race after epoch {self.epoch} "
+                f"({type(e).__name__}: {e.strerror or e}); the previous one is kept",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return
+        self._ckpt_done_at = time.perf_counter()
+        self._ckpt_cost = self._ckpt_done_at - now
+
+    def load(self, ckpt: Any) -> bool:
+        """Put the race where ``ckpt`` (a race checkpoint) left it; False (and nothing
+        changed) when it is a checkpoint of another race: other candidates, another seed."""
+        race = (ckpt.meta or {}).get("race") or {}
+        same = race.get("seed") == self.ctx.seed and race.get("candidates") == self._identity()
+        if not same:
+            import warnings
+
+            warnings.warn(
+                f"descend: the race checkpoint {ckpt.path} is of another race (other "
+                "candidates or seed): the race starts again",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return False
+        from descend import checkpoint as C
+
+        metas = ckpt.meta["candidates"]
+        for i, c in enumerate(self.cands):
+            c.status = race["statuses"][i]
+            m = metas.get(str(i))
+            if m is None:  # dropped before the checkpoint
+                continue
+            pre = f"{i}/"
+            part = C.Checkpoint(
+                step=m["loop"]["step"],
+                model={k[len(pre) :]: t for k, t in ckpt.model.items() if k.startswith(pre)},
+                opt_state=ckpt.opt_state[str(i)],
+                best=None,
+                meta=m["loop"],
+                rng={},
+                path=ckpt.path,
+            )
+            c.loop.load_checkpoint(part)
+            c.rng = {k[len(pre) :]: v for k, v in ckpt.rng.items() if k.startswith(pre)}
+            c.best, c.best_epoch, c.times = m["best"], m["best_epoch"], list(m["times"])
+            if m["has_best"]:
+                self.best_states[id(c)] = {
+                    k[len(pre) :]: t.to(self.ctx.device)
+                    for k, t in ckpt.best.items()
+                    if k.startswith(pre)
+                }
+        self.epoch, self.spent = int(race["epoch"]), float(race["spent"])
+        self.t_start = time.perf_counter() - float(race["elapsed"])
+        self.resumed_from, self.resumed_epoch = ckpt.path, self.epoch
+        return True
 
     def _monitored(self, c: _Candidate) -> float:
         h = c.loop.history
@@ -973,6 +1109,7 @@ class _Race:
                     c.status = f"stopped improving (finished after epoch {self.epoch})"
             if self.interrupted:
                 break
+            self._save()
 
     def _keep_best(self, c: _Candidate) -> None:
         # The race loops do not keep best weights themselves (each run() call would reset
@@ -1090,6 +1227,11 @@ class _Race:
             desc += (
                 f" — range test ceiling {_fmt(ceiling)}, raced {K} candidates for {self.epoch} "
                 f"epochs, continuing the winner from epoch {loop.epoch}"
+            )
+        if self.resumed_from is not None:
+            record["why"] += (
+                f"; the race went on from its checkpoint after epoch {self.resumed_epoch} "
+                "(the run had been stopped during it)"
             )
         if self.interrupted:
             record["why"] += "; interrupted during the race"

@@ -20,6 +20,7 @@ import itertools
 import math
 import numbers
 import random
+import shutil
 import signal
 import threading
 import time
@@ -1315,6 +1316,9 @@ class Loop:
         self._ckpt_done_at = time.perf_counter()
         self._ckpt_cost = self._ckpt_done_at - t
         self._ckpt_step = self.step
+        race = Path(self.checkpoint_dir) / C.RACE_DIR
+        if race.is_dir():  # the run's own checkpoint supersedes the race's
+            shutil.rmtree(race, ignore_errors=True)
         if self.guard is not None:
             # The rollback point must be identical in a resumed run: make it this state.
             self.guard.snapshot(self, force=True)
@@ -1737,6 +1741,7 @@ def fit(
             )
         )
     resume_ckpt = None
+    race_ckpt = None
     if resume is True:
         if checkpoint is None:
             raise ConfigError(
@@ -1764,6 +1769,12 @@ def fit(
             checkpoint = resume
         if resume_ckpt is not None:
             seed = int(resume_ckpt.meta["seed"])
+        elif optimizer is None and Path(resume).exists():
+            # No checkpoint of the run yet, but perhaps of the default policy's race, which
+            # runs before the first epoch: the race goes on from it (same seed, same race).
+            race_ckpt = C.latest(Path(resume) / C.RACE_DIR)
+            if race_ckpt is not None:
+                seed = int(race_ckpt.meta["race"]["seed"])
     if checkpoint is not None:
         C.check_writable(checkpoint)
     if seed is None:
@@ -1833,6 +1844,8 @@ def fit(
                 tol=tol,
                 patience=patience,
                 max_time=max_time,
+                checkpoint=checkpoint,
+                race_resume=race_ckpt,
             )
             rebuild = getattr(_autopilot, "rebuild", None)
             if (
