@@ -344,6 +344,9 @@ def test_a_cli_run_killed_during_the_race_goes_on_from_the_race(tmp_path, monkey
     assert ref.exit_code == 0, ref.output
     summary = json.loads((tmp_path / "ref" / "summary.json").read_text())
     assert summary["autopilot"]["race_epochs"] > 2  # a race ran
+    # metrics.jsonl holds every epoch of the run, the race winner's first ones included
+    lines = (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == list(range(1, summary["epochs"] + 1))
     save = autopilot._Race._save
 
     def save_then_die(race):
@@ -362,6 +365,12 @@ def test_a_cli_run_killed_during_the_race_goes_on_from_the_race(tmp_path, monkey
     assert "the race goes on from its checkpoint" in resumed.stdout
     a, b = load_file(tmp_path / "ref" / MODEL), load_file(tmp_path / "run" / MODEL)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    def epochs(run):
+        text = (tmp_path / run / "metrics.jsonl").read_text()
+        return [{k: v for k, v in json.loads(x).items() if k != "time"} for x in text.splitlines()]
+
+    assert epochs("run") == epochs("ref")
 
 
 def test_bad_input_in_a_real_process_is_one_line_exit_2(tmp_path):

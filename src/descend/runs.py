@@ -970,6 +970,7 @@ class RunRecorder(Callback):
         self.dir: Path | None = None
         self._metrics = None
         self._resuming = resuming
+        self._written = 0  # epoch records in the metrics file
 
     def on_fit_start(self, loop: Any) -> None:
         self.dir = self._make_dir()
@@ -978,20 +979,27 @@ class RunRecorder(Callback):
         if loop.checkpoint_dir is None:
             # Checkpoints live in the run directory.
             loop.checkpoint_dir = self.dir / CHECKPOINT_DIR
+        records = loop.history.epoch_records()
         if self._resuming:
             # The checkpoint's history is the truth: rewrite the epochs it holds, so an epoch
             # line written after the last checkpoint (and replayed now) is not duplicated.
-            lines = "".join(
-                json.dumps(_finite(r), allow_nan=False) + "\n" for r in loop.history.epoch_records()
-            )
+            lines = "".join(json.dumps(_finite(r), allow_nan=False) + "\n" for r in records)
             atomic_write_bytes(self.dir / METRICS_FILE, lines.encode())
+            self._written = len(records)
+        else:
+            self._written = 0
         self._metrics = open(self.dir / METRICS_FILE, "a", encoding="utf-8")  # noqa: SIM115
 
     def on_epoch_end(self, loop: Any) -> None:
         if self._metrics is None:
             return
-        record = loop.history.epoch_records()[-1]
-        self._metrics.write(json.dumps(_finite(record), allow_nan=False) + "\n")
+        # Every epoch of the run's history not written yet: the one just ended, and before the
+        # first, the epochs the default policy's race winner brings into the run (its history
+        # starts at epoch 1, as a resumed run's rewritten file does).
+        records = loop.history.epoch_records()
+        for record in records[self._written :]:
+            self._metrics.write(json.dumps(_finite(record), allow_nan=False) + "\n")
+        self._written = len(records)
         self._metrics.flush()
 
     def on_fit_end(self, loop: Any) -> None:
