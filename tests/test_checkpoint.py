@@ -185,6 +185,24 @@ def test_resume_on_other_data_warns_and_records_it(tmp_path):
     assert other.epochs == 2
 
 
+def test_a_new_run_in_a_directory_of_another_runs_checkpoints_is_refused(tmp_path):
+    # Before: the new run's checkpoint at a step both runs reached was skipped as "already on
+    # disk" (the other run's state), and a resume took the newest checkpoint of either run.
+    X, y = data()
+    descend.fit(torch.nn.Linear(4, 1), (X, y), "mse", epochs=2, verbose=0, checkpoint=tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(CheckpointError, match="must not hold another run's checkpoints"):
+        descend.fit(
+            torch.nn.Linear(4, 1), (2 * X, y), "mse", epochs=2, verbose=0, checkpoint=tmp_path
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing touched
+    # continuing it is what the directory is for
+    r = descend.fit(
+        torch.nn.Linear(4, 1), (X, y), "mse", epochs=3, verbose=0, checkpoint=tmp_path, resume=True
+    )
+    assert r.epochs == 3
+
+
 def test_resume_from_missing_directory_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="must name a checkpoint directory"):
         descend.fit(

@@ -447,6 +447,26 @@ def _epochs(n: int) -> str:
     return f"{n} epoch" if n == 1 else f"{n} epochs"
 
 
+def _check_no_other_run(d: Path) -> None:
+    """Refuse to start a new run in a checkpoint directory that holds another run's
+    checkpoints: a later ``resume`` would pick the newest of either run (an earlier run's
+    step 1,000 over this one's step 300), and a checkpoint at a step both runs reach would be
+    kept as this run's. Nothing already saved is touched."""
+    found = C.list_checkpoints(d) + C.list_checkpoints(d / C.RACE_DIR)
+    if not found:
+        return
+    newest = found[0]
+    raise CheckpointError(
+        message(
+            f"fit(checkpoint={str(d)!r})",
+            "must not hold another run's checkpoints when a new run starts there",
+            f"{len(found)} checkpoint(s), e.g. '{newest}'",
+            "pass resume=True to continue that run, or another (or an emptied) directory "
+            "to start a new one",
+        )
+    )
+
+
 def _n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
@@ -1777,6 +1797,8 @@ def fit(
                 seed = int(race_ckpt.meta["race"]["seed"])
     if checkpoint is not None:
         C.check_writable(checkpoint)
+        if resume in (None, False):
+            _check_no_other_run(Path(checkpoint))
     if seed is None:
         seed = random.SystemRandom().randrange(2**31)
     elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
