@@ -359,6 +359,6 @@ def latest(directory: str | Path) -> Checkpoint | None:
         warnings.warn(
             f"descend: skipping a damaged checkpoint: {why}; using the previous one",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=3,  # the caller of fit(resume=...), who can act on it
         )
     return None
