@@ -408,6 +408,7 @@ def test_runs_lists_completed_corrupt_and_incomplete_runs(reg_run, tmp_path, mon
     assert "incomplete" in lines["cut"]
     assert "not-a-run" not in lines
     assert "broken: corrupt — run file" in proc.stdout
+    assert "`descend resume runs/cut` continues a killed run" in proc.stdout.replace("\n", " ")
     assert not CONTROL.search(proc.stdout)
 
 

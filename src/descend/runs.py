@@ -1552,7 +1552,12 @@ def _listing(d: Path) -> RunListing | None:
     row.task = str((config.get("task") or {}).get("task", "-"))
     row.started = str(config.get("created_at", "-"))[:19].replace("T", " ")
     if SUMMARY_FILE not in files:
-        row.problem = f"no {SUMMARY_FILE}: still running, or stopped before it finished"
+        row.problem = (
+            f"no {SUMMARY_FILE}: still running, or stopped before it finished "
+            f"(`descend resume {d}` continues a killed run)"
+            if config
+            else f"no {SUMMARY_FILE}: still running, or stopped before it finished"
+        )
         return row
     try:
         s = _read_json(d / SUMMARY_FILE, d)
