@@ -662,3 +662,37 @@ def test_small_sets_permuted_once_give_the_same_batches_as_gathering_each(
             assert len(ba) == len(bb)
             for ta, tb in zip(ba, bb):
                 assert (ta is None and tb is None) or torch.equal(ta, tb)
+
+
+def test_a_single_last_sample_is_folded_into_the_batch_before_for_batch_norm():
+    X = torch.arange(9.0).unsqueeze(1)
+    src = D.ResidentSource(X, X[:, 0], batch_size=4, seed=3)
+    assert src.num_batches == 3 and src.fold_single_last()
+    sizes = [len(xb) for xb, _ in src.batches(epoch=1)]
+    assert sizes == [4, 5] and src.num_batches == 2
+    seen = torch.cat([xb for xb, _ in src.batches(epoch=1)])
+    assert sorted(seen[:, 0].tolist()) == list(range(9))  # every sample, once
+    assert [len(xb) for xb, _ in src.batches(epoch=1, start=1)] == [5]  # resumed mid-epoch
+    # nothing to fold: no remainder of one, a full batch, or a remainder of more
+    assert not D.ResidentSource(X, None, batch_size=3).fold_single_last()
+    assert not D.ResidentSource(X, None, batch_size=None).fold_single_last()
+    assert not D.ResidentSource(X, None, batch_size=7).fold_single_last()
+
+
+def test_fit_trains_batch_norm_when_a_batch_of_one_would_be_left():
+    import descend
+
+    torch.manual_seed(0)
+    X = torch.randn(9, 4)
+    y = X.sum(1, keepdim=True)
+    bn = torch.nn.Sequential(
+        torch.nn.Linear(4, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(), torch.nn.Linear(16, 1)
+    )
+    # torch alone: "Expected more than 1 value per channel when training" at the 3rd step
+    r = descend.fit(bn, (X, y), "mse", lr=0.01, epochs=2, batch_size=4, validation=None, verbose=0)
+    assert r.steps == 4 and r.epochs == 2  # two batches (4 and 5 samples) an epoch
+    plain = torch.nn.Sequential(torch.nn.Linear(4, 1))
+    r = descend.fit(
+        plain, (X, y), "mse", lr=0.01, epochs=2, batch_size=4, validation=None, verbose=0
+    )
+    assert r.steps == 6  # without batch norm the batches are as asked

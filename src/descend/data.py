@@ -277,6 +277,7 @@ class ResidentSource(Source):
         size = sum(t.numel() * t.element_size() for t in (X, y, w) if t is not None)
         self._gather_once = size <= GATHER_ONCE_BYTES
         self.batch_size = None if batch_size is None else int(batch_size)
+        self._last_hi: int | None = None  # the last batch's end, when fold_single_last moved it
         if batch_size is None:
             self.num_batches = 1
         elif drop_last:
@@ -292,6 +293,18 @@ class ResidentSource(Source):
                     f"pass batch_size <= {n} or drop_last=False",
                 )
             )
+
+    def fold_single_last(self) -> bool:
+        """Make a last batch of one sample part of the batch before it (``n % batch_size ==
+        1``): batch norm cannot train on a single sample (torch raises "Expected more than 1
+        value per channel"), so a model with it would fail at every epoch's last step. The
+        epoch still sees every sample. Returns whether the batches changed."""
+        bs, n = self.batch_size, self.n_samples
+        if self._full or self.drop_last or bs is None or self.num_batches < 2 or n % bs != 1:
+            return False
+        self.num_batches -= 1
+        self._last_hi = n
+        return True
 
     def permutation(self, epoch: int) -> torch.Tensor | None:
         """The epoch's sample order on the device, or None when batches are taken in order."""
@@ -328,8 +341,11 @@ class ResidentSource(Source):
             y = None if y is None else y.index_select(0, perm)
             w = None if w is None else w.index_select(0, perm)
             perm = None
+        last = self.num_batches - 1
         for b in range(start, self.num_batches):
             lo, hi = b * bs, min((b + 1) * bs, n)
+            if b == last:
+                hi = self._last_hi or hi  # a folded single last sample rides along
             if perm is None:
                 xb, yb = X[lo:hi], (None if y is None else y[lo:hi])
                 wb = None if w is None else w[lo:hi]

@@ -1839,6 +1839,10 @@ def fit(
             **({"sample_weight": sample_weight} if sample_weight is not None else {}),
         )
 
+        if bundle.train.resident and any(
+            isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules()
+        ):
+            bundle.train.fold_single_last()  # batch norm cannot train on a batch of one
         autopilot = None
         extra_callbacks: list[Callback] = []
         if optimizer is None and opt_state is not None:
