@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import types
 
 import pytest
@@ -673,6 +674,43 @@ def test_a_run_killed_during_the_race_resumes_the_race_exactly(
     ]
     _assert_same_run(again, ref)
     assert not race_dir.exists()  # superseded by the run's own first checkpoint
+
+
+def test_the_policy_says_what_it_does_before_step_1(capsys, monkeypatch):
+    # The range test and the race come before the first epoch (a quarter of the budget and
+    # more): a verbose run says so, and a long race reports its standings as it goes.
+    monkeypatch.setattr(autopilot, "RACE_REPORT_SECONDS", 0.0)  # every race epoch here
+    r = _factorization_fit(verbose=1)
+    out = capsys.readouterr().out.splitlines()
+    start = next(i for i, line in enumerate(out) if "autopilot adamw" in line)  # the run's line
+    before = out[:start]
+    assert before[0].startswith("descend: choosing the learning rate: a ")
+    assert "range test on a copy of the model" in before[0]
+    n = len(r.autopilot["candidates"])
+    assert f"racing {n} candidates" in before[1] and "(stronger decay)" in before[1]
+    standings = [line for line in before if line.startswith("descend: race epoch ")]
+    assert len(standings) == r.autopilot["race_epochs"]
+    assert "(dropped)" in standings[-1]  # the third candidate went for the budget
+    monkeypatch.setattr(autopilot, "RACE_REPORT_SECONDS", 1e9)  # a short race: no standings
+    _factorization_fit(verbose=1)
+    assert not [x for x in capsys.readouterr().out.splitlines() if "race epoch" in x]
+    _factorization_fit(verbose=0)
+    assert capsys.readouterr().out == ""
+
+
+def test_on_a_terminal_the_planning_lines_come_before_the_bar(capsys, monkeypatch):
+    import sys
+
+    from descend.train.callbacks import RichProgress, default_progress
+
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert isinstance(default_progress(1), RichProgress)
+    r = _factorization_fit(verbose=1)
+    raw = capsys.readouterr().out
+    out = " ".join(re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", raw).split())  # no styles, no wraps
+    assert "choosing the learning rate" in out and "racing 3 candidates" in out
+    assert out.index("racing") < out.index("autopilot adamw")  # the start line, then the bar
+    assert " ".join(r.stop_message.split()) in out
 
 
 def _linear_fit(loss="mse", n=2000, **kw):

@@ -198,6 +198,9 @@ MAX_RACE_BYTES = 2 * 2**30
 #: The race checkpoints after its first epoch, then once this many times the last write's
 #: duration has passed (as the run's "auto" checkpoints: writing costs ~5% of the time).
 RACE_CHECKPOINT_RATIO = 20.0
+#: A race reports its standings at most this often (seconds; its start always): a long race
+#: on a large model is not silent, a short one adds no lines.
+RACE_REPORT_SECONDS = 10.0
 
 
 @dataclass
@@ -229,6 +232,8 @@ class PlanContext:
     #: there when the run resumes before its first checkpoint — the race goes on from it.
     checkpoint: Any = None
     race_resume: Any = None
+    #: ``report(text)``: a progress line while the policy works before step 1 (None: quiet).
+    report: Callable[[str], None] | None = None
 
 
 @dataclass
@@ -663,6 +668,7 @@ def _plan(ctx: PlanContext) -> Plan:
             precision=_ctx_get(ctx, "precision", "fp32"),
         )
 
+    _report(ctx, f"choosing the learning rate: a {rt_steps}-step range test on a copy of the model")
     lrs, losses = sweep(RT_END)
     found = _lr_find.analyze(lrs, losses)
     noisy_note = None
@@ -839,10 +845,28 @@ def _plan(ctx: PlanContext) -> Plan:
     deadline = None if max_time is None else t_start + RACE_TIME_SHARE * max_time
     race = _Race(ctx, cands, total, race_patience, spent, t_start, deadline)
     resume = getattr(ctx, "race_resume", None)
-    if resume is not None:
-        race.load(resume)
+    if resume is not None and race.load(resume):
+        _report(ctx, f"the race goes on from its checkpoint after epoch {race.epoch}")
+    else:
+        shown = ", ".join(_label(lr, tau) for lr, tau in cands)
+        _report(
+            ctx,
+            f"the range test put the ceiling at {ceiling_text}; racing {len(cands)} candidates "
+            f"({shown}) for about {max(1, round(MIN_RACE_FRACTION * E))} of {E} epochs",
+        )
     race.run()
     return race.plan(rt_record, ceiling, ceiling_text)
+
+
+def _label(lr: float, tau: float) -> str:
+    """A race candidate as the progress lines name it."""
+    return f"lr {_fmt(lr)}" + (" (stronger decay)" if tau == STRONG_DECAY_TIMESCALE else "")
+
+
+def _report(ctx: PlanContext, text: str) -> None:
+    report = getattr(ctx, "report", None)
+    if report is not None:
+        report(text)
 
 
 def _candidates(
@@ -1110,6 +1134,27 @@ class _Race:
             if self.interrupted:
                 break
             self._save()
+            self._standings()
+
+    def _standings(self) -> None:
+        """A progress line with each candidate's best loss so far, at most every
+        ``RACE_REPORT_SECONDS`` (wall time decides only what is printed, never the race)."""
+        if getattr(self.ctx, "report", None) is None:
+            return
+        now = time.perf_counter()
+        last = getattr(self, "_reported_at", self.t_start)
+        if now - last < RACE_REPORT_SECONDS:
+            return
+        self._reported_at = now
+        parts = []
+        for c in self.cands:
+            name = _label(c.lr, c.tau)
+            if c.alive:
+                parts.append(f"{name} {c.best:.4g}")
+            else:
+                out = next(w for w in ("dropped", "stopped", "diverged") if c.status.startswith(w))
+                parts.append(f"{name} {c.best:.4g} ({'finished' if out == 'stopped' else out})")
+        _report(self.ctx, f"race epoch {self.epoch}, best losses: " + "; ".join(parts))
 
     def _keep_best(self, c: _Candidate) -> None:
         # The race loops do not keep best weights themselves (each run() call would reset

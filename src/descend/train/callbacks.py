@@ -82,6 +82,10 @@ class PlainProgress(Callback):
     def _print(self, text: str) -> None:
         print(text, file=self.stream or sys.stdout, flush=True)
 
+    def planning(self, text: str) -> None:
+        """A line from the default policy while it chooses the learning rate (before step 1)."""
+        self._print(f"descend: {text}")
+
     def on_fit_start(self, loop: Loop) -> None:
         self._print(loop.describe_start())
 
@@ -106,6 +110,12 @@ class RichProgress(Callback):
         self.lines = lines
         self._progress = None
         self._task = None
+
+    def planning(self, text: str) -> None:
+        """A line from the default policy while it chooses the learning rate (before the bar)."""
+        from rich.console import Console
+
+        Console().print(f"[bold]descend[/bold] {text}", highlight=False)
 
     def on_fit_start(self, loop: Loop) -> None:
         from rich.progress import (

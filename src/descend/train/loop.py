@@ -1845,6 +1845,9 @@ def fit(
             bundle.train.fold_single_last()  # batch norm cannot train on a batch of one
         autopilot = None
         extra_callbacks: list[Callback] = []
+        # Made before planning: the default policy's range test and race come before step 1
+        # (a quarter of the budget and more), and say what they are doing meanwhile.
+        progress = default_progress(verbose)
         if optimizer is None and opt_state is not None:
             raise ConfigError(
                 message(
@@ -1872,6 +1875,7 @@ def fit(
                 max_time=max_time,
                 checkpoint=checkpoint,
                 race_resume=race_ckpt,
+                report=getattr(progress, "planning", None),
             )
             rebuild = getattr(_autopilot, "rebuild", None)
             if (
@@ -1915,7 +1919,6 @@ def fit(
                 )
             )
 
-        progress = default_progress(verbose)
         cbs = list(callbacks) + extra_callbacks + ([progress] if progress is not None else [])
         loop = Loop(
             module,
