@@ -32,10 +32,8 @@ def descend(*args, cwd):
     )
 
 
-def test_killed_cli_run_resumes_to_identical_model(tmp_path):
-    ref = descend(*ARGS, "--out", "ref", cwd=tmp_path)
-    assert ref.returncode == 0, ref.stderr
-
+def kill_when(tmp_path, ready, poll=0.02):
+    """Start the run ``run`` and SIGKILL it as soon as ``ready()`` (it must still be running)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "descend", *ARGS, "--out", "run"],
         cwd=tmp_path,
@@ -43,27 +41,38 @@ def test_killed_cli_run_resumes_to_identical_model(tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    metrics = tmp_path / "run" / "metrics.jsonl"
     deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
-            break
-        time.sleep(0.02)
+    while time.time() < deadline and proc.poll() is None and not ready():
+        time.sleep(poll)
     assert proc.poll() is None, "the run finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+def assert_same_completed_run(tmp_path):
+    """``run`` ended with ``ref``'s model and epoch lines (times aside), and completed."""
+    a = load_file(tmp_path / "ref" / "model.safetensors")
+    b = load_file(tmp_path / "run" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    def epochs(run):
+        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(x).items() if k != "time"} for x in lines]
+
+    assert epochs("run") == epochs("ref")
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
+
+
+def test_killed_cli_run_resumes_to_identical_model(tmp_path):
+    ref = descend(*ARGS, "--out", "ref", cwd=tmp_path)
+    assert ref.returncode == 0, ref.stderr
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    kill_when(tmp_path, lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 3)
     assert not (tmp_path / "run" / "summary.json").exists()
 
     res = descend("resume", "run", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    a = load_file(tmp_path / "ref" / "model.safetensors")
-    b = load_file(tmp_path / "run" / "model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    ref_lines = (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()
-    run_lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-    strip = [{k: v for k, v in json.loads(x).items() if k != "time"} for x in ref_lines]
-    assert strip == [{k: v for k, v in json.loads(x).items() if k != "time"} for x in run_lines]
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
+    assert_same_completed_run(tmp_path)
 
     again = descend("resume", "run", cwd=tmp_path)
     assert again.returncode == 2 and "completed run" in again.stderr
@@ -75,21 +84,7 @@ def test_cli_run_killed_before_its_first_epoch_starts_again_as_the_same_run(tmp_
     # `descend resume` starts it again from the beginning, with the same seed.
     ref = descend(*ARGS, "--out", "ref", cwd=tmp_path)
     assert ref.returncode == 0, ref.stderr
-
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "descend", *ARGS, "--out", "run"],
-        cwd=tmp_path,
-        env=env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    config = tmp_path / "run" / "config.json"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and not config.exists():
-        time.sleep(0.002)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(tmp_path, (tmp_path / "run" / "config.json").exists, poll=0.002)
     metrics = tmp_path / "run" / "metrics.jsonl"
     assert not metrics.exists() or not metrics.read_text().strip()  # no epoch had ended
     assert not list((tmp_path / "run" / "checkpoints").glob("ckpt-*"))  # none of the run's own
@@ -98,11 +93,4 @@ def test_cli_run_killed_before_its_first_epoch_starts_again_as_the_same_run(tmp_
     assert shown.returncode == 2 and "descend resume run" in shown.stderr
     res = descend("resume", "run", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    a = load_file(tmp_path / "ref" / "model.safetensors")
-    b = load_file(tmp_path / "run" / "model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    ref_lines = (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()
-    run_lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-    strip = [{k: v for k, v in json.loads(x).items() if k != "time"} for x in ref_lines]
-    assert strip == [{k: v for k, v in json.loads(x).items() if k != "time"} for x in run_lines]
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
+    assert_same_completed_run(tmp_path)
