@@ -94,3 +94,24 @@ def test_cli_run_killed_before_its_first_epoch_starts_again_as_the_same_run(tmp_
     res = descend("resume", "run", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert_same_completed_run(tmp_path)
+
+
+def test_a_run_whose_output_reader_goes_away_still_completes(tmp_path):
+    # `descend fit ... | head`: after the reader is gone every write to stdout fails (EPIPE);
+    # the run goes on silently and saves everything, as if nobody had been watching.
+    args = ["fit", "digits", "--epochs", "40", "--patience", "0", "--hidden", "64", "--seed", "5"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "descend", *args, "--out", "run"],
+        cwd=tmp_path,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout.readline()  # the first line, then the reader leaves
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()
+    assert b"Traceback" not in err and b"BrokenPipe" not in err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs"] == 40
+    assert (tmp_path / "run" / "model.safetensors").is_file()

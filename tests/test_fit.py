@@ -967,3 +967,24 @@ def test_stop_sentence_counts_one_epoch_in_the_singular():
     assert r.stop_message.startswith("Used the whole budget of 1 epoch;"), r.stop_message
     r = descend.fit(torch.nn.Linear(2, 1), (x, y), "mse", lr=0.01, epochs=2, verbose=0)
     assert r.stop_message.startswith("Used the whole budget of 2 epochs;"), r.stop_message
+
+
+def test_progress_lines_to_a_closed_pipe_stop_and_the_run_goes_on():
+    from descend.train.callbacks import PlainProgress
+
+    class GoneReader:  # a pipe whose reader went away
+        writes = 0
+
+        def write(self, text):
+            GoneReader.writes += 1
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+    x, y = torch.randn(64, 2), torch.randn(64)
+    progress = PlainProgress(stream=GoneReader())
+    r = descend.fit(
+        torch.nn.Linear(2, 1), (x, y), "mse", lr=0.01, epochs=3, callbacks=[progress], verbose=0
+    )
+    assert r.epochs == 3 and GoneReader.writes == 1  # one failed write, then silence

@@ -24,6 +24,7 @@ import typer
 from descend import runs
 from descend._errors import DescendError
 from descend.checkpoint import RACE_DIR
+from descend.train.callbacks import stdout_gone
 
 __all__ = ["app", "main"]
 
@@ -50,9 +51,16 @@ def _console(stderr: bool = False):
     no wrapping of long lines) when the output is a pipe or a file."""
     from rich.console import Console
 
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            # `descend fit data.csv | head`: rich would exit(1) mid-run; the output goes to the
+            # null device instead and the command finishes its work (a run saves everything)
+            self.quiet = True
+            stdout_gone()
+
     stream = sys.stderr if stderr else sys.stdout
     tty = stream.isatty()
-    return Console(
+    return _Console(
         file=stream, highlight=False, soft_wrap=True, width=None if tty else 200, emoji=False
     )
 

@@ -10,6 +10,7 @@ run after the current step with stop reason ``callback``. ``on_fit_end`` runs in
 from __future__ import annotations
 
 import math
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +64,19 @@ def epoch_line(loop: Loop) -> str:
     return "  ".join(parts)
 
 
+def stdout_gone() -> None:
+    """The reader of stdout went away (``descend fit data.csv | head``): send the rest of the
+    output to the null device, so training goes on — its run directory and Result hold
+    everything — instead of failing on BrokenPipeError (Python's own advice for the case, which
+    also keeps the flush at exit quiet)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no file descriptor (a captured stream): nothing to redirect
+        pass
+
+
 def new_events(cb: Any, loop: Loop) -> list[dict[str, Any]]:
     """The history events a progress display has not shown yet."""
     seen = getattr(cb, "_events_seen", 0)
@@ -80,7 +94,14 @@ class PlainProgress(Callback):
         self.stream = stream
 
     def _print(self, text: str) -> None:
-        print(text, file=self.stream or sys.stdout, flush=True)
+        if self.stream is False:  # its reader went away: the run goes on without progress lines
+            return
+        try:
+            print(text, file=self.stream or sys.stdout, flush=True)
+        except BrokenPipeError:
+            if self.stream is None:
+                stdout_gone()
+            self.stream = False
 
     def planning(self, text: str) -> None:
         """A line from the default policy while it chooses the learning rate (before step 1)."""
