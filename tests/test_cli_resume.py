@@ -32,15 +32,20 @@ def descend(*args, cwd):
     )
 
 
-def kill_when(tmp_path, ready, poll=0.02):
-    """Start the run ``run`` and SIGKILL it as soon as ``ready()`` (it must still be running)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "descend", *ARGS, "--out", "run"],
+def start_run(tmp_path, args=ARGS, output=subprocess.DEVNULL):
+    """``descend <args> --out run`` in a process of its own, stdout and stderr to ``output``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "descend", *args, "--out", "run"],
         cwd=tmp_path,
         env=env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=output,
+        stderr=output,
     )
+
+
+def kill_when(tmp_path, ready, poll=0.02):
+    """Start the run ``run`` and SIGKILL it as soon as ``ready()`` (it must still be running)."""
+    proc = start_run(tmp_path)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None and not ready():
         time.sleep(poll)
@@ -100,13 +105,7 @@ def test_a_run_whose_output_reader_goes_away_still_completes(tmp_path):
     # `descend fit ... | head`: after the reader is gone every write to stdout fails (EPIPE);
     # the run goes on silently and saves everything, as if nobody had been watching.
     args = ["fit", "digits", "--epochs", "40", "--patience", "0", "--hidden", "64", "--seed", "5"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "descend", *args, "--out", "run"],
-        cwd=tmp_path,
-        env=env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc = start_run(tmp_path, args, output=subprocess.PIPE)
     assert proc.stdout.readline()  # the first line, then the reader leaves
     proc.stdout.close()
     _, err = proc.communicate(timeout=300)

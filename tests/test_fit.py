@@ -14,6 +14,7 @@ from sklearn.datasets import load_diabetes, load_digits
 import descend
 from descend import ConfigError, InputError, StopReason
 from descend.train.callbacks import PlainProgress
+from helpers.optim_common import tensors_in
 
 
 def mlp(i, h, o):
@@ -769,7 +770,7 @@ def test_a_cpu_model_trained_on_the_gpu_is_handed_back_on_the_cpu():
     assert {p.device.type for p in model.parameters()} == {"cpu"}
     for n, p in model.named_parameters():
         assert r.params[n].device.type == "cpu" and torch.equal(r.params[n], p)
-    assert {t.device.type for t in _tensors(r.opt_state)} == {"cpu"}
+    assert {t.device.type for t in tensors_in(r.opt_state)} == {"cpu"}
     assert model(X).shape == (64, 1)  # the caller's CPU tensors still work
     on_gpu = torch.nn.Linear(3, 1).cuda()  # already on the accelerator: stays there
     descend.fit(on_gpu, (X, y), "mse", epochs=2, verbose=0, seed=0)
@@ -793,17 +794,6 @@ class _Boom(descend.train.callbacks.Callback):
         raise RuntimeError("boom")
 
 
-def _tensors(tree):
-    if torch.is_tensor(tree):
-        yield tree
-    elif isinstance(tree, dict):
-        for v in tree.values():
-            yield from _tensors(v)
-    elif isinstance(tree, (tuple, list)):
-        for v in tree:
-            yield from _tensors(v)
-
-
 def test_fit_hands_the_model_back_to_its_device_at_the_end_and_on_error(monkeypatch):
     # No second device on a CPU machine: pretend the model came from "meta" (any device that
     # is not the training one) and watch fit move it there after training, error or not.
@@ -816,7 +806,7 @@ def test_fit_hands_the_model_back_to_its_device_at_the_end_and_on_error(monkeypa
     assert model.moves == ["cpu", "meta"]
     # What the result hands back follows the model.
     assert all(p.device.type == "meta" for p in r.params.values())
-    state = list(_tensors(r.opt_state))
+    state = list(tensors_in(r.opt_state))
     assert state and all(t.device.type == "meta" for t in state)
     failing = _Moves()
     with pytest.raises(RuntimeError, match="boom"):

@@ -9,7 +9,7 @@ from descend import optim, schedules
 from descend._errors import CheckpointError, ConfigError
 from descend.testing import check_state_tree
 from descend.transforms import apply_updates, chain, find_lr_state, scale, scale_by_adam
-from helpers.optim_common import plain_tree
+from helpers.optim_common import plain_tree, tensors_in
 
 
 def _model(seed=0):
@@ -188,20 +188,9 @@ def test_a_model_cast_after_the_optimizer_was_built_trains_as_if_cast_before(nam
     _torch_loop(early, ref, batches, torch.optim.lr_scheduler.StepLR(ref, step_size=4, gamma=0.5))
     assert _same(early, late)
     assert find_lr_state(opt.tx_state)["scale"] == find_lr_state(ref.tx_state)["scale"] == 0.25
-    moments = [t for t in _tensors(opt.tx_state) if t.dim() > 0]
-    assert len(moments) == len([t for t in _tensors(ref.tx_state) if t.dim() > 0])
+    moments = [t for t in tensors_in(opt.tx_state) if t.dim() > 0]
+    assert len(moments) == len([t for t in tensors_in(ref.tx_state) if t.dim() > 0])
     assert all(t.dtype == torch.float64 for t in moments if t.is_floating_point())
-
-
-def _tensors(node):
-    if isinstance(node, torch.Tensor):
-        yield node
-    elif isinstance(node, dict):
-        for v in node.values():
-            yield from _tensors(v)
-    elif isinstance(node, (list, tuple)):
-        for v in node:
-            yield from _tensors(v)
 
 
 @pytest.mark.parametrize(

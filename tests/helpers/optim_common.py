@@ -120,3 +120,15 @@ def plain_tree(tree):
     if isinstance(tree, torch.Tensor):
         return tree.detach().clone()
     return tree
+
+
+def tensors_in(tree):
+    """Every tensor of a state tree (dicts, tuples, lists), depth first."""
+    if torch.is_tensor(tree):
+        yield tree
+    elif isinstance(tree, dict):
+        for v in tree.values():
+            yield from tensors_in(v)
+    elif isinstance(tree, (tuple, list)):
+        for v in tree:
+            yield from tensors_in(v)
