@@ -84,6 +84,15 @@ ORACLE = {
         lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
         lambda impl: optim.nesterov(0.05, momentum=0.9, weight_decay=0.01, impl=impl),
     ),
+    # torch's (and optax's) spelling: sgd with the momentum keywords
+    "sgd-momentum": (
+        lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, dampening=0.1, weight_decay=0.01),
+        lambda impl: optim.sgd(0.05, 0.01, momentum=0.9, dampening=0.1, impl=impl),
+    ),
+    "sgd-nesterov": (
+        lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True),
+        lambda impl: optim.sgd(0.05, momentum=0.9, nesterov=True, impl=impl),
+    ),
     "adam": (
         lambda ps: torch.optim.Adam(ps, lr=0.01, weight_decay=0.01),
         lambda impl: optim.adam(0.01, weight_decay=0.01, impl=impl),
@@ -400,6 +409,12 @@ BAD = [
     (lambda: optim.sgd(0.1, schedule=0.5), r"sgd: schedule must be a callable; got 0.5"),
     (lambda: optim.sgd(0.1, max_grad_norm=0), r"sgd: max_grad_norm must be a finite number > 0"),
     (lambda: optim.sgd(0.1, impl="fast"), r"sgd: impl must be one of \['auto', 'foreach'"),
+    (lambda: optim.sgd(0.1, momentum=1.0), r"sgd: momentum must be in \[0.0, 1.0\)"),
+    (
+        lambda: optim.sgd(0.1, nesterov=True),
+        r"sgd: nesterov=True needs momentum > 0 and dampening=0 \(as torch.optim.SGD\); got "
+        r"momentum=0, dampening=0",
+    ),
     (lambda: optim.momentum(0.1, momentum=1.0), r"momentum: momentum must be in \[0.0, 1.0\)"),
     (lambda: optim.momentum(0.1, momentum=-0.1), r"momentum: momentum must be in \[0.0, 1.0\)"),
     (lambda: optim.momentum(0.1, dampening=2), r"momentum: dampening must be in \[0.0, 1.0\]"),

@@ -326,8 +326,14 @@ def test_betas_set_on_the_group_are_checked_and_survive_a_state_dict():
     opt.param_groups[0]["betas"] = (1.2, 0.999)
     with pytest.raises(ConfigError, match=r"param_groups\[0\]\['betas'\] must be in \[0, 1\)"):
         _torch_loop(model, opt, _batches(1))
-    sgd = optim.as_torch_optimizer(optim.sgd(lr=0.1), _model())
-    assert "momentum" not in sgd.param_groups[0]  # plain SGD has no momentum to drive
+    # plain SGD shows momentum 0 as torch's does; it has no buffer to start, so a change is
+    # refused (torch would start one silently)
+    sgd_model = _model()
+    sgd = optim.as_torch_optimizer(optim.sgd(lr=0.1), sgd_model)
+    assert sgd.param_groups[0]["momentum"] == 0.0
+    sgd.param_groups[0]["momentum"] = 0.9
+    with pytest.raises(ConfigError, match=r"param_groups\[0\]\['momentum'\] can change between"):
+        _torch_loop(sgd_model, sgd, _batches(1))
     mom_model = _model()
     mom = optim.as_torch_optimizer(optim.momentum(lr=0.1, momentum=0.9), mom_model)
     mom.param_groups[0]["momentum"] = -0.5
@@ -376,15 +382,6 @@ def test_scheduler_state_round_trip():
 # --------------------------------------------------------------------------- errors
 
 
-def test_add_param_group_is_refused():
-    model = _model()
-    opt = optim.as_torch_optimizer(optim.adam(), model)
-    with pytest.raises(
-        ConfigError, match=r"add_param_group is not supported .*descend.transforms.masked"
-    ):
-        opt.add_param_group({"params": [torch.zeros(1, requires_grad=True)]})
-
-
 def test_lr_change_without_lr_state_is_refused():
     model = _model()
     opt = optim.as_torch_optimizer(chain(scale_by_adam(), scale(-1e-3)), model)
@@ -424,9 +421,6 @@ def test_bad_parameters_are_refused():
         ConfigError, match=r"as_torch_optimizer: parameters must be a module, model.parameters"
     ):
         optim.as_torch_optimizer(optim.adam(), {})
-    with pytest.raises(ConfigError, match=r"cannot carry their own options.*got groups with 'lr'"):
-        model = _model()
-        optim.as_torch_optimizer("adam", [{"params": model.parameters(), "lr": 0.1}])
     with pytest.raises(ConfigError, match=r"optim.get: optimizer must be one of"):
         optim.as_torch_optimizer("adamm", _model())
 
@@ -457,3 +451,206 @@ def test_grad_scaler_clipping_and_step_hooks_work_as_with_torch_adamw():
     assert _close(a, b, 1e-12)
     assert calls == ["pre", "post"] * 5  # 6 batches, the inf one skipped
     assert scalers[1].get_scale() == scalers[0].get_scale() == 8.0
+
+
+# --------------------------------------------------------------------------- parameter groups
+
+
+def _groups(model, lr_head=None, **head):
+    """The fine-tuning pattern: the first layer in one group, the head in another."""
+    body = {"params": list(model[0].parameters())}
+    tail = {"params": list(model[2].parameters()), **head}
+    if lr_head is not None:
+        tail["lr"] = lr_head
+    return [body, tail]
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_groups_with_their_own_lr_and_weight_decay_follow_torch_adamw(fused):
+    # The Hugging Face pattern (no decay on some parameters, another rate for the head) with
+    # a scheduler on top: the same trajectory as torch.optim.AdamW given the same groups.
+    batches = _batches(20)
+    a, b = _model(), _model()
+    ta = torch.optim.AdamW(_groups(a, 3e-3, weight_decay=0.0), lr=1e-2, weight_decay=0.1)
+    tb = optim.as_torch_optimizer(
+        optim.adamw(lr=1e-2, weight_decay=0.1, mask=None),
+        _groups(b, 3e-3, weight_decay=0.0),
+        fused_step=fused,
+    )
+    assert [g["lr"] for g in tb.param_groups] == [1e-2, 3e-3]
+    assert [g["weight_decay"] for g in tb.param_groups] == [0.1, 0.0]
+    assert tb.param_groups[1]["eps"] == 1e-8 and tb.param_groups[1]["amsgrad"] is False
+    _torch_loop(a, ta, batches, torch.optim.lr_scheduler.ExponentialLR(ta, gamma=0.9))
+    _torch_loop(b, tb, batches, torch.optim.lr_scheduler.ExponentialLR(tb, gamma=0.9))
+    assert _close(a, b, 1e-12)
+    assert [g["lr"] for g in tb.param_groups] == pytest.approx([g["lr"] for g in ta.param_groups])
+    # without the group options the head would have moved differently
+    c = _model()
+    _torch_loop(
+        c,
+        optim.as_torch_optimizer(optim.adamw(lr=1e-2, weight_decay=0.1, mask=None), c),
+        batches,
+        None,
+    )
+    assert not _close(a, c, 1e-3)
+
+
+def test_groups_with_their_own_momentum_follow_torch_sgd():
+    batches = _batches(15)
+    a, b = _model(), _model()
+    ta = torch.optim.SGD(_groups(a, 0.01, momentum=0.5), lr=0.05, momentum=0.9)
+    tb = optim.as_torch_optimizer(
+        optim.momentum(0.05, momentum=0.9), _groups(b, 0.01, momentum=0.5)
+    )
+    assert [g["momentum"] for g in tb.param_groups] == [0.9, 0.5]
+    _torch_loop(a, ta, batches)
+    _torch_loop(b, tb, batches)
+    assert _close(a, b, 1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(optim.names()))
+def test_two_groups_are_two_optimizers(name):
+    # For every optimizer: one optimizer over two groups with options of their own trains
+    # each group exactly as its own optimizer over those parameters alone would.
+    batches = _batches(8)
+    lr = 2e-3 if name in ("prodigy",) else 1e-2
+    a, b = _model(), _model()
+    opt = optim.as_torch_optimizer(optim.get(name, lr=lr), _groups(a, lr / 4))
+    apart = [
+        optim.as_torch_optimizer(optim.get(name, lr=lr), dict(b[0].named_parameters())),
+        optim.as_torch_optimizer(optim.get(name, lr=lr / 4), dict(b[2].named_parameters())),
+    ]
+    for x, y in batches:
+        for model, opts in ((a, [opt]), (b, apart)):
+            for o in opts:
+                o.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            for o in opts:
+                o.step()
+    for o in (opt, *apart):
+        o.eval()  # schedule-free: compare the averaged points
+    assert _same(a, b)
+
+
+def test_add_param_group_follows_torch():
+    # Unfreezing during training: the head joins after 5 steps with its own rate.
+    batches = _batches(12)
+    a, b = _model(), _model()
+    ta = torch.optim.Adam(a[0].parameters(), lr=1e-2)
+    tb = optim.as_torch_optimizer(optim.adam(lr=1e-2), list(b[0].parameters()))
+    for i, (x, y) in enumerate(batches):
+        if i == 5:
+            ta.add_param_group({"params": list(a[2].parameters()), "lr": 1e-3})
+            tb.add_param_group({"params": list(b[2].parameters()), "lr": 1e-3})
+        for model, opt in ((a, ta), (b, tb)):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+    assert _close(a, b, 1e-12)
+    assert tb.state_dict()["param_groups"][1]["params"] == ["2", "3"]
+    with pytest.raises(ConfigError, match=r"parameter '2' may belong to one parameter group only"):
+        tb.add_param_group({"params": {"2": torch.zeros(1, requires_grad=True)}})
+    with pytest.raises(ConfigError, match=r"add_param_group takes a dict with 'params'"):
+        tb.add_param_group({"lr": 0.1})
+
+
+def test_weight_decay_changed_between_steps_follows_torch():
+    # torch reads a group's options at every step; so does the adapter (the group's transform
+    # is built again, its state carried over). A change that reshapes the state is refused.
+    batches = _batches(12)
+    a, b = _model(), _model()
+    ta = torch.optim.AdamW(a.parameters(), lr=1e-2, weight_decay=0.01)
+    tb = optim.as_torch_optimizer(optim.adamw(lr=1e-2, weight_decay=0.01, mask=None), b)
+    for i, (x, y) in enumerate(batches):
+        if i == 4:
+            for opt in (ta, tb):
+                opt.param_groups[0]["weight_decay"] = 0.3
+        if i == 8:
+            for opt in (ta, tb):
+                opt.param_groups[0]["weight_decay"] = 0.0
+        for model, opt in ((a, ta), (b, tb)):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+    assert _close(a, b, 1e-12)
+    tb.param_groups[0]["amsgrad"] = True
+    with pytest.raises(
+        ConfigError,
+        match=r"param_groups\[0\]\['amsgrad'\] can change between steps only where the optimizer's "
+        r"state keeps its shape; got amsgrad=True \(was False\)",
+    ):
+        tb.step()
+
+
+def test_group_state_dict_round_trip_resumes_exactly():
+    batches = _batches(20)
+
+    def make(model):
+        opt = optim.as_torch_optimizer(optim.adamw(lr=1e-2), _groups(model, 1e-3, weight_decay=0))
+        return opt, torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.9)
+
+    straight = _model()
+    opt, sched = make(straight)
+    _torch_loop(straight, opt, batches, sched)
+
+    first = _model()
+    opt, sched = make(first)
+    _torch_loop(first, opt, batches[:10], sched)
+    saved = opt.state_dict()
+    check_state_tree(saved)
+    assert isinstance(saved["state"], list) and len(saved["state"]) == 2
+    saved, saved_sched = plain_tree(saved), sched.state_dict()
+    resumed = _model()
+    resumed.load_state_dict(first.state_dict())
+    opt2, sched2 = make(resumed)
+    opt2.load_state_dict(saved)
+    sched2.load_state_dict(saved_sched)
+    _torch_loop(resumed, opt2, batches[10:], sched2)
+    assert _same(straight, resumed)
+    one = optim.as_torch_optimizer(optim.adamw(lr=1e-2), _model())
+    with pytest.raises(
+        CheckpointError, match=r"must hold exactly one group, as this optimizer has"
+    ):
+        one.load_state_dict(saved)
+
+
+def test_group_options_are_checked():
+    model = _model()
+    with pytest.raises(
+        ConfigError,
+        match=r"param_groups\[1\] takes the optimizer's own hyperparameter names; got "
+        r"'weight_dacay' — did you mean 'weight_decay'\?",
+    ):
+        optim.as_torch_optimizer("adamw", _groups(model, weight_dacay=0.0))
+    with pytest.raises(ConfigError, match=r"adamw: weight_decay must be"):
+        optim.as_torch_optimizer("adamw", _groups(model, weight_decay=-1.0))
+    # a hand-made transform takes lr (through its scale) and betas per group, not weight decay
+    hand = lambda: chain(scale_by_adam(), optim.scale_by_learning_rate(1e-2))  # noqa: E731
+    with pytest.raises(
+        ConfigError,
+        match=r"param_groups\[1\]\['weight_decay'\] needs a transform "
+        r"built by a descend.optim factory",
+    ):
+        optim.as_torch_optimizer(hand(), _groups(model, weight_decay=0.0))
+    batches = _batches(10)
+    a, b = _model(), _model()
+    ta = torch.optim.Adam(_groups(a, 1e-3, betas=(0.8, 0.99)), lr=1e-2)
+    tb = optim.as_torch_optimizer(hand(), _groups(b, 1e-3, betas=(0.8, 0.99)))
+    _torch_loop(a, ta, batches)
+    _torch_loop(b, tb, batches)
+    assert _close(a, b, 1e-12)
+    # keys that are no option stay on the group, as torch keeps them
+    opt = optim.as_torch_optimizer("adamw", _groups(model, name="head"))
+    assert opt.param_groups[1]["name"] == "head"
+    with pytest.raises(
+        ConfigError, match=r"parameter '0.weight' may belong to one parameter group"
+    ):
+        optim.as_torch_optimizer(
+            "adam",
+            [
+                {"params": model.named_parameters()},
+                {"params": model[0].named_parameters(prefix="0")},
+            ],
+        )
+    with pytest.raises(ConfigError, match=r"parameter group 1 must have 'params'"):
+        optim.as_torch_optimizer("adam", [{"params": model.parameters()}, {"lr": 0.1}])

@@ -30,9 +30,10 @@ implementations (tests check the trajectories against the ``schedulefree``, ``pr
 
 from __future__ import annotations
 
+import difflib
 import functools
 import inspect
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -48,6 +49,7 @@ from descend._errors import (
 )
 from descend.transforms import (
     Params,
+    State,
     Transform,
     add_decayed_weights,
     add_l2,
@@ -283,6 +285,11 @@ def _described(factory: Callable[..., Transform]) -> Callable[..., Transform]:
             return tx
         args_text = ", ".join(f"{k}={_fmt_arg(v)}" for k, v in given.items())
         tx.update.desc = f"{factory.__name__}({args_text})"  # type: ignore[attr-defined]
+        # every argument, defaults too: as_torch_optimizer shows them in its param groups
+        # and builds a group with options of its own by calling the factory again
+        bound = sig.bind(*args, **kwargs)
+        bound.apply_defaults()
+        tx.update.built_with = (build, dict(bound.arguments))  # type: ignore[attr-defined]
         return tx
 
     return build
@@ -293,15 +300,23 @@ def sgd(
     lr: float,
     weight_decay: float = 0.0,
     *,
+    momentum: float = 0.0,
+    dampening: float = 0.0,
+    nesterov: bool = False,
     schedule: Schedule | None = None,
     max_grad_norm: float | None = None,
     impl: Impl = "auto",
 ) -> Transform:
-    """Plain gradient descent: ``θ ← θ − η · (∇L + λ θ)``, as ``torch.optim.SGD``.
+    """Gradient descent, as ``torch.optim.SGD``: plain ``θ ← θ − η · (∇L + λ θ)``, or with
+    ``momentum`` (and ``dampening``, ``nesterov``) exactly :func:`momentum` and
+    :func:`nesterov` — the keywords torch's and optax's ``sgd`` take.
 
     Args:
         lr: η > 0.
         weight_decay: λ >= 0, coupled L2 (added to the gradient).
+        momentum: μ in [0, 1); 0 keeps no momentum buffer.
+        dampening: in [0, 1], for ``momentum > 0``.
+        nesterov: Nesterov momentum (needs ``momentum > 0`` and ``dampening=0``, as in torch).
         schedule, max_grad_norm, impl: see the module docstring.
 
     Example:
@@ -318,7 +333,23 @@ def sgd(
     owner = "sgd"
     lr = _common(owner, lr, schedule, max_grad_norm, impl, SGD_IMPLS)
     weight_decay = _nonneg("weight_decay", weight_decay, owner)
-    return _sgd_recipe(weight_decay, 0.0, 0.0, False, lr, schedule, max_grad_norm, impl)
+    mu = _momentum(momentum, owner)
+    dampening = check_in_range(
+        "dampening", dampening, 0.0, 1.0, owner=owner, high_inclusive=True, example="dampening=0"
+    )
+    nesterov = check_bool("nesterov", nesterov, owner=owner)
+    if nesterov and (mu == 0 or dampening != 0):
+        raise ConfigError(
+            message(
+                f"{owner}: nesterov=True",
+                "needs momentum > 0 and dampening=0 (as torch.optim.SGD)",
+                f"momentum={mu:g}, dampening={dampening:g}",
+                "pass e.g. sgd(lr, momentum=0.9, nesterov=True)",
+            )
+        )
+    return _sgd_recipe(
+        weight_decay, mu, dampening if mu else 0.0, nesterov, lr, schedule, max_grad_norm, impl
+    )
 
 
 @_described
@@ -1219,6 +1250,11 @@ def _is_leaf_value(x: Any) -> bool:
     return x is None or isinstance(x, (bool, int, float, str))
 
 
+def _stateless(node: Any) -> bool:
+    """The state of a link that keeps none (``()``)."""
+    return isinstance(node, (tuple, list)) and len(node) == 0
+
+
 def _load_into(target: Any, loaded: Any, path: str) -> Any:
     """Copy ``loaded`` into the freshly built state ``target`` (same tree), keeping identities."""
 
@@ -1247,8 +1283,19 @@ def _load_into(target: Any, loaded: Any, path: str) -> Any:
             target[key] = _load_into(target[key], loaded[key], f"{path}/{key}")
         return target
     if isinstance(target, (tuple, list)):
-        if not isinstance(loaded, (tuple, list)) or len(loaded) != len(target):
+        if not isinstance(loaded, (tuple, list)):
             raise fail(f"must be a sequence of length {len(target)}")
+        if len(loaded) != len(target):
+            # A chain with or without a stateless link (adamw's weight decay, whose state is
+            # ``()``, is left out at weight_decay=0): the links that hold state must match.
+            kept = [i for i, t in enumerate(target) if not _stateless(t)]
+            rest = [x for x in loaded if not _stateless(x)]
+            if len(kept) != len(rest):
+                raise fail(f"must be a sequence of length {len(target)}")
+            items = list(target)
+            for i, x in zip(kept, rest):
+                items[i] = _load_into(target[i], x, f"{path}/{i}")
+            return type(target)(items)
         items = [_load_into(t, x, f"{path}/{i}") for i, (t, x) in enumerate(zip(target, loaded))]
         return type(target)(items)
     if isinstance(loaded, torch.Tensor) and loaded.ndim == 0:
@@ -1262,19 +1309,98 @@ def _load_into(target: Any, loaded: Any, path: str) -> Any:
     return loaded
 
 
+class _Group:
+    """One parameter group of a :class:`TorchOptimizer`: its named parameters, its transform,
+    that transform's state, and the factory arguments it was built with (None for a hand-made
+    transform)."""
+
+    __slots__ = ("args", "base_lr", "hyper", "lr_state", "named", "seen_lr", "state", "tx", "watch")
+
+    def __init__(self, tx: Transform, named: Params, args: dict[str, Any] | None) -> None:
+        self.tx, self.named = tx, named
+        self.built(args)
+        self.reset(tx.init(named))
+        # the lr state's "lr" is the rate last used (schedules move it): the base is read once
+        self.base_lr = float(self.lr_state["lr"]) if self.lr_state is not None else 1.0
+        self.seen_lr = self.base_lr
+
+    def built(self, args: dict[str, Any] | None) -> None:
+        """Record the factory arguments of ``self.tx``, and the shown ones a step checks."""
+        self.args = args
+
+    def reset(self, state: State) -> None:
+        """Take ``state`` (of ``self.tx``) and find its learning-rate state."""
+        self.state = state
+        self.lr_state = find_lr_state(state)
+        # Adam's betas or SGD's momentum, where the transform has one holder of them
+        # (scale_by_adam's, trace's): shown as the group's "betas"/"momentum" like torch's
+        # optimizers, and read back before each step, so schedulers that cycle momentum
+        # (OneCycleLR, CyclicLR) drive them as they drive torch's.
+        self.hyper = getattr(self.tx.update, "hyper", None)
+        # the shown factory arguments a step checks for a change (which rebuilds the
+        # transform): all but the lr and the betas/momentum a holder takes live
+        live = {"lr"}
+        if self.betas is not None:
+            live.add("betas")
+        if self.momentum is not None:
+            live.add("momentum")
+        self.watch = [(k, v) for k, v in (self.args or {}).items() if k not in live and _shown(v)]
+
+    @property
+    def betas(self) -> Any:
+        h = self.hyper
+        return h if hasattr(h, "b1") and hasattr(h, "b2") else None
+
+    @property
+    def momentum(self) -> Any:
+        return self.hyper if hasattr(self.hyper, "momentum") else None
+
+
+def _shown(value: Any) -> bool:
+    """A hyperparameter value a param group shows (numbers, flags, tuples of numbers, None)."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return True
+    return isinstance(value, tuple) and all(isinstance(v, (int, float)) for v in value)
+
+
+@functools.cache
+def _factory_options() -> frozenset[str]:
+    """Every hyperparameter name of every descend.optim factory."""
+    return frozenset(
+        p
+        for f in (*REGISTRY.values(), *MODERN_REGISTRY.values())
+        for p in inspect.signature(f).parameters
+    )
+
+
 class TorchOptimizer(torch.optim.Optimizer):
     """A descend Transform behind the ``torch.optim.Optimizer`` interface.
 
-    Build it with :func:`as_torch_optimizer`. It has one parameter group whose ``"lr"`` starts
-    at the transform's base learning rate; changing it (by hand or with any
-    ``torch.optim.lr_scheduler``) sets the learning-rate state's ``scale`` to
-    ``group lr / base lr``, on top of the transform's own schedule. Adam-family transforms
-    show ``"betas"`` and momentum SGD ``"momentum"`` in the group, read back before each step
-    (so ``OneCycleLR``'s momentum cycling drives them as it drives torch's optimizers). The transform's state is
-    ``self.tx_state``; ``state_dict()`` holds it keyed by parameter NAME, with tensors and
-    plain Python values only. It is made when the optimizer is built (torch's optimizers make
-    theirs at the first step), and follows the parameters when the model is moved or cast
-    afterwards (``model.to(device)``, ``model.double()``): the next ``step()`` moves it.
+    Build it with :func:`as_torch_optimizer`. A group's ``"lr"`` starts at its transform's
+    base learning rate; changing it (by hand or with any ``torch.optim.lr_scheduler``) sets
+    that group's learning-rate state's ``scale`` to ``group lr / base lr``, on top of the
+    transform's own schedule. Adam-family transforms show ``"betas"`` and momentum SGD
+    ``"momentum"`` in the group, read back before each step (so ``OneCycleLR``'s momentum
+    cycling drives them as it drives torch's optimizers).
+
+    **Parameter groups** work as torch's: a group's options (``{"params": ..., "lr": 1e-4,
+    "weight_decay": 0.0}``) override the optimizer's for its parameters, and every group shows
+    the hyperparameters of the ``descend.optim`` factory that built the transform (adamw's
+    ``weight_decay``, ``eps``, ``amsgrad``, ...). A group other than a lone first one gets its
+    own transform (the factory called again with the group's options) and its own state.
+    Changing a shown option such as ``weight_decay`` between steps rebuilds the group's
+    transform and carries the state over; a change that would reshape the state (``amsgrad``)
+    is refused then. A transform not built by a factory (a hand-made ``chain``) takes ``lr``
+    per group (and ``betas``/``momentum`` where it has one holder of them), nothing else. Keys
+    that are no option of the optimizer stay on the group untouched, as torch keeps them
+    (schedulers store ``initial_lr`` there); a key within a letter or two of an option
+    (``weight_dacay``) is refused. ``add_param_group`` works too.
+
+    The transform's state is ``self.tx_state`` (with several groups, the list of their states);
+    ``state_dict()`` holds it keyed by parameter NAME, with tensors and plain Python values
+    only. It is made when the optimizer is built (torch's optimizers make theirs at the first
+    step), and follows the parameters when the model is moved or cast afterwards
+    (``model.to(device)``, ``model.double()``): the next ``step()`` moves it.
 
     Schedule-free optimizers: call ``opt.eval()`` before evaluating or saving the weights (the
     parameters become the averaged point) and ``opt.train()`` before training again, next to
@@ -1282,71 +1408,203 @@ class TorchOptimizer(torch.optim.Optimizer):
     optimizer both calls are harmless no-ops. (``descend.fit`` does all this by itself.)
     """
 
-    def __init__(self, tx: Transform, params: Params, *, fused_step: bool = True):
+    def __init__(
+        self,
+        tx: Transform,
+        params: Params | Sequence[tuple[Params, Mapping[str, Any]]],
+        *,
+        fused_step: bool = True,
+    ):
         self.tx = tx
-        self.named: Params = params
         self.fused_step = fused_step
-        self.tx_state = tx.init(params)
-        self._lr_state = find_lr_state(self.tx_state)
-        self.base_lr = float(self._lr_state["lr"]) if self._lr_state is not None else 1.0
-        self._seen_lr = self.base_lr
-        # Adam's betas or SGD's momentum, where the transform has one holder of them
-        # (scale_by_adam's, trace's): shown as the group's "betas"/"momentum" like torch's
-        # optimizers, and read back before each step, so schedulers that cycle momentum
-        # (OneCycleLR, CyclicLR) drive them as they drive torch's.
-        hyper = getattr(tx.update, "hyper", None)
-        self._betas = hyper if hasattr(hyper, "b1") and hasattr(hyper, "b2") else None
-        self._momentum = hyper if hasattr(hyper, "momentum") else None
-        defaults: dict[str, Any] = {"lr": self.base_lr}
-        if self._betas is not None:
-            defaults["betas"] = (self._betas.b1, self._betas.b2)
-        if self._momentum is not None:
-            defaults["momentum"] = self._momentum.momentum
+        groups = [(params, {})] if isinstance(params, Mapping) else list(params)
+        # The factory call that built tx (every descend.optim optimizer records it): a group
+        # of its own gets the factory called again with its options.
+        self._built: tuple[Callable[..., Transform], dict[str, Any]] | None = getattr(
+            tx.update, "built_with", None
+        )
+        self._groups: list[_Group] = []
+        self.named: Params = {}
+        probe = _Group(tx, {}, None)
+        self.base_lr = probe.base_lr
+        defaults: dict[str, Any] = {}
+        if self._built is not None:
+            defaults.update({k: v for k, v in self._built[1].items() if _shown(v)})
+        defaults["lr"] = self.base_lr
+        if probe.betas is not None:
+            defaults["betas"] = (probe.betas.b1, probe.betas.b2)
+        if probe.momentum is not None:
+            defaults["momentum"] = probe.momentum.momentum
+        self._pending = [dict(named) for named, _ in groups]
         self._building = True
-        super().__init__([{"params": list(params.values())}], defaults)
+        super().__init__(
+            [{**dict(opts), "params": list(named.values())} for named, opts in groups], defaults
+        )
         self._building = False
         # Where the state was made: torch's optimizers make theirs at the first step, so a
         # model moved or cast after the optimizer was built (``model.to(device)``,
         # ``model.double()``) still trains; this state exists from the start and follows the
         # parameters at the next step instead (checked on the first one: a whole-model move).
-        self._first = next(iter(params.values()), None)
+        self._first = next(iter(self.named.values()), None)
         self._placed = self._where()
 
+    @property
+    def tx_state(self) -> State:
+        """The transform's state: the one group's, or the list of every group's."""
+        if len(self._groups) == 1:
+            return self._groups[0].state
+        return [g.state for g in self._groups]
+
+    @tx_state.setter
+    def tx_state(self, state: State) -> None:
+        states = [state] if len(self._groups) == 1 else list(state)
+        for g, s in zip(self._groups, states, strict=True):
+            g.reset(s)
+
+    # ------------------------------------------------------------------ groups
+
+    def _options(self, i: int, group: Mapping[str, Any]) -> dict[str, Any]:
+        """Group ``i``'s options: its keys that are the optimizer's hyperparameters, after
+        refusing a misspelt one and one a hand-made transform cannot take."""
+        known = set(self.defaults)
+        if self._built is not None:
+            known |= set(self._built[1])
+        for key in group:
+            if key == "params" or key in known:
+                continue
+            close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.85)
+            if close:
+                raise ConfigError(
+                    message(
+                        f"param_groups[{i}]",
+                        "takes the optimizer's own hyperparameter names",
+                        repr(key),
+                        f"did you mean {close[0]!r}?",
+                    )
+                )
+            if self._built is None and key in _factory_options():
+                raise ConfigError(
+                    message(
+                        f"param_groups[{i}][{key!r}]",
+                        "needs a transform built by a descend.optim factory (a hand-made "
+                        f"transform takes only {', '.join(sorted(known))} per group)",
+                        describe(group[key]),
+                        "build it with descend.optim (e.g. optim.adamw(weight_decay=0.01)), or "
+                        "treat those parameters differently with descend.transforms.masked",
+                    )
+                )
+        return {k: group[k] for k in group if k != "params" and k in known}
+
+    def _build(self, i: int, opts: Mapping[str, Any], named: Params) -> _Group:
+        """Group ``i``'s transform: ``self.tx`` for a first group without options of its own or
+        a hand-made transform (whose group lr acts through its scale), else the factory again
+        with the group's options."""
+        if self._built is None:
+            return _Group(self.tx, named, None)
+        factory, args = self._built
+        own = {k: v for k, v in opts.items() if k not in args or v != args[k]}
+        if i == 0 and not own:
+            return _Group(self.tx, named, dict(args))
+        mine = {**args, **own}
+        return _Group(factory(**mine), named, mine)
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        if not getattr(self, "_building", False):
-            raise ConfigError(
-                message(
-                    "as_torch_optimizer(...).add_param_group",
-                    "is not supported (the optimizer has one group, keyed by parameter name)",
-                    f"a group with keys {sorted(param_group)}",
-                    "build one optimizer over all named parameters, or mask transforms "
-                    "(descend.transforms.masked) to treat some parameters differently",
+        """Add a group as torch does, ``{"params": ..., <options>}``; its parameters come as
+        tensors (named ``"N"``, numbered on from the parameters so far), ``(name, tensor)``
+        pairs or a ``{name: tensor}`` dict, each new to the optimizer."""
+        i = len(self.param_groups)
+        if self._building:
+            named = self._pending.pop(0)
+        else:
+            if not isinstance(param_group, Mapping) or "params" not in param_group:
+                raise ConfigError(
+                    message(
+                        "add_param_group",
+                        "takes a dict with 'params'",
+                        describe(param_group),
+                        "pass e.g. {'params': model.head.parameters(), 'lr': 1e-4}",
+                    )
                 )
-            )
+            named = _group_params(param_group["params"], len(self.named))
+            _check_group("add_param_group", named, self.named)
+            param_group = {**param_group, "params": list(named.values())}
+        opts = self._options(i, param_group)
         super().add_param_group(param_group)
+        group = self._build(i, opts, named)
+        if group.tx is not self.tx or "lr" not in opts:
+            self.param_groups[i]["lr"] = group.seen_lr = group.base_lr
+        self._groups.append(group)
+        self.named.update(named)
+        if not self._building and self._first is None:
+            self._first = next(iter(named.values()), None)
+            self._placed = self._where()
 
-    def _sync_lr(self, lr: Any) -> None:
-        lr = float(lr)
-        if self._lr_state is None:
+    def _rebuild(self, i: int, g: _Group, changed: dict[str, Any]) -> None:
+        """Group ``i``'s factory options changed between steps: build its transform again and
+        carry the state over (refused where the state would change shape)."""
+        factory = self._built[0]  # type: ignore[index]
+        mine = {**(g.args or {}), **changed}
+        key = next(iter(changed))
+        try:
+            tx = factory(**mine)
+        except ConfigError as e:
+            raise ConfigError(f"param_groups[{i}][{key!r}]: {e}") from None
+        try:
+            state = _load_into(tx.init(g.named), g.state, "state")
+        except CheckpointError:
             raise ConfigError(
                 message(
-                    "param_groups[0]['lr']",
-                    "can change only if the transform ends in scale_by_learning_rate",
-                    f"lr={lr}",
-                    "use a descend.optim optimizer, or chain scale_by_learning_rate(lr)",
+                    f"param_groups[{i}][{key!r}]",
+                    "can change between steps only where the optimizer's state keeps its shape",
+                    f"{key}={describe(changed[key])} (was {describe((g.args or {}).get(key))})",
+                    "build a new optimizer with that setting (as_torch_optimizer)",
                 )
-            )
-        self._lr_state["scale"] = lr / self.base_lr
-        self._seen_lr = lr
+            ) from None
+        seen = g.seen_lr
+        g.tx = tx
+        g.built(mine)
+        g.reset(state)
+        g.seen_lr = seen
 
-    def _sync_betas(self, betas: Any) -> None:
-        what = "param_groups[0]['betas']"
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise ConfigError(
-                message(what, "must be two numbers in [0, 1)", describe(betas), "e.g. (0.9, 0.999)")
-            )
-        b1, b2 = (_unit_interval(what, b) for b in betas)
-        self._betas.b1, self._betas.b2 = b1, b2  # type: ignore[union-attr]
+    def _sync(self, i: int, g: _Group) -> None:
+        """Read group ``i``'s hyperparameters back into its transform before a step."""
+        group = self.param_groups[i]
+        changed = {k: group[k] for k, v in g.watch if group.get(k, v) != v}
+        if changed:
+            self._rebuild(i, g, changed)
+        lr = group["lr"]
+        if lr != g.seen_lr:
+            if g.lr_state is None:
+                raise ConfigError(
+                    message(
+                        f"param_groups[{i}]['lr']",
+                        "can change only if the transform ends in scale_by_learning_rate",
+                        f"lr={lr}",
+                        "use a descend.optim optimizer, or chain scale_by_learning_rate(lr)",
+                    )
+                )
+            g.lr_state["scale"] = float(lr) / g.base_lr
+            g.seen_lr = lr
+        betas = g.betas
+        if betas is not None:
+            want = group["betas"]
+            if not isinstance(want, (tuple, list)) or len(want) != 2:
+                raise ConfigError(
+                    message(
+                        f"param_groups[{i}]['betas']",
+                        "must be two numbers in [0, 1)",
+                        describe(want),
+                        "e.g. (0.9, 0.999)",
+                    )
+                )
+            if want[0] != betas.b1 or want[1] != betas.b2:
+                what = f"param_groups[{i}]['betas']"
+                betas.b1, betas.b2 = (_unit_interval(what, b) for b in want)
+        mom = g.momentum
+        if mom is not None and group["momentum"] != mom.momentum:
+            mom.momentum = _unit_interval(f"param_groups[{i}]['momentum']", group["momentum"])
+
+    # ------------------------------------------------------------------- step
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """One update from the ``.grad`` of every named parameter (``None`` grads skipped)."""
@@ -1354,28 +1612,19 @@ class TorchOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        lr = self.param_groups[0]["lr"]
-        if lr != self._seen_lr:
-            self._sync_lr(lr)
-        group = self.param_groups[0]
-        if self._betas is not None:
-            betas = group["betas"]
-            if betas[0] != self._betas.b1 or betas[1] != self._betas.b2:
-                self._sync_betas(betas)
-        if self._momentum is not None and group["momentum"] != self._momentum.momentum:
-            self._momentum.momentum = _unit_interval(
-                "param_groups[0]['momentum']", group["momentum"]
-            )
         if self._where() != self._placed:
             self._follow_params()
-        grads = {n: p.grad for n, p in self.named.items() if p.grad is not None}
-        if grads:
+        for i, g in enumerate(self._groups):
+            self._sync(i, g)
+            grads = {n: p.grad for n, p in g.named.items() if p.grad is not None}
+            if not grads:
+                continue
             with torch.no_grad():
                 if self.fused_step:
-                    self.tx_state = update_and_apply(self.tx, grads, self.tx_state, self.named)
+                    g.state = update_and_apply(g.tx, grads, g.state, g.named)
                 else:
-                    updates, self.tx_state = self.tx.update(grads, self.tx_state, self.named)
-                    apply_updates(self.named, updates)
+                    updates, g.state = g.tx.update(grads, g.state, g.named)
+                    apply_updates(g.named, updates)
         return loss
 
     def _where(self) -> tuple[torch.device, torch.dtype] | None:
@@ -1388,10 +1637,9 @@ class TorchOptimizer(torch.optim.Optimizer):
         casts a state), any other tensor to the first parameter's device (and to float64 where a
         parameter is, as Prodigy's scalars are made). Containers are
         updated in place (tuples rebuilt), so whatever holds them keeps seeing the state."""
-        named = self.named
         home = self._first.device if self._first is not None else None
         # a shared scalar (Prodigy's d) is float64 where any parameter is, as its init makes it
-        wide = any(p.dtype == torch.float64 for p in named.values())
+        wide = any(p.dtype == torch.float64 for p in self.named.values())
 
         def moved(v: torch.Tensor, p: torch.Tensor | None) -> torch.Tensor:
             if p is None:
@@ -1400,7 +1648,7 @@ class TorchOptimizer(torch.optim.Optimizer):
             cast = v.is_floating_point() and p.is_floating_point()
             return v.to(device=p.device, dtype=p.dtype if cast else v.dtype)
 
-        def follow(node: Any, owner: torch.Tensor | None = None) -> Any:
+        def follow(node: Any, named: Params, owner: torch.Tensor | None = None) -> Any:
             if isinstance(node, torch.Tensor):
                 return moved(node, owner)
             if isinstance(node, dict):
@@ -1409,40 +1657,54 @@ class TorchOptimizer(torch.optim.Optimizer):
                     mine = p if p is not None and isinstance(node[k], torch.Tensor) else None
                     if mine is not None and node[k].shape != mine.shape:
                         mine = None
-                    node[k] = follow(node[k], mine)
+                    node[k] = follow(node[k], named, mine)
                 return node
             if isinstance(node, list):
-                node[:] = [follow(v) for v in node]
+                node[:] = [follow(v, named) for v in node]
                 return node
             if isinstance(node, tuple):
-                items = [follow(v) for v in node]
+                items = [follow(v, named) for v in node]
                 return type(node)(*items) if hasattr(node, "_fields") else type(node)(items)
             return node
 
         with torch.no_grad():
-            self.tx_state = follow(self.tx_state)
+            for g in self._groups:
+                g.reset(follow(g.state, g.named))
         self._placed = self._where()
 
     def train(self) -> bool:
         """Parameters to the training point (schedule-free); ``True`` if anything moved."""
-        return swap_to_train(self.tx_state, self.named)
+        return any([swap_to_train(g.state, g.named) for g in self._groups])
 
     def eval(self) -> bool:
         """Parameters to the averaged point for evaluation/saving (schedule-free); ``True`` if
         anything moved. Idempotent; a no-op for optimizers without an averaged point."""
-        return swap_to_eval(self.tx_state, self.named)
+        return any([swap_to_eval(g.state, g.named) for g in self._groups])
+
+    # ------------------------------------------------------------ state dict
 
     def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
-        """``{"state": <tx state>, "param_groups": [{"lr", "params": [names]}], "synced_lr"}``.
+        """``{"state": <tx state>, "param_groups": [{"lr", ..., "params": [names]}],
+        "synced_lr": lr}``; with several groups ``"state"`` and ``"synced_lr"`` are lists, one
+        entry a group.
 
         Tensors are the live state (like torch's ``state_dict``): copy them to keep a
         snapshot while training goes on.
         """
-        group = {k: v for k, v in self.param_groups[0].items() if k != "params"}
-        group["params"] = list(self.named)
+        groups = []
+        for shown, g in zip(self.param_groups, self._groups):
+            group = {k: v for k, v in shown.items() if k != "params"}
+            group["params"] = list(g.named)
+            groups.append(group)
         # synced_lr: the group lr last folded into the lr-state scale; a scheduler may have
         # moved group["lr"] since, and the resumed optimizer must notice that too.
-        return {"state": self.tx_state, "param_groups": [group], "synced_lr": self._seen_lr}
+        synced = [g.seen_lr for g in self._groups]
+        one = len(self._groups) == 1
+        return {
+            "state": self.tx_state,
+            "param_groups": groups,
+            "synced_lr": synced[0] if one else synced,
+        }
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:  # type: ignore[override]
         """Restore a :meth:`state_dict` (tensors are copied into this optimizer's buffers)."""
@@ -1455,36 +1717,55 @@ class TorchOptimizer(torch.optim.Optimizer):
                     "pass what TorchOptimizer.state_dict() returned",
                 )
             )
+        n = len(self._groups)
         groups = state_dict["param_groups"]
-        if not isinstance(groups, (list, tuple)) or len(groups) != 1:
+        if not isinstance(groups, (list, tuple)) or len(groups) != n:
             raise CheckpointError(
                 message(
                     "optimizer state_dict['param_groups']",
-                    "must hold exactly one group",
+                    f"must hold {'exactly one group' if n == 1 else f'{n} groups'}, as this "
+                    "optimizer has",
                     describe(groups),
-                    "pass what TorchOptimizer.state_dict() returned",
+                    "pass what TorchOptimizer.state_dict() returned for the same groups",
                 )
             )
-        names = list(groups[0].get("params", []))
-        if set(names) != set(self.named):
-            missing = sorted(set(self.named) - set(names))
-            extra = sorted(set(names) - set(self.named))
+        states = [state_dict["state"]] if n == 1 else state_dict["state"]
+        synced = state_dict.get("synced_lr")
+        synced = [synced] if n == 1 else (synced or [None] * n)
+        if not isinstance(states, (list, tuple)) or len(states) != n:
             raise CheckpointError(
                 message(
-                    "optimizer state_dict",
-                    "must cover the same parameter names as the model",
-                    f"missing {missing[:5]}, unexpected {extra[:5]}",
-                    "load a state saved from the same model (names from named_parameters())",
+                    "optimizer state_dict['state']",
+                    f"must hold one state for each of the {n} groups",
+                    describe(states),
+                    "pass what TorchOptimizer.state_dict() returned for the same groups",
                 )
             )
-        self.tx_state = _load_into(self.tx_state, state_dict["state"], "state")
-        self._lr_state = find_lr_state(self.tx_state)
-        group = self.param_groups[0]
-        for key, value in groups[0].items():
-            if key != "params":
-                # betas saved through JSON or a plain tree come back as a list
-                group[key] = tuple(value) if key == "betas" and isinstance(value, list) else value
-        self._seen_lr = state_dict.get("synced_lr", group["lr"])
+        for i, (g, saved) in enumerate(zip(self._groups, groups)):
+            names = list(saved.get("params", []))
+            if set(names) != set(g.named):
+                missing = sorted(set(g.named) - set(names))
+                extra = sorted(set(names) - set(g.named))
+                where = "the model" if n == 1 else f"group {i}"
+                raise CheckpointError(
+                    message(
+                        "optimizer state_dict",
+                        f"must cover the same parameter names as {where}",
+                        f"missing {missing[:5]}, unexpected {extra[:5]}",
+                        "load a state saved from the same model (names from named_parameters())",
+                    )
+                )
+        for i, (g, saved) in enumerate(zip(self._groups, groups)):
+            path = "state" if n == 1 else f"state/{i}"
+            g.reset(_load_into(g.state, states[i], path))
+            shown = self.param_groups[i]
+            for key, value in saved.items():
+                if key != "params":
+                    # betas saved through JSON or a plain tree come back as a list
+                    shown[key] = (
+                        tuple(value) if key == "betas" and isinstance(value, list) else value
+                    )
+            g.seen_lr = synced[i] if synced[i] is not None else shown["lr"]
 
 
 def _unit_interval(what: str, value: Any) -> float:
@@ -1497,43 +1778,82 @@ def _unit_interval(what: str, value: Any) -> float:
     return float(value)
 
 
-def _adapter_params(source: Any) -> Params:
-    """``{name: tensor}`` from what a torch optimizer takes: a module, a ``{name: tensor}``
-    mapping, ``named_parameters()``, plain ``model.parameters()`` (named "0", "1", ... like
-    torch's own optimizer state) or parameter groups without per-group options."""
+def _group_params(source: Any, start: int) -> Params:
+    """One group's ``{name: tensor}``: a module, a ``{name: tensor}`` mapping,
+    ``named_parameters()`` pairs, or tensors (named ``str(start)``, ``str(start + 1)``, ... as
+    torch numbers its own optimizer state across groups)."""
     if isinstance(source, torch.nn.Module):
         return named_params(source)
     if isinstance(source, Mapping):
         return dict(source)
     if isinstance(source, torch.Tensor):
-        return {"0": source}
+        return {str(start): source}
     try:
         items = list(source)
     except TypeError:
         return {}
-    if items and all(isinstance(g, Mapping) for g in items):  # parameter groups
-        options = sorted({k for g in items for k in g if k != "params"})
-        if options:
+    if items and all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) for p in items):
+        return dict(items)
+    return {str(start + i): p for i, p in enumerate(items)}  # non-tensors refused by the caller
+
+
+def _check_group(who: str, named: Params, before: Params) -> None:
+    """Refuse a group holding a non-tensor, or a name or tensor an earlier group holds."""
+    bad = [n for n, p in named.items() if not isinstance(p, torch.Tensor)]
+    if bad:
+        raise ConfigError(
+            message(
+                f"{who}: parameters",
+                "must be tensors",
+                f"{bad[0]!r}: {describe(named[bad[0]])}",
+                "pass model.parameters(), named_parameters() or {name: tensor}",
+            )
+        )
+    again = [n for n in named if n in before]
+    seen = {id(p) for p in before.values()}
+    twice = [n for n, p in named.items() if id(p) in seen]
+    if again or twice:
+        raise ConfigError(
+            message(
+                f"{who}: parameter {(again or twice)[0]!r}",
+                "may belong to one parameter group only",
+                "a name already taken" if again else "a tensor already in an earlier group",
+                "give every parameter to exactly one group",
+            )
+        )
+
+
+def _adapter_groups(source: Any) -> list[tuple[Params, dict[str, Any]]]:
+    """``[(named params, options)]`` from what a torch optimizer takes: a module, a
+    ``{name: tensor}`` mapping, ``named_parameters()``, plain ``model.parameters()`` (named
+    "0", "1", ... like torch's own optimizer state), or parameter groups (dicts with
+    ``"params"`` and options of their own)."""
+    if isinstance(source, (torch.nn.Module, Mapping, torch.Tensor)):
+        return [(_group_params(source, 0), {})]
+    try:
+        items = list(source)
+    except TypeError:
+        return [({}, {})]
+    if not (items and all(isinstance(g, Mapping) for g in items)):
+        return [(_group_params(items, 0), {})]
+    groups: list[tuple[Params, dict[str, Any]]] = []
+    everyone: Params = {}
+    for i, g in enumerate(items):
+        if "params" not in g:
             raise ConfigError(
                 message(
-                    "as_torch_optimizer: parameter groups",
-                    "cannot carry their own options (the transform is one optimizer over "
-                    "every parameter)",
-                    f"groups with {', '.join(repr(k) for k in options)}",
-                    "pass the parameters alone, and give some of them another treatment with "
-                    "descend.transforms.masked (e.g. no weight decay on biases: adamw's mask)",
+                    f"as_torch_optimizer: parameter group {i}",
+                    "must have 'params'",
+                    f"keys {sorted(map(str, g))}",
+                    "pass e.g. [{'params': model.body.parameters()}, {'params': model.head."
+                    "parameters(), 'lr': 1e-3}]",
                 )
             )
-        flat: list[Any] = []
-        for g in items:
-            ps = g.get("params", [])
-            flat.extend([ps] if isinstance(ps, torch.Tensor) else list(ps))
-        items = flat
-    if items and all(isinstance(p, torch.Tensor) for p in items):
-        return {str(i): p for i, p in enumerate(items)}
-    if all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) for p in items):
-        return dict(items)
-    return {str(i): p for i, p in enumerate(items)}  # refused below, naming the bad item
+        named = _group_params(g["params"], len(everyone))
+        _check_group(f"as_torch_optimizer: parameter group {i}", named, everyone)
+        everyone.update(named)
+        groups.append((named, {k: v for k, v in g.items() if k != "params"}))
+    return groups
 
 
 def as_torch_optimizer(
@@ -1571,17 +1891,18 @@ def as_torch_optimizer(
         ...     sched.step()
     """
     tx = get(tx)
-    params = _adapter_params(model_or_named_params)
-    bad = [n for n, p in params.items() if not isinstance(p, torch.Tensor)]
-    if not params or bad:
+    groups = _adapter_groups(model_or_named_params)
+    first = groups[0][0]
+    bad = [n for n, p in first.items() if not isinstance(p, torch.Tensor)]
+    if not any(named for named, _ in groups) or bad:
         raise ConfigError(
             message(
                 "as_torch_optimizer: parameters",
-                "must be a module, model.parameters(), named_parameters(), or a non-empty "
-                "{name: tensor} mapping",
-                describe(model_or_named_params) if not params else f"non-tensor {bad[0]!r}",
+                "must be a module, model.parameters(), named_parameters(), parameter groups "
+                "or a non-empty {name: tensor} mapping",
+                f"non-tensor {bad[0]!r}" if bad else describe(model_or_named_params),
                 "pass model or dict(model.named_parameters())",
             )
         )
     check_bool("fused_step", fused_step, owner="as_torch_optimizer")
-    return TorchOptimizer(tx, params, fused_step=fused_step)
+    return TorchOptimizer(tx, groups, fused_step=fused_step)
