@@ -30,6 +30,11 @@ Design:
   weighted mean, and a batch made only of them would be 0/0), moves ``w`` to the device with
   ``X`` and ``y``, splits it along with them, and the sources then yield ``(xb, yb, wb)``
   triples sliced by the same permutation.
+* **Several inputs.** ``X`` may be a tuple of arrays, one per argument of the model's
+  ``forward`` (``fit(model, ((x_num, x_ids), y))`` calls ``model(x_num, x_ids)``): each with
+  one row per sample, each converted and checked on its own (integer ids stay integers), all
+  split and sliced by the same rows. Batches then hold a tuple ``xb``; :func:`n_rows`,
+  :func:`take_rows`, :func:`cut_rows` and :func:`call_model` work on either form.
 * **Bad data is refused before training** with :class:`~descend._errors.InputError` whose
   message names the input, the rule, what was received and the fix.
 
@@ -84,6 +89,8 @@ __all__ = [
 ]
 
 TargetKind = Literal["index", "float", "any"]
+Features = torch.Tensor | tuple[torch.Tensor, ...]
+"""One feature tensor, or a tuple of them (one per input of the model), rows first."""
 Batch = (
     tuple[torch.Tensor, "torch.Tensor | None"]
     | tuple[torch.Tensor, "torch.Tensor | None", torch.Tensor]
@@ -101,6 +108,52 @@ _TABULAR_FIX = (
 # Separate random streams so the split and the epoch orders never share numbers.
 _SPLIT_STREAM = 1
 _EPOCH_STREAM = 2
+
+
+# ----------------------------------------------------------------------------------------------
+# Features of one input or several
+# ----------------------------------------------------------------------------------------------
+
+
+def inputs_of(X: Features) -> tuple[torch.Tensor, ...]:
+    """The feature tensors: ``X`` itself, or each input of a multi-input ``X``."""
+    return X if isinstance(X, tuple) else (X,)
+
+
+def n_rows(X: Features) -> int:
+    """Samples in ``X`` (every input has that many rows)."""
+    return int(inputs_of(X)[0].shape[0])
+
+
+def take_rows(X: Features, idx: torch.Tensor) -> Features:
+    """Rows ``idx`` of every input (``index_select``; ``idx`` moved to each input's device)."""
+    if isinstance(X, tuple):
+        return tuple(t.index_select(0, idx.to(t.device)) for t in X)
+    return X.index_select(0, idx.to(X.device))
+
+
+def _each(X: Features, fn: Any) -> Features:
+    """``fn`` applied to every input."""
+    return tuple(fn(t) for t in X) if isinstance(X, tuple) else fn(X)
+
+
+def cut_rows(X: Features, lo: int, hi: int) -> Features:
+    """Rows ``lo:hi`` of every input (views)."""
+    return tuple(t[lo:hi] for t in X) if isinstance(X, tuple) else X[lo:hi]
+
+
+def call_model(model: Any, xb: Features) -> Any:
+    """``model(xb)``, or ``model(*xb)`` for a batch of several inputs."""
+    return model(*xb) if isinstance(xb, tuple) else model(xb)
+
+
+def _multi_input(obj: Any) -> bool:
+    """``X`` given as a tuple of arrays (one per model input) rather than as rows."""
+    return (
+        isinstance(obj, tuple)
+        and len(obj) > 0
+        and all(hasattr(o, "shape") and len(getattr(o, "shape", ())) > 0 for o in obj)
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -246,7 +299,7 @@ class ResidentSource(Source):
         seed: int = 0,
         w: torch.Tensor | None = None,
     ) -> None:
-        n = int(X.shape[0])
+        n = n_rows(X)
         if y is not None and int(y.shape[0]) != n:
             raise InputError(
                 message(
@@ -274,7 +327,7 @@ class ResidentSource(Source):
         self._full = batch_size is None or batch_size >= n
         # Small sets are permuted whole once per epoch and sliced; large ones gathered per batch
         # (no second copy of the data).
-        size = sum(t.numel() * t.element_size() for t in (X, y, w) if t is not None)
+        size = sum(t.numel() * t.element_size() for t in (*inputs_of(X), y, w) if t is not None)
         self._gather_once = size <= GATHER_ONCE_BYTES
         self.batch_size = None if batch_size is None else int(batch_size)
         self._last_hi: int | None = None  # the last batch's end, when fold_single_last moved it
@@ -310,7 +363,8 @@ class ResidentSource(Source):
         """The epoch's sample order on the device, or None when batches are taken in order."""
         if not self.shuffle or self._full:
             return None
-        return epoch_permutation(self.n_samples or 0, self.seed, epoch).to(self.X.device)
+        device = inputs_of(self.X)[0].device
+        return epoch_permutation(self.n_samples or 0, self.seed, epoch).to(device)
 
     def batches(self, epoch: int = 0, start: int = 0) -> Iterator[Batch]:
         """Yield ``(xb, yb)`` (or ``(xb, yb, wb)`` with weights) for batches ``start, ...``.
@@ -337,7 +391,7 @@ class ResidentSource(Source):
             # One gather per epoch, then views: the same batches as gathering each one (rows
             # perm[lo:hi]), a third of the data-handling time of a small-MLP step (~30 -> ~10 us
             # per step in fit, benchmarks/RESULTS.md), for one extra copy of a small set.
-            X = X.index_select(0, perm)
+            X = take_rows(X, perm)
             y = None if y is None else y.index_select(0, perm)
             w = None if w is None else w.index_select(0, perm)
             perm = None
@@ -347,11 +401,11 @@ class ResidentSource(Source):
             if b == last:
                 hi = self._last_hi or hi  # a folded single last sample rides along
             if perm is None:
-                xb, yb = X[lo:hi], (None if y is None else y[lo:hi])
+                xb, yb = cut_rows(X, lo, hi), (None if y is None else y[lo:hi])
                 wb = None if w is None else w[lo:hi]
             else:
                 idx = perm[lo:hi]
-                xb, yb = X.index_select(0, idx), (None if y is None else y.index_select(0, idx))
+                xb, yb = take_rows(X, idx), (None if y is None else y.index_select(0, idx))
                 wb = None if w is None else w.index_select(0, idx)
             yield (xb, yb) if wb is None else (xb, yb, wb)
 
@@ -438,17 +492,33 @@ class StreamSource(Source):
                     "returns (x, y)",
                 )
             )
+        if isinstance(x, (tuple, list)) and x and all(isinstance(t, torch.Tensor) for t in x):
+            x = tuple(x)  # several inputs: the model is called as model(*x)
         for name, t in (("x", x), ("y", y)):
-            if t is not None and not isinstance(t, torch.Tensor):
+            if t is not None and not isinstance(t, (torch.Tensor, tuple)):
                 raise InputError(
                     message(
                         f"DataLoader batch {name}",
-                        "must be a torch Tensor",
+                        "must be a torch Tensor (x may be a tuple of them, one per model input)",
                         f"a {type(t).__name__}",
                         "convert the items to tensors in the dataset or the collate_fn",
                     )
                 )
-        x = x.to(self.device, dtype=self.dtype if _float_features(x) else None, non_blocking=True)
+        if isinstance(y, tuple):
+            raise InputError(
+                message(
+                    "DataLoader batch y",
+                    "must be a torch Tensor",
+                    "a tuple",
+                    "return one target tensor per batch (x may be a tuple of inputs)",
+                )
+            )
+        x = _each(
+            x,
+            lambda t: t.to(
+                self.device, dtype=self.dtype if _float_features(t) else None, non_blocking=True
+            ),
+        )
         if y is not None:
             if self.target_kind == "index" and not y.is_floating_point():
                 target_dtype = torch.int64
@@ -570,7 +640,8 @@ def prepare(
             pandas DataFrames/Series, pyarrow Tables/Arrays or anything with ``__array__``.
             Floating and bool features become ``dtype``; integer features (e.g. token ids) keep
             their integer dtype, except in DataFrames/Tables, which are tabular and become
-            ``dtype``. A tuple is always read as ``(X, y)``.
+            ``dtype``. A tuple is always read as ``(X, y)``; ``X`` itself may be a tuple of
+            arrays, one per input of the model, each with one row per sample.
         validation: a fraction in (0, 1) split off with ``seed`` (stratified by class when
             ``target_kind == "index"`` and ``stratify``); explicit data in any form ``data``
             accepts; or None / 0 for no validation. A fraction needs in-memory data.
@@ -679,14 +750,14 @@ def prepare(
         )
 
     # In memory: convert, validate, encode labels (jointly with explicit validation labels).
-    X = _features(train_raw.X, "X", dtype)
-    n = int(X.shape[0])
+    X = _inputs(train_raw.X, "X", dtype)
+    n = n_rows(X)
     if n == 0:
         raise InputError(
             message(
                 "the training data",
                 "must contain at least one sample",
-                f"X of shape {tuple(X.shape)}",
+                f"X of shape {shapes_of(X)}",
                 "pass a non-empty X",
             )
         )
@@ -694,26 +765,17 @@ def prepare(
 
     val_arrays = None
     if isinstance(val_raw, _Arrays):
-        Xv = _features(val_raw.X, "validation X", dtype)
-        if int(Xv.shape[0]) == 0:
+        Xv = _inputs(val_raw.X, "validation X", dtype)
+        if n_rows(Xv) == 0:
             raise InputError(
                 message(
                     "the validation data",
                     "must contain at least one sample",
-                    f"X of shape {tuple(Xv.shape)}",
+                    f"X of shape {shapes_of(Xv)}",
                     "pass non-empty validation data, or validation=None",
                 )
             )
-        if tuple(Xv.shape[1:]) != tuple(X.shape[1:]):
-            raise InputError(
-                message(
-                    "validation X",
-                    f"must have the same number of features as the training X "
-                    f"({_n_features(tuple(X.shape[1:]))}, shape {tuple(X.shape[1:])} per sample)",
-                    f"{_n_features(tuple(Xv.shape[1:]))} features (shape {tuple(Xv.shape)})",
-                    "build the validation data with the same columns as the training data",
-                )
-            )
+        _check_like_training(X, Xv)
         if y is not None and not val_raw.has_y:
             raise InputError(
                 message(
@@ -725,7 +787,7 @@ def prepare(
             )
         yv = None
         if y is not None:
-            yv = _targets(val_raw.y, "validation y", target_kind, dtype, int(Xv.shape[0]))
+            yv = _targets(val_raw.y, "validation y", target_kind, dtype, n_rows(Xv))
         val_arrays = (Xv, yv)
 
     classes = None
@@ -737,9 +799,9 @@ def prepare(
         if len(encoded) > 1:
             val_arrays = (val_arrays[0], encoded[1])
 
-    _check_finite(X, "X", dtype)
+    _check_inputs_finite(X, "X", dtype)
     if val_arrays is not None:
-        _check_finite(val_arrays[0], "validation X", dtype)
+        _check_inputs_finite(val_arrays[0], "validation X", dtype)
 
     w = None
     if sample_weight is not None:
@@ -749,7 +811,7 @@ def prepare(
             # Classes were encoded above, from every row: dropping a class's only rows keeps
             # its index (and Bundle.classes) stable.
             idx = keep.nonzero().reshape(-1)
-            X = X.index_select(0, idx.to(X.device))
+            X = take_rows(X, idx)
             y = None if y is None else y.index_select(0, idx.to(y.device))
             w = w.index_select(0, idx)
             n = int(idx.numel())
@@ -760,9 +822,9 @@ def prepare(
         if y is not None and target_kind == "index" and stratify and y.ndim == 1:
             labels = y.cpu()
         train_idx, val_idx = _split_indices(n, fraction, labels, seed)
-        Xv = X.index_select(0, val_idx.to(X.device))
+        Xv = take_rows(X, val_idx)
         yv = None if y is None else y.index_select(0, val_idx.to(y.device))
-        X = X.index_select(0, train_idx.to(X.device))
+        X = take_rows(X, train_idx)
         y = None if y is None else y.index_select(0, train_idx.to(y.device))
         if w is not None:
             wv, w = w.index_select(0, val_idx), w.index_select(0, train_idx)
@@ -778,12 +840,12 @@ def prepare(
         val = ResidentSource(Xvd, yvd, batch_size, shuffle=False, drop_last=False, seed=seed, w=wvd)
     elif isinstance(val_raw, _Stream):
         val = StreamSource(val_raw.loader, **kw)
-    shape = tuple(Xd.shape[1:])
+    shape = None if isinstance(Xd, tuple) else tuple(Xd.shape[1:])
     return Bundle(
         train=train,
         val=val,
         classes=classes,
-        n_features=_n_features(shape),
+        n_features=None if shape is None else _n_features(shape),
         n_train=train.n_samples,
         n_val=0 if val is None else val.n_samples,
         n_classes=n_classes,
@@ -863,11 +925,11 @@ def _float_features(t: torch.Tensor) -> bool:
 
 
 def _to_device(
-    X: torch.Tensor, y: torch.Tensor | None, device: torch.device, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    X: Features, y: torch.Tensor | None, device: torch.device, dtype: torch.dtype
+) -> tuple[Features, torch.Tensor | None]:
     # One .to() with both device and dtype: no intermediate copy on the device; a no-op when
     # the tensor already has the right dtype and device.
-    Xd = X.to(device, dtype=dtype if _float_features(X) else None)
+    Xd = _each(X, lambda t: t.to(device, dtype=dtype if _float_features(t) else None))
     yd = None if y is None else y.to(device)
     return Xd, yd
 
@@ -905,19 +967,19 @@ def _validation_source(
         return None
     if isinstance(val_raw, _Stream):
         return StreamSource(val_raw.loader, device, dtype, target_kind, seed)
-    X = _features(val_raw.X, "validation X", dtype)
-    if int(X.shape[0]) == 0:
+    X = _inputs(val_raw.X, "validation X", dtype)
+    if n_rows(X) == 0:
         raise InputError(
             message(
                 "the validation data",
                 "must contain at least one sample",
-                f"X of shape {tuple(X.shape)}",
+                f"X of shape {shapes_of(X)}",
                 "pass non-empty validation data, or validation=None",
             )
         )
     y = None
     if val_raw.has_y:
-        y = _targets(val_raw.y, "validation y", target_kind, dtype, int(X.shape[0]))
+        y = _targets(val_raw.y, "validation y", target_kind, dtype, n_rows(X))
         if target_kind == "index":
             if not isinstance(y, torch.Tensor) or y.dtype == torch.bool:
                 raise InputError(
@@ -931,7 +993,7 @@ def _validation_source(
                 )
             _check_integral(y, "validation y")
             y = y.long()
-    _check_finite(X, "validation X", dtype)
+    _check_inputs_finite(X, "validation X", dtype)
     Xd, yd = _to_device(X, y, device, dtype)
     return ResidentSource(Xd, yd, batch_size, shuffle=False, drop_last=False, seed=seed)
 
@@ -1007,7 +1069,20 @@ def _materialize(ds: Dataset, role: str) -> _Arrays:
                     "return (x, y) from __getitem__",
                 )
             )
-        xs = _stack([it[0] for it in items], f"{role} item features")
+        x0 = first[0]
+        if (
+            isinstance(x0, (tuple, list))
+            and x0
+            and all(isinstance(o, (torch.Tensor, np.ndarray)) for o in x0)
+        ):
+            # items ((x1, x2, ...), y), each x an array or tensor (a 0-d id too): one stacked
+            # array per input of the model (a tuple of plain numbers stays one row)
+            xs = tuple(
+                _stack([it[0][k] for it in items], f"{role} item features [{k}]")
+                for k in range(len(first[0]))
+            )
+        else:
+            xs = _stack([it[0] for it in items], f"{role} item features")
         if len(first) == 1:
             return _Arrays(xs, None, False)
         return _Arrays(xs, _stack([it[1] for it in items], f"{role} item targets"), True)
@@ -1039,6 +1114,16 @@ def _tensor_tuple(tensors: list[torch.Tensor], role: str) -> _Arrays:
     )
 
 
+def _shape_of(v: Any) -> Any:
+    """``v``'s shape for a message; a tuple of arrays shows each one's."""
+    if isinstance(v, (tuple, list)) and v and all(hasattr(x, "shape") for x in v):
+        return tuple(tuple(x.shape) for x in v)
+    try:
+        return tuple(np.shape(v))
+    except ValueError:
+        return f"a ragged {type(v).__name__}"
+
+
 def _stack(values: list[Any], what: str) -> Any:
     try:
         if all(isinstance(v, torch.Tensor) for v in values):
@@ -1047,7 +1132,7 @@ def _stack(values: list[Any], what: str) -> Any:
             [v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v for v in values]
         )
     except (RuntimeError, ValueError) as err:
-        shapes = sorted({tuple(np.shape(v)) for v in values[:1000]})[:3]
+        shapes = sorted({_shape_of(v) for v in values[:1000]}, key=str)[:3]
         raise InputError(
             message(
                 what,
@@ -1252,6 +1337,67 @@ def _numeric_objects(arr: np.ndarray) -> bool:
     return all(
         isinstance(v, numbers.Number) and not isinstance(v, (bool, np.bool_)) for v in arr.flat
     )
+
+
+def _inputs(obj: Any, what: str, dtype: torch.dtype) -> Features:
+    """Features as a tensor, or a tuple of tensors for a multi-input ``X`` (each converted and
+    checked on its own, all with the same number of rows), or InputError."""
+    if not _multi_input(obj):
+        return _features(obj, what, dtype)
+    parts = tuple(_features(o, f"{what}[{i}]", dtype) for i, o in enumerate(obj))
+    n = int(parts[0].shape[0])
+    for i, t in enumerate(parts[1:], 1):
+        if int(t.shape[0]) != n:
+            raise InputError(
+                message(
+                    f"{what}[{i}]",
+                    f"must have one row per sample, as {what}[0] has ({n} rows)",
+                    f"{int(t.shape[0])} rows (shape {tuple(t.shape)})",
+                    "build every input from the same samples, in the same order",
+                )
+            )
+    return parts
+
+
+def shapes_of(X: Features) -> str:
+    """``X``'s shape, or each input's, for a message."""
+    if isinstance(X, tuple):
+        return "(" + ", ".join(str(tuple(t.shape)) for t in X) + ")"
+    return str(tuple(X.shape))
+
+
+def _check_like_training(X: Features, Xv: Features) -> None:
+    """Refuse validation features whose inputs or shapes differ from the training ones."""
+    if isinstance(X, tuple) != isinstance(Xv, tuple) or len(inputs_of(X)) != len(inputs_of(Xv)):
+        raise InputError(
+            message(
+                "validation X",
+                f"must have the training X's inputs ({len(inputs_of(X))})",
+                f"{len(inputs_of(Xv))} (shapes {shapes_of(Xv)})",
+                "pass validation X in the same form as the training X",
+            )
+        )
+    multi = isinstance(X, tuple)
+    for i, (t, tv) in enumerate(zip(inputs_of(X), inputs_of(Xv))):
+        if tuple(tv.shape[1:]) != tuple(t.shape[1:]):
+            what = f"validation X[{i}]" if multi else "validation X"
+            raise InputError(
+                message(
+                    what,
+                    f"must have the same number of features as the training "
+                    f"{what.split(' ', 1)[1]} "
+                    f"({_n_features(tuple(t.shape[1:]))}, shape {tuple(t.shape[1:])} per sample)",
+                    f"{_n_features(tuple(tv.shape[1:]))} features (shape {tuple(tv.shape)})",
+                    "build the validation data with the same columns as the training data",
+                )
+            )
+
+
+def _check_inputs_finite(X: Features, what: str, dtype: torch.dtype) -> None:
+    """:func:`_check_finite` for every input."""
+    multi = isinstance(X, tuple)
+    for i, t in enumerate(inputs_of(X)):
+        _check_finite(t, f"{what}[{i}]" if multi else what, dtype)
 
 
 def _features(obj: Any, what: str, dtype: torch.dtype) -> torch.Tensor:

@@ -211,7 +211,8 @@ class MLPStep:
         """
         w = self.layers[0][0].weight
         if (
-            xb.dim() != 2
+            not isinstance(xb, torch.Tensor)
+            or xb.dim() != 2
             or xb.dtype != w.dtype
             or xb.device != w.device
             or (training and (xb.requires_grad or not torch.is_grad_enabled()))

@@ -619,16 +619,25 @@ class Loop:
         src = self.bundle.train
         first = next(iter(src.batches(0)))
         xb, yb = first[0], first[1]
-        n_probe = min(8, len(xb) if torch.is_tensor(xb) else 8)
-        probe_x = xb[:n_probe] if torch.is_tensor(xb) else xb
+        multi = isinstance(xb, tuple)
+        n_probe = min(8, D.n_rows(xb)) if torch.is_tensor(xb) or multi else 8
+        probe_x = D.cut_rows(xb, 0, n_probe) if torch.is_tensor(xb) or multi else xb
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.no_grad(), self._autocast():
-                out = self.model(probe_x)
-        except RuntimeError as e:
-            shape = tuple(probe_x.shape) if torch.is_tensor(probe_x) else "?"
-            kind = probe_x.dtype if torch.is_tensor(probe_x) else "?"
+                out = D.call_model(self.model, probe_x)
+        except (RuntimeError, TypeError) as e:
+            if isinstance(e, TypeError) and not multi:
+                raise
+            shape = D.shapes_of(probe_x) if torch.is_tensor(probe_x) or multi else "?"
+            kind = (
+                probe_x.dtype
+                if torch.is_tensor(probe_x)
+                else ", ".join(str(t.dtype) for t in probe_x)
+                if multi
+                else "?"
+            )
             first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
             if (
                 "dtype" in first_line.lower()
@@ -647,6 +656,11 @@ class Loop:
                     f"the data is {probe_x.dtype} (fit converts it to the model's first floating "
                     f"parameter's dtype) and the model holds {', '.join(dtypes)}: give every "
                     "parameter one floating dtype (e.g. model.float() or model.double())"
+                )
+            elif multi:
+                fix = (
+                    f"X holds {len(probe_x)} inputs and fit calls model(*inputs): check that "
+                    f"forward() takes {len(probe_x)} arguments and each layer its input's shape"
                 )
             else:
                 fix = (
@@ -672,12 +686,12 @@ class Loop:
                     "return the prediction tensor from forward()",
                 )
             )
-        if out.shape[0] != probe_x.shape[0]:
+        if out.shape[0] != D.n_rows(probe_x):
             raise InputError(
                 message(
                     "the model's output",
                     "must have one row per sample",
-                    f"output of shape {tuple(out.shape)} for {probe_x.shape[0]} samples",
+                    f"output of shape {tuple(out.shape)} for {D.n_rows(probe_x)} samples",
                     "do not reduce over the batch dimension inside the model",
                 )
             )
@@ -752,7 +766,7 @@ class Loop:
                 self._ep_metric.add(out, yb)
             return self._finish_step(value, grads, fast.grad_norm() if flat else None)
         with self._autocast():
-            out = self.model(xb)
+            out = D.call_model(self.model, xb)
             if yb is not None and self._y_unsqueeze:
                 yb = yb.unsqueeze(-1)
             out = out.float() if self.precision == "bf16" else out
@@ -790,7 +804,7 @@ class Loop:
         if (
             fast is not None
             and src.resident
-            and src.X.shape[0] <= _EVAL_CHUNK
+            and D.n_rows(src.X) <= _EVAL_CHUNK
             and fast.usable(src.X, training=False)
         ):
             # A plain MLP on one chunk: one forward pass, and no train/eval switch (none of its
@@ -812,7 +826,7 @@ class Loop:
                     out = fast.forward(xb)
                 else:
                     with self._autocast():
-                        out = self.model(xb)
+                        out = D.call_model(self.model, xb)
                 out = out.float()
                 if yb is not None and self._y_unsqueeze:
                     yb = yb.unsqueeze(-1)
@@ -854,10 +868,10 @@ class Loop:
 
     def _eval_batches(self, src: D.Source) -> Iterable[tuple[torch.Tensor, torch.Tensor | None]]:
         if src.resident:
-            n = src.X.shape[0]
+            n = D.n_rows(src.X)
             for i in range(0, n, _EVAL_CHUNK):
                 yield (
-                    src.X[i : i + _EVAL_CHUNK],
+                    D.cut_rows(src.X, i, i + _EVAL_CHUNK),
                     (None if src.y is None else src.y[i : i + _EVAL_CHUNK]),
                 )
         else:
@@ -1002,11 +1016,11 @@ class Loop:
         self.model.train()
         try:
             src = self.bundle.train
-            n = src.X.shape[0]
+            n = D.n_rows(src.X)
             step = max(1, src.batch_size or n)
             for i in range(0, min(n, 50 * step), step):
                 with self._autocast():
-                    self.model(src.X[i : i + step])
+                    D.call_model(self.model, D.cut_rows(src.X, i, i + step))
         finally:
             for m, mom in saved:
                 m.momentum = mom
@@ -1081,7 +1095,8 @@ class Loop:
         if not src.resident:
             return ""
         parts = []
-        for name, t in (("features", src.X), ("targets", src.y)):
+        named = [("features", t) for t in D.inputs_of(src.X)] + [("targets", src.y)]
+        for name, t in named:
             if t is None or not t.is_floating_point() or t.numel() == 0:
                 continue
             lo, hi = torch.aminmax(t.detach())  # no |t| copy of a large resident set
@@ -1253,7 +1268,7 @@ class Loop:
             }
             src = b.train
             if src.resident:
-                sig["x_sum"] = _sum64(src.X)
+                sig["x_sum"] = sum(_sum64(t) for t in D.inputs_of(src.X))
                 if src.y is not None:
                     sig["y_sum"] = _sum64(src.y)
             self._data_sig = sig
@@ -1644,7 +1659,9 @@ def fit(
             is moved to the device once and sliced by a seeded permutation. Floating, boolean
             and uint8/int8/int16 features (and real targets) take the model's floating dtype:
             float32 for most models, float64 for a double-precision one; int32/int64 features
-            stay integers (embedding indices).
+            stay integers (embedding indices). For a model with several inputs ``X`` is a tuple
+            of arrays, one per argument of ``forward`` (``((x_num, x_ids), y)`` calls
+            ``model(x_num, x_ids)`` on the same rows of each).
         loss: a registry name (``"mse"``, ``"cross_entropy"``, ``"mae"``, ``"huber"``,
             ``"poisson"`` (the model's output is the log of the expected count),
             ``"binary_cross_entropy"``, ``"nll"``), a :class:`descend.losses.Loss`, or any
