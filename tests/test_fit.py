@@ -978,3 +978,41 @@ def test_progress_lines_to_a_closed_pipe_stop_and_the_run_goes_on():
         torch.nn.Linear(2, 1), (x, y), "mse", lr=0.01, epochs=3, callbacks=[progress], verbose=0
     )
     assert r.epochs == 3 and GoneReader.writes == 1  # one failed write, then silence
+
+
+def test_embedding_ids_out_of_range_are_named_wherever_they_show_up():
+    # torch says only "index out of range in self"; fit names the ids and the tables, whether
+    # the probe before step 1, a later training batch or the validation data meets them.
+    def model():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(
+            torch.nn.Embedding(10, 4), torch.nn.Flatten(), torch.nn.Linear(12, 1)
+        )
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randint(0, 10, (100, 3), generator=g)
+    y = torch.randn(100, 1, generator=g)
+    kw = {"epochs": 1, "verbose": 0, "optimizer": "adam", "validation": None}
+    with pytest.raises(
+        descend.InputError,
+        match=r"the training data's integer features must index inside the model's embedding "
+        r"tables; got X holds 0..45, and model.0 = Embedding\(10, 4\) takes 0..9 \(torch: index "
+        r"out of range in self\) — give each table at least \(largest id \+ 1\) rows",
+    ):
+        descend.fit(model(), (X * 5, y), "mse", **kw)
+    late = X.clone()
+    late[77, 1] = 10  # batch 5 of 7 in order: after the probe's first rows
+    with pytest.raises(descend.InputError, match=r"training data's .*X holds 0..10, and model.0"):
+        descend.fit(model(), (late, y), "mse", shuffle=False, batch_size=16, **kw)
+    with pytest.raises(descend.InputError, match=r"the validation data's .*X holds 0..10"):
+        descend.fit(model(), (X, y), "mse", **{**kw, "validation": (late[70:80], y[70:80])})
+
+    # an IndexError of the user's own code is not rewritten
+    class Picky(torch.nn.Module):
+        def forward(self, x):
+            raise IndexError("my own index error")
+
+    with pytest.raises(IndexError, match="my own index error"):
+        descend.fit(
+            torch.nn.Sequential(Picky(), torch.nn.Linear(3, 1)), (X.float(), y), "mse", **kw
+        )

@@ -627,6 +627,8 @@ class Loop:
         try:
             with torch.no_grad(), self._autocast():
                 out = D.call_model(self.model, probe_x)
+        except IndexError as e:
+            raise self._index_error(e, src, xb) from e
         except (RuntimeError, TypeError) as e:
             if isinstance(e, TypeError) and not multi:
                 raise
@@ -753,6 +755,42 @@ class Loop:
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def _index_error(self, err: IndexError, src: D.Source, xb: Any) -> Exception:
+        """torch's "index out of range in self" from an embedding, as an InputError naming
+        the integer features' ranges and the model's tables (``err`` itself otherwise)."""
+        tables = [
+            (name, m)
+            for name, m in self.model.named_modules()
+            if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag))
+        ]
+        if not tables or "out of range" not in str(err):
+            return err
+        X = src.X if src.resident and src.X is not None else xb
+        multi = isinstance(X, tuple)
+        ints = [
+            (f"X[{i}]" if multi else "X", t)
+            for i, t in enumerate(D.inputs_of(X) if torch.is_tensor(X) or multi else ())
+            if not (t.is_floating_point() or t.is_complex()) and t.numel()
+        ]
+        held = "; ".join(f"{n} holds {int(t.min())}..{int(t.max())}" for n, t in ints)
+        sizes = ", ".join(
+            f"{f'model.{name}' if name else 'the model'} = "
+            f"{type(m).__name__}({m.num_embeddings}, {m.embedding_dim}) "
+            f"takes 0..{m.num_embeddings - 1}"
+            for name, m in tables
+        )
+        which = "validation" if src is self.bundle.val else "training"
+        return InputError(
+            message(
+                f"the {which} data's integer features",
+                "must index inside the model's embedding tables",
+                f"{held or 'integer indices'}, and {sizes} (torch: {str(err).strip()})",
+                "give each table at least (largest id + 1) rows, e.g. "
+                "nn.Embedding(int(ids.max()) + 1, dim), or map the ids to 0..n-1 first "
+                "(e.g. pandas.factorize)",
+            )
+        )
+
     # ---- the step ----------------------------------------------------------------------
 
     def train_step(self, xb: torch.Tensor, yb: torch.Tensor | None, wb: torch.Tensor | None = None):
@@ -825,8 +863,11 @@ class Loop:
                 if fast is not None and fast.usable(xb, training=False):
                     out = fast.forward(xb)
                 else:
-                    with self._autocast():
-                        out = D.call_model(self.model, xb)
+                    try:
+                        with self._autocast():
+                            out = D.call_model(self.model, xb)
+                    except IndexError as e:
+                        raise self._index_error(e, src, xb) from e
                 out = out.float()
                 if yb is not None and self._y_unsqueeze:
                     yb = yb.unsqueeze(-1)
@@ -1472,7 +1513,10 @@ class Loop:
         steady = self._mlp is not None and not self.step_callbacks and src.resident
         for batch in src.batches(self.epoch, start=self.batch):
             # Sources yield (x, y) or, with sample weights, (x, y, w).
-            value, gnorm = self.train_step(*batch)
+            try:
+                value, gnorm = self.train_step(*batch)
+            except IndexError as e:
+                raise self._index_error(e, src, batch[0]) from e
             if steady and not self._fast_ok:
                 self._fast_ok = self._mlp.usable(batch[0])
             self.batch += 1
