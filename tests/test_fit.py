@@ -183,6 +183,27 @@ def test_function_model_params_are_checked(params, match):
         descend.fit(lambda x, p: x @ p["w"], (x, y), "mse", params=params, epochs=1, verbose=0)
 
 
+@pytest.mark.filterwarnings("ignore:Using a non-tuple sequence")  # torch, on the user's bug
+def test_a_function_model_with_its_arguments_swapped_is_named():
+    # fit calls fn(x, params): fn(params, x) indexed the batch with "w", and torch's own
+    # "new(): invalid data type 'str'" said nothing of the cause
+    x, y = torch.randn(32, 2), torch.randn(32)
+    with pytest.raises(
+        InputError,
+        match=r"an error on a batch of shape \(8, 2\) \(torch.float32\): new\(\): invalid data "
+        r"type 'str' — fit calls the function as fn\(x, params\): x a batch of rows, params a "
+        r"dict of tensors \('w'\); check the order of its arguments",
+    ):
+        descend.fit(
+            lambda p, x: x @ p["w"],
+            (x, y),
+            "mse",
+            params={"w": torch.zeros(2)},
+            epochs=1,
+            verbose=0,
+        )
+
+
 def test_history_records_steps_and_epochs(digits):
     X, y = digits
     r = descend.fit(

@@ -630,7 +630,8 @@ class Loop:
         except IndexError as e:
             raise self._index_error(e, src, xb) from e
         except (RuntimeError, TypeError) as e:
-            if isinstance(e, TypeError) and not multi:
+            function = isinstance(self.model, _FunctionModel)
+            if isinstance(e, TypeError) and not (multi or function):
                 raise
             shape = D.shapes_of(probe_x) if torch.is_tensor(probe_x) or multi else "?"
             kind = (
@@ -658,6 +659,12 @@ class Loop:
                     f"the data is {probe_x.dtype} (fit converts it to the model's first floating "
                     f"parameter's dtype) and the model holds {', '.join(dtypes)}: give every "
                     "parameter one floating dtype (e.g. model.float() or model.double())"
+                )
+            elif function:
+                names = ", ".join(repr(n) for n in self.model.params)
+                fix = (
+                    "fit calls the function as fn(x, params): x a batch of rows, params a dict "
+                    f"of tensors ({names}); check the order of its arguments and the shapes"
                 )
             elif multi:
                 fix = (
