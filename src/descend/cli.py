@@ -38,6 +38,9 @@ app = typer.Typer(
     help="Optimize the loss: train a model on a data file in one command, no hand-tuning.",
     no_args_is_help=True,
     add_completion=False,
+    # markdown: a docstring's paragraphs reflow to the terminal (rich mode kept the source's
+    # line breaks, so an 80-column help broke every wrapped line in two)
+    rich_markup_mode="markdown",
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -375,9 +378,10 @@ def predict(
     runs_dir: _LookupRunsDir = _D.runs_dir,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ...", show_default="cpu")] = None,
 ) -> None:
-    """Predict with a saved run: labels in their original form plus one probability column per
-    class (classification), or values in original units (regression), written as CSV (or
-    Parquet for a .parquet file)."""
+    """Predict with a saved run, as CSV (or Parquet for a .parquet file).
+
+    Classification gives the labels in their original form plus one probability column per
+    class; regression gives values in the target's original units."""
     runs.check_output(output)  # before any work
     table, notes = runs.predict(run, data, runs_dir=runs_dir, device=device)
     to_stdout = output is None or output == "-"
