@@ -202,6 +202,32 @@ def test_predict_round_trip_matches_the_model_in_process(reg_run, tmp_path):
     np.testing.assert_allclose(got["price"].to_numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_a_parquet_files_pandas_index_is_no_feature(tmp_path, monkeypatch):
+    # A filtered DataFrame saved with to_parquet carries its index as a column: trained on as a
+    # feature, it made predictions on the same data as CSV fail ("no column __index_level_0__").
+    pytest.importorskip("pandas")
+    df = iris_table().to_pandas()
+    df = df[df.f0 > 4.5]
+    df.to_parquet(tmp_path / "iris.parquet")
+    df.to_csv(tmp_path / "iris.csv", index=False)
+    args = ["--target", "species", "--epochs", "3", "--seed", "0", "--quiet"]
+    result = invoke(["fit", "iris.parquet", *args, "--out", "runs/a"], tmp_path, monkeypatch)
+    assert result.exit_code == 0, result.output
+    spec = json.loads((tmp_path / "runs/a/preprocess.json").read_text())
+    assert "__index_level_0__" not in json.dumps(spec)
+    result = invoke(["predict", "runs/a", "iris.csv", "-o", "p.csv"], tmp_path, monkeypatch)
+    assert result.exit_code == 0, result.output
+    assert pcsv.read_csv(tmp_path / "p.csv").num_rows == len(df)
+    result = invoke(
+        ["fit", "iris.parquet", "--target", "species", "--epochs", "1", "--out", "runs/b"],
+        tmp_path,
+        monkeypatch,
+    )
+    assert "Left out the pandas index stored in the Parquet file (['__index_level_0__'])" in (
+        result.output
+    )
+
+
 def test_fit_classification_parquet_with_text_labels(tmp_path, monkeypatch):
     table = iris_table()
     pq.write_table(table, tmp_path / "iris.parquet")

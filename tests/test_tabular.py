@@ -15,6 +15,7 @@ from descend._errors import ConfigError, InputError
 from descend.tabular import (
     Preprocessor,
     drop_missing_target,
+    dropped_index,
     infer_task,
     read_table,
     split_indices,
@@ -526,3 +527,25 @@ def test_pandas_categorical_and_parquet_dictionary_columns(tmp_path):
     table = read_table(tmp_path / "d.parquet")
     assert pa.types.is_dictionary(table["c"].type)
     np.testing.assert_array_equal(pre.transform(table)[0], pre.transform(df)[0])
+
+
+def test_a_pandas_index_stored_in_parquet_is_not_a_column(tmp_path):
+    # DataFrame.to_parquet stores a filtered or sorted frame's index as "__index_level_0__"
+    # (a named index under its name); pandas.read_parquet makes it the index again. Read as a
+    # column, it became a feature (the row order) and predictions on the CSV of the same data
+    # failed for the missing column.
+    pd = pytest.importorskip("pandas")
+    df = pd.DataFrame({"x": [1.0, 2.0, 3.0, 4.0], "y": [0, 1, 0, 1]})
+    df.iloc[[3, 0, 2]].to_parquet(tmp_path / "filtered.parquet")  # index [3, 0, 2]
+    df.set_index(pd.Index([7, 3, 9, 1], name="id")).to_parquet(tmp_path / "named.parquet")
+    df.to_parquet(tmp_path / "range.parquet")  # a RangeIndex is metadata only
+    filtered = read_table(tmp_path / "filtered.parquet")
+    assert filtered.column_names == ["x", "y"] and filtered.num_rows == 3
+    assert dropped_index(filtered) == ["__index_level_0__"]
+    named = read_table(tmp_path / "named.parquet")
+    assert named.column_names == ["x", "y"] and dropped_index(named) == ["id"]
+    plain = read_table(tmp_path / "range.parquet")
+    assert plain.column_names == ["x", "y"] and dropped_index(plain) == []
+    # a Parquet file not written by pandas keeps every column
+    pq.write_table(pa.table({"__index_level_0__": [1, 2], "x": [0.5, 1.5]}), tmp_path / "a.parquet")
+    assert read_table(tmp_path / "a.parquet").column_names == ["__index_level_0__", "x"]

@@ -763,6 +763,13 @@ def prepare_data(
     source.update(rows=table.num_rows, columns=table.num_columns)
     where = f"'{source['path']}'" if source["kind"] == "file" else f"dataset {name}"
     notify(f"data: {where} — {table.num_rows:,} rows, {table.num_columns} columns")
+    index = tabular.dropped_index(table)
+    if index:
+        notify(
+            f"Left out the pandas index stored in the Parquet file ({tabular._quote_list(index)}): row "
+            "labels, not a feature, as pandas.read_parquet reads them (df.reset_index() before "
+            "saving makes it a column)."
+        )
     targets = _resolve_targets(cfg.target, table, cfg.data, source)
     if any(t not in table.column_names for t in targets):
         # Raises tabular's message for a missing target: close matches, then the columns.

@@ -429,7 +429,7 @@ def _read_parquet(path: Path) -> pa.Table:
     try:
         # ParquetFile, not pq.read_table: the dataset reader fails on duplicate column names
         # with an obscure message, and we want to name them ourselves.
-        return pq.ParquetFile(str(path)).read()
+        table = pq.ParquetFile(str(path)).read()
     except (pa.ArrowException, OSError) as exc:
         raise InputError(
             message(
@@ -439,6 +439,35 @@ def _read_parquet(path: Path) -> pa.Table:
                 "check that the file is Parquet (not CSV renamed) and was fully written",
             )
         ) from None
+    return _drop_pandas_index(table)
+
+
+def dropped_index(table: pa.Table) -> list[str]:
+    """The pandas index columns :func:`read_table` left out of a Parquet file's table."""
+    raw = (table.schema.metadata or {}).get(b"descend.dropped_index")
+    return list(json.loads(raw)) if raw else []
+
+
+def _drop_pandas_index(table: pa.Table) -> pa.Table:
+    """Leave out the pandas index that ``DataFrame.to_parquet`` stores as columns
+    (``__index_level_0__`` after a filter or a sort, or the index's name), as
+    ``pandas.read_parquet`` does: row labels, not a feature (a model trained on them would
+    learn the row order, and a CSV of the same data has no such column). Their names go to the
+    schema metadata (``descend.dropped_index``) for the caller to say so."""
+    raw = (table.schema.metadata or {}).get(b"pandas")
+    if not raw:
+        return table
+    try:
+        index = json.loads(raw).get("index_columns", [])
+    except (ValueError, AttributeError):
+        return table
+    names = [c for c in index if isinstance(c, str) and c in table.column_names]
+    if not names or len(names) == table.num_columns:
+        return table
+    kept = table.drop_columns(names)
+    meta = dict(table.schema.metadata or {})
+    meta[b"descend.dropped_index"] = json.dumps(names).encode()
+    return kept.replace_schema_metadata(meta)
 
 
 def read_table(path: str | os.PathLike[str]) -> pa.Table:
