@@ -230,6 +230,31 @@ def test_identifier_text_column_is_dropped_with_a_note():
     assert any("Dropped column 'id'" in note and "identifier" in note for note in pre.notes)
 
 
+def test_the_index_pandas_to_csv_writes_is_dropped_with_a_note(tmp_path):
+    # df.to_csv(path) writes the index as a first column with an empty header: trained on, it
+    # was a feature (the row order); pandas re-reads it as "Unnamed: 0".
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=40)
+    for header in ("", "Unnamed: 0"):
+        rows = "\n".join(f"{i},{v},{2 * v}" for i, v in zip(rng.permutation(40), x))
+        (tmp_path / "d.csv").write_text(f"{header},x,y\n{rows}\n")
+        table = read_table(tmp_path / "d.csv")
+        pre = Preprocessor().fit(table, "y")
+        assert pre.input_columns == ["x"]
+        assert any(
+            f"Dropped column {header!r}" in n and "the row index pandas' DataFrame.to_csv" in n
+            for n in pre.notes
+        )
+        X, _ = pre.transform(table)  # the same file (with the column) transforms as ever
+        assert X.shape == (40, 1)
+    # a named column of distinct whole numbers is a feature like any other (a day counter),
+    # and so is an unnamed one with repeats
+    named = pa.table({"day": list(range(40)), "x": x, "y": 2 * x})
+    assert Preprocessor().fit(named, "y").input_columns == ["day", "x"]
+    repeats = pa.table({"": [i % 5 for i in range(40)], "x": x, "y": 2 * x})
+    assert Preprocessor().fit(repeats, "y").input_columns == ["", "x"]
+
+
 def test_missing_values_are_imputed_with_the_training_median_and_flagged():
     table = pa.table(
         {"x": [1.0, None, 3.0, 10.0, float("nan")], "z": [1, 2, 3, 4, 5], "y": [0, 1, 0, 1, 0]}

@@ -25,7 +25,9 @@ Choices, and why:
   has that bucket (like scikit-learn's ``handle_unknown="infrequent_if_exist"``) and to all
   zeros otherwise — never a crash. Missing text gets its own ``<col>__missing`` column when
   training had missing text. A text column whose every value is distinct (more than
-  ``max_categories`` of them) is an identifier and is dropped with a note.
+  ``max_categories`` of them) is an identifier and is dropped with a note; so is a column with
+  no name (``""``, or ``Unnamed: 0`` as pandas re-reads one) of distinct whole numbers, the
+  row index ``DataFrame.to_csv`` writes by default.
 * **Numbers stored as text** (a text column whose values all parse as numbers) are read as
   numbers. If *most* but not all values parse (``"12"``, ``"13"``, ``"abc"``), that is junk in a
   numeric column: an :class:`~descend._errors.InputError` names the column, the rows and the
@@ -830,6 +832,19 @@ def drop_missing_target(
 # ----------------------------------------------------------------------------- preprocessing
 
 
+_UNNAMED = re.compile(r"Unnamed: \d+")
+
+
+def _looks_like_saved_index(name: str, values: np.ndarray) -> bool:
+    """A column with no name (``""``, or ``Unnamed: 0`` as pandas re-reads one) of distinct
+    whole numbers: the index ``DataFrame.to_csv`` writes by default, not a feature."""
+    if name.strip() and not _UNNAMED.fullmatch(name.strip()):
+        return False
+    if len(values) < 2 or not np.isfinite(values).all() or not (values == np.round(values)).all():
+        return False
+    return len(np.unique(values)) == len(values)
+
+
 class Preprocessor:
     """Turns a table into a float32 feature matrix and encoded targets, fitted on training rows.
 
@@ -1179,6 +1194,13 @@ class Preprocessor:
                 text_numbers.append(name)
             elif _is_number(t) or pa.types.is_boolean(t):
                 values, source = _numeric_values(col), "number"
+                if _looks_like_saved_index(name, values):
+                    self.dropped[name] = (
+                        "a column without a name holding distinct whole numbers is the row "
+                        "index pandas' DataFrame.to_csv writes, not a feature (save with "
+                        "index=False, or give the column a name in the header to keep it)"
+                    )
+                    continue
             elif _is_time(t):
                 values, source = _numeric_values(col), "time"
                 numeric_notes.append(
