@@ -161,8 +161,8 @@ def test_multi_input_mistakes_are_named():
         descend.fit(One(), ((num, ids), y), "mse", epochs=1, verbose=0)
     with pytest.raises(
         InputError,
-        match=r"validation X must have the training X's inputs \(2\); "
-        r"got 1",
+        match=r"validation X must have the training X's form \(2 positional inputs\); "
+        r"got one array, shape \(5, 3\)",
     ):
         descend.fit(
             WideAndDeep(), ((num, ids), y), "mse", epochs=1, verbose=0, validation=(num[:5], y[:5])
@@ -202,3 +202,62 @@ def test_ragged_dataset_items_are_refused_by_name():
 
     with pytest.raises(InputError, match=r"data item features must all have the same shape"):
         D.prepare(Ragged(), validation=None)
+
+
+class KeywordModel(torch.nn.Module):
+    """A model whose forward takes keyword inputs, as transformer-style models do."""
+
+    def __init__(self, seed=0):
+        super().__init__()
+        self.inner = WideAndDeep(seed)
+
+    def forward(self, features, ids):
+        return self.inner(features, ids)
+
+
+def test_a_dict_of_inputs_calls_the_model_with_keywords():
+    # fit(model, ({"features": x, "ids": ids}, y)) calls model(features=..., ids=...): the
+    # same run as the tuple form, batch for batch (keys in any order: they are names)
+    num, ids, y = _data(300)
+    kw = {"epochs": 3, "verbose": 0, "seed": 0, "optimizer": descend.optim.adam(lr=1e-2)}
+    by_name = descend.fit(KeywordModel(), ({"ids": ids, "features": num}, y), "mse", **kw)
+    by_place = descend.fit(WideAndDeep(), ((num, ids), y), "mse", **kw)
+    assert by_name.history.step_loss == by_place.history.step_loss
+    assert by_name.history.val_loss == by_place.history.val_loss
+
+    class Items(Dataset):
+        def __len__(self):
+            return len(y)
+
+        def __getitem__(self, i):
+            return {"features": num[i], "ids": ids[i]}, y[i]
+
+    kw2 = {**kw, "validation": None, "shuffle": False, "batch_size": 32}
+    arrays = descend.fit(KeywordModel(), ({"features": num, "ids": ids}, y), "mse", **kw2)
+    items = descend.fit(KeywordModel(), Items(), "mse", **kw2)
+    stream = descend.fit(KeywordModel(), DataLoader(Items(), batch_size=32), "mse", **kw2)
+    assert items.history.step_loss == arrays.history.step_loss
+    assert stream.history.step_loss == pytest.approx(arrays.history.step_loss, rel=1e-6)
+    with pytest.raises(
+        InputError,
+        match=r"X\['ids'\] must have one row per sample, as "
+        r"X\['features'\] has \(300 rows\); got 7 rows",
+    ):
+        descend.fit(KeywordModel(), ({"features": num, "ids": ids[:7]}, y), "mse", **kw)
+    with pytest.raises(
+        InputError,
+        match=r"X holds the inputs \['x', 'ids'\] and fit calls "
+        r"model\(\*\*inputs\)",
+    ):
+        descend.fit(KeywordModel(), ({"x": num, "ids": ids}, y), "mse", **kw)
+    with pytest.raises(
+        InputError,
+        match=r"validation X must have the training X's form \(the "
+        r"keyword inputs \['features', 'ids'\]\); got 2 positional inputs",
+    ):
+        descend.fit(
+            KeywordModel(),
+            ({"features": num, "ids": ids}, y),
+            "mse",
+            **{**kw, "validation": ((num[:5], ids[:5]), y[:5])},
+        )

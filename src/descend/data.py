@@ -31,10 +31,11 @@ Design:
   ``X`` and ``y``, splits it along with them, and the sources then yield ``(xb, yb, wb)``
   triples sliced by the same permutation.
 * **Several inputs.** ``X`` may be a tuple of arrays, one per argument of the model's
-  ``forward`` (``fit(model, ((x_num, x_ids), y))`` calls ``model(x_num, x_ids)``): each with
-  one row per sample, each converted and checked on its own (integer ids stay integers), all
-  split and sliced by the same rows. Batches then hold a tuple ``xb``; :func:`n_rows`,
-  :func:`take_rows`, :func:`cut_rows` and :func:`call_model` work on either form.
+  ``forward`` (``fit(model, ((x_num, x_ids), y))`` calls ``model(x_num, x_ids)``), or a dict of
+  them for keyword arguments (``model(**xb)``): each with one row per sample, each converted
+  and checked on its own (integer ids stay integers), all split and sliced by the same rows.
+  Batches then hold a tuple or dict ``xb``; :func:`n_rows`, :func:`take_rows`,
+  :func:`cut_rows` and :func:`call_model` work on every form.
 * **Bad data is refused before training** with :class:`~descend._errors.InputError` whose
   message names the input, the rule, what was received and the fix.
 
@@ -55,7 +56,7 @@ import functools
 import math
 import numbers
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -115,9 +116,25 @@ _EPOCH_STREAM = 2
 # ----------------------------------------------------------------------------------------------
 
 
+def is_multi(X: Any) -> bool:
+    """Whether ``X`` holds several inputs: a tuple (positional) or a dict (keyword)."""
+    return isinstance(X, (tuple, dict))
+
+
 def inputs_of(X: Features) -> tuple[torch.Tensor, ...]:
     """The feature tensors: ``X`` itself, or each input of a multi-input ``X``."""
+    if isinstance(X, dict):
+        return tuple(X.values())
     return X if isinstance(X, tuple) else (X,)
+
+
+def input_names(X: Any, what: str = "X") -> list[str]:
+    """How messages name each input: ``X``, or ``X[0]``, ``X[1]``, ... / ``X['ids']``, ..."""
+    if isinstance(X, dict):
+        return [f"{what}[{k!r}]" for k in X]
+    if isinstance(X, tuple):
+        return [f"{what}[{i}]" for i in range(len(X))]
+    return [what]
 
 
 def n_rows(X: Features) -> int:
@@ -125,35 +142,42 @@ def n_rows(X: Features) -> int:
     return int(inputs_of(X)[0].shape[0])
 
 
+def _each(X: Any, fn: Any) -> Any:
+    """``fn`` applied to every input, keeping ``X``'s form."""
+    if isinstance(X, dict):
+        return {k: fn(t) for k, t in X.items()}
+    return tuple(fn(t) for t in X) if isinstance(X, tuple) else fn(X)
+
+
 def take_rows(X: Features, idx: torch.Tensor) -> Features:
     """Rows ``idx`` of every input (``index_select``; ``idx`` moved to each input's device)."""
-    if isinstance(X, tuple):
-        return tuple(t.index_select(0, idx.to(t.device)) for t in X)
-    return X.index_select(0, idx.to(X.device))
-
-
-def _each(X: Features, fn: Any) -> Features:
-    """``fn`` applied to every input."""
-    return tuple(fn(t) for t in X) if isinstance(X, tuple) else fn(X)
+    if not is_multi(X):
+        return X.index_select(0, idx.to(X.device))  # type: ignore[union-attr]
+    return _each(X, lambda t: t.index_select(0, idx.to(t.device)))
 
 
 def cut_rows(X: Features, lo: int, hi: int) -> Features:
     """Rows ``lo:hi`` of every input (views)."""
-    return tuple(t[lo:hi] for t in X) if isinstance(X, tuple) else X[lo:hi]
+    return _each(X, lambda t: t[lo:hi]) if is_multi(X) else X[lo:hi]  # type: ignore[index]
 
 
 def call_model(model: Any, xb: Features) -> Any:
-    """``model(xb)``, or ``model(*xb)`` for a batch of several inputs."""
+    """``model(xb)``; ``model(*xb)`` for a tuple of inputs, ``model(**xb)`` for a dict."""
+    if isinstance(xb, dict):
+        return model(**xb)
     return model(*xb) if isinstance(xb, tuple) else model(xb)
 
 
+def _array_like(o: Any) -> bool:
+    return hasattr(o, "shape") and len(getattr(o, "shape", ())) > 0
+
+
 def _multi_input(obj: Any) -> bool:
-    """``X`` given as a tuple of arrays (one per model input) rather than as rows."""
-    return (
-        isinstance(obj, tuple)
-        and len(obj) > 0
-        and all(hasattr(o, "shape") and len(getattr(o, "shape", ())) > 0 for o in obj)
-    )
+    """``X`` given as a tuple (or a dict with text keys) of arrays, one per model input, rather
+    than as rows."""
+    if isinstance(obj, Mapping):
+        return len(obj) > 0 and all(isinstance(k, str) and _array_like(v) for k, v in obj.items())
+    return isinstance(obj, tuple) and len(obj) > 0 and all(_array_like(o) for o in obj)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -494,8 +518,10 @@ class StreamSource(Source):
             )
         if isinstance(x, (tuple, list)) and x and all(isinstance(t, torch.Tensor) for t in x):
             x = tuple(x)  # several inputs: the model is called as model(*x)
+        if isinstance(x, Mapping) and x and all(isinstance(t, torch.Tensor) for t in x.values()):
+            x = dict(x)  # keyword inputs: model(**x)
         for name, t in (("x", x), ("y", y)):
-            if t is not None and not isinstance(t, (torch.Tensor, tuple)):
+            if t is not None and not isinstance(t, (torch.Tensor, tuple, dict)):
                 raise InputError(
                     message(
                         f"DataLoader batch {name}",
@@ -504,7 +530,7 @@ class StreamSource(Source):
                         "convert the items to tensors in the dataset or the collate_fn",
                     )
                 )
-        if isinstance(y, tuple):
+        if isinstance(y, (tuple, dict)):
             raise InputError(
                 message(
                     "DataLoader batch y",
@@ -641,7 +667,8 @@ def prepare(
             Floating and bool features become ``dtype``; integer features (e.g. token ids) keep
             their integer dtype, except in DataFrames/Tables, which are tabular and become
             ``dtype``. A tuple is always read as ``(X, y)``; ``X`` itself may be a tuple of
-            arrays, one per input of the model, each with one row per sample.
+            arrays, one per input of the model, or a dict of them (keyword inputs), each with
+            one row per sample.
         validation: a fraction in (0, 1) split off with ``seed`` (stratified by class when
             ``target_kind == "index"`` and ``stratify``); explicit data in any form ``data``
             accepts; or None / 0 for no validation. A fraction needs in-memory data.
@@ -840,7 +867,7 @@ def prepare(
         val = ResidentSource(Xvd, yvd, batch_size, shuffle=False, drop_last=False, seed=seed, w=wvd)
     elif isinstance(val_raw, _Stream):
         val = StreamSource(val_raw.loader, **kw)
-    shape = None if isinstance(Xd, tuple) else tuple(Xd.shape[1:])
+    shape = None if is_multi(Xd) else tuple(Xd.shape[1:])
     return Bundle(
         train=train,
         val=val,
@@ -1077,10 +1104,19 @@ def _materialize(ds: Dataset, role: str) -> _Arrays:
         ):
             # items ((x1, x2, ...), y), each x an array or tensor (a 0-d id too): one stacked
             # array per input of the model (a tuple of plain numbers stays one row)
-            xs = tuple(
+            xs: Any = tuple(
                 _stack([it[0][k] for it in items], f"{role} item features [{k}]")
                 for k in range(len(first[0]))
             )
+        elif (
+            isinstance(x0, Mapping)
+            and x0
+            and all(isinstance(o, (torch.Tensor, np.ndarray)) for o in x0.values())
+        ):
+            # items ({"ids": ..., "mask": ...}, y): one stacked array per keyword input
+            xs = {
+                k: _stack([it[0][k] for it in items], f"{role} item features [{k!r}]") for k in x0
+            }
         else:
             xs = _stack([it[0] for it in items], f"{role} item features")
         if len(first) == 1:
@@ -1340,18 +1376,22 @@ def _numeric_objects(arr: np.ndarray) -> bool:
 
 
 def _inputs(obj: Any, what: str, dtype: torch.dtype) -> Features:
-    """Features as a tensor, or a tuple of tensors for a multi-input ``X`` (each converted and
-    checked on its own, all with the same number of rows), or InputError."""
+    """Features as a tensor, or a tuple/dict of tensors for a multi-input ``X`` (each converted
+    and checked on its own, all with the same number of rows), or InputError."""
     if not _multi_input(obj):
         return _features(obj, what, dtype)
-    parts = tuple(_features(o, f"{what}[{i}]", dtype) for i, o in enumerate(obj))
-    n = int(parts[0].shape[0])
-    for i, t in enumerate(parts[1:], 1):
+    if isinstance(obj, Mapping):
+        parts: Any = {k: _features(v, f"{what}[{k!r}]", dtype) for k, v in obj.items()}
+    else:
+        parts = tuple(_features(o, f"{what}[{i}]", dtype) for i, o in enumerate(obj))
+    names, tensors = input_names(parts, what), inputs_of(parts)
+    n = int(tensors[0].shape[0])
+    for name, t in zip(names[1:], tensors[1:]):
         if int(t.shape[0]) != n:
             raise InputError(
                 message(
-                    f"{what}[{i}]",
-                    f"must have one row per sample, as {what}[0] has ({n} rows)",
+                    name,
+                    f"must have one row per sample, as {names[0]} has ({n} rows)",
                     f"{int(t.shape[0])} rows (shape {tuple(t.shape)})",
                     "build every input from the same samples, in the same order",
                 )
@@ -1361,26 +1401,42 @@ def _inputs(obj: Any, what: str, dtype: torch.dtype) -> Features:
 
 def shapes_of(X: Features) -> str:
     """``X``'s shape, or each input's, for a message."""
+    if isinstance(X, dict):
+        return "{" + ", ".join(f"{k!r}: {tuple(t.shape)}" for k, t in X.items()) + "}"
     if isinstance(X, tuple):
         return "(" + ", ".join(str(tuple(t.shape)) for t in X) + ")"
     return str(tuple(X.shape))
 
 
+def _form(X: Any) -> Any:
+    """What makes two ``X`` the same form: one tensor, n positional inputs, or these keys."""
+    if isinstance(X, dict):
+        return ("dict", tuple(sorted(X)))
+    return ("tuple", len(X)) if isinstance(X, tuple) else ("tensor",)
+
+
+def _form_text(X: Any) -> str:
+    if isinstance(X, dict):
+        return f"the keyword inputs {list(X)}"
+    return f"{len(X)} positional inputs" if isinstance(X, tuple) else "one array"
+
+
 def _check_like_training(X: Features, Xv: Features) -> None:
     """Refuse validation features whose inputs or shapes differ from the training ones."""
-    if isinstance(X, tuple) != isinstance(Xv, tuple) or len(inputs_of(X)) != len(inputs_of(Xv)):
+    if _form(X) != _form(Xv):
         raise InputError(
             message(
                 "validation X",
-                f"must have the training X's inputs ({len(inputs_of(X))})",
-                f"{len(inputs_of(Xv))} (shapes {shapes_of(Xv)})",
+                f"must have the training X's form ({_form_text(X)})",
+                f"{_form_text(Xv)}, shape {shapes_of(Xv)}",
                 "pass validation X in the same form as the training X",
             )
         )
-    multi = isinstance(X, tuple)
-    for i, (t, tv) in enumerate(zip(inputs_of(X), inputs_of(Xv))):
+    names = input_names(X, "validation X")
+    # a dict's inputs pair up by name, whatever the order they were given in
+    others = tuple(Xv[k] for k in X) if isinstance(X, dict) else inputs_of(Xv)  # type: ignore[index]
+    for what, t, tv in zip(names, inputs_of(X), others):
         if tuple(tv.shape[1:]) != tuple(t.shape[1:]):
-            what = f"validation X[{i}]" if multi else "validation X"
             raise InputError(
                 message(
                     what,
@@ -1395,9 +1451,8 @@ def _check_like_training(X: Features, Xv: Features) -> None:
 
 def _check_inputs_finite(X: Features, what: str, dtype: torch.dtype) -> None:
     """:func:`_check_finite` for every input."""
-    multi = isinstance(X, tuple)
-    for i, t in enumerate(inputs_of(X)):
-        _check_finite(t, f"{what}[{i}]" if multi else what, dtype)
+    for name, t in zip(input_names(X, what), inputs_of(X)):
+        _check_finite(t, name, dtype)
 
 
 def _features(obj: Any, what: str, dtype: torch.dtype) -> torch.Tensor:

@@ -619,7 +619,7 @@ class Loop:
         src = self.bundle.train
         first = next(iter(src.batches(0)))
         xb, yb = first[0], first[1]
-        multi = isinstance(xb, tuple)
+        multi = D.is_multi(xb)
         n_probe = min(8, D.n_rows(xb)) if torch.is_tensor(xb) or multi else 8
         probe_x = D.cut_rows(xb, 0, n_probe) if torch.is_tensor(xb) or multi else xb
         was_training = self.model.training
@@ -637,7 +637,7 @@ class Loop:
             kind = (
                 probe_x.dtype
                 if torch.is_tensor(probe_x)
-                else ", ".join(str(t.dtype) for t in probe_x)
+                else ", ".join(str(t.dtype) for t in D.inputs_of(probe_x))
                 if multi
                 else "?"
             )
@@ -665,6 +665,11 @@ class Loop:
                 fix = (
                     "fit calls the function as fn(x, params): x a batch of rows, params a dict "
                     f"of tensors ({names}); check the order of its arguments and the shapes"
+                )
+            elif multi and isinstance(probe_x, dict):
+                fix = (
+                    f"X holds the inputs {list(probe_x)} and fit calls model(**inputs): check "
+                    "that forward() takes those keyword arguments and each layer its input's shape"
                 )
             elif multi:
                 fix = (
@@ -773,10 +778,10 @@ class Loop:
         if not tables or "out of range" not in str(err):
             return err
         X = src.X if src.resident and src.X is not None else xb
-        multi = isinstance(X, tuple)
+        known = torch.is_tensor(X) or D.is_multi(X)
         ints = [
-            (f"X[{i}]" if multi else "X", t)
-            for i, t in enumerate(D.inputs_of(X) if torch.is_tensor(X) or multi else ())
+            (name, t)
+            for name, t in zip(D.input_names(X), D.inputs_of(X) if known else ())
             if not (t.is_floating_point() or t.is_complex()) and t.numel()
         ]
         held = "; ".join(f"{n} holds {int(t.min())}..{int(t.max())}" for n, t in ints)
@@ -1712,7 +1717,8 @@ def fit(
             float32 for most models, float64 for a double-precision one; int32/int64 features
             stay integers (embedding indices). For a model with several inputs ``X`` is a tuple
             of arrays, one per argument of ``forward`` (``((x_num, x_ids), y)`` calls
-            ``model(x_num, x_ids)`` on the same rows of each).
+            ``model(x_num, x_ids)`` on the same rows of each), or a dict of them, passed as
+            keywords (``({"input_ids": ids, "attention_mask": m}, y)``).
         loss: a registry name (``"mse"``, ``"cross_entropy"``, ``"mae"``, ``"huber"``,
             ``"poisson"`` (the model's output is the log of the expected count),
             ``"binary_cross_entropy"``, ``"nll"``), a :class:`descend.losses.Loss`, or any
