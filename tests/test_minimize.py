@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -74,3 +76,34 @@ def test_a_numpy_start_or_a_number_is_the_tensor_x():
     assert abs(float(r.params["x"]) - 2.0) < 1e-5
     with pytest.raises(ConfigError, match=r"a numpy array or a number"):
         descend.minimize(lambda p: p.sum(), "x")
+
+
+def test_an_objective_without_a_minimum_is_not_called_converged():
+    # L-BFGS on a linear objective ran the point off to -2.8e23 and said "Converged after 3
+    # iterations: ... fell below tolerance".
+    r = descend.minimize(lambda x: x.sum(), torch.zeros(2))
+    assert r.stop_reason is StopReason.DIVERGED
+    assert (
+        r.stop_message.startswith("Diverged: the objective fell without bound (from 0 to -5.5")
+        and "it has no minimum as written. Bound it" in r.stop_message
+    )
+    # gradient descent on -|x|^2 doubles x every step: stopped once x ran 1e8-fold off
+    r = descend.minimize(
+        lambda x: -(x**2).sum(), torch.ones(2), method=descend.optim.sgd(lr=0.5), steps=400
+    )
+    assert r.stop_reason is StopReason.DIVERGED and r.steps < 60
+
+
+def test_stop_sentences_say_which_test_ended_the_run():
+    r = descend.minimize(lambda x: (x**2).sum(), torch.ones(1))
+    assert r.stop_message == (
+        "Converged after 1 iteration: the gradient norm fell below gtol=1e-09. Best value 0."
+    )
+    # Adam at a fixed rate circles the minimum: a stall, with its gradient norm shown
+    r = descend.minimize(lambda x: (x**2).sum(), torch.ones(2), method=descend.optim.adam(lr=0.1))
+    assert r.stop_reason is StopReason.CONVERGED
+    assert re.match(
+        r"Stopped after \d+ iterations: the objective improved by less than tol=1e-12 "
+        r"\(relative\) for 20 in a row; the gradient norm is [0-9.e-]+\. Best value ",
+        r.stop_message,
+    )

@@ -59,6 +59,16 @@ def _as_params(params: Any) -> tuple[dict[str, torch.Tensor], str]:
     return out, kind
 
 
+#: An objective below -UNBOUNDED x its starting magnitude, with the parameters' norm above
+#: UNBOUNDED x theirs, is read as unbounded below (it ran off; it did not converge).
+UNBOUNDED = 1e8
+
+
+def _norm(tensors: list[torch.Tensor]) -> float:
+    with torch.no_grad():
+        return float(sum(float(t.double().pow(2).sum()) for t in tensors)) ** 0.5
+
+
 def _call(fn: Callable, params: dict[str, torch.Tensor], kind: str) -> torch.Tensor:
     if kind == "tensor":
         value = fn(params["x"])
@@ -153,6 +163,17 @@ def minimize(
     since = 0
     reason = StopReason.MAX_EPOCHS
     desc: str
+    with torch.no_grad():
+        first = [float(_call(fn, p, kind))]  # the starting value
+    start_norm = _norm(list(best.values()))
+    why = ""  # what ended a converged or diverged run, for the stop sentence
+
+    def unbounded(value: float) -> bool:
+        """The objective falls without bound: its value and the point both ran off far
+        beyond where they started (a linear objective, a missing penalty)."""
+        if not math.isfinite(first[0]) or value >= -UNBOUNDED * max(1.0, abs(first[0])):
+            return False
+        return _norm(list(p.values())) > UNBOUNDED * max(1.0, start_norm)
 
     def record(value: float, gnorm: float, lr: float) -> bool:
         nonlocal best_val, since
@@ -205,11 +226,14 @@ def minimize(
                 if not math.isfinite(value):
                     reason = StopReason.DIVERGED
                     break
+                if unbounded(value):
+                    reason, why = StopReason.DIVERGED, "unbounded"
+                    break
                 if gn < gtol:
-                    reason = StopReason.CONVERGED
+                    reason, why = StopReason.CONVERGED, "gradient"
                     break
                 if since >= max(1, patience // 10):
-                    reason = StopReason.CONVERGED
+                    reason, why = StopReason.CONVERGED, "stalled"
                     break
                 if max_time is not None and time.perf_counter() - t0 > max_time:
                     reason = StopReason.MAX_TIME
@@ -246,11 +270,14 @@ def minimize(
                 if not math.isfinite(value):
                     reason = StopReason.DIVERGED
                     break
+                if unbounded(value):
+                    reason, why = StopReason.DIVERGED, "unbounded"
+                    break
                 if gn < gtol:
-                    reason = StopReason.CONVERGED
+                    reason, why = StopReason.CONVERGED, "gradient"
                     break
                 if since >= patience:
-                    reason = StopReason.CONVERGED
+                    reason, why = StopReason.CONVERGED, "stalled"
                     break
                 updates, state = tx.update(g, state, p)
                 apply_updates(p, updates)
@@ -261,13 +288,31 @@ def minimize(
         reason = StopReason.INTERRUPTED
 
     n = len(history.step_loss)
+    gn_last = history.step_grad_norm[-1] if history.step_grad_norm else math.nan
+    stall = max(1, patience // 10) if desc.startswith("lbfgs") else patience
+    its = f"{n} iteration{'s' * (n != 1)}"
+    if why == "gradient":
+        converged = f"Converged after {its}: the gradient norm fell below gtol={gtol:g}."
+    else:
+        converged = (
+            f"Stopped after {its}: the objective improved by less than tol={tol:g} (relative) "
+            f"for {stall} in a row; the gradient norm is {gn_last:.3g}."
+        )
+    diverged = (
+        "Diverged: the objective became non-finite; kept the best point. Try a smaller "
+        "learning rate or method='lbfgs'."
+    )
+    if why == "unbounded":
+        diverged = (
+            f"Diverged: the objective fell without bound (from {first[0]:.6g} to {best_val:.6g}, "
+            "the parameters running off with it): it has no minimum as written. Bound it — a "
+            "penalty such as + 1e-3 * (x**2).sum(), or a constraint written into fn."
+        )
     sentences = {
-        StopReason.CONVERGED: f"Converged after {n} iterations: the gradient norm or the change "
-        f"in the objective fell below tolerance.",
+        StopReason.CONVERGED: converged,
         StopReason.MAX_EPOCHS: f"Used the whole budget of {steps} step{'s' * (steps != 1)}; "
         "the objective may still be falling.",
-        StopReason.DIVERGED: "Diverged: the objective became non-finite; kept the best point. "
-        "Try a smaller learning rate or method='lbfgs'.",
+        StopReason.DIVERGED: diverged,
         StopReason.MAX_TIME: "Stopped at the max_time budget; kept the best point.",
         StopReason.INTERRUPTED: "Interrupted by the user; kept the best point.",
     }
@@ -276,7 +321,8 @@ def minimize(
         params=best,
         history=history,
         stop_reason=reason,
-        stop_message=sentences[reason] + f" Best value {best_val:.6g}.",
+        stop_message=sentences[reason]
+        + ("" if why == "unbounded" else f" Best value {best_val:.6g}."),
         best_epoch=0,
         best_loss=best_val,
         seed=0,
