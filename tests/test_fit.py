@@ -1037,3 +1037,26 @@ def test_embedding_ids_out_of_range_are_named_wherever_they_show_up():
         descend.fit(
             torch.nn.Sequential(Picky(), torch.nn.Linear(3, 1)), (X.float(), y), "mse", **kw
         )
+
+
+def test_batch_norm_on_batches_of_one_sample_is_named():
+    # torch: "Expected more than 1 value per channel when training"; raised from the range
+    # test or the first step, it said nothing of batch_size
+    def model():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(
+            torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(), torch.nn.Linear(8, 1)
+        )
+
+    X = torch.randn(30, 4)
+    y = X.sum(1)
+    for kw in ({}, {"optimizer": "adam"}):  # the autopilot's range test, and a plain run
+        with pytest.raises(
+            InputError,
+            match=r"a model with batch norm needs at least 2 samples in every training batch "
+            r"\(it normalizes over the batch\); got a batch of 1 sample \(batch_size=1, 24 "
+            r"training samples\) — pass batch_size >= 2",
+        ):
+            descend.fit(model(), (X, y), "mse", batch_size=1, epochs=1, verbose=0, **kw)
+    r = descend.fit(model(), (X, y), "mse", batch_size=2, epochs=1, verbose=0)
+    assert r.stop_reason is StopReason.MAX_EPOCHS

@@ -767,6 +767,27 @@ class Loop:
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def _step_error(self, err: Exception, xb: Any) -> Exception:
+        """A training forward pass's error in the user's terms: an embedding id out of range,
+        or batch norm given one sample (``err`` itself when it is neither)."""
+        if isinstance(err, IndexError):
+            return self._index_error(err, self.bundle.train, xb)
+        if "Expected more than 1 value per channel" not in str(err):
+            return err
+        src = self.bundle.train
+        rows = D.n_rows(xb) if torch.is_tensor(xb) or D.is_multi(xb) else None
+        return InputError(
+            message(
+                "a model with batch norm",
+                "needs at least 2 samples in every training batch (it normalizes over the batch)",
+                f"a batch of {rows} sample{'s' * (rows != 1)}"
+                + (f" (batch_size={src.batch_size}" if src.batch_size else " (full batch")
+                + f", {src.n_samples} training samples)",
+                "pass batch_size >= 2, and train on at least 2 samples (with validation=None "
+                "if the split leaves fewer)",
+            )
+        )
+
     def _index_error(self, err: IndexError, src: D.Source, xb: Any) -> Exception:
         """torch's "index out of range in self" from an embedding, as an InputError naming
         the integer features' ranges and the model's tables (``err`` itself otherwise)."""
@@ -816,7 +837,10 @@ class Loop:
                 self._ep_metric.add(out, yb)
             return self._finish_step(value, grads, fast.grad_norm() if flat else None)
         with self._autocast():
-            out = D.call_model(self.model, xb)
+            try:
+                out = D.call_model(self.model, xb)
+            except (IndexError, ValueError) as e:
+                raise self._step_error(e, xb) from e
             if yb is not None and self._y_unsqueeze:
                 yb = yb.unsqueeze(-1)
             out = out.float() if self.precision == "bf16" else out
@@ -1525,10 +1549,7 @@ class Loop:
         steady = self._mlp is not None and not self.step_callbacks and src.resident
         for batch in src.batches(self.epoch, start=self.batch):
             # Sources yield (x, y) or, with sample weights, (x, y, w).
-            try:
-                value, gnorm = self.train_step(*batch)
-            except IndexError as e:
-                raise self._index_error(e, src, batch[0]) from e
+            value, gnorm = self.train_step(*batch)
             if steady and not self._fast_ok:
                 self._fast_ok = self._mlp.usable(batch[0])
             self.batch += 1
