@@ -182,6 +182,37 @@ def test_noisy_label_batches_are_not_spikes():
     assert [k for k, _ in loop.events] == ["rollback"]
 
 
+def test_a_spike_at_the_rolled_back_weights_recalibrates_instead_of_cutting_the_rate():
+    # A Poisson loss on batches of 4 (a real stream's first steps): the first batch, 0.055,
+    # was a lucky one, and the next ones (0.03-0.66) were "spikes" against it; seven rollbacks
+    # cut the rate to x0.0007 and ended a healthy run as diverged. The batch after a rollback
+    # is measured at the snapshot's own weights: when it spikes too, the rate was not the cause.
+    from descend.train.guard import Guard
+
+    batches = [0.2502, 0.1288, 0.0330, 0.6650, 0.1269, 0.4540, 0.3563, 0.1648, 0.1684, 0.05]
+    loop = _FakeLoop(0.0552)
+    guard = Guard()
+    guard.snapshot(loop)
+    assert _feed(guard, loop, [0.0552, *batches * 6]) is None
+    kinds = [k for k, _ in loop.events]
+    assert kinds.count("recalibrated") == 1 and kinds.count("rollback") <= 2
+    assert (
+        "the rate was not the cause; the learning rate is back at x"
+        in dict(loop.events)["recalibrated"]
+    )
+    assert loop.lr_state["scale"] >= 0.3  # not x0.0007
+    assert guard.false_alarms == 1
+    # a blow-up beyond these batches' own spread (6 mean deviations in log space) is caught
+    assert _feed(guard, loop, [30.0, 40.0]) is None
+    assert loop.events[-1][0] == "rollback"
+    # ... and when the batch after a rollback is normal, the rate stays cut: a rate too high
+    loop, guard = _FakeLoop(1.1), Guard()
+    guard.snapshot(loop)
+    steady = [0.045, 0.04, 0.05, 0.042, 0.047] * 8
+    assert _feed(guard, loop, [*steady, 1.2, 1.4, 0.046, 0.044]) is None
+    assert [k for k, _ in loop.events] == ["rollback"] and loop.lr_state["scale"] == 0.3
+
+
 def test_snapshot_points_on_short_epochs_follow_the_step_count(digits, monkeypatch):
     # Full-batch epochs (1 step each): the guard snapshots at the run's start and every 25
     # steps (epoch starts 0, 25, 50), not at every epoch start, where the copy was ~10% of a

@@ -27,6 +27,11 @@ How it decides (on by default, ``fit(guard=False)`` turns it off):
   the state the uninterrupted run would. On an event it restores that snapshot, scales
   the learning rate by ``lr_factor`` (via the learning-rate state's ``scale``), and carries on
   with the next batch — the offending batch is skipped.
+- **False alarms**: the step right after a spike's rollback is measured at the snapshot's own
+  weights, before any update at the lowered rate acts. If it spikes too, the batches simply
+  vary that much (a level read off one lucky batch): the guard puts the rate back as it was
+  before that rollback, widens its tolerance to cover such a batch, takes the loss into its
+  level, and records a ``recalibrated`` event (the stop sentence counts them).
 - **Giving up**: after ``max_retries`` events with no clean snapshot in between, or
   ``max_events`` in all, the run stops with stop reason ``diverged`` (best weights kept).
   A snapshot point reached before any step was judged clean since the last rollback keeps
@@ -147,6 +152,10 @@ class Guard:
         # (an epoch start) would reset the retries without any progress, and a run whose every
         # window fails (checks every 16 steps on an accelerator) would never give up.
         self.clean_since_event = True
+        # The learning-rate scale before the last rollback, while the first step after it has
+        # not been judged yet (that step's loss is measured at the snapshot's own weights).
+        self._fresh: float | None = None
+        self.false_alarms = 0
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._snapshot: tuple[dict[str, torch.Tensor], Any] | None = None
 
@@ -162,6 +171,7 @@ class Guard:
             "suspicious": self.suspicious,
             "start": self.start,
             "clean_since_event": self.clean_since_event,
+            "false_alarms": self.false_alarms,
         }
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
@@ -171,6 +181,7 @@ class Guard:
         self.suspicious = d.get("suspicious", 0)
         self.start = d.get("start")
         self.clean_since_event = d.get("clean_since_event", True)
+        self.false_alarms = d.get("false_alarms", 0)
         self.events = d["events"]
         self.retries = d["retries"]
 
@@ -241,6 +252,10 @@ class Guard:
             values = torch.stack([torch.stack([a.float(), b.float()]) for a, b in pending]).tolist()
         for i, (lv, gv) in enumerate(values):
             kind, why = self._judge(lv, gv)
+            fresh, self._fresh = self._fresh, None
+            if fresh is not None and kind in ("spike", "elevated"):
+                self._false_alarm(loop, loop.step - len(values) + i + 1, lv, fresh)
+                continue
             if kind is None:
                 self.suspicious = 0
                 self._accept(lv)
@@ -304,6 +319,30 @@ class Guard:
             self.level = 0.9 * self.level + 0.1 * x
         self.seen += 1
 
+    def _false_alarm(self, loop: Loop, step: int, loss: float, scale: float | None) -> None:
+        """The first step after a spike's rollback spiked too — at the snapshot's own weights,
+        before any update at the new rate could act: the batches vary this much, and the rate
+        was not the cause. Put the rate back, widen the tolerance to cover such a batch, and
+        take the loss into the running level. (A Poisson loss on batches of 4 goes 0.03-0.66
+        from batch to batch; judged against a lucky first batch of 0.055, every ordinary batch
+        was a "spike", and seven rollbacks ended a healthy run as diverged.)"""
+        assert self.level is not None
+        z = math.log(max(loss, 1e-30)) - self.level
+        self.dev = max(self.dev, z / 6.0)
+        self.false_alarms += 1
+        self.suspicious = 0
+        self.retries = 0
+        if scale is not None and loop.lr_state is not None:
+            loop.lr_state["scale"] = scale
+        self._accept(loss)
+        loop.record_event(
+            "recalibrated",
+            f"step {step}: the batch loss {loss:.4g} at the rolled-back weights was as high as "
+            "the spike: the batches vary this much, the rate was not the cause; the learning "
+            f"rate is back at x{loop.lr_state['scale'] if loop.lr_state is not None else 1:.3g} "
+            "of the planned rate and the guard tolerates such batches",
+        )
+
     def _event(self, loop: Loop, step: int, why: str, kind: str = "spike") -> str | None:
         self.events += 1
         self.retries += 1
@@ -319,8 +358,10 @@ class Guard:
         # A lone non-finite batch is usually bad data: skip it at the same rate. A spike, or a
         # second failure before the next clean snapshot, means the rate is too high.
         lower = kind != "nonfinite" or self.retries > 1
+        scale = loop.lr_state["scale"] if loop.lr_state is not None else None
         self._rollback(loop, self.lr_factor if lower else 1.0)
         self.clean_since_event = False
+        self._fresh = scale if kind != "nonfinite" else None
         new_lr = loop.lr_state["scale"] if loop.lr_state is not None else float("nan")
         action = (
             f"scaled the learning rate by {self.lr_factor} (now x{new_lr:.3g} of the planned rate)"

@@ -1157,7 +1157,14 @@ class Loop:
             return text
         scale = float(self.lr_state["scale"]) if self.lr_state is not None else 1.0
         steps = "one step" if events == 1 else f"{events} steps"
-        if scale < 1:
+        alarms = self.guard.false_alarms if self.guard is not None else 0
+        if alarms:
+            how = (
+                f", then found the batch losses simply vary that much ({alarms} recalibration"
+                f"{'s' * (alarms != 1)}); the learning rate is at x{scale:.3g} of the planned "
+                "one (history.events says more)"
+            )
+        elif scale < 1:
             how = (
                 f", lowering the learning rate to x{scale:.3g} of the planned one: a lower "
                 "learning rate would waste fewer steps"
@@ -1191,6 +1198,13 @@ class Loop:
         m = self.monitor
         best = f"{m} {self.best_loss:.4g} at epoch {self.best_epoch}"
         kept = f"restored the best weights ({best})" if self.restore_best else f"best was {best}"
+        if self.best_epoch == 0 and not math.isfinite(self.best_loss):
+            # no epoch ended with a finite loss: the best is the starting point, never scored
+            kept = (
+                "put the starting weights back (no epoch ended with a finite loss)"
+                if self.restore_best
+                else "no epoch ended with a finite loss"
+            )
         if reason is StopReason.PATIENCE:
             decay = (self.autopilot or {}).get("decay")
             during = ""
