@@ -654,3 +654,27 @@ def test_group_options_are_checked():
         )
     with pytest.raises(ConfigError, match=r"parameter group 1 must have 'params'"):
         optim.as_torch_optimizer("adam", [{"params": model.parameters()}, {"lr": 0.1}])
+
+
+@pytest.mark.parametrize("which", ["adamw", "sgd"])
+def test_onecycle_drives_each_groups_rate_and_momentum_like_torch(which):
+    # OneCycleLR with a max_lr per group also cycles each group's betas[0] (AdamW) or momentum
+    # (SGD): every group's own transform follows its own numbers.
+    batches = _batches(20)
+    a, b = _model(), _model()
+    if which == "adamw":
+        ta = torch.optim.AdamW(_groups(a, 3e-3, weight_decay=0.0), lr=1e-2, weight_decay=0.1)
+        tx = optim.adamw(lr=1e-2, weight_decay=0.1, mask=None)
+        tb = optim.as_torch_optimizer(tx, _groups(b, 3e-3, weight_decay=0.0))
+    else:
+        ta = torch.optim.SGD(_groups(a, 0.01, momentum=0.5), lr=0.05, momentum=0.9)
+        tb = optim.as_torch_optimizer(optim.sgd(0.05, momentum=0.9), _groups(b, 0.01, momentum=0.5))
+
+    def sched(o):
+        return torch.optim.lr_scheduler.OneCycleLR(o, max_lr=[0.02, 0.005], total_steps=20)
+
+    _torch_loop(a, ta, batches, sched(ta))
+    _torch_loop(b, tb, batches, sched(tb))
+    assert _close(a, b, 1e-10)
+    key = "betas" if which == "adamw" else "momentum"
+    assert [g[key] for g in tb.param_groups] == [g[key] for g in ta.param_groups]
