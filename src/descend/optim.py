@@ -1317,19 +1317,15 @@ class _Group:
     __slots__ = ("args", "base_lr", "hyper", "lr_state", "named", "seen_lr", "state", "tx", "watch")
 
     def __init__(self, tx: Transform, named: Params, args: dict[str, Any] | None) -> None:
-        self.tx, self.named = tx, named
-        self.built(args)
+        self.tx, self.named, self.args = tx, named, args
         self.reset(tx.init(named))
         # the lr state's "lr" is the rate last used (schedules move it): the base is read once
         self.base_lr = float(self.lr_state["lr"]) if self.lr_state is not None else 1.0
         self.seen_lr = self.base_lr
 
-    def built(self, args: dict[str, Any] | None) -> None:
-        """Record the factory arguments of ``self.tx``, and the shown ones a step checks."""
-        self.args = args
-
     def reset(self, state: State) -> None:
-        """Take ``state`` (of ``self.tx``) and find its learning-rate state."""
+        """Take ``state`` (of ``self.tx``): find its learning-rate state, the holder of its
+        betas/momentum, and the shown factory arguments a step checks for a change."""
         self.state = state
         self.lr_state = find_lr_state(state)
         # Adam's betas or SGD's momentum, where the transform has one holder of them
@@ -1561,8 +1557,7 @@ class TorchOptimizer(torch.optim.Optimizer):
                 )
             ) from None
         seen = g.seen_lr
-        g.tx = tx
-        g.built(mine)
+        g.tx, g.args = tx, mine
         g.reset(state)
         g.seen_lr = seen
 
