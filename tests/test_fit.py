@@ -453,6 +453,17 @@ def test_bad_settings_are_refused():
         descend.fit(torch.nn.Linear(2, 1), (X, X[:, 0]), "mse", batch_size=0)
     with pytest.raises(ConfigError, match="optimizer"):
         descend.fit(torch.nn.Linear(2, 1), (X, X[:, 0]), "mse", optimizer=torch.optim.SGD)
+    # flags are flags: guard="off" is a true string and turned the guard on
+    for flag, value in (("guard", "off"), ("shuffle", "yes"), ("restore_best", None)):
+        with pytest.raises(
+            ConfigError, match=rf"fit: {flag} must be True or False; got {re.escape(repr(value))}"
+        ):
+            descend.fit(torch.nn.Linear(2, 1), (X, X[:, 0]), "mse", **{flag: value})
+    # a checkpoint that is not a path failed in pathlib ("expected str, bytes or os.PathLike")
+    with pytest.raises(
+        ConfigError, match=r"fit: checkpoint must be a directory path \(str or pathlib.Path\)"
+    ):
+        descend.fit(torch.nn.Linear(2, 1), (X, X[:, 0]), "mse", checkpoint=123)
 
 
 def test_lr_alone_gives_exactly_that_rate():

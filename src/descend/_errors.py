@@ -68,6 +68,15 @@ def describe(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def check_bool(name: str, value: Any, *, owner: str) -> bool:
+    """``value`` if it is True or False, else a ConfigError (a string such as "off" is true)."""
+    if not isinstance(value, bool):
+        raise ConfigError(
+            message(f"{owner}: {name}", "must be True or False", describe(value), None)
+        )
+    return value
+
+
 def check_positive(
     name: str,
     value: float,

@@ -41,6 +41,7 @@ import torch
 from descend._errors import (
     CheckpointError,
     ConfigError,
+    check_bool,
     check_choice,
     check_in_range,
     check_positive,
@@ -84,7 +85,6 @@ from descend.transforms._util import (
     SGD_IMPLS,
     Impl,
     Mask,
-    check_bool,
     check_callable,
 )
 

@@ -19,6 +19,7 @@ import copy
 import itertools
 import math
 import numbers
+import os
 import random
 import shutil
 import signal
@@ -39,6 +40,7 @@ from descend._errors import (
     CheckpointError,
     ConfigError,
     InputError,
+    check_bool,
     check_choice,
     check_positive,
     describe,
@@ -1856,6 +1858,30 @@ def fit(
             example="max_time=600",
         )
     check_choice("precision", precision, ("fp32", "bf16"), owner="fit")
+    # flags must be flags: guard="off" is a true string, and would have turned the guard on
+    for flag, value in (("shuffle", shuffle), ("guard", guard), ("restore_best", restore_best)):
+        check_bool(flag, value, owner="fit")
+    for where, value in (("checkpoint", checkpoint), ("resume", resume)):
+        if value is not None and not isinstance(value, (str, os.PathLike, bool)):
+            raise ConfigError(
+                message(
+                    f"fit: {where}",
+                    "must be a directory path (str or pathlib.Path)"
+                    + (", True or False" if where == "resume" else "")
+                    + ", or None",
+                    describe(value),
+                    f"pass e.g. {where}='runs/mine'",
+                )
+            )
+    if isinstance(checkpoint, bool):
+        raise ConfigError(
+            message(
+                "fit: checkpoint",
+                "must be a directory path (str or pathlib.Path), or None",
+                describe(checkpoint),
+                "pass e.g. checkpoint='runs/mine' (resume=True continues from it)",
+            )
+        )
     if checkpoint_every not in ("auto", "epoch") and (
         not isinstance(checkpoint_every, int)
         or isinstance(checkpoint_every, bool)

@@ -14,13 +14,12 @@ import math
 
 import torch
 
-from descend._errors import check_choice, check_in_range, check_positive
+from descend._errors import check_bool, check_choice, check_in_range, check_positive
 from descend.transforms._base import Params, State, Transform, Updates, inplace_transform
 from descend.transforms._kernels import AdamKernel
 from descend.transforms._util import (
     FUSED_IMPLS,
     Impl,
-    check_bool,
     groups,
     present,
     resolve_impl,

@@ -6,11 +6,10 @@ from types import SimpleNamespace
 
 import torch
 
-from descend._errors import ConfigError, check_in_range, message
+from descend._errors import ConfigError, check_bool, check_in_range, message
 from descend.transforms._base import Params, State, Transform, Updates, inplace_transform
 from descend.transforms._util import (
     Impl,
-    check_bool,
     groups,
     present,
     resolve_impl,

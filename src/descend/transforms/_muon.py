@@ -13,11 +13,10 @@ from typing import Literal
 
 import torch
 
-from descend._errors import ConfigError, check_choice, check_in_range, describe, message
+from descend._errors import ConfigError, check_bool, check_choice, check_in_range, describe, message
 from descend.transforms._base import Params, State, Transform, Updates, inplace_transform
 from descend.transforms._util import (
     Impl,
-    check_bool,
     present,
     resolve_impl,
     zeros_like_all,

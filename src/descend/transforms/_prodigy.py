@@ -8,14 +8,20 @@ from typing import Any
 
 import torch
 
-from descend._errors import ConfigError, check_in_range, check_positive, describe, message
+from descend._errors import (
+    ConfigError,
+    check_bool,
+    check_in_range,
+    check_positive,
+    describe,
+    message,
+)
 from descend.transforms._base import Params, State, Transform, Updates, inplace_transform
 from descend.transforms._basic import commit_lr, next_lr
 from descend.transforms._util import (
     Impl,
     Mask,
     MaskCache,
-    check_bool,
     check_callable,
     check_mask_names,
     groups,

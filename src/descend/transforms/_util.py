@@ -71,14 +71,6 @@ def check_callable(name: str, value: Any, *, owner: str, example: str) -> None:
         )
 
 
-def check_bool(name: str, value: Any, *, owner: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(
-            message(f"{owner}: {name}", "must be True or False", describe(value), None)
-        )
-    return value
-
-
 def default_mask(name: str, tensor: torch.Tensor) -> bool:
     """Decay weight matrices, conv kernels and embeddings (ndim >= 2); skip biases and norms."""
     return tensor.ndim >= 2
