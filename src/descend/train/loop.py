@@ -630,7 +630,10 @@ class Loop:
             with torch.no_grad(), self._autocast():
                 out = D.call_model(self.model, probe_x)
         except IndexError as e:
-            raise self._index_error(e, src, xb) from e
+            named = self._index_error(e, src, xb)
+            if named is e:
+                raise
+            raise named from e
         except (RuntimeError, TypeError) as e:
             function = isinstance(self.model, _FunctionModel)
             if isinstance(e, TypeError) and not (multi or function):
@@ -842,7 +845,10 @@ class Loop:
             try:
                 out = D.call_model(self.model, xb)
             except (IndexError, ValueError) as e:
-                raise self._step_error(e, xb) from e
+                named = self._step_error(e, xb)
+                if named is e:
+                    raise
+                raise named from e
             if yb is not None and self._y_unsqueeze:
                 yb = yb.unsqueeze(-1)
             out = out.float() if self.precision == "bf16" else out
@@ -905,7 +911,10 @@ class Loop:
                         with self._autocast():
                             out = D.call_model(self.model, xb)
                     except IndexError as e:
-                        raise self._index_error(e, src, xb) from e
+                        named = self._index_error(e, src, xb)
+                        if named is e:
+                            raise
+                        raise named from e
                 out = out.float()
                 if yb is not None and self._y_unsqueeze:
                     yb = yb.unsqueeze(-1)
