@@ -28,7 +28,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import torch
 
@@ -630,10 +630,7 @@ class Loop:
             with torch.no_grad(), self._autocast():
                 out = D.call_model(self.model, probe_x)
         except IndexError as e:
-            named = self._index_error(e, src, xb)
-            if named is e:
-                raise
-            raise named from e
+            self._raise_named(e, src, xb)
         except (RuntimeError, TypeError) as e:
             function = isinstance(self.model, _FunctionModel)
             if isinstance(e, TypeError) and not (multi or function):
@@ -772,14 +769,20 @@ class Loop:
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _step_error(self, err: Exception, xb: Any) -> Exception:
-        """A training forward pass's error in the user's terms: an embedding id out of range,
-        or batch norm given one sample (``err`` itself when it is neither)."""
+    def _raise_named(self, err: Exception, src: D.Source, xb: Any) -> NoReturn:
+        """Raise a forward pass's error in the user's terms — an embedding id out of range,
+        batch norm given one sample — or ``err`` itself when it is neither."""
+        named = self._step_error(err, src, xb)
+        if named is err:
+            raise err
+        raise named from err
+
+    def _step_error(self, err: Exception, src: D.Source, xb: Any) -> Exception:
+        """:meth:`_raise_named`'s translation (``err`` itself when it has none)."""
         if isinstance(err, IndexError):
-            return self._index_error(err, self.bundle.train, xb)
+            return self._index_error(err, src, xb)
         if "Expected more than 1 value per channel" not in str(err):
             return err
-        src = self.bundle.train
         rows = D.n_rows(xb) if torch.is_tensor(xb) or D.is_multi(xb) else None
         return InputError(
             message(
@@ -845,10 +848,7 @@ class Loop:
             try:
                 out = D.call_model(self.model, xb)
             except (IndexError, ValueError) as e:
-                named = self._step_error(e, xb)
-                if named is e:
-                    raise
-                raise named from e
+                self._raise_named(e, self.bundle.train, xb)
             if yb is not None and self._y_unsqueeze:
                 yb = yb.unsqueeze(-1)
             out = out.float() if self.precision == "bf16" else out
@@ -911,10 +911,7 @@ class Loop:
                         with self._autocast():
                             out = D.call_model(self.model, xb)
                     except IndexError as e:
-                        named = self._index_error(e, src, xb)
-                        if named is e:
-                            raise
-                        raise named from e
+                        self._raise_named(e, src, xb)
                 out = out.float()
                 if yb is not None and self._y_unsqueeze:
                     yb = yb.unsqueeze(-1)
