@@ -448,7 +448,14 @@ BAD_INPUTS = [
     (
         (XN[:3], ["a", "b", "c"]),
         {"target_kind": "float"},
-        r"y must be numeric for target_kind='float'.*use a classification loss",
+        r"y must be numeric for target_kind='float'; got values of dtype <U1 such as 'a' — these "
+        r"look like class labels; use a classification loss",
+    ),
+    (
+        (XN[:3], ["1.5", "2", "3e2"]),
+        {"target_kind": "float"},
+        r"y must be numeric for target_kind='float'; got values of dtype <U3 such as '1.5' — these "
+        r"are numbers written as text: convert them, e.g. numpy.asarray\(y, dtype=float\)",
     ),
     (
         DataLoader(TensorDataset(numbered(10))),

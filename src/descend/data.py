@@ -1530,13 +1530,25 @@ def _targets(
             raw = raw[:, 0]
         return raw
     if isinstance(raw, np.ndarray):
+        first = raw.flat[0] if raw.size else None
+        sample = repr(first.item() if isinstance(first, np.generic) else first)
+        try:
+            raw.astype(np.float64)
+            fix = (
+                "these are numbers written as text: convert them, e.g. "
+                "numpy.asarray(y, dtype=float)"
+            )
+        except (TypeError, ValueError):
+            fix = (
+                "these look like class labels; use a classification loss (target_kind "
+                "'index'), or encode them as numbers"
+            )
         raise InputError(
             message(
                 what,
                 f"must be numeric for target_kind={kind!r}",
-                f"values of dtype {raw.dtype} such as {describe(raw.flat[0]) if raw.size else '-'}",
-                "these look like class labels; use a classification loss (target_kind 'index'), "
-                "or encode them as numbers",
+                f"values of dtype {raw.dtype} such as {sample}",
+                fix,
             )
         )
     if raw.is_complex() and kind == "float":
