@@ -422,6 +422,11 @@ def test_seed_takes_numpy_integers_and_refuses_the_rest():
     for bad in ("a", 1.5, True):
         with pytest.raises(ConfigError, match=r"fit: seed must be an integer"):
             descend.fit(torch.nn.Linear(2, 1), (X, X[:, 0]), "mse", epochs=1, verbose=0, seed=bad)
+    # a numpy or 0-d torch number is shown by its value ("float64 of shape ()" said nothing)
+    with pytest.raises(ConfigError, match=r"seed must be an integer.*got 1\.5 \(float64 of dtype"):
+        descend.fit(torch.nn.Linear(2, 1), (X, X[:, 0]), "mse", seed=np.float64(1.5))
+    with pytest.raises(ConfigError, match=r"got 0\.0 \(Tensor of dtype torch\.float32\)"):
+        descend.fit(torch.nn.Linear(2, 1), (X, X[:, 0]), "mse", lr=torch.tensor(0.0))
 
 
 def test_a_validation_label_unseen_in_training_is_named():

@@ -56,6 +56,12 @@ def describe(value: Any) -> str:
     shape = getattr(value, "shape", None)
     if shape is not None:
         dtype = getattr(value, "dtype", None)
+        if tuple(shape) == () and hasattr(value, "item"):
+            # a numpy scalar or a 0-d tensor: its value says more than "of shape ()"
+            try:
+                return f"{value.item()!r} ({type(value).__name__} of dtype {dtype})"
+            except (TypeError, ValueError, RuntimeError):
+                pass
         return f"{type(value).__name__} of shape {tuple(shape)} and dtype {dtype}"
     if isinstance(value, str):
         return repr(value)
