@@ -73,6 +73,7 @@ from torch.utils.data import (
 )
 
 from descend._errors import ConfigError, InputError, check_choice, describe, message
+from descend.distributed import World
 
 __all__ = [
     "Batch",
@@ -272,6 +273,10 @@ class Source:
     batch_size: int | None = None
     num_batches: int | None = None
     exact_resume: bool = True
+    #: The processes training one model (set by :meth:`ResidentSource.shard_for`) and this
+    #: process's share of the last batch's weight: 1.0 in a single process.
+    world: World = World()
+    share: float | torch.Tensor = 1.0
 
     def batches(self, epoch: int = 0, start: int = 0) -> Iterator[Batch]:
         """Yield the ``(xb, yb)`` batches of ``epoch`` from batch index ``start`` on.
@@ -376,12 +381,29 @@ class ResidentSource(Source):
         1``): batch norm cannot train on a single sample (torch raises "Expected more than 1
         value per channel"), so a model with it would fail at every epoch's last step. The
         epoch still sees every sample. Returns whether the batches changed."""
+        return self.fold_last_below(2)
+
+    def fold_last_below(self, rows: int) -> bool:
+        """Make a last batch of fewer than ``rows`` samples part of the batch before it (see
+        :meth:`fold_single_last`; data-parallel training folds one that would leave a process
+        without a row). Returns whether the batches changed."""
         bs, n = self.batch_size, self.n_samples
-        if self._full or self.drop_last or bs is None or self.num_batches < 2 or n % bs != 1:
+        if self._full or self.drop_last or bs is None or self.num_batches < 2:
+            return False
+        if self._last_hi is not None or n - (self.num_batches - 1) * bs >= rows:
             return False
         self.num_batches -= 1
         self._last_hi = n
         return True
+
+    def shard_for(self, world: World) -> None:
+        """Split every batch among the processes of ``world`` (a
+        :class:`descend.distributed.World`): each takes its contiguous share of the batch's rows,
+        and :attr:`share` is that share of the batch's weight (rows, or sample weights), by which
+        its mean loss is scaled so that the processes' summed gradients are the whole batch's."""
+        self.world = world
+        if world.active and not self._full:
+            self.fold_last_below(world.size)
 
     def permutation(self, epoch: int) -> torch.Tensor | None:
         """The epoch's sample order on the device, or None when batches are taken in order."""
@@ -402,9 +424,14 @@ class ResidentSource(Source):
 
     def _iterate(self, epoch: int, start: int) -> Iterator[Batch]:
         X, y, w = self.X, self.y, self.w
+        world = self.world
         if self._full:
-            if start == 0:
-                yield (X, y) if w is None else (X, y, w)
+            if start != 0:
+                return
+            if world.active:
+                yield self._part(X, y, w, None, 0, self.n_samples or 0)
+                return
+            yield (X, y) if w is None else (X, y, w)
             return
         bs, n = self.batch_size, self.n_samples
         assert bs is not None and n is not None
@@ -424,6 +451,9 @@ class ResidentSource(Source):
             lo, hi = b * bs, min((b + 1) * bs, n)
             if b == last:
                 hi = self._last_hi or hi  # a folded single last sample rides along
+            if world.active:
+                yield self._part(X, y, w, perm, lo, hi)
+                continue
             if perm is None:
                 xb, yb = cut_rows(X, lo, hi), (None if y is None else y[lo:hi])
                 wb = None if w is None else w[lo:hi]
@@ -432,6 +462,34 @@ class ResidentSource(Source):
                 xb, yb = take_rows(X, idx), (None if y is None else y.index_select(0, idx))
                 wb = None if w is None else w.index_select(0, idx)
             yield (xb, yb) if wb is None else (xb, yb, wb)
+
+    def _part(
+        self,
+        X: Features,
+        y: torch.Tensor | None,
+        w: torch.Tensor | None,
+        perm: torch.Tensor | None,
+        lo: int,
+        hi: int,
+    ) -> Batch:
+        """This process's share of the batch of rows ``[lo, hi)`` (of ``perm`` when given),
+        setting :attr:`share` to its part of the batch's weight."""
+        a, b = self.world.shard(lo, hi)
+        if perm is None:
+            xb, yb = cut_rows(X, a, b), (None if y is None else y[a:b])
+            wb = None if w is None else w[a:b]
+            w_all = None if w is None else w[lo:hi]
+        else:
+            idx = perm[a:b]
+            xb, yb = take_rows(X, idx), (None if y is None else y.index_select(0, idx))
+            wb = None if w is None else w.index_select(0, idx)
+            w_all = None if w is None else w.index_select(0, perm[lo:hi])
+        if w is None:
+            self.share = (b - a) / (hi - lo)
+        else:
+            total = w_all.sum()  # type: ignore[union-attr]
+            self.share = torch.where(total > 0, wb.sum() / total, total)  # type: ignore[union-attr]
+        return (xb, yb) if wb is None else (xb, yb, wb)
 
 
 class StreamSource(Source):

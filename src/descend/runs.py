@@ -60,6 +60,7 @@ from typing import Any
 
 import numpy as np
 
+from descend import distributed
 from descend._errors import CheckpointError, ConfigError, InputError, describe, message
 from descend.data import auto_device
 from descend.train.callbacks import Callback
@@ -1057,6 +1058,18 @@ def train(
     from descend.models import default_hidden, describe_model, mlp
 
     started_at, t0 = _now(), time.perf_counter()
+    if distributed.world_size() > 1:
+        # Every process would pick its own run directory (and seed, hence split): refuse
+        # before anything is written rather than save N half-runs.
+        raise ConfigError(
+            message(
+                "descend fit",
+                "runs in one process (its run directory is not shared among processes)",
+                f"a launch of {distributed.world_size()} processes (WORLD_SIZE)",
+                "run it without torchrun; to train on several processes or GPUs, call "
+                "descend.fit from a script launched with torchrun (docs/guide.md)",
+            )
+        )
     if cfg.out is not None and resume_run is None:
         check_out_dir(cfg.out)
     if resume_run is None:

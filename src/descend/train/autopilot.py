@@ -113,6 +113,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from descend import distributed as dist_
 from descend import optim, schedules
 from descend.checkpoint import RACE_DIR
 from descend.train import lr_find as _lr_find
@@ -954,7 +955,9 @@ class _Race:
     def _save(self) -> None:
         """Checkpoint the race after a race epoch, when the run keeps checkpoints and it is
         due (the first race epoch, then once 20x the last write's time has passed)."""
-        if self.ckpt_dir is None:
+        if self.ckpt_dir is None or dist_.current().active:
+            # Data-parallel runs keep no race checkpoints: a kill during the race starts the
+            # race again on resume (the run's own checkpoints resume exactly).
             return
         now = time.perf_counter()
         due = RACE_CHECKPOINT_RATIO * self._ckpt_cost
@@ -1110,7 +1113,11 @@ class _Race:
             alive = [c for c in self.cands if c.alive]
             if not alive or (len(alive) == 1 and alive[0].best < self._finished_best()):
                 break
-            if self.deadline is not None and time.perf_counter() > self.deadline and self.epoch:
+            # (data-parallel: late on any process is late for all, or they part ways)
+            late = self.deadline is not None and dist_.current().any(
+                time.perf_counter() > self.deadline
+            )
+            if late and self.epoch:
                 self.out_of_time = True  # max_time: hand the leader over now
                 break
             self.epoch += 1

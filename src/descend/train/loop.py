@@ -34,6 +34,7 @@ import torch
 
 from descend import checkpoint as C
 from descend import data as D
+from descend import distributed as dist_
 from descend import losses as L
 from descend import optim
 from descend._errors import (
@@ -139,6 +140,23 @@ class _MetricSum:
             sst = self.y_sq - self.y_sum**2 / self.count
             return float((1 - self.acc / sst.clamp_min(1e-12)).mean())
         return float(self.acc / self.count)
+
+    def all_reduce(self, world: dist_.World) -> None:
+        """Sum the processes' sums (data-parallel: each saw its share of the rows); every
+        process then reads the whole set's value."""
+        if not world.active:
+            return
+        self._reduce()
+        names = [k for k in ("acc", "y_sum", "y_sq") if getattr(self, k) is not None]
+        parts = [torch.tensor([float(self.count)], device=world.device)]
+        parts += [getattr(self, k).float().reshape(-1).to(world.device) for k in names]
+        flat = world.all_sum(torch.cat(parts))
+        self.count = round(float(flat[0]))
+        at = 1
+        for k in names:
+            t = getattr(self, k)
+            setattr(self, k, flat[at : at + t.numel()].reshape(t.shape).to(t.device, t.dtype))
+            at += t.numel()
 
     def state(self) -> dict[str, Any]:
         """The sums as plain lists, for a mid-epoch checkpoint."""
@@ -529,8 +547,20 @@ class Loop:
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         self._names = list(self.params)
         self._plist = [self.params[n] for n in self._names]
+        # Data-parallel (descend/distributed.py): DDP averages the gradients in the backward
+        # pass, so the hand-written MLP step (which bypasses autograd) is not taken.
+        self.world = dist_.current()
+        self._ddp: torch.nn.Module | None = None
+        if self.world.active:
+            self._ddp = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None
+            )
         # A plain MLP trained in fp32 takes the hand-written backward pass (train/_mlp.py).
-        self._mlp = MLPStep.build(model, self._plist, loss) if precision == "fp32" else None
+        self._mlp = (
+            MLPStep.build(model, self._plist, loss)
+            if precision == "fp32" and self._ddp is None
+            else None
+        )
         self._fast_ok = False  # see _epoch_loop
         # The plain-MLP step writes its gradients into one reused buffer (one kernel for their
         # norm) where the optimizer's fused path consumes them at once; a transform that might
@@ -579,6 +609,7 @@ class Loop:
         self._ep_norms: list[torch.Tensor] = []
         self._ep_lrs: list[float] = []
         self._interrupt: int | None = None
+        self._late = False  # data-parallel: max_time spent on some process (_agree_on_stop)
         self._resumed_from: Path | None = None
         self._data_sig: dict[str, Any] | None = None
 
@@ -611,6 +642,18 @@ class Loop:
             else:
                 return None, None
         return name, name
+
+    def _metric_state(self) -> dict[str, Any]:
+        """The epoch's running training-metric sums for a checkpoint (data-parallel: summed
+        over the processes, which keep their own)."""
+        assert self._ep_metric is not None
+        state = self._ep_metric.state()
+        if not self.world.active:
+            return state
+        total = self._new_metric_sum()
+        total.load(state, self.device)
+        total.all_reduce(self.world)
+        return total.state()
 
     def _new_metric_sum(self) -> _MetricSum:
         return _MetricSum(self._metric_fn, binary=self.loss.name == "binary_cross_entropy")
@@ -835,6 +878,8 @@ class Loop:
     # ---- the step ----------------------------------------------------------------------
 
     def train_step(self, xb: torch.Tensor, yb: torch.Tensor | None, wb: torch.Tensor | None = None):
+        if self._ddp is not None:
+            return self._train_step_ddp(xb, yb, wb)
         fast = self._mlp
         if fast is not None and (self._fast_ok or fast.usable(xb)):
             if yb is not None and self._y_unsqueeze:
@@ -861,6 +906,63 @@ class Loop:
         grads = torch.autograd.grad(value, self._plist, allow_unused=True)
         return self._finish_step(value, grads)
 
+    def _train_step_ddp(
+        self, xb: torch.Tensor, yb: torch.Tensor | None, wb: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One data-parallel step: this process's share of the batch through DDP, its mean loss
+        weighted by the share (so DDP's average of the gradients is the whole batch's), and
+        the whole batch's loss summed over the processes for the guard and the history."""
+        src = self.bundle.train
+        world = self.world
+        # A resident batch is split by rows (its share set by the source); a DistributedSampler
+        # gives every process a batch of its own, of one size.
+        share = src.share if src.resident else 1.0 / world.size
+        with self._autocast():
+            try:
+                out = D.call_model(self._ddp, xb)
+            except (IndexError, ValueError) as e:
+                self._raise_named(e, src, xb)
+            if yb is not None and self._y_unsqueeze:
+                yb = yb.unsqueeze(-1)
+            out = out.float() if self.precision == "bf16" else out
+            if wb is None:
+                value = self.loss(out, yb, validate=False)
+            else:
+                value = self.loss(out, yb, weight=wb, validate=False)
+        if self._ep_metric is not None:
+            self._ep_metric.add(out.detach(), yb)
+        (value * (share * world.size)).backward()
+        grads = []
+        for p in self._plist:
+            grads.append(p.grad)
+            p.grad = None
+        total = (value.detach().float() * share).reshape(1)
+        world.all_sum(total)
+        return self._finish_step(total[0], grads)
+
+    def _out_of_time(self) -> bool:
+        """``max_time`` is spent (data-parallel: on some process, as agreed after the step)."""
+        if self._ddp is not None:
+            return self._late
+        return self.max_time is not None and self._elapsed() > self.max_time
+
+    def _agree_on_stop(self) -> None:
+        """Data-parallel: a stop asked for on any process (a signal, a callback, ``max_time``)
+        stops every process after this same step; the others would wait for it forever."""
+        over = self.max_time is not None and self._elapsed() > self.max_time
+        flags = torch.tensor(
+            [self._interrupt is not None, self._stop_request is not None, over],
+            dtype=torch.float32,
+            device=self.world.device,
+        )
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        interrupt, request, late = (bool(v) for v in flags.tolist())
+        if interrupt and self._interrupt is None:
+            self._interrupt = int(signal.SIGTERM)
+        if request and self._stop_request is None:
+            self._stop_request = "another process asked to stop"
+        self._late = late
+
     def _finish_step(
         self,
         value: torch.Tensor,
@@ -882,6 +984,8 @@ class Loop:
     @torch.no_grad()
     def evaluate(self, src: D.Source) -> tuple[float, float | None]:
         """Mean loss and metric over a whole source, in eval mode, chunked to bound memory."""
+        if self._ddp is not None:
+            return self._evaluate_shared(src)
         fast = self._mlp
         if (
             fast is not None
@@ -951,13 +1055,60 @@ class Loop:
         sums.add(out, y)
         return loss_val, sums.value()
 
-    def _eval_batches(self, src: D.Source) -> Iterable[tuple[torch.Tensor, torch.Tensor | None]]:
+    def _evaluate_shared(self, src: D.Source) -> tuple[float, float | None]:
+        """Data-parallel evaluation: each process takes its share of a resident set's rows (a
+        stream: its own batches, from a DistributedSampler), and the loss and metric sums are
+        summed over the processes, so every process reads the whole set's numbers."""
+        world = self.world
+        lo, hi = 0, None
         if src.resident:
             n = D.n_rows(src.X)
-            for i in range(0, n, _EVAL_CHUNK):
+            # (a set smaller than the group: every process evaluates all of it; the mean of
+            # equal sums is the same number)
+            lo, hi = world.shard(0, n) if n >= world.size else (0, n)
+        was_training = self.model.training
+        switch = was_training and not _mode_free(self.model)
+        if switch:
+            self.model.eval()
+        sums = self._new_metric_sum() if self._metric_fn is not None else None
+        totals = torch.zeros(2, dtype=torch.float64, device=self.device)
+        try:
+            for xb, yb in self._eval_batches(src, lo, hi):
+                try:
+                    with self._autocast():
+                        out = D.call_model(self.model, xb)
+                except IndexError as e:
+                    self._raise_named(e, src, xb)
+                out = out.float()
+                if yb is not None and self._y_unsqueeze:
+                    yb = yb.unsqueeze(-1)
+                n = out.shape[0]
+                v = self.loss(out, yb, validate=False)
+                totals[0] += v.double() * n
+                totals[1] += n
+                if sums is not None:
+                    sums.add(out, yb)
+        finally:
+            if switch:
+                self.model.train(was_training)
+        totals = world.all_sum(totals.to(world.device))
+        total, count = (float(v) for v in totals.tolist())
+        if sums is not None:
+            sums.all_reduce(world)
+        if count == 0:
+            return math.nan, None
+        return total / count, None if sums is None else sums.value()
+
+    def _eval_batches(
+        self, src: D.Source, lo: int = 0, hi: int | None = None
+    ) -> Iterable[tuple[torch.Tensor, torch.Tensor | None]]:
+        if src.resident:
+            n = D.n_rows(src.X) if hi is None else hi
+            for i in range(lo, n, _EVAL_CHUNK):
+                j = min(i + _EVAL_CHUNK, n)
                 yield (
-                    D.cut_rows(src.X, i, i + _EVAL_CHUNK),
-                    (None if src.y is None else src.y[i : i + _EVAL_CHUNK]),
+                    D.cut_rows(src.X, i, j),
+                    (None if src.y is None else src.y[i:j]),
                 )
         else:
             for batch in src.batches(0):
@@ -1121,6 +1272,7 @@ class Loop:
         else:
             monitored = train_loss
             if self._ep_metric is not None:
+                self._ep_metric.all_reduce(self.world)
                 metric = self._ep_metric.value()
                 self._ep_metric = self._new_metric_sum()
         if metric is not None:
@@ -1286,6 +1438,14 @@ class Loop:
         import numpy as np
 
         rng: dict[str, Any] = {"torch_cpu": torch.get_rng_state()}
+        if self.world.active:
+            # each process draws its own dropout masks: keep every one's generator
+            for r, st in enumerate(self.world.gather(torch.get_rng_state().to(self.world.device))):
+                rng[f"rank{r}_torch_cpu"] = st.cpu()
+            if self.device.type == "cuda":
+                own = torch.cuda.get_rng_state(self.device).to(self.world.device)
+                for r, st in enumerate(self.world.gather(own)):
+                    rng[f"rank{r}_cuda"] = st.cpu()
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             for i, st in enumerate(torch.cuda.get_rng_state_all()):
                 rng[f"cuda_{i}"] = st
@@ -1305,11 +1465,16 @@ class Loop:
 
         if "torch_cpu" in rng:
             torch.set_rng_state(rng["torch_cpu"])
+        mine = f"rank{self.world.rank}_"
+        if self.world.active and mine + "torch_cpu" in rng:
+            torch.set_rng_state(rng[mine + "torch_cpu"])
         for k, v in rng.items():
             if k.startswith("cuda_") and torch.cuda.is_available():
                 i = int(k.split("_")[1])
                 if i < torch.cuda.device_count():
                     torch.cuda.set_rng_state(v, i)
+        if self.world.active and mine + "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng[mine + "cuda"], self.device)
         if "python" in rng:
             ver, internal, gauss = rng["python"]
             random.setstate((ver, tuple(internal), gauss))
@@ -1343,7 +1508,7 @@ class Loop:
                 "loss": partial_losses,
                 "norm": partial_norms,
                 "lr": list(self._ep_lrs),
-                "metric": None if self._ep_metric is None else self._ep_metric.state(),
+                "metric": None if self._ep_metric is None else self._metric_state(),
             },
             "guard": self.guard.state_dict() if self.guard is not None else None,
             "model_signature": {k: list(v.shape) for k, v in self.model.state_dict().items()},
@@ -1418,7 +1583,8 @@ class Loop:
             return False
         if self._ckpt_done_at is None:
             return True
-        return time.perf_counter() - self._ckpt_done_at >= AUTO_CHECKPOINT_RATIO * self._ckpt_cost
+        due = time.perf_counter() - self._ckpt_done_at >= AUTO_CHECKPOINT_RATIO * self._ckpt_cost
+        return bool(self.world.from_main(due))  # data-parallel: by rank 0's clock, for all
 
     def save_checkpoint(self) -> Path | None:
         """Write a checkpoint of the exact current state (no-op without ``checkpoint=``).
@@ -1437,21 +1603,33 @@ class Loop:
             rng=self._rng_state(),
         )
         t = time.perf_counter()
-        try:
-            path = C.save(self.checkpoint_dir, ckpt)
-        except OSError as e:
-            text = (
-                f"could not write a checkpoint at step {self.step} "
-                f"({type(e).__name__}: {e.strerror or e}); the previous one is kept"
-            )
-            warnings.warn(f"descend: {text}", RuntimeWarning, stacklevel=2)
-            self.record_event("checkpoint_failed", text)
+        path: Path | None = None
+        text = ""
+        if self.world.is_main:  # data-parallel: one writer (the others hold the same state)
+            try:
+                path = C.save(self.checkpoint_dir, ckpt)
+            except OSError as e:
+                text = (
+                    f"could not write a checkpoint at step {self.step} "
+                    f"({type(e).__name__}: {e.strerror or e}); the previous one is kept"
+                )
+                warnings.warn(f"descend: {text}", RuntimeWarning, stacklevel=2)
+        # Every process moves its rollback point with the write, or none does.
+        if not self.world.from_main(path is not None):
+            if path is None and self.world.is_main:
+                self.record_event("checkpoint_failed", text)
+            elif not self.world.is_main:
+                self.record_event(
+                    "checkpoint_failed",
+                    f"rank 0 could not write a checkpoint at step {self.step}; the previous "
+                    "one is kept",
+                )
             return None
         self._ckpt_done_at = time.perf_counter()
         self._ckpt_cost = self._ckpt_done_at - t
         self._ckpt_step = self.step
         race = Path(self.checkpoint_dir) / C.RACE_DIR
-        if race.is_dir():  # the run's own checkpoint supersedes the race's
+        if self.world.is_main and race.is_dir():  # the run's checkpoint supersedes the race's
             shutil.rmtree(race, ignore_errors=True)
         if self.guard is not None:
             # The rollback point must be identical in a resumed run: make it this state.
@@ -1522,7 +1700,8 @@ class Loop:
         self._ep_lrs = list(part["lr"])
         if self._ep_metric is not None:
             self._ep_metric = self._new_metric_sum()
-            if part.get("metric") is not None:
+            # (data-parallel: the saved sums are every process's; rank 0 carries them on)
+            if part.get("metric") is not None and self.world.is_main:
                 self._ep_metric.load(part["metric"], dev)
         if self.guard is not None and m.get("guard") is not None:
             self.guard.load_state_dict(m["guard"])
@@ -1583,13 +1762,13 @@ class Loop:
                 return StopReason.DIVERGED
             for cb in self.step_callbacks:
                 cb.on_step_end(self)
+            if self._ddp is not None:
+                self._agree_on_stop()
             if self._interrupt is not None:
                 return StopReason.INTERRUPTED
             if every is not None and self.step % every == 0:
                 self.save_checkpoint()
-            if self._stop_request is not None or (
-                self.max_time is not None and self._elapsed() > self.max_time
-            ):
+            if self._stop_request is not None or self._out_of_time():
                 break
         self._fast_ok = False  # user code (epoch callbacks) runs before the next step
         if guard is not None and guard.flush(self) == "diverged":
@@ -1626,13 +1805,13 @@ class Loop:
                         self.save_checkpoint()
                     for cb in self.callbacks:
                         cb.on_epoch_end(self)
+                    if self._ddp is not None:
+                        self._agree_on_stop()
+                        if reason is None and self._interrupt is not None:
+                            reason = StopReason.INTERRUPTED
                     if reason is None and self._stop_request is not None:
                         reason = self._stop_reason
-                    if (
-                        reason is None
-                        and self.max_time is not None
-                        and self._elapsed() > self.max_time
-                    ):
+                    if reason is None and self._out_of_time():
                         reason = StopReason.MAX_TIME
                 if reason is None:
                     reason = StopReason.MAX_EPOCHS
@@ -1688,6 +1867,37 @@ def _to_device_tree(tree: Any, device: torch.device) -> Any:
     if isinstance(tree, list):
         return [_to_device_tree(v, device) for v in tree]
     return tree
+
+
+def _check_shardable(bundle: D.Bundle, world: dist_.World, batch_size: int | None) -> None:
+    """Data-parallel: every process must get rows of every batch, and a stream must be split
+    among the processes by its sampler."""
+    src = bundle.train
+    if src.resident:
+        rows = src.n_samples if batch_size is None else min(batch_size, src.n_samples or 0)
+        if rows is not None and rows < world.size:
+            raise ConfigError(
+                message(
+                    "fit: batch_size",
+                    f"is the global batch, split among the {world.size} processes, so it must "
+                    f"be at least {world.size}",
+                    f"batches of {rows} row{'s' * (rows != 1)}",
+                    f"pass batch_size >= {world.size} (e.g. {world.size * 32})",
+                )
+            )
+        return
+    loader = getattr(src, "loader", None)
+    sampler = getattr(loader, "sampler", None)
+    if not isinstance(sampler, torch.utils.data.DistributedSampler):
+        raise ConfigError(
+            message(
+                "fit: a DataLoader trained on several processes",
+                "must split the data among them with a DistributedSampler",
+                f"a loader with {type(sampler).__name__}",
+                "build it as DataLoader(ds, batch_size=..., sampler=DistributedSampler(ds)) "
+                "(fit calls set_epoch), or pass the arrays (fit splits every batch itself)",
+            )
+        )
 
 
 def _trial_runner(module, bundle, loss_obj, dev, seed, precision):
@@ -1901,6 +2111,9 @@ def fit(
                 "pass e.g. checkpoint_every=500",
             )
         )
+    # Several processes launched for this script (torchrun) train one model together
+    # (descend/distributed.py); a single process is a world of one.
+    world, device = dist_.join(device)
     resume_ckpt = None
     race_ckpt = None
     if resume is True:
@@ -1940,8 +2153,10 @@ def fit(
         C.check_writable(checkpoint)
         if resume in (None, False):
             _check_no_other_run(Path(checkpoint))
+    # every process has looked at the directory before rank 0 writes to it
+    world.barrier()
     if seed is None:
-        seed = random.SystemRandom().randrange(2**31)
+        seed = world.from_main(random.SystemRandom().randrange(2**31))  # one seed for all
     elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise ConfigError(
             message("fit: seed", "must be an integer", describe(seed), "pass e.g. seed=0")
@@ -1959,6 +2174,9 @@ def fit(
     # does the same at teardown). A model already on the accelerator stays there.
     home = _home_device(module, dev)
     module.to(dev)
+    # the loops of the run, the range test's and the race's train in this world
+    in_world = contextlib.ExitStack()
+    in_world.enter_context(dist_.running(world))
     try:
         if torch.is_tensor(data):
             D.check_devices(module, data)
@@ -1984,11 +2202,15 @@ def fit(
             isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules()
         ):
             bundle.train.fold_single_last()  # batch norm cannot train on a batch of one
+        if world.active:
+            _check_shardable(bundle, world, batch_size)
+            if bundle.train.resident:
+                bundle.train.shard_for(world)
         autopilot = None
         extra_callbacks: list[Callback] = []
         # Made before planning: the default policy's range test and race come before step 1
         # (a quarter of the budget and more), and say what they are doing meanwhile.
-        progress = default_progress(verbose)
+        progress = default_progress(verbose if world.is_main else 0)  # one display
         if optimizer is None and opt_state is not None:
             raise ConfigError(
                 message(
@@ -2095,6 +2317,7 @@ def fit(
             loop.set_opt_state(opt_state)
         result = loop.run(resume=resume_ckpt)
     finally:
+        in_world.close()
         if home is not None:
             module.to(home)
     if home is not None:  # everything handed back lives where the model does

@@ -1,0 +1,215 @@
+"""Data-parallel training through ``torch.distributed``: the same ``fit`` on N processes.
+
+Launch the script that calls :func:`descend.fit` with ``torchrun`` (or any launcher that starts
+one process per device and sets ``RANK``/``WORLD_SIZE``), or initialize the process group
+yourself; ``fit`` then trains one model on all of them:
+
+.. code-block:: bash
+
+    torchrun --nproc_per_node=4 train.py        # train.py calls descend.fit(...) as usual
+
+What ``fit`` does in each of the N processes (``torch.distributed`` does the communication;
+nothing here is a substitute for it):
+
+* **The process group.** Joined if the launcher made one (``torch.distributed.is_initialized``);
+  made from the launcher's environment otherwise (``nccl`` on CUDA, ``gloo`` on the CPU), each
+  process on ``cuda:LOCAL_RANK`` when there are GPUs.
+* **The model** is wrapped in ``DistributedDataParallel``, which starts every process from rank
+  0's weights and averages the gradients in the backward pass. (The hand-written plain-MLP step
+  of a single process is not used: its gradients would bypass DDP.)
+* **The data.** ``batch_size`` is the *global* batch: every process holds the in-memory set
+  (the same seeded split and the same ``(seed, epoch)`` order) and takes its contiguous share of
+  each batch, and its loss is weighted by that share, so the averaged gradient is the gradient of
+  the whole batch's mean loss — the update one process would make on the same batch, up to the
+  order of float additions. A ``DataLoader`` must use a ``DistributedSampler`` (its batches are
+  then each process's own; ``sampler.set_epoch`` is called every epoch).
+* **One run, one set of decisions.** The batch loss the divergence guard, the history and the
+  default policy's range test and race read is the whole batch's (an ``all_reduce`` per step);
+  the validation set is split among the processes and its loss and metric summed; a stop
+  (Ctrl-C / SIGTERM, ``max_time``, a callback's request) on any process stops every process
+  after the same step. So every process takes the same decisions and returns the same
+  :class:`~descend.train.Result`.
+* **Files and output.** Only rank 0 prints progress and writes checkpoints (the directory must
+  be one all processes can read, to resume); every process resumes from it, each with its own
+  random-number state.
+
+The seed (drawn by rank 0 when not given) is shared. A loss must be a mean over its batch's
+samples, as every library loss and torch's default reductions are (a ``reduction="sum"`` loss
+would be scaled by the share). Parameters that get no gradient in a step are not supported by
+DDP's default and raise its error.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["World", "current", "is_main", "rank", "world_size"]
+
+
+_CPU = torch.device("cpu")
+
+
+@dataclass(frozen=True)
+class World:
+    """The processes training one model: this one's ``rank`` among ``size``.
+
+    ``size == 1`` (the default) is a single process, and every method is a no-op.
+    """
+
+    rank: int = 0
+    size: int = 1
+    #: where this process's collectives run: CUDA for ``nccl``, the CPU for ``gloo``.
+    device: torch.device = _CPU
+
+    @property
+    def active(self) -> bool:
+        """Several processes train one model."""
+        return self.size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one that prints and writes files."""
+        return self.rank == 0
+
+    def shard(self, lo: int, hi: int) -> tuple[int, int]:
+        """This process's contiguous share of the rows ``[lo, hi)``: ``size`` parts that
+        differ by at most one row, the larger ones first (a rank may get none when there are
+        fewer rows than processes)."""
+        n = hi - lo
+        base, extra = divmod(n, self.size)
+        start = lo + self.rank * base + min(self.rank, extra)
+        return start, start + base + (self.rank < extra)
+
+    def all_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` summed over the processes, in place (returned for chaining)."""
+        if self.active:
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
+        return t
+
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on any process (every process gets the same answer)."""
+        if not self.active:
+            return bool(flag)
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
+    def from_main(self, value: int) -> int:
+        """Rank 0's ``value`` (an integer), on every process."""
+        if not self.active:
+            return int(value)
+        t = torch.tensor([int(value)], dtype=torch.int64, device=self.device)
+        torch.distributed.broadcast(t, src=0)
+        return int(t.item())
+
+    def gather(self, t: torch.Tensor) -> list[torch.Tensor]:
+        """Every process's ``t`` (same shape and dtype on all), in rank order."""
+        if not self.active:
+            return [t]
+        out = [torch.empty_like(t) for _ in range(self.size)]
+        torch.distributed.all_gather(out, t)
+        return out
+
+    def barrier(self) -> None:
+        if self.active:
+            torch.distributed.barrier()
+
+
+_SINGLE = World()
+_current: World = _SINGLE
+
+
+def current() -> World:
+    """The world of the run in progress in this process (a single process outside ``fit``)."""
+    return _current
+
+
+def rank() -> int:
+    """This process's rank in the group (0 without one): for a callback that writes files."""
+    if _current.active:
+        return _current.rank
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return int(os.environ.get("RANK", 0))
+
+
+def world_size() -> int:
+    """The number of processes in the group (1 without one)."""
+    if _current.active:
+        return _current.size
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
+def is_main() -> bool:
+    """Rank 0, or a single process: where a callback should write its files and print."""
+    return rank() == 0
+
+
+def _launched() -> bool:
+    """A launcher (torchrun, SLURM's srun with the variables set, ...) started several
+    processes for this script."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+    except ValueError:
+        return False
+
+
+def join(device: torch.device | None) -> tuple[World, torch.device | None]:
+    """The world this process trains in, and the device it should train on.
+
+    An initialized process group is joined as it is; a launcher's environment without one gets
+    one (``nccl`` when the device is CUDA, ``gloo`` otherwise), and on a CUDA machine each
+    process takes ``cuda:LOCAL_RANK`` unless a device was given. Otherwise: a single process.
+    """
+    if not torch.distributed.is_available():
+        return _SINGLE, device
+    dist = torch.distributed
+    if not dist.is_initialized():
+        if not _launched():
+            return _SINGLE, device
+        cuda = torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda")
+        if cuda:
+            local = int(os.environ.get("LOCAL_RANK", 0))
+            if device is None or torch.device(device).index is None:
+                device = torch.device("cuda", local)
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+        # Made here, so torn down here: a group left alive at interpreter exit can abort the
+        # process ("terminate called without an active exception") after a finished run.
+        atexit.register(_destroy)
+    size = dist.get_world_size()
+    if size <= 1:
+        return _SINGLE, device
+    comm = torch.device("cpu")
+    if dist.get_backend() == "nccl":
+        comm = torch.device("cuda", torch.cuda.current_device())
+        if device is None:
+            device = comm
+    return World(rank=dist.get_rank(), size=size, device=comm), device
+
+
+def _destroy() -> None:
+    if torch.distributed.is_initialized():
+        with contextlib.suppress(Exception):  # every process leaves together
+            torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+@contextlib.contextmanager
+def running(world: World) -> Iterator[World]:
+    """Make ``world`` the :func:`current` one for the duration of a run (the loops the default
+    policy starts inside it take it from here)."""
+    global _current
+    before, _current = _current, world
+    try:
+        yield world
+    finally:
+        _current = before

@@ -1,0 +1,150 @@
+"""One process of a data-parallel test run (tests/test_distributed.py starts 1 or 2 of them).
+
+``python ddp_worker.py SCENARIO OUT RANK WORLD`` joins a gloo group through a file in OUT (no
+port), runs SCENARIO's ``descend.fit`` and writes ``OUT/rank{RANK}.safetensors`` (the final
+weights) and ``OUT/rank{RANK}.json`` (the result's numbers), or ``OUT/rank{RANK}.error`` with
+the exception's type and message. A world of 1 runs the same fit in a plain process: the oracle.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+import descend
+
+
+def data(kind: str, n: int = 203):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((n, 6)).astype(np.float32)
+    if kind == "clf":
+        y = (X[:, :3] @ rng.standard_normal((3, 3))).argmax(1)
+    else:
+        y = (X @ rng.standard_normal(6) + 0.1 * rng.standard_normal(n)).astype(np.float32)
+    return X, y
+
+
+def model(out: int, dropout: float = 0.0) -> torch.nn.Module:
+    torch.manual_seed(1)
+    layers = [torch.nn.Linear(6, 16), torch.nn.ReLU()]
+    if dropout:
+        layers.append(torch.nn.Dropout(dropout))
+    return torch.nn.Sequential(*layers, torch.nn.Linear(16, out))
+
+
+class StopOnRank(descend.train.Callback):
+    """Asks to stop after epoch 2 on one process only: every process must stop there."""
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+
+    def on_epoch_end(self, loop) -> None:
+        if loop.epoch == 2 and loop.world.rank == self.rank:
+            loop.request_stop("rank-only stop")
+
+
+def run(scenario: str, out: Path, rank: int, world: int):
+    common = dict(verbose=0, seed=3, patience=None)
+    if scenario in ("reg", "clf"):
+        X, y = data(scenario)
+        loss = "mse" if scenario == "reg" else "cross_entropy"
+        m = model(1 if scenario == "reg" else 3)
+        opt = descend.optim.adamw(lr=3e-3)
+        return m, descend.fit(m, (X, y), loss, optimizer=opt, epochs=4, batch_size=33, **common)
+    if scenario == "weights":
+        X, y = data("reg")
+        w = np.random.default_rng(1).uniform(0.0, 2.0, len(y)).astype(np.float32)
+        m = model(1)
+        opt = descend.optim.sgd(lr=0.05, momentum=0.9)
+        return m, descend.fit(
+            m, (X, y), "mse", optimizer=opt, epochs=3, batch_size=33, sample_weight=w, **common
+        )
+    if scenario == "no-val-clf":  # the training metric, summed over the processes
+        X, y = data("clf")
+        m = model(3)
+        opt = descend.optim.adamw(lr=3e-3)
+        return m, descend.fit(
+            m, (X, y), "cross_entropy", optimizer=opt, epochs=3, batch_size=None,
+            validation=None, **common,
+        )  # fmt: skip
+    if scenario == "auto":  # the default policy: range test and race on every process
+        X, y = data("clf")
+        m = model(3)
+        return m, descend.fit(m, (X, y), "cross_entropy", epochs=8, batch_size=32, **common)
+    if scenario.startswith("ckpt"):  # ckpt-full, ckpt-part, ckpt-resume
+        X, y = data("clf")
+        m = model(3, dropout=0.3)
+        epochs = 2 if scenario == "ckpt-part" else 4
+        opt = descend.optim.adamw(lr=3e-3)
+        return m, descend.fit(
+            m, (X, y), "cross_entropy", optimizer=opt, epochs=epochs, batch_size=33,
+            checkpoint=out / ("ckpt-full" if scenario == "ckpt-full" else "ckpt"),
+            resume=scenario == "ckpt-resume", **common,
+        )  # fmt: skip
+    if scenario == "stop":
+        X, y = data("reg")
+        m = model(1)
+        opt = descend.optim.adamw(lr=3e-3)
+        return m, descend.fit(
+            m, (X, y), "mse", optimizer=opt, epochs=6, batch_size=32,
+            callbacks=[StopOnRank(world - 1)], **common,
+        )  # fmt: skip
+    if scenario in ("loader", "loader-plain"):
+        # With shuffle=False, rank r's DistributedSampler takes rows r, r+2, ...: the two
+        # processes' k-th batches of 16 are rows 32k..32k+31, one process's k-th batch of 32.
+        X, y = data("reg", n=192)
+        ds = torch.utils.data.TensorDataset(torch.as_tensor(X), torch.as_tensor(y))
+        split = scenario == "loader" and world > 1
+        sampler = torch.utils.data.DistributedSampler(ds, shuffle=False) if split else None
+        dl = torch.utils.data.DataLoader(ds, batch_size=32 // world, sampler=sampler)
+        m = model(1)
+        opt = descend.optim.adamw(lr=3e-3)
+        return m, descend.fit(m, dl, "mse", optimizer=opt, epochs=2, **common)
+    if scenario == "tiny-batch":
+        X, y = data("reg")
+        m = model(1)
+        return m, descend.fit(m, (X, y), "mse", optimizer="adamw", epochs=1, batch_size=1, **common)
+    raise SystemExit(f"unknown scenario {scenario}")
+
+
+def main() -> None:
+    scenario, out, rank, world = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    torch.set_num_threads(1)
+    if world > 1:
+        torch.distributed.init_process_group(
+            "gloo", init_method=f"file://{out / ('group-' + scenario)}", rank=rank, world_size=world
+        )
+    try:
+        m, r = run(scenario, out, rank, world)
+    except Exception as e:  # the test reads it
+        (out / f"rank{rank}.error").write_text(f"{type(e).__name__}: {e}")
+        return
+    save_file(
+        {k: v.contiguous() for k, v in m.state_dict().items()}, out / f"rank{rank}.safetensors"
+    )
+    h = r.history
+    summary = {
+        "epochs": r.epochs,
+        "steps": r.steps,
+        "stop_reason": r.stop_reason.value,
+        "stop_message": r.stop_message,
+        "train_loss": h.train_loss,
+        "val_loss": h.val_loss,
+        "metric": h.metric,
+        "step_loss": h.step_loss,
+        "lr": (r.autopilot or {}).get("lr"),
+        "seed": r.seed,
+    }
+    (out / f"rank{rank}.json").write_text(json.dumps(summary))
+    if world > 1:
+        torch.distributed.barrier()  # leave together (a group torn down alone can abort)
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""Data-parallel fit (descend/distributed.py): two gloo processes on the CPU against one.
+
+Each scenario of tests/ddp_worker.py runs in two processes joined through a file (no port) and,
+as the oracle, in this process alone. Splitting every batch between the processes and weighting
+each share's loss must give the single process's run: the same weights up to the order of float
+additions, the same history, the same decisions (the default policy's rate, the stop), and both
+processes must hold the same weights bit for bit.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+
+pytestmark = pytest.mark.skipif(
+    not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+    reason="torch.distributed with gloo is not available in this torch build",
+)
+
+
+def _worker():
+    spec = importlib.util.spec_from_file_location("ddp_worker", WORKER)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def launch(scenario: str, out: Path, world: int = 2) -> list[tuple[dict, dict] | str]:
+    """Run ``scenario`` in ``world`` processes; per rank (summary, weights) or the error."""
+    out.mkdir(parents=True, exist_ok=True)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(WORKER), scenario, str(out), str(r), str(world)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for r in range(world)
+    ]
+    try:
+        logs = [p.communicate(timeout=240)[0].decode(errors="replace") for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        pytest.fail(f"{scenario}: the processes did not finish (a hang between them?)")
+    results: list[tuple[dict, dict] | str] = []
+    for r, p in enumerate(procs):
+        err = out / f"rank{r}.error"
+        if err.exists():
+            results.append(err.read_text())
+            continue
+        assert p.returncode == 0, f"rank {r} exited with {p.returncode}:\n{logs[r][-3000:]}"
+        summary = json.loads((out / f"rank{r}.json").read_text())
+        results.append((summary, load_file(out / f"rank{r}.safetensors")))
+    return results
+
+
+def alone(scenario: str, out: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The same fit in this process, a world of one."""
+    out.mkdir(parents=True, exist_ok=True)
+    mod = _worker()
+    m, r = mod.run(scenario, out, 0, 1)
+    h = r.history
+    summary = {
+        "epochs": r.epochs,
+        "stop_reason": r.stop_reason.value,
+        "val_loss": h.val_loss,
+        "metric": h.metric,
+        "step_loss": h.step_loss,
+        "lr": (r.autopilot or {}).get("lr"),
+    }
+    return summary, {k: v.detach().clone() for k, v in m.state_dict().items()}
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    [
+        "reg",  # mse, R² on a split validation set, uneven shares (33 rows over 2)
+        "clf",  # cross-entropy, accuracy summed over the processes
+        "weights",  # sample weights: each share weighted by its part of the batch's weight
+        "no-val-clf",  # full batch, the training metric summed over the processes
+        "loader",  # a DataLoader with a DistributedSampler
+        "auto",  # the default policy: range test, race and decisions the same everywhere
+        "stop",  # a stop asked for on one process stops both after the same epoch
+    ],
+)
+def test_two_processes_train_as_one(scenario, tmp_path):
+    two = launch(scenario, tmp_path / "two")
+    assert all(not isinstance(r, str) for r in two), two
+    (s0, w0), (s1, w1) = two  # type: ignore[misc]
+    one, w = alone(scenario, tmp_path / "one")
+    assert w0.keys() == w.keys()
+    for k in w:
+        assert torch.equal(w0[k], w1[k]), f"the processes' {k} differ"
+        torch.testing.assert_close(w0[k], w[k], rtol=1e-5, atol=1e-5)
+    for s in (s0, s1):
+        assert s["epochs"] == one["epochs"] and s["stop_reason"] == one["stop_reason"]
+        assert s["lr"] == pytest.approx(one["lr"]) if one["lr"] else s["lr"] is None
+        assert s["val_loss"] == pytest.approx(one["val_loss"], rel=1e-5)
+        assert s["metric"] == pytest.approx(one["metric"], rel=1e-5, abs=1e-6)
+        assert s["step_loss"] == pytest.approx(one["step_loss"], rel=1e-4, abs=1e-6)
+    if scenario == "stop":
+        assert one["epochs"] == 2  # the rank-1 callback of the one process stopped it too
+
+
+@pytest.mark.parametrize(
+    ("scenario", "says"),
+    [
+        ("loader-plain", "must split the data among them with a DistributedSampler"),
+        ("tiny-batch", "pass batch_size >= 2"),
+    ],
+)
+def test_refused_on_every_process(scenario, says, tmp_path):
+    two = launch(scenario, tmp_path)
+    for r in two:
+        assert isinstance(r, str) and r.startswith("ConfigError") and says in r, r
+
+
+def test_resume_is_exact_with_dropout(tmp_path):
+    """Killed after epoch 2 (a run of 2 epochs) and resumed to 4: the weights of a run never
+    stopped, bit for bit, though each process drew its own dropout masks; only rank 0 wrote."""
+    full = launch("ckpt-full", tmp_path)
+    part = launch("ckpt-part", tmp_path)
+    assert all(not isinstance(r, str) for r in full + part), full + part
+    resumed = launch("ckpt-resume", tmp_path)
+    assert all(not isinstance(r, str) for r in resumed), resumed
+    for (_, w_full), (s, w_res) in zip(full, resumed):  # type: ignore[misc]
+        assert s["epochs"] == 4
+        for k in w_full:
+            assert torch.equal(w_full[k], w_res[k]), k
+    # one writer: the checkpoints of one run, no leftovers of a second
+    names = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    assert names and not [n for n in names if n.startswith((".tmp", ".write-test"))], names
+
+
+SCRIPT = """
+import json, os, sys
+import numpy as np, torch, descend
+torch.set_num_threads(1)
+rng = np.random.default_rng(0)
+X = rng.standard_normal((200, 6)).astype(np.float32)
+y = X.sum(1)
+torch.manual_seed(1)
+m = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+r = descend.fit(m, (X, y), "mse", optimizer=descend.optim.adamw(lr=3e-3), epochs=3,
+                batch_size=32, seed=0, verbose=1)
+out = {"world": descend.distributed.world_size(), "val": r.history.val_loss}
+with open(f"result{os.environ['RANK']}.json", "w") as f:
+    json.dump(out, f)
+"""
+
+
+def test_torchrun_launch_needs_no_code(tmp_path):
+    """Under torchrun fit makes the process group itself (gloo on the CPU), trains one model
+    on both processes, and only rank 0 prints the progress."""
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    p = subprocess.run(
+        [*cmd, str(script)], capture_output=True, text=True, timeout=240, cwd=tmp_path
+    )
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    results = [json.loads((tmp_path / f"result{r}.json").read_text()) for r in (0, 1)]
+    assert results[0] == results[1] and results[0]["world"] == 2
+    assert p.stdout.count("descend: Sequential") == 1  # one progress display, rank 0's
