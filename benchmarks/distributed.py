@@ -101,7 +101,7 @@ def run_ddp_loop(epochs: int, rank: int, world: int) -> tuple[list[float], float
             opt.step()
             total += torch.stack([loss.detach() * share, torch.tensor(1.0)])
         torch.distributed.all_reduce(total)
-        last = float(total[0] / total[1] * world) / world
+        last = float(total[0] / (total[1] / world))  # the mean batch loss of the epoch
         ends.append(time.perf_counter())
     return ends, last
 

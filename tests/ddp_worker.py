@@ -48,6 +48,17 @@ class StopOnRank(descend.train.Callback):
             loop.request_stop("rank-only stop")
 
 
+class StopAtStep(descend.train.Callback):
+    """Asks to stop after step 7 on one process only, mid-epoch."""
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+
+    def on_step_end(self, loop) -> None:
+        if loop.step == 7 and loop.world.rank == self.rank:
+            loop.request_stop("rank-only stop")
+
+
 def run(scenario: str, out: Path, rank: int, world: int):
     common = dict(verbose=0, seed=3, patience=None)
     if scenario in ("reg", "clf"):
@@ -93,6 +104,14 @@ def run(scenario: str, out: Path, rank: int, world: int):
         return m, descend.fit(
             m, (X, y), "mse", optimizer=opt, epochs=6, batch_size=32,
             callbacks=[StopOnRank(world - 1)], **common,
+        )  # fmt: skip
+    if scenario == "stop-step":
+        X, y = data("reg")
+        m = model(1)
+        opt = descend.optim.adamw(lr=3e-3)
+        return m, descend.fit(
+            m, (X, y), "mse", optimizer=opt, epochs=6, batch_size=32,
+            callbacks=[StopAtStep(world - 1)], **common,
         )  # fmt: skip
     if scenario in ("loader", "loader-plain"):
         # With shuffle=False, rank r's DistributedSampler takes rows r, r+2, ...: the two

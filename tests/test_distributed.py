@@ -111,6 +111,16 @@ def test_two_processes_train_as_one(scenario, tmp_path):
         assert one["epochs"] == 2  # the rank-1 callback of the one process stopped it too
 
 
+def test_a_stop_asked_mid_epoch_on_one_process_stops_both(tmp_path):
+    """A step callback's request on rank 1 reaches rank 0 through the next step's all_reduce:
+    both stop after that same step (one process alone stops after the step it asked at)."""
+    two = launch("stop-step", tmp_path)
+    assert all(not isinstance(r, str) for r in two), two
+    (s0, w0), (s1, w1) = two  # type: ignore[misc]
+    assert s0["steps"] == s1["steps"] == 8 and s0["stop_reason"] == s1["stop_reason"] == "callback"
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+
+
 @pytest.mark.parametrize(
     ("scenario", "says"),
     [

@@ -27,7 +27,8 @@ nothing here is a substitute for it):
   default policy's range test and race read is the whole batch's (an ``all_reduce`` per step);
   the validation set is split among the processes and its loss and metric summed; a stop
   (Ctrl-C / SIGTERM, ``max_time``, a callback's request) on any process stops every process
-  after the same step. So every process takes the same decisions and returns the same
+  after the same step: the step's one ``all_reduce`` carries the loss and the stop flags, so a
+  stop asked for after it takes effect after the next step. So every process takes the same decisions and returns the same
   :class:`~descend.train.Result`.
 * **Files and output.** Only rank 0 prints progress and writes checkpoints (the directory must
   be one all processes can read, to resume); every process resumes from it, each with its own

@@ -610,6 +610,7 @@ class Loop:
         self._ep_lrs: list[float] = []
         self._interrupt: int | None = None
         self._late = False  # data-parallel: max_time spent on some process (_agree_on_stop)
+        self._agreed = (False, False, False)  # data-parallel: see _train_step_ddp
         self._resumed_from: Path | None = None
         self._data_sig: dict[str, Any] | None = None
 
@@ -936,9 +937,29 @@ class Loop:
         for p in self._plist:
             grads.append(p.grad)
             p.grad = None
-        total = (value.detach().float() * share).reshape(1)
-        world.all_sum(total)
-        return self._finish_step(total[0], grads)
+        # One all_reduce carries the batch loss and the stop flags (a signal, a callback's
+        # request, max_time) as they stand on each process: the step's only sync beyond DDP's.
+        over = self.max_time is not None and self._elapsed() > self.max_time
+        flags = [self._interrupt is not None, self._stop_request is not None, over]
+        total = torch.cat(
+            [
+                value.detach().float().reshape(1) * share,
+                torch.tensor(flags, dtype=torch.float32, device=value.device),
+            ]
+        )
+        total = world.all_sum(total.to(world.device))
+        self._agreed = tuple(bool(v > 0) for v in total[1:].tolist())
+        return self._finish_step(total[0].to(value.device), grads)
+
+    def _take_agreed(self) -> tuple[bool, bool]:
+        """(interrupted, stop) as agreed by every process in the last step's all_reduce."""
+        interrupt, request, late = self._agreed
+        if interrupt and self._interrupt is None:
+            self._interrupt = int(signal.SIGTERM)
+        if request and self._stop_request is None:
+            self._stop_request = "another process asked to stop"
+        self._late = late
+        return interrupt, request or late
 
     def _out_of_time(self) -> bool:
         """``max_time`` is spent (data-parallel: on some process, as agreed after the step)."""
@@ -947,8 +968,9 @@ class Loop:
         return self.max_time is not None and self._elapsed() > self.max_time
 
     def _agree_on_stop(self) -> None:
-        """Data-parallel: a stop asked for on any process (a signal, a callback, ``max_time``)
-        stops every process after this same step; the others would wait for it forever."""
+        """Data-parallel, at an epoch's end: a stop asked for on any process (a signal, an
+        epoch callback, ``max_time``) stops every process here; the others would wait for it
+        forever. (Within the epoch the flags ride in each step's all_reduce.)"""
         over = self.max_time is not None and self._elapsed() > self.max_time
         flags = torch.tensor(
             [self._interrupt is not None, self._stop_request is not None, over],
@@ -1763,12 +1785,17 @@ class Loop:
             for cb in self.step_callbacks:
                 cb.on_step_end(self)
             if self._ddp is not None:
-                self._agree_on_stop()
-            if self._interrupt is not None:
+                # Data-parallel: act only on what every process agreed in this step's
+                # all_reduce (a stop asked for after it is carried by the next one).
+                interrupted, stop = self._take_agreed()
+            else:
+                interrupted = self._interrupt is not None
+                stop = self._stop_request is not None or self._out_of_time()
+            if interrupted:
                 return StopReason.INTERRUPTED
             if every is not None and self.step % every == 0:
                 self.save_checkpoint()
-            if self._stop_request is not None or self._out_of_time():
+            if stop:
                 break
         self._fast_ok = False  # user code (epoch callbacks) runs before the next step
         if guard is not None and guard.flush(self) == "diverged":
