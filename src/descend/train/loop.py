@@ -890,9 +890,22 @@ class Loop:
             if self._ep_metric is not None:
                 self._ep_metric.add(out, yb)
             return self._finish_step(value, grads, fast.grad_norm() if flat else None)
+        value = self._forward_loss(self.model, xb, yb, wb)
+        grads = torch.autograd.grad(value, self._plist, allow_unused=True)
+        return self._finish_step(value, grads)
+
+    def _forward_loss(
+        self,
+        model: torch.nn.Module,
+        xb: torch.Tensor,
+        yb: torch.Tensor | None,
+        wb: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The batch's loss through ``model`` (the module, or its DDP wrapper) with a graph,
+        errors named after the data; the epoch's training metric takes the outputs."""
         with self._autocast():
             try:
-                out = D.call_model(self.model, xb)
+                out = D.call_model(model, xb)
             except (IndexError, ValueError) as e:
                 self._raise_named(e, self.bundle.train, xb)
             if yb is not None and self._y_unsqueeze:
@@ -904,8 +917,7 @@ class Loop:
                 value = self.loss(out, yb, weight=wb, validate=False)
         if self._ep_metric is not None:
             self._ep_metric.add(out.detach(), yb)
-        grads = torch.autograd.grad(value, self._plist, allow_unused=True)
-        return self._finish_step(value, grads)
+        return value
 
     def _train_step_ddp(
         self, xb: torch.Tensor, yb: torch.Tensor | None, wb: torch.Tensor | None
@@ -918,20 +930,7 @@ class Loop:
         # A resident batch is split by rows (its share set by the source); a DistributedSampler
         # gives every process a batch of its own, of one size.
         share = src.share if src.resident else 1.0 / world.size
-        with self._autocast():
-            try:
-                out = D.call_model(self._ddp, xb)
-            except (IndexError, ValueError) as e:
-                self._raise_named(e, src, xb)
-            if yb is not None and self._y_unsqueeze:
-                yb = yb.unsqueeze(-1)
-            out = out.float() if self.precision == "bf16" else out
-            if wb is None:
-                value = self.loss(out, yb, validate=False)
-            else:
-                value = self.loss(out, yb, weight=wb, validate=False)
-        if self._ep_metric is not None:
-            self._ep_metric.add(out.detach(), yb)
+        value = self._forward_loss(self._ddp, xb, yb, wb)
         (value * (share * world.size)).backward()
         grads = []
         for p in self._plist:
