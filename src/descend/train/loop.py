@@ -1005,9 +1005,7 @@ class Loop:
     @torch.no_grad()
     def evaluate(self, src: D.Source) -> tuple[float, float | None]:
         """Mean loss and metric over a whole source, in eval mode, chunked to bound memory."""
-        if self._ddp is not None:
-            return self._evaluate_shared(src)
-        fast = self._mlp
+        fast = self._mlp  # (None when data-parallel)
         if (
             fast is not None
             and src.resident
@@ -1028,7 +1026,7 @@ class Loop:
         sums = self._new_metric_sum() if self._metric_fn is not None else None
         try:
             fast = self._mlp
-            for xb, yb in self._eval_batches(src):
+            for xb, yb in self._eval_batches(src, *self._eval_rows(src)):
                 if fast is not None and fast.usable(xb, training=False):
                     out = fast.forward(xb)
                 else:
@@ -1052,6 +1050,8 @@ class Loop:
         finally:
             if switch:
                 self.model.train(was_training)
+        if self.world.active:
+            return self._shared_result(total, count, sums)
         if total is None:
             return math.nan, None
         loss_val = float(total / count)
@@ -1076,49 +1076,32 @@ class Loop:
         sums.add(out, y)
         return loss_val, sums.value()
 
-    def _evaluate_shared(self, src: D.Source) -> tuple[float, float | None]:
-        """Data-parallel evaluation: each process takes its share of a resident set's rows (a
-        stream: its own batches, from a DistributedSampler), and the loss and metric sums are
-        summed over the processes, so every process reads the whole set's numbers."""
+    def _eval_rows(self, src: D.Source) -> tuple[int, int | None]:
+        """The rows ``[lo, hi)`` of a resident source this process evaluates: all of them in a
+        single process; its share when data-parallel (a set smaller than the group: all of it
+        everywhere, and the mean of equal sums is the same number). A stream: ``(0, None)``,
+        each process reading its own batches (a DistributedSampler's)."""
+        if not (self.world.active and src.resident):
+            return 0, None
+        n = D.n_rows(src.X)
+        return self.world.shard(0, n) if n >= self.world.size else (0, n)
+
+    def _shared_result(
+        self, total: torch.Tensor | None, count: int, sums: _MetricSum | None
+    ) -> tuple[float, float | None]:
+        """Data-parallel: the loss and metric sums of every process's rows, summed, so every
+        process reads the whole set's numbers."""
         world = self.world
-        lo, hi = 0, None
-        if src.resident:
-            n = D.n_rows(src.X)
-            # (a set smaller than the group: every process evaluates all of it; the mean of
-            # equal sums is the same number)
-            lo, hi = world.shard(0, n) if n >= world.size else (0, n)
-        was_training = self.model.training
-        switch = was_training and not _mode_free(self.model)
-        if switch:
-            self.model.eval()
-        sums = self._new_metric_sum() if self._metric_fn is not None else None
-        totals = torch.zeros(2, dtype=torch.float64, device=self.device)
-        try:
-            for xb, yb in self._eval_batches(src, lo, hi):
-                try:
-                    with self._autocast():
-                        out = D.call_model(self.model, xb)
-                except IndexError as e:
-                    self._raise_named(e, src, xb)
-                out = out.float()
-                if yb is not None and self._y_unsqueeze:
-                    yb = yb.unsqueeze(-1)
-                n = out.shape[0]
-                v = self.loss(out, yb, validate=False)
-                totals[0] += v.double() * n
-                totals[1] += n
-                if sums is not None:
-                    sums.add(out, yb)
-        finally:
-            if switch:
-                self.model.train(was_training)
-        totals = world.all_sum(totals.to(world.device))
-        total, count = (float(v) for v in totals.tolist())
+        totals = torch.zeros(2, dtype=torch.float64, device=world.device)
+        if total is not None:
+            totals[0] = total.double().to(world.device)
+        totals[1] = count
+        total_all, count_all = (float(v) for v in world.all_sum(totals).tolist())
         if sums is not None:
             sums.all_reduce(world)
-        if count == 0:
+        if count_all == 0:
             return math.nan, None
-        return total / count, None if sums is None else sums.value()
+        return total_all / count_all, None if sums is None else sums.value()
 
     def _eval_batches(
         self, src: D.Source, lo: int = 0, hi: int | None = None
