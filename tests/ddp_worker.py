@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,30 @@ class StopAtStep(descend.train.Callback):
     def on_step_end(self, loop) -> None:
         if loop.step == 7 and loop.world.rank == self.rank:
             loop.request_stop("rank-only stop")
+
+
+class WithSpare(torch.nn.Module):
+    """An MLP and a spare layer that takes part in the loss only while ``spare_on``: its
+    parameters get no gradient at the other steps."""
+
+    def __init__(self, spare_on: bool, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.body = model(1, dropout=dropout)
+        torch.manual_seed(2)
+        self.spare = torch.nn.Linear(6, 1)
+        self.spare_on = spare_on
+
+    def forward(self, x):
+        out = self.body(x)
+        return out + self.spare(x) if self.spare_on else out
+
+
+class SpareOffAt(descend.train.Callback):
+    """Takes the spare layer out of the loss after step 3 (on every process)."""
+
+    def on_step_end(self, loop) -> None:
+        if loop.step == 3:
+            loop.model.spare_on = False
 
 
 def run(scenario: str, out: Path, rank: int, world: int):
@@ -124,6 +149,20 @@ def run(scenario: str, out: Path, rank: int, world: int):
         m = model(1)
         opt = descend.optim.adamw(lr=3e-3)
         return m, descend.fit(m, dl, "mse", optimizer=opt, epochs=2, **common)
+    if scenario.startswith("unused"):
+        # unused / unused-frozen: a spare layer never in the loss (dropout in the body: its
+        # masks must survive a redone step), left trainable or frozen; unused-later: in the
+        # loss for steps 1-3 only
+        X, y = data("reg")
+        later = scenario == "unused-later"
+        m = WithSpare(spare_on=later, dropout=0.0 if later else 0.3)
+        if scenario == "unused-frozen":
+            m.spare.requires_grad_(False)
+        opt = descend.optim.adamw(lr=3e-3)
+        return m, descend.fit(
+            m, (X, y), "mse", optimizer=opt, epochs=2, batch_size=32,
+            callbacks=[SpareOffAt()] if later else [], **common,
+        )  # fmt: skip
     if scenario == "tiny-batch":
         X, y = data("reg")
         m = model(1)
@@ -139,7 +178,9 @@ def main() -> None:
             "gloo", init_method=f"file://{out / ('group-' + scenario)}", rank=rank, world_size=world
         )
     try:
-        m, r = run(scenario, out, rank, world)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            m, r = run(scenario, out, rank, world)
     except Exception as e:  # the test reads it
         (out / f"rank{rank}.error").write_text(f"{type(e).__name__}: {e}")
         return
@@ -158,6 +199,7 @@ def main() -> None:
         "step_loss": h.step_loss,
         "lr": (r.autopilot or {}).get("lr"),
         "seed": r.seed,
+        "warnings": [str(w.message) for w in caught if "descend" in str(w.message)],
     }
     (out / f"rank{rank}.json").write_text(json.dumps(summary))
     if world > 1:

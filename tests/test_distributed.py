@@ -90,6 +90,7 @@ def alone(scenario: str, out: Path) -> tuple[dict, dict[str, torch.Tensor]]:
         "loader",  # a DataLoader with a DistributedSampler
         "auto",  # the default policy: range test, race and decisions the same everywhere
         "stop",  # a stop asked for on one process stops both after the same epoch
+        "unused-later",  # a layer leaves the loss after step 3: step 4 redone, DDP's search on
     ],
 )
 def test_two_processes_train_as_one(scenario, tmp_path):
@@ -109,6 +110,32 @@ def test_two_processes_train_as_one(scenario, tmp_path):
         assert s["step_loss"] == pytest.approx(one["step_loss"], rel=1e-4, abs=1e-6)
     if scenario == "stop":
         assert one["epochs"] == 2  # the rank-1 callback of the one process stopped it too
+    if scenario == "unused-later":
+        # said once, by the main process, naming the parameters and the step
+        assert len(s0["warnings"]) == 1 and not s1["warnings"], (s0["warnings"], s1["warnings"])
+        assert "spare.weight, spare.bias got no gradient at step 4" in s0["warnings"][0]
+        assert not torch.equal(w0["spare.weight"], _initial_spare())  # trained 3 steps
+
+
+def _initial_spare() -> torch.Tensor:
+    return _worker().WithSpare(spare_on=True).spare.weight.detach().clone()
+
+
+def test_a_parameter_outside_the_loss_costs_no_step_and_no_random_draw(tmp_path):
+    """A layer that never reaches the loss: DDP's default mode would leave step 1's gradients
+    partly unreduced and fail at step 2. The step is redone with DDP's search for unused
+    parameters, from the same dropout streams: the run equals one with the layer frozen (no
+    redo) bit for bit, and the layer keeps its initial weights."""
+    used = launch("unused", tmp_path / "unused")
+    frozen = launch("unused-frozen", tmp_path / "frozen")
+    assert all(not isinstance(r, str) for r in used + frozen), used + frozen
+    for (s, w), (s_f, w_f) in zip(used, frozen):  # type: ignore[misc]
+        for k in w_f:
+            assert torch.equal(w[k], w_f[k]), k
+        assert s["step_loss"] == s_f["step_loss"] and not s_f["warnings"]
+    assert torch.equal(used[0][1]["spare.weight"], _initial_spare())  # type: ignore[index]
+    assert "spare.weight, spare.bias got no gradient at step 1" in used[0][0]["warnings"][0]  # type: ignore[index]
+    assert not used[1][0]["warnings"]  # type: ignore[index]
 
 
 def test_a_stop_asked_mid_epoch_on_one_process_stops_both(tmp_path):

@@ -551,10 +551,11 @@ class Loop:
         # pass, so the hand-written MLP step (which bypasses autograd) is not taken.
         self.world = dist_.current()
         self._ddp: torch.nn.Module | None = None
+        # DDP's cheaper mode (no search for unused parameters) until a step shows a parameter
+        # without a gradient; then that step is redone in the other mode (_train_step_ddp).
+        self._find_unused = False
         if self.world.active:
-            self._ddp = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None
-            )
+            self._ddp = self._wrap_ddp()
         # A plain MLP trained in fp32 takes the hand-written backward pass (train/_mlp.py).
         self._mlp = (
             MLPStep.build(model, self._plist, loss)
@@ -890,8 +891,10 @@ class Loop:
             if self._ep_metric is not None:
                 self._ep_metric.add(out, yb)
             return self._finish_step(value, grads, fast.grad_norm() if flat else None)
-        value = self._forward_loss(self.model, xb, yb, wb)
+        value, out, yb = self._forward_loss(self.model, xb, yb, wb)
         grads = torch.autograd.grad(value, self._plist, allow_unused=True)
+        if self._ep_metric is not None:
+            self._ep_metric.add(out, yb)
         return self._finish_step(value, grads)
 
     def _forward_loss(
@@ -900,9 +903,10 @@ class Loop:
         xb: torch.Tensor,
         yb: torch.Tensor | None,
         wb: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """The batch's loss through ``model`` (the module, or its DDP wrapper) with a graph,
-        errors named after the data; the epoch's training metric takes the outputs."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(loss, detached output, target)`` of the batch through ``model`` (the module, or
+        its DDP wrapper) with a graph, errors named after the data (the caller gives the
+        output to the epoch's training metric once the step stands)."""
         with self._autocast():
             try:
                 out = D.call_model(model, xb)
@@ -915,9 +919,54 @@ class Loop:
                 value = self.loss(out, yb, validate=False)
             else:
                 value = self.loss(out, yb, weight=wb, validate=False)
-        if self._ep_metric is not None:
-            self._ep_metric.add(out.detach(), yb)
-        return value
+        return value, out.detach(), yb
+
+    def _wrap_ddp(self) -> torch.nn.Module:
+        dev = self.device
+        return torch.nn.parallel.DistributedDataParallel(
+            self.model,
+            device_ids=[dev.index] if dev.type == "cuda" else None,
+            find_unused_parameters=self._find_unused,
+        )
+
+    def _pre_step_state(self) -> tuple[Any, ...]:
+        """What a step's forward pass changes besides the gradients — the random streams
+        (dropout) and the buffers (batch-norm statistics) — to redo the step exactly."""
+        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        buffers = [b.detach().clone() for b in self.model.buffers()]
+        return torch.get_rng_state(), cuda, buffers
+
+    def _restore_pre_step(self, state: tuple[Any, ...]) -> None:
+        cpu, cuda, buffers = state
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda, self.device)
+        with torch.no_grad():
+            for b, saved in zip(self.model.buffers(), buffers):
+                b.copy_(saved)
+
+    def _switch_to_unused_search(self, missing: list[str]) -> None:
+        """Every process saw this step's flag: some parameter got no gradient. DDP without
+        the search leaves such a step's gradient buckets partly unreduced (and fails at the
+        next forward), so it is wrapped again with ``find_unused_parameters=True``, which
+        reduces the others and leaves the unused parameters' gradients empty (the optimizer
+        skips them, as in one process). Said once, on the main process."""
+        self._find_unused = True
+        self._ddp = None  # the old wrapper's reducer goes with it
+        self._ddp = self._wrap_ddp()
+        if self.world.is_main:
+            shown = ", ".join(missing[:4]) + (
+                f" and {len(missing) - 4} more" if len(missing) > 4 else ""
+            )
+            warnings.warn(
+                f"descend: {shown or 'some parameters'} got no gradient at step "
+                f"{self.step + 1} (not part of the loss there); data-parallel training now "
+                "searches for such parameters at every step (DDP's find_unused_parameters), "
+                "which costs a little time — freeze parameters that never train "
+                "(requires_grad_(False)) to avoid it",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     def _train_step_ddp(
         self, xb: torch.Tensor, yb: torch.Tensor | None, wb: torch.Tensor | None
@@ -930,24 +979,39 @@ class Loop:
         # A resident batch is split by rows (its share set by the source); a DistributedSampler
         # gives every process a batch of its own, of one size.
         share = src.share if src.resident else 1.0 / world.size
-        value = self._forward_loss(self._ddp, xb, yb, wb)
+        before = None if self._find_unused else self._pre_step_state()
+        value, out, yt = self._forward_loss(self._ddp, xb, yb, wb)
         (value * (share * world.size)).backward()
         grads = []
         for p in self._plist:
             grads.append(p.grad)
             p.grad = None
-        # One all_reduce carries the batch loss and the stop flags (a signal, a callback's
-        # request, max_time) as they stand on each process: the step's only sync beyond DDP's.
+        missing = [n for n, g in zip(self._names, grads) if g is None]
+        # One all_reduce carries the batch loss and the flags (a signal, a callback's request,
+        # max_time, a parameter without a gradient) as they stand on each process: the step's
+        # only sync beyond DDP's.
         over = self.max_time is not None and self._elapsed() > self.max_time
         flags = [self._interrupt is not None, self._stop_request is not None, over]
         total = torch.cat(
             [
                 value.detach().float().reshape(1) * share,
-                torch.tensor(flags, dtype=torch.float32, device=value.device),
+                torch.tensor(
+                    [*flags, bool(missing) and not self._find_unused],
+                    dtype=torch.float32,
+                    device=value.device,
+                ),
             ]
         )
         total = world.all_sum(total.to(world.device))
-        self._agreed = tuple(bool(v > 0) for v in total[1:].tolist())
+        agreed = tuple(bool(v > 0) for v in total[1:].tolist())
+        if agreed[3]:
+            # Nothing of this step is applied: redo it from the same random streams and buffers.
+            self._switch_to_unused_search(missing)
+            self._restore_pre_step(before)
+            return self._train_step_ddp(xb, yb, wb)
+        self._agreed = agreed[:3]
+        if self._ep_metric is not None:
+            self._ep_metric.add(out, yt)
         return self._finish_step(total[0].to(value.device), grads)
 
     def _take_agreed(self) -> tuple[bool, bool]:
