@@ -150,18 +150,19 @@ def run(scenario: str, out: Path, rank: int, world: int):
         opt = descend.optim.adamw(lr=3e-3)
         return m, descend.fit(m, dl, "mse", optimizer=opt, epochs=2, **common)
     if scenario.startswith("unused"):
-        # unused / unused-frozen: a spare layer never in the loss (dropout in the body: its
-        # masks must survive a redone step), left trainable or frozen; unused-later: in the
-        # loss for steps 1-3 only
+        # unused[-auto][-frozen]: a spare layer never in the loss (dropout in the body: its
+        # masks must survive a redone step), trainable or frozen, with an optimizer given or
+        # the default policy (range test, race, run: three loops of one run);
+        # unused-later: in the loss for steps 1-3 only
         X, y = data("reg")
         later = scenario == "unused-later"
         m = WithSpare(spare_on=later, dropout=0.0 if later else 0.3)
-        if scenario == "unused-frozen":
+        if scenario.endswith("-frozen"):
             m.spare.requires_grad_(False)
-        opt = descend.optim.adamw(lr=3e-3)
+        kw = {} if "-auto" in scenario else {"optimizer": descend.optim.adamw(lr=3e-3)}
         return m, descend.fit(
-            m, (X, y), "mse", optimizer=opt, epochs=2, batch_size=32,
-            callbacks=[SpareOffAt()] if later else [], **common,
+            m, (X, y), "mse", epochs=8 if kw == {} else 2, batch_size=32,
+            callbacks=[SpareOffAt()] if later else [], **kw, **common,
         )  # fmt: skip
     if scenario == "tiny-batch":
         X, y = data("reg")

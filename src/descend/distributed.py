@@ -46,7 +46,7 @@ import atexit
 import contextlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -67,6 +67,9 @@ class World:
     size: int = 1
     #: where this process's collectives run: CUDA for ``nccl``, the CPU for ``gloo``.
     device: torch.device = _CPU
+    #: what one loop of the run learned for the next (the range test's, the race's, the
+    #: run's own): ``"unused"`` — the model has parameters outside the loss.
+    learned: set[str] = field(default_factory=set, compare=False, hash=False)
 
     @property
     def active(self) -> bool:

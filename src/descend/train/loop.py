@@ -553,7 +553,7 @@ class Loop:
         self._ddp: torch.nn.Module | None = None
         # DDP's cheaper mode (no search for unused parameters) until a step shows a parameter
         # without a gradient; then that step is redone in the other mode (_train_step_ddp).
-        self._find_unused = False
+        self._find_unused = "unused" in self.world.learned
         if self.world.active:
             self._ddp = self._wrap_ddp()
         # A plain MLP trained in fp32 takes the hand-written backward pass (train/_mlp.py).
@@ -950,11 +950,13 @@ class Loop:
         the search leaves such a step's gradient buckets partly unreduced (and fails at the
         next forward), so it is wrapped again with ``find_unused_parameters=True``, which
         reduces the others and leaves the unused parameters' gradients empty (the optimizer
-        skips them, as in one process). Said once, on the main process."""
+        skips them, as in one process). Said once a run, on the main process."""
         self._find_unused = True
         self._ddp = None  # the old wrapper's reducer goes with it
         self._ddp = self._wrap_ddp()
-        if self.world.is_main:
+        said = "unused" in self.world.learned  # by an earlier loop of this run
+        self.world.learned.add("unused")  # the run's next loops start with the search on
+        if self.world.is_main and not said:
             shown = ", ".join(missing[:4]) + (
                 f" and {len(missing) - 4} more" if len(missing) > 4 else ""
             )
