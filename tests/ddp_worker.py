@@ -12,6 +12,7 @@ import json
 import sys
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -163,6 +164,24 @@ def run(scenario: str, out: Path, rank: int, world: int):
         return m, descend.fit(
             m, (X, y), "mse", epochs=8 if kw == {} else 2, batch_size=32,
             callbacks=[SpareOffAt()] if later else [], **kw, **common,
+        )  # fmt: skip
+    if scenario == "seeds":  # a seed of each process's own
+        X, y = data("reg")
+        m = model(1)
+        return m, descend.fit(m, (X, y), "mse", epochs=1, batch_size=32, verbose=0, seed=rank)
+    if scenario == "estimator":  # random_state=None: each process would draw its own seed
+        X, y = data("reg")
+        return None, descend.Regressor(max_epochs=2, verbose=0).fit(X, y)
+    if scenario == "estimator-seeded":  # the default policy inside, one seed everywhere
+        X, y = data("reg")
+        est = descend.Regressor(max_epochs=6, random_state=0).fit(X, y)
+        history = SimpleNamespace(
+            train_loss=est.loss_curve_, val_loss=est.validation_loss_curve_, metric=[],
+            step_loss=[],
+        )  # fmt: skip
+        return est.model_, SimpleNamespace(
+            epochs=est.n_iter_, steps=est.t_, stop_reason=SimpleNamespace(value=est.stop_reason_),
+            stop_message=est.stop_message_, history=history, autopilot=est.autopilot_, seed=0,
         )  # fmt: skip
     if scenario == "tiny-batch":
         X, y = data("reg")

@@ -91,6 +91,7 @@ def alone(scenario: str, out: Path) -> tuple[dict, dict[str, torch.Tensor]]:
         "auto",  # the default policy: range test, race and decisions the same everywhere
         "stop",  # a stop asked for on one process stops both after the same epoch
         "unused-later",  # a layer leaves the loss after step 3: step 4 redone, DDP's search on
+        "estimator-seeded",  # descend.Regressor(random_state=0): the estimator's fit, shared
     ],
 )
 def test_two_processes_train_as_one(scenario, tmp_path):
@@ -157,6 +158,8 @@ def test_a_stop_asked_mid_epoch_on_one_process_stops_both(tmp_path):
     [
         ("loader-plain", "must split the data among them with a DistributedSampler"),
         ("tiny-batch", "pass batch_size >= 2"),
+        ("seeds", "must be the same on every process"),
+        ("estimator", "needs an int random_state"),
     ],
 )
 def test_refused_on_every_process(scenario, says, tmp_path):

@@ -2237,6 +2237,20 @@ def fit(
             message("fit: seed", "must be an integer", describe(seed), "pass e.g. seed=0")
         )
     seed = int(seed)  # numpy integers too (torch's generators take Python ints only)
+    if world.active:
+        main_seed = world.from_main(seed)
+        if world.any(main_seed != seed):
+            # Each process would split, order and drop out its own way: not one run.
+            raise ConfigError(
+                message(
+                    "fit: seed",
+                    "must be the same on every process of a data-parallel run",
+                    f"{main_seed} on rank 0"
+                    + ("" if main_seed == seed else f" and {seed} on rank {world.rank}"),
+                    "pass one seed to every process, or none (rank 0 draws it for all); a "
+                    "scikit-learn estimator needs an int random_state",
+                )
+            )
     D.seed_all(seed)
 
     module = _as_module(model, params)
