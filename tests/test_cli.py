@@ -880,15 +880,3 @@ def test_ignore_and_categorical_columns_are_checked_as_the_options_typed(tmp_pat
     assert "split:" not in r.output and not (tmp_path / "runs").exists()
     r = invoke(["fit", "lin.csv", "-t", "price", "--categorical", "q"], tmp_path, monkeypatch)
     assert r.exit_code == 2 and "--categorical must name columns of the table" in r.output
-
-
-def test_a_multi_process_launch_is_refused_before_anything_is_saved(tmp_path, monkeypatch):
-    # Under torchrun every process would make its own run directory (and seed, and split):
-    # the command refuses and says where data-parallel training lives.
-    (tmp_path / "ok.csv").write_text(BAD_FILES["ok.csv"])
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "0")
-    result = invoke(["fit", "ok.csv", "--target", "y", "--epochs", "2"], tmp_path, monkeypatch)
-    assert result.exit_code == 2, result.output
-    assert "runs in one process" in result.stderr and "torchrun" in result.stderr
-    assert not (tmp_path / "runs").exists()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -215,3 +216,54 @@ def test_torchrun_launch_needs_no_code(tmp_path):
     results = [json.loads((tmp_path / f"result{r}.json").read_text()) for r in (0, 1)]
     assert results[0] == results[1] and results[0]["world"] == 2
     assert p.stdout.count("descend: Sequential") == 1  # one progress display, rank 0's
+
+
+def _torchrun(args: list[str], cwd: Path, n: int = 2) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [*cmd, "-m", "descend", *args], capture_output=True, text=True, timeout=300, cwd=cwd,
+        env=env,
+    )  # fmt: skip
+
+
+def test_the_command_line_under_torchrun_trains_one_model(tmp_path):
+    """`torchrun -m descend fit`: rank 0 draws the seed and makes the one run directory, both
+    processes train one model, rank 0 alone writes and prints — the same run as one process's
+    (weights to float rounding, the same choices), so `descend predict` needs nothing new."""
+    fit = ["fit", "diabetes", "--epochs", "6", "--seed", "0"]
+    two = _torchrun([*fit, "--out", "two"], tmp_path)
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    one = subprocess.run(
+        [sys.executable, "-m", "descend", *fit, "--out", "one"], capture_output=True, text=True,
+        timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert two.stdout.count("run saved to two") == 1 and two.stdout.count("test (") == 1
+    w2, w1 = (
+        load_file(tmp_path / "two" / "model.safetensors"),
+        load_file(tmp_path / "one" / "model.safetensors"),
+    )
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-5, atol=1e-5)
+    s2, s1 = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("two", "one"))
+    assert s2["epochs"] == s1["epochs"] and s2["seed"] == s1["seed"] == 0
+    assert s2["autopilot"]["lr"] == pytest.approx(s1["autopilot"]["lr"])
+    assert s2["test"] == pytest.approx(s1["test"], rel=1e-4)
+    metrics = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
+    assert len(metrics) == s2["epochs"]  # one writer
+
+    # No seed given: rank 0's, for both (one directory, not two)
+    drawn = _torchrun(["fit", "diabetes", "--epochs", "2", "--runs-dir", "rr"], tmp_path)
+    assert drawn.returncode == 0, drawn.stderr[-3000:]
+    assert len(list((tmp_path / "rr").iterdir())) == 1
+
+
+def test_the_command_line_under_torchrun_refuses_once(tmp_path):
+    """rank 0 refuses a non-empty --out; every process stops, and the error is said once."""
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    p = _torchrun(["fit", "diabetes", "--epochs", "2", "--out", "full"], tmp_path)
+    assert p.returncode != 0
+    assert p.stderr.count("error: ") == 1 and "--out" in p.stderr, p.stderr[-3000:]
+    assert sorted(x.name for x in (tmp_path / "full").iterdir()) == ["keep.txt"]

@@ -21,7 +21,7 @@ from typing import Annotated, Any
 
 import typer
 
-from descend import runs
+from descend import distributed, runs
 from descend._errors import DescendError
 from descend.checkpoint import RACE_DIR
 from descend.train.callbacks import stdout_gone
@@ -69,11 +69,17 @@ def _console(stderr: bool = False):
 
 
 def _say(text: str, *, stderr: bool = False) -> None:
-    _console(stderr).print(text, markup=False)
+    if distributed.is_main():  # under torchrun, rank 0 speaks for the run
+        _console(stderr).print(text, markup=False)
 
 
-def _error(text: str) -> None:
-    print(f"error: {text}", file=sys.stderr, flush=True)
+def _error(text: str, *, every_rank: bool = False) -> None:
+    """``error: text`` on stderr — under torchrun from rank 0 (the processes refuse the same
+    input alike), or with ``every_rank`` from each, its rank named."""
+    if distributed.is_main():
+        print(f"error: {text}", file=sys.stderr, flush=True)
+    elif every_rank:
+        print(f"error (rank {distributed.rank()}): {text}", file=sys.stderr, flush=True)
 
 
 def _guard(fn):
@@ -99,7 +105,8 @@ def _guard(fn):
             _error(
                 f"could not use {where}: {exc.strerror or type(exc).__name__} — choose a path you "
                 "can write to (or read from), or fix its permissions or free space; nothing "
-                "already saved was changed"
+                "already saved was changed",
+                every_rank=True,
             )
             raise typer.Exit(EXIT_BAD_INPUT) from None
 

@@ -112,6 +112,20 @@ class World:
         torch.distributed.broadcast(t, src=0)
         return int(t.item())
 
+    def text_from_main(self, text: str) -> str:
+        """Rank 0's ``text`` on every process (a path, say): its UTF-8 bytes in a tensor, not a
+        pickled object."""
+        if not self.active:
+            return text
+        data = text.encode() if self.is_main else b""
+        n = self.from_main(len(data))
+        buf = torch.zeros(n, dtype=torch.uint8, device=self.device)
+        if self.is_main and n:
+            buf.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+        if n:
+            torch.distributed.broadcast(buf, src=0)
+        return bytes(buf.cpu().tolist()).decode()
+
     def gather(self, t: torch.Tensor) -> list[torch.Tensor]:
         """Every process's ``t`` (same shape and dtype on all), in rank order."""
         if not self.active:

@@ -1058,23 +1058,22 @@ def train(
     from descend.models import default_hidden, describe_model, mlp
 
     started_at, t0 = _now(), time.perf_counter()
-    if distributed.world_size() > 1:
-        # Every process would pick its own run directory (and seed, hence split): refuse
-        # before anything is written rather than save N half-runs.
-        raise ConfigError(
-            message(
-                "descend fit",
-                "runs in one process (its run directory is not shared among processes)",
-                f"a launch of {distributed.world_size()} processes (WORLD_SIZE)",
-                "run it without torchrun; to train on several processes or GPUs, call "
-                "descend.fit from a script launched with torchrun (docs/guide.md)",
-            )
-        )
-    if cfg.out is not None and resume_run is None:
-        check_out_dir(cfg.out)
-    if resume_run is None:
-        check_can_create(cfg.out if cfg.out is not None else cfg.runs_dir)
-    seed = cfg.seed if cfg.seed is not None else random.SystemRandom().randrange(2**31)
+    # Launched on several processes (torchrun), the processes train one model: rank 0 draws
+    # the seed and makes the run directory for all, and alone writes files; `fit` splits the
+    # batches. The group is joined here, before either is chosen.
+    world, device = distributed.join(None if cfg.device in (None, "auto") else cfg.device)
+    main = world.is_main
+
+    def checks() -> None:
+        if cfg.out is not None and resume_run is None:
+            check_out_dir(cfg.out)
+        if resume_run is None:
+            check_can_create(cfg.out if cfg.out is not None else cfg.runs_dir)
+
+    _on_main(world, checks)
+    seed = cfg.seed
+    if seed is None:
+        seed = world.from_main(random.SystemRandom().randrange(2**31))
     data = prepare_data(cfg, seed, notify)
     pre = data.preprocessor
     hidden = cfg.hidden
@@ -1146,9 +1145,14 @@ def train(
         # (Input that fit itself refuses removes it again: see the except clause below.)
         where = Path(cfg.out) if cfg.out is not None else Path(cfg.runs_dir) / "_"
         made = [p for p in where.absolute().parents if not p.exists()]  # folders made for it
-        run_dir = make_run_dir(data.name, out=cfg.out, runs_dir=cfg.runs_dir)
-        for filename, obj in files.items():
-            atomic_write_json(run_dir / filename, obj)
+
+        def make() -> str:
+            new_dir = make_run_dir(data.name, out=cfg.out, runs_dir=cfg.runs_dir)
+            for filename, obj in files.items():
+                atomic_write_json(new_dir / filename, obj)
+            return str(new_dir)
+
+        run_dir = Path(world.text_from_main(_on_main(world, make) or ""))
     else:
         run_dir, made = resume_run, []
     recorder = RunRecorder(lambda: run_dir, files, resuming=resume_run is not None)
@@ -1181,16 +1185,20 @@ def train(
             batch_size=cfg.batch_size or None,
             validation=validation,
             patience=cfg.patience or None,
-            callbacks=[recorder],
+            callbacks=[recorder] if main else [],
             verbose=0 if cfg.quiet else 1,
             seed=seed,
-            device=auto_device(cfg.device, cfg.batch_size or len(data.train_idx), model),
+            device=device
+            if world.active
+            else auto_device(cfg.device, cfg.batch_size or len(data.train_idx), model),
             precision=cfg.precision,
             max_time=cfg.max_time,
             **ckpt_kw,
         )
     except BaseException as exc:
         refused = isinstance(exc, (InputError, ConfigError))
+        if not main:
+            raise
         if recorder.dir is None and resume_run is None and refused:
             # fit refused the input before training: leave nothing behind, as for input
             # refused before the directory was made
@@ -1218,15 +1226,16 @@ def train(
             finished_at=_now(),
             total_seconds=time.perf_counter() - t0,
         )
-        atomic_write_json(run_dir / SUMMARY_FILE, summary)
+        if main:
+            atomic_write_json(run_dir / SUMMARY_FILE, summary)
         return RunOutcome(run_dir, summary, result, trained=False)
 
-    model_bytes = _save_model(model, run_dir / MODEL_FILE)
+    model_bytes = _save_model(model, run_dir / MODEL_FILE) if main else None
     metrics = {
         "test": evaluate(model, pre, *data.part(data.test_idx)),
         "validation": evaluate(model, pre, *data.part(data.val_idx)),
     }
-    plotted = _save_plot(result.history, run_dir / PLOT_FILE, title=f"{data.name}: {loss}")
+    plotted = main and _save_plot(result.history, run_dir / PLOT_FILE, title=f"{data.name}: {loss}")
     summary.update(
         stop_reason=result.stop_reason.value,
         stop_message=result.stop_message,
@@ -1258,8 +1267,30 @@ def train(
         total_seconds=time.perf_counter() - t0,
         plot=plotted,
     )
-    atomic_write_json(run_dir / SUMMARY_FILE, summary)
+    if main:
+        atomic_write_json(run_dir / SUMMARY_FILE, summary)
     return RunOutcome(run_dir, summary, result)
+
+
+def _on_main(world: distributed.World, fn: Callable[[], Any]) -> Any:
+    """``fn()`` on rank 0 alone (a check of the run directory, a file written), its error
+    raised on every process — the others would wait for rank 0 forever. In one process, just
+    ``fn()``."""
+    if not world.active:
+        return fn()
+    out, err = None, None
+    if world.is_main:
+        try:
+            out = fn()
+        except Exception as e:  # agreed below, then raised here
+            err = e
+    if world.from_main(err is not None):
+        if err is not None:
+            raise err
+        raise ConfigError(
+            message("descend fit", "stopped on every process", "an error on rank 0", "see rank 0's")
+        )
+    return out
 
 
 def _remove_new_run_dir(run_dir: Path, files: Mapping[str, Any], made: Sequence[Path]) -> None:
