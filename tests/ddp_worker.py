@@ -85,6 +85,10 @@ class SpareOffAt(descend.train.Callback):
             loop.model.spare_on = False
 
 
+class Killed(BaseException):
+    """A kill -9 stand-in: nothing in descend catches it."""
+
+
 def run(scenario: str, out: Path, rank: int, world: int):
     common = dict(verbose=0, seed=3, patience=None)
     if scenario in ("reg", "clf"):
@@ -183,6 +187,26 @@ def run(scenario: str, out: Path, rank: int, world: int):
             epochs=est.n_iter_, steps=est.t_, stop_reason=SimpleNamespace(value=est.stop_reason_),
             stop_message=est.stop_message_, history=history, autopilot=est.autopilot_, seed=0,
         )  # fmt: skip
+    if scenario.startswith("race-"):  # race-full, race-kill, race-resume: the default policy
+        X, y = data("clf", n=2000)
+        m = model(3, dropout=0.3)
+        ck = out / ("race-full-ck" if scenario == "race-full" else "race-ck")
+        if scenario == "race-kill":  # dies (like kill -9) right after the race's epoch-2 save
+            from descend.train import autopilot
+
+            autopilot.RACE_CHECKPOINT_RATIO = 0.0  # a checkpoint every race epoch
+            save = autopilot._Race._save
+
+            def save_then_die(race):
+                save(race)
+                if race.epoch == 2:
+                    raise Killed
+
+            autopilot._Race._save = save_then_die
+        return m, descend.fit(
+            m, (X, y), "cross_entropy", epochs=16, batch_size=32, checkpoint=ck,
+            resume=scenario == "race-resume", **{**common, "seed": None if scenario == "race-resume" else 3},
+        )  # fmt: skip
     if scenario == "tiny-batch":
         X, y = data("reg")
         m = model(1)
@@ -204,6 +228,9 @@ def main() -> None:
     except Exception as e:  # the test reads it
         (out / f"rank{rank}.error").write_text(f"{type(e).__name__}: {e}")
         return
+    except Killed:
+        (out / f"rank{rank}.error").write_text("Killed")
+        return
     save_file(
         {k: v.contiguous() for k, v in m.state_dict().items()}, out / f"rank{rank}.safetensors"
     )
@@ -218,6 +245,8 @@ def main() -> None:
         "metric": h.metric,
         "step_loss": h.step_loss,
         "lr": (r.autopilot or {}).get("lr"),
+        "race_epochs": (r.autopilot or {}).get("race_epochs"),
+        "why": (r.autopilot or {}).get("why"),
         "seed": r.seed,
         "warnings": [str(w.message) for w in caught if "descend" in str(w.message)],
     }

@@ -186,6 +186,28 @@ def test_resume_is_exact_with_dropout(tmp_path):
     assert names and not [n for n in names if n.startswith((".tmp", ".write-test"))], names
 
 
+def test_a_run_killed_during_the_race_resumes_the_race_exactly(tmp_path):
+    """The default policy's race writes its checkpoints under DDP too (rank 0, every process's
+    random streams gathered): killed after race epoch 2, the resumed run goes on from there
+    and ends bit for bit where the run never killed ends, on both processes."""
+    full = launch("race-full", tmp_path)
+    assert all(not isinstance(r, str) for r in full), full
+    assert full[0][0]["race_epochs"] > 2  # type: ignore[index]
+    killed = launch("race-kill", tmp_path)
+    assert killed == ["Killed", "Killed"], killed
+    race_dir = tmp_path / "race-ck" / "race"
+    assert max(p.name for p in race_dir.iterdir()) == "ckpt-000000002"
+    for p in tmp_path.glob("rank*.error"):  # the kill's, read above
+        p.unlink()
+    resumed = launch("race-resume", tmp_path)
+    assert all(not isinstance(r, str) for r in resumed), resumed
+    for (s_full, w_full), (s, w) in zip(full, resumed):  # type: ignore[misc]
+        assert "the race went on from its checkpoint after epoch 2" in s["why"]
+        assert s["lr"] == s_full["lr"] and s["val_loss"] == s_full["val_loss"]
+        for k in w_full:
+            assert torch.equal(w_full[k], w[k]), k
+
+
 SCRIPT = """
 import json, os, sys
 import numpy as np, torch, descend

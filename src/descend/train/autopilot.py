@@ -955,13 +955,14 @@ class _Race:
     def _save(self) -> None:
         """Checkpoint the race after a race epoch, when the run keeps checkpoints and it is
         due (the first race epoch, then once 20x the last write's time has passed)."""
-        if self.ckpt_dir is None or dist_.current().active:
-            # Data-parallel runs keep no race checkpoints: a kill during the race starts the
-            # race again on resume (the run's own checkpoints resume exactly).
+        if self.ckpt_dir is None:
             return
+        world = dist_.current()
         now = time.perf_counter()
         due = RACE_CHECKPOINT_RATIO * self._ckpt_cost
-        if self._ckpt_done_at is not None and now - self._ckpt_done_at < due:
+        # (data-parallel: by rank 0's clock, for all; each candidate's random streams hold
+        # every process's, gathered by its loop; rank 0 writes)
+        if not world.from_main(self._ckpt_done_at is None or now - self._ckpt_done_at >= due):
             return
         from descend import checkpoint as C
 
@@ -1001,17 +1002,22 @@ class _Race:
         ckpt = C.Checkpoint(
             step=self.epoch, model=model, opt_state=opt, best=best, meta=meta, rng=rng
         )
-        try:
-            C.save(self.ckpt_dir, ckpt)
-        except OSError as e:  # as the run's own checkpoints: a warning, the race goes on
-            import warnings
+        written = True
+        if world.is_main:
+            try:
+                C.save(self.ckpt_dir, ckpt)
+            except OSError as e:  # as the run's own checkpoints: a warning, the race goes on
+                import warnings
 
-            warnings.warn(
-                f"descend: could not write a checkpoint of the race after epoch {self.epoch} "
-                f"({type(e).__name__}: {e.strerror or e}); the previous one is kept",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+                warnings.warn(
+                    f"descend: could not write a checkpoint of the race after epoch "
+                    f"{self.epoch} ({type(e).__name__}: {e.strerror or e}); the previous one "
+                    "is kept",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                written = False
+        if not world.from_main(written):
             return
         self._ckpt_done_at = time.perf_counter()
         self._ckpt_cost = self._ckpt_done_at - now
