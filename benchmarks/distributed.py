@@ -10,7 +10,9 @@ global batch (256) and epochs, every contender a fresh set of processes launched
   takes its share of every global batch;
 - ``DDP loop N procs x 1 thread``: what one writes by hand: ``DistributedDataParallel``, each
   process slicing its share of every batch of the same seeded permutation, ``torch.optim.AdamW``
-  (fused), ``loss.backward()``; no validation, no history, no guard.
+  (fused), ``loss.backward()``; no validation, no history, no guard;
+- ``fit N procs x 1 thread, a layer outside the loss``: the same model beside a layer the loss
+  never reaches, so DDP searches the graph for unused parameters at every step.
 
 Reported: seconds per epoch (median over repeats; the first epoch of each run is not timed:
 process start, DDP setup), the ratio to ``fit`` in one single-threaded process, and the final
@@ -57,6 +59,19 @@ def model() -> torch.nn.Module:
     )  # fmt: skip
 
 
+class WithSpare(torch.nn.Module):
+    """The same MLP beside a layer outside the loss: DDP must search for unused parameters
+    at every step (descend switches the search on at step 1, redoing that step)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = model()
+        self.spare = torch.nn.Linear(D, C)
+
+    def forward(self, x):
+        return self.body(x)
+
+
 class EpochClock(descend.train.Callback):
     """Wall time at every epoch end."""
 
@@ -69,11 +84,11 @@ class EpochClock(descend.train.Callback):
         self.ends.append(time.perf_counter())
 
 
-def run_fit(epochs: int) -> tuple[list[float], float]:
+def run_fit(epochs: int, spare: bool = False) -> tuple[list[float], float]:
     X, y = data()
     clock = EpochClock()
     r = descend.fit(
-        model(), (X, y), "cross_entropy", optimizer=descend.optim.adamw(lr=1e-3, weight_decay=0.01),
+        WithSpare() if spare else model(), (X, y), "cross_entropy", optimizer=descend.optim.adamw(lr=1e-3, weight_decay=0.01),
         epochs=epochs, batch_size=BS, validation=None, patience=None, metric=None, verbose=0,
         seed=0, guard=True, callbacks=[clock],
     )  # fmt: skip
@@ -113,7 +128,10 @@ def worker(mode: str, rank: int, world: int, threads: int, epochs: int, out: Pat
             "gloo", init_method=f"file://{out.parent / (out.stem + '.group')}", rank=rank,
             world_size=world,
         )  # fmt: skip
-    ends, loss = run_fit(epochs) if mode == "fit" else run_ddp_loop(epochs, rank, world)
+    if mode == "ddp":
+        ends, loss = run_ddp_loop(epochs, rank, world)
+    else:
+        ends, loss = run_fit(epochs, spare=mode == "fit-spare")
     if rank == 0:
         per_epoch = [b - a for a, b in itertools.pairwise(ends)]  # from the end of epoch 1
         out.write_text(json.dumps({"per_epoch": per_epoch, "loss": loss}))
@@ -155,6 +173,7 @@ def main() -> None:
         f"fit 1 proc x {P} threads": ("fit", 1, P),
         f"fit {P} procs x 1 thread": ("fit", P, 1),
         f"DDP loop {P} procs x 1 thread": ("ddp", P, 1),
+        f"fit {P} procs x 1 thread, a layer outside the loss": ("fit-spare", P, 1),
     }
     times: dict[str, list[float]] = {k: [] for k in contenders}
     losses: dict[str, float] = {}
