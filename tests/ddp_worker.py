@@ -173,6 +173,10 @@ def run(scenario: str, out: Path, rank: int, world: int):
         X, y = data("reg")
         m = model(1)
         return m, descend.fit(m, (X, y), "mse", epochs=1, batch_size=32, verbose=0, seed=rank)
+    if scenario == "rates":  # a rate of each process's own
+        X, y = data("reg")
+        m = model(1)
+        return m, descend.fit(m, (X, y), "mse", lr=1e-3 * (rank + 1), epochs=1, **common)
     if scenario == "estimator":  # random_state=None: each process would draw its own seed
         X, y = data("reg")
         return None, descend.Regressor(max_epochs=2, verbose=0).fit(X, y)
@@ -206,6 +210,24 @@ def run(scenario: str, out: Path, rank: int, world: int):
         return m, descend.fit(
             m, (X, y), "cross_entropy", epochs=16, batch_size=32, checkpoint=ck,
             resume=scenario == "race-resume", **{**common, "seed": None if scenario == "race-resume" else 3},
+        )  # fmt: skip
+    if scenario == "lr-find":  # the sweep on both processes: one curve
+        X, y = data("reg", n=600)
+        m = model(1)
+        rows: list[int] = []
+
+        def mse(pred, target):  # the rows each process's step sees
+            rows.append(pred.shape[0])
+            return torch.nn.functional.mse_loss(pred, target)
+
+        res = descend.lr_find(m, (X, y), mse, steps=40, plot=out / f"sweep-{world}-{rank}.png")
+        history = SimpleNamespace(
+            train_loss=res.losses, val_loss=res.lrs, metric=[], step_loss=res.losses
+        )
+        return m, SimpleNamespace(
+            epochs=len(res.lrs), steps=len(res.lrs), stop_reason=SimpleNamespace(value=res.stop),
+            stop_message=res.stop, history=history, autopilot={"lr": res.suggestion}, seed=0,
+            rows=max(rows),
         )  # fmt: skip
     if scenario == "tiny-batch":
         X, y = data("reg")
@@ -248,6 +270,7 @@ def main() -> None:
         "race_epochs": (r.autopilot or {}).get("race_epochs"),
         "why": (r.autopilot or {}).get("why"),
         "seed": r.seed,
+        "rows": getattr(r, "rows", None),  # lr-find: the most rows one step saw
         "warnings": [str(w.message) for w in caught if "descend" in str(w.message)],
     }
     (out / f"rank{rank}.json").write_text(json.dumps(summary))

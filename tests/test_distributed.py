@@ -77,6 +77,7 @@ def alone(scenario: str, out: Path) -> tuple[dict, dict[str, torch.Tensor]]:
         "metric": h.metric,
         "step_loss": h.step_loss,
         "lr": (r.autopilot or {}).get("lr"),
+        "rows": getattr(r, "rows", None),
     }
     return summary, {k: v.detach().clone() for k, v in m.state_dict().items()}
 
@@ -93,6 +94,7 @@ def alone(scenario: str, out: Path) -> tuple[dict, dict[str, torch.Tensor]]:
         "stop",  # a stop asked for on one process stops both after the same epoch
         "unused-later",  # a layer leaves the loss after step 3: step 4 redone, DDP's search on
         "estimator-seeded",  # descend.Regressor(random_state=0): the estimator's fit, shared
+        "lr-find",  # descend.lr_find: one sweep over both processes, the same suggestion
     ],
 )
 def test_two_processes_train_as_one(scenario, tmp_path):
@@ -112,6 +114,12 @@ def test_two_processes_train_as_one(scenario, tmp_path):
         assert s["step_loss"] == pytest.approx(one["step_loss"], rel=1e-4, abs=1e-6)
     if scenario == "stop":
         assert one["epochs"] == 2  # the rank-1 callback of the one process stopped it too
+    if scenario == "lr-find":
+        # one data-parallel sweep: each process's step took half of each batch of 32; rank 0
+        # alone saved the plot
+        assert one["rows"] == 32 and s0["rows"] == s1["rows"] == 16
+        assert (tmp_path / "two" / "sweep-2-0.png").stat().st_size > 0
+        assert not (tmp_path / "two" / "sweep-2-1.png").exists()
     if scenario == "unused-later":
         # said once, by the main process, naming the parameters and the step
         assert len(s0["warnings"]) == 1 and not s1["warnings"], (s0["warnings"], s1["warnings"])
@@ -160,6 +168,7 @@ def test_a_stop_asked_mid_epoch_on_one_process_stops_both(tmp_path):
         ("loader-plain", "must split the data among them with a DistributedSampler"),
         ("tiny-batch", "pass batch_size >= 2"),
         ("seeds", "must be the same on every process"),
+        ("rates", "lr must be the same on every process"),
         ("estimator", "needs an int random_state"),
     ],
 )

@@ -112,6 +112,14 @@ class World:
         torch.distributed.broadcast(t, src=0)
         return int(t.item())
 
+    def float_from_main(self, value: float) -> float:
+        """Rank 0's ``value`` (a float, exactly), on every process."""
+        if not self.active:
+            return float(value)
+        t = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
+        torch.distributed.broadcast(t, src=0)
+        return float(t.item())
+
     def text_from_main(self, text: str) -> str:
         """Rank 0's ``text`` on every process (a path, say): its UTF-8 bytes in a tensor, not a
         pickled object."""

@@ -2237,6 +2237,21 @@ def fit(
             message("fit: seed", "must be an integer", describe(seed), "pass e.g. seed=0")
         )
     seed = int(seed)  # numpy integers too (torch's generators take Python ints only)
+    if world.active and isinstance(lr, numbers.Real) and not isinstance(lr, bool):
+        main_lr = world.float_from_main(lr)
+        if world.any(main_lr != float(lr)):
+            # DDP averages the gradients, but each process would step by its own rate: the
+            # copies of the model would part ways without an error.
+            raise ConfigError(
+                message(
+                    "fit: lr",
+                    "must be the same on every process of a data-parallel run",
+                    f"{main_lr:g} on rank 0"
+                    + ("" if main_lr == float(lr) else f" and {float(lr):g} on rank {world.rank}"),
+                    "pass one rate to every process (descend.lr_find under torchrun gives every "
+                    "process the same suggestion)",
+                )
+            )
     if world.active:
         main_seed = world.from_main(seed)
         if world.any(main_seed != seed):

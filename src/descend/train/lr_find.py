@@ -54,6 +54,7 @@ from typing import Any
 import torch
 
 from descend import data as D
+from descend import distributed as dist_
 from descend import losses as L
 from descend import optim
 from descend._errors import ConfigError, check_positive, describe, message
@@ -469,10 +470,14 @@ def lr_find(
                 "pass a module such as torch.nn.Linear(4, 1)",
             )
         )
-    from descend.train.loop import _data_dtype  # the loop imports the autopilot, which imports us
+    # the loop imports the autopilot, which imports us
+    from descend.train.loop import _check_shardable, _data_dtype
 
     make_tx, name = _make_tx(optimizer)
     loss_obj = L.get(loss)
+    # Under torchrun the sweep is data-parallel like fit (one curve, the same on every
+    # process; rank 0 saves the plot), not N sweeps writing one file.
+    world, device = dist_.join(device)
     dev = D.resolve_device(device, model)
     bundle = D.prepare(
         data,
@@ -485,7 +490,11 @@ def lr_find(
         batch_size=batch_size,
         shuffle=True,
     )
-    with torch.random.fork_rng(devices=[]):
+    if world.active:
+        _check_shardable(bundle, world, batch_size)
+        if bundle.train.resident:
+            bundle.train.shard_for(world)
+    with torch.random.fork_rng(devices=[]), dist_.running(world):
         D.seed_all(seed)
         lrs, losses = sweep(
             model,
@@ -501,7 +510,7 @@ def lr_find(
             diverge=diverge,
         )
     result = _result(lrs, losses, diverge=diverge, steps=steps, end_lr=end_lr, optimizer=name)
-    if plot is not None:
+    if plot is not None and world.is_main:
         result.plot(plot)
     return result
 
