@@ -12,6 +12,11 @@
 #     bash benchmarks/gpu_check.sh five       # session 14's five: linear and logistic
 #                                             # regression, a 6-layer MLP, an LSTM, a bag of
 #                                             # embeddings (126 s on an H200, session 17)
+#     bash benchmarks/gpu_check.sh ddp        # tests/test_distributed.py alone (~2 min): on
+#                                             # one GPU both gloo processes train on cuda:0
+#                                             # (the CUDA paths: devices, per-rank CUDA random
+#                                             # streams); NCCL needs a GPU per process, so N>1
+#                                             # GPUs are needed to test the nccl backend itself
 #     bash benchmarks/gpu_check.sh rest       # tests, fit overhead, crossover (~5 min)
 #     bash benchmarks/gpu_check.sh            # the MLP suite and `rest` (over 10 minutes)
 #   Logs and JSON land in $OUT (or ./gpu-out).
@@ -45,6 +50,10 @@ case "$part" in
     --only ratings-mf ;;
   five) suite 400 --only linear-regression --only logistic-regression --only deep-mlp \
     --only sequence-lstm --only text-bag ;;
+  ddp)
+    timeout 300 python3 -m pytest -rs -p no:cacheprovider -p no:benchmark -n 4 \
+      tests/test_distributed.py 2>&1 | tee "$out/ddp.txt"
+    echo "gpu_check ddp done"; exit 0 ;;
   rest) ;;
   *) suite 480 --only digits-mlp --only breast-cancer-mlp --only diabetes-mlp \
     --only synthetic-clf-20k --only friedman1-200k --only digits-wide-1M ;;

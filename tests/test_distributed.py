@@ -20,6 +20,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import descend
+
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
 pytestmark = pytest.mark.skipif(
@@ -227,7 +229,7 @@ y = X.sum(1)
 torch.manual_seed(1)
 m = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
 r = descend.fit(m, (X, y), "mse", optimizer=descend.optim.adamw(lr=3e-3), epochs=3,
-                batch_size=32, seed=0, verbose=1)
+                batch_size=32, seed=0, verbose=1, device="cpu")
 out = {"world": descend.distributed.world_size(), "val": r.history.val_loss}
 with open(f"result{os.environ['RANK']}.json", "w") as f:
     json.dump(out, f)
@@ -262,7 +264,7 @@ def test_the_command_line_under_torchrun_trains_one_model(tmp_path):
     """`torchrun -m descend fit`: rank 0 draws the seed and makes the one run directory, both
     processes train one model, rank 0 alone writes and prints — the same run as one process's
     (weights to float rounding, the same choices), so `descend predict` needs nothing new."""
-    fit = ["fit", "diabetes", "--epochs", "6", "--seed", "0"]
+    fit = ["fit", "diabetes", "--epochs", "6", "--seed", "0", "--device", "cpu"]
     two = _torchrun([*fit, "--out", "two"], tmp_path)
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
     one = subprocess.run(
@@ -285,7 +287,9 @@ def test_the_command_line_under_torchrun_trains_one_model(tmp_path):
     assert len(metrics) == s2["epochs"]  # one writer
 
     # No seed given: rank 0's, for both (one directory, not two)
-    drawn = _torchrun(["fit", "diabetes", "--epochs", "2", "--runs-dir", "rr"], tmp_path)
+    drawn = _torchrun(
+        ["fit", "diabetes", "--epochs", "2", "--runs-dir", "rr", "--device", "cpu"], tmp_path
+    )
     assert drawn.returncode == 0, drawn.stderr[-3000:]
     assert len(list((tmp_path / "rr").iterdir())) == 1
 
@@ -294,7 +298,27 @@ def test_the_command_line_under_torchrun_refuses_once(tmp_path):
     """rank 0 refuses a non-empty --out; every process stops, and the error is said once."""
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
-    p = _torchrun(["fit", "diabetes", "--epochs", "2", "--out", "full"], tmp_path)
+    p = _torchrun(
+        ["fit", "diabetes", "--epochs", "2", "--out", "full", "--device", "cpu"], tmp_path
+    )
     assert p.returncode != 0
     assert p.stderr.count("error: ") == 1 and "--out" in p.stderr, p.stderr[-3000:]
     assert sorted(x.name for x in (tmp_path / "full").iterdir()) == ["keep.txt"]
+
+
+def test_more_processes_than_gpus_is_refused_with_the_fix(monkeypatch):
+    """torchrun with 2 processes on a 1-GPU machine: NCCL takes a GPU per process, so the
+    second is refused before any group is made, naming --nproc_per_node and the CPU."""
+    import descend.distributed as dd
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    made = []
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda *a, **k: made.append(1))
+    with pytest.raises(descend.ConfigError, match=r"--nproc_per_node=1\), or train on the CPU"):
+        dd.join(None)
+    assert not made

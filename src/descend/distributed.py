@@ -50,6 +50,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from descend._errors import ConfigError, message
+
 __all__ = ["World", "current", "is_main", "rank", "world_size"]
 
 
@@ -205,6 +207,18 @@ def join(device: torch.device | None) -> tuple[World, torch.device | None]:
         if cuda:
             local = int(os.environ.get("LOCAL_RANK", 0))
             if device is None or torch.device(device).index is None:
+                count = torch.cuda.device_count()
+                if local >= count:  # NCCL takes one GPU per process
+                    raise ConfigError(
+                        message(
+                            "a data-parallel launch",
+                            "takes one GPU per process on each machine",
+                            f"process {local} (LOCAL_RANK) on a machine with {count} GPU"
+                            + "s" * (count != 1),
+                            f"launch at most {count} (torchrun --nproc_per_node={count}), or "
+                            "train on the CPU (device='cpu', --device cpu)",
+                        )
+                    )
                 device = torch.device("cuda", local)
             torch.cuda.set_device(device)
         dist.init_process_group(backend="nccl" if cuda else "gloo")
