@@ -8,6 +8,7 @@ the exception's type and message. A world of 1 runs the same fit in a plain proc
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 import warnings
@@ -271,6 +272,11 @@ def main() -> None:
         "why": (r.autopilot or {}).get("why"),
         "seed": r.seed,
         "rows": getattr(r, "rows", None),  # lr-find: the most rows one step saw
+        # DDP wrappers still alive once fit returned (descend releases them: one freed at
+        # interpreter exit, after the group is gone, can abort the process)
+        "ddp_alive": sum(
+            isinstance(o, torch.nn.parallel.DistributedDataParallel) for o in gc.get_objects()
+        ),
         "warnings": [str(w.message) for w in caught if "descend" in str(w.message)],
     }
     (out / f"rank{rank}.json").write_text(json.dumps(summary))

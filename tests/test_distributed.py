@@ -109,6 +109,7 @@ def test_two_processes_train_as_one(scenario, tmp_path):
         assert torch.equal(w0[k], w1[k]), f"the processes' {k} differ"
         torch.testing.assert_close(w0[k], w[k], rtol=1e-5, atol=1e-5)
     for s in (s0, s1):
+        assert s["ddp_alive"] == 0  # every wrapper released when fit returned (World.release)
         assert s["epochs"] == one["epochs"] and s["stop_reason"] == one["stop_reason"]
         assert s["lr"] == pytest.approx(one["lr"]) if one["lr"] else s["lr"] is None
         assert s["val_loss"] == pytest.approx(one["val_loss"], rel=1e-5)

@@ -923,11 +923,15 @@ class Loop:
 
     def _wrap_ddp(self) -> torch.nn.Module:
         dev = self.device
+        self.world.holders.append(self._drop_ddp)
         return torch.nn.parallel.DistributedDataParallel(
             self.model,
             device_ids=[dev.index] if dev.type == "cuda" else None,
             find_unused_parameters=self._find_unused,
         )
+
+    def _drop_ddp(self) -> None:
+        self._ddp = None
 
     def _pre_step_state(self) -> tuple[Any, ...]:
         """What a step's forward pass changes besides the gradients — the random streams
