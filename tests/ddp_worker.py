@@ -230,6 +230,13 @@ def run(scenario: str, out: Path, rank: int, world: int):
             stop_message=res.stop, history=history, autopilot={"lr": res.suggestion}, seed=0,
             rows=max(rows),
         )  # fmt: skip
+    if scenario == "wrapped":  # the user's own DDP wrapper: its options, no redo, no warning
+        X, y = data("reg")
+        m = WithSpare(spare_on=False)
+        ddp = torch.nn.parallel.DistributedDataParallel
+        w = ddp(m, find_unused_parameters=True) if world > 1 else m
+        opt = descend.optim.adamw(lr=3e-3)
+        return m, descend.fit(w, (X, y), "mse", optimizer=opt, epochs=2, batch_size=32, **common)
     if scenario == "tiny-batch":
         X, y = data("reg")
         m = model(1)

@@ -97,6 +97,7 @@ def alone(scenario: str, out: Path) -> tuple[dict, dict[str, torch.Tensor]]:
         "unused-later",  # a layer leaves the loss after step 3: step 4 redone, DDP's search on
         "estimator-seeded",  # descend.Regressor(random_state=0): the estimator's fit, shared
         "lr-find",  # descend.lr_find: one sweep over both processes, the same suggestion
+        "wrapped",  # the user's DDP(model, find_unused_parameters=True): its module, its options
     ],
 )
 def test_two_processes_train_as_one(scenario, tmp_path):
@@ -123,6 +124,8 @@ def test_two_processes_train_as_one(scenario, tmp_path):
         assert one["rows"] == 32 and s0["rows"] == s1["rows"] == 16
         assert (tmp_path / "two" / "sweep-2-0.png").stat().st_size > 0
         assert not (tmp_path / "two" / "sweep-2-1.png").exists()
+    if scenario == "wrapped":  # the search was on from the start: nothing found, nothing said
+        assert not s0["warnings"] and not s1["warnings"]
     if scenario == "unused-later":
         # said once, by the main process, naming the parameters and the step
         assert len(s0["warnings"]) == 1 and not s1["warnings"], (s0["warnings"], s1["warnings"])

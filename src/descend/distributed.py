@@ -48,6 +48,7 @@ import gc
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -73,6 +74,9 @@ class World:
     #: what one loop of the run learned for the next (the range test's, the race's, the
     #: run's own): ``"unused"`` — the model has parameters outside the loss.
     learned: set[str] = field(default_factory=set, compare=False, hash=False)
+    #: DistributedDataParallel options for every wrapper of the run (from the user's own
+    #: wrapper, :func:`ddp_options`)
+    ddp_options: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     #: how to drop each DDP wrapper made in the run (:meth:`release`)
     holders: list[Callable[[], None]] = field(
         default_factory=list, compare=False, hash=False, repr=False
@@ -162,6 +166,21 @@ class World:
     def barrier(self) -> None:
         if self.active:
             torch.distributed.barrier()
+
+
+def ddp_options(ddp: torch.nn.parallel.DistributedDataParallel) -> dict[str, Any]:
+    """The options of a user's own DDP wrapper that ``fit`` gives each of its wrappers (the
+    range test's, every race candidate's, the run's): the search for unused parameters, a
+    static graph, gradients as bucket views, the bucket size."""
+    opts: dict[str, Any] = {
+        "find_unused_parameters": bool(ddp.find_unused_parameters),
+        "gradient_as_bucket_view": bool(ddp.gradient_as_bucket_view),
+        "static_graph": bool(getattr(ddp, "static_graph", False)),
+    }
+    cap = getattr(ddp, "bucket_bytes_cap", None)
+    if cap:
+        opts["bucket_cap_mb"] = cap / 2**20
+    return opts
 
 
 _SINGLE = World()

@@ -553,7 +553,12 @@ class Loop:
         self._ddp: torch.nn.Module | None = None
         # DDP's cheaper mode (no search for unused parameters) until a step shows a parameter
         # without a gradient; then that step is redone in the other mode (_train_step_ddp).
-        self._find_unused = "unused" in self.world.learned
+        opts = self.world.ddp_options
+        self._find_unused = (
+            "unused" in self.world.learned
+            or opts.get("find_unused_parameters", False)
+            or opts.get("static_graph", False)  # DDP's static graph handles unused ones
+        )
         if self.world.active:
             self._ddp = self._wrap_ddp()
         # A plain MLP trained in fp32 takes the hand-written backward pass (train/_mlp.py).
@@ -924,10 +929,9 @@ class Loop:
     def _wrap_ddp(self) -> torch.nn.Module:
         dev = self.device
         self.world.holders.append(self._drop_ddp)
+        opts = {**self.world.ddp_options, "find_unused_parameters": self._find_unused}
         return torch.nn.parallel.DistributedDataParallel(
-            self.model,
-            device_ids=[dev.index] if dev.type == "cuda" else None,
-            find_unused_parameters=self._find_unused,
+            self.model, device_ids=[dev.index] if dev.type == "cuda" else None, **opts
         )
 
     def _drop_ddp(self) -> None:
@@ -2272,6 +2276,12 @@ def fit(
             )
     D.seed_all(seed)
 
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        # The user's own wrapper: its module is trained, each of fit's wrappers (range test,
+        # race, run) made with its options (find_unused_parameters, static_graph, ...).
+        if world.active:
+            world.ddp_options.update(dist_.ddp_options(model))
+        model = model.module
     module = _as_module(model, params)
     _check_trainable(module)
     callbacks = _callbacks(callbacks)
