@@ -156,13 +156,19 @@ def run(scenario: str, out: Path, rank: int, world: int):
         opt = descend.optim.adamw(lr=3e-3)
         return m, descend.fit(m, dl, "mse", optimizer=opt, epochs=2, **common)
     if scenario.startswith("unused"):
-        # unused[-auto][-frozen]: a spare layer never in the loss (dropout in the body: its
+        # unused[-auto|-bn][-frozen]: a spare layer never in the loss (dropout in the body: its
         # masks must survive a redone step), trainable or frozen, with an optimizer given or
         # the default policy (range test, race, run: three loops of one run);
         # unused-later: in the loss for steps 1-3 only
         X, y = data("reg")
         later = scenario == "unused-later"
         m = WithSpare(spare_on=later, dropout=0.0 if later else 0.3)
+        if "-bn" in scenario:  # running statistics, to be restored for the redone step too
+            torch.manual_seed(4)
+            m.body = torch.nn.Sequential(
+                torch.nn.Linear(6, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(),
+                torch.nn.Linear(16, 1),
+            )  # fmt: skip
         if scenario.endswith("-frozen"):
             m.spare.requires_grad_(False)
         kw = {} if "-auto" in scenario else {"optimizer": descend.optim.adamw(lr=3e-3)}

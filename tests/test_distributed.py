@@ -137,7 +137,7 @@ def _initial_spare() -> torch.Tensor:
     return _worker().WithSpare(spare_on=True).spare.weight.detach().clone()
 
 
-@pytest.mark.parametrize("policy", ["", "-auto"])
+@pytest.mark.parametrize("policy", ["", "-auto", "-bn"])
 def test_a_parameter_outside_the_loss_costs_no_step_and_no_random_draw(policy, tmp_path):
     """A layer that never reaches the loss: DDP's default mode would leave step 1's gradients
     partly unreduced and fail at step 2. The step is redone with DDP's search for unused

@@ -48,7 +48,7 @@ import gc
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import torch
 
@@ -125,21 +125,20 @@ class World:
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
         return bool(t.item() > 0)
 
-    def from_main(self, value: int) -> int:
-        """Rank 0's ``value`` (an integer), on every process."""
+    @overload
+    def from_main(self, value: float) -> float: ...
+    @overload
+    def from_main(self, value: int) -> int: ...
+    def from_main(self, value: int | float) -> int | float:
+        """Rank 0's ``value`` on every process: an integer (a bool counts as one), or a float,
+        exactly."""
+        real = isinstance(value, float)
         if not self.active:
-            return int(value)
-        t = torch.tensor([int(value)], dtype=torch.int64, device=self.device)
+            return float(value) if real else int(value)
+        dtype = torch.float64 if real else torch.int64
+        t = torch.tensor([value if real else int(value)], dtype=dtype, device=self.device)
         torch.distributed.broadcast(t, src=0)
-        return int(t.item())
-
-    def float_from_main(self, value: float) -> float:
-        """Rank 0's ``value`` (a float, exactly), on every process."""
-        if not self.active:
-            return float(value)
-        t = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
-        torch.distributed.broadcast(t, src=0)
-        return float(t.item())
+        return float(t.item()) if real else int(t.item())
 
     def text_from_main(self, text: str) -> str:
         """Rank 0's ``text`` on every process (a path, say): its UTF-8 bytes in a tensor, not a

@@ -939,19 +939,24 @@ class Loop:
 
     def _pre_step_state(self) -> tuple[Any, ...]:
         """What a step's forward pass changes besides the gradients — the random streams
-        (dropout) and the buffers (batch-norm statistics) — to redo the step exactly."""
+        (dropout) and batch norm's running statistics — to redo the step exactly. (Taken at
+        every data-parallel step until a redo, so not every buffer: a model's constant ones,
+        such as attention masks, can be large.)"""
         cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
-        buffers = [b.detach().clone() for b in self.model.buffers()]
-        return torch.get_rng_state(), cuda, buffers
+        norms = [
+            m for m in self.model.modules() if isinstance(m, torch.nn.modules.batchnorm._NormBase)
+        ]
+        saved = [(b, b.detach().clone()) for m in norms for b in m.buffers(recurse=False)]
+        return torch.get_rng_state(), cuda, saved
 
     def _restore_pre_step(self, state: tuple[Any, ...]) -> None:
-        cpu, cuda, buffers = state
+        cpu, cuda, saved = state
         torch.set_rng_state(cpu)
         if cuda is not None:
             torch.cuda.set_rng_state(cuda, self.device)
         with torch.no_grad():
-            for b, saved in zip(self.model.buffers(), buffers):
-                b.copy_(saved)
+            for b, copy_ in saved:
+                b.copy_(copy_)
 
     def _switch_to_unused_search(self, missing: list[str]) -> None:
         """Every process saw this step's flag: some parameter got no gradient. DDP without
@@ -1952,20 +1957,24 @@ def _to_device_tree(tree: Any, device: torch.device) -> Any:
     return tree
 
 
-def _check_shardable(bundle: D.Bundle, world: dist_.World, batch_size: int | None) -> None:
-    """Data-parallel: every process must get rows of every batch, and a stream must be split
-    among the processes by its sampler."""
+def _check_shardable(
+    bundle: D.Bundle, world: dist_.World, batch_size: int | None, per_process: int = 1
+) -> None:
+    """Data-parallel: every process must get ``per_process`` rows of every batch (2 for batch
+    norm), and a stream must be split among the processes by its sampler."""
     src = bundle.train
     if src.resident:
         rows = src.n_samples if batch_size is None else min(batch_size, src.n_samples or 0)
-        if rows is not None and rows < world.size:
+        need = world.size * per_process
+        if rows is not None and rows < need:
+            each = "a row" if per_process == 1 else f"{per_process} rows (batch norm)"
             raise ConfigError(
                 message(
                     "fit: batch_size",
-                    f"is the global batch, split among the {world.size} processes, so it must "
-                    f"be at least {world.size}",
+                    f"is the global batch, split among the {world.size} processes, each "
+                    f"needing {each}, so it must be at least {need}",
                     f"batches of {rows} row{'s' * (rows != 1)}",
-                    f"pass batch_size >= {world.size} (e.g. {world.size * 32})",
+                    f"pass batch_size >= {need} (e.g. {world.size * 32})",
                 )
             )
         return
@@ -2246,7 +2255,7 @@ def fit(
         )
     seed = int(seed)  # numpy integers too (torch's generators take Python ints only)
     if world.active and isinstance(lr, numbers.Real) and not isinstance(lr, bool):
-        main_lr = world.float_from_main(lr)
+        main_lr = world.from_main(float(lr))
         if world.any(main_lr != float(lr)):
             # DDP averages the gradients, but each process would step by its own rate: the
             # copies of the model would part ways without an error.
@@ -2316,12 +2325,14 @@ def fit(
             **({"sample_weight": sample_weight} if sample_weight is not None else {}),
         )
 
-        if bundle.train.resident and any(
+        bn = bundle.train.resident and any(
             isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules()
-        ):
-            bundle.train.fold_single_last()  # batch norm cannot train on a batch of one
+        )
+        if bn:
+            # batch norm cannot train on one row: nor may a process's share of the last batch
+            bundle.train.fold_last_below(2 * world.size)
         if world.active:
-            _check_shardable(bundle, world, batch_size)
+            _check_shardable(bundle, world, batch_size, per_process=2 if bn else 1)
             if bundle.train.resident:
                 bundle.train.shard_for(world)
         autopilot = None
