@@ -554,6 +554,7 @@ class Loop:
         # DDP's cheaper mode (no search for unused parameters) until a step shows a parameter
         # without a gradient; then that step is redone in the other mode (_train_step_ddp).
         opts = self.world.ddp_options
+        self._norm_buffers: list[torch.Tensor] | None = None  # see _pre_step_state
         self._find_unused = (
             "unused" in self.world.learned
             or opts.get("find_unused_parameters", False)
@@ -943,10 +944,14 @@ class Loop:
         every data-parallel step until a redo, so not every buffer: a model's constant ones,
         such as attention masks, can be large.)"""
         cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
-        norms = [
-            m for m in self.model.modules() if isinstance(m, torch.nn.modules.batchnorm._NormBase)
-        ]
-        saved = [(b, b.detach().clone()) for m in norms for b in m.buffers(recurse=False)]
+        if self._norm_buffers is None:  # found once: this runs at every step until a redo
+            self._norm_buffers = [
+                b
+                for m in self.model.modules()
+                if isinstance(m, torch.nn.modules.batchnorm._NormBase)
+                for b in m.buffers(recurse=False)
+            ]
+        saved = [(b, b.detach().clone()) for b in self._norm_buffers]
         return torch.get_rng_state(), cuda, saved
 
     def _restore_pre_step(self, state: tuple[Any, ...]) -> None:
