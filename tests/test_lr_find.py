@@ -233,3 +233,16 @@ def test_a_recorded_noise_dip_far_below_the_edge_is_not_a_descent():
     a = analyze(lrs, losses)
     assert a["diverged"] and not a["descended"]
     assert 0.01 < a["suggestion"] < 0.05  # the edge (~0.3) / 10; AdamW's best was 0.03-0.06
+
+
+def test_a_batch_norm_model_sweeps_past_a_one_row_last_batch():
+    # 65 rows in batches of 32: the last batch has one row, on which batch norm cannot
+    # train; as in fit, it is folded into the batch before it, so the sweep runs through
+    torch.manual_seed(0)
+    X = torch.randn(65, 4)
+    y = X.sum(1, keepdim=True)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(), torch.nn.Linear(8, 1)
+    )
+    res = descend.lr_find(model, (X, y), "mse", steps=12, batch_size=32)
+    assert len(res.lrs) == 12

@@ -561,6 +561,7 @@ class Loop:
             or opts.get("static_graph", False)  # DDP's static graph handles unused ones
         )
         if self.world.active:
+            self.world.holders.append(self._drop_ddp)  # released when the run ends
             self._ddp = self._wrap_ddp()
         # A plain MLP trained in fp32 takes the hand-written backward pass (train/_mlp.py).
         self._mlp = (
@@ -929,7 +930,6 @@ class Loop:
 
     def _wrap_ddp(self) -> torch.nn.Module:
         dev = self.device
-        self.world.holders.append(self._drop_ddp)
         opts = {**self.world.ddp_options, "find_unused_parameters": self._find_unused}
         return torch.nn.parallel.DistributedDataParallel(
             self.model, device_ids=[dev.index] if dev.type == "cuda" else None, **opts
@@ -1962,6 +1962,39 @@ def _to_device_tree(tree: Any, device: torch.device) -> Any:
     return tree
 
 
+def _same_everywhere(world: dist_.World, name: str, value: float, fix: str) -> None:
+    """Data-parallel: refuse a setting that is not rank 0's on every process."""
+    main = world.from_main(value)
+    if world.any(main != value):
+        show = (lambda v: f"{v:g}") if isinstance(value, float) else str
+        mine = "" if main == value else f" and {show(value)} on rank {world.rank}"
+        raise ConfigError(
+            message(
+                f"fit: {name}",
+                "must be the same on every process of a data-parallel run",
+                f"{show(main)} on rank 0{mine}",
+                fix,
+            )
+        )
+
+
+def _split_batches(
+    bundle: D.Bundle, world: dist_.World, batch_size: int | None, model: torch.nn.Module
+) -> None:
+    """Shape the training batches for the model and the processes: batch norm cannot train
+    on one row, nor on a process's one-row share of a last batch (folded into the batch
+    before it); under data parallelism each process takes its share of every batch."""
+    bn = bundle.train.resident and any(
+        isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()
+    )
+    if bn:
+        bundle.train.fold_last_below(2 * world.size)
+    if world.active:
+        _check_shardable(bundle, world, batch_size, per_process=2 if bn else 1)
+        if bundle.train.resident:
+            bundle.train.shard_for(world)
+
+
 def _check_shardable(
     bundle: D.Bundle, world: dist_.World, batch_size: int | None, per_process: int = 1
 ) -> None:
@@ -2259,35 +2292,18 @@ def fit(
             message("fit: seed", "must be an integer", describe(seed), "pass e.g. seed=0")
         )
     seed = int(seed)  # numpy integers too (torch's generators take Python ints only)
-    if world.active and isinstance(lr, numbers.Real) and not isinstance(lr, bool):
-        main_lr = world.from_main(float(lr))
-        if world.any(main_lr != float(lr)):
-            # DDP averages the gradients, but each process would step by its own rate: the
-            # copies of the model would part ways without an error.
-            raise ConfigError(
-                message(
-                    "fit: lr",
-                    "must be the same on every process of a data-parallel run",
-                    f"{main_lr:g} on rank 0"
-                    + ("" if main_lr == float(lr) else f" and {float(lr):g} on rank {world.rank}"),
-                    "pass one rate to every process (descend.lr_find under torchrun gives every "
-                    "process the same suggestion)",
-                )
-            )
     if world.active:
-        main_seed = world.from_main(seed)
-        if world.any(main_seed != seed):
-            # Each process would split, order and drop out its own way: not one run.
-            raise ConfigError(
-                message(
-                    "fit: seed",
-                    "must be the same on every process of a data-parallel run",
-                    f"{main_seed} on rank 0"
-                    + ("" if main_seed == seed else f" and {seed} on rank {world.rank}"),
-                    "pass one seed to every process, or none (rank 0 draws it for all); a "
-                    "scikit-learn estimator needs an int random_state",
-                )
-            )
+        # One run: each process splitting and ordering its own data, or stepping by its own
+        # rate while DDP averages the gradients, would part the copies without an error.
+        if isinstance(lr, numbers.Real) and not isinstance(lr, bool):
+            _same_everywhere(
+                world, "lr", float(lr), "pass one rate to every process (descend.lr_find "
+                "under torchrun gives every process the same suggestion)",
+            )  # fmt: skip
+        _same_everywhere(
+            world, "seed", seed, "pass one seed to every process, or none (rank 0 draws it for "
+            "all); a scikit-learn estimator needs an int random_state",
+        )  # fmt: skip
     D.seed_all(seed)
 
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
@@ -2330,16 +2346,7 @@ def fit(
             **({"sample_weight": sample_weight} if sample_weight is not None else {}),
         )
 
-        bn = bundle.train.resident and any(
-            isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules()
-        )
-        if bn:
-            # batch norm cannot train on one row: nor may a process's share of the last batch
-            bundle.train.fold_last_below(2 * world.size)
-        if world.active:
-            _check_shardable(bundle, world, batch_size, per_process=2 if bn else 1)
-            if bundle.train.resident:
-                bundle.train.shard_for(world)
+        _split_batches(bundle, world, batch_size, module)
         autopilot = None
         extra_callbacks: list[Callback] = []
         # Made before planning: the default policy's range test and race come before step 1

@@ -471,7 +471,7 @@ def lr_find(
             )
         )
     # the loop imports the autopilot, which imports us
-    from descend.train.loop import _check_shardable, _data_dtype
+    from descend.train.loop import _data_dtype, _split_batches
 
     make_tx, name = _make_tx(optimizer)
     loss_obj = L.get(loss)
@@ -490,10 +490,7 @@ def lr_find(
         batch_size=batch_size,
         shuffle=True,
     )
-    if world.active:
-        _check_shardable(bundle, world, batch_size)
-        if bundle.train.resident:
-            bundle.train.shard_for(world)
+    _split_batches(bundle, world, batch_size, model)
     with torch.random.fork_rng(devices=[]), dist_.running(world):
         D.seed_all(seed)
         lrs, losses = sweep(
