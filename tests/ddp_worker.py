@@ -243,6 +243,14 @@ def run(scenario: str, out: Path, rank: int, world: int):
         w = ddp(m, find_unused_parameters=True) if world > 1 else m
         opt = descend.optim.adamw(lr=3e-3)
         return m, descend.fit(w, (X, y), "mse", optimizer=opt, epochs=2, batch_size=32, **common)
+    if scenario == "tiny-batch-bn":  # batch norm: 2 rows per process, so batches of 4
+        X, y = data("reg")
+        torch.manual_seed(1)
+        m = torch.nn.Sequential(
+            torch.nn.Linear(6, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(),
+            torch.nn.Linear(16, 1),
+        )  # fmt: skip
+        return m, descend.fit(m, (X, y), "mse", optimizer="adamw", epochs=1, batch_size=3, **common)
     if scenario == "tiny-batch":
         X, y = data("reg")
         m = model(1)

@@ -173,6 +173,7 @@ def test_a_stop_asked_mid_epoch_on_one_process_stops_both(tmp_path):
     [
         ("loader-plain", "must split the data among them with a DistributedSampler"),
         ("tiny-batch", "pass batch_size >= 2"),
+        ("tiny-batch-bn", "each needing 2 rows (batch norm), so it must be at least 4"),
         ("seeds", "must be the same on every process"),
         ("rates", "lr must be the same on every process"),
         ("estimator", "needs an int random_state"),
