@@ -32,12 +32,32 @@ def data(kind: str, n: int = 203):
     return X, y
 
 
+#: "fsdp-" scenarios on several processes: every model sharded with FSDP2's fully_shard
+SHARD = False
+
+
 def model(out: int, dropout: float = 0.0) -> torch.nn.Module:
     torch.manual_seed(1)
     layers = [torch.nn.Linear(6, 16), torch.nn.ReLU()]
     if dropout:
         layers.append(torch.nn.Dropout(dropout))
-    return torch.nn.Sequential(*layers, torch.nn.Linear(16, out))
+    m = torch.nn.Sequential(*layers, torch.nn.Linear(16, out))
+    if SHARD:  # each layer, then the root (the output layer's 3 rows split 2 + 1)
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in m:
+            if isinstance(layer, torch.nn.Linear):
+                fully_shard(layer)
+        fully_shard(m)
+    return m
+
+
+def whole(m: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state, a sharded model's gathered (collective)."""
+    return {
+        k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().contiguous()
+        for k, v in m.state_dict().items()
+    }
 
 
 class StopOnRank(descend.train.Callback):
@@ -199,7 +219,7 @@ def run(scenario: str, out: Path, rank: int, world: int):
             stop_message=est.stop_message_, history=history, autopilot=est.autopilot_, seed=0,
         )  # fmt: skip
     if scenario.startswith("race-"):  # race-full, race-kill, race-resume: the default policy
-        X, y = data("clf", n=2000)
+        X, y = data("clf", n=1000 if SHARD else 2000)  # (a sharded step costs more)
         m = model(3, dropout=0.3)
         ck = out / ("race-full-ck" if scenario == "race-full" else "race-ck")
         if scenario == "race-kill":  # dies (like kill -9) right after the race's epoch-2 save
@@ -251,6 +271,16 @@ def run(scenario: str, out: Path, rank: int, world: int):
             torch.nn.Linear(16, 1),
         )  # fmt: skip
         return m, descend.fit(m, (X, y), "mse", optimizer="adamw", epochs=1, batch_size=3, **common)
+    if scenario == "root-unsharded":  # layers sharded, the root not: refused
+        X, y = data("reg")
+        m = model(1)
+        if world > 1:
+            from torch.distributed.fsdp import fully_shard
+
+            torch.manual_seed(1)
+            m = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+            fully_shard(m[0])
+        return m, descend.fit(m, (X, y), "mse", optimizer="adamw", epochs=1, **common)
     if scenario == "tiny-batch":
         X, y = data("reg")
         m = model(1)
@@ -259,25 +289,27 @@ def run(scenario: str, out: Path, rank: int, world: int):
 
 
 def main() -> None:
+    global SHARD
     scenario, out, rank, world = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     torch.set_num_threads(1)
     if world > 1:
         torch.distributed.init_process_group(
             "gloo", init_method=f"file://{out / ('group-' + scenario)}", rank=rank, world_size=world
         )
+    if scenario.startswith("fsdp-"):
+        SHARD, scenario = world > 1, scenario.removeprefix("fsdp-")
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             m, r = run(scenario, out, rank, world)
+            state = whole(m)
     except Exception as e:  # the test reads it
         (out / f"rank{rank}.error").write_text(f"{type(e).__name__}: {e}")
         return
     except Killed:
         (out / f"rank{rank}.error").write_text("Killed")
         return
-    save_file(
-        {k: v.contiguous() for k, v in m.state_dict().items()}, out / f"rank{rank}.safetensors"
-    )
+    save_file(state, out / f"rank{rank}.safetensors")
     h = r.history
     summary = {
         "epochs": r.epochs,

@@ -70,7 +70,7 @@ def alone(scenario: str, out: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """The same fit in this process, a world of one."""
     out.mkdir(parents=True, exist_ok=True)
     mod = _worker()
-    m, r = mod.run(scenario, out, 0, 1)
+    m, r = mod.run(scenario.removeprefix("fsdp-"), out, 0, 1)  # one process: nothing to shard
     h = r.history
     summary = {
         "epochs": r.epochs,
@@ -98,6 +98,12 @@ def alone(scenario: str, out: Path) -> tuple[dict, dict[str, torch.Tensor]]:
         "estimator-seeded",  # descend.Regressor(random_state=0): the estimator's fit, shared
         "lr-find",  # descend.lr_find: one sweep over both processes, the same suggestion
         "wrapped",  # the user's DDP(model, find_unused_parameters=True): its module, its options
+        # A model sharded with FSDP2's fully_shard (no DDP): each process holds a shard of
+        # every parameter and of its optimizer state; the output layer's 3 rows split 2 + 1.
+        "fsdp-clf",
+        "fsdp-reg",  # R² over a validation set split between the processes
+        "fsdp-auto",  # range test on the model itself (restored), the race taking turns on it
+        "fsdp-lr-find",  # the sweep runs on the model and puts its weights back
     ],
 )
 def test_two_processes_train_as_one(scenario, tmp_path):
@@ -177,6 +183,7 @@ def test_a_stop_asked_mid_epoch_on_one_process_stops_both(tmp_path):
         ("seeds", "must be the same on every process"),
         ("rates", "lr must be the same on every process"),
         ("estimator", "needs an int random_state"),
+        ("root-unsharded", "must be sharded at its root too"),
     ],
 )
 def test_refused_on_every_process(scenario, says, tmp_path):
@@ -185,13 +192,15 @@ def test_refused_on_every_process(scenario, says, tmp_path):
         assert isinstance(r, str) and r.startswith("ConfigError") and says in r, r
 
 
-def test_resume_is_exact_with_dropout(tmp_path):
+@pytest.mark.parametrize("shard", ["", "fsdp-"])
+def test_resume_is_exact_with_dropout(shard, tmp_path):
     """Killed after epoch 2 (a run of 2 epochs) and resumed to 4: the weights of a run never
-    stopped, bit for bit, though each process drew its own dropout masks; only rank 0 wrote."""
-    full = launch("ckpt-full", tmp_path)
-    part = launch("ckpt-part", tmp_path)
+    stopped, bit for bit, though each process drew its own dropout masks; only rank 0 wrote.
+    A sharded model (fsdp-) writes whole tensors and reads its shards of them back."""
+    full = launch(shard + "ckpt-full", tmp_path)
+    part = launch(shard + "ckpt-part", tmp_path)
     assert all(not isinstance(r, str) for r in full + part), full + part
-    resumed = launch("ckpt-resume", tmp_path)
+    resumed = launch(shard + "ckpt-resume", tmp_path)
     assert all(not isinstance(r, str) for r in resumed), resumed
     for (_, w_full), (s, w_res) in zip(full, resumed):  # type: ignore[misc]
         assert s["epochs"] == 4
@@ -202,20 +211,22 @@ def test_resume_is_exact_with_dropout(tmp_path):
     assert names and not [n for n in names if n.startswith((".tmp", ".write-test"))], names
 
 
-def test_a_run_killed_during_the_race_resumes_the_race_exactly(tmp_path):
+@pytest.mark.parametrize("shard", ["", "fsdp-"])
+def test_a_run_killed_during_the_race_resumes_the_race_exactly(shard, tmp_path):
     """The default policy's race writes its checkpoints under DDP too (rank 0, every process's
     random streams gathered): killed after race epoch 2, the resumed run goes on from there
-    and ends bit for bit where the run never killed ends, on both processes."""
-    full = launch("race-full", tmp_path)
+    and ends bit for bit where the run never killed ends, on both processes. A sharded model
+    (fsdp-): the candidates' turns on the one model, whole tensors in the files."""
+    full = launch(shard + "race-full", tmp_path)
     assert all(not isinstance(r, str) for r in full), full
     assert full[0][0]["race_epochs"] > 2  # type: ignore[index]
-    killed = launch("race-kill", tmp_path)
+    killed = launch(shard + "race-kill", tmp_path)
     assert killed == ["Killed", "Killed"], killed
     race_dir = tmp_path / "race-ck" / "race"
     assert max(p.name for p in race_dir.iterdir()) == "ckpt-000000002"
     for p in tmp_path.glob("rank*.error"):  # the kill's, read above
         p.unlink()
-    resumed = launch("race-resume", tmp_path)
+    resumed = launch(shard + "race-resume", tmp_path)
     assert all(not isinstance(r, str) for r in resumed), resumed
     for (s_full, w_full), (s, w) in zip(full, resumed):  # type: ignore[misc]
         assert "the race went on from its checkpoint after epoch 2" in s["why"]

@@ -16,7 +16,11 @@ nothing here is a substitute for it):
   process on ``cuda:LOCAL_RANK`` when there are GPUs.
 * **The model** is wrapped in ``DistributedDataParallel``, which starts every process from rank
   0's weights and averages the gradients in the backward pass. (The hand-written plain-MLP step
-  of a single process is not used: its gradients would bypass DDP.)
+  of a single process is not used: its gradients would bypass DDP.) A model the user sharded
+  with FSDP2 (``torch.distributed.fsdp.fully_shard``, the root included) is trained as it is:
+  it gathers its weights and reduce-scatters its gradients itself; its checkpoints hold whole
+  tensors (:func:`gathered`, :func:`sharded_like`) and the default policy's race takes turns
+  on it (FSDP modules cannot be copied).
 * **The data.** ``batch_size`` is the *global* batch: every process holds the in-memory set
   (the same seeded split and the same ``(seed, epoch)`` order) and takes its contiguous share of
   each batch, and its loss is weighted by that share, so the averaged gradient is the gradient of
@@ -36,8 +40,8 @@ nothing here is a substitute for it):
 
 The seed (drawn by rank 0 when not given) is shared. A loss must be a mean over its batch's
 samples, as every library loss and torch's default reductions are (a ``reduction="sum"`` loss
-would be scaled by the share). Parameters that get no gradient in a step are not supported by
-DDP's default and raise its error.
+would be scaled by the share). Parameters that get no gradient in a step switch the run to
+DDP's search for them, the step redone (``Loop._train_step_ddp``).
 """
 
 from __future__ import annotations
@@ -165,6 +169,58 @@ class World:
     def barrier(self) -> None:
         if self.active:
             torch.distributed.barrier()
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    """The model (or a submodule) was sharded with ``torch.distributed.fsdp.fully_shard``."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - torch without FSDP2
+        return False
+    return any(isinstance(m, FSDPModule) for m in model.modules())
+
+
+def _is_dtensor(t: Any) -> bool:
+    return torch.is_tensor(t) and hasattr(t, "device_mesh") and hasattr(t, "full_tensor")
+
+
+def sharded_outside(model: torch.nn.Module) -> list[str]:
+    """The trainable parameters of a sharded model that no ``fully_shard`` holds (their
+    gradients would be averaged by nobody)."""
+    return [n for n, p in model.named_parameters() if p.requires_grad and not _is_dtensor(p)]
+
+
+def gathered(tree: Any) -> Any:
+    """``tree`` with every shard of a ``fully_shard`` model (a DTensor) replaced by the whole
+    tensor — for a checkpoint file. Collective: every process calls it, in the same order."""
+    if _is_dtensor(tree):
+        return tree.full_tensor()
+    if isinstance(tree, dict):
+        return {k: gathered(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(gathered(v) for v in tree)
+    return tree
+
+
+def sharded_like(tree: Any, like: Any) -> Any:
+    """``tree`` (whole tensors, read from a checkpoint file) with each tensor that is a DTensor
+    in ``like`` turned into this process's shard of it, placed as in ``like``. Every process
+    reads the same file, so no communication is needed."""
+    if _is_dtensor(like) and torch.is_tensor(tree) and not _is_dtensor(tree):
+        from torch.distributed.tensor import distribute_tensor
+
+        return distribute_tensor(
+            tree.to(like.device, like.dtype), like.device_mesh, like.placements, src_data_rank=None
+        )
+    if isinstance(tree, dict) and isinstance(like, dict):
+        return {k: sharded_like(v, like[k]) if k in like else v for k, v in tree.items()}
+    if (
+        isinstance(tree, (list, tuple))
+        and isinstance(like, (list, tuple))
+        and len(tree) == len(like)
+    ):
+        return type(tree)(sharded_like(a, b) for a, b in zip(tree, like))
+    return tree
 
 
 def ddp_options(ddp: torch.nn.parallel.DistributedDataParallel) -> dict[str, Any]:

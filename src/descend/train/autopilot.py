@@ -116,6 +116,7 @@ import torch
 from descend import distributed as dist_
 from descend import optim, schedules
 from descend.checkpoint import RACE_DIR
+from descend.train import guard as _G
 from descend.train import lr_find as _lr_find
 from descend.train.callbacks import Callback
 from descend.train.result import StopReason
@@ -893,6 +894,12 @@ class _Candidate:
     best: float = math.inf
     best_epoch: int = 0
     times: list[float] = field(default_factory=list)
+    #: its model state while another candidate trains (a sharded model: one for all)
+    stash: dict[str, torch.Tensor] | None = None
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """Its model's state (parameters and buffers)."""
+        return self.stash if self.stash is not None else self.loop.model.state_dict()
 
     @property
     def alive(self) -> bool:
@@ -924,11 +931,19 @@ class _Race:
         self.cands = []
         self.exempt = recurrent_weights(ctx.model)  # matrices that are not decayed
         mask = _decay_mask(self.exempt)
+        # A model sharded with fully_shard cannot be copied: the candidates take turns on it,
+        # each one's state put in before its epoch and taken out after (_Candidate.stash).
+        self.shared = dist_.is_sharded(ctx.model)
+        start_state = _G.snapshot(ctx.model) if self.shared else None
         for lr, tau in cands:
             sched, _ = _schedule(total)
             tx = _adamw(lr, total, schedule=sched, timescale=tau, mask=mask)
-            loop = _make_loop(ctx, copy.deepcopy(ctx.model), tx, patience)
-            self.cands.append(_Candidate(lr, loop, sched, tau))
+            model = ctx.model if self.shared else copy.deepcopy(ctx.model)
+            loop = _make_loop(ctx, model, tx, patience)
+            cand = _Candidate(lr, loop, sched, tau)
+            if start_state is not None:
+                cand.stash = {k: t.clone() for k, t in start_state.items()}
+            self.cands.append(cand)
         # Every candidate draws its random numbers (dropout masks, ...) from its own copy of the
         # streams as they are now, so its run is the same whoever else races — the one it would
         # have alone — and the winner's streams go on into the run with its state.
@@ -974,7 +989,7 @@ class _Race:
         for i, c in enumerate(self.cands):
             if c.status.startswith("dropped"):
                 continue  # out of the race for good: its state is not needed again
-            model.update({f"{i}/{k}": t for k, t in c.loop.model.state_dict().items()})
+            model.update({f"{i}/{k}": t for k, t in c.state().items()})
             kept = self.best_states.get(id(c))
             if kept is not None:
                 best.update({f"{i}/{k}": t for k, t in kept.items()})
@@ -988,6 +1003,8 @@ class _Race:
                 "times": list(c.times),
                 "has_best": kept is not None,
             }
+        if self.shared:  # a fully_shard model: the file holds the whole tensors
+            model, best, opt = dist_.gathered((model, best, opt))
         meta = {
             "race": {
                 "seed": self.ctx.seed,
@@ -1056,14 +1073,19 @@ class _Race:
                 path=ckpt.path,
             )
             c.loop.load_checkpoint(part)
+            if c.stash is not None:  # the candidates take turns on one sharded model
+                _G.save_into(c.stash, c.loop.model)
             c.rng = {k[len(pre) :]: v for k, v in ckpt.rng.items() if k.startswith(pre)}
             c.best, c.best_epoch, c.times = m["best"], m["best_epoch"], list(m["times"])
             if m["has_best"]:
-                self.best_states[id(c)] = {
+                kept = {
                     k[len(pre) :]: t.to(self.ctx.device)
                     for k, t in ckpt.best.items()
                     if k.startswith(pre)
                 }
+                if self.shared:
+                    kept = dist_.sharded_like(kept, c.loop.model.state_dict())
+                self.best_states[id(c)] = kept
         self.epoch, self.spent = int(race["epoch"]), float(race["spent"])
         self.t_start = time.perf_counter() - float(race["elapsed"])
         self.resumed_from, self.resumed_epoch = ckpt.path, self.epoch
@@ -1130,6 +1152,8 @@ class _Race:
             for c in alive:
                 c.loop.max_epochs = self.epoch
                 c.loop._set_rng_state(c.rng)
+                if c.stash is not None:
+                    _G.restore(c.loop.model, c.stash)
                 result = c.loop.run()
                 c.rng = c.loop._rng_state()
                 self.spent += 1
@@ -1140,6 +1164,8 @@ class _Race:
                 if c.loop.improved:
                     c.best, c.best_epoch = c.loop.best_loss, c.loop.best_epoch
                     self._keep_best(c)
+                if c.stash is not None:
+                    _G.save_into(c.stash, c.loop.model)
                 if result.stop_reason is StopReason.DIVERGED or not math.isfinite(v):
                     c.status = f"diverged in epoch {self.epoch}"
                 elif result.stop_reason in (StopReason.PATIENCE, StopReason.CONVERGED):
@@ -1193,6 +1219,8 @@ class _Race:
         from descend import checkpoint as C
 
         w = self.winner()
+        if w.stash is not None:  # a sharded model: the winner's state goes back into it
+            _G.restore(w.loop.model, w.stash)
         finished = not w.alive
         w.status = "winner (continues)" if w.alive else f"winner; {w.status}"
         loop = w.loop

@@ -560,7 +560,21 @@ class Loop:
             or opts.get("find_unused_parameters", False)
             or opts.get("static_graph", False)  # DDP's static graph handles unused ones
         )
-        if self.world.active:
+        self._sharded = dist_.is_sharded(model)
+        if self._sharded and (outside := dist_.sharded_outside(model)):
+            raise ConfigError(
+                message(
+                    "fit(model)",
+                    "a model sharded with fully_shard must be sharded at its root too",
+                    f"{len(outside)} trainable parameter(s) outside every fully_shard: "
+                    + ", ".join(outside[:4]),
+                    "call fully_shard(model) on the whole model after its submodules",
+                )
+            )
+        if self._sharded:  # FSDP2: the model gathers and reduces its own parameters
+            self._ddp = model
+            self._find_unused = True
+        elif self.world.active:
             self.world.holders.append(self._drop_ddp)  # released when the run ends
             self._ddp = self._wrap_ddp()
         # A plain MLP trained in fp32 takes the hand-written backward pass (train/_mlp.py).
@@ -1012,18 +1026,26 @@ class Loop:
         # only sync beyond DDP's.
         over = self.max_time is not None and self._elapsed() > self.max_time
         flags = [self._interrupt is not None, self._stop_request is not None, over]
-        total = torch.cat(
-            [
-                value.detach().float().reshape(1) * share,
-                torch.tensor(
-                    [*flags, bool(missing) and not self._find_unused],
-                    dtype=torch.float32,
-                    device=value.device,
-                ),
-            ]
-        )
-        total = world.all_sum(total.to(world.device))
-        agreed = tuple(bool(v > 0) for v in total[1:].tolist())
+        parts = [
+            value.detach().float().reshape(1) * share,
+            torch.tensor(
+                [*flags, bool(missing) and not self._find_unused],
+                dtype=torch.float32,
+                device=value.device,
+            ),
+        ]
+        if self._sharded:
+            # Each process holds a disjoint shard of every gradient: the squares of the
+            # global norm add up over the processes, in the step's one all_reduce.
+            local = [g.to_local() for g in grads if g is not None]
+            sq = (
+                torch.stack(torch._foreach_norm(local)).float().square().sum().reshape(1)
+                if local
+                else value.new_zeros(1, dtype=torch.float32)
+            )
+            parts.append(sq.to(value.device))
+        total = world.all_sum(torch.cat(parts).to(world.device))
+        agreed = tuple(bool(v > 0) for v in total[1:5].tolist())
         if agreed[3]:
             # Nothing of this step is applied: redo it from the same random streams and buffers.
             self._switch_to_unused_search(missing)
@@ -1032,7 +1054,8 @@ class Loop:
         self._agreed = agreed[:3]
         if self._ep_metric is not None:
             self._ep_metric.add(out, yt)
-        return self._finish_step(total[0].to(value.device), grads)
+        gnorm = total[5].sqrt().to(value.device) if self._sharded else None
+        return self._finish_step(total[0].to(value.device), grads, gnorm)
 
     def _take_agreed(self) -> tuple[bool, bool]:
         """(interrupted, stop) as agreed by every process in the last step's all_reduce."""
@@ -1192,8 +1215,14 @@ class Loop:
     ) -> Iterable[tuple[torch.Tensor, torch.Tensor | None]]:
         if src.resident:
             n = D.n_rows(src.X) if hi is None else hi
-            for i in range(lo, n, _EVAL_CHUNK):
-                j = min(i + _EVAL_CHUNK, n)
+            step = _EVAL_CHUNK
+            if self._sharded and self.world.active:
+                # Each forward pass of a fully_shard model is collective: every process makes
+                # as many as the largest share needs, its own share cut into that many chunks.
+                most = -(-D.n_rows(src.X) // self.world.size)
+                step = -(-(n - lo) // max(1, -(-most // _EVAL_CHUNK)))
+            for i in range(lo, n, max(step, 1)):
+                j = min(i + step, n)
                 yield (
                     D.cut_rows(src.X, i, j),
                     (None if src.y is None else src.y[i:j]),
@@ -1682,15 +1711,18 @@ class Loop:
         """
         if self.checkpoint_dir is None:
             return None
+        t = time.perf_counter()
+        model, opt, best = dict(self.model.state_dict()), self.opt_state, self._best_state
+        if self._sharded:  # a fully_shard model: the file holds the whole tensors
+            model, opt, best = dist_.gathered((model, opt, best))
         ckpt = C.Checkpoint(
             step=self.step,
-            model=dict(self.model.state_dict()),
-            opt_state=self.opt_state,
-            best=self._best_state,
+            model=model,
+            opt_state=opt,
+            best=best,
             meta=self._meta(),
             rng=self._rng_state(),
         )
-        t = time.perf_counter()
         path: Path | None = None
         text = ""
         if self.world.is_main:  # data-parallel: one writer (the others hold the same state)
@@ -1766,15 +1798,24 @@ class Loop:
                     f"use the original optimizer ({ckpt.meta.get('optimizer')}), or start a new run",
                 )
             )
+        state = ckpt.model
+        if self._sharded:  # whole tensors from a file: this process's shards of them
+            state = dist_.sharded_like(state, self.model.state_dict())
         with torch.no_grad():
-            self.model.load_state_dict(ckpt.model)
-        self.opt_state = C.unflatten_tree(
+            self.model.load_state_dict(state)
+        opt_state = C.unflatten_tree(
             C.flatten_tree(ckpt.opt_state, "x")[0], C.flatten_tree(ckpt.opt_state, "x")[1]
         )
-        self.opt_state = _to_device_tree(self.opt_state, self.device)
+        opt_state = _to_device_tree(opt_state, self.device)
+        if self._sharded:
+            opt_state = dist_.sharded_like(opt_state, self.opt_state)
+        self.opt_state = opt_state
         self.refresh_lr_state()
         if ckpt.best is not None and self.restore_best:
-            self._best_state = {k: v.to(self.device) for k, v in ckpt.best.items()}
+            best = {k: v.to(self.device) for k, v in ckpt.best.items()}
+            if self._sharded:
+                best = dist_.sharded_like(best, self.model.state_dict())
+            self._best_state = best
         m = ckpt.meta
         self.epoch, self.batch, self.step = m["epoch"], m["batch"], m["step"]
         self.best_loss, self.best_epoch = m["best_loss"], m["best_epoch"]

@@ -310,9 +310,25 @@ def sweep(
     sweep sees exactly the forward pass, loss and update that ``fit`` will use. The rate is set
     through the learning-rate state's ``scale`` before every step.
     """
+    from descend.train import guard as G
+
+    if not dist_.is_sharded(model):
+        work = copy.deepcopy(model).to(device)
+        return _sweep(work, bundle, loss, make_tx, start_lr, end_lr, steps, device, seed,
+                      precision, diverge)  # fmt: skip
+    # A model sharded with fully_shard cannot be copied: the sweep runs on it and puts its
+    # state back afterwards.
+    snap = G.snapshot(model)
+    try:
+        return _sweep(model, bundle, loss, make_tx, start_lr, end_lr, steps, device, seed,
+                      precision, diverge)  # fmt: skip
+    finally:
+        G.restore(model, snap)
+
+
+def _sweep(work, bundle, loss, make_tx, start_lr, end_lr, steps, device, seed, precision, diverge):
     from descend.train.loop import Loop  # the loop imports the autopilot, which imports us
 
-    work = copy.deepcopy(model).to(device)
     tx = make_tx(start_lr)
     loop = Loop(
         work,
