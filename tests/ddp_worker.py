@@ -271,6 +271,18 @@ def run(scenario: str, out: Path, rank: int, world: int):
             torch.nn.Linear(16, 1),
         )  # fmt: skip
         return m, descend.fit(m, (X, y), "mse", optimizer="adamw", epochs=1, batch_size=3, **common)
+    if scenario == "optimizers":  # every library optimizer (a sharded model: on its shards)
+        X, y = data("clf")
+        models, r = {}, None
+        for name in descend.optim.names():
+            m = model(3)
+            lr = 0.05 if name in ("sgd", "momentum", "nesterov", "lars") else None
+            r = descend.fit(
+                m, (X, y), "cross_entropy", optimizer=name, lr=lr, epochs=2, batch_size=50,
+                **common,
+            )  # fmt: skip
+            models[name] = m
+        return torch.nn.ModuleDict(models), r
     if scenario == "root-unsharded":  # layers sharded, the root not: refused
         X, y = data("reg")
         m = model(1)

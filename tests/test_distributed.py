@@ -104,6 +104,7 @@ def alone(scenario: str, out: Path) -> tuple[dict, dict[str, torch.Tensor]]:
         "fsdp-reg",  # R² over a validation set split between the processes
         "fsdp-auto",  # range test on the model itself (restored), the race taking turns on it
         "fsdp-lr-find",  # the sweep runs on the model and puts its weights back
+        "fsdp-optimizers",  # all fifteen optimizers on the shards (fused kernels, Muon, Prodigy)
     ],
 )
 def test_two_processes_train_as_one(scenario, tmp_path):

@@ -54,6 +54,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from descend.transforms._util import is_sharded, local
+
 if TYPE_CHECKING:
     from descend.train.loop import Loop
 
@@ -103,8 +105,8 @@ def copy_pairs(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
     dtypes and devices, copying those pairs one by one)."""
     if not pairs:
         return
-    if any(_is_dtensor(d) for d, _ in pairs):  # a sharded model: copy the local shards
-        pairs = [(_local(d), _local(s)) for d, s in pairs]
+    if any(is_sharded(d) for d, _ in pairs):  # a sharded model: copy the local shards
+        pairs = [(local(d), local(s)) for d, s in pairs]
     with torch.no_grad():
         if _FOREACH_COPY:
             torch._foreach_copy_([d for d, _ in pairs], [s for _, s in pairs])
@@ -131,15 +133,6 @@ def save_into(snap: dict[str, torch.Tensor], model: torch.nn.Module) -> None:
     """Refresh a :func:`snapshot` from ``model``, in place."""
     sd = model.state_dict(keep_vars=True)
     copy_pairs([(v, sd[k].detach()) for k, v in snap.items()])
-
-
-def _is_dtensor(t: torch.Tensor) -> bool:
-    return hasattr(t, "to_local") and hasattr(t, "device_mesh")
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    """A DTensor's local shard (a tensor of a model sharded with ``fully_shard``), else ``t``."""
-    return t.to_local() if _is_dtensor(t) else t
 
 
 class Guard:

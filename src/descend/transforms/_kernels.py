@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from descend.transforms._util import fused_devices
+from descend.transforms._util import fused_devices, is_sharded, local
 
 __all__ = ["AdamKernel", "SGDKernel"]
 
@@ -110,6 +110,12 @@ class _Steps:
         return [step] * n
 
 
+def _locals(*lists: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    """Each DTensor's local shard: torch's fused kernels are elementwise, so running them on
+    the shards is running them on the whole (and ``_fused_sgd_`` has no DTensor rule)."""
+    return [[local(t) for t in ts] for ts in lists]
+
+
 class AdamKernel:
     """``out ← out(1 − lr·wd) − lr · (m̂ / (sqrt(v̂) + ε))`` after updating ``m``, ``v`` in place.
 
@@ -131,6 +137,8 @@ class AdamKernel:
 
     def run(self, device, out, gs, ms, vs, v_maxes, t: int, lr: float, wd: float) -> None:
         """``__call__`` with the device given (a caller that kept it skips the lookup)."""
+        if is_sharded(gs[0]):  # a fully_shard model's DTensors: the kernel runs on the shards
+            out, gs, ms, vs, v_maxes = _locals(out, gs, ms, vs, v_maxes)
         (_ADAMW if wd else _ADAM)(  # type: ignore[misc]
             out, gs, ms, vs, v_maxes if self.amsgrad else [], self._steps(device, t, len(gs)),
             amsgrad=self.amsgrad, lr=lr, beta1=self.b1, beta2=self.b2, weight_decay=wd,
@@ -157,6 +165,8 @@ class SGDKernel:
         return _supported("sgd", _SGD, _probe_sgd, tensor)
 
     def __call__(self, out, gs, bufs, *, first: bool, lr: float, wd: float = 0.0) -> None:
+        if is_sharded(gs[0]):  # a fully_shard model's DTensors: the kernel runs on the shards
+            out, gs, bufs = _locals(out, gs, bufs)
         _run_sgd(
             out,
             gs,

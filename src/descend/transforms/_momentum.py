@@ -10,6 +10,7 @@ from descend._errors import ConfigError, check_bool, check_in_range, message
 from descend.transforms._base import Params, State, Transform, Updates, inplace_transform
 from descend.transforms._util import (
     Impl,
+    foreach_copy_,
     groups,
     present,
     resolve_impl,
@@ -91,7 +92,7 @@ def trace(
             gs = [grads[n] for n in grp]
             bs = [bufs[n] for n in grp]
             if first:
-                torch._foreach_copy_(bs, gs)
+                foreach_copy_(bs, gs)
             else:
                 torch._foreach_mul_(bs, momentum)
                 torch._foreach_add_(bs, gs, alpha=1 - dampening)

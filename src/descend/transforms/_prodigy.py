@@ -24,11 +24,13 @@ from descend.transforms._util import (
     MaskCache,
     check_callable,
     check_mask_names,
+    dot,
     groups,
     mask_fn,
     need_params,
     present,
     resolve_impl,
+    whole,
     zeros_like_all,
 )
 
@@ -186,16 +188,14 @@ def scale_by_prodigy(
         d_denom = torch.zeros_like(d)
         for n in names:
             g, p = grads[n], params[n]  # type: ignore[index]
-            d_num = d_num + (d / d0) * dlr * torch.dot(g.flatten(), (ps["p0"][n] - p).flatten()).to(
-                d.dtype
-            )
+            d_num = d_num + (d / d0) * dlr * dot(g, ps["p0"][n] - p).to(d.dtype)
             if b1 > 0:
                 ps["exp_avg"][n].mul_(b1).add_(g * (d * (1 - b1)).to(g.dtype))
             ps["exp_avg_sq"][n].mul_(b2).add_(g * g * (d * d * (1 - b2)).to(g.dtype))
             alpha = (d / d0) * d if safeguard_warmup else (d / d0) * dlr
             s = ps["s"][n]
             s.mul_(b3).add_(g * alpha.to(g.dtype))
-            d_denom = d_denom + s.abs().sum().to(d.dtype)
+            d_denom = d_denom + whole(s.abs().sum()).to(d.dtype)
         step = estimate(ps, d, d_num, d_denom, dlr)
         d_new = ps["d"]
         updates = {}
@@ -224,7 +224,7 @@ def scale_by_prodigy(
             gs = [grads[n] for n in grp]
             like = gs[0].dtype
             diffs = torch._foreach_sub([ps["p0"][n] for n in grp], [params[n] for n in grp])  # type: ignore[index]
-            dots += [torch.dot(g.flatten(), x.flatten()).to(d.dtype) for g, x in zip(gs, diffs)]
+            dots += [dot(g, x).to(d.dtype) for g, x in zip(gs, diffs)]
             if b1 > 0:
                 ms = [ps["exp_avg"][n] for n in grp]
                 torch._foreach_mul_(ms, b1)
@@ -237,7 +237,7 @@ def scale_by_prodigy(
             ss = [ps["s"][n] for n in grp]
             torch._foreach_mul_(ss, b3)
             torch._foreach_add_(ss, torch._foreach_mul(gs, alpha.to(like)))
-            l1s += [x.to(d.dtype) for x in torch._foreach_norm(ss, 1)]
+            l1s += [whole(x).to(d.dtype) for x in torch._foreach_norm(ss, 1)]
         if dots:
             d_num = d_num + (d / d0) * dlr * torch.stack(dots).sum()
             d_denom = torch.stack(l1s).sum()

@@ -23,6 +23,37 @@ def present(tensors: Mapping[str, torch.Tensor | None]) -> list[str]:
     return [n for n, t in tensors.items() if t is not None]
 
 
+def is_sharded(t: torch.Tensor) -> bool:
+    """A DTensor: a shard of a parameter of a model sharded with ``fully_shard``."""
+    return hasattr(t, "device_mesh") and hasattr(t, "to_local")
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor's local shard (writes to it are writes to the DTensor), else ``t``."""
+    return t.to_local() if is_sharded(t) else t
+
+
+def whole(t: torch.Tensor) -> torch.Tensor:
+    """A reduction of a DTensor (a dot product, a norm) as a plain tensor, summed over the
+    processes; a plain tensor as it is."""
+    return t.full_tensor() if is_sharded(t) else t
+
+
+def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``<a, b>`` over all elements, for plain tensors and DTensors (sharded unevenly too,
+    which cannot be flattened) alike."""
+    if is_sharded(a):
+        return whole((a * b).sum())
+    return torch.dot(a.flatten(), b.flatten())
+
+
+def foreach_copy_(dst: list[torch.Tensor], src: list[torch.Tensor]) -> None:
+    """``torch._foreach_copy_`` (which has no DTensor rule: shards are copied locally)."""
+    if dst and is_sharded(dst[0]):
+        dst, src = [local(t) for t in dst], [local(t) for t in src]
+    torch._foreach_copy_(dst, src)
+
+
 def groups(names: list[str], ref: Mapping[str, torch.Tensor]) -> list[list[str]]:
     """Split ``names`` by the device and dtype of ``ref[name]``: one multi-tensor call each."""
     if not names:
