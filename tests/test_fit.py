@@ -1076,3 +1076,37 @@ def test_batch_norm_on_batches_of_one_sample_is_named():
             descend.fit(model(), (X, y), "mse", batch_size=1, epochs=1, verbose=0, **kw)
     r = descend.fit(model(), (X, y), "mse", batch_size=2, epochs=1, verbose=0)
     assert r.stop_reason is StopReason.MAX_EPOCHS
+
+
+def test_numpy_numbers_are_numbers():
+    """Settings read from arrays (np.arange, np.logspace) are taken as the numbers they hold —
+    the same run as with Python numbers — and a seed beyond torch's 64 bits is refused with
+    the rule, not an overflow from inside torch."""
+    import numpy as np
+
+    X = torch.randn(96, 3, generator=torch.Generator().manual_seed(0))
+    y = X.sum(1)
+
+    def run(**kw):
+        torch.manual_seed(0)
+        m = torch.nn.Linear(3, 1)
+        r = descend.fit(m, (X, y), "mse", verbose=0, **{"seed": 1, **kw})
+        return r, m.weight.detach().clone()
+
+    plain, w_plain = run(
+        epochs=3, batch_size=16, patience=5, max_time=60.0,
+        optimizer=descend.optim.adamw(lr=0.01, weight_decay=0.0, betas=(0.9, 0.99)),
+    )  # fmt: skip
+    numpy, w_numpy = run(
+        epochs=np.int64(3), batch_size=np.int32(16), patience=np.int64(5),
+        max_time=np.float32(60.0),
+        optimizer=descend.optim.adamw(
+            lr=np.float64(0.01), weight_decay=np.int64(0), betas=(0.9, np.float64(0.99))
+        ),
+    )  # fmt: skip
+    assert numpy.epochs == plain.epochs == 3
+    assert torch.equal(w_plain, w_numpy)
+    r, _ = run(epochs=2, optimizer="sgd", lr=np.float32(0.05))
+    assert r.epochs == 2
+    with pytest.raises(ConfigError, match=r"seed must be an integer in \[0, 2\*\*63\)"):
+        run(epochs=1, seed=2**70)

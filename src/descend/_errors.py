@@ -12,6 +12,7 @@ was received**, and **the fix**. Build messages with :func:`message` so they sta
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 __all__ = [
@@ -83,6 +84,29 @@ def check_bool(name: str, value: Any, *, owner: str) -> bool:
     return value
 
 
+def plain(value: Any) -> Any:
+    """A NumPy scalar as the Python number it holds (``np.int64(3)`` -> ``3``,
+    ``np.float32(0.1)`` -> ``0.1``); anything else as it is. Settings read from arrays
+    (``np.logspace``, a loop over ``np.arange``) are numbers like any other."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, numbers.Integral):  # np.integer (np.bool_ is not registered)
+        return int(value)
+    if isinstance(value, numbers.Real):  # np.floating
+        return float(value)
+    return value
+
+
+def is_int(value: Any) -> bool:
+    """An integer (a NumPy one too), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_real(value: Any) -> bool:
+    """A real number (a NumPy one too), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def check_positive(
     name: str,
     value: float,
@@ -94,6 +118,7 @@ def check_positive(
 ) -> float:
     """Refuse a non-positive (or negative, with ``allow_zero``) number with a clear message;
     ``rule`` and ``example`` replace the generic wording (e.g. a number of seconds)."""
+    value = plain(value)
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     ok = ok and value == value and value not in (float("inf"), float("-inf"))
     ok = ok and (value >= 0 if allow_zero else value > 0)
@@ -117,6 +142,7 @@ def check_in_range(
     example: str | None = None,
 ) -> float:
     """Refuse a number outside ``[low, high)`` (bounds' inclusivity configurable)."""
+    value = plain(value)
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
     if ok:
         ok = (value >= low if low_inclusive else value > low) and (

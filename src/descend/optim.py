@@ -47,6 +47,7 @@ from descend._errors import (
     check_positive,
     describe,
     message,
+    plain,
 )
 from descend.transforms import (
     Params,
@@ -627,6 +628,7 @@ def nadam(
 
 
 def _int(name: str, value: Any, owner: str, low: int = 0) -> int:
+    value = plain(value)
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
         raise ConfigError(
             message(f"{owner}: {name}", f"must be an integer >= {low}", describe(value),
@@ -1765,6 +1767,7 @@ class TorchOptimizer(torch.optim.Optimizer):
 
 def _unit_interval(what: str, value: Any) -> float:
     """``value`` as a float in [0, 1) (a beta or a momentum set on a param group), or ConfigError."""
+    value = plain(value)
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value < 1.0
     if not ok:
         raise ConfigError(

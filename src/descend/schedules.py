@@ -21,7 +21,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from descend._errors import ConfigError, check_in_range, check_positive, describe, message
+from descend._errors import ConfigError, check_in_range, check_positive, describe, message, plain
 
 __all__ = [
     "Schedule",
@@ -55,6 +55,7 @@ class Schedule:
 
 
 def _steps(name: str, value: Any, owner: str, minimum: int) -> int:
+    value = plain(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(
             message(

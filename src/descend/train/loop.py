@@ -46,6 +46,7 @@ from descend._errors import (
     check_positive,
     describe,
     message,
+    plain,
 )
 from descend.train import autopilot as _autopilot
 from descend.train._mlp import MLPStep, loss_value
@@ -2209,6 +2210,11 @@ def fit(
         >>> r.history.val_loss[-1] < r.history.val_loss[0]
         True
     """
+    # NumPy numbers (from np.arange, np.logspace, a config array) are numbers like any other
+    epochs, batch_size, patience, tol, max_time, checkpoint_every = (
+        plain(v) for v in (epochs, batch_size, patience, tol, max_time, checkpoint_every)
+    )
+    lr = plain(lr)
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
         raise ConfigError(
             message(
@@ -2226,7 +2232,9 @@ def fit(
                 "pass e.g. batch_size=64",
             )
         )
-    if patience is not None and (not isinstance(patience, int) or patience < 1):
+    if patience is not None and (
+        not isinstance(patience, int) or isinstance(patience, bool) or patience < 1
+    ):
         raise ConfigError(
             message(
                 "fit: patience",
@@ -2328,9 +2336,15 @@ def fit(
     world.barrier()
     if seed is None:
         seed = world.from_main(random.SystemRandom().randrange(2**31))  # one seed for all
-    elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+    elif (
+        isinstance(seed, bool)
+        or not isinstance(seed, numbers.Integral)
+        or not 0 <= int(seed) < 2**63  # torch's generators take a 64-bit seed
+    ):
         raise ConfigError(
-            message("fit: seed", "must be an integer", describe(seed), "pass e.g. seed=0")
+            message(
+                "fit: seed", "must be an integer in [0, 2**63)", describe(seed), "pass e.g. seed=0"
+            )
         )
     seed = int(seed)  # numpy integers too (torch's generators take Python ints only)
     if world.active:
