@@ -1101,3 +1101,35 @@ def test_a_checkpoint_of_the_former_cosine_rule_resumes_with_the_cosine():
     cosine = schedules.cosine(200, warmup_steps=10)
     assert lrs == pytest.approx([0.01 * cosine(t) for t in range(120)])
     assert plan.callbacks == []  # no stall-started decay for a run planned without one
+
+
+@pytest.mark.parametrize("at_step", [3, 20])
+def test_ctrl_c_in_the_race_ends_the_run_as_interrupted(monkeypatch, at_step):
+    """Ctrl-C in the race's first epoch (step 3: no candidate has finished an epoch) or later
+    ends the run as interrupted — not an IndexError from an empty history (seen from the
+    command line, which then marked the run failed)."""
+    import os
+    import signal
+
+    make = autopilot._make_loop
+    made = []
+
+    def make_loop(ctx, model, tx, patience):
+        loop = make(ctx, model, tx, patience)
+        step = loop.train_step
+
+        def train_step(*a, **k):
+            out = step(*a, **k)
+            if not made and loop.step == at_step:
+                made.append(loop.step)
+                os.kill(os.getpid(), signal.SIGINT)
+            return out
+
+        loop.train_step = train_step
+        return loop
+
+    monkeypatch.setattr(autopilot, "_make_loop", make_loop)
+    r = _fit(_mlp(), _clf(), batch_size=32)
+    assert made == [at_step]
+    assert r.stop_reason is descend.StopReason.INTERRUPTED
+    assert "interrupted during the race" in r.autopilot["why"]

@@ -1159,7 +1159,10 @@ class _Race:
                 self.spent += 1
                 c.times.append(time.perf_counter() - self.t_start)
                 if result.stop_reason is StopReason.INTERRUPTED:
+                    # (maybe mid-epoch, with no epoch of its own to judge: nothing more is
+                    # decided; the race's last checkpoint, if any, is where a resume goes on)
                     self.interrupted = True
+                    break
                 v = self._monitored(c)
                 if c.loop.improved:
                     c.best, c.best_epoch = c.loop.best_loss, c.loop.best_epoch
