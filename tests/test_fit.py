@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -1110,3 +1111,40 @@ def test_numpy_numbers_are_numbers():
     assert r.epochs == 2
     with pytest.raises(ConfigError, match=r"seed must be an integer in \[0, 2\*\*63\)"):
         run(epochs=1, seed=2**70)
+
+
+def test_a_custom_loss_gets_targets_in_the_shape_it_reads():
+    """1-D float targets beside a (N, 1) output: torch.nn.MSELoss needs them as a column
+    ((N, 1) against (N,) broadcasts to (N, N)), a loss that squeezes the prediction itself
+    needs them as given. The probe's rows tell which; both losses train the same model."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(300, 3, generator=g)
+    y = X @ torch.tensor([1.0, -2.0, 0.5]) + 0.05 * torch.randn(300, generator=g)
+    seen: dict[str, set] = {"squeeze": set(), "torch": set()}
+
+    def squeezing(pred, target):
+        if len(target) >= 32:  # a training batch, not the probe's rows
+            seen["squeeze"].add(tuple(target.shape[1:]))
+        return ((pred.squeeze(-1) - target) ** 2).mean()
+
+    mse = torch.nn.MSELoss()
+
+    def torch_mse(pred, target):
+        if len(target) >= 32:
+            seen["torch"].add(tuple(target.shape[1:]))
+        return mse(pred, target)
+
+    weights = []
+    for loss in (squeezing, torch_mse):
+        warnings.simplefilter("error")  # no broadcast warning from torch's loss, probe or not
+        torch.manual_seed(0)
+        m = torch.nn.Linear(3, 1)
+        opt = descend.optim.adam(lr=0.05)
+        descend.fit(m, (X, y), loss, optimizer=opt, epochs=30, verbose=0, seed=0)
+        weights.append(m.weight.detach().clone())
+    # each trained on its data's rows (an (N, N) broadcast learns only the mean: ~0 weights)
+    for w in weights:
+        torch.testing.assert_close(w, torch.tensor([[1.0, -2.0, 0.5]]), atol=0.05, rtol=0)
+    torch.testing.assert_close(weights[0], weights[1], atol=1e-4, rtol=1e-4)
+    # in training (batches of 32 and more) each loss saw the shape it reads
+    assert seen == {"squeeze": {()}, "torch": {(1,)}}

@@ -644,6 +644,7 @@ class Loop:
             self._new_metric_sum() if self._metric_fn is not None and bundle.val is None else None
         )
         self._y_unsqueeze = False
+        self._y_as_given = False  # a custom loss that reads 1-D targets as they are
 
     # ---- setup checks ----------------------------------------------------------------
 
@@ -782,6 +783,10 @@ class Loop:
         if y_all is None:
             return
         y_all = self._shape_targets(out, y_all)
+        custom = self._y_unsqueeze and self.loss.target_kind == "any" and yb is not None
+        if custom and not self._custom_loss_wants_column(out, yb[: out.shape[0]]):
+            self._y_unsqueeze, self._y_as_given = False, True
+            y_all = src.y if (src.resident and src.y is not None) else yb
         # A zero-cost expanded prediction lets the loss check every target (range, NaN, shape)
         # against the model's real output width, without running the model on all of the data.
         fake = out[:1].float().expand(y_all.shape[0], *out.shape[1:])
@@ -817,11 +822,43 @@ class Loop:
             ]
         return only[:5]
 
+    def _custom_loss_wants_column(self, out: torch.Tensor, y: torch.Tensor) -> bool:
+        """Whether the user's own loss reads 1-D targets as a column ``(N, 1)`` beside the
+        model's ``(N, 1)`` output (as ``torch.nn.MSELoss`` needs: ``(N, 1)`` against ``(N,)``
+        broadcasts to ``(N, N)``) or as given (a loss that squeezes the prediction itself).
+        Checked once on the probe's rows: the right shape gives the mean of the rows' own
+        losses (one row is unambiguous); the column when both or neither do."""
+        n = min(out.shape[0], y.shape[0])
+        if n < 2:
+            return True
+        o, t = out[:n].detach().float(), y[:n].to(out.device).float()
+        try:
+            # (torch's losses warn about the very broadcast this checks for)
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                col = float(self.loss(o, t.unsqueeze(-1), validate=False))
+                flat = float(self.loss(o, t, validate=False))
+                rows = (
+                    sum(
+                        float(self.loss(o[i : i + 1], t[i : i + 1].unsqueeze(-1), validate=False))
+                        for i in range(n)
+                    )
+                    / n
+                )
+        except Exception:  # the loss takes one shape only: the column, as always
+            return True
+
+        def near(a: float, b: float) -> bool:
+            return math.isfinite(a) and abs(a - b) <= 1e-4 * max(abs(a), abs(b), 1e-12)
+
+        return not (near(flat, rows) and not near(col, rows))
+
     def _shape_targets(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         # A regression model usually ends in Linear(k, 1) while y is 1-D: (N,1) vs (N,) would
         # silently broadcast to (N,N) in a loss. Adapt y's view once, explicitly.
         if (
             self.loss.target_kind != "index"
+            and not self._y_as_given
             and y.is_floating_point()
             and y.dim() == 1
             and out.dim() == 2
