@@ -1148,3 +1148,33 @@ def test_a_custom_loss_gets_targets_in_the_shape_it_reads():
     torch.testing.assert_close(weights[0], weights[1], atol=1e-4, rtol=1e-4)
     # in training (batches of 32 and more) each loss saw the shape it reads
     assert seen == {"squeeze": {()}, "torch": {(1,)}}
+
+
+@pytest.mark.parametrize(
+    ("labels", "width", "classes"),
+    [
+        ([0, 1, 3], 4, None),  # output indices already (class 2 absent here): kept
+        ([3, 7], 8, None),
+        ([0, 1, 3], 3, [0, 1, 3]),  # three outputs for three labels: encoded, as before
+        ([-1, 1], 2, [-1, 1]),
+    ],
+)
+def test_integer_labels_that_index_the_outputs_are_kept(labels, width, classes):
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(240, 2, generator=g)
+    cuts = torch.tensor([-0.5, 0.5] if len(labels) == 3 else [0.0])
+    which = torch.bucketize(
+        X[:, 0].contiguous(), cuts
+    )  # intervals along one feature: linearly separable
+    y = torch.tensor(labels)[which]
+    torch.manual_seed(0)
+    m = torch.nn.Linear(2, width)
+    r = descend.fit(
+        m, (X, y), "cross_entropy", optimizer=descend.optim.adam(lr=0.05), epochs=40,
+        verbose=0, seed=0,
+    )  # fmt: skip
+    assert (None if r.classes is None else list(r.classes)) == classes
+    pred = m(X).argmax(1)
+    if classes is not None:
+        pred = torch.tensor(classes)[pred]
+    assert (pred == y).float().mean() > 0.9  # the model's argmax is the label (or its code)

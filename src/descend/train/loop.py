@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
+import numpy as np
 import torch
 
 from descend import checkpoint as C
@@ -2057,6 +2058,46 @@ def _same_everywhere(world: dist_.World, name: str, value: float, fix: str) -> N
         )
 
 
+def _keep_label_values(bundle: D.Bundle, model: torch.nn.Module) -> None:
+    """Integer class labels that already index the model's outputs stay as they are.
+
+    ``prepare`` encodes labels that are not ``0..C-1`` by their sorted values (strings, {-1, 1},
+    {3, 5, 7}). But labels {0, 1, 3} (class 2 absent from this data) for a model with 4 or more
+    outputs are output indices already: encoded, output 2 would mean class 3, the model's
+    argmax would not be the label, and another subset of the data would get another code book.
+    So when every label is an integer in ``[0, width)`` of the model's output, the labels are
+    decoded back (``Result.classes`` is then None). A model that fails on the probe is left to
+    ``Loop.check_model_fits``, which explains its error."""
+    classes = bundle.classes
+    if classes is None or classes.dtype.kind not in "iuf" or classes.size == 0:
+        return
+    values = classes.astype(np.float64)
+    if not (np.all(values == np.round(values)) and values.min() >= 0):
+        return
+    src = bundle.train
+    if not (src.resident and src.y is not None):
+        return
+    try:
+        first = D.cut_rows(src.X, 0, 1)
+        was = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                out = D.call_model(model, first)
+        finally:
+            model.train(was)
+    except Exception:  # the probe in check_model_fits reports it, in the user's terms
+        return
+    if not (torch.is_tensor(out) and out.dim() == 2 and out.shape[1] > int(values.max())):
+        return
+    lut = torch.as_tensor(values.astype(np.int64))
+    for part in (bundle.train, bundle.val):
+        if part is not None and part.resident and part.y is not None:
+            part.y = lut.to(part.y.device)[part.y]
+    bundle.classes = None
+    bundle.n_classes = int(values.max()) + 1
+
+
 def _split_batches(
     bundle: D.Bundle, world: dist_.World, batch_size: int | None, model: torch.nn.Module
 ) -> None:
@@ -2438,6 +2479,7 @@ def fit(
             **({"sample_weight": sample_weight} if sample_weight is not None else {}),
         )
 
+        _keep_label_values(bundle, module)
         _split_batches(bundle, world, batch_size, module)
         autopilot = None
         extra_callbacks: list[Callback] = []
