@@ -203,6 +203,29 @@ def test_a_new_run_in_a_directory_of_another_runs_checkpoints_is_refused(tmp_pat
     assert r.epochs == 3
 
 
+def test_a_resumed_run_writing_into_another_runs_directory_is_refused(tmp_path):
+    """resume= one directory, checkpoint= another that holds a second run's checkpoints: the
+    two runs' files would mix (its fallback deleted by the rotation, a later resume picking
+    the newest of either), so it is refused and nothing is touched."""
+    X, y = data()
+    mine, other = tmp_path / "mine", tmp_path / "other"
+    descend.fit(torch.nn.Linear(4, 1), (X, y), "mse", epochs=2, verbose=0, checkpoint=mine)
+    descend.fit(torch.nn.Linear(4, 1), (2 * X, y), "mse", epochs=3, verbose=0, checkpoint=other)
+    before = sorted(p.name for p in other.iterdir())
+    with pytest.raises(CheckpointError, match=r"when the run resumed from .*mine.* writes there"):
+        descend.fit(
+            torch.nn.Linear(4, 1), (X, y), "mse", epochs=4, verbose=0, resume=mine,
+            checkpoint=other,
+        )  # fmt: skip
+    assert sorted(p.name for p in other.iterdir()) == before
+    # into an empty directory (or its own) it goes on
+    r = descend.fit(
+        torch.nn.Linear(4, 1), (X, y), "mse", epochs=3, verbose=0, resume=mine,
+        checkpoint=tmp_path / "new",
+    )  # fmt: skip
+    assert r.epochs == 3
+
+
 def test_resume_from_missing_directory_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="must name a checkpoint directory"):
         descend.fit(

@@ -469,7 +469,7 @@ def _epochs(n: int) -> str:
     return f"{n} epoch" if n == 1 else f"{n} epochs"
 
 
-def _check_no_other_run(d: Path) -> None:
+def _check_no_other_run(d: Path, resuming: Any = None) -> None:
     """Refuse to start a new run in a checkpoint directory that holds another run's
     checkpoints: a later ``resume`` would pick the newest of either run (an earlier run's
     step 1,000 over this one's step 300), and a checkpoint at a step both runs reach would be
@@ -478,6 +478,17 @@ def _check_no_other_run(d: Path) -> None:
     if not found:
         return
     newest = found[0]
+    if resuming is not None:
+        raise CheckpointError(
+            message(
+                f"fit(checkpoint={str(d)!r})",
+                f"must not hold another run's checkpoints when the run resumed from "
+                f"{str(resuming)!r} writes there",
+                f"{len(found)} checkpoint(s), e.g. '{newest}'",
+                "leave checkpoint= unset (or pass the resume directory) to go on writing "
+                "where the run is, or pass an empty directory",
+            )
+        )
     raise CheckpointError(
         message(
             f"fit(checkpoint={str(d)!r})",
@@ -487,6 +498,10 @@ def _check_no_other_run(d: Path) -> None:
             "to start a new one",
         )
     )
+
+
+def _same_path(a: Any, b: Any) -> bool:
+    return Path(a).resolve() == Path(b).resolve()
 
 
 def _n_params(model: torch.nn.Module) -> int:
@@ -2408,8 +2423,9 @@ def fit(
                 seed = int(race_ckpt.meta["race"]["seed"])
     if checkpoint is not None:
         C.check_writable(checkpoint)
-        if resume in (None, False):
-            _check_no_other_run(Path(checkpoint))
+        if resume in (None, False) or not _same_path(checkpoint, resume):
+            # a resumed run writing into another run's directory would mix the two too
+            _check_no_other_run(Path(checkpoint), None if resume in (None, False) else resume)
     # every process has looked at the directory before rank 0 writes to it
     world.barrier()
     if seed is None:
