@@ -308,10 +308,29 @@ def test_dataloader_is_streamed_as_given_and_resumes_exactly_with_a_generator():
     assert [rows_of(x) for x, _ in tail] == [rows_of(x) for x, _ in epoch[2:]]
 
 
-def test_dataloader_without_generator_reports_inexact_resume_and_explicit_val():
+def test_dataloader_without_generator_resumes_exactly_and_leaves_the_global_rng():
+    """DataLoader(shuffle=True) with no generator draws its order from torch's global random
+    state: seeded from (seed, epoch) in a fork for the epoch's start, so an epoch is the same
+    whatever the global state (a resumed run's differs) and the user's stream is untouched."""
+    loader = DataLoader(TensorDataset(numbered(30)), batch_size=8, shuffle=True)
+    src = prep(loader, seed=5).train
+    assert src.exact_resume
+    torch.manual_seed(0)
+    epoch = [rows_of(x) for x, _ in src.batches(2)]
+    after = torch.rand(3)  # the global stream goes on as if the loader had not been read
+    torch.manual_seed(0)
+    assert torch.equal(torch.rand(3), after)
+    rows = [r for b in epoch for r in b]
+    assert sorted(rows) == list(range(30)) and rows != list(range(30))
+    torch.manual_seed(99)  # another global state: the same epoch
+    assert [rows_of(x) for x, _ in src.batches(2)] == epoch
+    assert [rows_of(x) for x, _ in src.batches(2, start=2)] == epoch[2:]
+    assert [rows_of(x) for x, _ in src.batches(3)] != epoch
+
+
+def test_dataloader_explicit_val():
     loader = DataLoader(TensorDataset(numbered(10)), batch_size=4, shuffle=True)
     b = prep(loader, validation=DataLoader(TensorDataset(numbered(4)), batch_size=2))
-    assert not b.train.exact_resume
     assert D.is_streamed(loader) and not D.is_streamed((XN, YN)) and D.DataBundle is D.Bundle
     assert [yb for _, yb in b.train.batches(0)] == [None, None, None]
     assert b.n_val == 4 and not b.val.resident and len(list(b.val.batches(0))) == 2

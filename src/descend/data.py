@@ -53,6 +53,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import numbers
 import warnings
@@ -502,8 +503,10 @@ class StreamSource(Source):
     Before each epoch, generators the loader owns are re-seeded from ``(seed, epoch)`` and
     ``sampler.set_epoch(epoch)`` is called when present, so a loader built with
     ``DataLoader(..., shuffle=True, generator=torch.Generator())`` has a reproducible order and
-    resumes exactly. Without one, a shuffled loader's order follows torch's global RNG and
-    :attr:`exact_resume` is False. Resuming at batch ``start`` iterates past (and so loads) the
+    resumes exactly. A plain ``DataLoader(..., shuffle=True)`` (no generator: its order comes
+    from torch's global random state when an epoch starts) gets that state seeded from
+    ``(seed, epoch)`` in a fork for the epoch's first batch, then restored: reproducible and
+    exactly resumable too. Resuming at batch ``start`` iterates past (and so loads) the
     skipped batches.
     """
 
@@ -535,9 +538,16 @@ class StreamSource(Source):
         ordered = isinstance(sampler, SequentialSampler) or isinstance(
             getattr(loader, "dataset", None), IterableDataset
         )
-        self.exact_resume = bool(ordered or self._generators or self._set_epoch)
-        if isinstance(sampler, RandomSampler) and sampler.generator is None:
-            self.exact_resume = bool(self._set_epoch)
+        # A RandomSampler without a generator draws its epoch's order from torch's global
+        # random state when the epoch's iterator starts: seeded here from (seed, epoch) in a
+        # fork of that state (restored after), so the order is reproducible and a resumed
+        # epoch is the original one, without touching the user's loader or random stream.
+        self._global_order = (
+            isinstance(sampler, RandomSampler) and sampler.generator is None and not self._set_epoch
+        )
+        self.exact_resume = bool(
+            ordered or self._generators or self._set_epoch or self._global_order
+        )
 
     def batches(self, epoch: int = 0, start: int = 0) -> Iterator[Batch]:
         """Yield the loader's batches of ``epoch`` from batch index ``start`` on, on the device."""
@@ -552,7 +562,19 @@ class StreamSource(Source):
             if id(s) not in done:
                 s.set_epoch(epoch)
                 done.add(id(s))
-        for i, batch in enumerate(self.loader):
+        batches: Iterator[Any]
+        if self._global_order:
+            with torch.random.fork_rng(devices=[]):
+                torch.default_generator.manual_seed(_mix(self.seed, _EPOCH_STREAM, epoch))
+                it = iter(self.loader)  # (the workers' base seed is drawn here)
+                try:
+                    first = next(it)  # (the sampler draws its order at its first item)
+                except StopIteration:
+                    return
+            batches = itertools.chain([first], it)
+        else:
+            batches = iter(self.loader)
+        for i, batch in enumerate(batches):
             if i >= start:
                 yield self._move(batch)
 
