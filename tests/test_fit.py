@@ -1178,3 +1178,55 @@ def test_integer_labels_that_index_the_outputs_are_kept(labels, width, classes):
     if classes is not None:
         pred = torch.tensor(classes)[pred]
     assert (pred == y).float().mean() > 0.9  # the model's argmax is the label (or its code)
+
+
+class _HookCB(descend.Callback):
+    def on_epoch_end(self, loop):
+        pass
+
+
+_Xe = torch.randn(120, 3, generator=torch.Generator().manual_seed(0))
+_ye = _Xe @ torch.tensor([1.0, -2.0, 0.5])
+_yc = (_Xe[:, 0] > 0).long()
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "says"),
+    [
+        (lambda: descend.fit(torch.nn.Linear(3, 1), _Xe, "mse", epochs=2, verbose=0),
+         InputError, "compares the predictions with targets"),
+        (lambda: descend.fit(torch.nn.Linear(3, 1), (_Xe, _ye), lambda p, t: (p - t) ** 2,
+                             lr=1e-2, epochs=1, verbose=0),
+         InputError, "must return one number for the batch"),
+        (lambda: descend.fit(torch.nn.Linear(3, 1), (_Xe, _ye),
+                             lambda p, t: ((p - t) ** 2).mean().detach(), lr=1e-2, epochs=1,
+                             verbose=0),
+         InputError, "without .detach(), .item() or numpy"),
+        (lambda: descend.fit(torch.nn.Linear(3, 1), (_Xe, _ye), lambda p, t: ((p - t) ** 2),
+                             epochs=1, verbose=0),  # the default policy's range test too
+         InputError, "must return one number for the batch"),
+        (lambda: descend.fit(torch.nn.Linear(3, 1), (_Xe, _ye), "mse", lr=1e-2, epochs=1,
+                             verbose=0, callbacks=[_HookCB]),
+         ConfigError, "pass an instance: callbacks=[_HookCB()]"),
+        (lambda: descend.fit(torch.nn.Linear(3, 2), (_Xe, _yc), "cross_entropy", lr=1e-2,
+                             epochs=1, verbose=0,
+                             metric=lambda p, t: (p.argmax(1) == t).float()),
+         InputError, "must return one number for the batch"),
+        (lambda: descend.fit(torch.nn.Linear(3, 2), (_Xe, _yc), "cross_entropy", lr=1e-2,
+                             epochs=1, verbose=0, metric="r2"),
+         ConfigError, "'r2' does not apply to the loss cross_entropy"),
+        (lambda: descend.fit(torch.nn.Linear(3, 1), (_Xe, _ye), "mse", lr=1e-2, epochs=1,
+                             verbose=0, metric="accuracy"),
+         ConfigError, "'accuracy' does not apply to the loss mse"),
+        (lambda: descend.fit(torch.nn.Linear(3, 1), (_Xe, _ye), "mse", lr=1e-2, epochs=1,
+                             verbose="yes"),
+         ConfigError, "verbose must be 0 (silent), 1"),
+    ],
+)  # fmt: skip
+def test_common_mistakes_get_a_message_with_the_fix(call, error, says):
+    """Each was a raw error from inside torch or descend (AttributeError, autograd's
+    'grad can be implicitly created only for scalar outputs', a TypeError at the end of the
+    run, a silent 0.0 accuracy for a regression)."""
+    with pytest.raises(error) as caught:
+        call()
+    assert says in str(caught.value)

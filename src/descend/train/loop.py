@@ -100,7 +100,19 @@ class _MetricSum:
         self.count += out.shape[0]
         if callable(self.kind):  # a user's function sees the batches as they were
             n = out.shape[0]
-            self._add("acc", torch.as_tensor(self.kind(out, yb), dtype=torch.float32) * n)
+            v = torch.as_tensor(self.kind(out, yb), dtype=torch.float32)
+            if v.numel() != 1:
+                raise InputError(
+                    message(
+                        f"fit(metric={getattr(self.kind, '__name__', 'metric')})",
+                        "must return one number for the batch (it is averaged over batches, "
+                        "weighted by their sizes)",
+                        f"a tensor of shape {tuple(v.shape)}",
+                        "reduce it over the samples, e.g. return (pred.argmax(1) == target)"
+                        ".float().mean()",
+                    )
+                )
+            self._add("acc", v.reshape(()) * n)
             return
         self._pending.append((out, yb))
         self._pending_elements += out.numel()
@@ -305,6 +317,15 @@ def _callbacks(callbacks: Any) -> list[Callback]:
             )
         ) from None
     for cb in callbacks:
+        if isinstance(cb, type):  # the class (its hooks exist, but unbound: fail mid-run)
+            raise ConfigError(
+                message(
+                    "fit(callbacks)",
+                    "must hold Callback objects, not classes",
+                    f"the class {cb.__name__}",
+                    f"pass an instance: callbacks=[{cb.__name__}()]",
+                )
+            )
         missing = [h for h in _HOOKS if not callable(getattr(cb, h, None))]
         if missing:
             raise ConfigError(
@@ -672,6 +693,22 @@ class Loop:
         check_choice("metric", metric, ("auto", "accuracy", "r2"), owner="fit")
         kind = self.loss.target_kind
         name = metric
+        classify = self.loss.name in ("cross_entropy", "nll", "binary_cross_entropy") or (
+            kind == "index"
+        )
+        regress = self.loss.name in ("mse", "mae", "huber", "poisson")
+        if (metric == "r2" and classify) or (metric == "accuracy" and regress):
+            other = "accuracy" if metric == "r2" else "r2"
+            raise ConfigError(
+                message(
+                    "fit: metric",
+                    f"{metric!r} does not apply to the loss {self.loss.name} ("
+                    + ("class labels" if classify else "real-valued targets")
+                    + ")",
+                    repr(metric),
+                    f"pass metric={other!r} or 'auto', or a function metric(pred, target)",
+                )
+            )
         if metric == "auto":
             if (
                 self.loss.name in ("cross_entropy", "nll", "binary_cross_entropy")
@@ -797,6 +834,16 @@ class Loop:
             )
         y_all = src.y if (src.resident and src.y is not None) else yb
         if y_all is None:
+            if self.loss.target_kind != "any":  # a library loss compares with targets
+                raise InputError(
+                    message(
+                        f"the loss {self.loss.name}",
+                        "compares the predictions with targets",
+                        "data without targets (X alone)",
+                        "pass the data as (X, y), or a loss function of the prediction alone: "
+                        "loss=lambda pred: ...",
+                    )
+                )
             return
         y_all = self._shape_targets(out, y_all)
         custom = self._y_unsqueeze and self.loss.target_kind == "any" and yb is not None
@@ -967,10 +1014,38 @@ class Loop:
                 self._ep_metric.add(out, yb)
             return self._finish_step(value, grads, fast.grad_norm() if flat else None)
         value, out, yb = self._forward_loss(self.model, xb, yb, wb)
-        grads = torch.autograd.grad(value, self._plist, allow_unused=True)
+        try:
+            grads = torch.autograd.grad(value, self._plist, allow_unused=True)
+        except RuntimeError as err:
+            raise self._loss_error(err, value) from err
         if self._ep_metric is not None:
             self._ep_metric.add(out, yb)
         return self._finish_step(value, grads)
+
+    def _loss_error(self, err: RuntimeError, value: Any) -> Exception:
+        """autograd's refusal of the loss value, in the user's terms (or ``err`` itself)."""
+        text = str(err)
+        if torch.is_tensor(value) and value.numel() != 1:
+            return InputError(
+                message(
+                    f"the loss ({self.loss.name})",
+                    "must return one number for the batch (a scalar tensor)",
+                    f"a tensor of shape {tuple(value.shape)}",
+                    "reduce it over the samples, e.g. return ((pred - target) ** 2).mean()",
+                )
+            )
+        if "does not require grad" in text:
+            return InputError(
+                message(
+                    f"the loss ({self.loss.name})",
+                    "must be computed from the model's output with torch operations",
+                    "a value with no gradient (detached, converted with .item()/numpy, or not "
+                    "computed from the prediction)",
+                    "build it from pred with torch operations and return the tensor, "
+                    "without .detach(), .item() or numpy",
+                )
+            )
+        return err
 
     def _forward_loss(
         self,
@@ -1069,7 +1144,10 @@ class Loop:
         share = src.share if src.resident else 1.0 / world.size
         before = None if self._find_unused else self._pre_step_state()
         value, out, yt = self._forward_loss(self._ddp, xb, yb, wb)
-        (value * (share * world.size)).backward()
+        try:
+            (value * (share * world.size)).backward()
+        except RuntimeError as err:
+            raise self._loss_error(err, value) from err
         grads = []
         for p in self._plist:
             grads.append(p.grad)
@@ -2346,6 +2424,16 @@ def fit(
             example="max_time=600",
         )
     check_choice("precision", precision, ("fp32", "bf16"), owner="fit")
+    verbose = plain(verbose)
+    if not isinstance(verbose, int):  # (True and False are 1 and 0)
+        raise ConfigError(
+            message(
+                "fit: verbose",
+                "must be 0 (silent), 1 (progress) or 2 (progress and a line per epoch)",
+                describe(verbose),
+                "pass e.g. verbose=1",
+            )
+        )
     # flags must be flags: guard="off" is a true string, and would have turned the guard on
     for flag, value in (("shuffle", shuffle), ("guard", guard), ("restore_best", restore_best)):
         check_bool(flag, value, owner="fit")
