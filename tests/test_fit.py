@@ -1230,3 +1230,22 @@ def test_common_mistakes_get_a_message_with_the_fix(call, error, says):
     with pytest.raises(error) as caught:
         call()
     assert says in str(caught.value)
+
+
+def test_a_warm_start_leaves_the_state_it_was_given_as_it_was():
+    """fit(opt_state=r1.opt_state) trains on a copy: two continuations branched from r1 start
+    from the same state (the first used to advance r1's moments and step count in place)."""
+    X = torch.randn(200, 3, generator=torch.Generator().manual_seed(0))
+    y = X @ torch.tensor([1.0, -2.0, 0.5])
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    r1 = descend.fit(model, (X, y), "mse", optimizer=descend.optim.adam(lr=1e-2), epochs=2,
+                     verbose=0, seed=0)  # fmt: skip
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    ends = []
+    for _ in range(2):
+        model.load_state_dict(start)
+        descend.fit(model, (X, y), "mse", optimizer=r1.tx, opt_state=r1.opt_state, epochs=2,
+                    verbose=0, seed=0)  # fmt: skip
+        ends.append(model.weight.detach().clone())
+    assert torch.equal(ends[0], ends[1])

@@ -62,15 +62,16 @@ if TYPE_CHECKING:
 __all__ = ["Guard"]
 
 
-def _clone_tree(tree: Any) -> Any:
+def clone_tree(tree: Any) -> Any:
+    """A copy of a state tree: every tensor cloned (detached), containers rebuilt."""
     if torch.is_tensor(tree):
         return tree.detach().clone()
     if isinstance(tree, dict):
-        return {k: _clone_tree(v) for k, v in tree.items()}
+        return {k: clone_tree(v) for k, v in tree.items()}
     if isinstance(tree, tuple):
-        return tuple(_clone_tree(v) for v in tree)
+        return tuple(clone_tree(v) for v in tree)
     if isinstance(tree, list):
-        return [_clone_tree(v) for v in tree]
+        return [clone_tree(v) for v in tree]
     return copy.copy(tree)
 
 
@@ -97,7 +98,7 @@ def _pair_into(dst: Any, src: Any, pairs: list[tuple[torch.Tensor, torch.Tensor]
     if isinstance(dst, (tuple, list)) and type(dst) is type(src) and len(dst) == len(src):
         items = [_pair_into(a, b, pairs) for a, b in zip(dst, src)]
         return type(dst)(items) if isinstance(dst, tuple) else items
-    return _clone_tree(src)
+    return clone_tree(src)
 
 
 def copy_pairs(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -229,7 +230,7 @@ class Guard:
         if self._snapshot is None:
             self._snapshot = (
                 {k: v.detach().clone() for k, v in sd.items()},
-                _clone_tree(loop.opt_state),
+                clone_tree(loop.opt_state),
             )
         else:
             model_copy, opt_copy = self._snapshot

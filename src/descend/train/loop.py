@@ -52,7 +52,7 @@ from descend._errors import (
 from descend.train import autopilot as _autopilot
 from descend.train._mlp import MLPStep, loss_value
 from descend.train.callbacks import Callback, default_progress
-from descend.train.guard import Guard, copy_pairs
+from descend.train.guard import Guard, clone_tree, copy_pairs
 from descend.train.result import History, Result, StopReason
 from descend.transforms import (
     Transform,
@@ -1428,7 +1428,9 @@ class Loop:
                     "pass the Result.opt_state of a run with the same optimizer, or leave it unset",
                 )
             )
-        self.opt_state = _to_device_tree(state, self.device)
+        # A copy: the run must not change the state it was given (an earlier Result's, which
+        # a second warm start from the same point would read again).
+        self.opt_state = clone_tree(_to_device_tree(state, self.device))
         self.refresh_lr_state()
 
     def refresh_lr_state(self) -> None:

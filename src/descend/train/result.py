@@ -174,7 +174,9 @@ class Result:
     Attributes:
         model: the trained module (the same object passed in), holding the best weights when
             ``restore_best`` was on. ``None`` for :func:`descend.minimize`.
-        params: ``{name: tensor}`` of the final (best) parameters.
+        params: ``{name: tensor}`` of the final (best) parameters — the model's own tensors
+            (detached views, no copy): a later ``fit`` of the same model changes them; clone
+            them to keep this run's values.
         history: per-step and per-epoch records.
         stop_reason: why the run stopped (:class:`StopReason`).
         stop_message: the same, as one sentence a person can read.
