@@ -1249,3 +1249,23 @@ def test_a_warm_start_leaves_the_state_it_was_given_as_it_was():
                     verbose=0, seed=0)  # fmt: skip
         ends.append(model.weight.detach().clone())
     assert torch.equal(ends[0], ends[1])
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_the_model_comes_back_in_the_mode_it_came_in(mode):
+    X = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
+    m = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 1))
+    getattr(m, mode)()
+    descend.fit(m, (X, X.sum(1)), "mse", lr=1e-2, epochs=1, verbose=0)
+    assert m.training == (mode == "train") and all(c.training == m.training for c in m)
+
+
+def test_a_run_stopped_before_its_first_epoch_says_so():
+    class Stop(descend.Callback):
+        def on_fit_start(self, loop):
+            loop.request_stop()
+
+    X = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
+    r = descend.fit(torch.nn.Linear(3, 1), (X, X.sum(1)), "mse", lr=1e-2, epochs=3, verbose=0,
+                    callbacks=[Stop()])  # fmt: skip
+    assert r.epochs == 0 and "no epoch had ended" in r.stop_message

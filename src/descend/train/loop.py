@@ -1611,11 +1611,8 @@ class Loop:
         kept = f"restored the best weights ({best})" if self.restore_best else f"best was {best}"
         if self.best_epoch == 0 and not math.isfinite(self.best_loss):
             # no epoch ended with a finite loss: the best is the starting point, never scored
-            kept = (
-                "put the starting weights back (no epoch ended with a finite loss)"
-                if self.restore_best
-                else "no epoch ended with a finite loss"
-            )
+            why = "no epoch had ended" if self.epoch == 0 else "no epoch ended with a finite loss"
+            kept = f"put the starting weights back ({why})" if self.restore_best else why
         if reason is StopReason.PATIENCE:
             decay = (self.autopilot or {}).get("decay")
             during = ""
@@ -2560,6 +2557,7 @@ def fit(
     # CPU model keeps working after fit on a machine that happens to have a GPU (Lightning
     # does the same at teardown). A model already on the accelerator stays there.
     home = _home_device(module, dev)
+    came_training = module.training  # handed back in the mode it came in (eval: no dropout)
     module.to(dev)
     # the loops of the run, the range test's and the race's train in this world
     in_world = contextlib.ExitStack()
@@ -2699,6 +2697,7 @@ def fit(
         result = loop.run(resume=resume_ckpt)
     finally:
         in_world.close()
+        module.train(came_training)
         if home is not None:
             module.to(home)
     if home is not None:  # everything handed back lives where the model does
