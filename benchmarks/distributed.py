@@ -12,7 +12,12 @@ global batch (256) and epochs, every contender a fresh set of processes launched
   process slicing its share of every batch of the same seeded permutation, ``torch.optim.AdamW``
   (fused), ``loss.backward()``; no validation, no history, no guard;
 - ``fit N procs x 1 thread, a layer outside the loss``: the same model beside a layer the loss
-  never reaches, so DDP searches the graph for unused parameters at every step.
+  never reaches, so DDP searches the graph for unused parameters at every step;
+- ``fit N procs x 1 thread, FSDP2``: the model sharded with ``fully_shard`` (each Linear, then
+  the root) and passed to ``descend.fit`` as it is: no DDP; each process holds half of every
+  parameter, gradient and AdamW moment;
+- ``FSDP2 loop N procs x 1 thread``: the same sharded model in the hand-written loop above
+  (``torch.optim.AdamW``, foreach: the default for DTensor parameters).
 
 Reported: seconds per epoch (median over repeats; the first epoch of each run is not timed:
 process start, DDP setup), the ratio to ``fit`` in one single-threaded process, and the final
@@ -84,21 +89,38 @@ class EpochClock(descend.train.Callback):
         self.ends.append(time.perf_counter())
 
 
-def run_fit(epochs: int, spare: bool = False) -> tuple[list[float], float]:
+def sharded() -> torch.nn.Module:
+    from torch.distributed.fsdp import fully_shard
+
+    m = model()
+    for layer in m:
+        if isinstance(layer, torch.nn.Linear):
+            fully_shard(layer)
+    fully_shard(m)
+    return m
+
+
+def run_fit(epochs: int, spare: bool = False, shard: bool = False) -> tuple[list[float], float]:
     X, y = data()
     clock = EpochClock()
     r = descend.fit(
-        WithSpare() if spare else model(), (X, y), "cross_entropy", optimizer=descend.optim.adamw(lr=1e-3, weight_decay=0.01),
+        WithSpare() if spare else sharded() if shard else model(), (X, y), "cross_entropy", optimizer=descend.optim.adamw(lr=1e-3, weight_decay=0.01),
         epochs=epochs, batch_size=BS, validation=None, patience=None, metric=None, verbose=0,
         seed=0, guard=True, callbacks=[clock],
     )  # fmt: skip
     return clock.ends, r.history.train_loss[-1]
 
 
-def run_ddp_loop(epochs: int, rank: int, world: int) -> tuple[list[float], float]:
+def run_ddp_loop(
+    epochs: int, rank: int, world: int, shard: bool = False
+) -> tuple[list[float], float]:
     X, y = (torch.as_tensor(a) for a in data())
-    m = torch.nn.parallel.DistributedDataParallel(model())
-    opt = torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=0.01, fused=True)
+    if shard:
+        m = sharded()
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=0.01)
+    else:
+        m = torch.nn.parallel.DistributedDataParallel(model())
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=0.01, fused=True)
     ends, last = [], 0.0
     for epoch in range(epochs):
         perm = torch.randperm(N, generator=torch.Generator().manual_seed(epoch))
@@ -128,10 +150,10 @@ def worker(mode: str, rank: int, world: int, threads: int, epochs: int, out: Pat
             "gloo", init_method=f"file://{out.parent / (out.stem + '.group')}", rank=rank,
             world_size=world,
         )  # fmt: skip
-    if mode == "ddp":
-        ends, loss = run_ddp_loop(epochs, rank, world)
+    if mode in ("ddp", "fsdp-loop"):
+        ends, loss = run_ddp_loop(epochs, rank, world, shard=mode == "fsdp-loop")
     else:
-        ends, loss = run_fit(epochs, spare=mode == "fit-spare")
+        ends, loss = run_fit(epochs, spare=mode == "fit-spare", shard=mode == "fit-fsdp")
     if rank == 0:
         per_epoch = [b - a for a, b in itertools.pairwise(ends)]  # from the end of epoch 1
         out.write_text(json.dumps({"per_epoch": per_epoch, "loss": loss}))
@@ -161,6 +183,7 @@ def main() -> None:
     ap.add_argument("--procs", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--only", help="run the contenders whose name contains this text")
     ap.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -174,7 +197,11 @@ def main() -> None:
         f"fit {P} procs x 1 thread": ("fit", P, 1),
         f"DDP loop {P} procs x 1 thread": ("ddp", P, 1),
         f"fit {P} procs x 1 thread, a layer outside the loss": ("fit-spare", P, 1),
+        f"fit {P} procs x 1 thread, FSDP2": ("fit-fsdp", P, 1),
+        f"FSDP2 loop {P} procs x 1 thread": ("fsdp-loop", P, 1),
     }
+    if args.only:
+        contenders = {k: v for k, v in contenders.items() if args.only in k}
     times: dict[str, list[float]] = {k: [] for k in contenders}
     losses: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as d:
@@ -188,7 +215,7 @@ def main() -> None:
         f"{torch.__version__}, python {platform.python_version()}; {N:,} x {D}, MLP {D}-{W}-{W}-"
         f"{C}, batch {BS} (global), {args.epochs} timed epochs x {args.repeats} repeats\n"
     )
-    base = statistics.median(times["fit 1 proc x 1 thread"])
+    base = statistics.median(times.get("fit 1 proc x 1 thread") or next(iter(times.values())))
     print("| contender | s / epoch | speed-up vs fit 1 proc x 1 thread | final train loss |")
     print("|---|---:|---:|---:|")
     for k, v in times.items():
