@@ -271,6 +271,18 @@ def run(scenario: str, out: Path, rank: int, world: int):
             torch.nn.Linear(16, 1),
         )  # fmt: skip
         return m, descend.fit(m, (X, y), "mse", optimizer="adamw", epochs=1, batch_size=3, **common)
+    if scenario == "nan-step":  # the divergence guard: a NaN loss at one step, rolled back
+        X, y = data("reg")
+        m = model(1)
+        calls = [0]
+
+        def spiky(pred, target):
+            calls[0] += 1
+            v = torch.nn.functional.mse_loss(pred, target)
+            return v * float("nan") if calls[0] == 12 else v
+
+        opt = descend.optim.adamw(lr=3e-3)
+        return m, descend.fit(m, (X, y), spiky, optimizer=opt, epochs=3, batch_size=33, **common)
     if scenario == "optimizers":  # every library optimizer (a sharded model: on its shards)
         X, y = data("clf")
         models, r = {}, None
