@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, TensorDataset
 
+import descend
 from descend import data as D
 from descend._errors import ConfigError, InputError
 
@@ -722,3 +723,12 @@ def test_fit_trains_batch_norm_when_a_batch_of_one_would_be_left():
         plain, (X, y), "mse", lr=0.01, epochs=2, batch_size=4, validation=None, verbose=0
     )
     assert r.steps == 6  # without batch norm the batches are as asked
+
+
+@pytest.mark.parametrize("kind", ["torch", "numpy"])
+def test_a_list_of_x_and_y_is_told_to_be_a_tuple(kind):
+    X = torch.randn(20, 3)
+    y = X.sum(1)
+    pair = [X, y] if kind == "torch" else [X.numpy(), y.numpy()]
+    with pytest.raises(InputError, match=r"as a tuple \(X, y\), not a list \[X, y\]"):
+        descend.fit(torch.nn.Linear(3, 1), pair, "mse", epochs=1, verbose=0)

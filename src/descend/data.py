@@ -1240,7 +1240,7 @@ def _shape_of(v: Any) -> Any:
         return f"a ragged {type(v).__name__}"
 
 
-def _stack(values: list[Any], what: str) -> Any:
+def _stack(values: list[Any], what: str, pair_hint: bool = False) -> Any:
     try:
         if all(isinstance(v, torch.Tensor) for v in values):
             return torch.stack([v.detach() for v in values])
@@ -1254,7 +1254,10 @@ def _stack(values: list[Any], what: str) -> Any:
                 what,
                 "must all have the same shape to be stacked",
                 f"shapes such as {', '.join(str(s) for s in shapes)}",
-                "pad or crop them to one shape, or stream a DataLoader with its own collate_fn",
+                "pass features and targets as a tuple (X, y), not a list [X, y]"
+                if pair_hint
+                else "pad or crop them to one shape, or stream a DataLoader with its own "
+                "collate_fn",
             )
         ) from err
 
@@ -1291,7 +1294,9 @@ def _raw(obj: Any, what: str, tabular_float: bool) -> torch.Tensor | np.ndarray:
         return _from_arrow(obj, what, tabular_float)
     if isinstance(obj, (list, tuple)):
         if obj and all(isinstance(v, torch.Tensor) for v in obj):
-            return _stack(list(obj), f"{what} rows")
+            # [X, y] of two tensors of different shapes is (X, y) written as a list
+            pair = isinstance(obj, list) and len(obj) == 2 and obj[0].shape != obj[1].shape
+            return _stack(list(obj), f"{what} rows", pair_hint=pair and obj[0].dim() > 0)
         try:
             return np.asarray(obj)
         except ValueError as err:
@@ -1300,7 +1305,11 @@ def _raw(obj: Any, what: str, tabular_float: bool) -> torch.Tensor | np.ndarray:
                     what,
                     "must be rectangular: every row the same length",
                     "a ragged list",
-                    "pad the rows to one length, or pass a numpy array",
+                    "pass features and targets as a tuple (X, y), not a list [X, y]"
+                    if isinstance(obj, list)
+                    and len(obj) == 2
+                    and all(hasattr(v, "shape") and len(v.shape) > 0 for v in obj)
+                    else "pad the rows to one length, or pass a numpy array",
                 )
             ) from err
     if isinstance(obj, (str, bytes, dict, set, numbers.Number)) or not hasattr(obj, "__array__"):
