@@ -678,3 +678,36 @@ def test_onecycle_drives_each_groups_rate_and_momentum_like_torch(which):
     assert _close(a, b, 1e-10)
     key = "betas" if which == "adamw" else "momentum"
     assert [g[key] for g in tb.param_groups] == [g[key] for g in ta.param_groups]
+
+
+_LAYOUT_CASES = {
+    "sgd": (lambda: optim.sgd(0.1), lambda ps: torch.optim.SGD(ps, 0.1)),
+    "momentum": (
+        lambda: optim.sgd(0.1, momentum=0.9, weight_decay=0.01),
+        lambda ps: torch.optim.SGD(ps, 0.1, momentum=0.9, weight_decay=0.01),
+    ),
+    "adamw": (lambda: optim.adamw(0.1, mask=None), lambda ps: torch.optim.AdamW(ps, 0.1)),
+    "adam-amsgrad": (
+        lambda: optim.adam(0.1, amsgrad=True),
+        lambda ps: torch.optim.Adam(ps, 0.1, amsgrad=True),
+    ),
+}
+
+
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("case", sorted(_LAYOUT_CASES))
+def test_a_gradient_laid_out_unlike_its_parameter_follows_torch(case, fused):
+    # p.grad = g.t() (or torch.autograd.grad through W.t()): torch's fused kernels walk raw
+    # memory, so the gradient must be brought to the parameter's layout first
+    make, make_torch = _LAYOUT_CASES[case]
+    torch.manual_seed(0)
+    grads = [torch.randn(4, 3).t() for _ in range(4)]
+    assert not grads[0].is_contiguous()
+    got, want = torch.nn.Parameter(torch.ones(3, 4)), torch.nn.Parameter(torch.ones(3, 4))
+    ours = optim.as_torch_optimizer(make(), {"p": got}, fused_step=fused)
+    theirs = make_torch([want])
+    for g in grads:
+        got.grad, want.grad = g, g.clone()
+        ours.step()
+        theirs.step()
+    assert torch.allclose(got, want, atol=1e-6)

@@ -113,7 +113,8 @@ def scale_by_adam(
             if path == "fused" and kernel.supports(gs[0]):
                 # The kernel does x ← x − lr·m̂/(√v̂ + ε); on zeros with lr = −1 it writes the
                 # Adam direction into a fresh buffer.
-                u = [torch.zeros_like(g, memory_format=torch.preserve_format) for g in gs]
+                # laid out as the moments (the parameters'), which the kernel walks with it
+                u = [torch.zeros_like(m, memory_format=torch.preserve_format) for m in ms]
                 v_maxes = [state["max_exp_avg_sq"][n] for n in grp] if amsgrad else []
                 kernel(u, gs, ms, vs, v_maxes, t, lr=-1.0)
                 out.update(zip(grp, u))
