@@ -711,3 +711,20 @@ def test_a_gradient_laid_out_unlike_its_parameter_follows_torch(case, fused):
         ours.step()
         theirs.step()
     assert torch.allclose(got, want, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_reduced_precision_sgd_on_cpu_follows_torch(dtype, momentum):
+    # torch's CPU fused SGD kernel is wrong past 8 elements in bfloat16/float16
+    torch.manual_seed(0)
+    grads = [torch.randn(4, 5).to(dtype) for _ in range(3)]
+    got = torch.nn.Parameter(torch.zeros(4, 5, dtype=dtype))
+    want = torch.nn.Parameter(torch.zeros(4, 5, dtype=dtype))
+    ours = optim.as_torch_optimizer(optim.sgd(0.1, momentum=momentum), {"p": got})
+    theirs = torch.optim.SGD([want], 0.1, momentum=momentum)
+    for g in grads:
+        got.grad, want.grad = g, g.clone()
+        ours.step()
+        theirs.step()
+    assert torch.allclose(got.float(), want.float(), atol=1e-2)

@@ -29,6 +29,7 @@ _ADAM = getattr(torch, "_fused_adam_", None)
 _ADAMW = getattr(torch, "_fused_adamw_", None)
 _SGD = getattr(torch, "_fused_sgd_", None)
 _DEVICES = frozenset(fused_devices())
+_REDUCED = frozenset({torch.bfloat16, torch.float16})
 _PROBED: dict[tuple[str, str, torch.dtype], bool] = {}
 
 
@@ -180,6 +181,11 @@ class SGDKernel:
 
     @staticmethod
     def supports(tensor: torch.Tensor) -> bool:
+        # torch's CPU fused SGD is wrong for bfloat16/float16 tensors of more than 8 elements
+        # (its vectorised loop; the 2-element probe passes), and torch.optim.SGD does not use
+        # it by default: the foreach path, which matches torch.optim.SGD, runs there instead.
+        if tensor.device.type == "cpu" and tensor.dtype in _REDUCED:
+            return False
         return _supported("sgd", _SGD, _probe_sgd, tensor)
 
     def __call__(self, out, gs, bufs, *, first: bool, lr: float, wd: float = 0.0) -> None:
