@@ -84,6 +84,11 @@ ORACLE = {
         lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
         lambda impl: optim.nesterov(0.05, momentum=0.9, weight_decay=0.01, impl=impl),
     ),
+    # torch ignores dampening while momentum is 0
+    "momentum-0-dampening": (
+        lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.0, dampening=0.5),
+        lambda impl: optim.momentum(0.05, momentum=0.0, dampening=0.5, impl=impl),
+    ),
     # torch's (and optax's) spelling: sgd with the momentum keywords
     "sgd-momentum": (
         lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, dampening=0.1, weight_decay=0.01),

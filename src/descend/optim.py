@@ -372,7 +372,7 @@ def momentum(
     Args:
         lr: η > 0.
         momentum: μ in [0, 1).
-        dampening: in [0, 1].
+        dampening: in [0, 1]; ignored while μ = 0 (as torch.optim.SGD).
         weight_decay: λ >= 0, coupled L2.
         schedule, max_grad_norm, impl: see the module docstring.
     """
