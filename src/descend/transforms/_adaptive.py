@@ -20,6 +20,7 @@ from descend.transforms._kernels import AdamKernel
 from descend.transforms._util import (
     FUSED_IMPLS,
     Impl,
+    check_real,
     groups,
     present,
     resolve_impl,
@@ -71,6 +72,7 @@ def scale_by_adam(
     kernel = AdamKernel(b1, b2, eps, amsgrad)
 
     def init(params: Params) -> State:
+        check_real(params, owner)
         state = {
             "count": 0,
             "exp_avg": zeros_like_all(params),
@@ -174,6 +176,7 @@ def scale_by_nadam(
     path = resolve_impl(impl, owner)
 
     def init(params: Params) -> State:
+        check_real(params, owner)
         return {
             "count": 0,
             "mu_product": 1.0,
@@ -254,6 +257,7 @@ def scale_by_rms(
     path = resolve_impl(impl, owner)
 
     def init(params: Params) -> State:
+        check_real(params, owner)
         state = {"square_avg": zeros_like_all(params)}
         if centered:
             state["grad_avg"] = zeros_like_all(params)
@@ -328,6 +332,7 @@ def scale_by_adagrad(
     path = resolve_impl(impl, owner)
 
     def init(params: Params) -> State:
+        check_real(params, owner)
         return {"count": 0, "sum": zeros_like_all(params, initial)}
 
     def update_reference(grads: Updates, state: State, params: Params | None, owned: bool):

@@ -188,6 +188,25 @@ def zeros_like_all(
     }
 
 
+def check_real(params: Mapping[str, torch.Tensor], owner: str) -> None:
+    """Refuse complex parameters where an update squares, takes the sign of, or otherwise treats
+    gradients elementwise as reals (``g·g`` is not ``|g|²`` for complex ``g``). torch.optim runs
+    such a parameter as ``torch.view_as_real``; descend asks the user to do that instead, so the
+    state, the checkpoint and the update all see the same real tensor. Checked once, at init."""
+    for name, p in params.items():
+        if isinstance(p, torch.Tensor) and p.is_complex():
+            raise ConfigError(
+                message(
+                    f"{owner}: parameter {name!r}",
+                    "must be real (this optimizer's update is defined for real numbers only)",
+                    f"dtype {p.dtype}",
+                    "optimize torch.view_as_real(param) in its place (a float tensor with a last "
+                    "axis of 2, which is what torch.optim does inside), or use sgd, momentum or "
+                    "nesterov, which take complex parameters",
+                )
+            )
+
+
 def need_params(params: Any, owner: str) -> None:
     if params is None:
         raise ConfigError(
