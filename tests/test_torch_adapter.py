@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -728,3 +730,42 @@ def test_reduced_precision_sgd_on_cpu_follows_torch(dtype, momentum):
         ours.step()
         theirs.step()
     assert torch.allclose(got.float(), want.float(), atol=1e-2)
+
+
+def test_dict_masks_and_muon_partition_of_a_model_work_in_the_adapter():
+    # the adapter reads its defaults from the transform initialised with no parameters: a
+    # dict naming the model's parameters must not be refused there (muon's docstring example)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16), torch.nn.ReLU(),
+        torch.nn.Linear(16, 1),
+    ).double()  # fmt: skip
+    mask = {n: n.endswith("weight") for n, _ in model.named_parameters()}
+    batches = [(x, y[:, :1]) for x, y in _batches(3)]
+    for make in (
+        lambda: optim.muon(partition=model),
+        lambda: optim.muon(partition=optim.muon_partition(model)),
+        lambda: optim.adamw(1e-2, mask=mask),
+    ):
+        a = copy.deepcopy(model)
+        _torch_loop(a, optim.as_torch_optimizer(make(), a, fused_step=False), batches)
+        b = copy.deepcopy(model)
+        tx = make()
+        params = dict(b.named_parameters())
+        state = tx.init(params)
+        for x, y in batches:
+            b.zero_grad()
+            torch.nn.functional.mse_loss(b(x), y).backward()
+            updates, state = tx.update({n: p.grad for n, p in params.items()}, state, params)
+            apply_updates(params, updates)
+        assert _same(a, b)
+    # a dict mask may name parameters of the other groups
+    head = dict(model[4].named_parameters(prefix="4"))
+    body = {n: p for n, p in model.named_parameters() if n not in head}
+    opt = optim.as_torch_optimizer(
+        optim.adamw(1e-2, mask=mask), [{"params": body}, {"params": head, "lr": 1e-3}]
+    )
+    torch.nn.functional.mse_loss(model(batches[0][0]), batches[0][1]).backward()
+    opt.step()
+    with pytest.raises(ConfigError, match=r"mask must name existing parameters.*'4\.wieght'"):
+        optim.as_torch_optimizer(optim.adamw(mask={"4.wieght": True}), model)

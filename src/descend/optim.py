@@ -87,6 +87,7 @@ from descend.transforms._util import (
     Impl,
     Mask,
     check_callable,
+    whole_params,
 )
 
 __all__ = [
@@ -1423,7 +1424,12 @@ class TorchOptimizer(torch.optim.Optimizer):
         )
         self._groups: list[_Group] = []
         self.named: Params = {}
-        probe = _Group(tx, {}, None)
+        # Every group's parameters: each group's transform is initialised for its part of them,
+        # so a dict mask (adamw(mask={...}), muon(partition=model)) may name any of them; the
+        # probe that reads the defaults is initialised with none.
+        self._whole: Params = {n: p for named, _ in groups for n, p in dict(named).items()}
+        with whole_params(self._whole):
+            probe = _Group(tx, {}, None)
         self.base_lr = probe.base_lr
         defaults: dict[str, Any] = {}
         if self._built is not None:
@@ -1435,9 +1441,11 @@ class TorchOptimizer(torch.optim.Optimizer):
             defaults["momentum"] = probe.momentum.momentum
         self._pending = [dict(named) for named, _ in groups]
         self._building = True
-        super().__init__(
-            [{**dict(opts), "params": list(named.values())} for named, opts in groups], defaults
-        )
+        with whole_params(self._whole):
+            super().__init__(
+                [{**dict(opts), "params": list(named.values())} for named, opts in groups],
+                defaults,
+            )
         self._building = False
         # Where the state was made: torch's optimizers make theirs at the first step, so a
         # model moved or cast after the optimizer was built (``model.to(device)``,
@@ -1528,7 +1536,12 @@ class TorchOptimizer(torch.optim.Optimizer):
             param_group = {**param_group, "params": list(named.values())}
         opts = self._options(i, param_group)
         super().add_param_group(param_group)
-        group = self._build(i, opts, named)
+        if self._building:
+            group = self._build(i, opts, named)
+        else:
+            self._whole = {**self.named, **named}
+            with whole_params(self._whole):
+                group = self._build(i, opts, named)
         if group.tx is not self.tx or "lr" not in opts:
             self.param_groups[i]["lr"] = group.seen_lr = group.base_lr
         self._groups.append(group)
@@ -1548,7 +1561,9 @@ class TorchOptimizer(torch.optim.Optimizer):
         except ConfigError as e:
             raise ConfigError(f"param_groups[{i}][{key!r}]: {e}") from None
         try:
-            state = _load_into(tx.init(g.named), g.state, "state")
+            with whole_params(self._whole):
+                fresh = tx.init(g.named)
+            state = _load_into(fresh, g.state, "state")
         except CheckpointError:
             raise ConfigError(
                 message(
