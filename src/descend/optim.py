@@ -87,6 +87,7 @@ from descend.transforms._util import (
     Impl,
     Mask,
     check_callable,
+    whole_or,
     whole_params,
 )
 
@@ -1093,7 +1094,9 @@ def muon(
         adamw_weight_decay: the AdamW part's decay (default: ``weight_decay``), on its
             parameters with ndim >= 2 (embeddings, the output layer), never biases and gains.
         partition: ``None`` (the rules of :func:`muon_partition` on the names and shapes seen at
-            ``init``), a model (its module types are used too), a dict ``{name: "muon" |
+            ``init``; with parameter groups in ``as_torch_optimizer``, on all the groups'
+            parameters in the groups' order, so the output layer is the last matrix of the
+            last group that has one), a model (its module types are used too), a dict ``{name: "muon" |
             "adamw"}`` or a callable ``(name, tensor) -> "muon" | "adamw"``.
         ns_dtype: the Newton–Schulz dtype, ``"auto"``: bfloat16 on GPUs, the parameters' on CPU.
         schedule, max_grad_norm, impl: see the module docstring (``impl``: foreach, the batched
@@ -1134,14 +1137,18 @@ def muon(
         split = partition_transform(parts, labels)
     else:
         # the automatic rules need the whole parameter dict (the last matrix is the output
-        # layer), so they run at init and the partition transform reads the table
+        # layer), so they run at init and the partition transform reads the table; for one
+        # parameter group of as_torch_optimizer they run on all the groups' parameters (else
+        # each group's last matrix would be taken for the output layer)
         auto: dict[str, str] = {}
         split = partition_transform(parts, lambda name, tensor: auto[name])
         split_init = split.init
 
         def init(params: Params) -> Any:
+            whole = whole_or(params)
+            table = muon_partition(dict(whole if all(n in whole for n in params) else params))
             auto.clear()
-            auto.update(muon_partition(params))
+            auto.update((n, table[n]) for n in params)
             return split_init(params)
 
         split = Transform(init, split.update)
