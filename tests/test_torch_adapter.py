@@ -775,3 +775,26 @@ def test_dict_masks_and_muon_partition_of_a_model_work_in_the_adapter():
     opt.step()
     with pytest.raises(ConfigError, match=r"mask must name existing parameters.*'4\.wieght'"):
         optim.as_torch_optimizer(optim.adamw(mask={"4.wieght": True}), model)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda m: optim.as_torch_optimizer(optim.adamw(1e-2), m),
+        lambda m: optim.as_torch_optimizer(optim.sgd(0.05, momentum=0.9), _groups(m, 1e-2)),
+        lambda m: optim.as_torch_optimizer(chain(scale_by_adam(), scale(-1e-2)), m),
+    ],
+    ids=["adamw", "momentum-groups", "hand-made"],
+)
+def test_deepcopy_steps_independently_and_identically(make):
+    batches = _batches(6)
+    model = _model()
+    opt = make(model)
+    _torch_loop(model, opt, batches[:2])
+    model2, opt2 = copy.deepcopy((model, opt))
+    assert all(p2 is q for p2, q in zip(model2.parameters(), opt2.param_groups[0]["params"]))
+    _torch_loop(model2, opt2, batches[2:])  # the copy first: the original must not move
+    assert not _same(model, model2)
+    _torch_loop(model, opt, batches[2:])
+    assert _same(model, model2)
+    assert opt2.state_dict()["param_groups"] == opt.state_dict()["param_groups"]

@@ -30,6 +30,7 @@ implementations (tests check the trajectories against the ``schedulefree``, ``pr
 
 from __future__ import annotations
 
+import copy
 import difflib
 import functools
 import inspect
@@ -1460,6 +1461,37 @@ class TorchOptimizer(torch.optim.Optimizer):
         # parameters at the next step instead (checked on the first one: a whole-model move).
         self._first = next(iter(self.named.values()), None)
         self._placed = self._where()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> TorchOptimizer:
+        """An independent optimizer over copies of the parameters (the same ones as the model's
+        copy when both are copied together, ``copy.deepcopy((model, opt))``), with a copy of
+        every state tensor. torch's ``Optimizer.__getstate__`` keeps only
+        defaults/state/param_groups, which is not enough here: the transforms are closures.
+        A factory-built group's transform is built again from its arguments (so the copies
+        share no holder of betas/momentum or cache); a hand-made transform is shared (its
+        state lives in the copied state tree, and each step syncs its betas/momentum holder
+        from its own group first)."""
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        fresh: dict[int, Transform] = {}
+        if self._built is not None:
+            factory, args = self._built
+            fresh[id(self.tx)] = factory(**args)
+            for g in self._groups:
+                if g.args is not None and id(g.tx) not in fresh:
+                    fresh[id(g.tx)] = factory(**g.args)
+        for g in self._groups:
+            for tx in (self.tx, g.tx):
+                mine = fresh.get(id(tx), tx)
+                memo[id(tx)] = mine
+                hyper = getattr(tx.update, "hyper", None)
+                if hyper is not None:
+                    memo[id(hyper)] = getattr(mine.update, "hyper", None)
+            if g.args is not None:
+                memo[id(g.args)] = g.args  # never changed in place; may hold a model
+        memo[id(self._built)] = self._built
+        new.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return new
 
     @property
     def tx_state(self) -> State:
