@@ -1110,3 +1110,15 @@ def test_numpy_numbers_are_numbers():
     assert r.epochs == 2
     with pytest.raises(ConfigError, match=r"seed must be an integer in \[0, 2\*\*63\)"):
         run(epochs=1, seed=2**70)
+
+
+def test_sparse_gradients_are_refused_by_name():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Embedding(10, 4, sparse=True), torch.nn.Flatten(), torch.nn.Linear(4, 1)
+    )
+    x, y = torch.randint(0, 10, (32, 1)), torch.randn(32, 1)
+    with pytest.raises(
+        ConfigError, match=r"fit: the gradient of '0\.weight' must be dense.*sparse=False"
+    ):
+        descend.fit(model, (x, y), "mse", optimizer="adamw", epochs=1, verbose=0, validation=None)

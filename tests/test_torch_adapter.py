@@ -798,3 +798,12 @@ def test_deepcopy_steps_independently_and_identically(make):
     _torch_loop(model, opt, batches[2:])
     assert _same(model, model2)
     assert opt2.state_dict()["param_groups"] == opt.state_dict()["param_groups"]
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw", "adagrad"])
+def test_sparse_gradients_are_refused_by_name(name):
+    emb = torch.nn.Embedding(10, 4, sparse=True)
+    opt = optim.as_torch_optimizer(optim.get(name, lr=0.1), emb)
+    emb(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(ConfigError, match=r"gradient of 'weight' must be dense.*sparse=False"):
+        opt.step()

@@ -88,6 +88,7 @@ from descend.transforms._util import (
     Impl,
     Mask,
     check_callable,
+    check_dense,
     whole_or,
     whole_params,
 )
@@ -1670,6 +1671,7 @@ class TorchOptimizer(torch.optim.Optimizer):
             grads = {n: p.grad for n, p in g.named.items() if p.grad is not None}
             if not grads:
                 continue
+            check_dense(grads, "optimizer.step")
             with torch.no_grad():
                 if self.fused_step:
                     g.state = update_and_apply(g.tx, grads, g.state, g.named)

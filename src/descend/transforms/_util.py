@@ -234,6 +234,23 @@ def check_real(params: Mapping[str, torch.Tensor], owner: str) -> None:
             )
 
 
+def check_dense(grads: Mapping[str, torch.Tensor | None], owner: str) -> None:
+    """Refuse a sparse gradient (``nn.Embedding(sparse=True)``) by name, before torch fails
+    on it deep inside a kernel: every descend optimizer updates every element. One attribute
+    read per gradient."""
+    for name, g in grads.items():
+        if g is not None and g.layout is not torch.strided:
+            raise ConfigError(
+                message(
+                    f"{owner}: the gradient of {name!r}",
+                    "must be dense (descend's optimizers update every element of a parameter)",
+                    f"a sparse gradient ({g.layout})",
+                    "build the module with sparse=False (e.g. nn.Embedding(..., sparse=False)), "
+                    "or train that parameter with torch.optim.SparseAdam or torch.optim.SGD",
+                )
+            )
+
+
 def need_params(params: Any, owner: str) -> None:
     if params is None:
         raise ConfigError(
