@@ -1410,6 +1410,15 @@ class TorchOptimizer(torch.optim.Optimizer):
     step), and follows the parameters when the model is moved or cast afterwards
     (``model.to(device)``, ``model.double()``): the next ``step()`` moves it.
 
+    **One step count for all parameters** (unlike torch's per-parameter ``state[p]["step"]``):
+    a transform counts the optimizer's steps, not each parameter's. A parameter that first gets
+    a gradient at step ``k`` (a head unfrozen later, a branch unused until then) gets Adam's bias
+    correction for step ``k`` on its first update, not for step 1: that update is
+    ``(1 − β1)/(1 − β1^k) · sqrt((1 − β2^k)/(1 − β2))`` times torch's (0.58 for the default
+    betas at ``k = 4``). Momentum SGD with ``dampening > 0`` likewise scales that parameter's
+    first gradient by ``1 − dampening`` where torch copies it.
+    Parameters that get a gradient from the first step on follow torch exactly.
+
     Schedule-free optimizers: call ``opt.eval()`` before evaluating or saving the weights (the
     parameters become the averaged point) and ``opt.train()`` before training again, next to
     ``model.eval()``/``model.train()``. ``step()`` in eval mode raises; for every other
