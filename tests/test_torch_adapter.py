@@ -807,3 +807,16 @@ def test_sparse_gradients_are_refused_by_name(name):
     emb(torch.tensor([1, 2])).sum().backward()
     with pytest.raises(ConfigError, match=r"gradient of 'weight' must be dense.*sparse=False"):
         opt.step()
+
+
+def test_state_dict_hooks_run_as_in_torch():
+    calls = []
+    opt = optim.as_torch_optimizer(optim.adamw(0.01), _model())
+    opt.register_state_dict_pre_hook(lambda o: calls.append("sd_pre"))
+    opt.register_state_dict_post_hook(lambda o, sd: {**sd, "tag": calls.append("sd_post")})
+    opt.register_load_state_dict_pre_hook(lambda o, sd: calls.append(("load_pre", sd["tag"])))
+    opt.register_load_state_dict_post_hook(lambda o: calls.append("load_post"))
+    saved = opt.state_dict()
+    assert "tag" in saved  # a post hook's returned dict is the result
+    opt.load_state_dict(saved)
+    assert calls == ["sd_pre", "sd_post", ("load_pre", None), "load_post"]

@@ -1751,8 +1751,11 @@ class TorchOptimizer(torch.optim.Optimizer):
         entry a group.
 
         Tensors are the live state (like torch's ``state_dict``): copy them to keep a
-        snapshot while training goes on.
+        snapshot while training goes on. Hooks registered with torch's
+        ``register_state_dict_pre_hook``/``register_state_dict_post_hook`` run as in torch.
         """
+        for pre_hook in self._optimizer_state_dict_pre_hooks.values():
+            pre_hook(self)
         groups = []
         for shown, g in zip(self.param_groups, self._groups):
             group = {k: v for k, v in shown.items() if k != "params"}
@@ -1762,14 +1765,32 @@ class TorchOptimizer(torch.optim.Optimizer):
         # moved group["lr"] since, and the resumed optimizer must notice that too.
         synced = [g.seen_lr for g in self._groups]
         one = len(self._groups) == 1
-        return {
+        state_dict = {
             "state": self.tx_state,
             "param_groups": groups,
             "synced_lr": synced[0] if one else synced,
         }
+        for post_hook in self._optimizer_state_dict_post_hooks.values():
+            result = post_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        return state_dict
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:  # type: ignore[override]
-        """Restore a :meth:`state_dict` (tensors are copied into this optimizer's buffers)."""
+        """Restore a :meth:`state_dict` (tensors are copied into this optimizer's buffers).
+        Hooks registered with torch's ``register_load_state_dict_pre_hook``/``..._post_hook``
+        run as in torch (a pre-hook may return a replacement state dict)."""
+        if isinstance(state_dict, Mapping):
+            state_dict = dict(state_dict)  # as torch: a hook may edit its copy, not the caller's
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = pre_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        self._load_state_dict(state_dict)
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
+
+    def _load_state_dict(self, state_dict: Any) -> None:
         if not isinstance(state_dict, Mapping) or not {"state", "param_groups"} <= set(state_dict):
             raise CheckpointError(
                 message(
