@@ -1269,3 +1269,15 @@ def test_a_run_stopped_before_its_first_epoch_says_so():
     r = descend.fit(torch.nn.Linear(3, 1), (X, X.sum(1)), "mse", lr=1e-2, epochs=3, verbose=0,
                     callbacks=[Stop()])  # fmt: skip
     assert r.epochs == 0 and "no epoch had ended" in r.stop_message
+
+
+def test_sparse_gradients_are_refused_by_name():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Embedding(10, 4, sparse=True), torch.nn.Flatten(), torch.nn.Linear(4, 1)
+    )
+    x, y = torch.randint(0, 10, (32, 1)), torch.randn(32, 1)
+    with pytest.raises(
+        ConfigError, match=r"fit: the gradient of '0\.weight' must be dense.*sparse=False"
+    ):
+        descend.fit(model, (x, y), "mse", optimizer="adamw", epochs=1, verbose=0, validation=None)

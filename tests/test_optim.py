@@ -84,6 +84,11 @@ ORACLE = {
         lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
         lambda impl: optim.nesterov(0.05, momentum=0.9, weight_decay=0.01, impl=impl),
     ),
+    # torch ignores dampening while momentum is 0
+    "momentum-0-dampening": (
+        lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.0, dampening=0.5),
+        lambda impl: optim.momentum(0.05, momentum=0.0, dampening=0.5, impl=impl),
+    ),
     # torch's (and optax's) spelling: sgd with the momentum keywords
     "sgd-momentum": (
         lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, dampening=0.1, weight_decay=0.01),
@@ -531,3 +536,30 @@ def test_a_built_optimizer_says_how_it_was_built():
     assert r.optimizer == repr(tx)
     plain = descend.transforms.chain(descend.transforms.scale(-0.1))  # hand-built: no call
     assert repr(plain).startswith("Transform(init=")
+
+
+# sgd, momentum, nesterov, schedule-free SGD and LARS are linear in g (LARS's norms are |g|):
+# a complex parameter runs as torch.optim runs it, as its view_as_real; the rest refuse one
+COMPLEX_OK = {"sgd", "momentum", "nesterov", "schedulefree_sgd", "lars"}
+
+
+@pytest.mark.parametrize("name", optim.names())
+def test_complex_parameters_follow_view_as_real_or_are_refused(name):
+    z0 = torch.tensor([[1 + 1j, 2 - 1j], [0.5 - 2j, -1 + 0.3j]], dtype=torch.complex128)
+    weight = torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float64)
+
+    def run(complex_param: bool) -> torch.Tensor:
+        z = torch.nn.Parameter(z0.clone() if complex_param else torch.view_as_real(z0).clone())
+        opt = optim.as_torch_optimizer(optim.get(name, lr=0.01), {"z": z})
+        for _ in range(5):
+            opt.zero_grad()
+            zz = z if complex_param else torch.view_as_complex(z)
+            ((zz - 0.3).abs().pow(2) * weight).sum().backward()
+            opt.step()
+        return torch.view_as_real(z.detach()) if complex_param else z.detach()
+
+    if name in COMPLEX_OK:
+        assert torch.allclose(run(True), run(False), atol=1e-12)
+    else:
+        with pytest.raises(ConfigError, match=r"parameter 'z' must be real.*view_as_real"):
+            run(True)

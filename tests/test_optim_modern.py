@@ -865,3 +865,19 @@ def test_rosenbrock_start_value():
     assert math.isclose(
         ((1 - x[0]) ** 2 + 100 * (x[1] - x[0] ** 2) ** 2).item(), 24.2, rel_tol=1e-6
     )
+
+
+def test_muon_groups_split_as_the_whole_model():
+    # the output layer is the last matrix of the whole model, not of each parameter group
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(
+        torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16), torch.nn.ReLU(),
+        torch.nn.Linear(16, 1),
+    )  # fmt: skip
+    head = dict(m[4].named_parameters(prefix="4"))
+    body = {n: p for n, p in m.named_parameters() if n not in head}
+    opt = optim.as_torch_optimizer(optim.muon(), [{"params": body}, {"params": head, "lr": 1e-3}])
+    split = [s[0] for s in opt.tx_state]  # (partition state, lr state) per group
+    assert set(split[0]["muon"][0]["momentum_buffer"]) == {"0.weight", "2.weight"}
+    assert split[1]["muon"][0]["momentum_buffer"] == {}
+    assert set(split[1]["adamw"][0]["exp_avg"]) == {"4.weight", "4.bias"}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -515,10 +517,16 @@ def test_two_groups_are_two_optimizers(name):
     batches = _batches(8)
     lr = 2e-3 if name in ("prodigy",) else 1e-2
     a, b = _model(), _model()
-    opt = optim.as_torch_optimizer(optim.get(name, lr=lr), _groups(a, lr / 4))
+    kw = {}
+    if name == "muon":
+        # muon's automatic split sees the whole model (the output layer is its last matrix,
+        # not each group's): the optimizers apart get that split (muon for the first layer's
+        # weight, AdamW for the rest) to compare with
+        kw["partition"] = lambda n, p: "muon" if p.shape == (8, 4) else "adamw"
+    opt = optim.as_torch_optimizer(optim.get(name, lr=lr, **kw), _groups(a, lr / 4))
     apart = [
-        optim.as_torch_optimizer(optim.get(name, lr=lr), dict(b[0].named_parameters())),
-        optim.as_torch_optimizer(optim.get(name, lr=lr / 4), dict(b[2].named_parameters())),
+        optim.as_torch_optimizer(optim.get(name, lr=lr, **kw), dict(b[0].named_parameters())),
+        optim.as_torch_optimizer(optim.get(name, lr=lr / 4, **kw), dict(b[2].named_parameters())),
     ]
     for x, y in batches:
         for model, opts in ((a, [opt]), (b, apart)):
@@ -678,3 +686,137 @@ def test_onecycle_drives_each_groups_rate_and_momentum_like_torch(which):
     assert _close(a, b, 1e-10)
     key = "betas" if which == "adamw" else "momentum"
     assert [g[key] for g in tb.param_groups] == [g[key] for g in ta.param_groups]
+
+
+_LAYOUT_CASES = {
+    "sgd": (lambda: optim.sgd(0.1), lambda ps: torch.optim.SGD(ps, 0.1)),
+    "momentum": (
+        lambda: optim.sgd(0.1, momentum=0.9, weight_decay=0.01),
+        lambda ps: torch.optim.SGD(ps, 0.1, momentum=0.9, weight_decay=0.01),
+    ),
+    "adamw": (lambda: optim.adamw(0.1, mask=None), lambda ps: torch.optim.AdamW(ps, 0.1)),
+    "adam-amsgrad": (
+        lambda: optim.adam(0.1, amsgrad=True),
+        lambda ps: torch.optim.Adam(ps, 0.1, amsgrad=True),
+    ),
+}
+
+
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("case", sorted(_LAYOUT_CASES))
+def test_a_gradient_laid_out_unlike_its_parameter_follows_torch(case, fused):
+    # p.grad = g.t() (or torch.autograd.grad through W.t()): torch's fused kernels walk raw
+    # memory, so the gradient must be brought to the parameter's layout first
+    make, make_torch = _LAYOUT_CASES[case]
+    torch.manual_seed(0)
+    grads = [torch.randn(4, 3).t() for _ in range(4)]
+    assert not grads[0].is_contiguous()
+    got, want = torch.nn.Parameter(torch.ones(3, 4)), torch.nn.Parameter(torch.ones(3, 4))
+    ours = optim.as_torch_optimizer(make(), {"p": got}, fused_step=fused)
+    theirs = make_torch([want])
+    for g in grads:
+        got.grad, want.grad = g, g.clone()
+        ours.step()
+        theirs.step()
+    assert torch.allclose(got, want, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_reduced_precision_sgd_on_cpu_follows_torch(dtype, momentum):
+    # torch's CPU fused SGD kernel is wrong past 8 elements in bfloat16/float16
+    torch.manual_seed(0)
+    grads = [torch.randn(4, 5).to(dtype) for _ in range(3)]
+    got = torch.nn.Parameter(torch.zeros(4, 5, dtype=dtype))
+    want = torch.nn.Parameter(torch.zeros(4, 5, dtype=dtype))
+    ours = optim.as_torch_optimizer(optim.sgd(0.1, momentum=momentum), {"p": got})
+    theirs = torch.optim.SGD([want], 0.1, momentum=momentum)
+    for g in grads:
+        got.grad, want.grad = g, g.clone()
+        ours.step()
+        theirs.step()
+    assert torch.allclose(got.float(), want.float(), atol=1e-2)
+
+
+def test_dict_masks_and_muon_partition_of_a_model_work_in_the_adapter():
+    # the adapter reads its defaults from the transform initialised with no parameters: a
+    # dict naming the model's parameters must not be refused there (muon's docstring example)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16), torch.nn.ReLU(),
+        torch.nn.Linear(16, 1),
+    ).double()  # fmt: skip
+    mask = {n: n.endswith("weight") for n, _ in model.named_parameters()}
+    batches = [(x, y[:, :1]) for x, y in _batches(3)]
+    for make in (
+        lambda: optim.muon(partition=model),
+        lambda: optim.muon(partition=optim.muon_partition(model)),
+        lambda: optim.adamw(1e-2, mask=mask),
+    ):
+        a = copy.deepcopy(model)
+        _torch_loop(a, optim.as_torch_optimizer(make(), a, fused_step=False), batches)
+        b = copy.deepcopy(model)
+        tx = make()
+        params = dict(b.named_parameters())
+        state = tx.init(params)
+        for x, y in batches:
+            b.zero_grad()
+            torch.nn.functional.mse_loss(b(x), y).backward()
+            updates, state = tx.update({n: p.grad for n, p in params.items()}, state, params)
+            apply_updates(params, updates)
+        assert _same(a, b)
+    # a dict mask may name parameters of the other groups
+    head = dict(model[4].named_parameters(prefix="4"))
+    body = {n: p for n, p in model.named_parameters() if n not in head}
+    opt = optim.as_torch_optimizer(
+        optim.adamw(1e-2, mask=mask), [{"params": body}, {"params": head, "lr": 1e-3}]
+    )
+    torch.nn.functional.mse_loss(model(batches[0][0]), batches[0][1]).backward()
+    opt.step()
+    with pytest.raises(ConfigError, match=r"mask must name existing parameters.*'4\.wieght'"):
+        optim.as_torch_optimizer(optim.adamw(mask={"4.wieght": True}), model)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda m: optim.as_torch_optimizer(optim.adamw(1e-2), m),
+        lambda m: optim.as_torch_optimizer(optim.sgd(0.05, momentum=0.9), _groups(m, 1e-2)),
+        lambda m: optim.as_torch_optimizer(chain(scale_by_adam(), scale(-1e-2)), m),
+    ],
+    ids=["adamw", "momentum-groups", "hand-made"],
+)
+def test_deepcopy_steps_independently_and_identically(make):
+    batches = _batches(6)
+    model = _model()
+    opt = make(model)
+    _torch_loop(model, opt, batches[:2])
+    model2, opt2 = copy.deepcopy((model, opt))
+    assert all(p2 is q for p2, q in zip(model2.parameters(), opt2.param_groups[0]["params"]))
+    _torch_loop(model2, opt2, batches[2:])  # the copy first: the original must not move
+    assert not _same(model, model2)
+    _torch_loop(model, opt, batches[2:])
+    assert _same(model, model2)
+    assert opt2.state_dict()["param_groups"] == opt.state_dict()["param_groups"]
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw", "adagrad"])
+def test_sparse_gradients_are_refused_by_name(name):
+    emb = torch.nn.Embedding(10, 4, sparse=True)
+    opt = optim.as_torch_optimizer(optim.get(name, lr=0.1), emb)
+    emb(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(ConfigError, match=r"gradient of 'weight' must be dense.*sparse=False"):
+        opt.step()
+
+
+def test_state_dict_hooks_run_as_in_torch():
+    calls = []
+    opt = optim.as_torch_optimizer(optim.adamw(0.01), _model())
+    opt.register_state_dict_pre_hook(lambda o: calls.append("sd_pre"))
+    opt.register_state_dict_post_hook(lambda o, sd: {**sd, "tag": calls.append("sd_post")})
+    opt.register_load_state_dict_pre_hook(lambda o, sd: calls.append(("load_pre", sd["tag"])))
+    opt.register_load_state_dict_post_hook(lambda o: calls.append("load_post"))
+    saved = opt.state_dict()
+    assert "tag" in saved  # a post hook's returned dict is the result
+    opt.load_state_dict(saved)
+    assert calls == ["sd_pre", "sd_post", ("load_pre", None), "load_post"]

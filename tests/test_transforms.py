@@ -352,3 +352,17 @@ def test_fused_adam_kernel_is_used_on_cpu():
     for dtype in (torch.float32, torch.float64):
         assert AdamKernel.supports(torch.zeros(1, dtype=dtype))
     assert not AdamKernel.supports(torch.zeros(1, dtype=torch.complex64))
+
+
+def test_fused_adam_update_takes_a_gradient_laid_out_unlike_its_parameter():
+    params = {"w": torch.zeros(3, 4)}
+    torch.manual_seed(0)
+    grads = [{"w": torch.randn(4, 3).t()} for _ in range(3)]
+    out = {}
+    for impl in ("fused", "reference"):
+        tx = scale_by_adam(impl=impl)
+        state = tx.init(params)
+        for g in grads:
+            u, state = tx.update(g, state, params)
+        out[impl] = u["w"]
+    assert torch.allclose(out["fused"], out["reference"], atol=1e-6)

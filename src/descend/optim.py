@@ -30,6 +30,7 @@ implementations (tests check the trajectories against the ``schedulefree``, ``pr
 
 from __future__ import annotations
 
+import copy
 import difflib
 import functools
 import inspect
@@ -87,6 +88,9 @@ from descend.transforms._util import (
     Impl,
     Mask,
     check_callable,
+    check_dense,
+    whole_or,
+    whole_params,
 )
 
 __all__ = [
@@ -372,7 +376,7 @@ def momentum(
     Args:
         lr: η > 0.
         momentum: μ in [0, 1).
-        dampening: in [0, 1].
+        dampening: in [0, 1]; ignored while μ = 0 (as torch.optim.SGD).
         weight_decay: λ >= 0, coupled L2.
         schedule, max_grad_norm, impl: see the module docstring.
     """
@@ -1092,7 +1096,9 @@ def muon(
         adamw_weight_decay: the AdamW part's decay (default: ``weight_decay``), on its
             parameters with ndim >= 2 (embeddings, the output layer), never biases and gains.
         partition: ``None`` (the rules of :func:`muon_partition` on the names and shapes seen at
-            ``init``), a model (its module types are used too), a dict ``{name: "muon" |
+            ``init``; with parameter groups in ``as_torch_optimizer``, on all the groups'
+            parameters in the groups' order, so the output layer is the last matrix of the
+            last group that has one), a model (its module types are used too), a dict ``{name: "muon" |
             "adamw"}`` or a callable ``(name, tensor) -> "muon" | "adamw"``.
         ns_dtype: the Newton–Schulz dtype, ``"auto"``: bfloat16 on GPUs, the parameters' on CPU.
         schedule, max_grad_norm, impl: see the module docstring (``impl``: foreach, the batched
@@ -1133,14 +1139,18 @@ def muon(
         split = partition_transform(parts, labels)
     else:
         # the automatic rules need the whole parameter dict (the last matrix is the output
-        # layer), so they run at init and the partition transform reads the table
+        # layer), so they run at init and the partition transform reads the table; for one
+        # parameter group of as_torch_optimizer they run on all the groups' parameters (else
+        # each group's last matrix would be taken for the output layer)
         auto: dict[str, str] = {}
         split = partition_transform(parts, lambda name, tensor: auto[name])
         split_init = split.init
 
         def init(params: Params) -> Any:
+            whole = whole_or(params)
+            table = muon_partition(dict(whole if all(n in whole for n in params) else params))
             auto.clear()
-            auto.update(muon_partition(params))
+            auto.update((n, table[n]) for n in params)
             return split_init(params)
 
         split = Transform(init, split.update)
@@ -1400,6 +1410,15 @@ class TorchOptimizer(torch.optim.Optimizer):
     step), and follows the parameters when the model is moved or cast afterwards
     (``model.to(device)``, ``model.double()``): the next ``step()`` moves it.
 
+    **One step count for all parameters** (unlike torch's per-parameter ``state[p]["step"]``):
+    a transform counts the optimizer's steps, not each parameter's. A parameter that first gets
+    a gradient at step ``k`` (a head unfrozen later, a branch unused until then) gets Adam's bias
+    correction for step ``k`` on its first update, not for step 1: that update is
+    ``(1 − β1)/(1 − β1^k) · sqrt((1 − β2^k)/(1 − β2))`` times torch's (0.58 for the default
+    betas at ``k = 4``). Momentum SGD with ``dampening > 0`` likewise scales that parameter's
+    first gradient by ``1 − dampening`` where torch copies it.
+    Parameters that get a gradient from the first step on follow torch exactly.
+
     Schedule-free optimizers: call ``opt.eval()`` before evaluating or saving the weights (the
     parameters become the averaged point) and ``opt.train()`` before training again, next to
     ``model.eval()``/``model.train()``. ``step()`` in eval mode raises; for every other
@@ -1423,7 +1442,12 @@ class TorchOptimizer(torch.optim.Optimizer):
         )
         self._groups: list[_Group] = []
         self.named: Params = {}
-        probe = _Group(tx, {}, None)
+        # Every group's parameters: each group's transform is initialised for its part of them,
+        # so a dict mask (adamw(mask={...}), muon(partition=model)) may name any of them; the
+        # probe that reads the defaults is initialised with none.
+        self._whole: Params = {n: p for named, _ in groups for n, p in dict(named).items()}
+        with whole_params(self._whole):
+            probe = _Group(tx, {}, None)
         self.base_lr = probe.base_lr
         defaults: dict[str, Any] = {}
         if self._built is not None:
@@ -1435,9 +1459,11 @@ class TorchOptimizer(torch.optim.Optimizer):
             defaults["momentum"] = probe.momentum.momentum
         self._pending = [dict(named) for named, _ in groups]
         self._building = True
-        super().__init__(
-            [{**dict(opts), "params": list(named.values())} for named, opts in groups], defaults
-        )
+        with whole_params(self._whole):
+            super().__init__(
+                [{**dict(opts), "params": list(named.values())} for named, opts in groups],
+                defaults,
+            )
         self._building = False
         # Where the state was made: torch's optimizers make theirs at the first step, so a
         # model moved or cast after the optimizer was built (``model.to(device)``,
@@ -1445,6 +1471,37 @@ class TorchOptimizer(torch.optim.Optimizer):
         # parameters at the next step instead (checked on the first one: a whole-model move).
         self._first = next(iter(self.named.values()), None)
         self._placed = self._where()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> TorchOptimizer:
+        """An independent optimizer over copies of the parameters (the same ones as the model's
+        copy when both are copied together, ``copy.deepcopy((model, opt))``), with a copy of
+        every state tensor. torch's ``Optimizer.__getstate__`` keeps only
+        defaults/state/param_groups, which is not enough here: the transforms are closures.
+        A factory-built group's transform is built again from its arguments (so the copies
+        share no holder of betas/momentum or cache); a hand-made transform is shared (its
+        state lives in the copied state tree, and each step syncs its betas/momentum holder
+        from its own group first)."""
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        fresh: dict[int, Transform] = {}
+        if self._built is not None:
+            factory, args = self._built
+            fresh[id(self.tx)] = factory(**args)
+            for g in self._groups:
+                if g.args is not None and id(g.tx) not in fresh:
+                    fresh[id(g.tx)] = factory(**g.args)
+        for g in self._groups:
+            for tx in (self.tx, g.tx):
+                mine = fresh.get(id(tx), tx)
+                memo[id(tx)] = mine
+                hyper = getattr(tx.update, "hyper", None)
+                if hyper is not None:
+                    memo[id(hyper)] = getattr(mine.update, "hyper", None)
+            if g.args is not None:
+                memo[id(g.args)] = g.args  # never changed in place; may hold a model
+        memo[id(self._built)] = self._built
+        new.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return new
 
     @property
     def tx_state(self) -> State:
@@ -1528,7 +1585,12 @@ class TorchOptimizer(torch.optim.Optimizer):
             param_group = {**param_group, "params": list(named.values())}
         opts = self._options(i, param_group)
         super().add_param_group(param_group)
-        group = self._build(i, opts, named)
+        if self._building:
+            group = self._build(i, opts, named)
+        else:
+            self._whole = {**self.named, **named}
+            with whole_params(self._whole):
+                group = self._build(i, opts, named)
         if group.tx is not self.tx or "lr" not in opts:
             self.param_groups[i]["lr"] = group.seen_lr = group.base_lr
         self._groups.append(group)
@@ -1548,7 +1610,9 @@ class TorchOptimizer(torch.optim.Optimizer):
         except ConfigError as e:
             raise ConfigError(f"param_groups[{i}][{key!r}]: {e}") from None
         try:
-            state = _load_into(tx.init(g.named), g.state, "state")
+            with whole_params(self._whole):
+                fresh = tx.init(g.named)
+            state = _load_into(fresh, g.state, "state")
         except CheckpointError:
             raise ConfigError(
                 message(
@@ -1616,6 +1680,7 @@ class TorchOptimizer(torch.optim.Optimizer):
             grads = {n: p.grad for n, p in g.named.items() if p.grad is not None}
             if not grads:
                 continue
+            check_dense(grads, "optimizer.step")
             with torch.no_grad():
                 if self.fused_step:
                     g.state = update_and_apply(g.tx, grads, g.state, g.named)
@@ -1686,8 +1751,11 @@ class TorchOptimizer(torch.optim.Optimizer):
         entry a group.
 
         Tensors are the live state (like torch's ``state_dict``): copy them to keep a
-        snapshot while training goes on.
+        snapshot while training goes on. Hooks registered with torch's
+        ``register_state_dict_pre_hook``/``register_state_dict_post_hook`` run as in torch.
         """
+        for pre_hook in self._optimizer_state_dict_pre_hooks.values():
+            pre_hook(self)
         groups = []
         for shown, g in zip(self.param_groups, self._groups):
             group = {k: v for k, v in shown.items() if k != "params"}
@@ -1697,14 +1765,32 @@ class TorchOptimizer(torch.optim.Optimizer):
         # moved group["lr"] since, and the resumed optimizer must notice that too.
         synced = [g.seen_lr for g in self._groups]
         one = len(self._groups) == 1
-        return {
+        state_dict = {
             "state": self.tx_state,
             "param_groups": groups,
             "synced_lr": synced[0] if one else synced,
         }
+        for post_hook in self._optimizer_state_dict_post_hooks.values():
+            result = post_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        return state_dict
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:  # type: ignore[override]
-        """Restore a :meth:`state_dict` (tensors are copied into this optimizer's buffers)."""
+        """Restore a :meth:`state_dict` (tensors are copied into this optimizer's buffers).
+        Hooks registered with torch's ``register_load_state_dict_pre_hook``/``..._post_hook``
+        run as in torch (a pre-hook may return a replacement state dict)."""
+        if isinstance(state_dict, Mapping):
+            state_dict = dict(state_dict)  # as torch: a hook may edit its copy, not the caller's
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = pre_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        self._load_state_dict(state_dict)
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
+
+    def _load_state_dict(self, state_dict: Any) -> None:
         if not isinstance(state_dict, Mapping) or not {"state", "param_groups"} <= set(state_dict):
             raise CheckpointError(
                 message(

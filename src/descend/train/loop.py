@@ -62,6 +62,7 @@ from descend.transforms import (
     swap_to_train,
     update_and_apply,
 )
+from descend.transforms._util import check_dense
 
 __all__ = ["Loop", "fit"]
 
@@ -652,6 +653,7 @@ class Loop:
         self.history = History()
         self.epoch = 0
         self.step = 0
+        self._dense_checked = False  # sparse gradients refused by name at the first step
         self.best_loss = math.inf
         self.best_epoch = 0
         self.improved = False
@@ -1230,6 +1232,9 @@ class Loop:
         gnorm: torch.Tensor | None = None,
     ):
         g = {n: gr for n, gr in zip(self._names, grads) if gr is not None}
+        if not self._dense_checked:  # a model that makes sparse gradients makes them every step
+            check_dense(g, "fit")
+            self._dense_checked = True
         if gnorm is None:
             norms = torch._foreach_norm(list(g.values())) if g else []
             gnorm = torch.linalg.vector_norm(torch.stack(norms)) if norms else value.new_zeros(())

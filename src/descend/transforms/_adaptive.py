@@ -20,6 +20,7 @@ from descend.transforms._kernels import AdamKernel
 from descend.transforms._util import (
     FUSED_IMPLS,
     Impl,
+    check_real,
     groups,
     present,
     resolve_impl,
@@ -71,6 +72,7 @@ def scale_by_adam(
     kernel = AdamKernel(b1, b2, eps, amsgrad)
 
     def init(params: Params) -> State:
+        check_real(params, owner)
         state = {
             "count": 0,
             "exp_avg": zeros_like_all(params),
@@ -113,7 +115,8 @@ def scale_by_adam(
             if path == "fused" and kernel.supports(gs[0]):
                 # The kernel does x ← x − lr·m̂/(√v̂ + ε); on zeros with lr = −1 it writes the
                 # Adam direction into a fresh buffer.
-                u = [torch.zeros_like(g, memory_format=torch.preserve_format) for g in gs]
+                # laid out as the moments (the parameters'), which the kernel walks with it
+                u = [torch.zeros_like(m, memory_format=torch.preserve_format) for m in ms]
                 v_maxes = [state["max_exp_avg_sq"][n] for n in grp] if amsgrad else []
                 kernel(u, gs, ms, vs, v_maxes, t, lr=-1.0)
                 out.update(zip(grp, u))
@@ -173,6 +176,7 @@ def scale_by_nadam(
     path = resolve_impl(impl, owner)
 
     def init(params: Params) -> State:
+        check_real(params, owner)
         return {
             "count": 0,
             "mu_product": 1.0,
@@ -253,6 +257,7 @@ def scale_by_rms(
     path = resolve_impl(impl, owner)
 
     def init(params: Params) -> State:
+        check_real(params, owner)
         state = {"square_avg": zeros_like_all(params)}
         if centered:
             state["grad_avg"] = zeros_like_all(params)
@@ -327,6 +332,7 @@ def scale_by_adagrad(
     path = resolve_impl(impl, owner)
 
     def init(params: Params) -> State:
+        check_real(params, owner)
         return {"count": 0, "sum": zeros_like_all(params, initial)}
 
     def update_reference(grads: Updates, state: State, params: Params | None, owned: bool):

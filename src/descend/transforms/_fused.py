@@ -158,9 +158,10 @@ def fused_adam_chain(
                 out.update(zip(decayed, start))
             if len(decayed) < len(grp):
                 rest = [n for n in grp if n not in out]
+                # laid out as the moments (the parameters'), which the kernel walks with it
+                ms = adam["exp_avg"]
                 out.update(
-                    (n, torch.zeros_like(grads[n], memory_format=torch.preserve_format))
-                    for n in rest
+                    (n, torch.zeros_like(ms[n], memory_format=torch.preserve_format)) for n in rest
                 )
             # ... and the kernel subtracts η · m̂ / (√v̂ + ε) from it
             kernel([out[n] for n in grp], [grads[n] for n in grp], *moments(adam, grp), t, lr_t)
@@ -334,8 +335,10 @@ def fused_sgd_chain(
         out: dict[str, torch.Tensor] = {}
         for grp in grps:
             # out ← 0 − η d: the kernel writes the whole update into a fresh buffer
-            u = [torch.zeros_like(grads[n], memory_format=torch.preserve_format) for n in grp]
+            # laid out as the momentum buffers (the parameters'), which the kernel walks with it
             bufs, first = buffers(state, grp)
+            like = bufs or [grads[n] for n in grp]
+            u = [torch.zeros_like(b, memory_format=torch.preserve_format) for b in like]
             kernel(u, [grads[n] for n in grp], bufs, first=first, lr=lr_t)
             out.update(zip(grp, u))
         return out, finish(state, lr_t), True

@@ -29,6 +29,7 @@ _ADAM = getattr(torch, "_fused_adam_", None)
 _ADAMW = getattr(torch, "_fused_adamw_", None)
 _SGD = getattr(torch, "_fused_sgd_", None)
 _DEVICES = frozenset(fused_devices())
+_REDUCED = frozenset({torch.bfloat16, torch.float16})
 _PROBED: dict[tuple[str, str, torch.dtype], bool] = {}
 
 
@@ -110,6 +111,23 @@ class _Steps:
         return [step] * n
 
 
+def _laid_out_like(refs: list[torch.Tensor], gs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``gs`` with each gradient in its target's memory layout.
+
+    The fused kernels walk every tensor of a step as flat memory in the same order, so a
+    gradient laid out otherwise than its parameter (``p.grad = g.t()`` by hand, or
+    ``torch.autograd.grad`` through ``W.t()``) would meet the wrong elements. One stride
+    comparison per tensor; a copy only where the layouts differ (autograd's ``.grad`` never does).
+    """
+    out = gs
+    for i, (r, g) in enumerate(zip(refs, gs)):
+        if g.stride() != r.stride():
+            if out is gs:
+                out = list(gs)
+            out[i] = torch.empty_like(r, memory_format=torch.preserve_format).copy_(g)
+    return out
+
+
 def _locals(*lists: list[torch.Tensor]) -> list[list[torch.Tensor]]:
     """Each DTensor's local shard: torch's fused kernels are elementwise, so running them on
     the shards is running them on the whole (and ``_fused_sgd_`` has no DTensor rule)."""
@@ -139,6 +157,7 @@ class AdamKernel:
         """``__call__`` with the device given (a caller that kept it skips the lookup)."""
         if is_sharded(gs[0]):  # a fully_shard model's DTensors: the kernel runs on the shards
             out, gs, ms, vs, v_maxes = _locals(out, gs, ms, vs, v_maxes)
+        gs = _laid_out_like(out, gs)
         (_ADAMW if wd else _ADAM)(  # type: ignore[misc]
             out, gs, ms, vs, v_maxes if self.amsgrad else [], self._steps(device, t, len(gs)),
             amsgrad=self.amsgrad, lr=lr, beta1=self.b1, beta2=self.b2, weight_decay=wd,
@@ -162,11 +181,17 @@ class SGDKernel:
 
     @staticmethod
     def supports(tensor: torch.Tensor) -> bool:
+        # torch's CPU fused SGD is wrong for bfloat16/float16 tensors of more than 8 elements
+        # (its vectorised loop; the 2-element probe passes), and torch.optim.SGD does not use
+        # it by default: the foreach path, which matches torch.optim.SGD, runs there instead.
+        if tensor.device.type == "cpu" and tensor.dtype in _REDUCED:
+            return False
         return _supported("sgd", _SGD, _probe_sgd, tensor)
 
     def __call__(self, out, gs, bufs, *, first: bool, lr: float, wd: float = 0.0) -> None:
         if is_sharded(gs[0]):  # a fully_shard model's DTensors: the kernel runs on the shards
             out, gs, bufs = _locals(out, gs, bufs)
+        gs = _laid_out_like(out, gs)
         _run_sgd(
             out,
             gs,

@@ -15,6 +15,7 @@ from descend.transforms._util import (
     Mask,
     MaskCache,
     check_mask_names,
+    check_real,
     groups,
     mask_fn,
     need_params,
@@ -47,6 +48,7 @@ def scale_by_lion(b1: float = 0.9, b2: float = 0.99, *, impl: Impl = "auto") -> 
     path = resolve_impl(impl, owner)
 
     def init(params: Params) -> State:
+        check_real(params, owner)
         return {"exp_avg": zeros_like_all(params)}
 
     # The order of operations is lion-pytorch's, so the sign agrees even where the

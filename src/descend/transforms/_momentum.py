@@ -35,6 +35,8 @@ def trace(
         b_t = μ · b_{t-1} + (1 − dampening) · g_t
         u_t = g_t + μ · b_t   if nesterov   else   b_t
 
+    While ``μ = 0`` dampening is ignored (``u_t = g_t``), as ``torch.optim.SGD`` does.
+
     State: ``{"count": int, "momentum_buffer": {name: Tensor}}``.
 
     Args:
@@ -69,6 +71,8 @@ def trace(
 
     def update_reference(grads: Updates, state: State, params: Params | None, owned: bool):
         momentum = hyper.momentum
+        # torch.optim.SGD ignores dampening while momentum is 0 (its update is then the gradient)
+        damp = dampening if momentum else 0.0
         first = state["count"] == 0
         state["count"] += 1
         updates = {}
@@ -77,12 +81,14 @@ def trace(
             if first:
                 buf.copy_(g)
             else:
-                buf.mul_(momentum).add_(g, alpha=1 - dampening)
+                buf.mul_(momentum).add_(g, alpha=1 - damp)
             updates[name] = g + momentum * buf if nesterov else buf.clone()
         return updates, state, True
 
     def update_foreach(grads: Updates, state: State, params: Params | None, owned: bool):
         momentum = hyper.momentum
+        # torch.optim.SGD ignores dampening while momentum is 0 (its update is then the gradient)
+        damp = dampening if momentum else 0.0
         first = state["count"] == 0
         state["count"] += 1
         bufs = state["momentum_buffer"]
@@ -95,7 +101,7 @@ def trace(
                 foreach_copy_(bs, gs)
             else:
                 torch._foreach_mul_(bs, momentum)
-                torch._foreach_add_(bs, gs, alpha=1 - dampening)
+                torch._foreach_add_(bs, gs, alpha=1 - damp)
             if not nesterov:
                 # A copy, so that updates never alias the buffer the next step overwrites.
                 out.update(zip(grp, torch._foreach_mul(bs, 1.0)))

@@ -17,6 +17,7 @@ from descend._errors import ConfigError, check_bool, check_choice, check_in_rang
 from descend.transforms._base import Params, State, Transform, Updates, inplace_transform
 from descend.transforms._util import (
     Impl,
+    check_real,
     present,
     resolve_impl,
     zeros_like_all,
@@ -165,6 +166,7 @@ def scale_by_muon(
     path = resolve_impl(impl, owner)
 
     def init(params: Params) -> State:
+        check_real(params, owner)
         flat = [n for n, p in params.items() if p.ndim < 2]
         if flat:
             raise ConfigError(

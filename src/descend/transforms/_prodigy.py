@@ -24,6 +24,7 @@ from descend.transforms._util import (
     MaskCache,
     check_callable,
     check_mask_names,
+    check_real,
     dot,
     groups,
     mask_fn,
@@ -129,6 +130,7 @@ def scale_by_prodigy(
     decide = MaskCache(mask_fn(mask, owner=owner)) if weight_decay else None
 
     def init(params: Params) -> State:
+        check_real(params, owner)
         if decide is not None:
             check_mask_names(mask, params, owner=owner)
             decide.reset()

@@ -32,6 +32,7 @@ from descend.transforms._util import (
     MaskCache,
     check_callable,
     check_mask_names,
+    check_real,
     groups,
     mask_fn,
     need_params,
@@ -113,6 +114,8 @@ def scale_by_schedule_free(
     decide = MaskCache(mask_fn(mask, owner=owner)) if weight_decay else None
 
     def init(params: Params) -> State:
+        if adam:  # the SGD form is linear in g and takes complex parameters
+            check_real(params, owner)
         if decide is not None:
             check_mask_names(mask, params, owner=owner)
             decide.reset()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, Literal
 
 import torch
@@ -139,14 +141,39 @@ def mask_fn(mask: Any, *, owner: str) -> Callable[[str, torch.Tensor], bool]:
     )
 
 
+# The whole model's parameters while a transform is initialised for one part of them (a
+# parameter group of as_torch_optimizer, or no parameters at all to read its defaults): a dict
+# mask may name the other groups' parameters, and rules that need the whole model (muon's output
+# layer) see it. None outside such an init: then the parameters given are the whole.
+_WHOLE: ContextVar[Mapping[str, torch.Tensor] | None] = ContextVar("descend_whole", default=None)
+
+
+@contextmanager
+def whole_params(params: Mapping[str, torch.Tensor]) -> Iterator[None]:
+    """Within this block, ``init`` calls are for parts of ``params`` (see :func:`whole_or`)."""
+    token = _WHOLE.set(params)
+    try:
+        yield
+    finally:
+        _WHOLE.reset(token)
+
+
+def whole_or(params: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+    """The whole model's parameters when ``params`` is one part of it, else ``params``."""
+    whole = _WHOLE.get()
+    return params if whole is None else whole
+
+
 def check_mask_names(mask: Any, params: Mapping[str, torch.Tensor], *, owner: str) -> None:
     """A dict mask naming a parameter that does not exist is a typo: say so at init."""
     if not isinstance(mask, Mapping):
         return
-    unknown = [k for k in mask if k not in params]
+    known = whole_or(params)
+    unknown = [k for k in mask if k not in params and k not in known]
     if unknown:
         import difflib
 
+        params = known
         close = difflib.get_close_matches(unknown[0], list(params), n=3)
         fix = f"did you mean {' or '.join(map(repr, close))}?" if close else None
         raise ConfigError(
@@ -186,6 +213,42 @@ def zeros_like_all(
         else torch.zeros_like(p, memory_format=torch.preserve_format)
         for n, p in params.items()
     }
+
+
+def check_real(params: Mapping[str, torch.Tensor], owner: str) -> None:
+    """Refuse complex parameters where an update squares, takes the sign of, or otherwise treats
+    gradients elementwise as reals (``g·g`` is not ``|g|²`` for complex ``g``). torch.optim runs
+    such a parameter as ``torch.view_as_real``; descend asks the user to do that instead, so the
+    state, the checkpoint and the update all see the same real tensor. Checked once, at init."""
+    for name, p in params.items():
+        if isinstance(p, torch.Tensor) and p.is_complex():
+            raise ConfigError(
+                message(
+                    f"{owner}: parameter {name!r}",
+                    "must be real (this optimizer's update is defined for real numbers only)",
+                    f"dtype {p.dtype}",
+                    "optimize torch.view_as_real(param) in its place (a float tensor with a last "
+                    "axis of 2, which is what torch.optim does inside), or use sgd, momentum or "
+                    "nesterov, which take complex parameters",
+                )
+            )
+
+
+def check_dense(grads: Mapping[str, torch.Tensor | None], owner: str) -> None:
+    """Refuse a sparse gradient (``nn.Embedding(sparse=True)``) by name, before torch fails
+    on it deep inside a kernel: every descend optimizer updates every element. One attribute
+    read per gradient."""
+    for name, g in grads.items():
+        if g is not None and g.layout is not torch.strided:
+            raise ConfigError(
+                message(
+                    f"{owner}: the gradient of {name!r}",
+                    "must be dense (descend's optimizers update every element of a parameter)",
+                    f"a sparse gradient ({g.layout})",
+                    "build the module with sparse=False (e.g. nn.Embedding(..., sparse=False)), "
+                    "or train that parameter with torch.optim.SparseAdam or torch.optim.SGD",
+                )
+            )
 
 
 def need_params(params: Any, owner: str) -> None:
