@@ -728,6 +728,25 @@ def test_predict_and_show_refuse_incomplete_or_corrupt_runs(tiny_run, tmp_path, 
     assert result.exit_code == 2 and "must contain summary.json" in result.stderr
 
 
+def test_predict_refuses_to_write_over_the_data_it_reads(tiny_run, tmp_path, monkeypatch):
+    # `-o` naming the input file silently replaced the user's data with the predictions.
+    pcsv.write_csv(pa.table({"a": [1.0], "b": [0.0], "c": [2.0]}), tmp_path / "new.csv")
+    kept = {n: (tmp_path / n).read_bytes() for n in ("new.csv", "lin.csv")}
+    for data, out, what in (
+        ("new.csv", "new.csv", "got the prediction data file 'new.csv'"),
+        ("new.csv", "./sub/../new.csv", "got the prediction data file 'new.csv'"),
+        ("new.csv", "lin.csv", "got the training data file of run 'r'"),
+    ):
+        (tmp_path / "sub").mkdir(exist_ok=True)
+        result = invoke(["predict", "r", data, "-o", out], tmp_path, monkeypatch)
+        assert result.exit_code == 2, result.output
+        assert "must not be a file that predict reads" in result.stderr and what in result.stderr
+        assert "-o " in result.stderr.split("—")[-1]  # the fix: another -o
+    assert {n: (tmp_path / n).read_bytes() for n in kept} == kept
+    result = invoke(["predict", "r", "new.csv", "-o", "pred.csv"], tmp_path, monkeypatch)
+    assert result.exit_code == 0, result.output
+
+
 def test_predict_to_stdout(tiny_run, tmp_path, monkeypatch):
     pcsv.write_csv(
         pa.table({"a": [1.0, 2.0], "b": [0.0, 1.0], "c": [2.0, 3.0]}), tmp_path / "new.csv"

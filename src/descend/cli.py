@@ -389,7 +389,8 @@ def predict(
 
     Classification gives the labels in their original form plus one probability column per
     class; regression gives values in the target's original units."""
-    runs.check_output(output)  # before any work
+    # before any work; never over the data it reads (the input, the run's training data)
+    runs.check_output(output, protect=runs.predict_inputs(run, data, runs_dir=runs_dir))
     table, notes = runs.predict(run, data, runs_dir=runs_dir, device=device)
     to_stdout = output is None or output == "-"
     for note in notes:

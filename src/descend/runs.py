@@ -61,7 +61,14 @@ from typing import Any
 import numpy as np
 
 from descend import distributed
-from descend._errors import CheckpointError, ConfigError, InputError, describe, message
+from descend._errors import (
+    CheckpointError,
+    ConfigError,
+    DescendError,
+    InputError,
+    describe,
+    message,
+)
 from descend.data import auto_device
 from descend.train.callbacks import Callback
 
@@ -1710,12 +1717,55 @@ _PARQUET_SUFFIXES = (".parquet", ".pq")
 _CSV_SUFFIXES = ("", ".csv", ".txt")
 
 
-def check_output(path: str | os.PathLike[str] | None) -> None:
+def predict_inputs(
+    run: str | os.PathLike[str], data: str, *, runs_dir: str | os.PathLike[str] = "runs"
+) -> list[tuple[str, Path]]:
+    """The files ``descend predict RUN DATA`` reads and must never write over: ``(what, path)``
+    for the prediction data file and the run's recorded training data file. A run that cannot
+    be read adds nothing here (:func:`predict` names what is wrong with it)."""
+    out: list[tuple[str, Path]] = []
+    if Path(data).is_file():
+        out.append((f"the prediction data file '{data}'", Path(data)))
+    try:
+        d = _resolve_run_dir(run, runs_dir)
+        source = json.loads((d / CONFIG_FILE).read_text(encoding="utf-8")).get("data") or {}
+    except (DescendError, OSError, ValueError, AttributeError):
+        return out
+    if isinstance(source, dict) and source.get("kind") == "file":
+        recorded = source.get("absolute_path") or source.get("path")
+        if isinstance(recorded, str) and Path(recorded).is_file():
+            out.append((f"the training data file of run '{d}' ('{recorded}')", Path(recorded)))
+    return out
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_output(
+    path: str | os.PathLike[str] | None, *, protect: Sequence[tuple[str, Path]] = ()
+) -> None:
     """Refuse an ``-o`` that predictions cannot be written to, before any work: a directory, a
-    missing parent directory, or a suffix other than .csv/.txt (or none) and .parquet/.pq."""
+    missing parent directory, a suffix other than .csv/.txt (or none) and .parquet/.pq, or one
+    of the files in ``protect`` (``(what, path)``: the input data, the run's training data —
+    the predictions would replace them)."""
     if path is None or str(path) == "-":
         return
     target = Path(path)
+    for what, kept in protect:
+        if _same_file(target, kept):
+            alt = target.with_name(f"{target.stem}.predictions{target.suffix or '.csv'}")
+            raise ConfigError(
+                message(
+                    f"-o '{target}'",
+                    "must not be a file that predict reads (the predictions would replace it)",
+                    what,
+                    f"write the predictions to another file, e.g. -o {shlex.quote(str(alt))}",
+                )
+            )
     suffix = target.suffix.lower()
     if suffix not in _CSV_SUFFIXES + _PARQUET_SUFFIXES:
         raise ConfigError(
