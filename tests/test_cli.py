@@ -281,6 +281,25 @@ def test_fit_classification_parquet_with_text_labels(tmp_path, monkeypatch):
     assert not (tmp_path / "p.json").exists()
 
 
+def test_a_pandas_category_target_in_parquet_is_classification(tmp_path, monkeypatch):
+    # A pandas `category` column is dictionary-encoded in Parquet: fit crashed in pyarrow's
+    # count_distinct (no dictionary kernel). An unused category is no class.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=60)
+    codes = pa.array((x > 0).astype(np.int8))
+    labels = pa.DictionaryArray.from_arrays(codes, pa.array(["no", "yes", "unused"]))
+    pq.write_table(pa.table({"x": x, "label": labels}), tmp_path / "cat.parquet")
+    args = ["fit", "cat.parquet", "-t", "label", "--epochs", "2", "--seed", "0", "--out", "r"]
+    result = invoke(args, tmp_path, monkeypatch)
+    assert result.exit_code == 0, result.output
+    assert "task: classification" in result.stdout
+    summary = json.loads((tmp_path / "r/summary.json").read_text())
+    assert summary["classes"] == ["no", "yes"]
+    result = invoke(["predict", "r", "cat.parquet", "-o", "p.csv"], tmp_path, monkeypatch)
+    assert result.exit_code == 0, result.output
+    assert pcsv.read_csv(tmp_path / "p.csv").column_names == ["label", "prob_no", "prob_yes"]
+
+
 def test_ctrl_c_saves_the_best_model_and_exits_130(tmp_path):
     write_linear_csv(tmp_path / "lin.csv", n=600)
     log = (tmp_path / "out.txt").open("w")

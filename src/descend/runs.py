@@ -813,8 +813,11 @@ def prepare_data(
 
     labels = None
     if task == "classification":
-        labels = target_cols[0]
         import pyarrow.compute as pc
+
+        # A pandas `category` column is dictionary-encoded in Parquet: count_distinct has no
+        # dictionary kernel, and the classes are the labels it holds (not unused categories).
+        labels = tabular._decode_dictionary(tabular._chunked(target_cols[0]))
 
         n_classes = pc.count_distinct(labels).as_py()
     n_val, n_test = cfg.validation_fraction, cfg.test_fraction
