@@ -155,6 +155,29 @@ def test_atomic_write_json_is_strict_json(tmp_path):
     assert json.loads(text) == {"nan": None, "inf": [None, 1.5], "np": 2.0}
 
 
+def test_model_file_bytes_do_not_depend_on_the_process(tmp_path):
+    # safetensors keeps the metadata in a Rust HashMap whose order is seeded per map: two runs
+    # with the same seed wrote the same weights in files that differed in their header.
+    import struct
+
+    from safetensors.torch import load_file
+
+    from descend.models import mlp
+
+    model = mlp(3, 2, hidden=(4,), seed=0)
+    written = set()
+    for i in range(16):  # 16 maps: without the sorting, both orders show (all but 2**-15)
+        runs._save_model(model, tmp_path / f"m{i}.safetensors")
+        written.add((tmp_path / f"m{i}.safetensors").read_bytes())
+    assert len(written) == 1
+    data = written.pop()
+    (n,) = struct.unpack("<Q", data[:8])
+    meta = json.loads(data[8 : 8 + n])["__metadata__"]
+    assert list(meta) == sorted(meta)
+    loaded = load_file(str(tmp_path / "m0.safetensors"))
+    assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())
+
+
 def test_make_run_dir_names_and_out_rules(tmp_path):
     a = runs.make_run_dir("my data!", runs_dir=tmp_path / "runs")
     b = runs.make_run_dir("my data!", runs_dir=tmp_path / "runs")

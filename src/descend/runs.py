@@ -1326,9 +1326,30 @@ def _save_model(model: Any, path: Path) -> int:
     from safetensors.torch import save
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    data = save(tensors, metadata={"format": "pt", "spec": MODEL_SPEC_FILE})
+    data = _sorted_safetensors_metadata(
+        save(tensors, metadata={"format": "pt", "spec": MODEL_SPEC_FILE})
+    )
     atomic_write_bytes(path, data)
     return len(data)
+
+
+def _sorted_safetensors_metadata(data: bytes) -> bytes:
+    """``data`` (a safetensors file) with its ``__metadata__`` keys in sorted order.
+
+    safetensors keeps the metadata in a Rust HashMap, whose order is seeded per process: two
+    runs with the same seed wrote the same weights under headers in different orders, so the
+    files differed. The header is rewritten in place (same keys, so the same length; padded
+    with spaces as safetensors pads it); the tensors' data offsets are unchanged."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    meta = header.get("__metadata__")
+    if not isinstance(meta, dict):
+        return data
+    header["__metadata__"] = dict(sorted(meta.items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > n:  # pragma: no cover - a reordering keeps the length
+        return data
+    return data[:8] + text.ljust(n, b" ") + data[8 + n :]
 
 
 def _save_plot(history: Any, path: Path, *, title: str) -> bool:
