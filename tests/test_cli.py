@@ -613,6 +613,7 @@ BAD_FILES = {
     "nan_target.csv": _rows("a,b,y", [f"{i},{i * 2},{i * 0.5}" for i in range(30)]).replace(
         "\n4,8,2.0\n", "\n4,8,\n"
     ),
+    "many_missing.csv": _rows("a,y", [f"{i},{'' if i % 4 == 1 else i}" for i in range(30)]),
     "one_class.csv": _rows("a,b,y", [f"{i},{i * 2},yes" for i in range(30)]),
     "junk.csv": _rows("a,b,y", [f"{i},{'abc' if i == 6 else i * 2},{i % 2}" for i in range(30)]),
     "no_features.csv": _rows("b,y", [f",{i % 2}" for i in range(30)]),
@@ -640,6 +641,13 @@ BAD_CASES = [
     (
         ["fit", "nan_target.csv", "--target", "y"],
         "target 'y' must have a value in every row; got 1 missing at row 4",
+    ),
+    (
+        # every missing value of the file counted (it counted those among the training rows)
+        ["fit", "many_missing.csv", "--target", "y", "--seed", "0"],
+        "target 'y' must have a value in every row; got 8 missing at rows 1, 5, 9, 13, 17 "
+        "and 3 more (0-based data rows; lines 3, 7, 11, 15, 19 of many_missing.csv) — fill "
+        "those values, or remove those rows from the file",
     ),
     (["fit", "one_class.csv", "--target", "y"], "must have at least 2 classes"),
     (["fit", "junk.csv", "--target", "y"], "column 'b'"),

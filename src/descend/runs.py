@@ -788,6 +788,11 @@ def prepare_data(
             raise tabular._missing_column_error(
                 flag, unknown, table.column_names, rule="must name columns of the table"
             )
+    # Every row's target, before the split: the preprocessor sees the training rows first
+    # and counted only the missing values among them.
+    tabular.check_target_present(
+        table, targets, fix="fill those values, or remove those rows from the file"
+    )
     target_cols = [table[t] for t in targets]
 
     if cfg.task != "auto":
