@@ -385,13 +385,20 @@ def test_a_cli_run_killed_during_the_race_goes_on_from_the_race(tmp_path, monkey
         pass
 
     args = ["fit", "digits", "--hidden", "64", "--epochs", "30", "--seed", "2", "-q"]
-    ref = invoke([*args, "--out", "ref"], tmp_path, monkeypatch)
+    ref = invoke([*args[:-1], "--out", "ref"], tmp_path, monkeypatch)  # not quiet: the log
     assert ref.exit_code == 0, ref.output
     summary = json.loads((tmp_path / "ref" / "summary.json").read_text())
-    assert summary["autopilot"]["race_epochs"] > 2  # a race ran
+    k = summary["autopilot"]["race_epochs"]
+    assert k > 2  # a race ran
     # metrics.jsonl holds every epoch of the run, the race winner's first ones included
     lines = (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == list(range(1, summary["epochs"] + 1))
+    # ... and so does the plain log, one line per epoch (it began after the race's epochs),
+    # the race winner's marked as such
+    logged = re.findall(r"^epoch +(\d+)/30 .*$", ref.stdout, flags=re.M)
+    assert [int(e) for e in logged] == list(range(1, summary["epochs"] + 1))
+    marked = [ln for ln in ref.stdout.splitlines() if ln.endswith("(race winner)")]
+    assert len(marked) == k and marked[0].startswith("epoch  1/30  train_loss ")
     save = autopilot._Race._save
 
     def save_then_die(race):

@@ -986,10 +986,18 @@ class RunRecorder(Callback):
     wants_steps = False
 
     def __init__(
-        self, make_dir: Callable[[], Path], files: Mapping[str, Any], *, resuming: bool = False
+        self,
+        make_dir: Callable[[], Path],
+        files: Mapping[str, Any],
+        *,
+        resuming: bool = False,
+        echo: Callable[[str], None] | None = None,
     ) -> None:
         self._make_dir = make_dir
         self._files = dict(files)
+        # The plain log's lines for the epochs the race winner brings into the run: fit's
+        # plain progress prints only the epoch that just ended (the recorder runs before it).
+        self._echo = echo
         self.dir: Path | None = None
         self._metrics = None
         self._resuming = resuming
@@ -1022,6 +1030,9 @@ class RunRecorder(Callback):
         records = loop.history.epoch_records()
         for record in records[self._written :]:
             self._metrics.write(json.dumps(_finite(record), allow_nan=False) + "\n")
+        if self._echo is not None:
+            for record in records[self._written : -1]:
+                self._echo(adopted_epoch_line(record, loop.max_epochs))
         self._written = len(records)
         self._metrics.flush()
 
@@ -1029,6 +1040,29 @@ class RunRecorder(Callback):
         if self._metrics is not None:
             self._metrics.close()
             self._metrics = None
+
+
+def adopted_epoch_line(record: Mapping[str, Any], max_epochs: int) -> str:
+    """The plain log line of an epoch the run adopted from the learning-rate race (the
+    winner's epochs 1..k), in the shape of fit's own epoch lines, marked as from the race."""
+
+    def fmt(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, (int, float)) and math.isfinite(v) else "-"
+
+    parts = [f"epoch {record.get('epoch'):>{len(str(max_epochs))}}/{max_epochs}"]
+    parts.append(f"train_loss {fmt(record.get('train_loss'))}")
+    if "val_loss" in record:
+        parts.append(f"val_loss {fmt(record.get('val_loss'))}")
+    known = {"epoch", "train_loss", "val_loss", "lr", "time", "best"}
+    parts += [f"{k} {fmt(v)}" for k, v in record.items() if k not in known]
+    if isinstance(record.get("lr"), (int, float)):
+        parts.append(f"lr {record['lr']:.3g}")
+    if isinstance(record.get("time"), (int, float)):
+        parts.append(f"{record['time']:.1f}s")
+    if record.get("best"):
+        parts.append("*")
+    parts.append("(race winner)")
+    return "  ".join(parts)
 
 
 @dataclass
@@ -1170,7 +1204,11 @@ def train(
         run_dir = Path(world.text_from_main(_on_main(world, make) or ""))
     else:
         run_dir, made = resume_run, []
-    recorder = RunRecorder(lambda: run_dir, files, resuming=resume_run is not None)
+    # fit's progress is plain lines when stdout is no terminal: the race's epochs get theirs
+    plain = not cfg.quiet and not sys.stdout.isatty()
+    recorder = RunRecorder(
+        lambda: run_dir, files, resuming=resume_run is not None, echo=notify if plain else None
+    )
     # Checkpoints from the start: the default policy's race writes its own there too, so a
     # run killed while the learning rate is chosen goes on from the race's last checkpoint.
     ckpt_kw: dict[str, Any] = {"checkpoint": run_dir / CHECKPOINT_DIR}
