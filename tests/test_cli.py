@@ -671,6 +671,10 @@ BAD_CASES = [
     ),
     (["fit", "ok.csv", "--target", "y", "--hidden", "64,x"], "--hidden must be"),
     (["fit", "ok.csv", "--target", "y", "--optimizer", "adamm"], "did you mean 'adam'"),
+    (  # a traceback from torch's manual_seed (exit 1)
+        ["fit", "ok.csv", "--target", "y", "--seed", "18446744073709551616"],
+        "--seed must be an integer in [0, 2**63); got 18446744073709551616 — pass e.g. --seed 0",
+    ),
     (["fit", "ok.csv", "--target", "y", "--task", "clasification"], "--task must be one of"),
     (
         [

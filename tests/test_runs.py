@@ -58,7 +58,8 @@ def test_resolve_config_later_layers_win_and_values_are_normalized():
         ({"optimizer": "adamm"}, "did you mean 'adam'"),
         ({"max_time": 0}, "--max-time must be"),
         ({"precision": "fp16"}, "--precision must be"),
-        ({"seed": -3}, "--seed must be an integer >= 0"),
+        ({"seed": -3}, r"--seed must be an integer in \[0, 2\*\*63\)"),
+        ({"seed": 2**64}, r"--seed must be an integer in \[0, 2\*\*63\); got 18446744073709551616"),
         ({"epochz": 3}, "must be an option of descend fit"),
     ],
 )

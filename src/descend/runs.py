@@ -335,13 +335,18 @@ def _parse_hidden(value: Any) -> list[int] | None:
     return widths
 
 
-def _check_int(name: str, value: Any, low: int, fix: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(
-            message(
-                f"--{name.replace('_', '-')}", f"must be an integer >= {low}", describe(value), fix
-            )
+def _check_int(
+    name: str, value: Any, low: int, fix: str, *, below: int | None = None, top: str = ""
+) -> None:
+    """``value`` an int >= ``low`` (and < ``below``, written ``top`` in the rule)."""
+    bad = isinstance(value, bool) or not isinstance(value, int) or value < low
+    if bad or (below is not None and value >= below):
+        rule = (
+            f"must be an integer >= {low}"
+            if below is None
+            else f"must be an integer in [{low}, {top or below})"
         )
+        raise ConfigError(message(f"--{name.replace('_', '-')}", rule, describe(value), fix))
 
 
 def _check_fraction(name: str, value: Any) -> None:
@@ -409,7 +414,8 @@ def resolve_config(*layers: Mapping[str, Any]) -> FitConfig:
             )
         )
     if cfg.seed is not None:
-        _check_int("seed", cfg.seed, 0, "pass e.g. --seed 0")
+        # torch's generators take a 64-bit seed (a larger one was a traceback from torch)
+        _check_int("seed", cfg.seed, 0, "pass e.g. --seed 0", below=2**63, top="2**63")
     from descend.models import ACTIVATIONS
 
     if cfg.activation not in ACTIVATIONS:
