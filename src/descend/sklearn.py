@@ -34,7 +34,10 @@ needs and scikit-learn users expect:
   (``fit(opt_state=...)``), unlike scikit-learn's MLP, which restarts Adam on a warm start.
   The default schedule is shaped over the first fit's ``max_epochs``; a warm start continues
   along it (at its final, zero rate once a previous fit's decay reached zero: pass ``lr=`` or
-  an ``optimizer`` for a constant rate, or fit afresh). ``partial_fit`` runs one epoch per call
+  an ``optimizer`` for a constant rate, or fit afresh). A warm start (or ``partial_fit``) after
+  ``set_params`` changed ``optimizer`` or ``lr`` keeps the weights and starts the optimizer now
+  named afresh: new moments, step count and schedule from step 0 (the old state belongs to the
+  old optimizer); with both unchanged the optimizer goes on. ``partial_fit`` runs one epoch per call
   and, since the number of calls is unknown, starts with the library's constant-rate AdamW for
   data of unknown length (or the ``optimizer``/``lr`` given); features are standardized with the
   first call's statistics.
@@ -358,7 +361,16 @@ class _Estimator(BaseEstimator, _RefuseMLPParams):
             )
             self._architecture = self._arch_now()
 
-        continuing = warm and getattr(self, "_tx", None) is not None and self._opt_state is not None
+        # The optimizer goes on only while optimizer= and lr= are the ones that made it: a new
+        # value (set_params(lr=0.05) after a default fit whose rate decayed to zero) starts the
+        # optimizer it names afresh on the kept weights (it was silently ignored).
+        settings = (self.optimizer, self.lr)
+        continuing = (
+            warm
+            and getattr(self, "_tx", None) is not None
+            and self._opt_state is not None
+            and _same_settings(getattr(self, "_tx_settings", None), settings)
+        )
         optimizer, lr, opt_state = self.optimizer, self.lr, None
         if continuing:
             optimizer, lr, opt_state = self._tx, None, self._opt_state
@@ -394,6 +406,7 @@ class _Estimator(BaseEstimator, _RefuseMLPParams):
         )
         self._tx = keep.tx
         self._opt_state = result.opt_state
+        self._tx_settings = settings
         self._n_calls += 1
         self.n_iter_ += result.epochs
         self.t_ += result.epochs * n_train  # rows the run's steps saw, as MLPClassifier counts
@@ -610,6 +623,21 @@ class _Estimator(BaseEstimator, _RefuseMLPParams):
         return tags
 
 
+def _same_settings(before: Any, now: tuple[Any, Any]) -> bool:
+    """Whether ``(optimizer, lr)`` are still the values the kept optimizer was made from: equal
+    names and rates, the same transform object."""
+    if before is None:
+        return False
+
+    def same(a: Any, b: Any) -> bool:
+        if a is b:
+            return True
+        plain = (str, numbers.Number)
+        return isinstance(a, plain) and isinstance(b, plain) and bool(a == b)
+
+    return same(before[0], now[0]) and same(before[1], now[1])
+
+
 def _weighted_moments(
     X: np.ndarray, sample_weight: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -652,7 +680,8 @@ class Classifier(ClassifierMixin, _Estimator):
         random_state: int for reproducible fits (initialization, split, batch order).
         warm_start: continue from the previous fit: its weights AND its optimizer state (the
             architecture stays the first fit's: a new ``hidden_layer_sizes`` or ``activation``
-            is refused).
+            is refused; a new ``optimizer`` or ``lr`` trains the kept weights with that
+            optimizer, its state started afresh).
         verbose: 0 silent, 1 progress, 2 one line per epoch.
         optimizer: None (the library's choice), a registry name or a ``descend.optim``
             transform.
