@@ -186,6 +186,33 @@ def test_pickle_round_trip_and_warm_start_after_it(iris):
     assert back.n_iter_ > clf.n_iter_
 
 
+def test_pickling_an_estimator_with_a_transform_optimizer_names_the_fix(iris):
+    # It failed with Python's "Can't pickle local object 'fused_adam_chain.<locals>.init'".
+    import copy
+
+    import joblib
+
+    cloudpickle = pytest.importorskip("cloudpickle")  # joblib's n_jobs > 1 uses it
+
+    X, y = iris
+    clf = Classifier(max_epochs=2, random_state=0, optimizer=optim.adamw(1e-2))
+    expected = (
+        r"Classifier: optimizer must be a registry name \(or None\) for the estimator to be "
+        r"pickled .*got adamw\(lr=0.01.* — pass the optimizer by name with its rate, e\.g\. "
+        r"Classifier\(optimizer='adamw', lr=0\.01\)"
+    )
+    for est in (clf, clf.fit(X, y)):
+        with pytest.raises(pickle.PicklingError, match=expected):
+            pickle.dumps(est)
+        with pytest.raises(pickle.PicklingError, match=expected):
+            joblib.dump(est, __import__("io").BytesIO())
+    # what copies closures still takes it: copy.deepcopy, and cloudpickle (n_jobs > 1)
+    for back in (copy.deepcopy(clf), cloudpickle.loads(cloudpickle.dumps(clf))):
+        np.testing.assert_allclose(back.predict_proba(X), clf.predict_proba(X), rtol=1e-6)
+    named = Classifier(max_epochs=2, random_state=0, optimizer="adamw", lr=1e-2).fit(X, y)
+    pickle.loads(pickle.dumps(named))
+
+
 # ----------------------------------------------------------------------------------------------
 # Warm starts and partial_fit keep the optimizer state
 # ----------------------------------------------------------------------------------------------

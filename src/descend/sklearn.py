@@ -614,6 +614,9 @@ class _Estimator(BaseEstimator, _RefuseMLPParams):
         # start continues the weights with a new optimizer.
         state = self.__dict__.copy()
         state.pop("_tx", None)
+        state.pop("_tx_settings", None)
+        if not isinstance(self.optimizer, (str, type(None))) and not _copier_keeps_closures():
+            _check_picklable_optimizer(type(self).__name__, self.optimizer)
         return state
 
     def __sklearn_tags__(self):
@@ -621,6 +624,56 @@ class _Estimator(BaseEstimator, _RefuseMLPParams):
         tags.input_tags.allow_nan = False
         tags.input_tags.sparse = True
         return tags
+
+
+#: Modules whose copiers save closures (copy.deepcopy keeps them; cloudpickle, which joblib's
+#: n_jobs>1 uses, and dill pickle them by value): an optimizer transform passes through them.
+_CLOSURE_COPIERS = ("copy", "cloudpickle", "dill")
+
+
+def _copier_keeps_closures() -> bool:
+    """Whether ``__getstate__`` was called by copy.deepcopy, cloudpickle or dill (found on the
+    stack: the pickler is not passed to ``__getstate__``), not by pickle or joblib.dump."""
+    import sys
+
+    frame = sys._getframe(2)
+    for _ in range(64):
+        if frame is None:
+            return False
+        parts = str(frame.f_globals.get("__name__", "")).split(".")
+        if parts[0] in _CLOSURE_COPIERS or "cloudpickle" in parts:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _check_picklable_optimizer(who: str, optimizer: Any) -> None:
+    """A PicklingError naming the fix for an ``optimizer`` pickle cannot save: a
+    ``descend.optim`` transform is made of local functions (Python's "Can't pickle local
+    object" named neither the parameter nor the fix)."""
+    import pickle
+
+    try:
+        pickle.dumps(optimizer)
+    except Exception:
+        import re
+
+        text = repr(optimizer)
+        name, lr = text.split("(", 1)[0], re.search(r"\blr=([^,)]+)", text)
+        if not name.isidentifier():
+            name = "adamw"
+        example = f"optimizer={name!r}, lr={lr.group(1) if lr else '...'}"
+        raise pickle.PicklingError(
+            message(
+                f"{who}: optimizer",
+                "must be a registry name (or None) for the estimator to be pickled (pickle, "
+                "joblib.dump)",
+                f"{describe(optimizer)}, a descend.optim transform made of local functions that "
+                "pickle cannot save",
+                f"pass the optimizer by name with its rate, e.g. {who}({example}); "
+                "cross_val_score(n_jobs=...) and copy.deepcopy take the transform as it is",
+            )
+        ) from None
 
 
 def _same_settings(before: Any, now: tuple[Any, Any]) -> bool:
@@ -684,7 +737,9 @@ class Classifier(ClassifierMixin, _Estimator):
             optimizer, its state started afresh).
         verbose: 0 silent, 1 progress, 2 one line per epoch.
         optimizer: None (the library's choice), a registry name or a ``descend.optim``
-            transform.
+            transform (made of local functions: pickle and ``joblib.dump`` refuse such an
+            estimator, naming the fix — a name with ``lr=``; ``copy.deepcopy`` and
+            ``n_jobs > 1``, which uses cloudpickle, take it).
         lr: a learning rate (AdamW at exactly this rate with ``optimizer=None``).
         device: ``"cpu"``, ``"cuda"``, ...; None picks the accelerator if there is one and
             a step is big enough to gain from it (batch rows x weights of at least
