@@ -48,6 +48,8 @@ def test_resolve_config_later_layers_win_and_values_are_normalized():
         ({"batch_size": -1}, "--batch-size must be an integer >= 0"),
         ({"hidden": "64,-1"}, "--hidden must be"),
         ({"hidden": "wide"}, "--hidden must be"),
+        ({"hidden": "8,,8"}, "--hidden must be comma-separated layer widths"),  # was [8, 8]
+        ({"hidden": "8,"}, "--hidden must be comma-separated layer widths"),
         ({"task": "regresion"}, "--task must be one of"),
         ({"validation_fraction": 1.0}, "--validation-fraction must be a number in"),
         ({"validation_fraction": 0.5, "test_fraction": 0.5}, "must be below 1"),

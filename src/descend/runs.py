@@ -318,7 +318,8 @@ def _parse_hidden(value: Any) -> list[int] | None:
         if text in ("none", "linear", "0"):
             return []
         try:
-            widths = [int(part) for part in text.split(",") if part.strip()]
+            # an empty part ('8,,8', '8,') is a typo, not a layer to skip
+            widths = [int(part) for part in text.split(",")]
         except ValueError:
             widths = None  # type: ignore[assignment]
     if widths is None or any(
