@@ -662,6 +662,12 @@ BAD_CASES = [
         ["fit", "junk.csv", "--target", "y"],
         "['abc'] at row 6 (0-based data rows; line 8 of junk.csv)",
     ),
+    # the fix as the command's flag (it said "pass categorical=['b']", Python's spelling)
+    (  # (seed 0 puts row 6 among the training rows)
+        ["fit", "junk.csv", "--target", "y", "--seed", "0"],
+        "or pass --categorical b to treat it as text",
+    ),
+    (["fit", "tiny.csv", "--target", "y"], "or set --validation-fraction/--test-fraction to 0"),
     (["fit", "no_features.csv", "--target", "y"], "'b': every value is missing"),
     (["fit", "dup.csv", "--target", "y"], "duplicate column name ['a']"),
     (["fit", "tiny.csv", "--target", "y"], "must have at least 3 rows to split"),
@@ -705,6 +711,25 @@ def test_bad_input_exits_2_with_a_message(args, expected, tmp_path, monkeypatch)
     assert len(result.stderr.strip().splitlines()) <= 2
     assert "Traceback" not in result.output
     assert not (tmp_path / "runs").exists()  # nothing was saved
+
+
+def test_messages_name_fixes_as_the_commands_flags():
+    cases = {
+        "pass categorical=['b'] to treat it as text": "pass --categorical b to treat it as text",
+        "pass categorical=['my col', 'z']": "pass --categorical 'my col,z'",
+        "leave it out with ignore=['id']": "leave it out with --ignore id",
+        "for a numeric target use task='regression'": "for a numeric target use --task regression",
+        "pass device='cpu', or device=None to pick the best available": (
+            "pass --device cpu, or leave --device out to pick the best available"
+        ),
+        "pass e.g. max_categories=50": "pass e.g. --max-categories 50",
+        "set validation_fraction/test_fraction to 0": (
+            "set --validation-fraction/--test-fraction to 0"
+        ),
+        "column 'b' must be a number": "column 'b' must be a number",  # untouched
+    }
+    for text, want in cases.items():
+        assert cli._as_flags(text) == want
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
