@@ -713,6 +713,15 @@ def test_bad_input_exits_2_with_a_message(args, expected, tmp_path, monkeypatch)
     assert not (tmp_path / "runs").exists()  # nothing was saved
 
 
+def test_one_row_is_one_row_in_the_log(tmp_path, monkeypatch):
+    # "1 rows, 2 columns" and "whole numbers with 1 distinct values"
+    (tmp_path / "one.csv").write_text("a,y\n1,3\n")
+    result = invoke(["fit", "one.csv", "-t", "y"], tmp_path, monkeypatch)
+    assert "data: 'one.csv' — 1 row, 2 columns\n" in result.stdout
+    assert "whole numbers with 1 distinct value;" in result.stdout
+    assert result.exit_code == 2  # too few rows to split
+
+
 def test_messages_name_fixes_as_the_commands_flags():
     cases = {
         "pass categorical=['b'] to treat it as text": "pass --categorical b to treat it as text",

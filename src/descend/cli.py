@@ -170,7 +170,7 @@ _LookupRunsDir = Annotated[str, typer.Option(help="Where to look up a run given 
 
 
 def _test_line(s: dict[str, Any]) -> str:
-    return f"test ({s['rows']['test']:,} rows): {runs.format_metrics(s['test'])}"
+    return f"test ({runs._count(s['rows']['test'], 'row')}): {runs.format_metrics(s['test'])}"
 
 
 def _untrained(run_dir: Any) -> None:
@@ -344,7 +344,7 @@ def fit(
         _say(_test_line(s))
     elif s.get("validation"):
         _say(
-            f"validation ({s['rows']['validation']:,} rows, no test split): "
+            f"validation ({runs._count(s['rows']['validation'], 'row')}, no test split): "
             f"{runs.format_metrics(s['validation'])}"
         )
     else:
@@ -435,7 +435,7 @@ def predict(
         _say(f"note: {note}", stderr=True)
     runs.write_predictions(table, output)
     if not to_stdout:
-        _say(f"wrote {table.num_rows:,} predictions to {output}")
+        _say(f"wrote {runs._count(table.num_rows, 'prediction')} to {output}")
 
 
 # ----------------------------------------------------------------------------- runs / show

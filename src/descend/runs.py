@@ -675,6 +675,11 @@ class PreparedData:
         return self.X[idx], self.y[idx]
 
 
+def _count(n: int, word: str) -> str:
+    """``"1 row"``, ``"1,000 rows"``."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
 def _is_path_like(text: str) -> bool:
     return os.sep in text or "/" in text or bool(Path(text).suffix)
 
@@ -777,7 +782,9 @@ def prepare_data(
     table, name, source = load_table(cfg.data)
     source.update(rows=table.num_rows, columns=table.num_columns)
     where = f"'{source['path']}'" if source["kind"] == "file" else f"dataset {name}"
-    notify(f"data: {where} — {table.num_rows:,} rows, {table.num_columns} columns")
+    notify(
+        f"data: {where} — {_count(table.num_rows, 'row')}, {_count(table.num_columns, 'column')}"
+    )
     index = tabular.dropped_index(table)
     if index:
         notify(
@@ -847,7 +854,7 @@ def prepare_data(
         )
     notify(
         f"split: {len(train_idx):,} training, {len(val_idx):,} validation, "
-        f"{len(test_idx):,} test rows (seed {seed})"
+        f"{_count(len(test_idx), 'test row')} (seed {seed})"
     )
     pre = tabular.Preprocessor(
         task, max_categories=cfg.max_categories, categorical=cfg.categorical, ignore=cfg.ignore

@@ -631,7 +631,10 @@ def _infer_task_with_reason(column: Any, name: str = "target") -> tuple[Task, st
     if n_distinct > _MAX_INFERRED_CLASSES:
         return "regression", f"{kind} with {n_distinct} distinct values (> {_MAX_INFERRED_CLASSES})"
     if n_distinct <= 2:
-        return "classification", f"{kind} with {n_distinct} distinct values"
+        return (
+            "classification",
+            f"{kind} with {n_distinct} distinct value{'' if n_distinct == 1 else 's'}",
+        )
     if n_distinct <= _MAX_CLASS_SHARE * valid:
         return "classification", f"{kind} with {n_distinct} distinct values in {valid} rows"
     values = sorted(float(v) for v in pc.unique(col).drop_null().to_pylist())
