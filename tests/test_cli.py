@@ -281,6 +281,25 @@ def test_fit_classification_parquet_with_text_labels(tmp_path, monkeypatch):
     assert not (tmp_path / "p.json").exists()
 
 
+def test_a_pandas_category_target_in_parquet_is_classification(tmp_path, monkeypatch):
+    # A pandas `category` column is dictionary-encoded in Parquet: fit crashed in pyarrow's
+    # count_distinct (no dictionary kernel). An unused category is no class.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=60)
+    codes = pa.array((x > 0).astype(np.int8))
+    labels = pa.DictionaryArray.from_arrays(codes, pa.array(["no", "yes", "unused"]))
+    pq.write_table(pa.table({"x": x, "label": labels}), tmp_path / "cat.parquet")
+    args = ["fit", "cat.parquet", "-t", "label", "--epochs", "2", "--seed", "0", "--out", "r"]
+    result = invoke(args, tmp_path, monkeypatch)
+    assert result.exit_code == 0, result.output
+    assert "task: classification" in result.stdout
+    summary = json.loads((tmp_path / "r/summary.json").read_text())
+    assert summary["classes"] == ["no", "yes"]
+    result = invoke(["predict", "r", "cat.parquet", "-o", "p.csv"], tmp_path, monkeypatch)
+    assert result.exit_code == 0, result.output
+    assert pcsv.read_csv(tmp_path / "p.csv").column_names == ["label", "prob_no", "prob_yes"]
+
+
 def test_ctrl_c_saves_the_best_model_and_exits_130(tmp_path):
     write_linear_csv(tmp_path / "lin.csv", n=600)
     log = (tmp_path / "out.txt").open("w")
@@ -366,13 +385,20 @@ def test_a_cli_run_killed_during_the_race_goes_on_from_the_race(tmp_path, monkey
         pass
 
     args = ["fit", "digits", "--hidden", "64", "--epochs", "30", "--seed", "2", "-q"]
-    ref = invoke([*args, "--out", "ref"], tmp_path, monkeypatch)
+    ref = invoke([*args[:-1], "--out", "ref"], tmp_path, monkeypatch)  # not quiet: the log
     assert ref.exit_code == 0, ref.output
     summary = json.loads((tmp_path / "ref" / "summary.json").read_text())
-    assert summary["autopilot"]["race_epochs"] > 2  # a race ran
+    k = summary["autopilot"]["race_epochs"]
+    assert k > 2  # a race ran
     # metrics.jsonl holds every epoch of the run, the race winner's first ones included
     lines = (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == list(range(1, summary["epochs"] + 1))
+    # ... and so does the plain log, one line per epoch (it began after the race's epochs),
+    # the race winner's marked as such
+    logged = re.findall(r"^epoch +(\d+)/30 .*$", ref.stdout, flags=re.M)
+    assert [int(e) for e in logged] == list(range(1, summary["epochs"] + 1))
+    marked = [ln for ln in ref.stdout.splitlines() if ln.endswith("(race winner)")]
+    assert len(marked) == k and marked[0].startswith("epoch  1/30  train_loss ")
     save = autopilot._Race._save
 
     def save_then_die(race):
@@ -594,6 +620,7 @@ BAD_FILES = {
     "nan_target.csv": _rows("a,b,y", [f"{i},{i * 2},{i * 0.5}" for i in range(30)]).replace(
         "\n4,8,2.0\n", "\n4,8,\n"
     ),
+    "many_missing.csv": _rows("a,y", [f"{i},{'' if i % 4 == 1 else i}" for i in range(30)]),
     "one_class.csv": _rows("a,b,y", [f"{i},{i * 2},yes" for i in range(30)]),
     "junk.csv": _rows("a,b,y", [f"{i},{'abc' if i == 6 else i * 2},{i % 2}" for i in range(30)]),
     "no_features.csv": _rows("b,y", [f",{i % 2}" for i in range(30)]),
@@ -622,12 +649,25 @@ BAD_CASES = [
         ["fit", "nan_target.csv", "--target", "y"],
         "target 'y' must have a value in every row; got 1 missing at row 4",
     ),
+    (
+        # every missing value of the file counted (it counted those among the training rows)
+        ["fit", "many_missing.csv", "--target", "y", "--seed", "0"],
+        "target 'y' must have a value in every row; got 8 missing at rows 1, 5, 9, 13, 17 "
+        "and 3 more (0-based data rows; lines 3, 7, 11, 15, 19 of many_missing.csv) — fill "
+        "those values, or remove those rows from the file",
+    ),
     (["fit", "one_class.csv", "--target", "y"], "must have at least 2 classes"),
     (["fit", "junk.csv", "--target", "y"], "column 'b'"),
     (
         ["fit", "junk.csv", "--target", "y"],
         "['abc'] at row 6 (0-based data rows; line 8 of junk.csv)",
     ),
+    # the fix as the command's flag (it said "pass categorical=['b']", Python's spelling)
+    (  # (seed 0 puts row 6 among the training rows)
+        ["fit", "junk.csv", "--target", "y", "--seed", "0"],
+        "or pass --categorical b to treat it as text",
+    ),
+    (["fit", "tiny.csv", "--target", "y"], "or set --validation-fraction/--test-fraction to 0"),
     (["fit", "no_features.csv", "--target", "y"], "'b': every value is missing"),
     (["fit", "dup.csv", "--target", "y"], "duplicate column name ['a']"),
     (["fit", "tiny.csv", "--target", "y"], "must have at least 3 rows to split"),
@@ -637,6 +677,10 @@ BAD_CASES = [
     ),
     (["fit", "ok.csv", "--target", "y", "--hidden", "64,x"], "--hidden must be"),
     (["fit", "ok.csv", "--target", "y", "--optimizer", "adamm"], "did you mean 'adam'"),
+    (  # a traceback from torch's manual_seed (exit 1)
+        ["fit", "ok.csv", "--target", "y", "--seed", "18446744073709551616"],
+        "--seed must be an integer in [0, 2**63); got 18446744073709551616 — pass e.g. --seed 0",
+    ),
     (["fit", "ok.csv", "--target", "y", "--task", "clasification"], "--task must be one of"),
     (
         [
@@ -667,6 +711,34 @@ def test_bad_input_exits_2_with_a_message(args, expected, tmp_path, monkeypatch)
     assert len(result.stderr.strip().splitlines()) <= 2
     assert "Traceback" not in result.output
     assert not (tmp_path / "runs").exists()  # nothing was saved
+
+
+def test_one_row_is_one_row_in_the_log(tmp_path, monkeypatch):
+    # "1 rows, 2 columns" and "whole numbers with 1 distinct values"
+    (tmp_path / "one.csv").write_text("a,y\n1,3\n")
+    result = invoke(["fit", "one.csv", "-t", "y"], tmp_path, monkeypatch)
+    assert "data: 'one.csv' — 1 row, 2 columns\n" in result.stdout
+    assert "whole numbers with 1 distinct value;" in result.stdout
+    assert result.exit_code == 2  # too few rows to split
+
+
+def test_messages_name_fixes_as_the_commands_flags():
+    cases = {
+        "pass categorical=['b'] to treat it as text": "pass --categorical b to treat it as text",
+        "pass categorical=['my col', 'z']": "pass --categorical 'my col,z'",
+        "leave it out with ignore=['id']": "leave it out with --ignore id",
+        "for a numeric target use task='regression'": "for a numeric target use --task regression",
+        "pass device='cpu', or device=None to pick the best available": (
+            "pass --device cpu, or leave --device out to pick the best available"
+        ),
+        "pass e.g. max_categories=50": "pass e.g. --max-categories 50",
+        "set validation_fraction/test_fraction to 0": (
+            "set --validation-fraction/--test-fraction to 0"
+        ),
+        "column 'b' must be a number": "column 'b' must be a number",  # untouched
+    }
+    for text, want in cases.items():
+        assert cli._as_flags(text) == want
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
@@ -726,6 +798,25 @@ def test_predict_and_show_refuse_incomplete_or_corrupt_runs(tiny_run, tmp_path, 
     (tiny_run / "summary.json").unlink()
     result = invoke(["show", "r"], tmp_path, monkeypatch)
     assert result.exit_code == 2 and "must contain summary.json" in result.stderr
+
+
+def test_predict_refuses_to_write_over_the_data_it_reads(tiny_run, tmp_path, monkeypatch):
+    # `-o` naming the input file silently replaced the user's data with the predictions.
+    pcsv.write_csv(pa.table({"a": [1.0], "b": [0.0], "c": [2.0]}), tmp_path / "new.csv")
+    kept = {n: (tmp_path / n).read_bytes() for n in ("new.csv", "lin.csv")}
+    for data, out, what in (
+        ("new.csv", "new.csv", "got the prediction data file 'new.csv'"),
+        ("new.csv", "./sub/../new.csv", "got the prediction data file 'new.csv'"),
+        ("new.csv", "lin.csv", "got the training data file of run 'r'"),
+    ):
+        (tmp_path / "sub").mkdir(exist_ok=True)
+        result = invoke(["predict", "r", data, "-o", out], tmp_path, monkeypatch)
+        assert result.exit_code == 2, result.output
+        assert "must not be a file that predict reads" in result.stderr and what in result.stderr
+        assert "-o " in result.stderr.split("—")[-1]  # the fix: another -o
+    assert {n: (tmp_path / n).read_bytes() for n in kept} == kept
+    result = invoke(["predict", "r", "new.csv", "-o", "pred.csv"], tmp_path, monkeypatch)
+    assert result.exit_code == 0, result.output
 
 
 def test_predict_to_stdout(tiny_run, tmp_path, monkeypatch):

@@ -48,6 +48,8 @@ def test_resolve_config_later_layers_win_and_values_are_normalized():
         ({"batch_size": -1}, "--batch-size must be an integer >= 0"),
         ({"hidden": "64,-1"}, "--hidden must be"),
         ({"hidden": "wide"}, "--hidden must be"),
+        ({"hidden": "8,,8"}, "--hidden must be comma-separated layer widths"),  # was [8, 8]
+        ({"hidden": "8,"}, "--hidden must be comma-separated layer widths"),
         ({"task": "regresion"}, "--task must be one of"),
         ({"validation_fraction": 1.0}, "--validation-fraction must be a number in"),
         ({"validation_fraction": 0.5, "test_fraction": 0.5}, "must be below 1"),
@@ -58,7 +60,8 @@ def test_resolve_config_later_layers_win_and_values_are_normalized():
         ({"optimizer": "adamm"}, "did you mean 'adam'"),
         ({"max_time": 0}, "--max-time must be"),
         ({"precision": "fp16"}, "--precision must be"),
-        ({"seed": -3}, "--seed must be an integer >= 0"),
+        ({"seed": -3}, r"--seed must be an integer in \[0, 2\*\*63\)"),
+        ({"seed": 2**64}, r"--seed must be an integer in \[0, 2\*\*63\); got 18446744073709551616"),
         ({"epochz": 3}, "must be an option of descend fit"),
     ],
 )
@@ -153,6 +156,29 @@ def test_atomic_write_json_is_strict_json(tmp_path):
     text = (tmp_path / "x.json").read_text()
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"nan": None, "inf": [None, 1.5], "np": 2.0}
+
+
+def test_model_file_bytes_do_not_depend_on_the_process(tmp_path):
+    # safetensors keeps the metadata in a Rust HashMap whose order is seeded per map: two runs
+    # with the same seed wrote the same weights in files that differed in their header.
+    import struct
+
+    from safetensors.torch import load_file
+
+    from descend.models import mlp
+
+    model = mlp(3, 2, hidden=(4,), seed=0)
+    written = set()
+    for i in range(16):  # 16 maps: without the sorting, both orders show (all but 2**-15)
+        runs._save_model(model, tmp_path / f"m{i}.safetensors")
+        written.add((tmp_path / f"m{i}.safetensors").read_bytes())
+    assert len(written) == 1
+    data = written.pop()
+    (n,) = struct.unpack("<Q", data[:8])
+    meta = json.loads(data[8 : 8 + n])["__metadata__"]
+    assert list(meta) == sorted(meta)
+    loaded = load_file(str(tmp_path / "m0.safetensors"))
+    assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())
 
 
 def test_make_run_dir_names_and_out_rules(tmp_path):

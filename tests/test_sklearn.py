@@ -186,6 +186,33 @@ def test_pickle_round_trip_and_warm_start_after_it(iris):
     assert back.n_iter_ > clf.n_iter_
 
 
+def test_pickling_an_estimator_with_a_transform_optimizer_names_the_fix(iris):
+    # It failed with Python's "Can't pickle local object 'fused_adam_chain.<locals>.init'".
+    import copy
+
+    import joblib
+
+    cloudpickle = pytest.importorskip("cloudpickle")  # joblib's n_jobs > 1 uses it
+
+    X, y = iris
+    clf = Classifier(max_epochs=2, random_state=0, optimizer=optim.adamw(1e-2))
+    expected = (
+        r"Classifier: optimizer must be a registry name \(or None\) for the estimator to be "
+        r"pickled .*got adamw\(lr=0.01.* — pass the optimizer by name with its rate, e\.g\. "
+        r"Classifier\(optimizer='adamw', lr=0\.01\)"
+    )
+    for est in (clf, clf.fit(X, y)):
+        with pytest.raises(pickle.PicklingError, match=expected):
+            pickle.dumps(est)
+        with pytest.raises(pickle.PicklingError, match=expected):
+            joblib.dump(est, __import__("io").BytesIO())
+    # what copies closures still takes it: copy.deepcopy, and cloudpickle (n_jobs > 1)
+    for back in (copy.deepcopy(clf), cloudpickle.loads(cloudpickle.dumps(clf))):
+        np.testing.assert_allclose(back.predict_proba(X), clf.predict_proba(X), rtol=1e-6)
+    named = Classifier(max_epochs=2, random_state=0, optimizer="adamw", lr=1e-2).fit(X, y)
+    pickle.loads(pickle.dumps(named))
+
+
 # ----------------------------------------------------------------------------------------------
 # Warm starts and partial_fit keep the optimizer state
 # ----------------------------------------------------------------------------------------------
@@ -211,6 +238,30 @@ def test_warm_start_continues_weights_and_optimizer_state(iris):
     cold = clone(clf).set_params(warm_start=False).fit(X, y)
     cold.fit(X, y)
     assert _steps(cold) == steps and cold.n_iter_ == epochs
+
+
+def test_a_warm_start_with_a_new_lr_or_optimizer_uses_it_on_the_kept_weights(iris):
+    # set_params(lr=0.05) after a default fit (whose rate had decayed to zero) was ignored:
+    # the old optimizer went on, at rate 0.
+    X, y = iris
+    clf = Classifier(max_epochs=4, patience=None, random_state=0, warm_start=True).fit(X, y)
+    model, steps = clf.model_, _steps(clf)
+    weights = [p.detach().clone() for p in model.parameters()]
+    clf.set_params(lr=0.05).fit(X, y)
+    assert clf.model_ is model  # the weights are kept and trained further...
+    assert str(clf.optimizer_).startswith("adamw(lr=0.05")  # ...by the new optimizer,
+    assert _steps(clf) == steps  # started afresh (its own step count, moments, schedule)
+    assert find_lr_state(clf._opt_state)["lr"] == pytest.approx(0.05)
+    assert any(not torch.equal(a, b) for a, b in zip(weights, model.parameters()))
+    clf.fit(X, y)  # unchanged settings: that optimizer goes on
+    assert _steps(clf) == 2 * steps
+    clf.set_params(optimizer="sgd", lr=0.1).fit(X, y)
+    assert str(clf.optimizer_).startswith("sgd(lr=0.1") and _steps(clf) == steps
+    # partial_fit too
+    inc = Classifier(random_state=0, batch_size=150)
+    inc.partial_fit(X, y, classes=[0, 1, 2])
+    inc.set_params(lr=0.2).partial_fit(X, y)
+    assert find_lr_state(inc._opt_state)["lr"] == pytest.approx(0.2) and _steps(inc) == 1
 
 
 def test_default_batches_are_full_up_to_512_rows_then_a_quarter_capped_at_256():

@@ -430,6 +430,18 @@ def test_target_with_missing_values_names_rows_and_can_be_dropped():
     assert Preprocessor().fit(kept, "y").n_train_rows == 2
 
 
+def test_check_target_present_counts_every_row_of_the_table():
+    from descend.tabular import check_target_present
+
+    y = [None if i % 3 == 0 else float(i) for i in range(20)]
+    table = pa.table({"x": [float(i) for i in range(20)], "y": y})
+    with pytest.raises(
+        InputError, match=r"got 7 missing at rows 0, 3, 6, 9, 12 and 2 more .* — fill them"
+    ):
+        check_target_present(table, ["y"], fix="fill them")
+    check_target_present(table, ["x"])  # nothing missing: no error
+
+
 def test_missing_target_rows_are_rows_of_the_whole_table():
     table = pa.table({"x": [1.0, 2.0, 3.0, 4.0], "y": [0, 1, None, 1]})
     with pytest.raises(InputError, match=r"1 missing at row 2 "):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -68,14 +69,51 @@ def _console(stderr: bool = False):
     )
 
 
+def _quoted_names(inner: str) -> str:
+    """``'a', 'b c'`` (a Python list's items) as a flag's value: ``a,'b c'``."""
+    import ast
+    import shlex
+
+    try:
+        names = ast.literal_eval(f"[{inner}]")
+    except (ValueError, SyntaxError):
+        return inner
+    return shlex.quote(",".join(str(n) for n in names))
+
+
+# The library's messages name the fix as Python (``categorical=['b']``, ``task='regression'``,
+# ``device='cpu'``); on the command line the same fix is a flag.
+_FLAG_FIXES: tuple[tuple[re.Pattern[str], Any], ...] = (
+    (
+        re.compile(r"\b(categorical|ignore)=\[([^\]]*)\]"),
+        lambda m: f"--{m[1]} {_quoted_names(m[2])}",
+    ),
+    (re.compile(r"\b(task|device)='([^']*)'"), lambda m: f"--{m[1]} {m[2]}"),
+    (re.compile(r"\bdevice=None\b"), lambda m: "leave --device out"),
+    (re.compile(r"\bmax_categories=(\d+)"), lambda m: f"--max-categories {m[1]}"),
+    (
+        re.compile(r"\bvalidation_fraction/test_fraction\b"),
+        lambda m: "--validation-fraction/--test-fraction",
+    ),
+)
+
+
+def _as_flags(text: str) -> str:
+    """``text`` with the library's Python-style fixes written as the command's flags."""
+    for pattern, repl in _FLAG_FIXES:
+        text = pattern.sub(repl, text)
+    return text
+
+
 def _say(text: str, *, stderr: bool = False) -> None:
     if distributed.is_main():  # under torchrun, rank 0 speaks for the run
-        _console(stderr).print(text, markup=False)
+        _console(stderr).print(_as_flags(text), markup=False)
 
 
 def _error(text: str, *, every_rank: bool = False) -> None:
     """``error: text`` on stderr — under torchrun from rank 0 (the processes refuse the same
     input alike), or with ``every_rank`` from each, its rank named."""
+    text = _as_flags(text)
     if distributed.is_main():
         print(f"error: {text}", file=sys.stderr, flush=True)
     elif every_rank:
@@ -132,7 +170,7 @@ _LookupRunsDir = Annotated[str, typer.Option(help="Where to look up a run given 
 
 
 def _test_line(s: dict[str, Any]) -> str:
-    return f"test ({s['rows']['test']:,} rows): {runs.format_metrics(s['test'])}"
+    return f"test ({runs._count(s['rows']['test'], 'row')}): {runs.format_metrics(s['test'])}"
 
 
 def _untrained(run_dir: Any) -> None:
@@ -306,7 +344,7 @@ def fit(
         _say(_test_line(s))
     elif s.get("validation"):
         _say(
-            f"validation ({s['rows']['validation']:,} rows, no test split): "
+            f"validation ({runs._count(s['rows']['validation'], 'row')}, no test split): "
             f"{runs.format_metrics(s['validation'])}"
         )
     else:
@@ -389,14 +427,15 @@ def predict(
 
     Classification gives the labels in their original form plus one probability column per
     class; regression gives values in the target's original units."""
-    runs.check_output(output)  # before any work
+    # before any work; never over the data it reads (the input, the run's training data)
+    runs.check_output(output, protect=runs.predict_inputs(run, data, runs_dir=runs_dir))
     table, notes = runs.predict(run, data, runs_dir=runs_dir, device=device)
     to_stdout = output is None or output == "-"
     for note in notes:
         _say(f"note: {note}", stderr=True)
     runs.write_predictions(table, output)
     if not to_stdout:
-        _say(f"wrote {table.num_rows:,} predictions to {output}")
+        _say(f"wrote {runs._count(table.num_rows, 'prediction')} to {output}")
 
 
 # ----------------------------------------------------------------------------- runs / show

@@ -61,7 +61,14 @@ from typing import Any
 import numpy as np
 
 from descend import distributed
-from descend._errors import CheckpointError, ConfigError, InputError, describe, message
+from descend._errors import (
+    CheckpointError,
+    ConfigError,
+    DescendError,
+    InputError,
+    describe,
+    message,
+)
 from descend.data import auto_device
 from descend.train.callbacks import Callback
 
@@ -311,7 +318,8 @@ def _parse_hidden(value: Any) -> list[int] | None:
         if text in ("none", "linear", "0"):
             return []
         try:
-            widths = [int(part) for part in text.split(",") if part.strip()]
+            # an empty part ('8,,8', '8,') is a typo, not a layer to skip
+            widths = [int(part) for part in text.split(",")]
         except ValueError:
             widths = None  # type: ignore[assignment]
     if widths is None or any(
@@ -328,13 +336,18 @@ def _parse_hidden(value: Any) -> list[int] | None:
     return widths
 
 
-def _check_int(name: str, value: Any, low: int, fix: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(
-            message(
-                f"--{name.replace('_', '-')}", f"must be an integer >= {low}", describe(value), fix
-            )
+def _check_int(
+    name: str, value: Any, low: int, fix: str, *, below: int | None = None, top: str = ""
+) -> None:
+    """``value`` an int >= ``low`` (and < ``below``, written ``top`` in the rule)."""
+    bad = isinstance(value, bool) or not isinstance(value, int) or value < low
+    if bad or (below is not None and value >= below):
+        rule = (
+            f"must be an integer >= {low}"
+            if below is None
+            else f"must be an integer in [{low}, {top or below})"
         )
+        raise ConfigError(message(f"--{name.replace('_', '-')}", rule, describe(value), fix))
 
 
 def _check_fraction(name: str, value: Any) -> None:
@@ -402,7 +415,8 @@ def resolve_config(*layers: Mapping[str, Any]) -> FitConfig:
             )
         )
     if cfg.seed is not None:
-        _check_int("seed", cfg.seed, 0, "pass e.g. --seed 0")
+        # torch's generators take a 64-bit seed (a larger one was a traceback from torch)
+        _check_int("seed", cfg.seed, 0, "pass e.g. --seed 0", below=2**63, top="2**63")
     from descend.models import ACTIVATIONS
 
     if cfg.activation not in ACTIVATIONS:
@@ -661,6 +675,11 @@ class PreparedData:
         return self.X[idx], self.y[idx]
 
 
+def _count(n: int, word: str) -> str:
+    """``"1 row"``, ``"1,000 rows"``."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
 def _is_path_like(text: str) -> bool:
     return os.sep in text or "/" in text or bool(Path(text).suffix)
 
@@ -763,7 +782,9 @@ def prepare_data(
     table, name, source = load_table(cfg.data)
     source.update(rows=table.num_rows, columns=table.num_columns)
     where = f"'{source['path']}'" if source["kind"] == "file" else f"dataset {name}"
-    notify(f"data: {where} — {table.num_rows:,} rows, {table.num_columns} columns")
+    notify(
+        f"data: {where} — {_count(table.num_rows, 'row')}, {_count(table.num_columns, 'column')}"
+    )
     index = tabular.dropped_index(table)
     if index:
         notify(
@@ -781,6 +802,11 @@ def prepare_data(
             raise tabular._missing_column_error(
                 flag, unknown, table.column_names, rule="must name columns of the table"
             )
+    # Every row's target, before the split: the preprocessor sees the training rows first
+    # and counted only the missing values among them.
+    tabular.check_target_present(
+        table, targets, fix="fill those values, or remove those rows from the file"
+    )
     target_cols = [table[t] for t in targets]
 
     if cfg.task != "auto":
@@ -806,8 +832,11 @@ def prepare_data(
 
     labels = None
     if task == "classification":
-        labels = target_cols[0]
         import pyarrow.compute as pc
+
+        # A pandas `category` column is dictionary-encoded in Parquet: count_distinct has no
+        # dictionary kernel, and the classes are the labels it holds (not unused categories).
+        labels = tabular._decode_dictionary(tabular._chunked(target_cols[0]))
 
         n_classes = pc.count_distinct(labels).as_py()
     n_val, n_test = cfg.validation_fraction, cfg.test_fraction
@@ -825,7 +854,7 @@ def prepare_data(
         )
     notify(
         f"split: {len(train_idx):,} training, {len(val_idx):,} validation, "
-        f"{len(test_idx):,} test rows (seed {seed})"
+        f"{_count(len(test_idx), 'test row')} (seed {seed})"
     )
     pre = tabular.Preprocessor(
         task, max_categories=cfg.max_categories, categorical=cfg.categorical, ignore=cfg.ignore
@@ -971,10 +1000,18 @@ class RunRecorder(Callback):
     wants_steps = False
 
     def __init__(
-        self, make_dir: Callable[[], Path], files: Mapping[str, Any], *, resuming: bool = False
+        self,
+        make_dir: Callable[[], Path],
+        files: Mapping[str, Any],
+        *,
+        resuming: bool = False,
+        echo: Callable[[str], None] | None = None,
     ) -> None:
         self._make_dir = make_dir
         self._files = dict(files)
+        # The plain log's lines for the epochs the race winner brings into the run: fit's
+        # plain progress prints only the epoch that just ended (the recorder runs before it).
+        self._echo = echo
         self.dir: Path | None = None
         self._metrics = None
         self._resuming = resuming
@@ -1007,6 +1044,9 @@ class RunRecorder(Callback):
         records = loop.history.epoch_records()
         for record in records[self._written :]:
             self._metrics.write(json.dumps(_finite(record), allow_nan=False) + "\n")
+        if self._echo is not None:
+            for record in records[self._written : -1]:
+                self._echo(adopted_epoch_line(record, loop.max_epochs))
         self._written = len(records)
         self._metrics.flush()
 
@@ -1014,6 +1054,29 @@ class RunRecorder(Callback):
         if self._metrics is not None:
             self._metrics.close()
             self._metrics = None
+
+
+def adopted_epoch_line(record: Mapping[str, Any], max_epochs: int) -> str:
+    """The plain log line of an epoch the run adopted from the learning-rate race (the
+    winner's epochs 1..k), in the shape of fit's own epoch lines, marked as from the race."""
+
+    def fmt(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, (int, float)) and math.isfinite(v) else "-"
+
+    parts = [f"epoch {record.get('epoch'):>{len(str(max_epochs))}}/{max_epochs}"]
+    parts.append(f"train_loss {fmt(record.get('train_loss'))}")
+    if "val_loss" in record:
+        parts.append(f"val_loss {fmt(record.get('val_loss'))}")
+    known = {"epoch", "train_loss", "val_loss", "lr", "time", "best"}
+    parts += [f"{k} {fmt(v)}" for k, v in record.items() if k not in known]
+    if isinstance(record.get("lr"), (int, float)):
+        parts.append(f"lr {record['lr']:.3g}")
+    if isinstance(record.get("time"), (int, float)):
+        parts.append(f"{record['time']:.1f}s")
+    if record.get("best"):
+        parts.append("*")
+    parts.append("(race winner)")
+    return "  ".join(parts)
 
 
 @dataclass
@@ -1155,7 +1218,11 @@ def train(
         run_dir = Path(world.text_from_main(_on_main(world, make) or ""))
     else:
         run_dir, made = resume_run, []
-    recorder = RunRecorder(lambda: run_dir, files, resuming=resume_run is not None)
+    # fit's progress is plain lines when stdout is no terminal: the race's epochs get theirs
+    plain = not cfg.quiet and not sys.stdout.isatty()
+    recorder = RunRecorder(
+        lambda: run_dir, files, resuming=resume_run is not None, echo=notify if plain else None
+    )
     # Checkpoints from the start: the default policy's race writes its own there too, so a
     # run killed while the learning rate is chosen goes on from the race's last checkpoint.
     ckpt_kw: dict[str, Any] = {"checkpoint": run_dir / CHECKPOINT_DIR}
@@ -1316,9 +1383,30 @@ def _save_model(model: Any, path: Path) -> int:
     from safetensors.torch import save
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    data = save(tensors, metadata={"format": "pt", "spec": MODEL_SPEC_FILE})
+    data = _sorted_safetensors_metadata(
+        save(tensors, metadata={"format": "pt", "spec": MODEL_SPEC_FILE})
+    )
     atomic_write_bytes(path, data)
     return len(data)
+
+
+def _sorted_safetensors_metadata(data: bytes) -> bytes:
+    """``data`` (a safetensors file) with its ``__metadata__`` keys in sorted order.
+
+    safetensors keeps the metadata in a Rust HashMap, whose order is seeded per process: two
+    runs with the same seed wrote the same weights under headers in different orders, so the
+    files differed. The header is rewritten in place (same keys, so the same length; padded
+    with spaces as safetensors pads it); the tensors' data offsets are unchanged."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    meta = header.get("__metadata__")
+    if not isinstance(meta, dict):
+        return data
+    header["__metadata__"] = dict(sorted(meta.items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > n:  # pragma: no cover - a reordering keeps the length
+        return data
+    return data[:8] + text.ljust(n, b" ") + data[8 + n :]
 
 
 def _save_plot(history: Any, path: Path, *, title: str) -> bool:
@@ -1710,12 +1798,55 @@ _PARQUET_SUFFIXES = (".parquet", ".pq")
 _CSV_SUFFIXES = ("", ".csv", ".txt")
 
 
-def check_output(path: str | os.PathLike[str] | None) -> None:
+def predict_inputs(
+    run: str | os.PathLike[str], data: str, *, runs_dir: str | os.PathLike[str] = "runs"
+) -> list[tuple[str, Path]]:
+    """The files ``descend predict RUN DATA`` reads and must never write over: ``(what, path)``
+    for the prediction data file and the run's recorded training data file. A run that cannot
+    be read adds nothing here (:func:`predict` names what is wrong with it)."""
+    out: list[tuple[str, Path]] = []
+    if Path(data).is_file():
+        out.append((f"the prediction data file '{data}'", Path(data)))
+    try:
+        d = _resolve_run_dir(run, runs_dir)
+        source = json.loads((d / CONFIG_FILE).read_text(encoding="utf-8")).get("data") or {}
+    except (DescendError, OSError, ValueError, AttributeError):
+        return out
+    if isinstance(source, dict) and source.get("kind") == "file":
+        recorded = source.get("absolute_path") or source.get("path")
+        if isinstance(recorded, str) and Path(recorded).is_file():
+            out.append((f"the training data file of run '{d}' ('{recorded}')", Path(recorded)))
+    return out
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_output(
+    path: str | os.PathLike[str] | None, *, protect: Sequence[tuple[str, Path]] = ()
+) -> None:
     """Refuse an ``-o`` that predictions cannot be written to, before any work: a directory, a
-    missing parent directory, or a suffix other than .csv/.txt (or none) and .parquet/.pq."""
+    missing parent directory, a suffix other than .csv/.txt (or none) and .parquet/.pq, or one
+    of the files in ``protect`` (``(what, path)``: the input data, the run's training data —
+    the predictions would replace them)."""
     if path is None or str(path) == "-":
         return
     target = Path(path)
+    for what, kept in protect:
+        if _same_file(target, kept):
+            alt = target.with_name(f"{target.stem}.predictions{target.suffix or '.csv'}")
+            raise ConfigError(
+                message(
+                    f"-o '{target}'",
+                    "must not be a file that predict reads (the predictions would replace it)",
+                    what,
+                    f"write the predictions to another file, e.g. -o {shlex.quote(str(alt))}",
+                )
+            )
     suffix = target.suffix.lower()
     if suffix not in _CSV_SUFFIXES + _PARQUET_SUFFIXES:
         raise ConfigError(

@@ -34,7 +34,10 @@ needs and scikit-learn users expect:
   (``fit(opt_state=...)``), unlike scikit-learn's MLP, which restarts Adam on a warm start.
   The default schedule is shaped over the first fit's ``max_epochs``; a warm start continues
   along it (at its final, zero rate once a previous fit's decay reached zero: pass ``lr=`` or
-  an ``optimizer`` for a constant rate, or fit afresh). ``partial_fit`` runs one epoch per call
+  an ``optimizer`` for a constant rate, or fit afresh). A warm start (or ``partial_fit``) after
+  ``set_params`` changed ``optimizer`` or ``lr`` keeps the weights and starts the optimizer now
+  named afresh: new moments, step count and schedule from step 0 (the old state belongs to the
+  old optimizer); with both unchanged the optimizer goes on. ``partial_fit`` runs one epoch per call
   and, since the number of calls is unknown, starts with the library's constant-rate AdamW for
   data of unknown length (or the ``optimizer``/``lr`` given); features are standardized with the
   first call's statistics.
@@ -358,7 +361,16 @@ class _Estimator(BaseEstimator, _RefuseMLPParams):
             )
             self._architecture = self._arch_now()
 
-        continuing = warm and getattr(self, "_tx", None) is not None and self._opt_state is not None
+        # The optimizer goes on only while optimizer= and lr= are the ones that made it: a new
+        # value (set_params(lr=0.05) after a default fit whose rate decayed to zero) starts the
+        # optimizer it names afresh on the kept weights (it was silently ignored).
+        settings = (self.optimizer, self.lr)
+        continuing = (
+            warm
+            and getattr(self, "_tx", None) is not None
+            and self._opt_state is not None
+            and _same_settings(getattr(self, "_tx_settings", None), settings)
+        )
         optimizer, lr, opt_state = self.optimizer, self.lr, None
         if continuing:
             optimizer, lr, opt_state = self._tx, None, self._opt_state
@@ -394,6 +406,7 @@ class _Estimator(BaseEstimator, _RefuseMLPParams):
         )
         self._tx = keep.tx
         self._opt_state = result.opt_state
+        self._tx_settings = settings
         self._n_calls += 1
         self.n_iter_ += result.epochs
         self.t_ += result.epochs * n_train  # rows the run's steps saw, as MLPClassifier counts
@@ -601,6 +614,9 @@ class _Estimator(BaseEstimator, _RefuseMLPParams):
         # start continues the weights with a new optimizer.
         state = self.__dict__.copy()
         state.pop("_tx", None)
+        state.pop("_tx_settings", None)
+        if not isinstance(self.optimizer, (str, type(None))) and not _copier_keeps_closures():
+            _check_picklable_optimizer(type(self).__name__, self.optimizer)
         return state
 
     def __sklearn_tags__(self):
@@ -608,6 +624,71 @@ class _Estimator(BaseEstimator, _RefuseMLPParams):
         tags.input_tags.allow_nan = False
         tags.input_tags.sparse = True
         return tags
+
+
+#: Modules whose copiers save closures (copy.deepcopy keeps them; cloudpickle, which joblib's
+#: n_jobs>1 uses, and dill pickle them by value): an optimizer transform passes through them.
+_CLOSURE_COPIERS = ("copy", "cloudpickle", "dill")
+
+
+def _copier_keeps_closures() -> bool:
+    """Whether ``__getstate__`` was called by copy.deepcopy, cloudpickle or dill (found on the
+    stack: the pickler is not passed to ``__getstate__``), not by pickle or joblib.dump."""
+    import sys
+
+    frame = sys._getframe(2)
+    for _ in range(64):
+        if frame is None:
+            return False
+        parts = str(frame.f_globals.get("__name__", "")).split(".")
+        if parts[0] in _CLOSURE_COPIERS or "cloudpickle" in parts:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _check_picklable_optimizer(who: str, optimizer: Any) -> None:
+    """A PicklingError naming the fix for an ``optimizer`` pickle cannot save: a
+    ``descend.optim`` transform is made of local functions (Python's "Can't pickle local
+    object" named neither the parameter nor the fix)."""
+    import pickle
+
+    try:
+        pickle.dumps(optimizer)
+    except Exception:
+        import re
+
+        text = repr(optimizer)
+        name, lr = text.split("(", 1)[0], re.search(r"\blr=([^,)]+)", text)
+        if not name.isidentifier():
+            name = "adamw"
+        example = f"optimizer={name!r}, lr={lr.group(1) if lr else '...'}"
+        raise pickle.PicklingError(
+            message(
+                f"{who}: optimizer",
+                "must be a registry name (or None) for the estimator to be pickled (pickle, "
+                "joblib.dump)",
+                f"{describe(optimizer)}, a descend.optim transform made of local functions that "
+                "pickle cannot save",
+                f"pass the optimizer by name with its rate, e.g. {who}({example}); "
+                "cross_val_score(n_jobs=...) and copy.deepcopy take the transform as it is",
+            )
+        ) from None
+
+
+def _same_settings(before: Any, now: tuple[Any, Any]) -> bool:
+    """Whether ``(optimizer, lr)`` are still the values the kept optimizer was made from: equal
+    names and rates, the same transform object."""
+    if before is None:
+        return False
+
+    def same(a: Any, b: Any) -> bool:
+        if a is b:
+            return True
+        plain = (str, numbers.Number)
+        return isinstance(a, plain) and isinstance(b, plain) and bool(a == b)
+
+    return same(before[0], now[0]) and same(before[1], now[1])
 
 
 def _weighted_moments(
@@ -652,10 +733,13 @@ class Classifier(ClassifierMixin, _Estimator):
         random_state: int for reproducible fits (initialization, split, batch order).
         warm_start: continue from the previous fit: its weights AND its optimizer state (the
             architecture stays the first fit's: a new ``hidden_layer_sizes`` or ``activation``
-            is refused).
+            is refused; a new ``optimizer`` or ``lr`` trains the kept weights with that
+            optimizer, its state started afresh).
         verbose: 0 silent, 1 progress, 2 one line per epoch.
         optimizer: None (the library's choice), a registry name or a ``descend.optim``
-            transform.
+            transform (made of local functions: pickle and ``joblib.dump`` refuse such an
+            estimator, naming the fix — a name with ``lr=``; ``copy.deepcopy`` and
+            ``n_jobs > 1``, which uses cloudpickle, take it).
         lr: a learning rate (AdamW at exactly this rate with ``optimizer=None``).
         device: ``"cpu"``, ``"cuda"``, ...; None picks the accelerator if there is one and
             a step is big enough to gain from it (batch rows x weights of at least

@@ -78,6 +78,7 @@ from descend._errors import ConfigError, InputError, check_choice, describe, mes
 __all__ = [
     "SUPPORTED_EXTENSIONS",
     "Preprocessor",
+    "check_target_present",
     "drop_missing_target",
     "infer_task",
     "read_table",
@@ -209,6 +210,41 @@ def _check_unique_names(names: Sequence[str], what: str) -> None:
                 "rename the duplicates so each column has its own name",
             )
         )
+
+
+_MISSING_TARGET_FIX = (
+    "fill those values, or drop the rows on purpose with "
+    "descend.tabular.drop_missing_target (or remove them from the file)"
+)
+
+
+def _present_target(
+    data: pa.Table, name: str, where: _Rows, fix: str = _MISSING_TARGET_FIX
+) -> pa.ChunkedArray:
+    """The target column ``name`` of ``data`` (decoded, NaN as missing); an InputError naming
+    how many values are missing and the first rows when any is."""
+    col = _nan_to_null(_decode_dictionary(_chunked(data[name])))
+    if col.null_count:
+        bad = np.flatnonzero(np.asarray(pc.is_null(col).to_numpy(zero_copy_only=False)))
+        raise InputError(
+            message(
+                f"target {name!r}",
+                "must have a value in every row",
+                f"{len(bad)} missing at {where.describe(bad)}",
+                fix,
+            )
+        )
+    return col
+
+
+def check_target_present(
+    table: pa.Table, targets: Sequence[str], *, fix: str | None = None
+) -> None:
+    """Refuse a missing value in any of the ``targets`` columns of the whole ``table``, with
+    the number missing and the first rows (file lines for a CSV) — before a split, so that
+    the count is of the file, not of the training rows."""
+    for name in targets:
+        _present_target(table, name, _Rows(table, None), fix or _MISSING_TARGET_FIX)
 
 
 def _chunked(column: Any) -> pa.ChunkedArray:
@@ -595,7 +631,10 @@ def _infer_task_with_reason(column: Any, name: str = "target") -> tuple[Task, st
     if n_distinct > _MAX_INFERRED_CLASSES:
         return "regression", f"{kind} with {n_distinct} distinct values (> {_MAX_INFERRED_CLASSES})"
     if n_distinct <= 2:
-        return "classification", f"{kind} with {n_distinct} distinct values"
+        return (
+            "classification",
+            f"{kind} with {n_distinct} distinct value{'' if n_distinct == 1 else 's'}",
+        )
     if n_distinct <= _MAX_CLASS_SHARE * valid:
         return "classification", f"{kind} with {n_distinct} distinct values in {valid} rows"
     values = sorted(float(v) for v in pc.unique(col).drop_null().to_pylist())
@@ -1056,19 +1095,7 @@ class Preprocessor:
         return self
 
     def _target_column(self, data: pa.Table, name: str, where: _Rows) -> pa.ChunkedArray:
-        col = _nan_to_null(_decode_dictionary(data[name]))
-        if col.null_count:
-            bad = np.flatnonzero(np.asarray(pc.is_null(col).to_numpy(zero_copy_only=False)))
-            raise InputError(
-                message(
-                    f"target {name!r}",
-                    "must have a value in every row",
-                    f"{len(bad)} missing at {where.describe(bad)}",
-                    "fill those values, or drop the rows on purpose with "
-                    "descend.tabular.drop_missing_target (or remove them from the file)",
-                )
-            )
-        return col
+        return _present_target(data, name, where)
 
     def _fit_target(self, data: pa.Table, targets: list[str], where: _Rows) -> None:
         cols = [self._target_column(data, t, where) for t in targets]
