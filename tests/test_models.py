@@ -122,3 +122,12 @@ def test_describe_model_lists_layers_and_parameter_count():
     frozen = nn.Linear(3, 2)
     frozen.bias.requires_grad_(False)
     assert describe_model(frozen).splitlines()[-1] == "8 parameters (6 trainable)"
+
+
+def test_mlp_seed_out_of_torch_range_is_refused_and_numpy_seeds_work():
+    import numpy as np
+
+    with pytest.raises(ConfigError, match=r"seed must be an integer in \[0, 2\*\*63\)"):
+        mlp(3, 2, hidden=(5,), seed=2**64)
+    a, b = mlp(3, 2, hidden=(5,), seed=np.int64(7)), mlp(3, 2, hidden=(5,), seed=7)
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))

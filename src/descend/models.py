@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import math
+import numbers
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -133,8 +134,14 @@ def mlp(
         raise ConfigError(
             message(f"{owner}: batch_norm", "must be True or False", describe(batch_norm), None)
         )
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ConfigError(message(f"{owner}: seed", "must be an integer", describe(seed), None))
+    if seed is not None and (
+        isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63
+    ):
+        raise ConfigError(
+            message(f"{owner}: seed", "must be an integer in [0, 2**63)", describe(seed),
+                    "pass e.g. seed=0")
+        )  # fmt: skip
+    seed = None if seed is None else int(seed)
 
     def build() -> nn.Sequential:
         layers: OrderedDict[str, nn.Module] = OrderedDict()
