@@ -50,6 +50,7 @@ import atexit
 import contextlib
 import gc
 import os
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, overload
@@ -173,11 +174,11 @@ class World:
 
 def is_sharded(model: torch.nn.Module) -> bool:
     """The model (or a submodule) was sharded with ``torch.distributed.fsdp.fully_shard``."""
-    try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:  # pragma: no cover - torch without FSDP2
-        return False
-    return any(isinstance(m, FSDPModule) for m in model.modules())
+    # Not imported here: torch.distributed.fsdp pulls in ~600 modules (DTensor, sympy), half a
+    # second on the first fit of every process. A model sharded with it has imported it.
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    kind = getattr(fsdp, "FSDPModule", None)
+    return kind is not None and any(isinstance(m, kind) for m in model.modules())
 
 
 def _is_dtensor(t: Any) -> bool:
