@@ -1297,3 +1297,27 @@ def test_a_fit_does_not_import_fsdp():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_on_a_terminal_texts_are_printed_as_they_are_not_as_markup(capsys, monkeypatch):
+    """rich read '[/tmp/run1]' in a stop request as a closing tag (MarkupError after training:
+    the Result lost) and swallowed '[linear_warmup(5), cosine(50)]' in the start line."""
+    import sys
+
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+
+    class Stop(descend.Callback):
+        def on_epoch_end(self, loop):
+            loop.request_stop("checkpoint written to [/tmp/run1]")
+
+    sched = descend.schedules.join(
+        [descend.schedules.linear_warmup(5), descend.schedules.cosine(50)], [5]
+    )
+    X = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
+    r = descend.fit(
+        torch.nn.Linear(3, 1), (X, X.sum(1)), "mse", epochs=3, verbose=2, callbacks=[Stop()],
+        optimizer=descend.optim.sgd(lr=0.01, schedule=sched),
+    )  # fmt: skip
+    out = " ".join(re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", capsys.readouterr().out).split())
+    assert r.epochs == 1 and "[/tmp/run1]" in out
+    assert "[linear_warmup(" in out

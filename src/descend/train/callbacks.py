@@ -135,8 +135,9 @@ class RichProgress(Callback):
     def planning(self, text: str) -> None:
         """A line from the default policy while it chooses the learning rate (before the bar)."""
         from rich.console import Console
+        from rich.markup import escape
 
-        Console().print(f"[bold]descend[/bold] {text}", highlight=False)
+        Console().print(f"[bold]descend[/bold] {escape(text)}", highlight=False)
 
     def on_fit_start(self, loop: Loop) -> None:
         from rich.progress import (
@@ -159,10 +160,12 @@ class RichProgress(Callback):
             transient=False,
         )
         self._progress.start()
-        self._progress.console.print(loop.describe_start())
+        self._progress.console.print(loop.describe_start(), markup=False)
         self._task = self._progress.add_task("", total=loop.max_epochs)
 
     def on_epoch_end(self, loop: Loop) -> None:
+        from rich.markup import escape  # texts are printed as they are, never as markup
+
         if self._progress is None:
             return
         h = loop.history
@@ -171,12 +174,12 @@ class RichProgress(Callback):
             desc += f"  val {_fmt(h.val_loss[-1])}"
         if h.metric and h.metric_name:
             desc += f"  {h.metric_name} {_fmt(h.metric[-1])}"
-        self._progress.update(self._task, completed=len(h.epoch), description=desc)
+        self._progress.update(self._task, completed=len(h.epoch), description=escape(desc))
         if self.lines:
-            self._progress.console.print(epoch_line(loop))
+            self._progress.console.print(epoch_line(loop), markup=False)
         for event in new_events(self, loop):
             self._progress.console.print(
-                f"[yellow]! {event['message']}[/yellow]", markup=True, highlight=False
+                f"[yellow]! {escape(event['message'])}[/yellow]", markup=True, highlight=False
             )
 
     def on_fit_end(self, loop: Loop) -> None:
@@ -184,7 +187,7 @@ class RichProgress(Callback):
             return
         self._progress.stop()
         if loop.stop_message:
-            self._progress.console.print(loop.stop_message)
+            self._progress.console.print(loop.stop_message, markup=False)
         self._progress = None
 
 
