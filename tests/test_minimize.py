@@ -107,3 +107,62 @@ def test_stop_sentences_say_which_test_ended_the_run():
         r"\(relative\) for 20 in a row; the gradient norm is [0-9.e-]+\. Best value ",
         r.stop_message,
     )
+
+
+def test_the_starting_point_is_never_modified():
+    """A leaf that requires grad (an nn.Parameter) was optimized in place, its .grad filled."""
+    x0 = torch.tensor([-1.5, 2.0], dtype=torch.float64, requires_grad=True)
+    r = descend.minimize(lambda p: (1 - p[0]) ** 2 + 100 * (p[1] - p[0] ** 2) ** 2, x0)
+    assert x0.tolist() == [-1.5, 2.0] and x0.grad is None
+    assert torch.allclose(r.params["x"], torch.ones(2, dtype=torch.float64), atol=1e-4)
+    w = torch.nn.Parameter(torch.zeros(3))
+    descend.minimize(lambda d: ((d["w"] - 2) ** 2).sum(), {"w": w}, method="adam", steps=50)
+    assert torch.equal(w.detach(), torch.zeros(3)) and w.grad is None
+
+
+def test_lbfgs_counts_iterations_and_keeps_a_finite_start_as_its_best():
+    rosen = lambda p: (1 - p[0]) ** 2 + 100 * (p[1] - p[0] ** 2) ** 2  # noqa: E731
+    calls = []
+
+    def counted(p):
+        calls.append(1)
+        return rosen(p)
+
+    r = descend.minimize(counted, torch.tensor([-1.5, 2.0], dtype=torch.float64), steps=1)
+    assert r.steps == 1 and len(calls) <= 6  # one iteration (was a block of 20)
+    # a line search stepping where fn is NaN: the start stays the best point, with its value
+    f = lambda x: ((x - 5) ** 2).sum() + 0 * torch.sqrt(3 - x).sum()  # noqa: E731
+    r = descend.minimize(f, torch.zeros(1))
+    assert r.stop_reason is descend.StopReason.DIVERGED and r.best_loss == 25.0
+    assert "Best value 25" in r.stop_message and "method='lbfgs'" not in r.stop_message
+
+
+@pytest.mark.parametrize(
+    ("call", "says"),
+    [
+        (lambda: descend.minimize(lambda x: torch.log(x).sum(), -torch.ones(2)),
+         "must be finite at the starting point"),
+        (lambda: descend.minimize(lambda z: (z.abs() ** 2).sum(), torch.tensor([1 + 1j])),
+         "must be real"),
+        (lambda: descend.minimize(lambda x: (x**2).sum(), torch.ones(2), patience=0),
+         "patience must be an integer >= 1"),
+        (lambda: descend.minimize(lambda x: (x**2).sum(), torch.ones(2), steps=True),
+         "steps must be an integer >= 1"),
+        (lambda: descend.minimize(lambda x: (x**2).sum(), torch.ones(2), tol=-1),
+         "tol must be a finite number >= 0"),
+        (lambda: descend.minimize(lambda x: (x**2).sum(), torch.ones(2), max_time=-1),
+         "max_time must be a finite number > 0"),
+    ],
+)  # fmt: skip
+def test_bad_starts_and_settings_are_refused(call, says):
+    with pytest.raises(descend.DescendError, match=re.escape(says)):
+        call()
+
+
+def test_the_recorded_rate_is_the_one_each_step_applied():
+    warm = descend.schedules.linear_warmup(4)
+    r = descend.minimize(
+        lambda x: (x**2).sum(), torch.ones(2), method=descend.optim.sgd(lr=0.1, schedule=warm),
+        steps=6, patience=100,
+    )  # fmt: skip
+    assert r.history.step_lr == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1, 0.1])

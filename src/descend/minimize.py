@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from descend import optim
-from descend._errors import ConfigError, InputError, describe, message
+from descend._errors import ConfigError, InputError, check_positive, describe, message, plain
 from descend.train.result import History, Result, StopReason
 from descend.transforms import Transform, apply_updates, find_lr_state
 
@@ -51,11 +51,22 @@ def _as_params(params: Any) -> tuple[dict[str, torch.Tensor], str]:
     out = {}
     for name, p in items.items():
         t = torch.as_tensor(p)
+        if t.is_complex():
+            raise ConfigError(
+                message(
+                    f"minimize(params[{name!r}])",
+                    "must be real (complex values would be cast to real, dropping the "
+                    "imaginary part)",
+                    f"a {t.dtype} tensor",
+                    "optimize torch.view_as_real(z) and rebuild it inside fn with "
+                    "torch.view_as_complex",
+                )
+            )
         if not t.is_floating_point():
             t = t.to(torch.get_default_dtype())
-        if not (t.is_leaf and t.requires_grad):
-            t = t.detach().clone().requires_grad_(True)
-        out[name] = t
+        # always a copy: the caller's tensor (a leaf that requires grad, an nn.Parameter) is
+        # left as it was, its .grad included
+        out[name] = t.detach().clone().requires_grad_(True)
     return out, kind
 
 
@@ -121,7 +132,8 @@ def minimize(
             names; a single tensor is under ``"x"``).
         method: ``"lbfgs"`` (full-batch L-BFGS with strong-Wolfe line search, the default), a
             descend optimizer registry name, or a Transform such as ``descend.optim.adam(lr=1e-2)``.
-        steps: the iteration budget.
+        steps: the iteration budget (``Result.steps`` counts iterations; L-BFGS's history
+            holds one entry per call of up to 20 iterations).
         tol: stop when the objective improves by less than ``tol`` (relative) for ``patience``
             consecutive steps.
         gtol: stop when the gradient norm falls below ``gtol``.
@@ -148,12 +160,21 @@ def minimize(
                 "pass a function of the parameters",
             )
         )
-    if not isinstance(steps, int) or steps < 1:
-        raise ConfigError(
-            message(
-                "minimize: steps", "must be an integer >= 1", describe(steps), "pass e.g. steps=500"
-            )
-        )
+    steps, patience, tol, gtol, max_time = (
+        plain(v) for v in (steps, patience, tol, gtol, max_time)
+    )
+    for name, value, example in (("steps", steps, 500), ("patience", patience, 20)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(
+                message(
+                    f"minimize: {name}", "must be an integer >= 1", describe(value),
+                    f"pass e.g. {name}={example}",
+                )
+            )  # fmt: skip
+    check_positive("tol", tol, owner="minimize", allow_zero=True)
+    check_positive("gtol", gtol, owner="minimize", allow_zero=True)
+    if max_time is not None:
+        check_positive("max_time", max_time, owner="minimize", example="max_time=60")
     p, kind = _as_params(params)
     plist = list(p.values())
     history = History()
@@ -165,6 +186,16 @@ def minimize(
     desc: str
     with torch.no_grad():
         first = [float(_call(fn, p, kind))]  # the starting value
+    if not math.isfinite(first[0]):
+        raise InputError(
+            message(
+                "minimize(fn)",
+                "must be finite at the starting point",
+                f"{first[0]} at the start",
+                "start where fn is defined (e.g. inside the domain of a log or sqrt)",
+            )
+        )
+    best_val = first[0]  # the start is the best point until a step beats it
     start_norm = _norm(list(best.values()))
     why = ""  # what ended a converged or diverged run, for the stop sentence
 
@@ -211,8 +242,11 @@ def minimize(
                 v.backward()
                 return v
 
-            for _ in range(max(1, steps // 20)):
+            done = 0  # L-BFGS iterations (each opt.step runs up to 20 of them)
+            while done < steps:
+                opt.param_groups[0]["max_iter"] = min(20, steps - done)
                 v = opt.step(closure)
+                done = int(opt.state[plist[0]].get("n_iter", done + 1)) if plist else steps
                 with torch.no_grad():
                     value = float(_call(fn, p, kind))
                 grads = [q.grad for q in plist if q.grad is not None]
@@ -281,6 +315,9 @@ def minimize(
                     break
                 updates, state = tx.update(g, state, p)
                 apply_updates(p, updates)
+                if lr_state:  # the rate this step applied (the state holds it after update)
+                    lr_state = find_lr_state(state)
+                    history.step_lr[-1] = float(lr_state["lr"])
                 if max_time is not None and time.perf_counter() - t0 > max_time:
                     reason = StopReason.MAX_TIME
                     break
@@ -288,6 +325,8 @@ def minimize(
         reason = StopReason.INTERRUPTED
 
     n = len(history.step_loss)
+    if desc.startswith("lbfgs"):
+        n = done  # iterations, not the 20-iteration calls the history records
     gn_last = history.step_grad_norm[-1] if history.step_grad_norm else math.nan
     stall = max(1, patience // 10) if desc.startswith("lbfgs") else patience
     its = f"{n} iteration{'s' * (n != 1)}"
@@ -298,9 +337,11 @@ def minimize(
             f"Stopped after {its}: the objective improved by less than tol={tol:g} (relative) "
             f"for {stall} in a row; the gradient norm is {gn_last:.3g}."
         )
-    diverged = (
-        "Diverged: the objective became non-finite; kept the best point. Try a smaller "
-        "learning rate or method='lbfgs'."
+    diverged = "Diverged: the objective became non-finite; kept the best point. " + (
+        "The line search stepped where fn is not defined: start farther from that region, "
+        "or use a descend optimizer with a small rate (method=descend.optim.adam(lr=1e-3))."
+        if desc.startswith("lbfgs")
+        else "Try a smaller learning rate or method='lbfgs'."
     )
     if why == "unbounded":
         diverged = (
