@@ -1321,3 +1321,18 @@ def test_on_a_terminal_texts_are_printed_as_they_are_not_as_markup(capsys, monke
     out = " ".join(re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", capsys.readouterr().out).split())
     assert r.epochs == 1 and "[/tmp/run1]" in out
     assert "[linear_warmup(" in out
+
+
+def test_the_plot_shows_a_one_epoch_run_and_a_minimize_history(tmp_path):
+    """A one-point line draws nothing: one epoch's losses were only legend entries, and a
+    minimize result (steps, no epochs) drew no line at all."""
+    X = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
+    r = descend.fit(torch.nn.Linear(3, 1), (X, X.sum(1)), "mse", lr=1e-2, epochs=1, verbose=0)
+    fig = r.history.plot(tmp_path / "one.png")
+    lines = {ln.get_label(): ln for ln in fig.axes[0].get_lines()}
+    assert lines["train loss"].get_marker() == "o" and lines["validation loss"].get_marker() == "o"
+    m = descend.minimize(lambda x: (x**2).sum(), torch.ones(2), method="adam", steps=20)
+    fig = m.history.plot(tmp_path / "min.png")
+    (line,) = [ln for ln in fig.axes[0].get_lines() if ln.get_label() == "objective"]
+    assert len(line.get_xdata()) == 20 and fig.axes[0].get_xlabel() == "step"
+    assert (tmp_path / "min.png").stat().st_size > 0

@@ -124,18 +124,38 @@ class History:
 
             fig, ax = plt.subplots(figsize=(7, 4.2))
         n_epochs = len(self.epoch)
+
+        # a marker on every point of a curve that has single points (one epoch, a finite value
+        # between non-finite ones): a line alone draws nothing there
+        def marker(values: list[float]) -> str:
+            ok = [math.isfinite(v) for v in values]
+            lone = any(
+                ok[i] and (i == 0 or not ok[i - 1]) and (i == len(ok) - 1 or not ok[i + 1])
+                for i in range(len(ok))
+            )
+            return "o" if lone else ""
+
         if self.step_loss and n_epochs:
             steps_per_epoch = len(self.step_loss) / n_epochs
             xs = [(i + 1) / steps_per_epoch for i in range(len(self.step_loss))]
             ax.plot(xs, self.step_loss, color="tab:blue", alpha=0.25, lw=0.8, label="batch loss")
+        elif self.step_loss:  # no epochs (descend.minimize): the objective per step
+            ax.plot(
+                range(1, len(self.step_loss) + 1), self.step_loss, color="tab:blue", lw=2,
+                marker=marker(self.step_loss), label="objective",
+            )  # fmt: skip
         if n_epochs:
-            ax.plot(self.epoch, self.train_loss, color="tab:blue", lw=2, label="train loss")
+            ax.plot(
+                self.epoch, self.train_loss, color="tab:blue", lw=2,
+                marker=marker(self.train_loss), label="train loss",
+            )  # fmt: skip
         if self.val_loss:
             ax.plot(
                 self.epoch[: len(self.val_loss)],
                 self.val_loss,
                 color="tab:orange",
                 lw=2,
+                marker=marker(self.val_loss),
                 label="validation loss",
             )
             finite = [v for v in self.val_loss if math.isfinite(v)]
@@ -151,12 +171,13 @@ class History:
                     lw=1,
                     label=f"best epoch {self.epoch[best]}",
                 )
-        positive = [v for v in self.train_loss + self.val_loss if math.isfinite(v)]
+        shown = self.train_loss + self.val_loss if n_epochs else self.step_loss
+        positive = [v for v in shown if math.isfinite(v)]
         if positive and min(positive) > 0 and max(positive) / min(positive) > 20:
             ax.set_yscale("log")
             ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
             ax.yaxis.set_minor_formatter(ticker.NullFormatter())
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("epoch" if n_epochs or not self.step_loss else "step")
         ax.set_ylabel("loss")
         ax.set_title(title or "loss curve", y=1.01)  # a fixed y skips auto-positioning
         ax.grid(alpha=0.3)
