@@ -1336,3 +1336,22 @@ def test_the_plot_shows_a_one_epoch_run_and_a_minimize_history(tmp_path):
     (line,) = [ln for ln in fig.axes[0].get_lines() if ln.get_label() == "objective"]
     assert len(line.get_xdata()) == 20 and fig.axes[0].get_xlabel() == "step"
     assert (tmp_path / "min.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("restore", [True, False])
+def test_a_failing_callback_says_which_weights_are_kept(restore):
+    said = []
+
+    class Boom(descend.Callback):
+        def on_epoch_end(self, loop):
+            if loop.epoch == 2:
+                raise RuntimeError("boom")
+
+        def on_fit_end(self, loop):
+            said.append(loop.stop_message)
+
+    X = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(RuntimeError, match="boom"):
+        descend.fit(torch.nn.Linear(3, 1), (X, X.sum(1)), "mse", lr=1e-2, epochs=3, verbose=0,
+                    restore_best=restore, callbacks=[Boom()])  # fmt: skip
+    assert ("restored the best weights" in said[0]) == restore

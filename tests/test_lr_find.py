@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import re
 
 import pytest
 import torch
@@ -246,3 +247,20 @@ def test_a_batch_norm_model_sweeps_past_a_one_row_last_batch():
     )
     res = descend.lr_find(model, (X, y), "mse", steps=12, batch_size=32)
     assert len(res.lrs) == 12
+
+
+@pytest.mark.parametrize(
+    ("kw", "says"),
+    [
+        ({"precision": "fp8"}, "precision must be one of"),
+        ({"diverge": float("nan")}, "diverge must be a number > 1"),
+        ({"optimizer": torch.optim.SGD}, "a torch.optim class is not one"),
+        ({"model": torch.nn.ReLU()}, "without parameters"),
+    ],
+)
+def test_more_bad_arguments_are_refused_with_the_fix(kw, says):
+    X = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+    model = kw.pop("model", torch.nn.Linear(4, 1))
+    y = X.sum(1) if isinstance(model, torch.nn.Linear) else X
+    with pytest.raises(descend.DescendError, match=re.escape(says)):
+        descend.lr_find(model, (X, y), steps=12, **kw)

@@ -2095,7 +2095,11 @@ class Loop:
         finally:
             if reason is None:  # an exception is propagating: still restore and tell callbacks
                 self._restore_best()
-                self.stop_message = "Training failed with an error; restored the best weights."
+                self.stop_message = "Training failed with an error; " + (
+                    "restored the best weights."
+                    if self.restore_best and self._best_state is not None
+                    else "the weights are those of the last step."
+                )
                 for cb in self.callbacks:
                     cb.on_fit_end(self)
         self._restore_best()

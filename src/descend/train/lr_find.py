@@ -57,7 +57,7 @@ from descend import data as D
 from descend import distributed as dist_
 from descend import losses as L
 from descend import optim
-from descend._errors import ConfigError, check_positive, describe, message
+from descend._errors import ConfigError, check_choice, check_positive, describe, message, plain
 from descend.transforms import Transform
 
 __all__ = ["LRFindResult", "lr_find", "sweep"]
@@ -405,7 +405,29 @@ def _make_tx(optimizer: str | Callable[..., Transform]) -> tuple[Callable[[float
             optim.get(name)  # raises the registry's message with close matches
         return (lambda lr: optim.get(name, lr=lr)), name
     if callable(optimizer):
-        return (lambda lr: optimizer(lr=lr)), getattr(optimizer, "__name__", "optimizer")
+        name = getattr(optimizer, "__name__", "optimizer")
+
+        def make(lr: float) -> Transform:
+            torch_class = isinstance(optimizer, type) and issubclass(
+                optimizer, torch.optim.Optimizer
+            )
+            tx = None if torch_class else optimizer(lr=lr)
+            if not isinstance(tx, Transform):
+                raise ConfigError(
+                    message(
+                        "lr_find(optimizer=...)",
+                        "must be a name or a factory returning a descend Transform "
+                        "(a torch.optim class is not one)",
+                        f"the torch optimizer class {name}"
+                        if torch_class
+                        else f"{name}(lr=...) returned {describe(tx)}",
+                        "pass 'adamw', or descend.optim.sgd / a function lr -> "
+                        "descend.optim.<name>(lr=lr)",
+                    )
+                )
+            return tx
+
+        return make, name
     raise ConfigError(
         message(
             "lr_find(optimizer=...)",
@@ -469,11 +491,17 @@ def lr_find(
                 "pass e.g. start_lr=1e-7, end_lr=10",
             )
         )
+    steps, diverge, seed = plain(steps), plain(diverge), plain(seed)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 10:
         raise ConfigError(
             message(f"{owner}: steps", "must be an integer >= 10", describe(steps), "steps=100")
         )
-    if not isinstance(diverge, (int, float)) or isinstance(diverge, bool) or diverge <= 1:
+    check_choice("precision", precision, ("fp32", "bf16"), owner=owner)
+    if (
+        not isinstance(diverge, (int, float))
+        or isinstance(diverge, bool)
+        or not 1 < diverge < math.inf
+    ):
         raise ConfigError(
             message(f"{owner}: diverge", "must be a number > 1", describe(diverge), "diverge=4")
         )
@@ -486,6 +514,9 @@ def lr_find(
                 "pass a module such as torch.nn.Linear(4, 1)",
             )
         )
+    from descend.train.loop import _check_trainable
+
+    _check_trainable(model)  # (a model with nothing to train: autograd's raw error)
     # the loop imports the autopilot, which imports us
     from descend.train.loop import _data_dtype, _split_batches
 
