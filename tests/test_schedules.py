@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+import descend
 from descend import schedules as S
 from descend._errors import ConfigError
 
@@ -176,3 +177,12 @@ def test_a_schedule_returning_a_non_number_is_named(impl):
         ConfigError, match=r"schedule\(step\) must return a number.*'fast' at step 0"
     ):
         update_and_apply(tx, {"w": torch.ones(3)}, state, params)
+
+
+def test_join_takes_numpy_boundaries():
+    import numpy as np
+
+    s = descend.schedules
+    a = s.join([s.linear_warmup(5), s.cosine(50)], [5])
+    b = s.join([s.linear_warmup(5), s.cosine(50)], np.array([5]))
+    assert [a(t) for t in range(0, 60, 7)] == [b(t) for t in range(0, 60, 7)]

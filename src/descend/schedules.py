@@ -217,8 +217,10 @@ def one_cycle(
     pct_start = check_in_range(
         "pct_start", pct_start, 0.0, 1.0, owner=owner, low_inclusive=False, example="pct_start=0.3"
     )
-    div_factor = check_positive("div_factor", div_factor, owner=owner)
-    final_div_factor = check_positive("final_div_factor", final_div_factor, owner=owner)
+    div_factor = check_positive("div_factor", div_factor, owner=owner, example="div_factor=25")
+    final_div_factor = check_positive(
+        "final_div_factor", final_div_factor, owner=owner, example="final_div_factor=1e4"
+    )
     start = 1.0 / div_factor
     end = start / final_div_factor
     peak = float(pct_start * t_total) - 1
@@ -284,6 +286,7 @@ def join(schedules: Sequence[Callable[[int], float]], boundaries: Sequence[int])
                 "give one boundary between each pair of consecutive schedules",
             )
         )
+    bounds = [plain(b) for b in bounds]  # NumPy integers too
     ints = all(isinstance(b, int) and not isinstance(b, bool) for b in bounds)
     if (
         not ints
