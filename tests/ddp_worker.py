@@ -34,11 +34,15 @@ def data(kind: str, n: int = 203):
 
 #: "fsdp-" scenarios on several processes: every model sharded with FSDP2's fully_shard
 SHARD = False
+#: "bn-" scenarios: batch norm after the first layer (running statistics per process)
+BN = False
 
 
 def model(out: int, dropout: float = 0.0) -> torch.nn.Module:
     torch.manual_seed(1)
     layers = [torch.nn.Linear(6, 16), torch.nn.ReLU()]
+    if BN:
+        layers.insert(1, torch.nn.BatchNorm1d(16))
     if dropout:
         layers.append(torch.nn.Dropout(dropout))
     m = torch.nn.Sequential(*layers, torch.nn.Linear(16, out))
@@ -305,6 +309,11 @@ def run(scenario: str, out: Path, rank: int, world: int):
             m = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
             fully_shard(m[0])
         return m, descend.fit(m, (X, y), "mse", optimizer="adamw", epochs=1, **common)
+    if scenario == "odd-last":  # 203 rows, 80% = 162 for training: batches of 23 leave 1
+        X, y = data("reg")
+        m = model(1)
+        opt = descend.optim.adamw(lr=3e-3)
+        return m, descend.fit(m, (X, y), "mse", optimizer=opt, epochs=1, batch_size=23, **common)
     if scenario == "tiny-batch":
         X, y = data("reg")
         m = model(1)
@@ -313,13 +322,16 @@ def run(scenario: str, out: Path, rank: int, world: int):
 
 
 def main() -> None:
-    global SHARD
+    global SHARD, BN
     scenario, out, rank, world = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    if scenario.startswith("bn-"):
+        BN = True
     torch.set_num_threads(1)
     if world > 1:
         torch.distributed.init_process_group(
             "gloo", init_method=f"file://{out / ('group-' + scenario)}", rank=rank, world_size=world
         )
+    scenario = scenario.removeprefix("bn-")
     if scenario.startswith("fsdp-"):
         SHARD, scenario = world > 1, scenario.removeprefix("fsdp-")
     try:

@@ -1089,15 +1089,32 @@ class Loop:
         every data-parallel step until a redo, so not every buffer: a model's constant ones,
         such as attention masks, can be large.)"""
         cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
-        if self._norm_buffers is None:  # found once: this runs at every step until a redo
+        saved = [(b, b.detach().clone()) for b in self._norm_buffer_list()]
+        return torch.get_rng_state(), cuda, saved
+
+    def _norm_buffer_list(self) -> list[torch.Tensor]:
+        """Batch norm's running statistics (found once: asked at every data-parallel step)."""
+        if self._norm_buffers is None:
             self._norm_buffers = [
                 b
                 for m in self.model.modules()
                 if isinstance(m, torch.nn.modules.batchnorm._NormBase)
                 for b in m.buffers(recurse=False)
             ]
-        saved = [(b, b.detach().clone()) for b in self._norm_buffers]
-        return torch.get_rng_state(), cuda, saved
+        return self._norm_buffers
+
+    def _sync_norm_buffers(self) -> None:
+        """Data-parallel: batch norm's running statistics become rank 0's on every process.
+
+        Each process updates them from its own share of a batch. DDP broadcasts rank 0's before
+        each training forward, FSDP does not: so this runs before each step of a sharded model
+        (a resumed run, which loads rank 0's, then goes on exactly as the run never stopped),
+        before every evaluation (the summed validation loss is one model's) and when the run
+        ends (every process hands back the same model)."""
+        if not self.world.active:
+            return
+        for b in self._norm_buffer_list():
+            torch.distributed.broadcast(b.data, src=0)
 
     def _restore_pre_step(self, state: tuple[Any, ...]) -> None:
         cpu, cuda, saved = state
@@ -1144,6 +1161,8 @@ class Loop:
         # A resident batch is split by rows (its share set by the source); a DistributedSampler
         # gives every process a batch of its own, of one size.
         share = src.share if src.resident else 1.0 / world.size
+        if self._sharded:
+            self._sync_norm_buffers()  # as DDP's broadcast_buffers does before its forward
         before = None if self._find_unused else self._pre_step_state()
         value, out, yt = self._forward_loss(self._ddp, xb, yb, wb)
         try:
@@ -1249,6 +1268,7 @@ class Loop:
     @torch.no_grad()
     def evaluate(self, src: D.Source) -> tuple[float, float | None]:
         """Mean loss and metric over a whole source, in eval mode, chunked to bound memory."""
+        self._sync_norm_buffers()
         fast = self._mlp  # (None when data-parallel)
         if (
             fast is not None
@@ -2103,6 +2123,7 @@ class Loop:
                 for cb in self.callbacks:
                     cb.on_fit_end(self)
         self._restore_best()
+        self._sync_norm_buffers()  # (data-parallel) every process hands back one model
         if not self.restore_best or self._best_state is None:
             swap_to_eval(self.opt_state, self.params)  # deploy the averaged point
         self.stop_message = self._sentence(reason)
@@ -2213,7 +2234,26 @@ def _split_batches(
     if world.active:
         _check_shardable(bundle, world, batch_size, per_process=2 if bn else 1)
         if bundle.train.resident:
-            bundle.train.shard_for(world)
+            src = bundle.train
+            alone = src.num_batches
+            if bn:  # what one process would fold (a last batch of one row)
+                n, bs = src.n_samples or 0, src.batch_size or 0
+                alone = alone + (bs > 0 and 2 <= n % bs < 2 * world.size)
+            src.shard_for(world)
+            if src.num_batches != alone and world.is_main:
+                n, bs = src.n_samples or 0, src.batch_size or 0
+                need = world.size * (2 if bn else 1)
+                better = next(b for b in range(bs + 1, n + 1) if n % b == 0 or n % b >= need)
+                warnings.warn(
+                    f"descend: the last batch of each epoch ({n % bs} of {n} rows) is too small "
+                    f"to give each of the {world.size} processes "
+                    + ("2 rows (batch norm)" if bn else "a row")
+                    + ": it joins the batch before it, so each epoch takes one step fewer than "
+                    f"one process would — batch_size={better} (or another that leaves no "
+                    "such remainder) gives one process's steps exactly",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
 
 
 def _check_shardable(
