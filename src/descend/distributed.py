@@ -58,6 +58,7 @@ from typing import Any, overload
 import torch
 
 from descend._errors import ConfigError, message
+from descend.transforms._util import is_sharded as _is_dtensor
 
 __all__ = ["World", "current", "is_main", "rank", "world_size"]
 
@@ -179,10 +180,6 @@ def is_sharded(model: torch.nn.Module) -> bool:
     fsdp = sys.modules.get("torch.distributed.fsdp")
     kind = getattr(fsdp, "FSDPModule", None)
     return kind is not None and any(isinstance(m, kind) for m in model.modules())
-
-
-def _is_dtensor(t: Any) -> bool:
-    return torch.is_tensor(t) and hasattr(t, "device_mesh") and hasattr(t, "full_tensor")
 
 
 def sharded_outside(model: torch.nn.Module) -> list[str]:
