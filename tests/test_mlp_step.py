@@ -436,3 +436,42 @@ def test_a_hook_added_mid_run_takes_effect_at_the_next_step_it_can(where):
     # every training step after the hook went through the module (the general path): the hook
     # saw the step counter at each of them (evaluation passes may add more calls)
     assert set(range(added, r.steps)) <= set(trained)
+
+
+def test_one_step_object_follows_a_change_of_loss_shapes_and_parameters():
+    """The step resolves its layers once and remembers the last loss's closed form: a new loss,
+    new batch shapes or a parameter replaced on the module must still give autograd's numbers."""
+    model = mlp(5, 3, (16, 8), seed=4)
+    plist = [p for p in model.parameters() if p.requires_grad]
+    step = MLPStep.build(model, plist, L.get("mse"))
+    g = torch.Generator().manual_seed(5)
+    cases = [
+        (L.get("mse"), torch.randn(13, 5, generator=g), torch.randn(13, 3, generator=g)),
+        (
+            L.get("huber", delta=0.3),
+            torch.randn(13, 5, generator=g),
+            torch.randn(13, 3, generator=g),
+        ),
+        (L.get("mse"), torch.randn(7, 5, generator=g), torch.randn(7, 3, generator=g)),
+        (
+            L.get("cross_entropy"),
+            torch.randn(9, 5, generator=g),
+            torch.randint(0, 3, (9,), generator=g),
+        ),
+        (L.get("mse"), torch.randn(13, 5, generator=g), torch.randn(13, 3, generator=g)),
+    ]
+    for i, (loss, x, y) in enumerate(cases):
+        if i == 2:  # a user replaces a layer's weight between steps
+            model[0].weight = nn.Parameter(torch.randn(16, 5, generator=g))
+            plist[0] = model[0].weight
+        value, out, grads = step.grads(x, loss, y, None, flat=True)
+        ref_value, ref_out, ref_grads = autograd_reference(model, x, loss, y, None)
+        torch.testing.assert_close(value, ref_value)
+        torch.testing.assert_close(out, ref_out)
+        for a, b in zip(grads, ref_grads):
+            torch.testing.assert_close(a, b)
+        torch.testing.assert_close(step.forward(x), ref_out)
+    assert torch.is_grad_enabled()  # the step put the grad mode back
+    with torch.no_grad():
+        step.forward(cases[0][1])
+        assert not torch.is_grad_enabled()

@@ -51,6 +51,11 @@ from descend import losses as L
 _ACTS = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU)
 # The overload itself: the packet's Python dispatch costs about as much as the kernel here.
 _THRESHOLD_BACKWARD = torch.ops.aten.threshold_backward.default
+# Activation codes of a layer plan (no activation, then _ACTS in order).
+_NONE, _RELU, _LEAKY, _TANH, _SIGMOID, _GELU, _SILU = range(7)
+_CODE = {nn.ReLU: _RELU, nn.LeakyReLU: _LEAKY, nn.Tanh: _TANH, nn.Sigmoid: _SIGMOID,
+         nn.GELU: _GELU, nn.SiLU: _SILU}  # fmt: skip
+_set_grad_enabled = torch._C._set_grad_enabled
 
 
 def _global_hooks() -> bool:
@@ -104,7 +109,7 @@ def loss_grad(
         if weight is None:
             flat = diff.view(-1)
             # the mean of squares as one dot product (mse_loss's Python wrapper cost 3x it)
-            value = torch.linalg.vecdot(flat, flat).div_(flat.numel())
+            value = torch.dot(flat, flat).div_(flat.numel())
             return value, diff.mul_(2.0 / flat.numel())
         w = weight.to(out.dtype)[:, None]
         denom = w.sum() * out.shape[1]
@@ -137,8 +142,8 @@ def loss_value(loss: object, out: torch.Tensor, target: torch.Tensor | None) -> 
         return None
     assert target is not None
     if kind == "mse":
-        flat = (out - target).view(-1)
-        return torch.linalg.vecdot(flat, flat).div_(flat.numel())
+        flat = (out - target).reshape(-1)
+        return torch.dot(flat, flat).div_(flat.numel())
     return F.cross_entropy(out, target if target.dtype == torch.long else target.long())
 
 
@@ -162,6 +167,25 @@ class MLPStep:
         self.n_params = sum(1 + (b is not None) for _, b in index)
         self._flat: torch.Tensor | None = None  # the flat gradient buffer (see _buffer)
         self._views: list[torch.Tensor] = []
+        # Per layer, what the step reads, resolved once: the Linear's own parameter dict (a
+        # dict read per step; ``lin.weight`` goes through nn.Module.__getattr__, ~1 us each,
+        # and a parameter replaced between steps is still seen), the activation's code and
+        # option, and the gradient positions. The step's cost on a small tabular MLP is
+        # mostly such per-call overhead (benchmarks/RESULTS.md, estimators, session 23).
+        self._plan = [
+            (
+                lin._parameters,
+                lin.bias is not None,
+                _NONE if act is None else _CODE[type(act)],
+                act.negative_slope if type(act) is nn.LeakyReLU else
+                act.approximate if type(act) is nn.GELU else None,
+                wi,
+                bi,
+            )
+            for (lin, act), (wi, bi) in zip(layers, index)
+        ]  # fmt: skip
+        self._loss_key: tuple = ()  # the last (loss, shapes, dtypes) and its closed form
+        self._loss_kind: str | None = None
 
     @classmethod
     def build(cls, model: nn.Module, plist: Sequence[torch.Tensor], loss: object) -> MLPStep | None:
@@ -228,36 +252,40 @@ class MLPStep:
                 return False
         return True
 
-    @torch.no_grad()
     def forward(self, xb: torch.Tensor) -> torch.Tensor:
         """The model's output for ``xb``, without a graph (what ``model(xb)`` computes)."""
-        return self._forward(xb, keep=False)[0][-1]
+        prev = torch.is_grad_enabled()
+        _set_grad_enabled(False)
+        try:
+            return self._forward(xb, keep=False)[0][-1]
+        finally:
+            _set_grad_enabled(prev)
 
     def _forward(
         self, xb: torch.Tensor, keep: bool
     ) -> tuple[list[torch.Tensor], dict[int, torch.Tensor]]:
         """``([output], {})``, or with ``keep`` every layer's input then the output, and the
         pre-activations of the GELU/SiLU layers by index (their derivatives need them).
-        The caller holds ``torch.no_grad()``."""
+        The caller has turned gradients off."""
         acts = [xb]
         pre: dict[int, torch.Tensor] = {}
         h = xb
-        for i, (lin, act) in enumerate(self.layers):
-            h = F.linear(h, lin.weight, lin.bias)
-            if act is not None:
-                t = type(act)
-                if t is nn.ReLU:
+        linear = F.linear
+        for i, (ps, _, code, opt, _, _) in enumerate(self._plan):
+            h = linear(h, ps["weight"], ps["bias"])
+            if code:
+                if code == _RELU:
                     h = h.relu_()
-                elif t is nn.Tanh:
+                elif code == _TANH:
                     h = h.tanh_()
-                elif t is nn.Sigmoid:
+                elif code == _SIGMOID:
                     h = h.sigmoid_()
-                elif t is nn.LeakyReLU:
-                    h = F.leaky_relu_(h, act.negative_slope)
+                elif code == _LEAKY:
+                    h = F.leaky_relu_(h, opt)
                 else:
                     if keep:
                         pre[i] = h
-                    h = F.gelu(h, approximate=act.approximate) if t is nn.GELU else F.silu(h)
+                    h = F.gelu(h, approximate=opt) if code == _GELU else F.silu(h)
             if keep:
                 acts.append(h)
         return (acts, pre) if keep else ([h], pre)
@@ -280,6 +308,29 @@ class MLPStep:
                 self._views.append(flat[start : start + n].view(shape))  # type: ignore[arg-type]
                 start += n
         return self._views
+
+    def _loss_grad(
+        self,
+        loss: object,
+        out: torch.Tensor,
+        target: torch.Tensor | None,
+        weight: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """:func:`loss_grad`, with the closed-form check remembered for the last loss and
+        shapes (a training run asks the same question every step)."""
+        if target is None or weight is not None:
+            return loss_grad(loss, out, target, weight)
+        key = (loss, out.shape, out.dtype, target.shape, target.dtype)
+        if key != self._loss_key:
+            self._loss_key, self._loss_kind = key, _closed_form(loss, out, target)
+        if self._loss_kind == "mse":
+            diff = out - target
+            flat = diff.view(-1)
+            n = flat.numel()
+            return torch.dot(flat, flat).div_(n), diff.mul_(2.0 / n)
+        if self._loss_kind is None:
+            return None
+        return loss_grad(loss, out, target, None)
 
     def grad_norm(self) -> torch.Tensor:
         """The global L2 norm of the gradients of the last ``grads(..., flat=True)`` call: one
@@ -306,50 +357,57 @@ class MLPStep:
         overwrites (and :meth:`grad_norm` reads): for an optimizer step that consumes them at
         once (the loop's fused AdamW/SGD path), never for one that may keep them.
         """
-        with torch.no_grad():  # one context for the whole step (each costs ~1.5 us)
+        prev = torch.is_grad_enabled()
+        _set_grad_enabled(False)  # one switch for the whole step (torch.no_grad() costs ~4 us)
+        try:
             acts, pre = self._forward(xb, keep=True)
             h = acts[-1]
-            closed = loss_grad(loss, h, target, weight)
+            closed = self._loss_grad(loss, h, target, weight)
             if closed is not None:
                 value, g = closed
                 out = h
             else:
-                with torch.enable_grad():
+                _set_grad_enabled(True)
+                try:
                     out = h.requires_grad_()
                     if weight is None:
                         value = loss(out, target, validate=False)
                     else:
                         value = loss(out, target, weight=weight, validate=False)
                     (g,) = torch.autograd.grad(value, out)
+                finally:
+                    _set_grad_enabled(False)
                 out = out.detach()
                 value = value.detach()
             grads: list[torch.Tensor | None] = self._buffer(g) if flat else [None] * self.n_params  # type: ignore[assignment]
-            for i in range(len(self.layers) - 1, -1, -1):
-                lin, act = self.layers[i]
-                h = acts[i + 1]
-                if act is not None:
-                    t = type(act)
-                    if t is nn.ReLU:
+            mm, total = torch.mm, torch.sum
+            plan = self._plan
+            for i in range(len(plan) - 1, -1, -1):
+                ps, has_bias, code, opt, wi, bi = plan[i]
+                if code:
+                    h = acts[i + 1]
+                    if code == _RELU:
                         g = _THRESHOLD_BACKWARD(g, h, 0)
-                    elif t is nn.Tanh:
+                    elif code == _TANH:
                         g = g * (1 - h * h)
-                    elif t is nn.Sigmoid:
+                    elif code == _SIGMOID:
                         g = g * (h * (1 - h))
-                    elif t is nn.LeakyReLU:
-                        g = torch.where(h > 0, g, g * act.negative_slope)
-                    elif t is nn.GELU:
-                        g = torch.ops.aten.gelu_backward(g, pre[i], approximate=act.approximate)
+                    elif code == _LEAKY:
+                        g = torch.where(h > 0, g, g * opt)
+                    elif code == _GELU:
+                        g = torch.ops.aten.gelu_backward(g, pre[i], approximate=opt)
                     else:
                         g = torch.ops.aten.silu_backward(g, pre[i])
-                wi, bi = self.index[i]
                 if flat:
-                    torch.mm(g.t(), acts[i], out=grads[wi])
-                    if bi is not None:
-                        torch.sum(g, 0, out=grads[bi])
+                    mm(g.t(), acts[i], out=grads[wi])
+                    if has_bias:
+                        total(g, 0, out=grads[bi])
                 else:
                     grads[wi] = g.t().mm(acts[i])
-                    if bi is not None:
+                    if has_bias:
                         grads[bi] = g.sum(0)
                 if i > 0:
-                    g = g.mm(lin.weight)
+                    g = g.mm(ps["weight"])
+        finally:
+            _set_grad_enabled(prev)
         return value, out, grads  # type: ignore[return-value]

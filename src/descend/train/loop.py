@@ -623,6 +623,8 @@ class Loop:
             else None
         )
         self._fast_ok = False  # see _epoch_loop
+        self._grads_seen: Any = None  # see _finish_step
+        self._grads_named: dict[str, torch.Tensor] = {}
         # The plain-MLP step writes its gradients into one reused buffer (one kernel for their
         # norm) where the optimizer's fused path consumes them at once; a transform that might
         # keep a reference to a gradient across steps gets fresh tensors.
@@ -1250,7 +1252,14 @@ class Loop:
         grads: Sequence[torch.Tensor | None],
         gnorm: torch.Tensor | None = None,
     ):
-        g = {n: gr for n, gr in zip(self._names, grads) if gr is not None}
+        if grads is self._grads_seen:  # the plain-MLP step's reused gradient views
+            g = self._grads_named
+        else:
+            g = {n: gr for n, gr in zip(self._names, grads) if gr is not None}
+            # A list the fast step hands back every step holds the same tensors (views into
+            # its buffer, rewritten in place): name them once. Other paths make fresh lists.
+            if self._mlp is not None and grads is self._mlp._views:
+                self._grads_seen, self._grads_named = grads, g
         if not self._dense_checked:  # a model that makes sparse gradients makes them every step
             check_dense(g, "fit")
             self._dense_checked = True
