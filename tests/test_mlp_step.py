@@ -231,6 +231,16 @@ def test_hooks_inputs_and_modes_that_need_autograd():
     handle = model.linear1.register_forward_hook(lambda m, i, o: None)
     assert not step.usable(x)
     handle.remove()
+    # every kind of module hook, registered after the step was built, on any module
+    for register, fn in [
+        (model.linear1.register_forward_pre_hook, lambda m, i: None),
+        (model.register_full_backward_hook, lambda m, gi, go: None),
+        (model[1].register_full_backward_pre_hook, lambda m, go: None),
+    ]:
+        assert step.usable(x)
+        handle = register(fn)
+        assert not step.usable(x) and not step.usable(x, training=False)
+        handle.remove()
     handle = torch.nn.modules.module.register_module_forward_hook(lambda m, i, o: None)
     try:
         assert not step.usable(x)

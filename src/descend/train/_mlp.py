@@ -56,6 +56,9 @@ _NONE, _RELU, _LEAKY, _TANH, _SIGMOID, _GELU, _SILU = range(7)
 _CODE = {nn.ReLU: _RELU, nn.LeakyReLU: _LEAKY, nn.Tanh: _TANH, nn.Sigmoid: _SIGMOID,
          nn.GELU: _GELU, nn.SiLU: _SILU}  # fmt: skip
 _set_grad_enabled = torch._C._set_grad_enabled
+# F.mse_loss's kernel without its Python wrapper (the library's mse calls F.mse_loss, so the
+# value is the same number; the wrapper's checks cost ~3x the kernel on a small batch)
+_MSE = torch._C._nn.mse_loss  # (pred, target, 1): reduction "mean"
 
 
 def _global_hooks() -> bool:
@@ -105,12 +108,9 @@ def loss_grad(
         return None
     assert target is not None
     if kind == "mse":
-        diff = out - target
         if weight is None:
-            flat = diff.view(-1)
-            # the mean of squares as one dot product (mse_loss's Python wrapper cost 3x it)
-            value = torch.dot(flat, flat).div_(flat.numel())
-            return value, diff.mul_(2.0 / flat.numel())
+            return _MSE(out, target, 1), (out - target).mul_(2.0 / out.numel())
+        diff = out - target
         w = weight.to(out.dtype)[:, None]
         denom = w.sum() * out.shape[1]
         value = (diff.square() * w).sum() / denom
@@ -142,8 +142,7 @@ def loss_value(loss: object, out: torch.Tensor, target: torch.Tensor | None) -> 
         return None
     assert target is not None
     if kind == "mse":
-        flat = (out - target).reshape(-1)
-        return torch.dot(flat, flat).div_(flat.numel())
+        return _MSE(out, target, 1)
     return F.cross_entropy(out, target if target.dtype == torch.long else target.long())
 
 
@@ -183,6 +182,14 @@ class MLPStep:
                 bi,
             )
             for (lin, act), (wi, bi) in zip(layers, index)
+        ]  # fmt: skip
+        # Every module's hook registries, read by usable() (each epoch and each evaluation):
+        # registering a hook adds to these dicts, it does not replace them.
+        self._hook_dicts = [
+            d
+            for m in self.modules
+            for d in (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks,
+                      m._backward_pre_hooks)
         ]  # fmt: skip
         self._loss_key: tuple = ()  # the last (loss, shapes, dtypes) and its closed form
         self._loss_kind: str | None = None
@@ -245,12 +252,7 @@ class MLPStep:
             or _global_hooks()
         ):
             return False
-        for m in self.modules:  # any module hook
-            if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks:
-                return False
-            if m._backward_pre_hooks:
-                return False
-        return True
+        return not any(self._hook_dicts)  # any module hook
 
     def forward(self, xb: torch.Tensor) -> torch.Tensor:
         """The model's output for ``xb``, without a graph (what ``model(xb)`` computes)."""
@@ -324,10 +326,7 @@ class MLPStep:
         if key != self._loss_key:
             self._loss_key, self._loss_kind = key, _closed_form(loss, out, target)
         if self._loss_kind == "mse":
-            diff = out - target
-            flat = diff.view(-1)
-            n = flat.numel()
-            return torch.dot(flat, flat).div_(n), diff.mul_(2.0 / n)
+            return _MSE(out, target, 1), (out - target).mul_(2.0 / out.numel())
         if self._loss_kind is None:
             return None
         return loss_grad(loss, out, target, None)
