@@ -42,6 +42,7 @@ from torch import nn
 from torch.nn.modules import module as _module
 
 from descend import losses as L
+from descend.transforms._util import without_grad
 
 # Activations, and their backward pass:
 #   relu:        g · [h > 0]                   (from the output h)
@@ -55,7 +56,6 @@ _THRESHOLD_BACKWARD = torch.ops.aten.threshold_backward.default
 _NONE, _RELU, _LEAKY, _TANH, _SIGMOID, _GELU, _SILU = range(7)
 _CODE = {nn.ReLU: _RELU, nn.LeakyReLU: _LEAKY, nn.Tanh: _TANH, nn.Sigmoid: _SIGMOID,
          nn.GELU: _GELU, nn.SiLU: _SILU}  # fmt: skip
-_set_grad_enabled = torch._C._set_grad_enabled
 # F.mse_loss's kernel without its Python wrapper (the library's mse calls F.mse_loss, so the
 # value is the same number; the wrapper's checks cost ~3x the kernel on a small batch)
 _MSE = torch._C._nn.mse_loss  # (pred, target, 1): reduction "mean"
@@ -92,6 +92,11 @@ def _closed_form(loss: object, out: torch.Tensor, target: torch.Tensor | None) -
     return None
 
 
+def _mse_closed(out: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mean squared error, its gradient 2 (out - target) / n)``, unweighted."""
+    return _MSE(out, target, 1), (out - target).mul_(2.0 / out.numel())
+
+
 def loss_grad(
     loss: object, out: torch.Tensor, target: torch.Tensor | None, weight: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -109,7 +114,7 @@ def loss_grad(
     assert target is not None
     if kind == "mse":
         if weight is None:
-            return _MSE(out, target, 1), (out - target).mul_(2.0 / out.numel())
+            return _mse_closed(out, target)
         diff = out - target
         w = weight.to(out.dtype)[:, None]
         denom = w.sum() * out.shape[1]
@@ -254,14 +259,10 @@ class MLPStep:
             return False
         return not any(self._hook_dicts)  # any module hook
 
+    @without_grad
     def forward(self, xb: torch.Tensor) -> torch.Tensor:
         """The model's output for ``xb``, without a graph (what ``model(xb)`` computes)."""
-        prev = torch.is_grad_enabled()
-        _set_grad_enabled(False)
-        try:
-            return self._forward(xb, keep=False)[0][-1]
-        finally:
-            _set_grad_enabled(prev)
+        return self._forward(xb, keep=False)[0][-1]
 
     def _forward(
         self, xb: torch.Tensor, keep: bool
@@ -326,7 +327,7 @@ class MLPStep:
         if key != self._loss_key:
             self._loss_key, self._loss_kind = key, _closed_form(loss, out, target)
         if self._loss_kind == "mse":
-            return _MSE(out, target, 1), (out - target).mul_(2.0 / out.numel())
+            return _mse_closed(out, target)
         if self._loss_kind is None:
             return None
         return loss_grad(loss, out, target, None)
@@ -338,6 +339,7 @@ class MLPStep:
         assert self._flat is not None
         return torch.linalg.vector_norm(self._flat)
 
+    @without_grad  # one switch for the whole step
     def grads(
         self,
         xb: torch.Tensor,
@@ -356,57 +358,49 @@ class MLPStep:
         overwrites (and :meth:`grad_norm` reads): for an optimizer step that consumes them at
         once (the loop's fused AdamW/SGD path), never for one that may keep them.
         """
-        prev = torch.is_grad_enabled()
-        _set_grad_enabled(False)  # one switch for the whole step (torch.no_grad() costs ~4 us)
-        try:
-            acts, pre = self._forward(xb, keep=True)
-            h = acts[-1]
-            closed = self._loss_grad(loss, h, target, weight)
-            if closed is not None:
-                value, g = closed
-                out = h
-            else:
-                _set_grad_enabled(True)
-                try:
-                    out = h.requires_grad_()
-                    if weight is None:
-                        value = loss(out, target, validate=False)
-                    else:
-                        value = loss(out, target, weight=weight, validate=False)
-                    (g,) = torch.autograd.grad(value, out)
-                finally:
-                    _set_grad_enabled(False)
-                out = out.detach()
-                value = value.detach()
-            grads: list[torch.Tensor | None] = self._buffer(g) if flat else [None] * self.n_params  # type: ignore[assignment]
-            mm, total = torch.mm, torch.sum
-            plan = self._plan
-            for i in range(len(plan) - 1, -1, -1):
-                ps, has_bias, code, opt, wi, bi = plan[i]
-                if code:
-                    h = acts[i + 1]
-                    if code == _RELU:
-                        g = _THRESHOLD_BACKWARD(g, h, 0)
-                    elif code == _TANH:
-                        g = g * (1 - h * h)
-                    elif code == _SIGMOID:
-                        g = g * (h * (1 - h))
-                    elif code == _LEAKY:
-                        g = torch.where(h > 0, g, g * opt)
-                    elif code == _GELU:
-                        g = torch.ops.aten.gelu_backward(g, pre[i], approximate=opt)
-                    else:
-                        g = torch.ops.aten.silu_backward(g, pre[i])
-                if flat:
-                    mm(g.t(), acts[i], out=grads[wi])
-                    if has_bias:
-                        total(g, 0, out=grads[bi])
+        acts, pre = self._forward(xb, keep=True)
+        h = acts[-1]
+        closed = self._loss_grad(loss, h, target, weight)
+        if closed is not None:
+            value, g = closed
+            out = h
+        else:
+            with torch.enable_grad():
+                out = h.requires_grad_()
+                if weight is None:
+                    value = loss(out, target, validate=False)
                 else:
-                    grads[wi] = g.t().mm(acts[i])
-                    if has_bias:
-                        grads[bi] = g.sum(0)
-                if i > 0:
-                    g = g.mm(ps["weight"])
-        finally:
-            _set_grad_enabled(prev)
+                    value = loss(out, target, weight=weight, validate=False)
+                (g,) = torch.autograd.grad(value, out)
+            out = out.detach()
+            value = value.detach()
+        grads: list[torch.Tensor | None] = self._buffer(g) if flat else [None] * self.n_params  # type: ignore[assignment]
+        mm, total = torch.mm, torch.sum
+        plan = self._plan
+        for i in range(len(plan) - 1, -1, -1):
+            ps, has_bias, code, opt, wi, bi = plan[i]
+            if code:
+                h = acts[i + 1]
+                if code == _RELU:
+                    g = _THRESHOLD_BACKWARD(g, h, 0)
+                elif code == _TANH:
+                    g = g * (1 - h * h)
+                elif code == _SIGMOID:
+                    g = g * (h * (1 - h))
+                elif code == _LEAKY:
+                    g = torch.where(h > 0, g, g * opt)
+                elif code == _GELU:
+                    g = torch.ops.aten.gelu_backward(g, pre[i], approximate=opt)
+                else:
+                    g = torch.ops.aten.silu_backward(g, pre[i])
+            if flat:
+                mm(g.t(), acts[i], out=grads[wi])
+                if has_bias:
+                    total(g, 0, out=grads[bi])
+            else:
+                grads[wi] = g.t().mm(acts[i])
+                if has_bias:
+                    grads[bi] = g.sum(0)
+            if i > 0:
+                g = g.mm(ps["weight"])
         return value, out, grads  # type: ignore[return-value]
