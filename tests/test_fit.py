@@ -1251,6 +1251,37 @@ def test_a_warm_start_leaves_the_state_it_was_given_as_it_was():
     assert torch.equal(ends[0], ends[1])
 
 
+def test_a_warm_start_from_an_ended_schedule_says_it_cannot_train():
+    """The default plan decays its rate to 0 at the end of its budget: continuing its state
+    (optimizer=r.tx, opt_state=r.opt_state) runs every step at rate 0. The run says so — a
+    warning and an event — instead of returning the weights unchanged in silence; a state
+    whose schedule goes on (a constant rate) continues without a word."""
+    X = torch.randn(200, 3, generator=torch.Generator().manual_seed(0))
+    y = X @ torch.tensor([1.0, -2.0, 0.5])
+    kw = dict(verbose=0, seed=0, patience=None, validation=None, batch_size=50)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    r1 = descend.fit(model, (X, y), "mse", epochs=4, **kw)
+    assert r1.history.step_lr[-1] > 0  # the last step of the budget still moved
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.warns(RuntimeWarning, match="rate of 0") as caught:
+        r2 = descend.fit(model, (X, y), "mse", optimizer=r1.tx, opt_state=r1.opt_state,
+                         epochs=2, **kw)  # fmt: skip
+    assert sum("rate of 0" in str(w.message) for w in caught) == 1  # once, not per epoch
+    assert "step 16" in str(caught[0].message)  # 4 epochs x 4 steps: the schedule's end
+    assert all(lr == 0.0 for lr in r2.history.step_lr)
+    assert [e["kind"] for e in r2.history.events] == ["rate_zero"]
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+    # A schedule that has not ended: no warning, and the weights move.
+    r3 = descend.fit(model, (X, y), "mse", optimizer=descend.optim.adam(lr=1e-2), epochs=1, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        descend.fit(model, (X, y), "mse", optimizer=r3.tx, opt_state=r3.opt_state, epochs=1,
+                    **kw)  # fmt: skip
+    assert not torch.equal(model.weight, before["weight"])
+
+
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_the_model_comes_back_in_the_mode_it_came_in(mode):
     X = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))

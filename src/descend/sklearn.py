@@ -33,8 +33,9 @@ needs and scikit-learn users expect:
   previous run's optimizer: its transform, Adam's moments and the schedule position
   (``fit(opt_state=...)``), unlike scikit-learn's MLP, which restarts Adam on a warm start.
   The default schedule is shaped over the first fit's ``max_epochs``; a warm start continues
-  along it (at its final, zero rate once a previous fit's decay reached zero: pass ``lr=`` or
-  an ``optimizer`` for a constant rate, or fit afresh). A warm start (or ``partial_fit``) after
+  along it (at its final, zero rate once a previous fit's decay reached zero — the fit warns
+  that it left the weights unchanged: pass ``lr=`` or an ``optimizer`` for a constant rate, or
+  fit afresh). A warm start (or ``partial_fit``) after
   ``set_params`` changed ``optimizer`` or ``lr`` keeps the weights and starts the optimizer now
   named afresh: new moments, step count and schedule from step 0 (the old state belongs to the
   old optimizer); with both unchanged the optimizer goes on. ``partial_fit`` runs one epoch per call

@@ -643,6 +643,8 @@ class Loop:
         )
         self.opt_state = tx.init(self.params)
         self.lr_state = find_lr_state(self.opt_state)
+        # Set by set_opt_state (a warm start): the first epoch's rates are checked once.
+        self._warm_check = False
         self.guard = guard
         self.checkpoint_dir = Path(checkpoint) if checkpoint is not None else None
         self.checkpoint_every = checkpoint_every
@@ -1466,6 +1468,7 @@ class Loop:
         # a second warm start from the same point would read again).
         self.opt_state = clone_tree(_to_device_tree(state, self.device))
         self.refresh_lr_state()
+        self._warm_check = True
 
     def refresh_lr_state(self) -> None:
         """Look up the learning-rate state again (after ``opt_state`` was replaced)."""
@@ -1476,6 +1479,25 @@ class Loop:
         self.history.events.append(
             {"step": self.step, "epoch": self.epoch + 1, "kind": kind, "message": text}
         )
+
+    def _check_warm_rates(self, lrs: list[float]) -> None:
+        """A warm start (``fit(opt_state=...)``) whose first epoch ran every step at a rate of
+        0: the state continues a schedule that has ended (the default policy's decays to 0 at
+        the end of its budget), so the run cannot move the weights. Said once, not silently."""
+        if not lrs or any(lr != 0.0 for lr in lrs):
+            return
+        count = self.lr_state["count"] - len(lrs) if self.lr_state is not None else None
+        at = f" at its step {count}" if count is not None else ""
+        text = (
+            "a warm start (fit(opt_state=...)) continued an optimizer whose schedule had "
+            f"reached a rate of 0{at}: every step of this run had rate 0 and the weights did "
+            "not change — to train further, start a fresh optimizer: "
+            "fit(optimizer=descend.optim.adamw(lr=1e-3)), or optimizer=None for a new default "
+            "plan (an estimator: set lr= or optimizer=, or fit with warm_start=False)"
+        )
+        # the caller's line: _check_warm_rates < _end_epoch < Loop.run < fit < caller
+        warnings.warn(f"descend: {text}", RuntimeWarning, stacklevel=5)
+        self.record_event("rate_zero", text)
 
     def _end_epoch(self) -> StopReason | None:
         """Read the epoch's numbers (one sync), evaluate, and decide whether to stop."""
@@ -1493,6 +1515,9 @@ class Loop:
         h.step_loss.extend(losses)
         h.step_grad_norm.extend(norms)
         h.step_lr.extend(self._ep_lrs)
+        if self._warm_check:
+            self._warm_check = False
+            self._check_warm_rates(self._ep_lrs)
         self._ep_losses, self._ep_norms, self._ep_lrs = [], [], []
         self.batch = 0
         finite = [v for v in losses if math.isfinite(v)]
@@ -2422,7 +2447,9 @@ def fit(
             the training loss becomes the weighted mean.
         opt_state: continue from this optimizer state (``Result.opt_state`` of an earlier run
             with the same model and optimizer) instead of a fresh one — warm starts that keep
-            Adam's moments and the schedule position.
+            Adam's moments and the schedule position. A state whose schedule has ended (the
+            default plan's decays to 0 at its budget's end) trains nothing: the run warns and
+            records a ``rate_zero`` event.
         resume: continue a run from the newest good checkpoint in this directory (``True``:
             the ``checkpoint`` directory). With the same model, data, loss and optimizer the
             continued run is bit-identical on CPU to one never interrupted. A directory with no
