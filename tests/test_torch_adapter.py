@@ -721,6 +721,29 @@ def test_a_gradient_laid_out_unlike_its_parameter_follows_torch(case, fused):
     assert torch.allclose(got, want, atol=1e-6)
 
 
+@pytest.mark.parametrize("case", sorted(_LAYOUT_CASES))
+def test_a_parameter_with_gaps_in_memory_follows_torch_and_writes_only_itself(case):
+    # A parameter that is a strided view (every other column of a bigger tensor) is not dense:
+    # torch's fused kernels walk raw memory as if it were, so the fused step would update the
+    # wrong elements and write into the columns between. torch.optim's default step is the oracle.
+    make, make_torch = _LAYOUT_CASES[case]
+    torch.manual_seed(0)
+    grads = [torch.randn(3, 4) for _ in range(4)]
+    base_ours = torch.randn(3, 8)
+    base_torch = base_ours.clone()
+    got = torch.nn.Parameter(base_ours[:, ::2])
+    want = torch.nn.Parameter(base_torch[:, ::2])
+    assert got.data_ptr() == base_ours.data_ptr() and not got.is_contiguous()
+    ours = optim.as_torch_optimizer(make(), {"p": got})
+    theirs = make_torch([want])
+    for g in grads:
+        got.grad, want.grad = g, g.clone()
+        ours.step()
+        theirs.step()
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(base_ours, base_torch)  # the columns between: untouched by both
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
 def test_reduced_precision_sgd_on_cpu_follows_torch(dtype, momentum):

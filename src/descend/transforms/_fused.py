@@ -66,15 +66,32 @@ def _same(a: Any, b: list) -> bool:
     return len(a) == len(b) and all(map(operator.is_, a, b))
 
 
+def _dense(t: torch.Tensor) -> bool:
+    """Whether ``t`` fills its memory without gaps or overlaps, in some order of its dims
+    (contiguous, channels_last, transposed), as ``torch.empty_like`` preserves it."""
+    if t.is_contiguous():
+        return True
+    expected = 1
+    for size, stride in sorted(zip(t.shape, t.stride()), key=operator.itemgetter(1)):
+        if size == 1:
+            continue
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
 def _param_groups(
     grads: Updates, params: Params, supports: Callable[[torch.Tensor], bool]
 ) -> list[list[str]] | None:
     """Names grouped by the parameters' (device, dtype), or None if the kernel cannot write the
-    parameters directly (no kernel here, or a gradient of another dtype/device)."""
+    parameters directly (no kernel here, a gradient of another dtype/device, or a parameter
+    with gaps in its memory: a strided view such as ``w[:, ::2]``, which the kernels, walking
+    every tensor as flat memory, would update wrongly and write between the gaps)."""
     names = present(grads)
     for n in names:
         p, g = params[n], grads[n]
-        if p.dtype != g.dtype or p.device != g.device or p.shape != g.shape:
+        if p.dtype != g.dtype or p.device != g.device or p.shape != g.shape or not _dense(p):
             return None
     grps = groups(names, params)
     if not all(supports(params[grp[0]]) for grp in grps):
@@ -182,7 +199,7 @@ def fused_adam_chain(
             g = grads[n]
             if p.dtype != g.dtype or p.device != g.device or p.shape != g.shape:
                 return None
-        ident = tuple((id(p), p.device, p.dtype) for p in ps)
+        ident = tuple((id(p), p.device, p.dtype, p.stride()) for p in ps)
         hit = plans.get(names)
         if hit is not None and hit[0] == ident:
             return hit[1]
