@@ -510,6 +510,45 @@ def test_groups_with_their_own_momentum_follow_torch_sgd():
     assert _close(a, b, 1e-12)
 
 
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize(
+    ("make", "make_torch"),
+    [
+        (
+            lambda: optim.sgd(0.1, momentum=0.9, max_grad_norm=0.05),
+            lambda groups: torch.optim.SGD(groups, 0.1, momentum=0.9),
+        ),
+        (
+            lambda: optim.adamw(0.01, weight_decay=0.1, max_grad_norm=0.05),
+            lambda groups: torch.optim.AdamW(groups, 0.01, weight_decay=0.1),
+        ),
+    ],
+)
+def test_max_grad_norm_clips_the_norm_over_every_group_as_clip_grad_norm(make, make_torch, fused):
+    # max_grad_norm is "clip the global gradient norm first (as clip_grad_norm_)": with
+    # parameter groups (the usual decay / no-decay split) the norm is still the whole
+    # model's, as clip_grad_norm_(model.parameters()) before torch's step, not each group's.
+    batches = _batches(10)
+    a, b = _model(), _model()
+
+    def groups(m):
+        decay = [p for p in m.parameters() if p.ndim >= 2]
+        rest = [p for p in m.parameters() if p.ndim < 2]
+        return [{"params": decay}, {"params": rest, "weight_decay": 0.0, "lr": 0.02}]
+
+    theirs = make_torch(groups(a))
+    ours = optim.as_torch_optimizer(make(), groups(b), fused_step=fused)
+    for x, y in batches:
+        for model, opt, clip in ((a, theirs, True), (b, ours, False)):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 0.05)
+            opt.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(q, p)
+
+
 @pytest.mark.parametrize("name", sorted(optim.names()))
 def test_two_groups_are_two_optimizers(name):
     # For every optimizer: one optimizer over two groups with options of their own trains

@@ -89,6 +89,7 @@ from descend.transforms._util import (
     Mask,
     check_callable,
     check_dense,
+    whole_grads,
     whole_or,
     whole_params,
 )
@@ -1402,7 +1403,9 @@ class TorchOptimizer(torch.optim.Optimizer):
     per group (and ``betas``/``momentum`` where it has one holder of them), nothing else. Keys
     that are no option of the optimizer stay on the group untouched, as torch keeps them
     (schedulers store ``initial_lr`` there); a key within a letter or two of an option
-    (``weight_dacay``) is refused. ``add_param_group`` works too.
+    (``weight_dacay``) is refused. ``add_param_group`` works too. ``max_grad_norm`` clips by
+    the norm over every group's gradients, as ``clip_grad_norm_(model.parameters())`` before a
+    torch optimizer's step.
 
     The transform's state is ``self.tx_state`` (with several groups, the list of their states);
     ``state_dict()`` holds it keyed by parameter NAME, with tensors and plain Python values
@@ -1675,19 +1678,30 @@ class TorchOptimizer(torch.optim.Optimizer):
                 loss = closure()
         if self._where() != self._placed:
             self._follow_params()
-        for i, g in enumerate(self._groups):
-            self._sync(i, g)
-            grads = {n: p.grad for n, p in g.named.items() if p.grad is not None}
-            if not grads:
-                continue
-            check_dense(grads, "optimizer.step")
-            with torch.no_grad():
-                if self.fused_step:
-                    g.state = update_and_apply(g.tx, grads, g.state, g.named)
-                else:
-                    updates, g.state = g.tx.update(grads, g.state, g.named)
-                    apply_updates(g.named, updates)
+        if len(self._groups) == 1:
+            self._step_group(0, self._groups[0])
+            return loss
+        # max_grad_norm (clip_by_global_norm) clips by the norm over every group's gradients,
+        # as clip_grad_norm_(model.parameters()) does before a torch optimizer's step; the
+        # gradients are read before any group's step changes a parameter.
+        every = {n: p.grad for n, p in self.named.items() if p.grad is not None}
+        with whole_grads(every):
+            for i, g in enumerate(self._groups):
+                self._step_group(i, g)
         return loss
+
+    def _step_group(self, i: int, g: _Group) -> None:
+        self._sync(i, g)
+        grads = {n: p.grad for n, p in g.named.items() if p.grad is not None}
+        if not grads:
+            return
+        check_dense(grads, "optimizer.step")
+        with torch.no_grad():
+            if self.fused_step:
+                g.state = update_and_apply(g.tx, grads, g.state, g.named)
+            else:
+                updates, g.state = g.tx.update(grads, g.state, g.named)
+                apply_updates(g.named, updates)
 
     def _where(self) -> tuple[torch.device, torch.dtype] | None:
         p = self._first
