@@ -549,6 +549,33 @@ def test_max_grad_norm_clips_the_norm_over_every_group_as_clip_grad_norm(make, m
         torch.testing.assert_close(q, p)
 
 
+def test_a_masked_clip_keeps_its_own_norm_with_several_groups():
+    # only a clip link that sees its whole group's raw gradients takes every group's norm: a
+    # clip of some parameters (masked) clips by theirs, as in one optimizer per group
+    from descend.transforms import clip_by_global_norm, masked, scale_by_learning_rate
+
+    def make():
+        return chain(
+            masked(clip_by_global_norm(0.01), lambda n, p: p.ndim >= 2),
+            scale_by_learning_rate(0.1),
+        )
+
+    def named(model, i):
+        return {f"{i}.{n}": p for n, p in model[i].named_parameters()}
+
+    a, b = _model(), _model()
+    opt = optim.as_torch_optimizer(make(), [{"params": named(a, 0)}, {"params": named(a, 2)}])
+    apart = [optim.as_torch_optimizer(make(), named(b, i)) for i in (0, 2)]
+    for x, y in _batches(5):
+        for model, opts in ((a, [opt]), (b, apart)):
+            for o in opts:
+                o.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            for o in opts:
+                o.step()
+    assert _same(a, b)
+
+
 @pytest.mark.parametrize("name", sorted(optim.names()))
 def test_two_groups_are_two_optimizers(name):
     # For every optimizer: one optimizer over two groups with options of their own trains

@@ -87,6 +87,7 @@ from descend.transforms._util import (
     SGD_IMPLS,
     Impl,
     Mask,
+    WholeGrads,
     check_callable,
     check_dense,
     whole_grads,
@@ -1685,16 +1686,18 @@ class TorchOptimizer(torch.optim.Optimizer):
         # as clip_grad_norm_(model.parameters()) does before a torch optimizer's step; the
         # gradients are read before any group's step changes a parameter.
         every = {n: p.grad for n, p in self.named.items() if p.grad is not None}
-        with whole_grads(every):
+        with whole_grads(every) as whole:
             for i, g in enumerate(self._groups):
-                self._step_group(i, g)
+                self._step_group(i, g, whole)
         return loss
 
-    def _step_group(self, i: int, g: _Group) -> None:
+    def _step_group(self, i: int, g: _Group, whole: WholeGrads | None = None) -> None:
         self._sync(i, g)
         grads = {n: p.grad for n, p in g.named.items() if p.grad is not None}
         if not grads:
             return
+        if whole is not None:
+            whole.part = grads
         check_dense(grads, "optimizer.step")
         with torch.no_grad():
             if self.fused_step:

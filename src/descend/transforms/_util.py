@@ -189,19 +189,21 @@ _WHOLE_GRADS: ContextVar[WholeGrads | None] = ContextVar("descend_whole_grads", 
 
 
 class WholeGrads:
-    """The gradients of every group of one optimizer step, and their global L2 norm (computed
-    once, on the first device that asks)."""
+    """The gradients of every group of one optimizer step, the group stepping now (``part``),
+    and their global L2 norm (computed once, on the first device that asks)."""
 
-    __slots__ = ("grads", "norms")
+    __slots__ = ("grads", "norms", "part")
 
     def __init__(self, grads: Mapping[str, torch.Tensor]):
         self.grads = grads
+        self.part: Mapping[str, torch.Tensor] = {}
         self.norms: dict[torch.device, torch.Tensor] = {}
 
     def covers(self, grads: Mapping[str, torch.Tensor | None], names: list[str]) -> bool:
-        """Whether ``grads`` are some of these very gradients (not transformed ones)."""
-        whole = self.grads
-        return all(whole.get(n) is grads[n] for n in names)
+        """Whether ``grads`` are the raw gradients of the whole group stepping now (not
+        transformed ones, nor a subset picked by ``masked``/``partition``)."""
+        part = self.part
+        return len(names) == len(part) and all(part.get(n) is grads[n] for n in names)
 
     def norm(self, device: torch.device) -> torch.Tensor:
         hit = self.norms.get(device)
@@ -211,11 +213,13 @@ class WholeGrads:
 
 
 @contextmanager
-def whole_grads(grads: Mapping[str, torch.Tensor]) -> Iterator[None]:
-    """Within this block, gradient-norm clipping of a part of ``grads`` uses the norm of all."""
-    token = _WHOLE_GRADS.set(WholeGrads(grads))
+def whole_grads(grads: Mapping[str, torch.Tensor]) -> Iterator[WholeGrads]:
+    """Within this block, gradient-norm clipping of one group's part of ``grads`` (set as the
+    yielded object's ``part``) uses the norm of all."""
+    whole = WholeGrads(grads)
+    token = _WHOLE_GRADS.set(whole)
     try:
-        yield
+        yield whole
     finally:
         _WHOLE_GRADS.reset(token)
 
