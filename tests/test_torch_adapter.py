@@ -810,6 +810,32 @@ def test_a_parameter_with_gaps_in_memory_follows_torch_and_writes_only_itself(ca
     torch.testing.assert_close(base_ours, base_torch)  # the columns between: untouched by both
 
 
+@pytest.mark.parametrize("case", sorted(_LAYOUT_CASES))
+def test_a_model_made_channels_last_during_training_follows_torch(case):
+    # model.to(memory_format=torch.channels_last) after some steps gives the conv weights a
+    # new layout while the optimizer's buffers keep the old one: the fused kernels, walking
+    # all of them as flat memory, would pair each element with another one's moments.
+    make, make_torch = _LAYOUT_CASES[case]
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 3))
+    x = torch.randn(2, 3, 8, 8)
+    ours, theirs = copy.deepcopy(base), copy.deepcopy(base)
+    opts = [
+        (ours, optim.as_torch_optimizer(make(), ours)),
+        (theirs, make_torch(theirs.parameters())),
+    ]
+    for i in range(8):
+        for model, opt in opts:
+            if i == 3:
+                model.to(memory_format=torch.channels_last)
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+    assert ours[0].weight.is_contiguous(memory_format=torch.channels_last)
+    for p, q in zip(ours.parameters(), theirs.parameters()):
+        torch.testing.assert_close(p, q)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
 def test_reduced_precision_sgd_on_cpu_follows_torch(dtype, momentum):

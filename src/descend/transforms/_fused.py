@@ -43,7 +43,14 @@ from descend.transforms._basic import (
 )
 from descend.transforms._kernels import AdamKernel, SGDKernel
 from descend.transforms._momentum import trace
-from descend.transforms._util import MaskCache, groups, mask_fn, need_params, present
+from descend.transforms._util import (
+    MaskCache,
+    groups,
+    is_sharded,
+    mask_fn,
+    need_params,
+    present,
+)
 
 __all__ = ["fused_adam_chain", "fused_sgd_chain"]
 
@@ -97,6 +104,18 @@ def _param_groups(
     if not all(supports(params[grp[0]]) for grp in grps):
         return None
     return grps
+
+
+def _follow_layout(buffers: dict[str, torch.Tensor], names: list[str], params: Params) -> None:
+    """Give each state buffer its parameter's memory layout where they differ (a model made
+    ``channels_last`` after the state was): the kernels walk parameter and buffers as flat
+    memory together, so they must agree element for element. Values are kept."""
+    for n in names:
+        b, p = buffers[n], params[n]
+        if b.stride() != p.stride() and not is_sharded(b) and _dense(p):
+            buffers[n] = torch.empty_like(
+                p, dtype=b.dtype, device=b.device, memory_format=torch.preserve_format
+            ).copy_(b)
 
 
 def fused_adam_chain(
@@ -192,7 +211,7 @@ def fused_adam_chain(
     # device/dtype; each step still checks that every gradient matches its parameter.
     plans: dict[tuple[str, ...], tuple[tuple, list[tuple[list[str], float]] | None]] = {}
 
-    def plan(grads: Updates, params: Params):
+    def plan(grads: Updates, state: list, params: Params):
         names = tuple(present(grads))
         ps = [params[n] for n in names]
         for p, n in zip(ps, names):
@@ -200,6 +219,11 @@ def fused_adam_chain(
             if p.dtype != g.dtype or p.device != g.device or p.shape != g.shape:
                 return None
         ident = tuple((id(p), p.device, p.dtype, p.stride()) for p in ps)
+        adam = state[i_adam]
+        for key in (
+            ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if amsgrad else ("exp_avg", "exp_avg_sq")
+        ):
+            _follow_layout(adam[key], list(names), params)
         hit = plans.get(names)
         if hit is not None and hit[0] == ident:
             return hit[1]
@@ -276,7 +300,7 @@ def fused_adam_chain(
             return tuple(state)
         state = list(state)
         grads, owned = run_head(grads, state, params) if n_head else (grads, False)
-        calls = plan(grads, params)
+        calls = plan(grads, state, params)
         if calls is None:
             last[0] = None
             updates, state, _ = run_tail(grads, state, params, owned)
@@ -366,6 +390,8 @@ def fused_sgd_chain(
         for i in range(n_head):
             grads, state[i], owned = steps[i](grads, state[i], params, owned)
         grps = _param_groups(grads, params, kernel.supports)
+        if grps and i_trace is not None:
+            _follow_layout(state[i_trace]["momentum_buffer"], present(grads), params)
         if not grps:
             for i in range(n_head, len(links)):
                 grads, state[i], owned = steps[i](grads, state[i], params, owned)
