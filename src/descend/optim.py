@@ -1420,8 +1420,10 @@ class TorchOptimizer(torch.optim.Optimizer):
     correction for step ``k`` on its first update, not for step 1: that update is
     ``(1 − β1)/(1 − β1^k) · sqrt((1 − β2^k)/(1 − β2))`` times torch's (0.58 for the default
     betas at ``k = 4``). Momentum SGD with ``dampening > 0`` likewise scales that parameter's
-    first gradient by ``1 − dampening`` where torch copies it.
-    Parameters that get a gradient from the first step on follow torch exactly.
+    first gradient by ``1 − dampening`` where torch copies it. The same holds for a parameter
+    whose gradient is ``None`` on some steps (an unused branch after ``zero_grad()``): torch
+    does not count those steps for it, descend does (Adam, AdamW, NAdam's bias corrections,
+    Adagrad's ``lr_decay``). Parameters that get a gradient at every step follow torch exactly.
 
     Schedule-free optimizers: call ``opt.eval()`` before evaluating or saving the weights (the
     parameters become the averaged point) and ``opt.train()`` before training again, next to
