@@ -510,6 +510,72 @@ def test_groups_with_their_own_momentum_follow_torch_sgd():
     assert _close(a, b, 1e-12)
 
 
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize(
+    ("make", "make_torch"),
+    [
+        (
+            lambda: optim.sgd(0.1, momentum=0.9, max_grad_norm=0.05),
+            lambda groups: torch.optim.SGD(groups, 0.1, momentum=0.9),
+        ),
+        (
+            lambda: optim.adamw(0.01, weight_decay=0.1, max_grad_norm=0.05),
+            lambda groups: torch.optim.AdamW(groups, 0.01, weight_decay=0.1),
+        ),
+    ],
+)
+def test_max_grad_norm_clips_the_norm_over_every_group_as_clip_grad_norm(make, make_torch, fused):
+    # max_grad_norm is "clip the global gradient norm first (as clip_grad_norm_)": with
+    # parameter groups (the usual decay / no-decay split) the norm is still the whole
+    # model's, as clip_grad_norm_(model.parameters()) before torch's step, not each group's.
+    batches = _batches(10)
+    a, b = _model(), _model()
+
+    def groups(m):
+        decay = [p for p in m.parameters() if p.ndim >= 2]
+        rest = [p for p in m.parameters() if p.ndim < 2]
+        return [{"params": decay}, {"params": rest, "weight_decay": 0.0, "lr": 0.02}]
+
+    theirs = make_torch(groups(a))
+    ours = optim.as_torch_optimizer(make(), groups(b), fused_step=fused)
+    for x, y in batches:
+        for model, opt, clip in ((a, theirs, True), (b, ours, False)):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 0.05)
+            opt.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(q, p)
+
+
+def test_a_masked_clip_keeps_its_own_norm_with_several_groups():
+    # only a clip link that sees its whole group's raw gradients takes every group's norm: a
+    # clip of some parameters (masked) clips by theirs, as in one optimizer per group
+    from descend.transforms import clip_by_global_norm, masked, scale_by_learning_rate
+
+    def make():
+        return chain(
+            masked(clip_by_global_norm(0.01), lambda n, p: p.ndim >= 2),
+            scale_by_learning_rate(0.1),
+        )
+
+    def named(model, i):
+        return {f"{i}.{n}": p for n, p in model[i].named_parameters()}
+
+    a, b = _model(), _model()
+    opt = optim.as_torch_optimizer(make(), [{"params": named(a, 0)}, {"params": named(a, 2)}])
+    apart = [optim.as_torch_optimizer(make(), named(b, i)) for i in (0, 2)]
+    for x, y in _batches(5):
+        for model, opts in ((a, [opt]), (b, apart)):
+            for o in opts:
+                o.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            for o in opts:
+                o.step()
+    assert _same(a, b)
+
+
 @pytest.mark.parametrize("name", sorted(optim.names()))
 def test_two_groups_are_two_optimizers(name):
     # For every optimizer: one optimizer over two groups with options of their own trains
@@ -719,6 +785,55 @@ def test_a_gradient_laid_out_unlike_its_parameter_follows_torch(case, fused):
         ours.step()
         theirs.step()
     assert torch.allclose(got, want, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", sorted(_LAYOUT_CASES))
+def test_a_parameter_with_gaps_in_memory_follows_torch_and_writes_only_itself(case):
+    # A parameter that is a strided view (every other column of a bigger tensor) is not dense:
+    # torch's fused kernels walk raw memory as if it were, so the fused step would update the
+    # wrong elements and write into the columns between. torch.optim's default step is the oracle.
+    make, make_torch = _LAYOUT_CASES[case]
+    torch.manual_seed(0)
+    grads = [torch.randn(3, 4) for _ in range(4)]
+    base_ours = torch.randn(3, 8)
+    base_torch = base_ours.clone()
+    got = torch.nn.Parameter(base_ours[:, ::2])
+    want = torch.nn.Parameter(base_torch[:, ::2])
+    assert got.data_ptr() == base_ours.data_ptr() and not got.is_contiguous()
+    ours = optim.as_torch_optimizer(make(), {"p": got})
+    theirs = make_torch([want])
+    for g in grads:
+        got.grad, want.grad = g, g.clone()
+        ours.step()
+        theirs.step()
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(base_ours, base_torch)  # the columns between: untouched by both
+
+
+@pytest.mark.parametrize("case", sorted(_LAYOUT_CASES))
+def test_a_model_made_channels_last_during_training_follows_torch(case):
+    # model.to(memory_format=torch.channels_last) after some steps gives the conv weights a
+    # new layout while the optimizer's buffers keep the old one: the fused kernels, walking
+    # all of them as flat memory, would pair each element with another one's moments.
+    make, make_torch = _LAYOUT_CASES[case]
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 3))
+    x = torch.randn(2, 3, 8, 8)
+    ours, theirs = copy.deepcopy(base), copy.deepcopy(base)
+    opts = [
+        (ours, optim.as_torch_optimizer(make(), ours)),
+        (theirs, make_torch(theirs.parameters())),
+    ]
+    for i in range(8):
+        for model, opt in opts:
+            if i == 3:
+                model.to(memory_format=torch.channels_last)
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+    assert ours[0].weight.is_contiguous(memory_format=torch.channels_last)
+    for p, q in zip(ours.parameters(), theirs.parameters()):
+        torch.testing.assert_close(p, q)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -87,8 +87,10 @@ from descend.transforms._util import (
     SGD_IMPLS,
     Impl,
     Mask,
+    WholeGrads,
     check_callable,
     check_dense,
+    whole_grads,
     whole_or,
     whole_params,
 )
@@ -1402,7 +1404,9 @@ class TorchOptimizer(torch.optim.Optimizer):
     per group (and ``betas``/``momentum`` where it has one holder of them), nothing else. Keys
     that are no option of the optimizer stay on the group untouched, as torch keeps them
     (schedulers store ``initial_lr`` there); a key within a letter or two of an option
-    (``weight_dacay``) is refused. ``add_param_group`` works too.
+    (``weight_dacay``) is refused. ``add_param_group`` works too. ``max_grad_norm`` clips by
+    the norm over every group's gradients, as ``clip_grad_norm_(model.parameters())`` before a
+    torch optimizer's step.
 
     The transform's state is ``self.tx_state`` (with several groups, the list of their states);
     ``state_dict()`` holds it keyed by parameter NAME, with tensors and plain Python values
@@ -1416,8 +1420,10 @@ class TorchOptimizer(torch.optim.Optimizer):
     correction for step ``k`` on its first update, not for step 1: that update is
     ``(1 − β1)/(1 − β1^k) · sqrt((1 − β2^k)/(1 − β2))`` times torch's (0.58 for the default
     betas at ``k = 4``). Momentum SGD with ``dampening > 0`` likewise scales that parameter's
-    first gradient by ``1 − dampening`` where torch copies it.
-    Parameters that get a gradient from the first step on follow torch exactly.
+    first gradient by ``1 − dampening`` where torch copies it. The same holds for a parameter
+    whose gradient is ``None`` on some steps (an unused branch after ``zero_grad()``): torch
+    does not count those steps for it, descend does (Adam, AdamW, NAdam's bias corrections,
+    Adagrad's ``lr_decay``). Parameters that get a gradient at every step follow torch exactly.
 
     Schedule-free optimizers: call ``opt.eval()`` before evaluating or saving the weights (the
     parameters become the averaged point) and ``opt.train()`` before training again, next to
@@ -1675,19 +1681,32 @@ class TorchOptimizer(torch.optim.Optimizer):
                 loss = closure()
         if self._where() != self._placed:
             self._follow_params()
-        for i, g in enumerate(self._groups):
-            self._sync(i, g)
-            grads = {n: p.grad for n, p in g.named.items() if p.grad is not None}
-            if not grads:
-                continue
-            check_dense(grads, "optimizer.step")
-            with torch.no_grad():
-                if self.fused_step:
-                    g.state = update_and_apply(g.tx, grads, g.state, g.named)
-                else:
-                    updates, g.state = g.tx.update(grads, g.state, g.named)
-                    apply_updates(g.named, updates)
+        if len(self._groups) == 1:
+            self._step_group(0, self._groups[0])
+            return loss
+        # max_grad_norm (clip_by_global_norm) clips by the norm over every group's gradients,
+        # as clip_grad_norm_(model.parameters()) does before a torch optimizer's step; the
+        # gradients are read before any group's step changes a parameter.
+        every = {n: p.grad for n, p in self.named.items() if p.grad is not None}
+        with whole_grads(every) as whole:
+            for i, g in enumerate(self._groups):
+                self._step_group(i, g, whole)
         return loss
+
+    def _step_group(self, i: int, g: _Group, whole: WholeGrads | None = None) -> None:
+        self._sync(i, g)
+        grads = {n: p.grad for n, p in g.named.items() if p.grad is not None}
+        if not grads:
+            return
+        if whole is not None:
+            whole.part = grads
+        check_dense(grads, "optimizer.step")
+        with torch.no_grad():
+            if self.fused_step:
+                g.state = update_and_apply(g.tx, grads, g.state, g.named)
+            else:
+                updates, g.state = g.tx.update(grads, g.state, g.named)
+                apply_updates(g.named, updates)
 
     def _where(self) -> tuple[torch.device, torch.dtype] | None:
         p = self._first

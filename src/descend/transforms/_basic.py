@@ -15,6 +15,8 @@ from descend.transforms._util import (
     check_callable,
     check_finite,
     check_mask_names,
+    current_whole_grads,
+    global_norm,
     groups,
     mask_fn,
     mul,
@@ -231,6 +233,9 @@ def clip_by_global_norm(max_norm: float, eps: float = 1e-6) -> Transform:
     ``u ← u · min(1, max_norm / (‖u‖₂ + eps))`` with ``‖u‖₂`` over every tensor, as
     ``torch.nn.utils.clip_grad_norm_``. The factor stays a tensor on the device (no ``.item()``,
     no host-device synchronization). A non-finite norm propagates to the updates. State: ``()``.
+    In a step of ``as_torch_optimizer`` with several parameter groups, ``‖u‖₂`` is over every
+    group's gradients (as ``clip_grad_norm_(model.parameters())`` before a torch optimizer's
+    step), where this link gets the raw gradients.
     """
     owner = "clip_by_global_norm"
     max_norm = check_positive("max_norm", max_norm, owner=owner)
@@ -240,14 +245,12 @@ def clip_by_global_norm(max_norm: float, eps: float = 1e-6) -> Transform:
         names = present(grads)
         if not names:
             return grads, state, owned
-        grps = groups(names, grads)
         device = grads[names[0]].device
-        norms = [
-            norm.to(device)
-            for grp in grps
-            for norm in torch._foreach_norm([grads[n] for n in grp], 2.0)
-        ]
-        total = torch.linalg.vector_norm(torch.stack(norms), 2.0)
+        whole = current_whole_grads()
+        if whole is not None and whole.covers(grads, names):
+            total = whole.norm(device)
+        else:
+            total = global_norm(grads, names, device)
         factor = torch.clamp(max_norm / (total + eps), max=1.0)
         return mul(grads, factor, owned), state, True
 

@@ -43,7 +43,14 @@ from descend.transforms._basic import (
 )
 from descend.transforms._kernels import AdamKernel, SGDKernel
 from descend.transforms._momentum import trace
-from descend.transforms._util import MaskCache, groups, mask_fn, need_params, present
+from descend.transforms._util import (
+    MaskCache,
+    groups,
+    is_sharded,
+    mask_fn,
+    need_params,
+    present,
+)
 
 __all__ = ["fused_adam_chain", "fused_sgd_chain"]
 
@@ -66,20 +73,57 @@ def _same(a: Any, b: list) -> bool:
     return len(a) == len(b) and all(map(operator.is_, a, b))
 
 
+def _dense(t: torch.Tensor) -> bool:
+    """Whether ``t`` fills its memory without gaps or overlaps, in some order of its dims
+    (contiguous, channels_last, transposed), as ``torch.empty_like`` preserves it."""
+    if t.is_contiguous():
+        return True
+    expected = 1
+    for size, stride in sorted(zip(t.shape, t.stride()), key=operator.itemgetter(1)):
+        if size == 1:
+            continue
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
 def _param_groups(
     grads: Updates, params: Params, supports: Callable[[torch.Tensor], bool]
-) -> list[list[str]] | None:
-    """Names grouped by the parameters' (device, dtype), or None if the kernel cannot write the
-    parameters directly (no kernel here, or a gradient of another dtype/device)."""
+) -> tuple[list[list[str]] | None, bool]:
+    """``(groups, plain)``: names grouped by the parameters' (device, dtype), or None if the
+    kernel cannot write the parameters directly (no kernel here, a gradient of another
+    dtype/device, or a parameter with gaps in its memory: a strided view such as
+    ``w[:, ::2]``, which the kernels, walking every tensor as flat memory, would update wrongly
+    and write between the gaps); ``plain``: every parameter is contiguous."""
     names = present(grads)
+    plain = True
     for n in names:
         p, g = params[n], grads[n]
         if p.dtype != g.dtype or p.device != g.device or p.shape != g.shape:
-            return None
+            return None, plain
+        if not p.is_contiguous():
+            plain = False
+            if not _dense(p):
+                return None, plain
     grps = groups(names, params)
     if not all(supports(params[grp[0]]) for grp in grps):
-        return None
-    return grps
+        return None, plain
+    return grps, plain
+
+
+def _follow_layout(buffers: dict[str, torch.Tensor], names: list[str], params: Params) -> None:
+    """Give each state buffer its parameter's memory layout where they differ (a model made
+    ``channels_last`` after the state was): the kernels walk parameter and buffers as flat
+    memory together, so they must agree element for element. Values are kept."""
+    for n in names:
+        b, p = buffers[n], params[n]
+        if b.is_contiguous() and p.is_contiguous():  # the usual case: two flag reads
+            continue
+        if b.stride() != p.stride() and not is_sharded(b) and _dense(p):
+            buffers[n] = torch.empty_like(
+                p, dtype=b.dtype, device=b.device, memory_format=torch.preserve_format
+            ).copy_(b)
 
 
 def fused_adam_chain(
@@ -173,20 +217,29 @@ def fused_adam_chain(
     # (device, dtype) groups split into decayed and kept parameters — or None where the kernel
     # cannot write the parameters. Rebuilt when a parameter tensor is replaced or changes
     # device/dtype; each step still checks that every gradient matches its parameter.
-    plans: dict[tuple[str, ...], tuple[tuple, list[tuple[list[str], float]] | None]] = {}
+    plans: dict[tuple[str, ...], tuple[tuple, list[tuple[list[str], float]] | None, bool]] = {}
+    moment_keys = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ())
 
-    def plan(grads: Updates, params: Params):
+    def plan(grads: Updates, state: list, params: Params):
         names = tuple(present(grads))
         ps = [params[n] for n in names]
         for p, n in zip(ps, names):
             g = grads[n]
             if p.dtype != g.dtype or p.device != g.device or p.shape != g.shape:
                 return None
-        ident = tuple((id(p), p.device, p.dtype) for p in ps)
+        # is_contiguous(): a parameter given another memory layout in place (.data swapped by
+        # model.to(memory_format=...)) keeps its id; the flag tells the plan (a cached read)
+        ident = tuple((id(p), p.device, p.dtype, p.is_contiguous()) for p in ps)
         hit = plans.get(names)
+        if hit is None or hit[0] != ident or hit[2]:
+            # a new plan, a parameter of a new layout, or one in a layout of its own
+            # (channels_last: loaded moments may be laid out otherwise): the moments follow
+            adam = state[i_adam]
+            for key in moment_keys:
+                _follow_layout(adam[key], list(names), params)
         if hit is not None and hit[0] == ident:
             return hit[1]
-        grps = _param_groups(grads, params, kernel.supports)
+        grps, _ = _param_groups(grads, params, kernel.supports)
         calls: list[tuple[list[str], float]] | None = None
         if grps is not None:
             calls = []
@@ -197,7 +250,7 @@ def fused_adam_chain(
                 decayed = [n for n in grp if decide(n, params[n])]
                 kept = [n for n in grp if not decide(n, params[n])]
                 calls += [(ns, wd) for ns, wd in ((decayed, weight_decay), (kept, 0.0)) if ns]
-        plans[names] = (ident, calls)
+        plans[names] = (ident, calls, not all(p.is_contiguous() for p in ps))
         return calls
 
     # The last step's kernel arguments, reused while every tensor in them is the same object as
@@ -259,7 +312,7 @@ def fused_adam_chain(
             return tuple(state)
         state = list(state)
         grads, owned = run_head(grads, state, params) if n_head else (grads, False)
-        calls = plan(grads, params)
+        calls = plan(grads, state, params)
         if calls is None:
             last[0] = None
             updates, state, _ = run_tail(grads, state, params, owned)
@@ -343,12 +396,22 @@ def fused_sgd_chain(
             out.update(zip(grp, u))
         return out, finish(state, lr_t), True
 
+    seen: list[Any] = [None, False]  # the momentum buffers last checked, and whether odd
+
     def apply(grads: Updates, state: State, params: Params) -> State:
         state = list(state)
         owned = False
         for i in range(n_head):
             grads, state[i], owned = steps[i](grads, state[i], params, owned)
-        grps = _param_groups(grads, params, kernel.supports)
+        grps, plain = _param_groups(grads, params, kernel.supports)
+        if grps and i_trace is not None:
+            bufs = state[i_trace]["momentum_buffer"]
+            # The buffers follow their parameters' memory layout (see _follow_layout): checked
+            # where a parameter is not contiguous, on new buffers (a first step, a loaded
+            # state), and once after a step that had to (a layout changed back)
+            if not plain or bufs is not seen[0] or seen[1]:
+                _follow_layout(bufs, present(grads), params)
+                seen[0], seen[1] = bufs, not plain
         if not grps:
             for i in range(n_head, len(links)):
                 grads, state[i], owned = steps[i](grads, state[i], params, owned)

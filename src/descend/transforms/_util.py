@@ -182,6 +182,64 @@ def whole_or(params: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
     return params if whole is None else whole
 
 
+# Every parameter group's gradients during one as_torch_optimizer step with several groups:
+# clip_by_global_norm clips by the norm over all of them (what clip_grad_norm_ over the model
+# gives), not over its own group's. None outside such a step.
+_WHOLE_GRADS: ContextVar[WholeGrads | None] = ContextVar("descend_whole_grads", default=None)
+
+
+class WholeGrads:
+    """The gradients of every group of one optimizer step, the group stepping now (``part``),
+    and their global L2 norm (computed once, on the first device that asks)."""
+
+    __slots__ = ("grads", "norms", "part")
+
+    def __init__(self, grads: Mapping[str, torch.Tensor]):
+        self.grads = grads
+        self.part: Mapping[str, torch.Tensor] = {}
+        self.norms: dict[torch.device, torch.Tensor] = {}
+
+    def covers(self, grads: Mapping[str, torch.Tensor | None], names: list[str]) -> bool:
+        """Whether ``grads`` are the raw gradients of the whole group stepping now (not
+        transformed ones, nor a subset picked by ``masked``/``partition``)."""
+        part = self.part
+        return len(names) == len(part) and all(part.get(n) is grads[n] for n in names)
+
+    def norm(self, device: torch.device) -> torch.Tensor:
+        hit = self.norms.get(device)
+        if hit is None:
+            hit = self.norms[device] = global_norm(self.grads, present(self.grads), device)
+        return hit
+
+
+@contextmanager
+def whole_grads(grads: Mapping[str, torch.Tensor]) -> Iterator[WholeGrads]:
+    """Within this block, gradient-norm clipping of one group's part of ``grads`` (set as the
+    yielded object's ``part``) uses the norm of all."""
+    whole = WholeGrads(grads)
+    token = _WHOLE_GRADS.set(whole)
+    try:
+        yield whole
+    finally:
+        _WHOLE_GRADS.reset(token)
+
+
+def current_whole_grads() -> WholeGrads | None:
+    return _WHOLE_GRADS.get()
+
+
+def global_norm(
+    tensors: Mapping[str, torch.Tensor], names: list[str], device: torch.device
+) -> torch.Tensor:
+    """The L2 norm over every tensor named in ``names``, as a tensor on ``device``."""
+    norms = [
+        norm.to(device)
+        for grp in groups(names, tensors)
+        for norm in torch._foreach_norm([tensors[n] for n in grp], 2.0)
+    ]
+    return torch.linalg.vector_norm(torch.stack(norms), 2.0)
+
+
 def check_mask_names(mask: Any, params: Mapping[str, torch.Tensor], *, owner: str) -> None:
     """A dict mask naming a parameter that does not exist is a typo: say so at init."""
     if not isinstance(mask, Mapping):
