@@ -261,3 +261,90 @@ def test_a_poisoned_full_batch_step_is_rolled_back_not_the_end_of_the_run(digits
     assert math.isnan(r.history.train_loss[4]) and math.isfinite(r.history.train_loss[-1])
     assert r.history.train_loss[-1] < r.history.train_loss[3]  # it kept learning afterwards
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+class _Spiky(torch.nn.Module):
+    """Wraps a model; the training steps numbered in ``bad`` (1-based, as ``loop.step`` after
+    them) get outputs 300x too large: a loss spike, not a non-finite one. The step number comes
+    from the loop (``_Tick``), so a resumed run spikes at the same steps."""
+
+    def __init__(self, inner, bad):
+        super().__init__()
+        self.inner, self.bad, self.next_step = inner, bad, 1
+
+    def forward(self, x):
+        out = self.inner(x)
+        return out * 300.0 if self.training and self.next_step in self.bad else out
+
+
+class _Tick(descend.Callback):
+    def __init__(self, model):
+        self.model = model
+
+    def on_fit_start(self, loop):
+        self.model.next_step = loop.step + 1
+
+    def on_step_end(self, loop):
+        self.model.next_step = loop.step + 1
+
+
+class _Killed(BaseException):
+    """A kill -9 stand-in: nothing in descend catches it."""
+
+
+class _KillAt(descend.Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, loop):
+        if loop.step == self.step:
+            raise _Killed
+
+
+@pytest.mark.parametrize(
+    "kill_at",
+    [31, 32],  # after step 30 (one suspicious batch), after step 31 (the rollback)
+    ids=["between-the-spikes-batches", "right-after-the-rollback"],
+)
+def test_a_checkpoint_inside_a_guard_event_resumes_exactly(digits, tmp_path, kill_at):
+    """Steps 30-32 spike: 30 is suspicious, 31 confirms it (rollback), 32 is measured at the
+    rolled-back weights and spikes too (a false alarm: the rate is put back). A checkpoint
+    after step 30 or 31 must resume to the same run: it crashed (the first spike's reason was
+    not in the checkpoint), or took the false alarm for a real spike and cut the rate."""
+    X, y = digits
+
+    def make(checkpoint, callbacks=(), resume=None):
+        torch.manual_seed(0)
+        inner = torch.nn.Sequential(
+            torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10)
+        )
+        model = _Spiky(inner, {30, 31, 32})
+        return descend.fit(
+            model,
+            (X[:480], y[:480]),
+            "cross_entropy",
+            optimizer=descend.optim.adam(lr=1e-3),
+            epochs=4,
+            verbose=0,
+            seed=0,
+            checkpoint=checkpoint,
+            checkpoint_every=1,
+            resume=resume,
+            callbacks=[_Tick(model), *callbacks],
+        )
+
+    ref = make(tmp_path / "ref")
+    assert [(e["step"], e["kind"]) for e in ref.history.events] == [
+        (31, "rollback"),
+        (32, "recalibrated"),
+    ]
+    ck = tmp_path / "run"
+    with pytest.raises(_Killed):
+        make(ck, callbacks=[_KillAt(kill_at)])
+    again = make(ck, resume=True)
+    assert again.history.events == ref.history.events
+    for key in ("step_loss", "step_lr", "step_grad_norm", "train_loss", "val_loss"):
+        assert getattr(again.history, key) == getattr(ref.history, key), key
+    for a, b in zip(again.model.state_dict().values(), ref.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert again.best_epoch == ref.best_epoch and again.stop_reason is ref.stop_reason
