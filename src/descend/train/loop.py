@@ -174,19 +174,30 @@ class _MetricSum:
             at += t.numel()
 
     def state(self) -> dict[str, Any]:
-        """The sums as plain lists, for a mid-epoch checkpoint."""
+        """The sums as plain lists, for a mid-epoch checkpoint. Python floats hold float32
+        and float64 sums exactly (a double-precision model's R² sums are float64), and the
+        dtype comes back with them: the resumed run goes on summing exactly as before."""
         self._reduce()
         lists = {
-            k: (None if v is None else v.float().cpu().reshape(-1).tolist())
+            k: (None if v is None else v.double().cpu().reshape(-1).tolist())
             for k, v in (("acc", self.acc), ("y_sum", self.y_sum), ("y_sq", self.y_sq))
         }
-        return {"count": self.count, **lists}
+        dtypes = {
+            k: str(v.dtype).replace("torch.", "")
+            for k, v in (("acc", self.acc), ("y_sum", self.y_sum), ("y_sq", self.y_sq))
+            if v is not None
+        }
+        return {"count": self.count, **lists, "dtypes": dtypes}
 
     def load(self, state: dict[str, Any], device: torch.device) -> None:
         self.count = int(state["count"])
+        dtypes = state.get("dtypes") or {}  # (a checkpoint from before: float32 sums)
         for k in ("acc", "y_sum", "y_sq"):
             v = state.get(k)
-            t = None if v is None else torch.tensor(v, dtype=torch.float32, device=device)
+            dtype = getattr(torch, str(dtypes.get(k, "float32")), None)
+            if not isinstance(dtype, torch.dtype):
+                dtype = torch.float32
+            t = None if v is None else torch.tensor(v, dtype=torch.float64).to(device, dtype)
             # accuracy and a callable's sum are scalars; R²'s sums are one per output column
             if t is not None and self.kind != "r2":
                 t = t.reshape(())
