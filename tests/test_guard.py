@@ -348,3 +348,80 @@ def test_a_checkpoint_inside_a_guard_event_resumes_exactly(digits, tmp_path, kil
     for a, b in zip(again.model.state_dict().values(), ref.model.state_dict().values()):
         assert torch.equal(a, b)
     assert again.best_epoch == ref.best_epoch and again.stop_reason is ref.stop_reason
+
+
+class _Poisoned(_Spiky):
+    """The steps numbered in ``bad`` give non-finite outputs (``_Tick`` numbers them)."""
+
+    def forward(self, x):
+        out = self.inner(x)
+        return out * float("nan") if self.training and self.next_step in self.bad else out
+
+
+class _Interrupt(descend.Callback):
+    """Ctrl-C (as the signal handler records it) during step ``step``."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, loop):
+        if loop.step == self.step:
+            loop._interrupt = 2
+
+
+def _windowed_fit(digits, monkeypatch, checkpoint, bad, callbacks=(), resume=None):
+    # The guard as on an accelerator: losses read in windows of 4 steps (16 there).
+    from descend.train import loop as loop_mod
+
+    monkeypatch.setattr(loop_mod, "Guard", lambda check_every: Guard(check_every=4))
+    X, y = digits
+    torch.manual_seed(0)
+    model = _Poisoned(mlp(), bad)
+    return descend.fit(
+        model, (X[:480], y[:480]), "cross_entropy", optimizer=descend.optim.adam(lr=1e-3),
+        epochs=4, verbose=0, seed=0, checkpoint=checkpoint, checkpoint_every=11, resume=resume,
+        callbacks=[_Tick(model), *callbacks],
+    )  # fmt: skip
+
+
+def test_a_checkpoint_inside_a_guard_window_is_never_of_unjudged_steps(
+    digits, tmp_path, monkeypatch
+):
+    """Step 10 is non-finite and the checkpoint after step 11 falls inside the guard's window
+    (steps 9-12). It was written before the guard had judged steps 9-11 and made the rollback
+    point: each later window rolled back to those NaN weights, the run ended with its starting
+    weights. Now the guard judges the window first; a run killed later resumes exactly."""
+    ref = _windowed_fit(digits, monkeypatch, tmp_path / "ref", {10, 24})
+    assert [e["kind"] for e in ref.history.events] == ["rollback", "rollback"]
+    assert all(torch.isfinite(p).all() for p in ref.model.parameters())
+    assert ref.best_epoch == ref.epochs == 4  # it trained on after the bad steps
+    ck = tmp_path / "run"
+    with pytest.raises(_Killed):  # after the checkpoint at step 22, before the bad step 24
+        _windowed_fit(digits, monkeypatch, ck, {10, 24}, callbacks=[_KillAt(23)])
+    again = _windowed_fit(digits, monkeypatch, ck, {10, 24}, resume=True)
+    assert again.history.events == ref.history.events
+    for key in ("step_loss", "step_lr", "step_grad_norm", "train_loss", "val_loss"):
+        assert np.array_equal(
+            getattr(again.history, key), getattr(ref.history, key), equal_nan=True
+        ), key
+    for a, b in zip(again.model.state_dict().values(), ref.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_an_interrupt_inside_a_guard_window_writes_judged_weights(digits, tmp_path, monkeypatch):
+    """Ctrl-C right after the non-finite step 10, before its window ended: the final
+    checkpoint held the NaN weights, and the resumed run could only roll back to them."""
+    from safetensors.torch import load_file
+
+    ck = tmp_path / "run"
+    cut = _windowed_fit(digits, monkeypatch, ck, {10}, callbacks=[_Interrupt(10)])
+    assert cut.stop_reason is StopReason.INTERRUPTED
+    assert [e["kind"] for e in cut.history.events] == ["rollback"]
+    newest = descend.checkpoint.list_checkpoints(ck)[0]
+    assert newest.name == "ckpt-000000010"
+    tensors = load_file(str(newest / "tensors.safetensors"))
+    assert all(torch.isfinite(t).all() for t in tensors.values())
+    again = _windowed_fit(digits, monkeypatch, ck, {10}, resume=True)
+    assert [e["kind"] for e in again.history.events] == ["rollback"]
+    assert all(torch.isfinite(p).all() for p in again.model.parameters())
+    assert again.best_epoch == again.epochs == 4

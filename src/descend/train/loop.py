@@ -2074,9 +2074,15 @@ class Loop:
             else:
                 interrupted = self._interrupt is not None
                 stop = self._stop_request is not None or self._out_of_time()
-            if interrupted:
-                return StopReason.INTERRUPTED
-            if every is not None and self.step % every == 0:
+            if interrupted or (every is not None and self.step % every == 0):
+                # A checkpoint comes next (the final one, or this cadence's): the steps the
+                # guard has not judged yet (a window of them on an accelerator) are judged
+                # first, or a non-finite step among them would be written to disk and made the
+                # rollback point, and every later rollback would restore it.
+                if guard is not None and guard.flush(self) == "diverged":
+                    return StopReason.DIVERGED
+                if interrupted:
+                    return StopReason.INTERRUPTED
                 self.save_checkpoint()
             if stop:
                 break
