@@ -154,6 +154,28 @@ def test_checkpoints_written_after_skipping_damaged_ones_are_kept(tmp_path):
     assert all(C._verify(p) is None for p in C.list_checkpoints(ck))
 
 
+def test_an_optimizer_state_that_cannot_be_checkpointed_is_refused_before_step_1(tmp_path):
+    # A user's transform keyed by position: refused when the first checkpoint was written,
+    # after a whole epoch of training (hours into a long run), not at the start.
+    from descend.transforms import Transform
+
+    def init(params):
+        return {"momentum": {i: torch.zeros_like(p) for i, p in enumerate(params.values())}}
+
+    def update(grads, state, params):
+        return {k: -0.01 * g for k, g in grads.items()}, state
+
+    steps = []
+
+    class Count(descend.Callback):
+        def on_step_end(self, loop):
+            steps.append(loop.step)
+
+    with pytest.raises(CheckpointError, match="must use string keys to be checkpointed"):
+        train(tmp_path, optimizer=Transform(init, update), callbacks=[Count()])
+    assert steps == [] and C.list_checkpoints(tmp_path) == []
+
+
 def test_planted_pickle_is_never_unpickled(tmp_path):
     train(tmp_path, epochs=1)
     ck = C.list_checkpoints(tmp_path)[0]

@@ -2094,6 +2094,10 @@ class Loop:
     def run(self, resume: C.Checkpoint | None = None) -> Result:
         self._t0 = time.perf_counter()
         self.check_model_fits()
+        if self.checkpoint_dir is not None:
+            # An optimizer state that cannot be written is refused now, not at the first
+            # checkpoint (after an epoch: hours into a long run).
+            C.flatten_tree(self.opt_state, "opt/")
         reason: StopReason | None = None
         # A warm start may hand over a schedule-free state left in eval mode.
         swap_to_train(self.opt_state, self.params)
