@@ -126,6 +126,56 @@ def test_resume_uses_previous_checkpoint_when_latest_is_corrupt(tmp_path):
     assert r.history.step_loss == r_full.history.step_loss
 
 
+def test_checkpoints_written_after_skipping_damaged_ones_are_kept(tmp_path):
+    """Both checkpoints of a run damaged (say a copy of the directory cut short): the resumed
+    run starts again and writes new ones at lower steps. They were rotated away at once (the
+    damaged ones counted as the newest two), so a second kill lost everything again."""
+    full = train(tmp_path / "full", epochs=4)  # 5 steps per epoch
+    ck = tmp_path / "run"
+    train(ck, epochs=4)
+    damaged = C.list_checkpoints(ck)
+    assert [p.name for p in damaged] == ["ckpt-000000020", "ckpt-000000015"]
+    for p in damaged:
+        (p / C.TENSORS).write_bytes((p / C.TENSORS).read_bytes()[:-10])
+
+    class Kill(descend.Callback):
+        def on_step_end(self, loop):
+            if loop.step == 12:
+                raise KeyboardInterrupt  # the second Ctrl-C: no final checkpoint
+
+    with pytest.warns(RuntimeWarning, match="damaged"):
+        train(ck, epochs=4, resume=True, callbacks=[Kill()])
+    good = [p.name for p in C.list_checkpoints(ck) if C._verify(p) is None]
+    assert good == ["ckpt-000000010", "ckpt-000000005"]
+    with pytest.warns(RuntimeWarning, match="damaged"):
+        again = train(ck, epochs=4, resume=True)
+    assert again.history.step_loss == full.history.step_loss
+    assert [p.name for p in C.list_checkpoints(ck)] == ["ckpt-000000020", "ckpt-000000015"]
+    assert all(C._verify(p) is None for p in C.list_checkpoints(ck))
+
+
+def test_an_optimizer_state_that_cannot_be_checkpointed_is_refused_before_step_1(tmp_path):
+    # A user's transform keyed by position: refused when the first checkpoint was written,
+    # after a whole epoch of training (hours into a long run), not at the start.
+    from descend.transforms import Transform
+
+    def init(params):
+        return {"momentum": {i: torch.zeros_like(p) for i, p in enumerate(params.values())}}
+
+    def update(grads, state, params):
+        return {k: -0.01 * g for k, g in grads.items()}, state
+
+    steps = []
+
+    class Count(descend.Callback):
+        def on_step_end(self, loop):
+            steps.append(loop.step)
+
+    with pytest.raises(CheckpointError, match="must use string keys to be checkpointed"):
+        train(tmp_path, optimizer=Transform(init, update), callbacks=[Count()])
+    assert steps == [] and C.list_checkpoints(tmp_path) == []
+
+
 def test_planted_pickle_is_never_unpickled(tmp_path):
     train(tmp_path, epochs=1)
     ck = C.list_checkpoints(tmp_path)[0]

@@ -754,6 +754,35 @@ def test_running_training_metric_survives_a_mid_epoch_resume(tmp_path):
     assert len(set(whole.history.metric)) > 1  # the metric moved: the comparison can fail
 
 
+def test_a_double_precision_training_metric_survives_a_mid_epoch_resume_exactly(tmp_path):
+    # A float64 model's R² sums are float64: the checkpoint kept them as float32, and the
+    # resumed epoch's R² differed from the uninterrupted run's in the 8th digit.
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(300, 10, generator=g, dtype=torch.float64)
+    y = X[:, :3].sum(1) + 0.3 * torch.randn(300, generator=g, dtype=torch.float64)
+
+    class Interrupt(descend.Callback):
+        def on_step_end(self, loop):
+            if loop.step == 13:  # epoch 2 of 10 steps, mid-way
+                raise KeyboardInterrupt
+
+    def run(ckdir, **kw):
+        torch.manual_seed(0)
+        model = mlp(10, 32, 1).double()
+        return descend.fit(
+            model, (X, y), "mse", optimizer=descend.optim.adamw(lr=3e-3), epochs=3,
+            validation=None, metric="r2", verbose=0, seed=0, checkpoint=ckdir,
+            checkpoint_every=7, **kw,
+        )  # fmt: skip
+
+    whole = run(tmp_path / "a")
+    cut = run(tmp_path / "b", callbacks=[Interrupt()])
+    assert cut.stop_reason is StopReason.INTERRUPTED and cut.epochs == 1
+    resumed = run(tmp_path / "b", resume=True)
+    assert resumed.history.step_loss == whole.history.step_loss
+    assert resumed.history.metric == whole.history.metric
+
+
 def test_evaluation_skips_the_mode_switch_only_for_mode_free_models():
     from descend.train.loop import _mode_free
 

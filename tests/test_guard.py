@@ -261,3 +261,167 @@ def test_a_poisoned_full_batch_step_is_rolled_back_not_the_end_of_the_run(digits
     assert math.isnan(r.history.train_loss[4]) and math.isfinite(r.history.train_loss[-1])
     assert r.history.train_loss[-1] < r.history.train_loss[3]  # it kept learning afterwards
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+class _Spiky(torch.nn.Module):
+    """Wraps a model; the training steps numbered in ``bad`` (1-based, as ``loop.step`` after
+    them) get outputs 300x too large: a loss spike, not a non-finite one. The step number comes
+    from the loop (``_Tick``), so a resumed run spikes at the same steps."""
+
+    def __init__(self, inner, bad):
+        super().__init__()
+        self.inner, self.bad, self.next_step = inner, bad, 1
+
+    def forward(self, x):
+        out = self.inner(x)
+        return out * 300.0 if self.training and self.next_step in self.bad else out
+
+
+class _Tick(descend.Callback):
+    def __init__(self, model):
+        self.model = model
+
+    def on_fit_start(self, loop):
+        self.model.next_step = loop.step + 1
+
+    def on_step_end(self, loop):
+        self.model.next_step = loop.step + 1
+
+
+class _Killed(BaseException):
+    """A kill -9 stand-in: nothing in descend catches it."""
+
+
+class _KillAt(descend.Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, loop):
+        if loop.step == self.step:
+            raise _Killed
+
+
+@pytest.mark.parametrize(
+    "kill_at",
+    [31, 32],  # after step 30 (one suspicious batch), after step 31 (the rollback)
+    ids=["between-the-spikes-batches", "right-after-the-rollback"],
+)
+def test_a_checkpoint_inside_a_guard_event_resumes_exactly(digits, tmp_path, kill_at):
+    """Steps 30-32 spike: 30 is suspicious, 31 confirms it (rollback), 32 is measured at the
+    rolled-back weights and spikes too (a false alarm: the rate is put back). A checkpoint
+    after step 30 or 31 must resume to the same run: it crashed (the first spike's reason was
+    not in the checkpoint), or took the false alarm for a real spike and cut the rate."""
+    X, y = digits
+
+    def make(checkpoint, callbacks=(), resume=None):
+        torch.manual_seed(0)
+        inner = torch.nn.Sequential(
+            torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10)
+        )
+        model = _Spiky(inner, {30, 31, 32})
+        return descend.fit(
+            model,
+            (X[:480], y[:480]),
+            "cross_entropy",
+            optimizer=descend.optim.adam(lr=1e-3),
+            epochs=4,
+            verbose=0,
+            seed=0,
+            checkpoint=checkpoint,
+            checkpoint_every=1,
+            resume=resume,
+            callbacks=[_Tick(model), *callbacks],
+        )
+
+    ref = make(tmp_path / "ref")
+    assert [(e["step"], e["kind"]) for e in ref.history.events] == [
+        (31, "rollback"),
+        (32, "recalibrated"),
+    ]
+    ck = tmp_path / "run"
+    with pytest.raises(_Killed):
+        make(ck, callbacks=[_KillAt(kill_at)])
+    again = make(ck, resume=True)
+    assert again.history.events == ref.history.events
+    for key in ("step_loss", "step_lr", "step_grad_norm", "train_loss", "val_loss"):
+        assert getattr(again.history, key) == getattr(ref.history, key), key
+    for a, b in zip(again.model.state_dict().values(), ref.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert again.best_epoch == ref.best_epoch and again.stop_reason is ref.stop_reason
+
+
+class _Poisoned(_Spiky):
+    """The steps numbered in ``bad`` give non-finite outputs (``_Tick`` numbers them)."""
+
+    def forward(self, x):
+        out = self.inner(x)
+        return out * float("nan") if self.training and self.next_step in self.bad else out
+
+
+class _Interrupt(descend.Callback):
+    """Ctrl-C (as the signal handler records it) during step ``step``."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, loop):
+        if loop.step == self.step:
+            loop._interrupt = 2
+
+
+def _windowed_fit(digits, monkeypatch, checkpoint, bad, callbacks=(), resume=None):
+    # The guard as on an accelerator: losses read in windows of 4 steps (16 there).
+    from descend.train import loop as loop_mod
+
+    monkeypatch.setattr(loop_mod, "Guard", lambda check_every: Guard(check_every=4))
+    X, y = digits
+    torch.manual_seed(0)
+    model = _Poisoned(mlp(), bad)
+    return descend.fit(
+        model, (X[:480], y[:480]), "cross_entropy", optimizer=descend.optim.adam(lr=1e-3),
+        epochs=4, verbose=0, seed=0, checkpoint=checkpoint, checkpoint_every=11, resume=resume,
+        callbacks=[_Tick(model), *callbacks],
+    )  # fmt: skip
+
+
+def test_a_checkpoint_inside_a_guard_window_is_never_of_unjudged_steps(
+    digits, tmp_path, monkeypatch
+):
+    """Step 10 is non-finite and the checkpoint after step 11 falls inside the guard's window
+    (steps 9-12). It was written before the guard had judged steps 9-11 and made the rollback
+    point: each later window rolled back to those NaN weights, the run ended with its starting
+    weights. Now the guard judges the window first; a run killed later resumes exactly."""
+    ref = _windowed_fit(digits, monkeypatch, tmp_path / "ref", {10, 24})
+    assert [e["kind"] for e in ref.history.events] == ["rollback", "rollback"]
+    assert all(torch.isfinite(p).all() for p in ref.model.parameters())
+    assert ref.best_epoch == ref.epochs == 4  # it trained on after the bad steps
+    ck = tmp_path / "run"
+    with pytest.raises(_Killed):  # after the checkpoint at step 22, before the bad step 24
+        _windowed_fit(digits, monkeypatch, ck, {10, 24}, callbacks=[_KillAt(23)])
+    again = _windowed_fit(digits, monkeypatch, ck, {10, 24}, resume=True)
+    assert again.history.events == ref.history.events
+    for key in ("step_loss", "step_lr", "step_grad_norm", "train_loss", "val_loss"):
+        assert np.array_equal(
+            getattr(again.history, key), getattr(ref.history, key), equal_nan=True
+        ), key
+    for a, b in zip(again.model.state_dict().values(), ref.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_an_interrupt_inside_a_guard_window_writes_judged_weights(digits, tmp_path, monkeypatch):
+    """Ctrl-C right after the non-finite step 10, before its window ended: the final
+    checkpoint held the NaN weights, and the resumed run could only roll back to them."""
+    from safetensors.torch import load_file
+
+    ck = tmp_path / "run"
+    cut = _windowed_fit(digits, monkeypatch, ck, {10}, callbacks=[_Interrupt(10)])
+    assert cut.stop_reason is StopReason.INTERRUPTED
+    assert [e["kind"] for e in cut.history.events] == ["rollback"]
+    newest = descend.checkpoint.list_checkpoints(ck)[0]
+    assert newest.name == "ckpt-000000010"
+    tensors = load_file(str(newest / "tensors.safetensors"))
+    assert all(torch.isfinite(t).all() for t in tensors.values())
+    again = _windowed_fit(digits, monkeypatch, ck, {10}, resume=True)
+    assert [e["kind"] for e in again.history.events] == ["rollback"]
+    assert all(torch.isfinite(p).all() for p in again.model.parameters())
+    assert again.best_epoch == again.epochs == 4

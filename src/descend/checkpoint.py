@@ -12,7 +12,8 @@ A checkpoint is written into a temporary directory, every file is fsynced, the m
 written last, and only then is the directory renamed into place (an atomic rename on POSIX),
 so a process killed at any instant leaves either the previous checkpoints or the new one,
 never a half-written "latest". The newest ``keep`` checkpoints are kept (default 2), so a
-checkpoint damaged later on disk falls back to the one before it.
+checkpoint damaged later on disk falls back to the one before it (a damaged one of a later step
+than the run has reached again is never counted among them).
 
 Loading verifies the manifest (sizes and sha256) before reading: safetensors and torch's own
 format both load a file with a flipped byte silently. A damaged checkpoint is skipped with a
@@ -267,7 +268,12 @@ def save(directory: str | Path, ckpt: Checkpoint, *, keep: int = 2) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for old in list_checkpoints(d)[keep:]:
+    # The new one and the ``keep - 1`` before it stay. A checkpoint of a later step can only be
+    # one a resumed run skipped as damaged: it must not take the place of a good one (with two
+    # of them, every checkpoint the resumed run wrote was deleted as soon as it was written);
+    # the run replaces it when it reaches that step.
+    older = [p for p in list_checkpoints(d) if int(_NAME.match(p.name).group(1)) < ckpt.step]
+    for old in older[max(0, keep - 1) :]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 

@@ -178,6 +178,7 @@ class Guard:
         # not been judged yet (that step's loss is measured at the snapshot's own weights).
         self._fresh: float | None = None
         self.false_alarms = 0
+        self._first_why = ""  # why the first of the suspicious batches in a row was one
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._snapshot: tuple[dict[str, torch.Tensor], Any] | None = None
 
@@ -194,6 +195,11 @@ class Guard:
             "start": self.start,
             "clean_since_event": self.clean_since_event,
             "false_alarms": self.false_alarms,
+            # A checkpoint can fall between the two batches of a confirmed spike, or between a
+            # rollback and the step after it (judged as a possible false alarm): the resumed
+            # run must judge the next step as the uninterrupted one does.
+            "fresh": None if self._fresh is None else float(self._fresh),
+            "first_why": self._first_why,
         }
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
@@ -204,6 +210,8 @@ class Guard:
         self.start = d.get("start")
         self.clean_since_event = d.get("clean_since_event", True)
         self.false_alarms = d.get("false_alarms", 0)
+        self._fresh = d.get("fresh")
+        self._first_why = d.get("first_why", "")
         self.events = d["events"]
         self.retries = d["retries"]
 

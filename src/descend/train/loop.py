@@ -174,19 +174,30 @@ class _MetricSum:
             at += t.numel()
 
     def state(self) -> dict[str, Any]:
-        """The sums as plain lists, for a mid-epoch checkpoint."""
+        """The sums as plain lists, for a mid-epoch checkpoint. Python floats hold float32
+        and float64 sums exactly (a double-precision model's R² sums are float64), and the
+        dtype comes back with them: the resumed run goes on summing exactly as before."""
         self._reduce()
         lists = {
-            k: (None if v is None else v.float().cpu().reshape(-1).tolist())
+            k: (None if v is None else v.double().cpu().reshape(-1).tolist())
             for k, v in (("acc", self.acc), ("y_sum", self.y_sum), ("y_sq", self.y_sq))
         }
-        return {"count": self.count, **lists}
+        dtypes = {
+            k: str(v.dtype).replace("torch.", "")
+            for k, v in (("acc", self.acc), ("y_sum", self.y_sum), ("y_sq", self.y_sq))
+            if v is not None
+        }
+        return {"count": self.count, **lists, "dtypes": dtypes}
 
     def load(self, state: dict[str, Any], device: torch.device) -> None:
         self.count = int(state["count"])
+        dtypes = state.get("dtypes") or {}  # (a checkpoint from before: float32 sums)
         for k in ("acc", "y_sum", "y_sq"):
             v = state.get(k)
-            t = None if v is None else torch.tensor(v, dtype=torch.float32, device=device)
+            dtype = getattr(torch, str(dtypes.get(k, "float32")), None)
+            if not isinstance(dtype, torch.dtype):
+                dtype = torch.float32
+            t = None if v is None else torch.tensor(v, dtype=torch.float64).to(device, dtype)
             # accuracy and a callable's sum are scalars; R²'s sums are one per output column
             if t is not None and self.kind != "r2":
                 t = t.reshape(())
@@ -2088,9 +2099,15 @@ class Loop:
             else:
                 interrupted = self._interrupt is not None
                 stop = self._stop_request is not None or self._out_of_time()
-            if interrupted:
-                return StopReason.INTERRUPTED
-            if every is not None and self.step % every == 0:
+            if interrupted or (every is not None and self.step % every == 0):
+                # A checkpoint comes next (the final one, or this cadence's): the steps the
+                # guard has not judged yet (a window of them on an accelerator) are judged
+                # first, or a non-finite step among them would be written to disk and made the
+                # rollback point, and every later rollback would restore it.
+                if guard is not None and guard.flush(self) == "diverged":
+                    return StopReason.DIVERGED
+                if interrupted:
+                    return StopReason.INTERRUPTED
                 self.save_checkpoint()
             if stop:
                 break
@@ -2102,6 +2119,10 @@ class Loop:
     def run(self, resume: C.Checkpoint | None = None) -> Result:
         self._t0 = time.perf_counter()
         self.check_model_fits()
+        if self.checkpoint_dir is not None:
+            # An optimizer state that cannot be written is refused now, not at the first
+            # checkpoint (after an epoch: hours into a long run).
+            C.flatten_tree(self.opt_state, "opt/")
         reason: StopReason | None = None
         # A warm start may hand over a schedule-free state left in eval mode.
         swap_to_train(self.opt_state, self.params)
