@@ -1292,12 +1292,13 @@ def test_a_warm_start_from_an_ended_schedule_says_it_cannot_train():
     model = torch.nn.Linear(3, 1)
     r1 = descend.fit(model, (X, y), "mse", epochs=4, **kw)
     assert r1.history.step_lr[-1] > 0  # the last step of the budget still moved
+    assert not r1.history.events
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.warns(RuntimeWarning, match="rate of 0") as caught:
+    with pytest.warns(RuntimeWarning, match="learning rate of 0") as caught:
         r2 = descend.fit(model, (X, y), "mse", optimizer=r1.tx, opt_state=r1.opt_state,
                          epochs=2, **kw)  # fmt: skip
-    assert sum("rate of 0" in str(w.message) for w in caught) == 1  # once, not per epoch
-    assert "step 16" in str(caught[0].message)  # 4 epochs x 4 steps: the schedule's end
+    assert sum("learning rate of 0" in str(w.message) for w in caught) == 1  # once a run
+    assert "ended at its step 16" in str(caught[0].message)  # 4 epochs x 4 steps
     assert all(lr == 0.0 for lr in r2.history.step_lr)
     assert [e["kind"] for e in r2.history.events] == ["rate_zero"]
     for k, v in model.state_dict().items():
@@ -1309,6 +1310,39 @@ def test_a_warm_start_from_an_ended_schedule_says_it_cannot_train():
         descend.fit(model, (X, y), "mse", optimizer=r3.tx, opt_state=r3.opt_state, epochs=1,
                     **kw)  # fmt: skip
     assert not torch.equal(model.weight, before["weight"])
+
+
+def test_a_schedule_that_ends_before_the_run_is_said_once_and_a_warmup_from_zero_is_not():
+    X = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
+    y = X @ torch.tensor([1.0, -2.0, 0.5])
+    kw = dict(verbose=0, seed=0, patience=None, validation=None, batch_size=None)
+    # full batch: one step an epoch; a cosine over 3 steps reaches 0 at its step 3
+    opt = descend.optim.adam(lr=1e-2, schedule=descend.schedules.cosine(3))
+    with pytest.warns(RuntimeWarning, match="epoch 4 ran at a learning rate of 0") as caught:
+        r = descend.fit(torch.nn.Linear(3, 1), (X, y), "mse", optimizer=opt, epochs=6, **kw)
+    assert len([w for w in caught if "learning rate of 0" in str(w.message)]) == 1
+    assert r.history.step_lr[3:] == [0.0, 0.0, 0.0]
+    # a schedule whose first step is at rate 0 (a warmup from zero) has not ended
+    ramp = descend.optim.adam(lr=1e-2, schedule=lambda step: step / 3 if step < 3 else 1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = descend.fit(torch.nn.Linear(3, 1), (X, y), "mse", optimizer=ramp, epochs=3, **kw)
+    assert r.history.step_lr[0] == 0.0 and not r.history.events
+
+
+def test_resuming_a_default_plan_with_a_larger_budget_says_its_rate_stays_at_zero(tmp_path):
+    """The default plan's schedule is shaped over the budget it was planned for; a resume with
+    more epochs rebuilds that schedule, whose rate stays at 0 past it: the run says so."""
+    X = torch.randn(200, 3, generator=torch.Generator().manual_seed(0))
+    y = X @ torch.tensor([1.0, -2.0, 0.5])
+    kw = dict(verbose=0, seed=0, patience=None, validation=None, batch_size=50,
+              checkpoint=tmp_path, checkpoint_every="epoch")  # fmt: skip
+    torch.manual_seed(0)
+    descend.fit(torch.nn.Linear(3, 1), (X, y), "mse", epochs=3, **kw)
+    with pytest.warns(RuntimeWarning, match="epoch 4 ran at a learning rate of 0"):
+        r = descend.fit(torch.nn.Linear(3, 1), (X, y), "mse", epochs=5, resume=True, **kw)
+    assert r.history.step_lr[-8:] == [0.0] * 8
+    assert [e["kind"] for e in r.history.events] == ["rate_zero"]
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])

@@ -654,8 +654,8 @@ class Loop:
         )
         self.opt_state = tx.init(self.params)
         self.lr_state = find_lr_state(self.opt_state)
-        # Set by set_opt_state (a warm start): the first epoch's rates are checked once.
-        self._warm_check = False
+        # Whether the run has said that its schedule reached a rate of 0 (once a run).
+        self._zero_said = False
         self.guard = guard
         self.checkpoint_dir = Path(checkpoint) if checkpoint is not None else None
         self.checkpoint_every = checkpoint_every
@@ -1479,7 +1479,6 @@ class Loop:
         # a second warm start from the same point would read again).
         self.opt_state = clone_tree(_to_device_tree(state, self.device))
         self.refresh_lr_state()
-        self._warm_check = True
 
     def refresh_lr_state(self) -> None:
         """Look up the learning-rate state again (after ``opt_state`` was replaced)."""
@@ -1491,22 +1490,28 @@ class Loop:
             {"step": self.step, "epoch": self.epoch + 1, "kind": kind, "message": text}
         )
 
-    def _check_warm_rates(self, lrs: list[float]) -> None:
-        """A warm start (``fit(opt_state=...)``) whose first epoch ran every step at a rate of
-        0: the state continues a schedule that has ended (the default policy's decays to 0 at
-        the end of its budget), so the run cannot move the weights. Said once, not silently."""
-        if not lrs or any(lr != 0.0 for lr in lrs):
+    def _check_zero_rates(self, lrs: list[float]) -> None:
+        """An epoch whose every step ran at a rate of 0 after steps that did not: the schedule
+        has ended (the default plan's decays to 0 over the budget it was planned for), and
+        whatever the run does from here cannot change the weights — a warm start
+        (``fit(opt_state=...)``) of an ended run, a resume with a larger ``epochs`` than the
+        plan's, a user schedule shorter than the run. Said once a run, not silently."""
+        st = self.lr_state
+        if st is None or not lrs or lrs[-1] != 0.0 or any(lr != 0.0 for lr in lrs):
             return
-        count = self.lr_state["count"] - len(lrs) if self.lr_state is not None else None
-        at = f" at its step {count}" if count is not None else ""
+        ended = st["count"] - len(lrs)  # steps taken before this epoch, this run's or earlier
+        if ended <= 0:  # a warmup that starts at 0
+            return
+        self._zero_said = True
         text = (
-            "a warm start (fit(opt_state=...)) continued an optimizer whose schedule had "
-            f"reached a rate of 0{at}: every step of this run had rate 0 and the weights did "
-            "not change — to train further, start a fresh optimizer: "
-            "fit(optimizer=descend.optim.adamw(lr=1e-3)), or optimizer=None for a new default "
-            "plan (an estimator: set lr= or optimizer=, or fit with warm_start=False)"
+            f"every step of epoch {self.epoch + 1} ran at a learning rate of 0: the optimizer's "
+            f"schedule ended at its step {ended} (the default plan decays to 0 over the budget "
+            "it was planned for), so the run cannot change the weights from here — to train "
+            "further, start a fresh optimizer: fit(optimizer=descend.optim.adamw(lr=1e-3)), or "
+            "a new default plan (a new run, not a resume or a warm start of this one; an "
+            "estimator: set lr= or optimizer=, or fit with warm_start=False)"
         )
-        # the caller's line: _check_warm_rates < _end_epoch < Loop.run < fit < caller
+        # the caller's line: _check_zero_rates < _end_epoch < Loop.run < fit < caller
         warnings.warn(f"descend: {text}", RuntimeWarning, stacklevel=5)
         self.record_event("rate_zero", text)
 
@@ -1526,9 +1531,8 @@ class Loop:
         h.step_loss.extend(losses)
         h.step_grad_norm.extend(norms)
         h.step_lr.extend(self._ep_lrs)
-        if self._warm_check:
-            self._warm_check = False
-            self._check_warm_rates(self._ep_lrs)
+        if not self._zero_said:
+            self._check_zero_rates(self._ep_lrs)
         self._ep_losses, self._ep_norms, self._ep_lrs = [], [], []
         self.batch = 0
         finite = [v for v in losses if math.isfinite(v)]
@@ -1724,7 +1728,14 @@ class Loop:
                 return (
                     f"Nothing to train: the checkpoint resumed had already run {self.epoch} "
                     f"epochs, more than epochs={self.max_epochs}; {kept}. Pass a larger "
-                    "epochs= to train on."
+                    "epochs= to train on"
+                    + (
+                        " (not with the default plan: its rate stays at 0 past the budget it "
+                        "was planned for — for more training, start a new run from these "
+                        "weights)."
+                        if self.autopilot
+                        else "."
+                    )
                 )
             return f"Used the whole budget of {_epochs(self.max_epochs)}; {kept}.{tail}"
         if reason is StopReason.MAX_TIME:
@@ -2470,7 +2481,7 @@ def fit(
             with the same model and optimizer) instead of a fresh one — warm starts that keep
             Adam's moments and the schedule position. A state whose schedule has ended (the
             default plan's decays to 0 at its budget's end) trains nothing: the run warns and
-            records a ``rate_zero`` event.
+            records a ``rate_zero`` event (as any run does once an epoch runs at rate 0).
         resume: continue a run from the newest good checkpoint in this directory (``True``:
             the ``checkpoint`` directory). With the same model, data, loss and optimizer the
             continued run is bit-identical on CPU to one never interrupted. A directory with no
