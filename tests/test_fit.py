@@ -1328,6 +1328,12 @@ def test_a_schedule_that_ends_before_the_run_is_said_once_and_a_warmup_from_zero
         warnings.simplefilter("error")
         r = descend.fit(torch.nn.Linear(3, 1), (X, y), "mse", optimizer=ramp, epochs=3, **kw)
     assert r.history.step_lr[0] == 0.0 and not r.history.events
+    # nor one held at 0 from the run's first step (it never ran, so it did not end)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt = descend.optim.sgd(lr=0.1, schedule=lambda step: 0.0)
+        r = descend.fit(torch.nn.Linear(3, 1), (X, y), "mse", optimizer=opt, epochs=3, **kw)
+    assert not r.history.events
 
 
 def test_resuming_a_default_plan_with_a_larger_budget_says_its_rate_stays_at_zero(tmp_path):

@@ -1502,6 +1502,9 @@ class Loop:
         ended = st["count"] - len(lrs)  # steps taken before this epoch, this run's or earlier
         if ended <= 0:  # a warmup that starts at 0
             return
+        earlier = self.history.step_lr[: len(self.history.step_lr) - len(lrs)]
+        if earlier and not any(lr != 0.0 for lr in earlier):
+            return  # a rate of 0 from this run's first step on: a schedule held at 0, not ended
         self._zero_said = True
         text = (
             f"every step of epoch {self.epoch + 1} ran at a learning rate of 0: the optimizer's "
