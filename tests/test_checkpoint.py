@@ -109,9 +109,10 @@ def test_damaged_latest_checkpoint_falls_back_with_warning(tmp_path, damage):
         target.write_bytes(target.read_bytes()[:-10])
     else:
         (newest / C.MANIFEST).unlink()
-    with pytest.warns(RuntimeWarning, match=str(newest.name)):
+    with pytest.warns(RuntimeWarning, match=str(newest.name)) as caught:
         ck = C.latest(tmp_path)
     assert ck.path == previous
+    assert "trying the one before it" in str(caught[0].message)
 
 
 def test_resume_uses_previous_checkpoint_when_latest_is_corrupt(tmp_path):
@@ -143,8 +144,11 @@ def test_checkpoints_written_after_skipping_damaged_ones_are_kept(tmp_path):
             if loop.step == 12:
                 raise KeyboardInterrupt  # the second Ctrl-C: no final checkpoint
 
-    with pytest.warns(RuntimeWarning, match="damaged"):
+    with pytest.warns(RuntimeWarning, match="damaged") as caught:
         train(ck, epochs=4, resume=True, callbacks=[Kill()])
+    said = [str(w.message) for w in caught if "damaged" in str(w.message)]
+    assert len(said) == 2 and "trying the one before it" in said[0]
+    assert "no earlier checkpoint is left" in said[1]  # not "using the previous one"
     good = [p.name for p in C.list_checkpoints(ck) if C._verify(p) is None]
     assert good == ["ckpt-000000010", "ckpt-000000005"]
     with pytest.warns(RuntimeWarning, match="damaged"):

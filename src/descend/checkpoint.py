@@ -353,7 +353,8 @@ def latest(directory: str | Path) -> Checkpoint | None:
     if not d.is_dir():
         return None
     _clean_temporaries(d)
-    for path in list_checkpoints(d):
+    paths = list_checkpoints(d)
+    for i, path in enumerate(paths):
         why = _verify(path)
         if why is None:
             try:
@@ -362,8 +363,13 @@ def latest(directory: str | Path) -> Checkpoint | None:
                 raise
             except Exception as e:
                 why = f"{path} could not be read ({type(e).__name__}: {e})"
+        then = (
+            "trying the one before it"
+            if i + 1 < len(paths)
+            else "no earlier checkpoint is left (nothing to resume from)"
+        )
         warnings.warn(
-            f"descend: skipping a damaged checkpoint: {why}; using the previous one",
+            f"descend: skipping a damaged checkpoint: {why}; {then}",
             RuntimeWarning,
             stacklevel=3,  # the caller of fit(resume=...), who can act on it
         )
