@@ -1434,13 +1434,15 @@ class Preprocessor:
         """
         self._require_fitted("transform")
         full = _as_table(table, "Preprocessor.transform")
-        _check_unique_names(full.column_names, "Preprocessor.transform: table")
-        missing = [c for c in self.input_columns if c not in full.column_names]
+        names = full.column_names  # built anew by each access: once, not once per column
+        _check_unique_names(names, "Preprocessor.transform: table")
+        present = set(names)
+        missing = [c for c in self.input_columns if c not in present]
         if missing:
             raise _missing_column_error(
                 "the feature columns the preprocessor was fitted on",
                 missing,
-                full.column_names,
+                names,
                 rule="must all be in the table",
             )
         data, ids = self._select_rows(full, rows, "Preprocessor.transform")
