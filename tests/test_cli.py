@@ -713,6 +713,19 @@ def test_bad_input_exits_2_with_a_message(args, expected, tmp_path, monkeypatch)
     assert not (tmp_path / "runs").exists()  # nothing was saved
 
 
+def test_a_header_that_is_not_utf8_is_refused_without_a_traceback(tmp_path, monkeypatch):
+    # A Latin-1 column name (a European spreadsheet's export) raised UnicodeDecodeError from
+    # inside pyarrow: a traceback and exit status 1.
+    rows = [f"{i},{i % 2}" for i in range(30)]
+    (tmp_path / "eu.csv").write_bytes(_rows("Größe,y", rows).encode("latin-1"))
+    result = invoke(["fit", "eu.csv", "--target", "y"], tmp_path, monkeypatch)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: data file 'eu.csv' must be UTF-8 text; got bytes")
+    assert "re-save it as UTF-8" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
 def test_one_row_is_one_row_in_the_log(tmp_path, monkeypatch):
     # "1 rows, 2 columns" and "whole numbers with 1 distinct values"
     (tmp_path / "one.csv").write_text("a,y\n1,3\n")

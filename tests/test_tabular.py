@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -128,6 +129,35 @@ def test_ragged_csv_names_the_lines(tmp_path):
         InputError, match=r"same number of fields on every line \(2.*got line 3 has 1"
     ):
         read_table(tmp_path / "rag.csv")
+
+
+def _latin1_header(n_columns: int = 2) -> bytes:
+    names = [f"col{i:05d}" for i in range(n_columns - 2)] + ["Größe", "y"]
+    return (",".join(names) + "\n" + ",".join(["1"] * len(names)) + "\n").encode("latin-1")
+
+
+NOT_UTF8 = {
+    # a column name in Latin-1 (a European spreadsheet's export): a UnicodeDecodeError
+    # traceback from pyarrow's column_names
+    "latin1_header": (_latin1_header(), r"on line 1 \(b'\\xf6\\xdfe,'"),
+    # ... also when the header is longer than the first bytes read to sniff the delimiter
+    "latin1_wide_header": (_latin1_header(9000), "got column names that are not valid UTF-8"),
+    # Excel's "Unicode text": every line was "a row with 1 field", fix "quote fields"
+    "utf16": ("x,y\n1,2\n3,4\n".encode("utf-16"), r"\(UTF-16 text\) on line 1"),
+    # a gzip-compressed CSV without its .gz suffix: "CSV parse error: Expected 2 columns..."
+    "gzip": (__import__("gzip").compress(b"x,y\n1,2\n3,4\n"), "not valid UTF-8 on line 1"),
+}
+
+
+@pytest.mark.parametrize("case", list(NOT_UTF8))
+def test_text_that_is_not_utf8_is_named_with_the_fix(case, tmp_path):
+    data, got = NOT_UTF8[case]
+    (tmp_path / "data.csv").write_bytes(data)
+    with pytest.raises(InputError, match=r"data\.csv' must be UTF-8 text; got .*") as info:
+        read_table(tmp_path / "data.csv")
+    assert re.search(got, str(info.value)), str(info.value)
+    assert "re-save it as UTF-8" in str(info.value)
+    assert ".gz/.bz2/.zst/.lz4 suffix, a Parquet file .parquet" in str(info.value)
 
 
 def test_not_parquet(tmp_path):
