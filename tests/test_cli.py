@@ -645,6 +645,11 @@ BAD_CASES = [
         "needs --target COLUMN, the column to predict; got no --target — pass "
         "e.g. --target y; the columns are 'a', 'b', 'y'",
     ),
+    (  # an IndexError traceback: no target column was left to infer the task from
+        ["fit", "ok.csv", "--target", ","],
+        "needs --target COLUMN, the column to predict; got an empty --target ',' — pass "
+        "e.g. --target y; the columns are 'a', 'b', 'y'",
+    ),
     (
         ["fit", "nan_target.csv", "--target", "y"],
         "target 'y' must have a value in every row; got 1 missing at row 4",
@@ -724,6 +729,18 @@ def test_a_header_that_is_not_utf8_is_refused_without_a_traceback(tmp_path, monk
     assert "re-save it as UTF-8" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
+
+
+def test_an_empty_target_list_in_a_config_file_is_refused(tmp_path, monkeypatch):
+    # `target = []` was an IndexError traceback (exit 1) after the data was read
+    (tmp_path / "ok.csv").write_text(BAD_FILES["ok.csv"])
+    (tmp_path / "run.toml").write_text("target = []\n")
+    result = invoke(["fit", "ok.csv", "--config", "run.toml"], tmp_path, monkeypatch)
+    assert result.exit_code == 2, result.output
+    assert "needs --target COLUMN, the column to predict; got an empty --target []" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.output and not (tmp_path / "runs").exists()
 
 
 def test_one_row_is_one_row_in_the_log(tmp_path, monkeypatch):

@@ -734,8 +734,11 @@ def _resolve_targets(
     from descend import datasets
 
     columns = table.column_names
-    if target is None:
-        if source["kind"] == "dataset":
+    # `--target ,` or `target = []` names no column (it was an IndexError further on)
+    empty = target is not None and target not in columns
+    empty = empty and not [t for t in _split_list(target) if t.strip()]
+    if target is None or empty:
+        if target is None and source["kind"] == "dataset":
             return datasets.target_columns(source["name"])
         guess = [c for c in columns if c.lower() in ("target", "y", "label", "class")]
         example = guess[0] if guess else columns[-1]
@@ -743,9 +746,9 @@ def _resolve_targets(
         more = f", … {len(columns) - 30} more" if len(columns) > 30 else ""
         raise ConfigError(
             message(
-                f"data file '{data}'",
+                f"data file '{data}'" if source["kind"] == "file" else f"dataset {data!r}",
                 "needs --target COLUMN, the column to predict",
-                "no --target",
+                "no --target" if target is None else f"an empty --target {target!r}",
                 f"pass e.g. --target {shlex.quote(example)}; the columns are {shown}{more}",
             )
         )
