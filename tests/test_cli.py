@@ -650,6 +650,11 @@ BAD_CASES = [
         "needs --target COLUMN, the column to predict; got an empty --target ',' — pass "
         "e.g. --target y; the columns are 'a', 'b', 'y'",
     ),
+    (  # two model outputs for one column, and a predictions file that kept one of them
+        ["fit", "ok.csv", "--target", "y,a,y"],
+        "--target must name each column once; got ['y'] more than once in 'y,a,y' — pass "
+        "--target y,a",
+    ),
     (
         ["fit", "nan_target.csv", "--target", "y"],
         "target 'y' must have a value in every row; got 1 missing at row 4",

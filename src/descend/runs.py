@@ -731,7 +731,7 @@ def load_table(data: str) -> tuple[Any, str, dict[str, Any]]:
 def _resolve_targets(
     target: str | list[str] | None, table: Any, data: str, source: dict[str, Any]
 ) -> list[str]:
-    from descend import datasets
+    from descend import datasets, tabular
 
     columns = table.column_names
     # `--target ,` or `target = []` names no column (it was an IndexError further on)
@@ -752,13 +752,26 @@ def _resolve_targets(
                 f"pass e.g. --target {shlex.quote(example)}; the columns are {shown}{more}",
             )
         )
+    names = [target]
     if isinstance(target, list):
-        return [str(t) for t in target]
-    if target not in columns and "," in target:
+        names = [str(t) for t in target]
+    elif target not in columns and "," in target:
         parts = [t.strip() for t in target.split(",") if t.strip()]
         if all(t in columns for t in parts):
-            return parts
-    return [target]
+            names = parts
+    repeated = sorted({t for t in names if names.count(t) > 1})
+    if repeated:
+        # one column twice made two model outputs, and the predictions file kept one of them
+        once = ",".join(dict.fromkeys(names))
+        raise ConfigError(
+            message(
+                "--target",
+                "must name each column once",
+                f"{tabular._quote_list(repeated)} more than once in {target!r}",
+                f"pass --target {shlex.quote(once)}",
+            )
+        )
+    return names
 
 
 def prepare_data(
