@@ -705,6 +705,11 @@ BAD_CASES = [
         ],
         "must be below 1",
     ),
+    (  # "no runs in ok.csv/ yet", exit 0
+        ["runs", "--runs-dir", "ok.csv"],
+        "runs directory 'ok.csv' must be a directory; got a file — pass the directory given "
+        "to descend fit's --runs-dir",
+    ),
     (["show", "runs/nothing"], "run directory 'runs/nothing' must exist"),
     (["predict", "runs/nothing", "ok.csv"], "run directory 'runs/nothing' must exist"),
 ]

@@ -1748,6 +1748,16 @@ def list_runs(runs_dir: str | os.PathLike[str] = "runs") -> list[RunListing]:
     """Every run directory under ``runs_dir`` (oldest first); unreadable ones are listed with
     status ``incomplete`` or ``corrupt`` instead of raising."""
     base = Path(runs_dir)
+    if base.exists() and not base.is_dir():
+        # (it said "no runs in FILE/ yet", as if the runs had been lost)
+        raise ConfigError(
+            message(
+                f"runs directory '{base}'",
+                "must be a directory",
+                "a file",
+                "pass the directory given to descend fit's --runs-dir (default: runs)",
+            )
+        )
     if not base.is_dir():
         return []
     rows = []
