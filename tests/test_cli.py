@@ -622,6 +622,7 @@ BAD_FILES = {
     ),
     "many_missing.csv": _rows("a,y", [f"{i},{'' if i % 4 == 1 else i}" for i in range(30)]),
     "one_class.csv": _rows("a,b,y", [f"{i},{i * 2},yes" for i in range(30)]),
+    "unknown_marks.csv": _rows("a,y", [f"{i},{'?' if i % 10 == 3 else i / 4}" for i in range(30)]),
     "junk.csv": _rows("a,b,y", [f"{i},{'abc' if i == 6 else i * 2},{i % 2}" for i in range(30)]),
     "no_features.csv": _rows("b,y", [f",{i % 2}" for i in range(30)]),
     "dup.csv": _rows("a,a,y", [f"{i},{i},{i % 2}" for i in range(10)]),
@@ -667,6 +668,13 @@ BAD_CASES = [
         "those values, or remove those rows from the file",
     ),
     (["fit", "one_class.csv", "--target", "y"], "must have at least 2 classes"),
+    (  # it was a classifier with a class per number ('?' among them)
+        ["fit", "unknown_marks.csv", "--target", "y"],
+        "target 'y' looks numeric (most values are numbers) so every value must be a number; "
+        "got ['?'] at rows 3, 13, 23 (0-based data rows; lines 5, 15, 25 of unknown_marks.csv) "
+        "— write a number in those rows or remove them ('?' or '-' is no number), or pass "
+        "--task classification to treat every value as a label",
+    ),
     (["fit", "junk.csv", "--target", "y"], "column 'b'"),
     (
         ["fit", "junk.csv", "--target", "y"],

@@ -198,6 +198,25 @@ def test_infer_task_refuses_an_all_missing_column():
         infer_task([None, None])
 
 
+def test_a_numeric_target_with_a_few_non_numbers_is_refused_not_classified(tmp_path):
+    # Prices with '?' for unknown (the UCI convention) were "text labels": a classifier with
+    # one class per price, refused later for "too few rows per class" (add rows!) or, with
+    # few distinct prices, trained as one.
+    values = [f"{i * 0.5:.1f}" if i % 10 != 3 else "?" for i in range(60)]
+    pcsv.write_csv(pa.table({"x": list(range(60)), "price": values}), tmp_path / "p.csv")
+    table = read_table(tmp_path / "p.csv")
+    with pytest.raises(
+        InputError,
+        match=r"target 'price' looks numeric \(most values are numbers\) so every value must be "
+        r"a number; got \['\?'\] at rows 3, 13, 23, 33, 43 and 1 more \(0-based data rows; lines "
+        r"5, 15, 25, 35, 45 of .*p\.csv\) — write a number in those rows or remove them",
+    ):
+        Preprocessor().fit(table, "price")
+    assert Preprocessor(task="classification").fit(table, "price").classes[-1] == "?"
+    # whole-number codes among words stay labels
+    assert infer_task(["1", "2", "3", "unknown"] * 5) == "classification"
+
+
 # ----------------------------------------------------------------------------- Preprocessor
 
 

@@ -830,7 +830,7 @@ def prepare_data(
     elif len(targets) > 1:
         task, reason, inferred = "regression", f"{len(targets)} target columns", True
     else:
-        task, reason = _infer_task(target_cols[0], targets[0])
+        task, reason = _infer_task(target_cols[0], targets[0], table)
         inferred = True
     if len(targets) > 1 and task == "classification":
         raise ConfigError(
@@ -902,12 +902,14 @@ def prepare_data(
     )
 
 
-def _infer_task(column: Any, name: str) -> tuple[str, str]:
+def _infer_task(column: Any, name: str, table: Any = None) -> tuple[str, str]:
     from descend import tabular
 
     explain = getattr(tabular, "_infer_task_with_reason", None)
     if explain is not None:
-        task, reason = explain(column, name)
+        # the table's rows and file lines in messages
+        where = tabular._Rows(table, None) if table is not None else None
+        task, reason = explain(column, name, where)
         return task, reason
     return tabular.infer_task(column), "inferred from its values"  # pragma: no cover
 

@@ -635,10 +635,35 @@ def read_table(path: str | os.PathLike[str]) -> pa.Table:
 # ----------------------------------------------------------------------------- task inference
 
 
-def _infer_task_with_reason(column: Any, name: str = "target") -> tuple[Task, str]:
+def _check_numbers_written_as_text(col: pa.ChunkedArray, name: str, where: _Rows) -> None:
+    """Refuse a text target that is numbers for a regression but for a few values ('?', '-',
+    'missing'): as text labels it became a classifier with one class per number."""
+    values, bad = _parse_text_numbers(col)
+    valid = len(col) - col.null_count
+    if len(bad) == 0 or valid - len(bad) < _JUNK_THRESHOLD * valid:
+        return
+    numbers = values[np.isfinite(values)]
+    fractions = bool(np.any(numbers != np.floor(numbers)))
+    if not fractions and len(np.unique(numbers)) <= _MAX_INFERRED_CLASSES:
+        return  # a few whole-number codes among words ("1", "2", "unknown"): labels
+    raise _not_numbers(
+        col,
+        bad,
+        where,
+        f"target {name!r}",
+        "looks numeric (most values are numbers) so every value must be a number",
+        "write a number in those rows or remove them ('?' or '-' is no number), or pass "
+        "task='classification' to treat every value as a label",
+    )
+
+
+def _infer_task_with_reason(
+    column: Any, name: str = "target", where: _Rows | None = None
+) -> tuple[Task, str]:
     col = _nan_to_null(_decode_dictionary(_chunked(column)))
     t = col.type
     if _is_text(t):
+        _check_numbers_written_as_text(col, name, where or _Rows(pa.table({}), None))
         return "classification", "text labels"
     if pa.types.is_boolean(t):
         return "classification", "true/false labels"
@@ -703,7 +728,9 @@ def infer_task(column: Any) -> Task:
         ``"classification"`` or ``"regression"``.
 
     Raises:
-        InputError: the column has no non-missing value.
+        InputError: the column has no non-missing value; or it is text whose values are mostly
+            numbers (with fractions, or more than 20 distinct) but for a few that are not
+            (``"?"``, ``"-"``): a numeric target with junk, not labels.
 
     Example:
         >>> from descend.tabular import infer_task
@@ -1137,7 +1164,7 @@ class Preprocessor:
         elif len(targets) > 1:
             task, reason = "regression", "several target columns"
         else:
-            task, reason = _infer_task_with_reason(cols[0], targets[0])
+            task, reason = _infer_task_with_reason(cols[0], targets[0], where)
         if task == "classification" and len(targets) > 1:
             raise ConfigError(
                 message(
