@@ -802,6 +802,19 @@ def test_input_that_fit_refuses_leaves_no_run_directory(out, tmp_path, monkeypat
     assert not (tmp_path / "runs").exists() and not (tmp_path / "deep").exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_an_empty_out_directory_made_beforehand_survives_a_refusal(tmp_path, monkeypatch):
+    # The refusal's clean-up removed the --out directory itself, though the user had made it
+    # (a place prepared for the run): only what the run wrote may go.
+    (tmp_path / "ok.csv").write_text(BAD_FILES["ok.csv"])
+    (tmp_path / "mine").mkdir()
+    args = ["fit", "ok.csv", "--target", "y", "--device", "cuda", "--epochs", "2", "--out", "mine"]
+    result = invoke(args, tmp_path, monkeypatch)
+    assert result.exit_code == 2, result.output
+    assert "CUDA is not available" in result.stderr
+    assert (tmp_path / "mine").is_dir() and not any((tmp_path / "mine").iterdir())
+
+
 def test_a_column_entirely_missing_is_dropped_with_a_note(tmp_path, monkeypatch):
     rows = [f"{i},,{i % 2}" for i in range(40)]
     (tmp_path / "d.csv").write_text(_rows("a,empty,y", rows))

@@ -1226,6 +1226,8 @@ def train(
         # (Input that fit itself refuses removes it again: see the except clause below.)
         where = Path(cfg.out) if cfg.out is not None else Path(cfg.runs_dir) / "_"
         made = [p for p in where.absolute().parents if not p.exists()]  # folders made for it
+        # an empty --out the user made beforehand is theirs: emptied again, never removed
+        existed = cfg.out is not None and Path(cfg.out).is_dir()
 
         def make() -> str:
             new_dir = make_run_dir(data.name, out=cfg.out, runs_dir=cfg.runs_dir)
@@ -1235,7 +1237,7 @@ def train(
 
         run_dir = Path(world.text_from_main(_on_main(world, make) or ""))
     else:
-        run_dir, made = resume_run, []
+        run_dir, made, existed = resume_run, [], True
     # fit's progress is plain lines when stdout is no terminal: the race's epochs get theirs
     plain = not cfg.quiet and not sys.stdout.isatty()
     recorder = RunRecorder(
@@ -1287,7 +1289,7 @@ def train(
         if recorder.dir is None and resume_run is None and refused:
             # fit refused the input before training: leave nothing behind, as for input
             # refused before the directory was made
-            _remove_new_run_dir(run_dir, files, made)
+            _remove_new_run_dir(run_dir, files, made, keep=existed)
         else:
             summary.update(
                 error=str(exc) or type(exc).__name__,
@@ -1378,10 +1380,13 @@ def _on_main(world: distributed.World, fn: Callable[[], Any]) -> Any:
     return out
 
 
-def _remove_new_run_dir(run_dir: Path, files: Mapping[str, Any], made: Sequence[Path]) -> None:
+def _remove_new_run_dir(
+    run_dir: Path, files: Mapping[str, Any], made: Sequence[Path], *, keep: bool = False
+) -> None:
     """Remove a run directory this process made, if it still holds only the files written at
     its start (never anything else: the user may have put something there meanwhile), and
-    the folders made for it (``made``, deepest first) that are empty."""
+    the folders made for it (``made``, deepest first) that are empty. With ``keep`` (an empty
+    ``--out`` that existed before the run) only those files go."""
     try:
         ck = run_dir / CHECKPOINT_DIR
         if ck.is_dir() and not any(ck.iterdir()):
@@ -1390,6 +1395,8 @@ def _remove_new_run_dir(run_dir: Path, files: Mapping[str, Any], made: Sequence[
         if names <= set(files):
             for name in names:
                 (run_dir / name).unlink()
+            if keep:
+                return
             run_dir.rmdir()
         for folder in made:
             folder.rmdir()  # OSError when not empty: stop there
