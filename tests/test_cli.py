@@ -622,6 +622,7 @@ BAD_FILES = {
     ),
     "many_missing.csv": _rows("a,y", [f"{i},{'' if i % 4 == 1 else i}" for i in range(30)]),
     "one_class.csv": _rows("a,b,y", [f"{i},{i * 2},yes" for i in range(30)]),
+    "unknown_marks.csv": _rows("a,y", [f"{i},{'?' if i % 10 == 3 else i / 4}" for i in range(30)]),
     "junk.csv": _rows("a,b,y", [f"{i},{'abc' if i == 6 else i * 2},{i % 2}" for i in range(30)]),
     "no_features.csv": _rows("b,y", [f",{i % 2}" for i in range(30)]),
     "dup.csv": _rows("a,a,y", [f"{i},{i},{i % 2}" for i in range(10)]),
@@ -645,6 +646,16 @@ BAD_CASES = [
         "needs --target COLUMN, the column to predict; got no --target — pass "
         "e.g. --target y; the columns are 'a', 'b', 'y'",
     ),
+    (  # an IndexError traceback: no target column was left to infer the task from
+        ["fit", "ok.csv", "--target", ","],
+        "needs --target COLUMN, the column to predict; got an empty --target ',' — pass "
+        "e.g. --target y; the columns are 'a', 'b', 'y'",
+    ),
+    (  # two model outputs for one column, and a predictions file that kept one of them
+        ["fit", "ok.csv", "--target", "y,a,y"],
+        "--target must name each column once; got ['y'] more than once in 'y,a,y' — pass "
+        "--target y,a",
+    ),
     (
         ["fit", "nan_target.csv", "--target", "y"],
         "target 'y' must have a value in every row; got 1 missing at row 4",
@@ -657,6 +668,13 @@ BAD_CASES = [
         "those values, or remove those rows from the file",
     ),
     (["fit", "one_class.csv", "--target", "y"], "must have at least 2 classes"),
+    (  # it was a classifier with a class per number ('?' among them)
+        ["fit", "unknown_marks.csv", "--target", "y"],
+        "target 'y' looks numeric (most values are numbers) so every value must be a number; "
+        "got ['?'] at rows 3, 13, 23 (0-based data rows; lines 5, 15, 25 of unknown_marks.csv) "
+        "— write a number in those rows or remove them ('?' or '-' is no number), or pass "
+        "--task classification to treat every value as a label",
+    ),
     (["fit", "junk.csv", "--target", "y"], "column 'b'"),
     (
         ["fit", "junk.csv", "--target", "y"],
@@ -695,6 +713,11 @@ BAD_CASES = [
         ],
         "must be below 1",
     ),
+    (  # "no runs in ok.csv/ yet", exit 0
+        ["runs", "--runs-dir", "ok.csv"],
+        "runs directory 'ok.csv' must be a directory; got a file — pass the directory given "
+        "to descend fit's --runs-dir",
+    ),
     (["show", "runs/nothing"], "run directory 'runs/nothing' must exist"),
     (["predict", "runs/nothing", "ok.csv"], "run directory 'runs/nothing' must exist"),
 ]
@@ -711,6 +734,31 @@ def test_bad_input_exits_2_with_a_message(args, expected, tmp_path, monkeypatch)
     assert len(result.stderr.strip().splitlines()) <= 2
     assert "Traceback" not in result.output
     assert not (tmp_path / "runs").exists()  # nothing was saved
+
+
+def test_a_header_that_is_not_utf8_is_refused_without_a_traceback(tmp_path, monkeypatch):
+    # A Latin-1 column name (a European spreadsheet's export) raised UnicodeDecodeError from
+    # inside pyarrow: a traceback and exit status 1.
+    rows = [f"{i},{i % 2}" for i in range(30)]
+    (tmp_path / "eu.csv").write_bytes(_rows("Größe,y", rows).encode("latin-1"))
+    result = invoke(["fit", "eu.csv", "--target", "y"], tmp_path, monkeypatch)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: data file 'eu.csv' must be UTF-8 text; got bytes")
+    assert "re-save it as UTF-8" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_empty_target_list_in_a_config_file_is_refused(tmp_path, monkeypatch):
+    # `target = []` was an IndexError traceback (exit 1) after the data was read
+    (tmp_path / "ok.csv").write_text(BAD_FILES["ok.csv"])
+    (tmp_path / "run.toml").write_text("target = []\n")
+    result = invoke(["fit", "ok.csv", "--config", "run.toml"], tmp_path, monkeypatch)
+    assert result.exit_code == 2, result.output
+    assert "needs --target COLUMN, the column to predict; got an empty --target []" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.output and not (tmp_path / "runs").exists()
 
 
 def test_one_row_is_one_row_in_the_log(tmp_path, monkeypatch):
@@ -752,6 +800,19 @@ def test_input_that_fit_refuses_leaves_no_run_directory(out, tmp_path, monkeypat
     assert result.exit_code == 2, result.output
     assert "CUDA is not available" in result.stderr
     assert not (tmp_path / "runs").exists() and not (tmp_path / "deep").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_an_empty_out_directory_made_beforehand_survives_a_refusal(tmp_path, monkeypatch):
+    # The refusal's clean-up removed the --out directory itself, though the user had made it
+    # (a place prepared for the run): only what the run wrote may go.
+    (tmp_path / "ok.csv").write_text(BAD_FILES["ok.csv"])
+    (tmp_path / "mine").mkdir()
+    args = ["fit", "ok.csv", "--target", "y", "--device", "cuda", "--epochs", "2", "--out", "mine"]
+    result = invoke(args, tmp_path, monkeypatch)
+    assert result.exit_code == 2, result.output
+    assert "CUDA is not available" in result.stderr
+    assert (tmp_path / "mine").is_dir() and not any((tmp_path / "mine").iterdir())
 
 
 def test_a_column_entirely_missing_is_dropped_with_a_note(tmp_path, monkeypatch):

@@ -731,11 +731,14 @@ def load_table(data: str) -> tuple[Any, str, dict[str, Any]]:
 def _resolve_targets(
     target: str | list[str] | None, table: Any, data: str, source: dict[str, Any]
 ) -> list[str]:
-    from descend import datasets
+    from descend import datasets, tabular
 
     columns = table.column_names
-    if target is None:
-        if source["kind"] == "dataset":
+    # `--target ,` or `target = []` names no column (it was an IndexError further on)
+    empty = target is not None and target not in columns
+    empty = empty and not [t for t in _split_list(target) if t.strip()]
+    if target is None or empty:
+        if target is None and source["kind"] == "dataset":
             return datasets.target_columns(source["name"])
         guess = [c for c in columns if c.lower() in ("target", "y", "label", "class")]
         example = guess[0] if guess else columns[-1]
@@ -743,19 +746,32 @@ def _resolve_targets(
         more = f", … {len(columns) - 30} more" if len(columns) > 30 else ""
         raise ConfigError(
             message(
-                f"data file '{data}'",
+                f"data file '{data}'" if source["kind"] == "file" else f"dataset {data!r}",
                 "needs --target COLUMN, the column to predict",
-                "no --target",
+                "no --target" if target is None else f"an empty --target {target!r}",
                 f"pass e.g. --target {shlex.quote(example)}; the columns are {shown}{more}",
             )
         )
+    names = [target]
     if isinstance(target, list):
-        return [str(t) for t in target]
-    if target not in columns and "," in target:
+        names = [str(t) for t in target]
+    elif target not in columns and "," in target:
         parts = [t.strip() for t in target.split(",") if t.strip()]
         if all(t in columns for t in parts):
-            return parts
-    return [target]
+            names = parts
+    repeated = sorted({t for t in names if names.count(t) > 1})
+    if repeated:
+        # one column twice made two model outputs, and the predictions file kept one of them
+        once = ",".join(dict.fromkeys(names))
+        raise ConfigError(
+            message(
+                "--target",
+                "must name each column once",
+                f"{tabular._quote_list(repeated)} more than once in {target!r}",
+                f"pass --target {shlex.quote(once)}",
+            )
+        )
+    return names
 
 
 def prepare_data(
@@ -814,7 +830,7 @@ def prepare_data(
     elif len(targets) > 1:
         task, reason, inferred = "regression", f"{len(targets)} target columns", True
     else:
-        task, reason = _infer_task(target_cols[0], targets[0])
+        task, reason = _infer_task(target_cols[0], targets[0], table)
         inferred = True
     if len(targets) > 1 and task == "classification":
         raise ConfigError(
@@ -886,12 +902,14 @@ def prepare_data(
     )
 
 
-def _infer_task(column: Any, name: str) -> tuple[str, str]:
+def _infer_task(column: Any, name: str, table: Any = None) -> tuple[str, str]:
     from descend import tabular
 
     explain = getattr(tabular, "_infer_task_with_reason", None)
     if explain is not None:
-        task, reason = explain(column, name)
+        # the table's rows and file lines in messages
+        where = tabular._Rows(table, None) if table is not None else None
+        task, reason = explain(column, name, where)
         return task, reason
     return tabular.infer_task(column), "inferred from its values"  # pragma: no cover
 
@@ -1208,6 +1226,8 @@ def train(
         # (Input that fit itself refuses removes it again: see the except clause below.)
         where = Path(cfg.out) if cfg.out is not None else Path(cfg.runs_dir) / "_"
         made = [p for p in where.absolute().parents if not p.exists()]  # folders made for it
+        # an empty --out the user made beforehand is theirs: emptied again, never removed
+        existed = cfg.out is not None and Path(cfg.out).is_dir()
 
         def make() -> str:
             new_dir = make_run_dir(data.name, out=cfg.out, runs_dir=cfg.runs_dir)
@@ -1217,7 +1237,7 @@ def train(
 
         run_dir = Path(world.text_from_main(_on_main(world, make) or ""))
     else:
-        run_dir, made = resume_run, []
+        run_dir, made, existed = resume_run, [], True
     # fit's progress is plain lines when stdout is no terminal: the race's epochs get theirs
     plain = not cfg.quiet and not sys.stdout.isatty()
     recorder = RunRecorder(
@@ -1269,7 +1289,7 @@ def train(
         if recorder.dir is None and resume_run is None and refused:
             # fit refused the input before training: leave nothing behind, as for input
             # refused before the directory was made
-            _remove_new_run_dir(run_dir, files, made)
+            _remove_new_run_dir(run_dir, files, made, keep=existed)
         else:
             summary.update(
                 error=str(exc) or type(exc).__name__,
@@ -1360,10 +1380,13 @@ def _on_main(world: distributed.World, fn: Callable[[], Any]) -> Any:
     return out
 
 
-def _remove_new_run_dir(run_dir: Path, files: Mapping[str, Any], made: Sequence[Path]) -> None:
+def _remove_new_run_dir(
+    run_dir: Path, files: Mapping[str, Any], made: Sequence[Path], *, keep: bool = False
+) -> None:
     """Remove a run directory this process made, if it still holds only the files written at
     its start (never anything else: the user may have put something there meanwhile), and
-    the folders made for it (``made``, deepest first) that are empty."""
+    the folders made for it (``made``, deepest first) that are empty. With ``keep`` (an empty
+    ``--out`` that existed before the run) only those files go."""
     try:
         ck = run_dir / CHECKPOINT_DIR
         if ck.is_dir() and not any(ck.iterdir()):
@@ -1372,6 +1395,8 @@ def _remove_new_run_dir(run_dir: Path, files: Mapping[str, Any], made: Sequence[
         if names <= set(files):
             for name in names:
                 (run_dir / name).unlink()
+            if keep:
+                return
             run_dir.rmdir()
         for folder in made:
             folder.rmdir()  # OSError when not empty: stop there
@@ -1732,6 +1757,16 @@ def list_runs(runs_dir: str | os.PathLike[str] = "runs") -> list[RunListing]:
     """Every run directory under ``runs_dir`` (oldest first); unreadable ones are listed with
     status ``incomplete`` or ``corrupt`` instead of raising."""
     base = Path(runs_dir)
+    if base.exists() and not base.is_dir():
+        # (it said "no runs in FILE/ yet", as if the runs had been lost)
+        raise ConfigError(
+            message(
+                f"runs directory '{base}'",
+                "must be a directory",
+                "a file",
+                "pass the directory given to descend fit's --runs-dir (default: runs)",
+            )
+        )
     if not base.is_dir():
         return []
     rows = []

@@ -57,6 +57,7 @@ Example:
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
 import difflib
@@ -372,6 +373,32 @@ _DECIMAL_COMMA = re.compile(r"(?:^|;)\s*-?\d+,\d+\s*(?=;|$)", re.MULTILINE)
 _DECIMAL_POINT = re.compile(r"(?:^|;)\s*-?\d+\.\d+\s*(?=;|$)", re.MULTILINE)
 
 
+_NOT_UTF8_FIX = (
+    "re-save it as UTF-8 (a spreadsheet's 'CSV UTF-8'; iconv -f latin1 -t utf-8 old.csv > "
+    "new.csv); a compressed file needs its .gz/.bz2/.zst/.lz4 suffix, a Parquet file .parquet"
+)
+
+
+def _not_utf8(path: Path, got: str) -> InputError:
+    return InputError(message(f"data file '{path}'", "must be UTF-8 text", got, _NOT_UTF8_FIX))
+
+
+def _check_utf8(path: Path, raw: bytes) -> None:
+    """Refuse a text file whose first bytes are not UTF-8 (Latin-1 or UTF-16 text, a
+    compressed or Parquet file without its suffix): pyarrow cannot decode its column names
+    (a traceback from inside pyarrow) or splits it into nonsense rows."""
+    try:
+        # incremental: a character cut in two by the sample's end is no error
+        codecs.getincrementaldecoder("utf-8")().decode(raw, final=False)
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        kind = " (UTF-16 text)" if raw[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else ""
+        shown = raw[exc.start : exc.start + 4]
+        raise _not_utf8(
+            path, f"bytes that are not valid UTF-8{kind} on line {line} ({shown!r}...)"
+        ) from None
+
+
 def _sniff_dialect(path: Path, kind: str) -> tuple[str, str]:
     """``(delimiter, decimal point)`` of a delimited text file.
 
@@ -381,7 +408,9 @@ def _sniff_dialect(path: Path, kind: str) -> tuple[str, str]:
     with ``,`` as the decimal point); a ``.tsv`` is tab-separated; other text is sniffed.
     """
     with pa.input_stream(str(path), compression="detect") as stream:
-        sample = stream.read(64 * 1024).decode("utf-8", errors="replace")
+        raw = stream.read(64 * 1024)
+    _check_utf8(path, raw)
+    sample = raw.decode("utf-8", errors="replace")
     header, _, body = sample.lstrip("\ufeff").partition("\n")
     if kind == "tsv":
         delimiter = "\t"
@@ -573,18 +602,22 @@ def read_table(path: str | os.PathLike[str]) -> pa.Table:
     table = _read_parquet(p) if kind == "parquet" else _read_csv(p, kind)
     if table.num_columns == 0:
         raise InputError(message(f"data file '{p}'", "must have at least one column", "none", None))
-    _check_unique_names(table.column_names, f"data file '{p}'")
+    try:
+        names = table.column_names
+    except UnicodeDecodeError:  # a header longer than the bytes _check_utf8 looked at
+        raise _not_utf8(p, "column names that are not valid UTF-8") from None
+    _check_unique_names(names, f"data file '{p}'")
     if table.num_rows == 0:
         raise InputError(
             message(
                 f"data file '{p}'",
                 "must have at least one data row",
-                f"a header only (columns {_quote_list(table.column_names)}) and no rows",
+                f"a header only (columns {_quote_list(names)}) and no rows",
                 "add the data rows below the header",
             )
         )
     if kind != "parquet":
-        for name, col in zip(table.column_names, table.columns):
+        for name, col in zip(names, table.columns):
             if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
                 raise InputError(
                     message(
@@ -602,10 +635,35 @@ def read_table(path: str | os.PathLike[str]) -> pa.Table:
 # ----------------------------------------------------------------------------- task inference
 
 
-def _infer_task_with_reason(column: Any, name: str = "target") -> tuple[Task, str]:
+def _check_numbers_written_as_text(col: pa.ChunkedArray, name: str, where: _Rows) -> None:
+    """Refuse a text target that is numbers for a regression but for a few values ('?', '-',
+    'missing'): as text labels it became a classifier with one class per number."""
+    values, bad = _parse_text_numbers(col)
+    valid = len(col) - col.null_count
+    if len(bad) == 0 or valid - len(bad) < _JUNK_THRESHOLD * valid:
+        return
+    numbers = values[np.isfinite(values)]
+    fractions = bool(np.any(numbers != np.floor(numbers)))
+    if not fractions and len(np.unique(numbers)) <= _MAX_INFERRED_CLASSES:
+        return  # a few whole-number codes among words ("1", "2", "unknown"): labels
+    raise _not_numbers(
+        col,
+        bad,
+        where,
+        f"target {name!r}",
+        "looks numeric (most values are numbers) so every value must be a number",
+        "write a number in those rows or remove them ('?' or '-' is no number), or pass "
+        "task='classification' to treat every value as a label",
+    )
+
+
+def _infer_task_with_reason(
+    column: Any, name: str = "target", where: _Rows | None = None
+) -> tuple[Task, str]:
     col = _nan_to_null(_decode_dictionary(_chunked(column)))
     t = col.type
     if _is_text(t):
+        _check_numbers_written_as_text(col, name, where or _Rows(pa.table({}), None))
         return "classification", "text labels"
     if pa.types.is_boolean(t):
         return "classification", "true/false labels"
@@ -670,7 +728,9 @@ def infer_task(column: Any) -> Task:
         ``"classification"`` or ``"regression"``.
 
     Raises:
-        InputError: the column has no non-missing value.
+        InputError: the column has no non-missing value; or it is text whose values are mostly
+            numbers (with fractions, or more than 20 distinct) but for a few that are not
+            (``"?"``, ``"-"``): a numeric target with junk, not labels.
 
     Example:
         >>> from descend.tabular import infer_task
@@ -1104,7 +1164,7 @@ class Preprocessor:
         elif len(targets) > 1:
             task, reason = "regression", "several target columns"
         else:
-            task, reason = _infer_task_with_reason(cols[0], targets[0])
+            task, reason = _infer_task_with_reason(cols[0], targets[0], where)
         if task == "classification" and len(targets) > 1:
             raise ConfigError(
                 message(
@@ -1434,13 +1494,15 @@ class Preprocessor:
         """
         self._require_fitted("transform")
         full = _as_table(table, "Preprocessor.transform")
-        _check_unique_names(full.column_names, "Preprocessor.transform: table")
-        missing = [c for c in self.input_columns if c not in full.column_names]
+        names = full.column_names  # built anew by each access: once, not once per column
+        _check_unique_names(names, "Preprocessor.transform: table")
+        present = set(names)
+        missing = [c for c in self.input_columns if c not in present]
         if missing:
             raise _missing_column_error(
                 "the feature columns the preprocessor was fitted on",
                 missing,
-                full.column_names,
+                names,
                 rule="must all be in the table",
             )
         data, ids = self._select_rows(full, rows, "Preprocessor.transform")
