@@ -1455,3 +1455,36 @@ def test_a_failing_callback_says_which_weights_are_kept(restore):
         descend.fit(torch.nn.Linear(3, 1), (X, X.sum(1)), "mse", lr=1e-2, epochs=3, verbose=0,
                     restore_best=restore, callbacks=[Boom()])  # fmt: skip
     assert ("restored the best weights" in said[0]) == restore
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(("train_col", "val_col"), [(False, True), (True, False)])
+def test_validation_targets_as_a_column_are_read_like_the_training_targets(
+    train_col, val_col, stream
+):
+    """Validation y of shape (N, 1) beside training y of shape (N,) (or the reverse) was
+    compared with the model's (N, 1) output as (N, 1, 1): a broadcast to (N, N, 1), a wrong
+    validation loss with only torch's warning (and early stopping on it); the reverse was
+    refused naming a reshape of the loss's arguments."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(64, 3, generator=g)
+    y = X @ torch.tensor([1.0, -2.0, 0.5])
+    Xv, yv = X[:10] + 0.5, y[:10]
+    train_y = y[:, None] if train_col else y
+    val_y = yv[:, None] if val_col else yv
+    val = (
+        torch.utils.data.DataLoader(torch.utils.data.TensorDataset(Xv, val_y), batch_size=4)
+        if stream
+        else (Xv, val_y)
+    )
+    torch.manual_seed(0)
+    m = torch.nn.Linear(3, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # torch's broadcast warning
+        r = descend.fit(
+            m, (X, train_y), "mse", optimizer="adam", lr=1e-2, epochs=2, validation=val,
+            patience=None, restore_best=False, verbose=0, seed=0,
+        )  # fmt: skip
+    with torch.no_grad():
+        oracle = float(((m(Xv)[:, 0] - yv) ** 2).mean())
+    assert r.history.val_loss[-1] == pytest.approx(oracle, rel=1e-5)

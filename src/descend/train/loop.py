@@ -699,6 +699,7 @@ class Loop:
         )
         self._y_unsqueeze = False
         self._y_as_given = False  # a custom loss that reads 1-D targets as they are
+        self._y_sample_shape: tuple[int, ...] | None = None  # one training target's shape
 
     # ---- setup checks ----------------------------------------------------------------
 
@@ -759,6 +760,7 @@ class Loop:
         src = self.bundle.train
         first = next(iter(src.batches(0)))
         xb, yb = first[0], first[1]
+        self._y_sample_shape = None if yb is None else tuple(yb.shape[1:])
         multi = D.is_multi(xb)
         n_probe = min(8, D.n_rows(xb)) if torch.is_tensor(xb) or multi else 8
         probe_x = D.cut_rows(xb, 0, n_probe) if torch.is_tensor(xb) or multi else xb
@@ -873,7 +875,7 @@ class Loop:
         val = self.bundle.val
         yv = None
         if val is not None and val.resident and val.y is not None:
-            yv = self._shape_targets(out, val.y)
+            yv = self._shape_targets(out, self._like_training(val.y))
         try:
             self.loss.validate(fake, y_all)
             if yv is not None:
@@ -932,6 +934,18 @@ class Loop:
             return math.isfinite(a) and abs(a - b) <= 1e-4 * max(abs(a), abs(b), 1e-12)
 
         return not (near(flat, rows) and not near(col, rows))
+
+    def _like_training(self, y: torch.Tensor | None) -> torch.Tensor | None:
+        """Validation targets in the training targets' shape per sample where the two differ
+        only by dimensions of 1 (a column ``(N, 1)`` beside ``(N,)``, or the reverse): the
+        same targets, which the step's own reshaping (:meth:`_shape_targets`) would otherwise
+        turn into ``(N, 1, 1)`` against an ``(N, 1)`` output, a silent ``(N, N, 1)`` broadcast."""
+        shape = self._y_sample_shape
+        if y is None or shape is None or tuple(y.shape[1:]) == shape:
+            return y
+        if [d for d in y.shape[1:] if d != 1] == [d for d in shape if d != 1]:
+            return y.reshape(y.shape[0], *shape)
+        return y
 
     def _shape_targets(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         # A regression model usually ends in Linear(k, 1) while y is 1-D: (N,1) vs (N,) would
@@ -1322,6 +1336,7 @@ class Loop:
                     except IndexError as e:
                         self._raise_named(e, src, xb)
                 out = out.float()
+                yb = self._like_training(yb)
                 if yb is not None and self._y_unsqueeze:
                     yb = yb.unsqueeze(-1)
                 n = out.shape[0]
@@ -1348,6 +1363,7 @@ class Loop:
         self, fast: MLPStep, X: torch.Tensor, y: torch.Tensor | None
     ) -> tuple[float, float | None]:
         out = fast.forward(X).float()
+        y = self._like_training(y)
         if y is not None and self._y_unsqueeze:
             y = y.unsqueeze(-1)
         v = loss_value(self.loss, out, y)
