@@ -1488,3 +1488,31 @@ def test_validation_targets_as_a_column_are_read_like_the_training_targets(
     with torch.no_grad():
         oracle = float(((m(Xv)[:, 0] - yv) ** 2).mean())
     assert r.history.val_loss[-1] == pytest.approx(oracle, rel=1e-5)
+
+
+@pytest.mark.parametrize("labels", [[1, 2], [-1, 1], ["a", "b"]])
+def test_encoded_labels_with_a_streamed_validation_set_are_refused(labels):
+    """Training labels that are not 0..C-1 are encoded (classes[i] -> i); a validation
+    DataLoader cannot be encoded with them. Its raw labels reached the loss: torch's
+    'IndexError: Target 2 is out of bounds' (or -1) after the first epoch, or, for labels the
+    user had encoded otherwise, a silently wrong validation loss."""
+    X = torch.randn(40, 3, generator=torch.Generator().manual_seed(0))
+    y = np.array(labels * 20)
+    val = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(X[:8], torch.tensor([0, 1] * 4)), batch_size=4
+    )
+    with pytest.raises(InputError) as caught:
+        descend.fit(torch.nn.Linear(3, 2), (X, y), "cross_entropy", validation=val,
+                    optimizer="adam", lr=1e-2, epochs=1, verbose=0, seed=0)  # fmt: skip
+    text = str(caught.value)
+    assert "validation (a DataLoader)" in text and repr(labels[1]) in text
+    assert "pass validation as arrays (X_val, y_val)" in text
+    if labels == [1, 2]:
+        # labels that index a wide enough model's outputs are kept as they are: no code book,
+        # and the stream's labels are the same indices
+        val12 = torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(X[:8], torch.tensor([1, 2] * 4)), batch_size=4
+        )
+        r = descend.fit(torch.nn.Linear(3, 3), (X, y), "cross_entropy", validation=val12,
+                        optimizer="adam", lr=1e-2, epochs=1, verbose=0, seed=0)  # fmt: skip
+        assert r.classes is None and math.isfinite(r.history.val_loss[-1])

@@ -2305,6 +2305,27 @@ def _keep_label_values(bundle: D.Bundle, model: torch.nn.Module) -> None:
     bundle.n_classes = int(values.max()) + 1
 
 
+def _check_streamed_validation_labels(bundle: D.Bundle) -> None:
+    """Refuse a streamed validation set beside training labels that stay encoded (not
+    ``0..C-1``, nor output indices kept by :func:`_keep_label_values`): its labels cannot be
+    encoded with them and would reach the loss as they are, out of range (torch's "Target 2 is
+    out of bounds") or, encoded otherwise by the user, silently other classes."""
+    classes, val = bundle.classes, bundle.val
+    if classes is None or val is None or val.resident:
+        return
+    shown = ", ".join(repr(c.item() if hasattr(c, "item") else c) for c in classes[:10])
+    raise InputError(
+        message(
+            "validation (a DataLoader)",
+            "cannot be matched to the training labels, which are not 0..C-1 and so are encoded "
+            "by their sorted values (label classes[i] -> index i)",
+            f"training labels {shown}{' ...' if len(classes) > 10 else ''}",
+            "pass validation as arrays (X_val, y_val), which are encoded together with y; or "
+            "give both y and the DataLoader's labels as indices 0..C-1",
+        )
+    )
+
+
 def _split_batches(
     bundle: D.Bundle, world: dist_.World, batch_size: int | None, model: torch.nn.Module
 ) -> None:
@@ -2720,6 +2741,7 @@ def fit(
         )
 
         _keep_label_values(bundle, module)
+        _check_streamed_validation_labels(bundle)
         _split_batches(bundle, world, batch_size, module)
         autopilot = None
         extra_callbacks: list[Callback] = []
