@@ -1516,3 +1516,47 @@ def test_encoded_labels_with_a_streamed_validation_set_are_refused(labels):
         r = descend.fit(torch.nn.Linear(3, 3), (X, y), "cross_entropy", validation=val12,
                         optimizer="adam", lr=1e-2, epochs=1, verbose=0, seed=0)  # fmt: skip
         assert r.classes is None and math.isfinite(r.history.val_loss[-1])
+
+
+class _OneShot(torch.utils.data.IterableDataset):
+    """A dataset over one iterator: a second pass yields nothing."""
+
+    def __init__(self, X, y):
+        self.rows = iter(zip(X, y))
+
+    def __iter__(self):
+        return self.rows
+
+
+class _Rows(torch.utils.data.IterableDataset):
+    def __init__(self, X, y):
+        self.X, self.y = X, y
+
+    def __iter__(self):
+        return iter(zip(self.X, self.y))
+
+
+def test_streams_that_yield_no_batches_are_named():
+    """An empty DataLoader (or one whose drop_last leaves no batch) stopped fit with a bare
+    StopIteration from its first-batch probe; a one-shot iterable trained its first epoch
+    and then 'trained' on nothing (train_loss nan, the budget 'used'); an empty validation
+    DataLoader gave a validation loss of nan every epoch."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(64, 3, generator=g)
+    y = X @ torch.tensor([1.0, -2.0, 0.5])
+    DL, TD = torch.utils.data.DataLoader, torch.utils.data.TensorDataset
+    kw = dict(optimizer="adam", lr=1e-2, verbose=0, seed=0)
+    for data in (DL(TD(X[:0], y[:0]), batch_size=16), DL(TD(X, y), batch_size=100, drop_last=True)):
+        with pytest.raises(InputError, match="the training data must yield at least one batch"):
+            descend.fit(torch.nn.Linear(3, 1), data, "mse", epochs=2, **kw)
+    with pytest.raises(InputError) as caught:
+        descend.fit(torch.nn.Linear(3, 1), DL(_OneShot(X, y), batch_size=16), "mse", epochs=3,
+                    **kw)  # fmt: skip
+    assert "yielded no batch in epoch 2" in str(caught.value)
+    assert "return a new iterator from __iter__" in str(caught.value)
+    for val in (DL(TD(X[:0], y[:0]), batch_size=4), DL(_Rows(X[:0], y[:0]), batch_size=4)):
+        with pytest.raises(InputError, match="the validation data must yield at least one batch"):
+            descend.fit(torch.nn.Linear(3, 1), (X, y), "mse", epochs=2, validation=val, **kw)
+    # a stream that starts over every epoch trains every epoch
+    r = descend.fit(torch.nn.Linear(3, 1), DL(_Rows(X, y), batch_size=16), "mse", epochs=3, **kw)
+    assert r.steps == 12 and all(math.isfinite(v) for v in r.history.train_loss)

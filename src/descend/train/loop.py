@@ -758,7 +758,12 @@ class Loop:
         """Run the model once on a few samples and validate the loss against ALL targets, so a
         bad shape, an out-of-range class or a NaN target is refused before step 1."""
         src = self.bundle.train
-        first = next(iter(src.batches(0)))
+        first = next(iter(src.batches(0)), None)
+        if first is None:
+            raise _no_batches("training", src)
+        val = self.bundle.val
+        if val is not None and val.num_batches == 0:
+            raise _no_batches("validation", val)
         xb, yb = first[0], first[1]
         self._y_sample_shape = None if yb is None else tuple(yb.shape[1:])
         multi = D.is_multi(xb)
@@ -872,7 +877,6 @@ class Loop:
         # A zero-cost expanded prediction lets the loss check every target (range, NaN, shape)
         # against the model's real output width, without running the model on all of the data.
         fake = out[:1].float().expand(y_all.shape[0], *out.shape[1:])
-        val = self.bundle.val
         yv = None
         if val is not None and val.resident and val.y is not None:
             yv = self._shape_targets(out, self._like_training(val.y))
@@ -1354,7 +1358,7 @@ class Loop:
         if self.world.active:
             return self._shared_result(total, count, sums)
         if total is None:
-            return math.nan, None
+            raise _no_batches("validation", src)
         loss_val = float(total / count)
         metric = None if sums is None else sums.value()
         return loss_val, metric
@@ -2108,6 +2112,7 @@ class Loop:
         # resident tensor, they are checked at the epoch's first step instead of every step.
         self._fast_ok = False
         steady = self._mlp is not None and not self.step_callbacks and src.resident
+        start = self.batch
         for batch in src.batches(self.epoch, start=self.batch):
             # Sources yield (x, y) or, with sample weights, (x, y, w).
             value, gnorm = self.train_step(*batch)
@@ -2141,6 +2146,9 @@ class Loop:
                 self.save_checkpoint()
             if stop:
                 break
+        if start == 0 and self.batch == 0:
+            # (only a stream can: a resident source has at least one batch an epoch)
+            raise _no_batches("training", src, self.epoch)
         self._fast_ok = False  # user code (epoch callbacks) runs before the next step
         if guard is not None and guard.flush(self) == "diverged":
             return StopReason.DIVERGED
@@ -2303,6 +2311,40 @@ def _keep_label_values(bundle: D.Bundle, model: torch.nn.Module) -> None:
             part.y = lut.to(part.y.device)[part.y]
     bundle.classes = None
     bundle.n_classes = int(values.max()) + 1
+
+
+def _no_batches(which: str, src: D.Source, epoch: int = 0) -> InputError:
+    """A stream that yielded no batch: empty from the start, or (``epoch`` > 0) exhausted by
+    an earlier epoch, as a one-shot iterator is."""
+    loader = getattr(src, "loader", None)
+    kind = type(loader).__name__ if loader is not None else "source"
+    if epoch > 0:
+        return InputError(
+            message(
+                f"the {which} data",
+                "must yield its batches in every epoch",
+                f"a {kind} that yielded no batch in epoch {epoch + 1}, after batches in the "
+                "epochs before: its dataset is a one-shot iterator (a generator, or __iter__ "
+                "returning the same iterator each time)",
+                "return a new iterator from __iter__ on every call (e.g. write __iter__ as a "
+                "generator function: for row in ...: yield row), or pass epochs=1",
+            )
+        )
+    size = getattr(loader, "batch_size", None)
+    details = f"{src.n_samples} samples" if src.n_samples is not None else "no known length"
+    if size is not None:
+        details += f", batch_size={size}"
+    if getattr(loader, "drop_last", False):
+        details += ", drop_last=True"
+    return InputError(
+        message(
+            f"the {which} data",
+            "must yield at least one batch",
+            f"a {kind} that yields none ({details})",
+            "check that its dataset is not empty, and with drop_last=True that batch_size does "
+            "not exceed the number of samples",
+        )
+    )
 
 
 def _check_streamed_validation_labels(bundle: D.Bundle) -> None:
