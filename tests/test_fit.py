@@ -1560,3 +1560,45 @@ def test_streams_that_yield_no_batches_are_named():
     # a stream that starts over every epoch trains every epoch
     r = descend.fit(torch.nn.Linear(3, 1), DL(_Rows(X, y), batch_size=16), "mse", epochs=3, **kw)
     assert r.steps == 12 and all(math.isfinite(v) for v in r.history.train_loss)
+
+
+@pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")
+@pytest.mark.parametrize(
+    "loss",
+    [
+        lambda p, t: 3.0,
+        lambda p, t: float(((p - t) ** 2).mean()),
+        lambda p, t: np.float32(((p - t) ** 2).mean().item()),
+        lambda p, t: None,
+        lambda p, t: (((p - t) ** 2).mean(), 0),
+    ],
+    ids=["number", "float", "numpy", "None", "tuple"],
+)
+def test_a_custom_loss_that_returns_no_tensor_is_named(loss):
+    """Was torch's "TypeError: 'float' object is not iterable" (or an AssertionError) from
+    inside autograd at the first step."""
+    with pytest.raises(InputError, match=r"must return a scalar torch\.Tensor .*return the tensor"):
+        descend.fit(torch.nn.Linear(3, 1), (_Xe, _ye), loss, optimizer="adam", lr=1e-2,
+                    epochs=1, verbose=0, seed=0)  # fmt: skip
+
+
+@pytest.mark.parametrize("model", ["linear", "mlp"])
+def test_a_custom_loss_of_one_element_trains_like_a_scalar_one(model):
+    """A loss of shape (1,) (a sum over dim 0 of an (N, 1) column, a .reshape(1)) is one
+    number: it stopped the run at the first epoch's end with "TypeError: float() argument
+    must be ... not 'list'" from the loop's bookkeeping."""
+    weights = []
+    for reshape in (False, True):
+        torch.manual_seed(0)
+        m = torch.nn.Linear(3, 1) if model == "linear" else mlp(3, 4, 1)
+
+        def loss(p, t, reshape=reshape):
+            v = ((p - t) ** 2).mean()
+            return v.reshape(1) if reshape else v
+
+        r = descend.fit(m, (_Xe, _ye), loss, optimizer="adam", lr=1e-2, epochs=2, verbose=0,
+                        seed=0)  # fmt: skip
+        weights.append([p.detach().clone() for p in m.parameters()])
+        assert len(r.history.train_loss) == 2
+    for a, b in zip(*weights):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -1464,6 +1464,12 @@ class Loss:
             out = self.fn(pred, **self.kwargs, **extra)
         else:
             out = self.fn(pred, target, **self.kwargs, **extra)
+        if not isinstance(out, Tensor):  # (a number, None, a tuple): nothing to differentiate
+            _check_scalar_result(self.name, out)
+        if self.check is None and out.ndim and out.numel() == 1:
+            # a custom loss of shape (1,) (a sum over dim 0 of an (N, 1) column) is one number;
+            # the training loop keeps one per step and reads them back as floats
+            out = out.reshape(())
         if validate and not self._takes_validate:  # type: ignore[attr-defined]
             _check_scalar_result(self.name, out)
         return out
