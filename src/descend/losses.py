@@ -1677,6 +1677,18 @@ def get(spec: str | Loss | Callable[..., Tensor], **kwargs: Any) -> Loss:
             raise ConfigError(message("loss", f"must be one of {list(REGISTRY)}", repr(spec), fix))
         loss = REGISTRY[canonical]
         return _bind(loss, kwargs) if kwargs else loss
+    if isinstance(spec, type):
+        # calling a class builds an instance (torch.nn.MSELoss(pred, target) is a module with
+        # size_average=pred, reduce=target), never a loss value
+        where = "torch.nn." if spec.__module__.startswith("torch.nn") else ""
+        raise ConfigError(
+            message(
+                "loss",
+                "must be a loss function, or an instance of a loss class",
+                f"the class {spec.__name__}",
+                f"pass an instance: loss={where}{spec.__name__}()",
+            )
+        )
     if callable(spec):
         return Loss(name=_callable_name(spec), fn=spec, kwargs=kwargs)
     raise ConfigError(
