@@ -1602,3 +1602,44 @@ def test_a_custom_loss_of_one_element_trains_like_a_scalar_one(model):
         assert len(r.history.train_loss) == 2
     for a, b in zip(*weights):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+class _Reduced(torch.nn.Module):
+    """Averages over the batch: one number for all samples."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 1)
+
+    def forward(self, x):
+        return self.lin(x).mean()
+
+
+class _Labels(torch.nn.Module):
+    """Returns predicted labels (argmax), not scores."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.lin(x).argmax(1)
+
+
+@pytest.mark.parametrize(
+    ("model", "loss", "y", "says"),
+    [
+        (_Reduced, "mse", _ye, "a 0-dimensional tensor"),
+        (_Labels, "mse", _ye, "dtype torch.int64"),
+        (_Labels, "cross_entropy", _yc, "dtype torch.int64"),
+        (_Labels, lambda p, t: ((p - t) ** 2).mean(), _ye, "dtype torch.int64"),
+    ],
+)  # fmt: skip
+def test_a_model_output_that_cannot_train_is_named(model, loss, y, says):
+    """A 0-d output was an IndexError from fit's own probe ('tuple index out of range');
+    integer predictions passed the probe (its stand-in output was cast to float) and stopped
+    the first step with torch's '"mse_cpu" not implemented for Long', or, for a custom loss,
+    blamed the loss for having no gradient."""
+    with pytest.raises(InputError) as caught:
+        descend.fit(model(), (_Xe, y), loss, optimizer="adam", lr=1e-2, epochs=1, verbose=0)
+    assert "the model's output" in str(caught.value) and says in str(caught.value)

@@ -847,6 +847,28 @@ class Loop:
                     "return the prediction tensor from forward()",
                 )
             )
+        if out.ndim == 0:
+            raise InputError(
+                message(
+                    "the model's output",
+                    "must have one row per sample",
+                    f"a 0-dimensional tensor (one number for a batch of {D.n_rows(probe_x)} "
+                    "samples)",
+                    "do not reduce over the batch dimension inside the model",
+                )
+            )
+        if not (out.is_floating_point() or out.is_complex()):
+            # (the stand-in output the targets are checked against below is cast to float)
+            raise InputError(
+                message(
+                    "the model's output",
+                    "must be floating-point scores (the raw output the gradients flow back "
+                    "through)",
+                    f"a tensor of dtype {out.dtype} and shape {tuple(out.shape)}",
+                    "return the scores or logits themselves from forward(), not argmax'ed, "
+                    "rounded or cast predictions (take out.argmax(1) when predicting)",
+                )
+            )
         if out.shape[0] != D.n_rows(probe_x):
             raise InputError(
                 message(
