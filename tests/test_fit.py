@@ -1643,3 +1643,35 @@ def test_a_model_output_that_cannot_train_is_named(model, loss, y, says):
     with pytest.raises(InputError) as caught:
         descend.fit(model(), (_Xe, y), loss, optimizer="adam", lr=1e-2, epochs=1, verbose=0)
     assert "the model's output" in str(caught.value) and says in str(caught.value)
+
+
+@pytest.mark.parametrize("labels", [[0, 1], [3, 7]])
+def test_labels_equal_to_ignore_index_stay_ignored(labels):
+    """prepare encoded labels that are not 0..C-1 by their sorted values, the ignore_index
+    value among them: {-100, 0, 1} became {0, 1, 2}, refused as 'values up to 2' for a model
+    of 2 outputs, and labels that were all -100 became class 0, trained on silently."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(160, 3, generator=g)
+    right = X[:, 0] > 0
+    ignored = torch.arange(160) % 4 == 0
+    # the ignored rows hold the wrong label: learning them would cost accuracy
+    y = torch.where(right != ignored, labels[1], labels[0])
+    y = torch.where(ignored, -100, y)
+    loss = descend.losses.get("cross_entropy", ignore_index=-100)
+    torch.manual_seed(0)
+    m = torch.nn.Linear(3, 2)
+    r = descend.fit(m, (X[:120], y[:120]), loss, optimizer="adam", lr=0.05, epochs=30,
+                    validation=(X[120:], y[120:]), patience=None, restore_best=False, verbose=0,
+                    seed=0)  # fmt: skip
+    assert (None if r.classes is None else list(r.classes)) == (
+        None if labels == [0, 1] else labels
+    )
+    assert (m(X).argmax(1) == right.long())[~ignored].float().mean() > 0.95
+    # the validation loss is torch's over the labelled rows (in class indices 0, 1)
+    codes = torch.where(ignored, -100, right.long())[120:]
+    with torch.no_grad():
+        want = torch.nn.functional.cross_entropy(m(X[120:]), codes, ignore_index=-100)
+    assert r.history.val_loss[-1] == pytest.approx(float(want), rel=1e-5)
+    with pytest.raises(InputError, match="every training label equals ignore_index=-100"):
+        descend.fit(torch.nn.Linear(3, 2), (X, torch.full((160,), -100)), loss, epochs=1,
+                    verbose=0)  # fmt: skip

@@ -2295,7 +2295,9 @@ def _same_everywhere(world: dist_.World, name: str, value: float, fix: str) -> N
         )
 
 
-def _keep_label_values(bundle: D.Bundle, model: torch.nn.Module) -> None:
+def _keep_label_values(
+    bundle: D.Bundle, model: torch.nn.Module, ignore_index: int | None = None
+) -> None:
     """Integer class labels that already index the model's outputs stay as they are.
 
     ``prepare`` encodes labels that are not ``0..C-1`` by their sorted values (strings, {-1, 1},
@@ -2330,7 +2332,12 @@ def _keep_label_values(bundle: D.Bundle, model: torch.nn.Module) -> None:
     lut = torch.as_tensor(values.astype(np.int64))
     for part in (bundle.train, bundle.val):
         if part is not None and part.resident and part.y is not None:
-            part.y = lut.to(part.y.device)[part.y]
+            if ignore_index is None:
+                part.y = lut.to(part.y.device)[part.y]
+            else:  # (labels the loss skips are not codes: they stay as they are)
+                skip = part.y == ignore_index
+                kept = lut.to(part.y.device)[part.y.masked_fill(skip, 0)]
+                part.y = kept.masked_fill(skip, ignore_index)
     bundle.classes = None
     bundle.n_classes = int(values.max()) + 1
 
@@ -2791,6 +2798,8 @@ def fit(
         if isinstance(validation, str):
             check_choice("validation", validation, ("auto",), owner="fit")
             validation = None if D.is_streamed(data) else 0.2
+        # labels the loss skips are no class: prepare must not encode them as one
+        ignore = loss_obj.kwargs.get("ignore_index") if loss_obj.target_kind == "index" else None
         bundle = D.prepare(
             data,
             validation=validation,
@@ -2802,9 +2811,10 @@ def fit(
             batch_size=batch_size,
             shuffle=shuffle,
             **({"sample_weight": sample_weight} if sample_weight is not None else {}),
+            **({"ignore_index": ignore} if ignore is not None else {}),
         )
 
-        _keep_label_values(bundle, module)
+        _keep_label_values(bundle, module, ignore)
         _check_streamed_validation_labels(bundle)
         _split_batches(bundle, world, batch_size, module)
         autopilot = None
