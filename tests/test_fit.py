@@ -1455,3 +1455,223 @@ def test_a_failing_callback_says_which_weights_are_kept(restore):
         descend.fit(torch.nn.Linear(3, 1), (X, X.sum(1)), "mse", lr=1e-2, epochs=3, verbose=0,
                     restore_best=restore, callbacks=[Boom()])  # fmt: skip
     assert ("restored the best weights" in said[0]) == restore
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(("train_col", "val_col"), [(False, True), (True, False)])
+def test_validation_targets_as_a_column_are_read_like_the_training_targets(
+    train_col, val_col, stream
+):
+    """Validation y of shape (N, 1) beside training y of shape (N,) (or the reverse) was
+    compared with the model's (N, 1) output as (N, 1, 1): a broadcast to (N, N, 1), a wrong
+    validation loss with only torch's warning (and early stopping on it); the reverse was
+    refused naming a reshape of the loss's arguments."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(64, 3, generator=g)
+    y = X @ torch.tensor([1.0, -2.0, 0.5])
+    Xv, yv = X[:10] + 0.5, y[:10]
+    train_y = y[:, None] if train_col else y
+    val_y = yv[:, None] if val_col else yv
+    val = (
+        torch.utils.data.DataLoader(torch.utils.data.TensorDataset(Xv, val_y), batch_size=4)
+        if stream
+        else (Xv, val_y)
+    )
+    torch.manual_seed(0)
+    m = torch.nn.Linear(3, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # torch's broadcast warning
+        r = descend.fit(
+            m, (X, train_y), "mse", optimizer="adam", lr=1e-2, epochs=2, validation=val,
+            patience=None, restore_best=False, verbose=0, seed=0,
+        )  # fmt: skip
+    with torch.no_grad():
+        oracle = float(((m(Xv)[:, 0] - yv) ** 2).mean())
+    assert r.history.val_loss[-1] == pytest.approx(oracle, rel=1e-5)
+
+
+@pytest.mark.parametrize("labels", [[1, 2], [-1, 1], ["a", "b"]])
+def test_encoded_labels_with_a_streamed_validation_set_are_refused(labels):
+    """Training labels that are not 0..C-1 are encoded (classes[i] -> i); a validation
+    DataLoader cannot be encoded with them. Its raw labels reached the loss: torch's
+    'IndexError: Target 2 is out of bounds' (or -1) after the first epoch, or, for labels the
+    user had encoded otherwise, a silently wrong validation loss."""
+    X = torch.randn(40, 3, generator=torch.Generator().manual_seed(0))
+    y = np.array(labels * 20)
+    val = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(X[:8], torch.tensor([0, 1] * 4)), batch_size=4
+    )
+    with pytest.raises(InputError) as caught:
+        descend.fit(torch.nn.Linear(3, 2), (X, y), "cross_entropy", validation=val,
+                    optimizer="adam", lr=1e-2, epochs=1, verbose=0, seed=0)  # fmt: skip
+    text = str(caught.value)
+    assert "validation (a DataLoader)" in text and repr(labels[1]) in text
+    assert "pass validation as arrays (X_val, y_val)" in text
+    if labels == [1, 2]:
+        # labels that index a wide enough model's outputs are kept as they are: no code book,
+        # and the stream's labels are the same indices
+        val12 = torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(X[:8], torch.tensor([1, 2] * 4)), batch_size=4
+        )
+        r = descend.fit(torch.nn.Linear(3, 3), (X, y), "cross_entropy", validation=val12,
+                        optimizer="adam", lr=1e-2, epochs=1, verbose=0, seed=0)  # fmt: skip
+        assert r.classes is None and math.isfinite(r.history.val_loss[-1])
+
+
+class _OneShot(torch.utils.data.IterableDataset):
+    """A dataset over one iterator: a second pass yields nothing."""
+
+    def __init__(self, X, y):
+        self.rows = iter(zip(X, y))
+
+    def __iter__(self):
+        return self.rows
+
+
+class _Rows(torch.utils.data.IterableDataset):
+    def __init__(self, X, y):
+        self.X, self.y = X, y
+
+    def __iter__(self):
+        return iter(zip(self.X, self.y))
+
+
+def test_streams_that_yield_no_batches_are_named():
+    """An empty DataLoader (or one whose drop_last leaves no batch) stopped fit with a bare
+    StopIteration from its first-batch probe; a one-shot iterable trained its first epoch
+    and then 'trained' on nothing (train_loss nan, the budget 'used'); an empty validation
+    DataLoader gave a validation loss of nan every epoch."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(64, 3, generator=g)
+    y = X @ torch.tensor([1.0, -2.0, 0.5])
+    DL, TD = torch.utils.data.DataLoader, torch.utils.data.TensorDataset
+    kw = dict(optimizer="adam", lr=1e-2, verbose=0, seed=0)
+    for data in (DL(TD(X[:0], y[:0]), batch_size=16), DL(TD(X, y), batch_size=100, drop_last=True)):
+        with pytest.raises(InputError, match="the training data must yield at least one batch"):
+            descend.fit(torch.nn.Linear(3, 1), data, "mse", epochs=2, **kw)
+    with pytest.raises(InputError) as caught:
+        descend.fit(torch.nn.Linear(3, 1), DL(_OneShot(X, y), batch_size=16), "mse", epochs=3,
+                    **kw)  # fmt: skip
+    assert "yielded no batch in epoch 2" in str(caught.value)
+    assert "return a new iterator from __iter__" in str(caught.value)
+    for val in (DL(TD(X[:0], y[:0]), batch_size=4), DL(_Rows(X[:0], y[:0]), batch_size=4)):
+        with pytest.raises(InputError, match="the validation data must yield at least one batch"):
+            descend.fit(torch.nn.Linear(3, 1), (X, y), "mse", epochs=2, validation=val, **kw)
+    # a stream that starts over every epoch trains every epoch
+    r = descend.fit(torch.nn.Linear(3, 1), DL(_Rows(X, y), batch_size=16), "mse", epochs=3, **kw)
+    assert r.steps == 12 and all(math.isfinite(v) for v in r.history.train_loss)
+
+
+@pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")
+@pytest.mark.parametrize(
+    "loss",
+    [
+        lambda p, t: 3.0,
+        lambda p, t: float(((p - t) ** 2).mean()),
+        lambda p, t: np.float32(((p - t) ** 2).mean().item()),
+        lambda p, t: None,
+        lambda p, t: (((p - t) ** 2).mean(), 0),
+    ],
+    ids=["number", "float", "numpy", "None", "tuple"],
+)
+def test_a_custom_loss_that_returns_no_tensor_is_named(loss):
+    """Was torch's "TypeError: 'float' object is not iterable" (or an AssertionError) from
+    inside autograd at the first step."""
+    with pytest.raises(InputError, match=r"must return a scalar torch\.Tensor .*return the tensor"):
+        descend.fit(torch.nn.Linear(3, 1), (_Xe, _ye), loss, optimizer="adam", lr=1e-2,
+                    epochs=1, verbose=0, seed=0)  # fmt: skip
+
+
+@pytest.mark.parametrize("model", ["linear", "mlp"])
+def test_a_custom_loss_of_one_element_trains_like_a_scalar_one(model):
+    """A loss of shape (1,) (a sum over dim 0 of an (N, 1) column, a .reshape(1)) is one
+    number: it stopped the run at the first epoch's end with "TypeError: float() argument
+    must be ... not 'list'" from the loop's bookkeeping."""
+    weights = []
+    for reshape in (False, True):
+        torch.manual_seed(0)
+        m = torch.nn.Linear(3, 1) if model == "linear" else mlp(3, 4, 1)
+
+        def loss(p, t, reshape=reshape):
+            v = ((p - t) ** 2).mean()
+            return v.reshape(1) if reshape else v
+
+        r = descend.fit(m, (_Xe, _ye), loss, optimizer="adam", lr=1e-2, epochs=2, verbose=0,
+                        seed=0)  # fmt: skip
+        weights.append([p.detach().clone() for p in m.parameters()])
+        assert len(r.history.train_loss) == 2
+    for a, b in zip(*weights):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+class _Reduced(torch.nn.Module):
+    """Averages over the batch: one number for all samples."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 1)
+
+    def forward(self, x):
+        return self.lin(x).mean()
+
+
+class _Labels(torch.nn.Module):
+    """Returns predicted labels (argmax), not scores."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.lin(x).argmax(1)
+
+
+@pytest.mark.parametrize(
+    ("model", "loss", "y", "says"),
+    [
+        (_Reduced, "mse", _ye, "a 0-dimensional tensor"),
+        (_Labels, "mse", _ye, "dtype torch.int64"),
+        (_Labels, "cross_entropy", _yc, "dtype torch.int64"),
+        (_Labels, lambda p, t: ((p - t) ** 2).mean(), _ye, "dtype torch.int64"),
+    ],
+)  # fmt: skip
+def test_a_model_output_that_cannot_train_is_named(model, loss, y, says):
+    """A 0-d output was an IndexError from fit's own probe ('tuple index out of range');
+    integer predictions passed the probe (its stand-in output was cast to float) and stopped
+    the first step with torch's '"mse_cpu" not implemented for Long', or, for a custom loss,
+    blamed the loss for having no gradient."""
+    with pytest.raises(InputError) as caught:
+        descend.fit(model(), (_Xe, y), loss, optimizer="adam", lr=1e-2, epochs=1, verbose=0)
+    assert "the model's output" in str(caught.value) and says in str(caught.value)
+
+
+@pytest.mark.parametrize("labels", [[0, 1], [3, 7]])
+def test_labels_equal_to_ignore_index_stay_ignored(labels):
+    """prepare encoded labels that are not 0..C-1 by their sorted values, the ignore_index
+    value among them: {-100, 0, 1} became {0, 1, 2}, refused as 'values up to 2' for a model
+    of 2 outputs, and labels that were all -100 became class 0, trained on silently."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(160, 3, generator=g)
+    right = X[:, 0] > 0
+    ignored = torch.arange(160) % 4 == 0
+    # the ignored rows hold the wrong label: learning them would cost accuracy
+    y = torch.where(right != ignored, labels[1], labels[0])
+    y = torch.where(ignored, -100, y)
+    loss = descend.losses.get("cross_entropy", ignore_index=-100)
+    torch.manual_seed(0)
+    m = torch.nn.Linear(3, 2)
+    r = descend.fit(m, (X[:120], y[:120]), loss, optimizer="adam", lr=0.05, epochs=30,
+                    validation=(X[120:], y[120:]), patience=None, restore_best=False, verbose=0,
+                    seed=0)  # fmt: skip
+    assert (None if r.classes is None else list(r.classes)) == (
+        None if labels == [0, 1] else labels
+    )
+    assert (m(X).argmax(1) == right.long())[~ignored].float().mean() > 0.95
+    # the validation loss is torch's over the labelled rows (in class indices 0, 1)
+    codes = torch.where(ignored, -100, right.long())[120:]
+    with torch.no_grad():
+        want = torch.nn.functional.cross_entropy(m(X[120:]), codes, ignore_index=-100)
+    assert r.history.val_loss[-1] == pytest.approx(float(want), rel=1e-5)
+    with pytest.raises(InputError, match="every training label equals ignore_index=-100"):
+        descend.fit(torch.nn.Linear(3, 2), (X, torch.full((160,), -100)), loss, epochs=1,
+                    verbose=0)  # fmt: skip

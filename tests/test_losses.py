@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import descend
 from descend import losses as L
 from descend._errors import ConfigError, InputError
 
@@ -850,3 +851,15 @@ def test_fit_with_poisson_recovers_a_poisson_glm():
     )
     np.testing.assert_allclose(model.weight.detach().numpy()[0], ref.coef_, atol=1e-4)
     assert model.bias.item() == pytest.approx(ref.intercept_, abs=1e-4)
+
+
+def test_a_loss_class_is_told_to_be_an_instance():
+    """torch.nn.MSELoss (the class) was taken as a loss function: each call built a module
+    with size_average=pred, reduce=target, and fit stopped with torch's "Boolean value of
+    Tensor with more than one value is ambiguous"."""
+    with pytest.raises(ConfigError, match=esc("pass an instance: loss=torch.nn.MSELoss()")):
+        L.get(torch.nn.MSELoss)
+    X = torch.randn(32, 3, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ConfigError, match=esc("pass an instance: loss=torch.nn.HuberLoss()")):
+        descend.fit(torch.nn.Linear(3, 1), (X, X.sum(1)), torch.nn.HuberLoss, epochs=1, verbose=0)
+    assert L.get(torch.nn.MSELoss()).name == "MSELoss"  # an instance is a loss

@@ -166,3 +166,22 @@ def test_the_recorded_rate_is_the_one_each_step_applied():
         steps=6, patience=100,
     )  # fmt: skip
     assert r.history.step_lr == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1, 0.1])
+
+
+@pytest.mark.parametrize("method", ["lbfgs", "adam"])
+@pytest.mark.parametrize(
+    ("params", "says"),
+    [
+        ({}, "must hold at least one parameter to optimize; got an empty dict"),
+        ([], "must hold at least one parameter to optimize; got an empty list"),
+        ({"a": "1.0"}, "minimize(params['a']) must be a tensor, a numpy array, a number or a"),
+        ({"a": None}, "minimize(params['a']) must be a tensor, a numpy array, a number or a"),
+        ([torch.zeros(2), [[1.0, 2.0], [3.0]]], "minimize(params['1']) must be a tensor"),
+    ],
+)  # fmt: skip
+def test_params_with_nothing_to_optimize_are_refused(params, says, method):
+    """Were torch's 'optimizer got an empty parameter list' (or, with a descend method, a
+    run of nothing), "new(): invalid data type 'str'", 'Could not infer dtype of NoneType'
+    and 'expected sequence of length 2 at dim 1 (got 1)' from inside torch.as_tensor."""
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        descend.minimize(lambda p: torch.tensor(0.0, requires_grad=True), params, method=method)

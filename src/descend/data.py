@@ -734,6 +734,7 @@ def prepare(
     shuffle: bool = True,
     drop_last: bool = False,
     sample_weight: Any = None,
+    ignore_index: int | None = None,
 ) -> Bundle:
     """Validate and convert the user's data into device-resident (or streamed) batch sources.
 
@@ -767,6 +768,8 @@ def prepare(
             to a weighted mean); the rest are split along with ``X`` and ``y`` (a fractional
             validation part keeps its rows' weights) and the sources yield ``(xb, yb, wb)``.
             Explicit validation data is not weighted.
+        ignore_index: a label value the loss skips (``cross_entropy(ignore_index=...)``,
+            target_kind "index"): no class, so never encoded, and not all of ``y``.
 
     Returns:
         A :class:`Bundle`; in-memory data is on ``device`` (one copy).
@@ -901,10 +904,19 @@ def prepare(
     n_classes = None
     if y is not None and target_kind == "index":
         parts = [y] if val_arrays is None or val_arrays[1] is None else [y, val_arrays[1]]
-        encoded, classes, n_classes = _encode_labels(parts, ["y", "validation y"])
+        encoded, classes, n_classes = _encode_labels(parts, ["y", "validation y"], ignore_index)
         y = encoded[0]
         if len(encoded) > 1:
             val_arrays = (val_arrays[0], encoded[1])
+        if ignore_index is not None and y.numel() and bool((y == ignore_index).all()):
+            raise InputError(
+                message(
+                    "y",
+                    "must hold at least one label the loss does not skip",
+                    f"every training label equals ignore_index={ignore_index}",
+                    "check the labels, and the ignore_index given to the loss",
+                )
+            )
 
     _check_inputs_finite(X, "X", dtype)
     if val_arrays is not None:
@@ -928,6 +940,8 @@ def prepare(
         labels = None
         if y is not None and target_kind == "index" and stratify and y.ndim == 1:
             labels = y.cpu()
+            if ignore_index is not None:  # the ignored rows are one more group to spread
+                labels = labels.masked_fill(labels == ignore_index, n_classes or 0)
         train_idx, val_idx = _split_indices(n, fraction, labels, seed)
         Xv = take_rows(X, val_idx)
         yv = None if y is None else y.index_select(0, val_idx.to(y.device))
@@ -1670,13 +1684,14 @@ def _check_integral(t: torch.Tensor, what: str) -> None:
 
 
 def _encode_labels(
-    parts: list[torch.Tensor | np.ndarray], names: list[str]
+    parts: list[torch.Tensor | np.ndarray], names: list[str], ignore_index: int | None = None
 ) -> tuple[list[torch.Tensor], np.ndarray | None, int]:
     """Class labels of train (and validation) -> int64 indices, with the originals if encoded.
 
     Labels already ``0..C-1`` (as integers or integral floats) are kept, ``classes=None``; any
     other set (strings, bools, {-1, 1}, {3, 5, 7}) is encoded by its sorted unique values over
-    ALL parts, so train and validation share one code book.
+    ALL parts, so train and validation share one code book. Labels equal to ``ignore_index``
+    (the loss skips them) are no class: left out of the code book, they stay as they are.
     """
     for p, name in zip(parts, names):
         if isinstance(p, torch.Tensor):
@@ -1693,11 +1708,15 @@ def _encode_labels(
         for t in work[1:]:
             common = torch.promote_types(common, t.dtype)
         work = [t.to(common) for t in work]
-        uniques = torch.unique(torch.cat([torch.unique(t).cpu() for t in work]))
+        skip = None if is_bool or ignore_index is None else [t == ignore_index for t in work]
+        counted = work if skip is None else [t[~k] for t, k in zip(work, skip)]
+        uniques = torch.unique(torch.cat([torch.unique(t).cpu() for t in counted]))
         c = int(uniques.numel())
         if not is_bool and c and int(uniques[0]) == 0 and int(uniques[-1]) == c - 1:
             return [t.long() for t in work], None, c
         codes = [torch.searchsorted(uniques.to(t.device), t).long() for t in work]
+        if skip is not None:
+            codes = [code.masked_fill(k, ignore_index) for code, k in zip(codes, skip)]
         classes = uniques.numpy()
         if is_bool:
             classes = classes.astype(bool)

@@ -1464,6 +1464,12 @@ class Loss:
             out = self.fn(pred, **self.kwargs, **extra)
         else:
             out = self.fn(pred, target, **self.kwargs, **extra)
+        if not isinstance(out, Tensor):  # (a number, None, a tuple): nothing to differentiate
+            _check_scalar_result(self.name, out)
+        if self.check is None and out.ndim and out.numel() == 1:
+            # a custom loss of shape (1,) (a sum over dim 0 of an (N, 1) column) is one number;
+            # the training loop keeps one per step and reads them back as floats
+            out = out.reshape(())
         if validate and not self._takes_validate:  # type: ignore[attr-defined]
             _check_scalar_result(self.name, out)
         return out
@@ -1671,6 +1677,18 @@ def get(spec: str | Loss | Callable[..., Tensor], **kwargs: Any) -> Loss:
             raise ConfigError(message("loss", f"must be one of {list(REGISTRY)}", repr(spec), fix))
         loss = REGISTRY[canonical]
         return _bind(loss, kwargs) if kwargs else loss
+    if isinstance(spec, type):
+        # calling a class builds an instance (torch.nn.MSELoss(pred, target) is a module with
+        # size_average=pred, reduce=target), never a loss value
+        where = "torch.nn." if spec.__module__.startswith("torch.nn") else ""
+        raise ConfigError(
+            message(
+                "loss",
+                "must be a loss function, or an instance of a loss class",
+                f"the class {spec.__name__}",
+                f"pass an instance: loss={where}{spec.__name__}()",
+            )
+        )
     if callable(spec):
         return Loss(name=_callable_name(spec), fn=spec, kwargs=kwargs)
     raise ConfigError(

@@ -48,9 +48,30 @@ def _as_params(params: Any) -> tuple[dict[str, torch.Tensor], str]:
                 "pass e.g. torch.tensor([-1.0, 1.0])",
             )
         )
+    if not items:
+        raise ConfigError(
+            message(
+                "minimize(params)",
+                "must hold at least one parameter to optimize",
+                f"an empty {type(params).__name__}",
+                "pass the starting point, e.g. {'a': torch.zeros(3)} or torch.zeros(3)",
+            )
+        )
     out = {}
     for name, p in items.items():
-        t = torch.as_tensor(p)
+        try:
+            if isinstance(p, (str, bytes)) or p is None:
+                raise TypeError
+            t = torch.as_tensor(p)
+        except (TypeError, ValueError, RuntimeError):
+            raise ConfigError(
+                message(
+                    f"minimize(params[{name!r}])",
+                    "must be a tensor, a numpy array, a number or a rectangular list of numbers",
+                    describe(p),
+                    "pass its starting value, e.g. torch.zeros(3)",
+                )
+            ) from None
         if t.is_complex():
             raise ConfigError(
                 message(

@@ -699,6 +699,7 @@ class Loop:
         )
         self._y_unsqueeze = False
         self._y_as_given = False  # a custom loss that reads 1-D targets as they are
+        self._y_sample_shape: tuple[int, ...] | None = None  # one training target's shape
 
     # ---- setup checks ----------------------------------------------------------------
 
@@ -757,8 +758,14 @@ class Loop:
         """Run the model once on a few samples and validate the loss against ALL targets, so a
         bad shape, an out-of-range class or a NaN target is refused before step 1."""
         src = self.bundle.train
-        first = next(iter(src.batches(0)))
+        first = next(iter(src.batches(0)), None)
+        if first is None:
+            raise _no_batches("training", src)
+        val = self.bundle.val
+        if val is not None and val.num_batches == 0:
+            raise _no_batches("validation", val)
         xb, yb = first[0], first[1]
+        self._y_sample_shape = None if yb is None else tuple(yb.shape[1:])
         multi = D.is_multi(xb)
         n_probe = min(8, D.n_rows(xb)) if torch.is_tensor(xb) or multi else 8
         probe_x = D.cut_rows(xb, 0, n_probe) if torch.is_tensor(xb) or multi else xb
@@ -840,6 +847,28 @@ class Loop:
                     "return the prediction tensor from forward()",
                 )
             )
+        if out.ndim == 0:
+            raise InputError(
+                message(
+                    "the model's output",
+                    "must have one row per sample",
+                    f"a 0-dimensional tensor (one number for a batch of {D.n_rows(probe_x)} "
+                    "samples)",
+                    "do not reduce over the batch dimension inside the model",
+                )
+            )
+        if not (out.is_floating_point() or out.is_complex()):
+            # (the stand-in output the targets are checked against below is cast to float)
+            raise InputError(
+                message(
+                    "the model's output",
+                    "must be floating-point scores (the raw output the gradients flow back "
+                    "through)",
+                    f"a tensor of dtype {out.dtype} and shape {tuple(out.shape)}",
+                    "return the scores or logits themselves from forward(), not argmax'ed, "
+                    "rounded or cast predictions (take out.argmax(1) when predicting)",
+                )
+            )
         if out.shape[0] != D.n_rows(probe_x):
             raise InputError(
                 message(
@@ -870,10 +899,9 @@ class Loop:
         # A zero-cost expanded prediction lets the loss check every target (range, NaN, shape)
         # against the model's real output width, without running the model on all of the data.
         fake = out[:1].float().expand(y_all.shape[0], *out.shape[1:])
-        val = self.bundle.val
         yv = None
         if val is not None and val.resident and val.y is not None:
-            yv = self._shape_targets(out, val.y)
+            yv = self._shape_targets(out, self._like_training(val.y))
         try:
             self.loss.validate(fake, y_all)
             if yv is not None:
@@ -932,6 +960,18 @@ class Loop:
             return math.isfinite(a) and abs(a - b) <= 1e-4 * max(abs(a), abs(b), 1e-12)
 
         return not (near(flat, rows) and not near(col, rows))
+
+    def _like_training(self, y: torch.Tensor | None) -> torch.Tensor | None:
+        """Validation targets in the training targets' shape per sample where the two differ
+        only by dimensions of 1 (a column ``(N, 1)`` beside ``(N,)``, or the reverse): the
+        same targets, which the step's own reshaping (:meth:`_shape_targets`) would otherwise
+        turn into ``(N, 1, 1)`` against an ``(N, 1)`` output, a silent ``(N, N, 1)`` broadcast."""
+        shape = self._y_sample_shape
+        if y is None or shape is None or tuple(y.shape[1:]) == shape:
+            return y
+        if [d for d in y.shape[1:] if d != 1] == [d for d in shape if d != 1]:
+            return y.reshape(y.shape[0], *shape)
+        return y
 
     def _shape_targets(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         # A regression model usually ends in Linear(k, 1) while y is 1-D: (N,1) vs (N,) would
@@ -1322,6 +1362,7 @@ class Loop:
                     except IndexError as e:
                         self._raise_named(e, src, xb)
                 out = out.float()
+                yb = self._like_training(yb)
                 if yb is not None and self._y_unsqueeze:
                     yb = yb.unsqueeze(-1)
                 n = out.shape[0]
@@ -1339,7 +1380,7 @@ class Loop:
         if self.world.active:
             return self._shared_result(total, count, sums)
         if total is None:
-            return math.nan, None
+            raise _no_batches("validation", src)
         loss_val = float(total / count)
         metric = None if sums is None else sums.value()
         return loss_val, metric
@@ -1348,6 +1389,7 @@ class Loop:
         self, fast: MLPStep, X: torch.Tensor, y: torch.Tensor | None
     ) -> tuple[float, float | None]:
         out = fast.forward(X).float()
+        y = self._like_training(y)
         if y is not None and self._y_unsqueeze:
             y = y.unsqueeze(-1)
         v = loss_value(self.loss, out, y)
@@ -2092,6 +2134,7 @@ class Loop:
         # resident tensor, they are checked at the epoch's first step instead of every step.
         self._fast_ok = False
         steady = self._mlp is not None and not self.step_callbacks and src.resident
+        start = self.batch
         for batch in src.batches(self.epoch, start=self.batch):
             # Sources yield (x, y) or, with sample weights, (x, y, w).
             value, gnorm = self.train_step(*batch)
@@ -2125,6 +2168,9 @@ class Loop:
                 self.save_checkpoint()
             if stop:
                 break
+        if start == 0 and self.batch == 0:
+            # (only a stream can: a resident source has at least one batch an epoch)
+            raise _no_batches("training", src, self.epoch)
         self._fast_ok = False  # user code (epoch callbacks) runs before the next step
         if guard is not None and guard.flush(self) == "diverged":
             return StopReason.DIVERGED
@@ -2249,7 +2295,9 @@ def _same_everywhere(world: dist_.World, name: str, value: float, fix: str) -> N
         )
 
 
-def _keep_label_values(bundle: D.Bundle, model: torch.nn.Module) -> None:
+def _keep_label_values(
+    bundle: D.Bundle, model: torch.nn.Module, ignore_index: int | None = None
+) -> None:
     """Integer class labels that already index the model's outputs stay as they are.
 
     ``prepare`` encodes labels that are not ``0..C-1`` by their sorted values (strings, {-1, 1},
@@ -2284,9 +2332,69 @@ def _keep_label_values(bundle: D.Bundle, model: torch.nn.Module) -> None:
     lut = torch.as_tensor(values.astype(np.int64))
     for part in (bundle.train, bundle.val):
         if part is not None and part.resident and part.y is not None:
-            part.y = lut.to(part.y.device)[part.y]
+            if ignore_index is None:
+                part.y = lut.to(part.y.device)[part.y]
+            else:  # (labels the loss skips are not codes: they stay as they are)
+                skip = part.y == ignore_index
+                kept = lut.to(part.y.device)[part.y.masked_fill(skip, 0)]
+                part.y = kept.masked_fill(skip, ignore_index)
     bundle.classes = None
     bundle.n_classes = int(values.max()) + 1
+
+
+def _no_batches(which: str, src: D.Source, epoch: int = 0) -> InputError:
+    """A stream that yielded no batch: empty from the start, or (``epoch`` > 0) exhausted by
+    an earlier epoch, as a one-shot iterator is."""
+    loader = getattr(src, "loader", None)
+    kind = type(loader).__name__ if loader is not None else "source"
+    if epoch > 0:
+        return InputError(
+            message(
+                f"the {which} data",
+                "must yield its batches in every epoch",
+                f"a {kind} that yielded no batch in epoch {epoch + 1}, after batches in the "
+                "epochs before: its dataset is a one-shot iterator (a generator, or __iter__ "
+                "returning the same iterator each time)",
+                "return a new iterator from __iter__ on every call (e.g. write __iter__ as a "
+                "generator function: for row in ...: yield row), or pass epochs=1",
+            )
+        )
+    size = getattr(loader, "batch_size", None)
+    details = f"{src.n_samples} samples" if src.n_samples is not None else "no known length"
+    if size is not None:
+        details += f", batch_size={size}"
+    if getattr(loader, "drop_last", False):
+        details += ", drop_last=True"
+    return InputError(
+        message(
+            f"the {which} data",
+            "must yield at least one batch",
+            f"a {kind} that yields none ({details})",
+            "check that its dataset is not empty, and with drop_last=True that batch_size does "
+            "not exceed the number of samples",
+        )
+    )
+
+
+def _check_streamed_validation_labels(bundle: D.Bundle) -> None:
+    """Refuse a streamed validation set beside training labels that stay encoded (not
+    ``0..C-1``, nor output indices kept by :func:`_keep_label_values`): its labels cannot be
+    encoded with them and would reach the loss as they are, out of range (torch's "Target 2 is
+    out of bounds") or, encoded otherwise by the user, silently other classes."""
+    classes, val = bundle.classes, bundle.val
+    if classes is None or val is None or val.resident:
+        return
+    shown = ", ".join(repr(c.item() if hasattr(c, "item") else c) for c in classes[:10])
+    raise InputError(
+        message(
+            "validation (a DataLoader)",
+            "cannot be matched to the training labels, which are not 0..C-1 and so are encoded "
+            "by their sorted values (label classes[i] -> index i)",
+            f"training labels {shown}{' ...' if len(classes) > 10 else ''}",
+            "pass validation as arrays (X_val, y_val), which are encoded together with y; or "
+            "give both y and the DataLoader's labels as indices 0..C-1",
+        )
+    )
 
 
 def _split_batches(
@@ -2690,6 +2798,8 @@ def fit(
         if isinstance(validation, str):
             check_choice("validation", validation, ("auto",), owner="fit")
             validation = None if D.is_streamed(data) else 0.2
+        # labels the loss skips are no class: prepare must not encode them as one
+        ignore = loss_obj.kwargs.get("ignore_index") if loss_obj.target_kind == "index" else None
         bundle = D.prepare(
             data,
             validation=validation,
@@ -2701,9 +2811,11 @@ def fit(
             batch_size=batch_size,
             shuffle=shuffle,
             **({"sample_weight": sample_weight} if sample_weight is not None else {}),
+            **({"ignore_index": ignore} if ignore is not None else {}),
         )
 
-        _keep_label_values(bundle, module)
+        _keep_label_values(bundle, module, ignore)
+        _check_streamed_validation_labels(bundle)
         _split_batches(bundle, world, batch_size, module)
         autopilot = None
         extra_callbacks: list[Callback] = []

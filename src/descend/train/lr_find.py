@@ -536,6 +536,9 @@ def lr_find(
         seed=seed,
         batch_size=batch_size,
         shuffle=True,
+        ignore_index=loss_obj.kwargs.get("ignore_index")
+        if loss_obj.target_kind == "index"
+        else None,
     )
     _split_batches(bundle, world, batch_size, model)
     with torch.random.fork_rng(devices=[]), dist_.running(world):
