@@ -264,6 +264,30 @@ def test_a_warm_start_with_a_new_lr_or_optimizer_uses_it_on_the_kept_weights(iri
     assert find_lr_state(inc._opt_state)["lr"] == pytest.approx(0.2) and _steps(inc) == 1
 
 
+def test_a_warm_start_holds_out_the_same_validation_rows(monkeypatch, iris):
+    # A warm fit drew a new seed, so a new split: most of its validation rows had been trained
+    # on by the fit before, and early stopping and best-weight restore watched rows the model
+    # had learned (MLPRegressor with an int random_state keeps its split on a warm start).
+    import descend.data
+
+    held_out = []
+    real_split = descend.data._split_indices
+
+    def spy(*args):
+        train, val = real_split(*args)
+        held_out.append(val.tolist())
+        return train, val
+
+    monkeypatch.setattr(descend.data, "_split_indices", spy)
+    X, _ = iris
+    for random_state in (0, None):
+        held_out.clear()
+        reg = Regressor(max_epochs=2, lr=1e-2, warm_start=True, random_state=random_state)
+        reg.fit(X[:, :3], X[:, 3]).fit(X[:, :3], X[:, 3]).fit(X[:, :3], X[:, 3])
+        assert len(held_out) == 3 and len(held_out[0]) == 15
+        assert held_out[1] == held_out[0] and held_out[2] == held_out[0], random_state
+
+
 def test_default_batches_are_full_up_to_512_rows_then_a_quarter_capped_at_256():
     rng = np.random.default_rng(0)
     for n, per_epoch in ((150, 1), (512, 1), (600, 4), (2000, 8)):

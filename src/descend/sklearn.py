@@ -35,8 +35,9 @@ needs and scikit-learn users expect:
   The default schedule is shaped over the first fit's ``max_epochs``; a warm start continues
   along it (at its final, zero rate once a previous fit's decay reached zero — the fit warns
   that it left the weights unchanged: pass ``lr=`` or an ``optimizer`` for a constant rate, or
-  fit afresh). A warm start (or ``partial_fit``) after
-  ``set_params`` changed ``optimizer`` or ``lr`` keeps the weights and starts the optimizer now
+  fit afresh). A warm ``fit`` on the same rows holds out the same validation rows as the fit
+  before it (a new split would watch rows already trained on). A warm start (or
+  ``partial_fit``) after ``set_params`` changed ``optimizer`` or ``lr`` keeps the weights and starts the optimizer now
   named afresh: new moments, step count and schedule from step 0 (the old state belongs to the
   old optimizer); with both unchanged the optimizer goes on. ``partial_fit`` runs one epoch per call
   and, since the number of calls is unknown, starts with the library's constant-rate AdamW for
@@ -345,10 +346,18 @@ class _Estimator(BaseEstimator, _RefuseMLPParams):
             self.validation_loss_curve_: list[float] = []
             self._tx = None
             self._opt_state = None
+            self._split_seed = None
         targets = self._scale_targets(targets, sample_weight, first=not warm)
         Xs = torch.from_numpy(((X - self.mean_) / self.scale_).astype(np.float32))
 
         seed = self._seed()
+        if not incremental:
+            # The seed draws the validation split: a warm fit keeps the split of the fit before
+            # (a new one would hold out rows that fit trained on, and early stopping and the
+            # best-weight restore would watch rows the model has learned).
+            if getattr(self, "_split_seed", None) is None:
+                self._split_seed = seed
+            seed = self._split_seed
         # Rows of weight 0 are dropped by the data layer: size everything by the rows that count.
         n = X.shape[0] if sample_weight is None else int(np.count_nonzero(sample_weight))
         if not warm:
@@ -515,7 +524,8 @@ class _Estimator(BaseEstimator, _RefuseMLPParams):
 
     def _seed(self) -> int:
         # A fresh generator from random_state each call: an int gives the same seed every fit
-        # (deterministic refits); partial_fit calls get successive seeds (new batch orders).
+        # (deterministic refits); partial_fit calls get successive seeds (new batch orders); a
+        # warm fit reuses its first fit's seed (see _fit: the same validation split).
         base = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         return (base + getattr(self, "_n_calls", 0)) % np.iinfo(np.int32).max
 
