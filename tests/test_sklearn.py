@@ -391,6 +391,29 @@ def test_errors_name_the_problem(iris):
         Classifier().fit(np.full_like(X, np.nan), y)
 
 
+def test_a_fit_that_raised_leaves_the_estimator_unfitted(iris):
+    # The model was built before descend.fit refused a setting: predict then answered from an
+    # untrained network, and a warm start or the next partial_fit continued that failed fit
+    # (MLPClassifier stays unfitted).
+    from sklearn.exceptions import NotFittedError
+
+    X, y = iris
+    clf = Classifier(max_epochs=2, random_state=0, optimizer="adamx", warm_start=True)
+    with pytest.raises(ValueError, match="did you mean 'adam'"):
+        clf.fit(X[:, :3], y)
+    with pytest.raises(NotFittedError):
+        clf.predict(X[:, :3])
+    clf.set_params(optimizer="adam").fit(X, y)  # a fresh fit: 4 features now
+    assert clf.n_features_in_ == 4 and clf.n_iter_ == 2
+
+    inc = Classifier(random_state=0, tol=-1)
+    with pytest.raises(ValueError, match="tol must be a finite number >= 0"):
+        inc.partial_fit(X, y, classes=[0, 1, 2])
+    inc.set_params(tol=1e-4)
+    with pytest.raises(ValueError, match="classes must be passed on the first call"):
+        inc.partial_fit(X, y)
+
+
 def test_default_architecture_is_one_wide_layer_for_classes_and_two_for_values():
     X, y = load_iris(return_X_y=True)
     clf = Classifier(max_epochs=2, random_state=0).fit(X, y)

@@ -313,6 +313,28 @@ class _Estimator(BaseEstimator, _RefuseMLPParams):
         warm: bool,
         classes: Any = None,
     ) -> _Estimator:
+        try:
+            return self._fit_run(
+                X, y, sample_weight, incremental=incremental, warm=warm, classes=classes
+            )
+        except Exception:
+            if not warm:
+                # The model is built before descend.fit checks its settings: a first fit that
+                # raised leaves the estimator unfitted (not an untrained model_ that predict
+                # would answer from and a warm start or the next partial_fit would continue).
+                self.__dict__.pop("model_", None)
+            raise
+
+    def _fit_run(
+        self,
+        X: Any,
+        y: Any,
+        sample_weight: Any,
+        *,
+        incremental: bool,
+        warm: bool,
+        classes: Any = None,
+    ) -> _Estimator:
         self._check_params()
         if warm:
             self._check_same_architecture()
