@@ -414,6 +414,20 @@ def test_a_fit_that_raised_leaves_the_estimator_unfitted(iris):
         inc.partial_fit(X, y)
 
 
+def test_hidden_layer_sizes_must_be_whole_positive_widths(iris):
+    # (2.5,) trained a 2-wide layer (int() truncated it; MLPClassifier raises), and a width of
+    # 0 was refused as "mlp: hidden", a name the estimator's user never passed.
+    X, y = iris
+    for bad in ((2.5,), (8, 0), -3, (4, True)):
+        with pytest.raises(
+            ValueError,
+            match=r"Classifier: hidden_layer_sizes must be layer widths.* integers >= 1.*; got",
+        ):
+            Classifier(hidden_layer_sizes=bad, max_epochs=1).fit(X, y)
+    ok = Classifier(hidden_layer_sizes=[np.int64(4)], max_epochs=1, random_state=0).fit(X, y)
+    assert ok.model_[0].out_features == 4
+
+
 def test_default_architecture_is_one_wide_layer_for_classes_and_two_for_values():
     X, y = load_iris(return_X_y=True)
     clf = Classifier(max_epochs=2, random_state=0).fit(X, y)

@@ -505,10 +505,16 @@ class _Estimator(BaseEstimator, _RefuseMLPParams):
                 else "pass e.g. activation='relu'",
             )
         h = self.hidden_layer_sizes
-        if isinstance(h, str):  # (an int is one layer, as MLPClassifier takes it)
+        widths = [h] if isinstance(h, numbers.Number) else h  # one int: one layer, as in MLP
+        if h is not None and (
+            isinstance(h, str)
+            or not np.iterable(widths)
+            or not all(is_int(w) and w >= 1 for w in widths)
+        ):
             raise bad(
                 "hidden_layer_sizes",
-                "must be layer widths (a sequence, or one int), or None to size it from the data",
+                "must be layer widths (a sequence of integers >= 1, or one int), or None to "
+                "size it from the data",
                 "pass e.g. (64, 64)",
             )
 
