@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -356,6 +357,25 @@ def test_sample_weights_move_the_fit():
     w = np.where(y == 0, 1.0, 1e-3)
     reg = Regressor(max_epochs=30, random_state=0).fit(X, y, sample_weight=w)
     assert abs(reg.predict(X).mean()) < 1.0  # pulled to the heavy group's 0, not the mean 5
+
+
+def test_read_only_weights_and_targets_train_without_a_torch_warning(iris):
+    # pandas' copy-on-write hands out read-only arrays (as joblib's memmaps are): the weights
+    # went to torch.from_numpy as they were, and torch warned that writing to them is
+    # undefined behaviour (it warns once per process: set_warn_always shows every one).
+    X, y = iris
+    w = pd.Series(np.linspace(0.5, 2.0, len(y)), index=np.arange(len(y)) + 100)
+    before = torch.is_warn_always_enabled()
+    torch.set_warn_always(True)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=".*not writable")
+            Classifier(max_epochs=2, random_state=0).fit(X, y, sample_weight=w)
+            Regressor(max_epochs=2, random_state=0).fit(X[:, :3], X[:, 3], sample_weight=w)
+            labels = pd.DataFrame(np.eye(3, dtype=np.float32)[y])  # multi-label, float32
+            Classifier(max_epochs=2, random_state=0).fit(X, labels)
+    finally:
+        torch.set_warn_always(before)
 
 
 # ----------------------------------------------------------------------------------------------

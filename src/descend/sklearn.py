@@ -121,6 +121,12 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return out
 
 
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    """``a`` as a tensor sharing its memory, or a copy's when ``a`` is read-only (pandas'
+    copy-on-write arrays, joblib's memmaps): torch warns that writing to those is undefined."""
+    return torch.from_numpy(a if a.flags.writeable else a.copy())
+
+
 def _dense(X: Any, who: str) -> np.ndarray:
     """``X`` as a float64 array; a scipy sparse matrix is densified if it fits
     ``SPARSE_DENSE_LIMIT``, else refused naming its dense size and the fix."""
@@ -418,7 +424,7 @@ class _Estimator(BaseEstimator, _RefuseMLPParams):
         batch_size = self.batch_size or _auto_batch_size(n_train)
         result = fit(
             self.model_,
-            (Xs, torch.from_numpy(targets)),
+            (Xs, _tensor(targets)),
             self._loss(targets),
             optimizer=optimizer,
             lr=lr,
@@ -433,7 +439,7 @@ class _Estimator(BaseEstimator, _RefuseMLPParams):
             verbose=self.verbose,
             seed=seed,
             device=auto_device(self.device, batch_size, self.model_),
-            sample_weight=None if sample_weight is None else torch.from_numpy(sample_weight),
+            sample_weight=None if sample_weight is None else _tensor(sample_weight),
             opt_state=opt_state,
         )
         self._tx = keep.tx
