@@ -328,6 +328,17 @@ def test_partial_fit_chunk_without_some_classes_keeps_the_label_codes(iris):
     assert np.mean(pred == 2) > 0.9
 
 
+def test_partial_fit_refuses_classes_of_one_label(iris):
+    # The loss refused it, telling an estimator user to "give the model's last layer one
+    # output per class" (SGDClassifier.partial_fit refuses one class too).
+    X, y = iris
+    with pytest.raises(
+        ValueError,
+        match=r"Classifier.partial_fit: classes must name at least 2 labels.*; got \[0\] — ",
+    ):
+        Classifier().partial_fit(X[:50], y[:50], classes=[0])
+
+
 def test_regressor_partial_fit(iris):
     X, _ = iris
     reg = Regressor(random_state=0, batch_size=16)

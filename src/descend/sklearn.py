@@ -875,6 +875,15 @@ class Classifier(ClassifierMixin, _Estimator):
                 "Classifier.partial_fit: classes must be passed on the first call to "
                 "partial_fit; got classes=None — pass classes=numpy.unique(y_all)"
             )
+        if first and classes is not None and not multilabel and len(unique_labels(classes)) < 2:
+            raise ValueError(
+                message(
+                    "Classifier.partial_fit: classes",
+                    "must name at least 2 labels (a one-class problem has nothing to learn)",
+                    f"{unique_labels(classes).tolist()}",
+                    "pass every label of the task, e.g. classes=numpy.unique(y_all)",
+                )
+            )
         return self._fit(X, y, sample_weight, incremental=True, warm=not first, classes=classes)
 
     def _targets(self, y: np.ndarray, first: bool, classes: Any = None) -> np.ndarray:
