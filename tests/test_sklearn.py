@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -264,6 +265,30 @@ def test_a_warm_start_with_a_new_lr_or_optimizer_uses_it_on_the_kept_weights(iri
     assert find_lr_state(inc._opt_state)["lr"] == pytest.approx(0.2) and _steps(inc) == 1
 
 
+def test_a_warm_start_holds_out_the_same_validation_rows(monkeypatch, iris):
+    # A warm fit drew a new seed, so a new split: most of its validation rows had been trained
+    # on by the fit before, and early stopping and best-weight restore watched rows the model
+    # had learned (MLPRegressor with an int random_state keeps its split on a warm start).
+    import descend.data
+
+    held_out = []
+    real_split = descend.data._split_indices
+
+    def spy(*args):
+        train, val = real_split(*args)
+        held_out.append(val.tolist())
+        return train, val
+
+    monkeypatch.setattr(descend.data, "_split_indices", spy)
+    X, _ = iris
+    for random_state in (0, None):
+        held_out.clear()
+        reg = Regressor(max_epochs=2, lr=1e-2, warm_start=True, random_state=random_state)
+        reg.fit(X[:, :3], X[:, 3]).fit(X[:, :3], X[:, 3]).fit(X[:, :3], X[:, 3])
+        assert len(held_out) == 3 and len(held_out[0]) == 15
+        assert held_out[1] == held_out[0] and held_out[2] == held_out[0], random_state
+
+
 def test_default_batches_are_full_up_to_512_rows_then_a_quarter_capped_at_256():
     rng = np.random.default_rng(0)
     for n, per_epoch in ((150, 1), (512, 1), (600, 4), (2000, 8)):
@@ -303,6 +328,17 @@ def test_partial_fit_chunk_without_some_classes_keeps_the_label_codes(iris):
     assert np.mean(pred == 2) > 0.9
 
 
+def test_partial_fit_refuses_classes_of_one_label(iris):
+    # The loss refused it, telling an estimator user to "give the model's last layer one
+    # output per class" (SGDClassifier.partial_fit refuses one class too).
+    X, y = iris
+    with pytest.raises(
+        ValueError,
+        match=r"Classifier.partial_fit: classes must name at least 2 labels.*; got \[0\] — ",
+    ):
+        Classifier().partial_fit(X[:50], y[:50], classes=[0])
+
+
 def test_regressor_partial_fit(iris):
     X, _ = iris
     reg = Regressor(random_state=0, batch_size=16)
@@ -332,6 +368,25 @@ def test_sample_weights_move_the_fit():
     w = np.where(y == 0, 1.0, 1e-3)
     reg = Regressor(max_epochs=30, random_state=0).fit(X, y, sample_weight=w)
     assert abs(reg.predict(X).mean()) < 1.0  # pulled to the heavy group's 0, not the mean 5
+
+
+def test_read_only_weights_and_targets_train_without_a_torch_warning(iris):
+    # pandas' copy-on-write hands out read-only arrays (as joblib's memmaps are): the weights
+    # went to torch.from_numpy as they were, and torch warned that writing to them is
+    # undefined behaviour (it warns once per process: set_warn_always shows every one).
+    X, y = iris
+    w = pd.Series(np.linspace(0.5, 2.0, len(y)), index=np.arange(len(y)) + 100)
+    before = torch.is_warn_always_enabled()
+    torch.set_warn_always(True)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=".*not writable")
+            Classifier(max_epochs=2, random_state=0).fit(X, y, sample_weight=w)
+            Regressor(max_epochs=2, random_state=0).fit(X[:, :3], X[:, 3], sample_weight=w)
+            labels = pd.DataFrame(np.eye(3, dtype=np.float32)[y])  # multi-label, float32
+            Classifier(max_epochs=2, random_state=0).fit(X, labels)
+    finally:
+        torch.set_warn_always(before)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -365,6 +420,43 @@ def test_errors_name_the_problem(iris):
         Classifier(activation="relux").fit(X, y)
     with pytest.raises(ValueError, match="Input X contains NaN"):
         Classifier().fit(np.full_like(X, np.nan), y)
+
+
+def test_a_fit_that_raised_leaves_the_estimator_unfitted(iris):
+    # The model was built before descend.fit refused a setting: predict then answered from an
+    # untrained network, and a warm start or the next partial_fit continued that failed fit
+    # (MLPClassifier stays unfitted).
+    from sklearn.exceptions import NotFittedError
+
+    X, y = iris
+    clf = Classifier(max_epochs=2, random_state=0, optimizer="adamx", warm_start=True)
+    with pytest.raises(ValueError, match="did you mean 'adam'"):
+        clf.fit(X[:, :3], y)
+    with pytest.raises(NotFittedError):
+        clf.predict(X[:, :3])
+    clf.set_params(optimizer="adam").fit(X, y)  # a fresh fit: 4 features now
+    assert clf.n_features_in_ == 4 and clf.n_iter_ == 2
+
+    inc = Classifier(random_state=0, tol=-1)
+    with pytest.raises(ValueError, match="tol must be a finite number >= 0"):
+        inc.partial_fit(X, y, classes=[0, 1, 2])
+    inc.set_params(tol=1e-4)
+    with pytest.raises(ValueError, match="classes must be passed on the first call"):
+        inc.partial_fit(X, y)
+
+
+def test_hidden_layer_sizes_must_be_whole_positive_widths(iris):
+    # (2.5,) trained a 2-wide layer (int() truncated it; MLPClassifier raises), and a width of
+    # 0 was refused as "mlp: hidden", a name the estimator's user never passed.
+    X, y = iris
+    for bad in ((2.5,), (8, 0), -3, (4, True)):
+        with pytest.raises(
+            ValueError,
+            match=r"Classifier: hidden_layer_sizes must be layer widths.* integers >= 1.*; got",
+        ):
+            Classifier(hidden_layer_sizes=bad, max_epochs=1).fit(X, y)
+    ok = Classifier(hidden_layer_sizes=[np.int64(4)], max_epochs=1, random_state=0).fit(X, y)
+    assert ok.model_[0].out_features == 4
 
 
 def test_default_architecture_is_one_wide_layer_for_classes_and_two_for_values():

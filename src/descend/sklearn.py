@@ -35,8 +35,9 @@ needs and scikit-learn users expect:
   The default schedule is shaped over the first fit's ``max_epochs``; a warm start continues
   along it (at its final, zero rate once a previous fit's decay reached zero — the fit warns
   that it left the weights unchanged: pass ``lr=`` or an ``optimizer`` for a constant rate, or
-  fit afresh). A warm start (or ``partial_fit``) after
-  ``set_params`` changed ``optimizer`` or ``lr`` keeps the weights and starts the optimizer now
+  fit afresh). A warm ``fit`` on the same rows holds out the same validation rows as the fit
+  before it (a new split would watch rows already trained on). A warm start (or
+  ``partial_fit``) after ``set_params`` changed ``optimizer`` or ``lr`` keeps the weights and starts the optimizer now
   named afresh: new moments, step count and schedule from step 0 (the old state belongs to the
   old optimizer); with both unchanged the optimizer goes on. ``partial_fit`` runs one epoch per call
   and, since the number of calls is unknown, starts with the library's constant-rate AdamW for
@@ -118,6 +119,12 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     e = np.exp(z[~pos])
     out[~pos] = e / (1.0 + e)
     return out
+
+
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    """``a`` as a tensor sharing its memory, or a copy's when ``a`` is read-only (pandas'
+    copy-on-write arrays, joblib's memmaps): torch warns that writing to those is undefined."""
+    return torch.from_numpy(a if a.flags.writeable else a.copy())
 
 
 def _dense(X: Any, who: str) -> np.ndarray:
@@ -312,6 +319,28 @@ class _Estimator(BaseEstimator, _RefuseMLPParams):
         warm: bool,
         classes: Any = None,
     ) -> _Estimator:
+        try:
+            return self._fit_run(
+                X, y, sample_weight, incremental=incremental, warm=warm, classes=classes
+            )
+        except Exception:
+            if not warm:
+                # The model is built before descend.fit checks its settings: a first fit that
+                # raised leaves the estimator unfitted (not an untrained model_ that predict
+                # would answer from and a warm start or the next partial_fit would continue).
+                self.__dict__.pop("model_", None)
+            raise
+
+    def _fit_run(
+        self,
+        X: Any,
+        y: Any,
+        sample_weight: Any,
+        *,
+        incremental: bool,
+        warm: bool,
+        classes: Any = None,
+    ) -> _Estimator:
         self._check_params()
         if warm:
             self._check_same_architecture()
@@ -345,10 +374,18 @@ class _Estimator(BaseEstimator, _RefuseMLPParams):
             self.validation_loss_curve_: list[float] = []
             self._tx = None
             self._opt_state = None
+            self._split_seed = None
         targets = self._scale_targets(targets, sample_weight, first=not warm)
         Xs = torch.from_numpy(((X - self.mean_) / self.scale_).astype(np.float32))
 
         seed = self._seed()
+        if not incremental:
+            # The seed draws the validation split: a warm fit keeps the split of the fit before
+            # (a new one would hold out rows that fit trained on, and early stopping and the
+            # best-weight restore would watch rows the model has learned).
+            if getattr(self, "_split_seed", None) is None:
+                self._split_seed = seed
+            seed = self._split_seed
         # Rows of weight 0 are dropped by the data layer: size everything by the rows that count.
         n = X.shape[0] if sample_weight is None else int(np.count_nonzero(sample_weight))
         if not warm:
@@ -387,7 +424,7 @@ class _Estimator(BaseEstimator, _RefuseMLPParams):
         batch_size = self.batch_size or _auto_batch_size(n_train)
         result = fit(
             self.model_,
-            (Xs, torch.from_numpy(targets)),
+            (Xs, _tensor(targets)),
             self._loss(targets),
             optimizer=optimizer,
             lr=lr,
@@ -402,7 +439,7 @@ class _Estimator(BaseEstimator, _RefuseMLPParams):
             verbose=self.verbose,
             seed=seed,
             device=auto_device(self.device, batch_size, self.model_),
-            sample_weight=None if sample_weight is None else torch.from_numpy(sample_weight),
+            sample_weight=None if sample_weight is None else _tensor(sample_weight),
             opt_state=opt_state,
         )
         self._tx = keep.tx
@@ -474,10 +511,16 @@ class _Estimator(BaseEstimator, _RefuseMLPParams):
                 else "pass e.g. activation='relu'",
             )
         h = self.hidden_layer_sizes
-        if isinstance(h, str):  # (an int is one layer, as MLPClassifier takes it)
+        widths = [h] if isinstance(h, numbers.Number) else h  # one int: one layer, as in MLP
+        if h is not None and (
+            isinstance(h, str)
+            or not np.iterable(widths)
+            or not all(is_int(w) and w >= 1 for w in widths)
+        ):
             raise bad(
                 "hidden_layer_sizes",
-                "must be layer widths (a sequence, or one int), or None to size it from the data",
+                "must be layer widths (a sequence of integers >= 1, or one int), or None to "
+                "size it from the data",
                 "pass e.g. (64, 64)",
             )
 
@@ -515,7 +558,8 @@ class _Estimator(BaseEstimator, _RefuseMLPParams):
 
     def _seed(self) -> int:
         # A fresh generator from random_state each call: an int gives the same seed every fit
-        # (deterministic refits); partial_fit calls get successive seeds (new batch orders).
+        # (deterministic refits); partial_fit calls get successive seeds (new batch orders); a
+        # warm fit reuses its first fit's seed (see _fit: the same validation split).
         base = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         return (base + getattr(self, "_n_calls", 0)) % np.iinfo(np.int32).max
 
@@ -830,6 +874,15 @@ class Classifier(ClassifierMixin, _Estimator):
             raise ValueError(
                 "Classifier.partial_fit: classes must be passed on the first call to "
                 "partial_fit; got classes=None — pass classes=numpy.unique(y_all)"
+            )
+        if first and classes is not None and not multilabel and len(unique_labels(classes)) < 2:
+            raise ValueError(
+                message(
+                    "Classifier.partial_fit: classes",
+                    "must name at least 2 labels (a one-class problem has nothing to learn)",
+                    f"{unique_labels(classes).tolist()}",
+                    "pass every label of the task, e.g. classes=numpy.unique(y_all)",
+                )
             )
         return self._fit(X, y, sample_weight, incremental=True, warm=not first, classes=classes)
 
