@@ -1032,3 +1032,13 @@ def test_ignore_and_categorical_columns_are_checked_as_the_options_typed(tmp_pat
     assert "split:" not in r.output and not (tmp_path / "runs").exists()
     r = invoke(["fit", "lin.csv", "-t", "price", "--categorical", "q"], tmp_path, monkeypatch)
     assert r.exit_code == 2 and "--categorical must name columns of the table" in r.output
+
+
+def test_runs_refuses_a_runs_directory_that_does_not_exist(tmp_path, monkeypatch):
+    # A mistyped --runs-dir said "no runs in DIR/ yet" (exit 0), as if the runs were gone;
+    # the default directory before any fit still says so.
+    r = invoke(["runs", "-d", "elsewere"], tmp_path, monkeypatch)
+    assert r.exit_code == 2
+    assert "--runs-dir must name an existing runs directory; got 'elsewere'" in r.output
+    r = invoke(["runs"], tmp_path, monkeypatch)
+    assert r.exit_code == 0 and "no runs in runs/ yet" in r.output

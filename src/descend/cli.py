@@ -23,7 +23,7 @@ from typing import Annotated, Any
 import typer
 
 from descend import distributed, runs
-from descend._errors import DescendError
+from descend._errors import ConfigError, DescendError, message
 from descend.checkpoint import RACE_DIR
 from descend.train.callbacks import stdout_gone
 
@@ -452,6 +452,17 @@ def runs_command(
     """List past runs: data, task, loss, metric, time, status."""
     from rich.table import Table
 
+    if dir != _D.runs_dir and not Path(dir).exists():
+        # (it said "no runs in DIR/ yet" for a mistyped path, as if the runs were gone)
+        raise ConfigError(
+            message(
+                "--runs-dir",
+                "must name an existing runs directory",
+                f"'{dir}', which does not exist",
+                "check the path (the one given to descend fit's --runs-dir), or run "
+                "`descend runs` for the default one (runs)",
+            )
+        )
     rows = runs.list_runs(dir)
     if not rows:
         _say(f"no runs in {dir}/ yet: train one with `descend fit DATA`")
