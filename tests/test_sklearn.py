@@ -801,3 +801,19 @@ def test_n_outputs_and_t_as_mlpclassifier_names_them(iris):
     assert clf.t_ == 4 * 150
     reg = Regressor(max_epochs=4, patience=None, random_state=0).fit(X, np.column_stack([y, y]))
     assert reg.n_outputs_ == 2 and reg.t_ == 4 * 135  # 10% held out for validation
+
+
+def test_outputs_follow_float32_features_as_scikit_learns_mlp(iris):
+    # predict / predict_proba returned float64 for float32 features, where MLPClassifier and
+    # MLPRegressor return float32; float64 features still give float64.
+    X, y = iris
+    X32 = X.astype(np.float32)
+    clf = Classifier(max_epochs=3, random_state=0).fit(X32, y)
+    reg = Regressor(max_epochs=3, random_state=0).fit(X32, X[:, 0] + X[:, 1])
+    for data, dtype in ((X32, np.float32), (X, np.float64)):
+        p = clf.predict_proba(data)
+        assert p.dtype == dtype and np.allclose(p.sum(axis=1), 1.0, atol=1e-6)
+        assert clf.predict_log_proba(data).dtype == dtype
+        assert reg.predict(data).dtype == dtype
+    np.testing.assert_allclose(clf.predict_proba(X32), clf.predict_proba(X), rtol=1e-5)
+    assert np.array_equal(clf.predict(X32), clf.predict(X))

@@ -592,7 +592,9 @@ class _Estimator(BaseEstimator, _RefuseMLPParams):
 
     # ---- prediction ----------------------------------------------------------------------
 
-    def _forward(self, X: Any) -> np.ndarray:
+    def _forward(self, X: Any) -> tuple[np.ndarray, type]:
+        """``(the model's outputs in float64, the dtype to return them in)``: float32 for
+        float32 features, as scikit-learn's MLP returns them, else float64."""
         check_is_fitted(self)
         X = validate_data(
             self, X, reset=False, accept_sparse=_SPARSE, dtype=(np.float64, np.float32)
@@ -619,9 +621,10 @@ class _Estimator(BaseEstimator, _RefuseMLPParams):
                     outs.append(model(xb).double().cpu().numpy())
         finally:
             model.train(was_training)
+        dtype = np.float32 if X.dtype == np.float32 else np.float64
         if not outs:
-            return np.zeros((0, self._n_outputs()))
-        return np.concatenate(outs, axis=0)
+            return np.zeros((0, self._n_outputs())), dtype
+        return np.concatenate(outs, axis=0), dtype
 
     # ---- MLPClassifier/MLPRegressor's fitted attributes, read from model_ -------------------
 
@@ -996,27 +999,29 @@ class Classifier(ClassifierMixin, _Estimator):
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities, shape (n_samples, n_classes), each row summing to 1 (multi-label:
         each label's own probability, shape (n_samples, n_labels))."""
-        logits = self._forward(X)
+        logits, dtype = self._forward(X)
         if self._multilabel():
-            return _sigmoid(logits)
+            return _sigmoid(logits).astype(dtype, copy=False)
         logits -= logits.max(axis=1, keepdims=True)
         p = np.exp(logits)
-        return p / p.sum(axis=1, keepdims=True)
+        return (p / p.sum(axis=1, keepdims=True)).astype(dtype, copy=False)
 
     def predict_log_proba(self, X: Any) -> np.ndarray:
         """Log of :meth:`predict_proba`."""
-        logits = self._forward(X)
+        logits, dtype = self._forward(X)
         if self._multilabel():
-            return -np.logaddexp(0.0, -logits)  # log sigmoid, stable for large |logit|
+            # log sigmoid, stable for large |logit|
+            return (-np.logaddexp(0.0, -logits)).astype(dtype, copy=False)
         logits -= logits.max(axis=1, keepdims=True)
-        return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        out = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        return out.astype(dtype, copy=False)
 
     def predict(self, X: Any) -> np.ndarray:
         """The most probable class label of each row (multi-label: the 0/1 indicator matrix,
         1 where a label's probability is above 0.5)."""
         if self._multilabel():
-            return (self._forward(X) > 0).astype(np.int64)
-        index = self._forward(X).argmax(axis=1)
+            return (self._forward(X)[0] > 0).astype(np.int64)
+        index = self._forward(X)[0].argmax(axis=1)
         return self.classes_[index]
 
     def __sklearn_tags__(self):
@@ -1206,10 +1211,10 @@ class Regressor(RegressorMixin, _Estimator):
 
     def predict(self, X: Any) -> np.ndarray:
         """Predictions in the targets' units: (n_samples,) for 1-D y, else (n_samples, k)."""
-        out = self._forward(X)
+        out, dtype = self._forward(X)
         if self._poisson():
             out = np.exp(out)
-        out = out * self.y_scale_ + self.y_mean_
+        out = (out * self.y_scale_ + self.y_mean_).astype(dtype, copy=False)
         return out.ravel() if self._y_1d else out
 
     def __sklearn_tags__(self):
