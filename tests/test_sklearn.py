@@ -817,3 +817,17 @@ def test_outputs_follow_float32_features_as_scikit_learns_mlp(iris):
         assert reg.predict(data).dtype == dtype
     np.testing.assert_allclose(clf.predict_proba(X32), clf.predict_proba(X), rtol=1e-5)
     assert np.array_equal(clf.predict(X32), clf.predict(X))
+
+
+def test_best_epoch_counts_across_warm_starts():
+    # best_epoch_ counted from the latest warm fit (1 after a second fit of 8 epochs) while
+    # validation_loss_curve_ and n_iter_ run across fits: it did not point at the best epoch.
+    X, y = make_regression(n_samples=300, n_features=5, noise=5.0, random_state=0)
+    reg = Regressor(max_epochs=6, lr=3e-3, warm_start=True, patience=None, random_state=0)
+    reg.fit(X, y)
+    assert reg.best_epoch_ == 6  # a constant small rate: still improving at the last epoch
+    reg.fit(X, y)
+    assert reg.n_iter_ == 12 and len(reg.validation_loss_curve_) == 12
+    assert reg.best_epoch_ == 1 + int(np.argmin(reg.validation_loss_curve_))
+    assert reg.best_epoch_ > 6
+    assert reg.best_loss_ == pytest.approx(min(reg.validation_loss_curve_))

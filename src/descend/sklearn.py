@@ -446,6 +446,7 @@ class _Estimator(BaseEstimator, _RefuseMLPParams):
         self._opt_state = result.opt_state
         self._tx_settings = settings
         self._n_calls += 1
+        before = self.n_iter_
         self.n_iter_ += result.epochs
         self.t_ += result.epochs * n_train  # rows the run's steps saw, as MLPClassifier counts
         self.loss_curve_ = [*self.loss_curve_, *result.history.train_loss]
@@ -453,7 +454,11 @@ class _Estimator(BaseEstimator, _RefuseMLPParams):
         self.stop_reason_ = str(result.stop_reason)
         self.stop_message_ = result.stop_message
         self.best_loss_ = result.best_loss
-        self.best_epoch_ = result.best_epoch
+        # Counted across warm starts, as n_iter_ and the curves are (validation_loss_curve_
+        # [best_epoch_ - 1] is the best); a fit with no best epoch of its own (0: none
+        # finite) leaves the earlier one.
+        if result.best_epoch or not before:
+            self.best_epoch_ = before + result.best_epoch
         if result.autopilot is not None or not continuing:
             self.autopilot_ = result.autopilot
         self.optimizer_ = result.optimizer
@@ -798,7 +803,8 @@ class Classifier(ClassifierMixin, _Estimator):
         classes_, n_features_in_, feature_names_in_ (DataFrames with string column names),
         model_ (the trained ``torch.nn.Module``), mean_, scale_ (feature standardization),
         loss_curve_ (training loss per epoch, across warm starts), validation_loss_curve_,
-        best_loss_, best_epoch_, stop_reason_ (``"patience_exhausted"``, ``"max_epochs"``, ...),
+        best_loss_, best_epoch_ (counted across warm starts, as n_iter_), stop_reason_
+        (``"patience_exhausted"``, ``"max_epochs"``, ...),
         stop_message_ (the sentence), n_iter_ (epochs run, across warm starts), t_ (training
         rows seen by those epochs' steps), n_outputs_ (output units), optimizer_,
         autopilot_ (what the default policy chose and why); and, read from ``model_`` as
