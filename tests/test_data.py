@@ -732,3 +732,25 @@ def test_a_list_of_x_and_y_is_told_to_be_a_tuple(kind):
     pair = [X, y] if kind == "torch" else [X.numpy(), y.numpy()]
     with pytest.raises(InputError, match=r"as a tuple \(X, y\), not a list \[X, y\]"):
         descend.fit(torch.nn.Linear(3, 1), pair, "mse", epochs=1, verbose=0)
+
+
+def test_a_generator_of_batches_is_refused_with_a_fix_that_works():
+    # It said "convert it with numpy.asarray(...) first", which makes a 0-d object array.
+    X = torch.randn(60, 3)
+    y = X.sum(1, keepdim=True)
+
+    def gen():
+        for i in range(0, 60, 20):
+            yield X[i : i + 20], y[i : i + 20]
+
+    with pytest.raises(InputError, match="IterableDataset") as err:
+        descend.fit(torch.nn.Linear(3, 1), gen(), "mse", epochs=2, verbose=0)
+    assert "numpy.asarray" not in str(err.value)
+
+    class Batches(IterableDataset):  # the fix the message gives
+        def __iter__(self):
+            return gen()
+
+    loader = DataLoader(Batches(), batch_size=None)
+    r = descend.fit(torch.nn.Linear(3, 1), loader, "mse", epochs=2, verbose=0)
+    assert r.epochs == 2 and len(r.history.step_loss) == 6

@@ -1330,6 +1330,14 @@ def _raw(obj: Any, what: str, tabular_float: bool) -> torch.Tensor | np.ndarray:
         fix = "convert it with numpy.asarray(...) first"
         if hasattr(obj, "toarray"):
             fix = "densify it with .toarray() first"
+        elif isinstance(obj, Iterator):
+            # (a generator of batches: numpy.asarray of it is a useless 0-d object array)
+            fix = (
+                "fit passes over the data once per epoch and an iterator is read once: put "
+                "the code that yields the batches in the __iter__ of a "
+                "torch.utils.data.IterableDataset and pass DataLoader(that, batch_size=None), "
+                "or pass the arrays themselves"
+            )
         raise InputError(message(what, f"must be {_ACCEPTED}", f"a {type(obj).__name__}", fix))
     return np.asarray(obj)
 
