@@ -425,3 +425,26 @@ def test_an_interrupt_inside_a_guard_window_writes_judged_weights(digits, tmp_pa
     assert [e["kind"] for e in again.history.events] == ["rollback"]
     assert all(torch.isfinite(p).all() for p in again.model.parameters())
     assert again.best_epoch == again.epochs == 4
+
+
+def test_windowed_checks_snapshot_every_snapshot_every_steps():
+    # On an accelerator the guard judges windows of 16 steps; the snapshot test looked only at
+    # the window's last step, which is a multiple of 25 every 400 steps: a rollback went back
+    # up to 400 steps instead of 25. A window that reaches a multiple now snapshots at its end.
+    taken: list[int] = []
+    real = Guard.snapshot
+
+    class Spy(Guard):
+        def snapshot(self, loop, force=False):
+            taken.append(loop.step)
+            return real(self, loop, force)
+
+    loop, guard = _FakeLoop(1.0), Spy(check_every=16)
+    guard.snapshot(loop)
+    assert _feed(guard, loop, [1.0 / (1 + 0.001 * i) for i in range(200)]) is None
+    assert taken == [0, 32, 64, 80, 112, 128, 160, 176]
+    # checks every step (CPU): exactly at the multiples, as before
+    taken.clear()
+    loop, guard = _FakeLoop(1.0), Spy()
+    assert _feed(guard, loop, [1.0] * 100) is None
+    assert taken == [25, 50, 75, 100]

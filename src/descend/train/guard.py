@@ -300,7 +300,12 @@ class Guard:
             if self.suspicious >= self.confirm:
                 self.suspicious = 0
                 return self._event(loop, step, self._first_why)
-        if loop.step % self.snapshot_every == 0 and self.suspicious == 0:
+        # A window that reached a multiple of snapshot_every (its last step or an earlier one:
+        # windows of 16 steps end on a multiple of 25 only every 400 steps) passed the checks.
+        crossed = (
+            loop.step // self.snapshot_every > (loop.step - len(values)) // self.snapshot_every
+        )
+        if crossed and self.suspicious == 0:
             self.snapshot(loop)
         return None
 
