@@ -143,6 +143,14 @@ BAD = [
         r"one_cycle: pct_start must leave at least one step before and after the peak",
     ),
     (lambda: S.join([], []), r"join: schedules must be a non-empty list of callables"),
+    (
+        lambda: S.join(S.cosine(10), []),
+        r"join: schedules must be a non-empty list of callables step -> float; got cosine\(",
+    ),
+    (
+        lambda: S.join([S.constant(), S.constant()], 10),
+        r"join: boundaries must be a list of integers; got 10 — pass one boundary per switch",
+    ),
     (lambda: S.join([1.0, 2.0], [5]), r"join: schedules must be a non-empty list of callables"),
     (
         lambda: S.join([S.constant(), S.constant()], []),

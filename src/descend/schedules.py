@@ -18,7 +18,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from descend._errors import ConfigError, check_in_range, check_positive, describe, message, plain
@@ -266,9 +266,9 @@ def join(schedules: Sequence[Callable[[int], float]], boundaries: Sequence[int])
         (1.0, 1.0)
     """
     owner = "join"
-    schedules = list(schedules)
-    bounds = list(boundaries)
-    if not schedules or any(not callable(s) for s in schedules):
+    # (a lone schedule or an int boundary is not iterable: say so in the message's shape)
+    schedules = list(schedules) if isinstance(schedules, Iterable) else schedules
+    if not isinstance(schedules, list) or not schedules or any(not callable(s) for s in schedules):
         raise ConfigError(
             message(
                 f"{owner}: schedules",
@@ -277,6 +277,16 @@ def join(schedules: Sequence[Callable[[int], float]], boundaries: Sequence[int])
                 "pass e.g. [linear_warmup(100), cosine(900)]",
             )
         )
+    if isinstance(boundaries, (str, bytes)) or not isinstance(boundaries, Iterable):
+        raise ConfigError(
+            message(
+                f"{owner}: boundaries",
+                "must be a list of integers",
+                describe(boundaries),
+                "pass one boundary per switch, e.g. boundaries=[100]",
+            )
+        )
+    bounds = list(boundaries)
     if len(bounds) != len(schedules) - 1:
         raise ConfigError(
             message(
