@@ -264,3 +264,11 @@ def test_more_bad_arguments_are_refused_with_the_fix(kw, says):
     y = X.sum(1) if isinstance(model, torch.nn.Linear) else X
     with pytest.raises(descend.DescendError, match=re.escape(says)):
         descend.lr_find(model, (X, y), steps=12, **kw)
+
+
+def test_plot_into_a_directory_that_does_not_exist_yet(tmp_path):
+    # savefig raised FileNotFoundError after the whole sweep had run
+    X, y = _regression(128)
+    path = tmp_path / "plots" / "run1" / "lr.png"
+    found = lr_find(torch.nn.Linear(6, 1), (X, y), "mse", steps=20, plot=path)
+    assert path.exists() and math.isfinite(found.suggestion)

@@ -151,6 +151,7 @@ class LRFindResult:
         ax.legend(loc="upper left")
         fig.tight_layout()
         if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)  # not a lost sweep at the end
             fig.savefig(path, dpi=110)
             plt.close(fig)
         return fig
