@@ -272,3 +272,27 @@ def test_plot_into_a_directory_that_does_not_exist_yet(tmp_path):
     path = tmp_path / "plots" / "run1" / "lr.png"
     found = lr_find(torch.nn.Linear(6, 1), (X, y), "mse", steps=20, plot=path)
     assert path.exists() and math.isfinite(found.suggestion)
+
+
+def test_the_in_place_sweep_of_a_sharded_model_puts_its_mode_back(monkeypatch):
+    # A model sharded with fully_shard is swept in place (it cannot be copied) and its state is
+    # put back; its train/eval mode was left in train mode. (The in-place path is taken here by
+    # telling lr_find the model is sharded.)
+    import types
+
+    from descend import distributed as dist_
+    from descend.train import lr_find as lf
+
+    fake = types.SimpleNamespace(**{k: getattr(dist_, k) for k in dir(dist_) if k[:2] != "__"})
+    fake.is_sharded = lambda model: True
+    monkeypatch.setattr(lf, "dist_", fake)
+    X, y = _regression()
+    model = _model_with_buffers()
+    model.eval()
+    model[1].train()  # a mixed state: every module's own flag comes back
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    modes = [m.training for m in model.modules()]
+    lr_find(model, (X, y), "mse", steps=20)
+    assert [m.training for m in model.modules()] == modes
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k

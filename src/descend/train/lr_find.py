@@ -318,13 +318,16 @@ def sweep(
         return _sweep(work, bundle, loss, make_tx, start_lr, end_lr, steps, device, seed,
                       precision, diverge)  # fmt: skip
     # A model sharded with fully_shard cannot be copied: the sweep runs on it and puts its
-    # state back afterwards.
+    # state back afterwards, and its train/eval mode (the sweep trains in train mode).
     snap = G.snapshot(model)
+    modes = [(m, m.training) for m in model.modules()]
     try:
         return _sweep(model, bundle, loss, make_tx, start_lr, end_lr, steps, device, seed,
                       precision, diverge)  # fmt: skip
     finally:
         G.restore(model, snap)
+        for m, training in modes:
+            m.training = training
 
 
 def _sweep(work, bundle, loss, make_tx, start_lr, end_lr, steps, device, seed, precision, diverge):
