@@ -274,6 +274,20 @@ def test_plot_into_a_directory_that_does_not_exist_yet(tmp_path):
     assert path.exists() and math.isfinite(found.suggestion)
 
 
+def test_a_loss_that_is_nan_at_the_starting_weights_is_refused():
+    # The sweep stopped at its first step and suggested start_lr, as if that were a reading.
+    X, y = _regression(128)
+    model = torch.nn.Linear(6, 1)
+    with torch.no_grad():
+        model.weight[0, 0] = float("nan")
+    with pytest.raises(
+        descend.InputError,
+        match=r"lr_find: the first batch loss .* must be finite; got nan — the learning rate is "
+        r"not the cause: check the data and the model's output for NaN/inf",
+    ):
+        lr_find(model, (X, y), "mse", steps=20)
+
+
 def test_the_in_place_sweep_of_a_sharded_model_puts_its_mode_back(monkeypatch):
     # A model sharded with fully_shard is swept in place (it cannot be copied) and its state is
     # put back; its train/eval mode was left in train mode. (The in-place path is taken here by

@@ -57,7 +57,15 @@ from descend import data as D
 from descend import distributed as dist_
 from descend import losses as L
 from descend import optim
-from descend._errors import ConfigError, check_choice, check_positive, describe, message, plain
+from descend._errors import (
+    ConfigError,
+    InputError,
+    check_choice,
+    check_positive,
+    describe,
+    message,
+    plain,
+)
 from descend.transforms import Transform
 
 __all__ = ["LRFindResult", "lr_find", "sweep"]
@@ -559,6 +567,19 @@ def lr_find(
             seed=seed,
             precision=precision,
             diverge=diverge,
+        )
+    if losses and not math.isfinite(losses[0]):
+        # The first loss is measured at the starting weights, before any update: no rate can
+        # be read off a sweep that has no finite point (it used to suggest start_lr).
+        raise InputError(
+            message(
+                f"{owner}: the first batch loss (at the model's starting weights, before any "
+                "update)",
+                "must be finite",
+                f"{losses[0]}",
+                "the learning rate is not the cause: check the data and the model's output "
+                "for NaN/inf, e.g. torch.isfinite(model(X)).all()",
+            )
         )
     result = _result(lrs, losses, diverge=diverge, steps=steps, end_lr=end_lr, optimizer=name)
     if plot is not None and world.is_main:
