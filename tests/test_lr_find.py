@@ -310,3 +310,26 @@ def test_the_in_place_sweep_of_a_sharded_model_puts_its_mode_back(monkeypatch):
     assert [m.training for m in model.modules()] == modes
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_a_cpu_sweep_does_not_reseed_the_accelerators(monkeypatch):
+    # lr_find seeded every accelerator (D.seed_all) inside fork_rng(devices=[]), which puts
+    # back the CPU generator only: on a machine with a GPU each call reset the caller's CUDA
+    # generator to the sweep's seed (its dropout masks, its torch.randn(device="cuda")).
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: calls.append(seed))
+    monkeypatch.setattr(torch.cuda, "manual_seed", lambda seed: calls.append(seed))
+    X, y = _regression(128)
+    lr_find(torch.nn.Linear(6, 1), (X, y), "mse", steps=12, seed=3, device="cpu")
+    assert calls == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_gpu_sweep_leaves_the_callers_cuda_generator_as_it_was():
+    X, y = _regression(128)
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 1))
+    state = torch.cuda.get_rng_state()
+    lr_find(model, (X, y), "mse", steps=12, seed=3, device="cuda")
+    assert torch.equal(torch.cuda.get_rng_state(), state)

@@ -553,8 +553,20 @@ def lr_find(
         else None,
     )
     _split_batches(bundle, world, batch_size, model)
-    with torch.random.fork_rng(devices=[]), dist_.running(world):
-        D.seed_all(seed)
+    # The sweep's randomness (dropout) comes from the seed, and the caller's generators are
+    # left as they were: the CPU's and, for a sweep on a GPU, that GPU's, put back afterwards.
+    # (D.seed_all also reseeded every other accelerator, and fork_rng(devices=[]) kept none of
+    # them: on a machine with a GPU every lr_find reset the caller's CUDA generator to seed.)
+    gpus: list[int] = []
+    if dev.type == "cuda":
+        gpus = [dev.index if dev.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=gpus), dist_.running(world):
+        torch.default_generator.manual_seed(seed)
+        if gpus:
+            with torch.cuda.device(gpus[0]):
+                torch.cuda.manual_seed(seed)
+        elif dev.type != "cpu":  # another accelerator (MPS, XPU): seeded as before, not forked
+            D.seed_all(seed)
         lrs, losses = sweep(
             model,
             bundle,
