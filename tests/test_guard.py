@@ -448,3 +448,27 @@ def test_windowed_checks_snapshot_every_snapshot_every_steps():
     loop, guard = _FakeLoop(1.0), Spy()
     assert _feed(guard, loop, [1.0] * 100) is None
     assert taken == [25, 50, 75, 100]
+
+
+def test_a_snapshot_point_between_a_spike_and_its_confirmation_keeps_the_good_state():
+    # An epoch start (a snapshot point) fell right after the first batch of a spike: the copy
+    # was taken of the weights that batch's update had already moved, and the confirmed spike
+    # rolled back to them. (Full-batch runs: every step is an epoch start.)
+    loop, guard = _FakeLoop(1.0), Guard(snapshot_every=1000)
+    with torch.no_grad():
+        loop.model.weight.fill_(1.0)
+    guard.snapshot(loop)
+    assert _feed(guard, loop, [1.0] * 30) is None
+    assert _feed(guard, loop, [5.0]) is None and guard.suspicious == 1
+    with torch.no_grad():
+        loop.model.weight.fill_(99.0)  # the suspicious batch's update
+    guard.snapshot(loop)  # the loop's epoch-start snapshot
+    assert _feed(guard, loop, [6.0]) is None
+    assert [k for k, _ in loop.events] == ["rollback"]
+    assert torch.all(loop.model.weight == 1.0)
+    # a checkpoint still forces its state to be the rollback point (exact resume)
+    with torch.no_grad():
+        loop.model.weight.fill_(7.0)
+    guard.snapshot(loop, force=True)
+    assert _feed(guard, loop, [1.0, 5.0, 6.0]) is None
+    assert torch.all(loop.model.weight == 7.0)
