@@ -256,6 +256,8 @@ def test_a_batch_norm_model_sweeps_past_a_one_row_last_batch():
         ({"diverge": float("nan")}, "diverge must be a number > 1"),
         ({"optimizer": torch.optim.SGD}, "a torch.optim class is not one"),
         ({"model": torch.nn.ReLU()}, "without parameters"),
+        ({"plot": True}, "lr_find: plot must be a file path with an image extension"),
+        ({"plot": "curve.pnj"}, "got 'curve.pnj' — pass e.g. plot='lr_find.png'"),
     ],
 )
 def test_more_bad_arguments_are_refused_with_the_fix(kw, says):

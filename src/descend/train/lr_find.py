@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -517,6 +518,8 @@ def lr_find(
         raise ConfigError(
             message(f"{owner}: diverge", "must be a number > 1", describe(diverge), "diverge=4")
         )
+    if plot is not None:
+        _check_plot_path(plot, owner)
     if not isinstance(model, torch.nn.Module):
         raise ConfigError(
             message(
@@ -597,6 +600,25 @@ def lr_find(
     if plot is not None and world.is_main:
         result.plot(plot)
     return result
+
+
+def _check_plot_path(plot: Any, owner: str) -> None:
+    """Refuse a plot path matplotlib cannot write before the sweep, not after it."""
+    ok = isinstance(plot, (str, os.PathLike)) and not isinstance(plot, bool)
+    suffix = Path(plot).suffix.lower().lstrip(".") if ok else ""
+    if ok and suffix:
+        from matplotlib.backend_bases import FigureCanvasBase
+
+        ok = suffix in FigureCanvasBase.get_supported_filetypes()
+    if not ok:
+        raise ConfigError(
+            message(
+                f"{owner}: plot",
+                "must be a file path with an image extension matplotlib writes (PNG, SVG, PDF)",
+                describe(plot),
+                "pass e.g. plot='lr_find.png'",
+            )
+        )
 
 
 def _result(
