@@ -335,3 +335,23 @@ def test_a_gpu_sweep_leaves_the_callers_cuda_generator_as_it_was():
     state = torch.cuda.get_rng_state()
     lr_find(model, (X, y), "mse", steps=12, seed=3, device="cuda")
     assert torch.equal(torch.cuda.get_rng_state(), state)
+
+
+def test_a_loss_below_zero_is_swept_like_the_same_loss_shifted_up():
+    # diverge × a negative minimum lies below it: every smoothed value "passed" it, and a
+    # loss shifted by a constant (a Gaussian NLL, an offset) stopped after its warm-up with
+    # suggestion = start_lr. The rise above the minimum is the test now, for both signs.
+    X, y = _regression(256)
+
+    def shifted(by):
+        return lambda out, target: torch.nn.functional.mse_loss(out.squeeze(-1), target) + by
+
+    def sweep(by, **kw):
+        return lr_find(torch.nn.Linear(6, 1), (X, y), shifted(by), steps=60, seed=0, **kw)
+
+    up, down = sweep(20.0), sweep(-20.0)
+    assert len(down.lrs) == len(up.lrs) and down.descended and up.descended
+    assert 0.5 < down.suggestion / up.suggestion < 2.0
+    # ... and a blow-up below zero still ends the sweep early
+    blown = sweep(-20.0, start_lr=1e-5, end_lr=1e4)
+    assert len(blown.lrs) < 60 and ("passed" in blown.stop or "non-finite" in blown.stop)

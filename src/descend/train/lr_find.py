@@ -11,7 +11,9 @@ How the curve is read:
   fastai's finder) of ``beta = 1 − 10 / steps`` clipped to [0.8, 0.98], so the window is about a
   tenth of the sweep whatever its length.
 - The sweep stops early once the smoothed loss exceeds ``diverge`` × its minimum (or a loss is
-  not finite): nothing to learn past that point.
+  not finite): nothing to learn past that point. (A loss below zero, e.g. a Gaussian
+  negative log-likelihood, has passed when it rises above its minimum by ``diverge − 1``
+  times the minimum's size: ``diverge`` × a negative minimum is below it.)
 - ``suggestion`` is the rate at the minimum of the smoothed loss divided by 10 ("min/10"); if
   the loss did not fall clearly below the median of the sweep's first quarter (by 5% and by 6
   times its noise, or by 3 times with its minimum within 30x of the edge below), every rate
@@ -177,6 +179,12 @@ def _smooth(losses: list[float], beta: float) -> list[float]:
     return out
 
 
+def _passed(smoothed: float, best: float, diverge: float) -> bool:
+    """The smoothed loss has risen past ``diverge`` × its minimum (``smoothed > diverge ·
+    best`` written as a rise, so that it holds for a minimum below zero too)."""
+    return smoothed - best > (diverge - 1.0) * abs(best)
+
+
 def default_beta(steps: int) -> float:
     """The EMA factor for a sweep of ``steps``: a window of about a tenth of the sweep."""
     return min(0.98, max(0.8, 1.0 - 10.0 / max(steps, 1)))
@@ -217,7 +225,7 @@ def analyze(
     warm = max(3, len(lrs) // 10)
     for i, s in enumerate(sm):
         best = min(best, s)
-        if i >= warm and s > diverge * best:
+        if i >= warm and _passed(s, best, diverge):
             end = i
             diverged = True
             break
@@ -401,7 +409,7 @@ def _sweep(work, bundle, loss, make_tx, start_lr, end_lr, steps, device, seed, p
             ema = beta * ema + (1 - beta) * v
             smoothed = ema / (1 - beta ** (i + 1))
             best = min(best, smoothed)
-            if i >= warm and smoothed > diverge * best:
+            if i >= warm and _passed(smoothed, best, diverge):
                 return lrs, losses
             if len(lrs) >= steps:
                 break
