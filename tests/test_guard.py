@@ -425,3 +425,50 @@ def test_an_interrupt_inside_a_guard_window_writes_judged_weights(digits, tmp_pa
     assert [e["kind"] for e in again.history.events] == ["rollback"]
     assert all(torch.isfinite(p).all() for p in again.model.parameters())
     assert again.best_epoch == again.epochs == 4
+
+
+def test_windowed_checks_snapshot_every_snapshot_every_steps():
+    # On an accelerator the guard judges windows of 16 steps; the snapshot test looked only at
+    # the window's last step, which is a multiple of 25 every 400 steps: a rollback went back
+    # up to 400 steps instead of 25. A window that reaches a multiple now snapshots at its end.
+    taken: list[int] = []
+    real = Guard.snapshot
+
+    class Spy(Guard):
+        def snapshot(self, loop, force=False):
+            taken.append(loop.step)
+            return real(self, loop, force)
+
+    loop, guard = _FakeLoop(1.0), Spy(check_every=16)
+    guard.snapshot(loop)
+    assert _feed(guard, loop, [1.0 / (1 + 0.001 * i) for i in range(200)]) is None
+    assert taken == [0, 32, 64, 80, 112, 128, 160, 176]
+    # checks every step (CPU): exactly at the multiples, as before
+    taken.clear()
+    loop, guard = _FakeLoop(1.0), Spy()
+    assert _feed(guard, loop, [1.0] * 100) is None
+    assert taken == [25, 50, 75, 100]
+
+
+def test_a_snapshot_point_between_a_spike_and_its_confirmation_keeps_the_good_state():
+    # An epoch start (a snapshot point) fell right after the first batch of a spike: the copy
+    # was taken of the weights that batch's update had already moved, and the confirmed spike
+    # rolled back to them. (Full-batch runs: every step is an epoch start.)
+    loop, guard = _FakeLoop(1.0), Guard(snapshot_every=1000)
+    with torch.no_grad():
+        loop.model.weight.fill_(1.0)
+    guard.snapshot(loop)
+    assert _feed(guard, loop, [1.0] * 30) is None
+    assert _feed(guard, loop, [5.0]) is None and guard.suspicious == 1
+    with torch.no_grad():
+        loop.model.weight.fill_(99.0)  # the suspicious batch's update
+    guard.snapshot(loop)  # the loop's epoch-start snapshot
+    assert _feed(guard, loop, [6.0]) is None
+    assert [k for k, _ in loop.events] == ["rollback"]
+    assert torch.all(loop.model.weight == 1.0)
+    # a checkpoint still forces its state to be the rollback point (exact resume)
+    with torch.no_grad():
+        loop.model.weight.fill_(7.0)
+    guard.snapshot(loop, force=True)
+    assert _feed(guard, loop, [1.0, 5.0, 6.0]) is None
+    assert torch.all(loop.model.weight == 7.0)

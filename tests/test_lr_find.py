@@ -256,6 +256,8 @@ def test_a_batch_norm_model_sweeps_past_a_one_row_last_batch():
         ({"diverge": float("nan")}, "diverge must be a number > 1"),
         ({"optimizer": torch.optim.SGD}, "a torch.optim class is not one"),
         ({"model": torch.nn.ReLU()}, "without parameters"),
+        ({"plot": True}, "lr_find: plot must be a file path with an image extension"),
+        ({"plot": "curve.pnj"}, "got 'curve.pnj' — pass e.g. plot='lr_find.png'"),
     ],
 )
 def test_more_bad_arguments_are_refused_with_the_fix(kw, says):
@@ -264,3 +266,92 @@ def test_more_bad_arguments_are_refused_with_the_fix(kw, says):
     y = X.sum(1) if isinstance(model, torch.nn.Linear) else X
     with pytest.raises(descend.DescendError, match=re.escape(says)):
         descend.lr_find(model, (X, y), steps=12, **kw)
+
+
+def test_plot_into_a_directory_that_does_not_exist_yet(tmp_path):
+    # savefig raised FileNotFoundError after the whole sweep had run
+    X, y = _regression(128)
+    path = tmp_path / "plots" / "run1" / "lr.png"
+    found = lr_find(torch.nn.Linear(6, 1), (X, y), "mse", steps=20, plot=path)
+    assert path.exists() and math.isfinite(found.suggestion)
+
+
+def test_a_loss_that_is_nan_at_the_starting_weights_is_refused():
+    # The sweep stopped at its first step and suggested start_lr, as if that were a reading.
+    X, y = _regression(128)
+    model = torch.nn.Linear(6, 1)
+    with torch.no_grad():
+        model.weight[0, 0] = float("nan")
+    with pytest.raises(
+        descend.InputError,
+        match=r"lr_find: the first batch loss .* must be finite; got nan — the learning rate is "
+        r"not the cause: check the data and the model's output for NaN/inf",
+    ):
+        lr_find(model, (X, y), "mse", steps=20)
+
+
+def test_the_in_place_sweep_of_a_sharded_model_puts_its_mode_back(monkeypatch):
+    # A model sharded with fully_shard is swept in place (it cannot be copied) and its state is
+    # put back; its train/eval mode was left in train mode. (The in-place path is taken here by
+    # telling lr_find the model is sharded.)
+    import types
+
+    from descend import distributed as dist_
+    from descend.train import lr_find as lf
+
+    fake = types.SimpleNamespace(**{k: getattr(dist_, k) for k in dir(dist_) if k[:2] != "__"})
+    fake.is_sharded = lambda model: True
+    monkeypatch.setattr(lf, "dist_", fake)
+    X, y = _regression()
+    model = _model_with_buffers()
+    model.eval()
+    model[1].train()  # a mixed state: every module's own flag comes back
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    modes = [m.training for m in model.modules()]
+    lr_find(model, (X, y), "mse", steps=20)
+    assert [m.training for m in model.modules()] == modes
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_a_cpu_sweep_does_not_reseed_the_accelerators(monkeypatch):
+    # lr_find seeded every accelerator (D.seed_all) inside fork_rng(devices=[]), which puts
+    # back the CPU generator only: on a machine with a GPU each call reset the caller's CUDA
+    # generator to the sweep's seed (its dropout masks, its torch.randn(device="cuda")).
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: calls.append(seed))
+    monkeypatch.setattr(torch.cuda, "manual_seed", lambda seed: calls.append(seed))
+    X, y = _regression(128)
+    lr_find(torch.nn.Linear(6, 1), (X, y), "mse", steps=12, seed=3, device="cpu")
+    assert calls == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_gpu_sweep_leaves_the_callers_cuda_generator_as_it_was():
+    X, y = _regression(128)
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 1))
+    state = torch.cuda.get_rng_state()
+    lr_find(model, (X, y), "mse", steps=12, seed=3, device="cuda")
+    assert torch.equal(torch.cuda.get_rng_state(), state)
+
+
+def test_a_loss_below_zero_is_swept_like_the_same_loss_shifted_up():
+    # diverge × a negative minimum lies below it: every smoothed value "passed" it, and a
+    # loss shifted by a constant (a Gaussian NLL, an offset) stopped after its warm-up with
+    # suggestion = start_lr. The rise above the minimum is the test now, for both signs.
+    X, y = _regression(256)
+
+    def shifted(by):
+        return lambda out, target: torch.nn.functional.mse_loss(out.squeeze(-1), target) + by
+
+    def sweep(by, **kw):
+        return lr_find(torch.nn.Linear(6, 1), (X, y), shifted(by), steps=60, seed=0, **kw)
+
+    up, down = sweep(20.0), sweep(-20.0)
+    assert len(down.lrs) == len(up.lrs) and down.descended and up.descended
+    assert 0.5 < down.suggestion / up.suggestion < 2.0
+    # ... and a blow-up below zero still ends the sweep early
+    blown = sweep(-20.0, start_lr=1e-5, end_lr=1e4)
+    assert len(blown.lrs) < 60 and ("passed" in blown.stop or "non-finite" in blown.stop)

@@ -139,10 +139,28 @@ BAD = [
         r"one_cycle: final_div_factor must be a finite number > 0",
     ),
     (
+        lambda: S.one_cycle(100, div_factor=0.04),
+        r"one_cycle: div_factor must be >= 1 \(the peak over the starting rate\); got 0.04 — "
+        r"it divides the peak: pass e.g. div_factor=25",
+    ),
+    (
+        lambda: S.one_cycle(100, div_factor=25, final_div_factor=1e-4),
+        r"one_cycle: final_div_factor must be >= 1 / div_factor = 0.04 \(the final rate may not "
+        r"exceed the peak\); got 0.0001",
+    ),
+    (
         lambda: S.one_cycle(3, pct_start=0.3),
         r"one_cycle: pct_start must leave at least one step before and after the peak",
     ),
     (lambda: S.join([], []), r"join: schedules must be a non-empty list of callables"),
+    (
+        lambda: S.join(S.cosine(10), []),
+        r"join: schedules must be a non-empty list of callables step -> float; got cosine\(",
+    ),
+    (
+        lambda: S.join([S.constant(), S.constant()], 10),
+        r"join: boundaries must be a list of integers; got 10 — pass one boundary per switch",
+    ),
     (lambda: S.join([1.0, 2.0], [5]), r"join: schedules must be a non-empty list of callables"),
     (
         lambda: S.join([S.constant(), S.constant()], []),

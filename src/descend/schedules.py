@@ -18,7 +18,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from descend._errors import ConfigError, check_in_range, check_positive, describe, message, plain
@@ -209,8 +209,9 @@ def one_cycle(
     Args:
         total_steps: T >= 2.
         pct_start: share of the run spent rising, in (0, 1).
-        div_factor: peak / initial learning rate, > 0.
-        final_div_factor: initial / final learning rate, > 0.
+        div_factor: peak / initial learning rate, >= 1.
+        final_div_factor: initial / final learning rate, >= 1 / ``div_factor`` (the final
+            rate at most the peak).
     """
     owner = "one_cycle"
     t_total = _steps("total_steps", total_steps, owner, 2)
@@ -223,6 +224,27 @@ def one_cycle(
     )
     start = 1.0 / div_factor
     end = start / final_div_factor
+    # Both divide: a fraction (div_factor=0.04 meant as "start at 4%") would start or end the
+    # run above the peak rate it was given (25x for 0.04).
+    if start > 1.0:
+        raise ConfigError(
+            message(
+                f"{owner}: div_factor",
+                "must be >= 1 (the peak over the starting rate)",
+                describe(div_factor),
+                "it divides the peak: pass e.g. div_factor=25 to start at 4% of it",
+            )
+        )
+    if end > 1.0:
+        raise ConfigError(
+            message(
+                f"{owner}: final_div_factor",
+                f"must be >= 1 / div_factor = {1 / div_factor:g} (the final rate may not exceed "
+                "the peak)",
+                describe(final_div_factor),
+                "it divides the starting rate: pass e.g. final_div_factor=1e4",
+            )
+        )
     peak = float(pct_start * t_total) - 1
     last = t_total - 1
     if peak <= 0 or peak >= last:
@@ -266,9 +288,9 @@ def join(schedules: Sequence[Callable[[int], float]], boundaries: Sequence[int])
         (1.0, 1.0)
     """
     owner = "join"
-    schedules = list(schedules)
-    bounds = list(boundaries)
-    if not schedules or any(not callable(s) for s in schedules):
+    # (a lone schedule or an int boundary is not iterable: say so in the message's shape)
+    schedules = list(schedules) if isinstance(schedules, Iterable) else schedules
+    if not isinstance(schedules, list) or not schedules or any(not callable(s) for s in schedules):
         raise ConfigError(
             message(
                 f"{owner}: schedules",
@@ -277,6 +299,16 @@ def join(schedules: Sequence[Callable[[int], float]], boundaries: Sequence[int])
                 "pass e.g. [linear_warmup(100), cosine(900)]",
             )
         )
+    if isinstance(boundaries, (str, bytes)) or not isinstance(boundaries, Iterable):
+        raise ConfigError(
+            message(
+                f"{owner}: boundaries",
+                "must be a list of integers",
+                describe(boundaries),
+                "pass one boundary per switch, e.g. boundaries=[100]",
+            )
+        )
+    bounds = list(boundaries)
     if len(bounds) != len(schedules) - 1:
         raise ConfigError(
             message(

@@ -230,9 +230,18 @@ class Guard:
 
     def snapshot(self, loop: Loop, force: bool = False) -> None:
         """Remember the current model and optimizer state as the rollback point (kept as it is,
-        retries and all, while no step has been judged clean since the last rollback, unless
-        ``force``: a checkpoint's state must be the rollback point a resumed run starts from)."""
-        if self._snapshot is not None and not self.clean_since_event and not force:
+        retries and all, while no step has been judged clean since the last rollback or while a
+        spike waits for its confirmation, unless ``force``: a checkpoint's state must be the
+        rollback point a resumed run starts from)."""
+        # A suspicious batch's loss was measured at weights already bad, and its update was
+        # applied: an epoch-start snapshot between it and the batch that confirms the spike
+        # would be the state the rollback restores (and the step after it, judged at those
+        # weights, then reads as a false alarm and puts the rate back up).
+        if (
+            self._snapshot is not None
+            and not force
+            and (not self.clean_since_event or self.suspicious)
+        ):
             return
         sd = loop.state_tensors()
         if self._snapshot is None:
@@ -300,7 +309,12 @@ class Guard:
             if self.suspicious >= self.confirm:
                 self.suspicious = 0
                 return self._event(loop, step, self._first_why)
-        if loop.step % self.snapshot_every == 0 and self.suspicious == 0:
+        # A window that reached a multiple of snapshot_every (its last step or an earlier one:
+        # windows of 16 steps end on a multiple of 25 only every 400 steps) passed the checks.
+        crossed = (
+            loop.step // self.snapshot_every > (loop.step - len(values)) // self.snapshot_every
+        )
+        if crossed and self.suspicious == 0:
             self.snapshot(loop)
         return None
 

@@ -11,7 +11,9 @@ How the curve is read:
   fastai's finder) of ``beta = 1 − 10 / steps`` clipped to [0.8, 0.98], so the window is about a
   tenth of the sweep whatever its length.
 - The sweep stops early once the smoothed loss exceeds ``diverge`` × its minimum (or a loss is
-  not finite): nothing to learn past that point.
+  not finite): nothing to learn past that point. (A loss below zero, e.g. a Gaussian
+  negative log-likelihood, has passed when it rises above its minimum by ``diverge − 1``
+  times the minimum's size: ``diverge`` × a negative minimum is below it.)
 - ``suggestion`` is the rate at the minimum of the smoothed loss divided by 10 ("min/10"); if
   the loss did not fall clearly below the median of the sweep's first quarter (by 5% and by 6
   times its noise, or by 3 times with its minimum within 30x of the edge below), every rate
@@ -46,6 +48,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +60,15 @@ from descend import data as D
 from descend import distributed as dist_
 from descend import losses as L
 from descend import optim
-from descend._errors import ConfigError, check_choice, check_positive, describe, message, plain
+from descend._errors import (
+    ConfigError,
+    InputError,
+    check_choice,
+    check_positive,
+    describe,
+    message,
+    plain,
+)
 from descend.transforms import Transform
 
 __all__ = ["LRFindResult", "lr_find", "sweep"]
@@ -151,6 +162,7 @@ class LRFindResult:
         ax.legend(loc="upper left")
         fig.tight_layout()
         if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)  # not a lost sweep at the end
             fig.savefig(path, dpi=110)
             plt.close(fig)
         return fig
@@ -165,6 +177,12 @@ def _smooth(losses: list[float], beta: float) -> list[float]:
         avg = beta * avg + (1 - beta) * v
         out.append(avg / (1 - beta ** (i + 1)))
     return out
+
+
+def _passed(smoothed: float, best: float, diverge: float) -> bool:
+    """The smoothed loss has risen past ``diverge`` × its minimum (``smoothed > diverge ·
+    best`` written as a rise, so that it holds for a minimum below zero too)."""
+    return smoothed - best > (diverge - 1.0) * abs(best)
 
 
 def default_beta(steps: int) -> float:
@@ -207,7 +225,7 @@ def analyze(
     warm = max(3, len(lrs) // 10)
     for i, s in enumerate(sm):
         best = min(best, s)
-        if i >= warm and s > diverge * best:
+        if i >= warm and _passed(s, best, diverge):
             end = i
             diverged = True
             break
@@ -317,13 +335,16 @@ def sweep(
         return _sweep(work, bundle, loss, make_tx, start_lr, end_lr, steps, device, seed,
                       precision, diverge)  # fmt: skip
     # A model sharded with fully_shard cannot be copied: the sweep runs on it and puts its
-    # state back afterwards.
+    # state back afterwards, and its train/eval mode (the sweep trains in train mode).
     snap = G.snapshot(model)
+    modes = [(m, m.training) for m in model.modules()]
     try:
         return _sweep(model, bundle, loss, make_tx, start_lr, end_lr, steps, device, seed,
                       precision, diverge)  # fmt: skip
     finally:
         G.restore(model, snap)
+        for m, training in modes:
+            m.training = training
 
 
 def _sweep(work, bundle, loss, make_tx, start_lr, end_lr, steps, device, seed, precision, diverge):
@@ -388,7 +409,7 @@ def _sweep(work, bundle, loss, make_tx, start_lr, end_lr, steps, device, seed, p
             ema = beta * ema + (1 - beta) * v
             smoothed = ema / (1 - beta ** (i + 1))
             best = min(best, smoothed)
-            if i >= warm and smoothed > diverge * best:
+            if i >= warm and _passed(smoothed, best, diverge):
                 return lrs, losses
             if len(lrs) >= steps:
                 break
@@ -505,6 +526,8 @@ def lr_find(
         raise ConfigError(
             message(f"{owner}: diverge", "must be a number > 1", describe(diverge), "diverge=4")
         )
+    if plot is not None:
+        _check_plot_path(plot, owner)
     if not isinstance(model, torch.nn.Module):
         raise ConfigError(
             message(
@@ -541,8 +564,20 @@ def lr_find(
         else None,
     )
     _split_batches(bundle, world, batch_size, model)
-    with torch.random.fork_rng(devices=[]), dist_.running(world):
-        D.seed_all(seed)
+    # The sweep's randomness (dropout) comes from the seed, and the caller's generators are
+    # left as they were: the CPU's and, for a sweep on a GPU, that GPU's, put back afterwards.
+    # (D.seed_all also reseeded every other accelerator, and fork_rng(devices=[]) kept none of
+    # them: on a machine with a GPU every lr_find reset the caller's CUDA generator to seed.)
+    gpus: list[int] = []
+    if dev.type == "cuda":
+        gpus = [dev.index if dev.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=gpus), dist_.running(world):
+        torch.default_generator.manual_seed(seed)
+        if gpus:
+            with torch.cuda.device(gpus[0]):
+                torch.cuda.manual_seed(seed)
+        elif dev.type != "cpu":  # another accelerator (MPS, XPU): seeded as before, not forked
+            D.seed_all(seed)
         lrs, losses = sweep(
             model,
             bundle,
@@ -556,10 +591,42 @@ def lr_find(
             precision=precision,
             diverge=diverge,
         )
+    if losses and not math.isfinite(losses[0]):
+        # The first loss is measured at the starting weights, before any update: no rate can
+        # be read off a sweep that has no finite point (it used to suggest start_lr).
+        raise InputError(
+            message(
+                f"{owner}: the first batch loss (at the model's starting weights, before any "
+                "update)",
+                "must be finite",
+                f"{losses[0]}",
+                "the learning rate is not the cause: check the data and the model's output "
+                "for NaN/inf, e.g. torch.isfinite(model(X)).all()",
+            )
+        )
     result = _result(lrs, losses, diverge=diverge, steps=steps, end_lr=end_lr, optimizer=name)
     if plot is not None and world.is_main:
         result.plot(plot)
     return result
+
+
+def _check_plot_path(plot: Any, owner: str) -> None:
+    """Refuse a plot path matplotlib cannot write before the sweep, not after it."""
+    ok = isinstance(plot, (str, os.PathLike)) and not isinstance(plot, bool)
+    suffix = Path(plot).suffix.lower().lstrip(".") if ok else ""
+    if ok and suffix:
+        from matplotlib.backend_bases import FigureCanvasBase
+
+        ok = suffix in FigureCanvasBase.get_supported_filetypes()
+    if not ok:
+        raise ConfigError(
+            message(
+                f"{owner}: plot",
+                "must be a file path with an image extension matplotlib writes (PNG, SVG, PDF)",
+                describe(plot),
+                "pass e.g. plot='lr_find.png'",
+            )
+        )
 
 
 def _result(
