@@ -863,3 +863,25 @@ def test_a_loss_class_is_told_to_be_an_instance():
     with pytest.raises(ConfigError, match=esc("pass an instance: loss=torch.nn.HuberLoss()")):
         descend.fit(torch.nn.Linear(3, 1), (X, X.sum(1)), torch.nn.HuberLoss, epochs=1, verbose=0)
     assert L.get(torch.nn.MSELoss()).name == "MSELoss"  # an instance is a loss
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_a_batch_whose_labels_are_all_ignored_has_mean_zero_not_nan(weighted):
+    # torch's mean over no counted label is 0/0 = NaN: a training batch of padding only (fit
+    # keeps ignored rows) read as divergence and rolled the run back until it stopped
+    x = randn(3, 4, 5, dtype=torch.float64).requires_grad_()
+    y = torch.full((3, 5), -100)
+    w = weights(3, dtype=torch.float64) if weighted else None
+    for fn, pred in ((L.cross_entropy, x), (L.nll, x.log_softmax(1))):
+        value = fn(pred, y, ignore_index=-100, weight=w)
+        assert value.item() == 0.0
+        (g,) = torch.autograd.grad(value, x)
+        assert bool((g == 0).all())
+    value = L.cross_entropy(x, y, ignore_index=-100, label_smoothing=0.2, weight=w)
+    assert value.item() == 0.0
+    # a batch with a counted label still gets torch's mean, to rounding
+    y[1, 2] = 3
+    torch.testing.assert_close(
+        L.cross_entropy(x, y, ignore_index=-100, label_smoothing=0.2),
+        F.cross_entropy(x, y, ignore_index=-100, label_smoothing=0.2),
+    )

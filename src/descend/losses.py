@@ -678,21 +678,25 @@ def _weighted(losses: Tensor, weight: Tensor, reduction: str) -> Tensor:
 def _weighted_index(
     losses: Tensor,
     target: Tensor,
-    weight: Tensor,
+    weight: Tensor | None,
     class_weight: Tensor | None,
     ignore_index: int,
     reduction: str,
 ) -> Tensor:
-    """Like torch's class-weighted mean, times per-sample weights: the denominator is
-    ``sum_i w_i * class_weight[y_i]`` over the samples not ignored."""
+    """Like torch's class-weighted mean, times per-sample weights (if any): the denominator is
+    ``sum_i w_i * class_weight[y_i]`` over the samples not ignored. A batch that counts nothing
+    (every label ignored) has mean 0 and no gradient, not torch's 0/0 = NaN, which the training
+    loop would take for divergence."""
     if reduction != "mean":
-        return _weighted(losses, weight, reduction)
-    w = _per_sample(weight, losses)
-    weighted = losses * w
+        return losses if weight is None else _weighted(losses, weight, reduction)
     counted = (target != ignore_index).to(losses.dtype)
     if class_weight is not None:
         counted = counted * class_weight[target.clamp(0, class_weight.shape[0] - 1)]
-    return weighted.sum() / (counted * w).sum()
+    if weight is not None:
+        w = _per_sample(weight, losses)
+        losses, counted = losses * w, counted * w
+    denom = counted.sum()
+    return losses.sum() / denom.masked_fill(denom == 0, 1)
 
 
 def _to_pred(value: WeightLike, pred: Tensor) -> Tensor | None:
@@ -735,11 +739,12 @@ def _index_loss(
     **options: Any,
 ) -> Tensor:
     """``fn`` (``F.cross_entropy`` or ``F.nll_loss``) on class-index targets: torch's
-    class-weighted reduction, or :func:`_weighted_index` with per-sample weights."""
+    class-weighted reduction, or :func:`_weighted_index` with per-sample weights or ignored
+    labels (whose batch may count no label at all)."""
     cw = _to_pred(class_weight, pred)
     target = _as_index(target)
     ii = _TORCH_IGNORE_INDEX if ignore_index is None else ignore_index
-    if sample_weight is None:
+    if sample_weight is None and (ignore_index is None or reduction != "mean"):
         return fn(pred, target, weight=cw, ignore_index=ii, reduction=reduction, **options)
     losses = fn(pred, target, weight=cw, ignore_index=ii, reduction="none", **options)
     return _weighted_index(losses, target, sample_weight, cw, ii, reduction)
@@ -1072,8 +1077,8 @@ def cross_entropy(
     ``(1 - eps) * t + eps / C`` and ``l = -sum_k c[k] * t[k] * log p[k]``.
 
     The mean over class-index targets is torch's: ``sum_i w_i l_i / sum_i w_i c[y_i]`` over the
-    samples that are not ignored (``w`` the per-sample weights); over probabilities it is
-    ``sum_i w_i l_i / sum_i w_i``.
+    samples that are not ignored (``w`` the per-sample weights), and 0 for a batch whose labels
+    are all ignored (torch: NaN); over probabilities it is ``sum_i w_i l_i / sum_i w_i``.
 
     Targets: integer class indices are used as given. **Floating-point targets with integral
     values (e.g. labels read from a CSV as 0.0, 1.0, 2.0) are accepted and cast with
@@ -1196,7 +1201,8 @@ def nll(
     """Negative log-likelihood of class indices under log-probabilities.
 
     For one sample with class index ``y`` and class weights ``c``: ``l = -c[y] * pred[y]``. The
-    mean is ``sum_i w_i l_i / sum_i w_i c[y_i]`` over the samples not ignored (torch's).
+    mean is ``sum_i w_i l_i / sum_i w_i c[y_i]`` over the samples not ignored (torch's), 0 if
+    all are ignored.
     ``nll(log_softmax(x), y) == cross_entropy(x, y)``.
 
     Validation also checks that ``pred`` holds log-probabilities (``exp(pred)`` sums to 1 over
