@@ -523,6 +523,25 @@ def test_empty_batch(fn):
 
 
 @pytest.mark.parametrize("fn", list(L.REGISTRY.values()), ids=list(L.REGISTRY))
+def test_samples_without_values(fn):
+    # (N, 0): mse read NaN (a mean over nothing) and binary_cross_entropy raised torch's
+    # "min(): Expected reduction dim to be specified"
+    pred = torch.zeros(4, 0)
+    target = torch.zeros(4, 0) if fn.target_kind == "float" else torch.zeros(4, dtype=torch.long)
+    with pytest.raises(
+        InputError,
+        match=esc("pred must hold at least one value per sample; got shape (4, 0)"),
+    ):
+        fn(pred, target)
+    if fn.target_kind == "float":
+        with pytest.raises(
+            InputError,
+            match=esc("targets must hold at least one value per sample; got shape (4, 0)"),
+        ):
+            fn.validate_targets(torch.zeros(4, 0))
+
+
+@pytest.mark.parametrize("fn", list(L.REGISTRY.values()), ids=list(L.REGISTRY))
 def test_pred_not_floating_point(fn):
     pred = torch.ones(4, 3, dtype=torch.long)
     target = torch.rand(4, 3) if fn.target_kind == "float" else labels(4, 3)

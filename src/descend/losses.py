@@ -181,6 +181,15 @@ def _check_batch(loss: str, role: str, t: Tensor, scalar_fix: str) -> None:
                 "check the data split and the batch slicing; a batch needs N >= 1 samples",
             )
         )
+    if t.numel() == 0:  # (N, 0): a mean over no element is NaN, and no class can be scored
+        raise InputError(
+            message(
+                f"{loss} {role}",
+                "must hold at least one value per sample",
+                f"shape {_shape(t)}",
+                "check that the data has target columns and the model's last layer has outputs",
+            )
+        )
 
 
 def _check_target_basics(loss: str, pred: Tensor | None, target: object) -> None:
