@@ -616,6 +616,13 @@ def test_class_weight_problems():
         InputError, match=esc("pos_weight must be a number or hold one weight per target column")
     ):
         L.binary_cross_entropy(randn(4, 2), torch.rand(4, 2), pos_weight=torch.ones(3))
+    # targets (N,) are one column: N weights would weigh each sample's positive instead (and
+    # fail on the next batch of another size), so only one weight is accepted
+    with pytest.raises(
+        InputError, match=esc("pos_weight of shape (4,) for targets of shape (4,) — pass 1 weights")
+    ):
+        L.binary_cross_entropy(randn(4), torch.rand(4), pos_weight=torch.ones(4))
+    L.binary_cross_entropy(randn(4), torch.rand(4), pos_weight=torch.ones(1))
 
 
 def test_bad_options_are_config_errors():

@@ -1308,16 +1308,16 @@ def _check_binary_cross_entropy(
                 )
             )
     if pw is not None and pw.ndim == 1:
-        ok = _broadcastable(pw.shape, target.shape)
-        ok = ok and torch.broadcast_shapes(pw.shape, target.shape) == target.shape
-        if not ok:
+        # targets (N,) are one column: N weights would broadcast as one per sample instead
+        columns = target.shape[-1] if target.ndim > 1 else 1
+        if pw.shape[0] not in (1, columns):
             raise InputError(
                 message(
                     f"{loss} pos_weight",
                     "must be a number or hold one weight per target column (the last "
                     "dimension of the targets)",
                     f"pos_weight of shape {_shape(pw)} for targets of shape {_shape(target)}",
-                    f"pass {target.shape[-1] if target.ndim > 1 else 1} weights, or one number",
+                    f"pass {columns} weights, or one number",
                 )
             )
     _check_weight(loss, weight, target.shape[0], reduction, target.device)
