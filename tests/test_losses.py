@@ -800,6 +800,17 @@ def test_num_outputs_needed():
     assert L.num_outputs_needed("ce", torch.zeros(0, dtype=torch.long)) is None
 
 
+def test_num_outputs_needed_refuses_the_targets_the_loss_refuses():
+    # NaN raised "cannot convert float NaN to integer", negative labels needed 0 (or fewer)
+    # outputs, and one-hot targets of 10 classes needed 2 outputs
+    with pytest.raises(InputError, match="cross_entropy targets must be finite"):
+        L.num_outputs_needed("ce", torch.tensor([0.0, float("nan")]))
+    with pytest.raises(InputError, match="2 negative class indices"):
+        L.num_outputs_needed("ce", torch.tensor([-3, -1]))
+    with pytest.raises(InputError, match=esc("these look one-hot; pass targets.argmax(1)")):
+        L.num_outputs_needed("ce", F.one_hot(torch.tensor([0, 9, 3]), 10))
+
+
 def test_docstring_examples_run():
     result = doctest.testmod(L, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 10

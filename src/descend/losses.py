@@ -1725,6 +1725,9 @@ def num_outputs_needed(loss: str | Loss | Callable[..., Tensor], targets: Tensor
     targets of shape (N,), where the model's (N, 1) output is to be squeezed to (N,)). ``None``
     for custom losses and when there is nothing to tell (no targets, all ignored).
 
+    Raises:
+        InputError: class labels the loss refuses (NaN, negative, one-hot...).
+
     Example:
         >>> import torch
         >>> num_outputs_needed("cross_entropy", torch.tensor([0, 3, 9]))
@@ -1739,6 +1742,9 @@ def num_outputs_needed(loss: str | Loss | Callable[..., Tensor], targets: Tensor
     if targets.shape[0] == 0:
         return None
     if base in ("cross_entropy", "nll") and not resolved.kwargs.get("probabilities", False):
+        # the loss's own checks first: NaN, negative or one-hot labels give no count (int(nan)
+        # raised, -1 asked for 0 outputs, one-hot rows of 10 classes for 2)
+        resolved.validate_targets(targets)
         v = targets.detach()
         ignore_index = resolved.kwargs.get("ignore_index")
         if ignore_index is not None:
