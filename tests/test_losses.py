@@ -800,6 +800,17 @@ def test_num_outputs_needed():
     assert L.num_outputs_needed("ce", torch.zeros(0, dtype=torch.long)) is None
 
 
+def test_ignore_index_may_be_a_numpy_integer():
+    # a label taken from an array (np.int64) was refused as "must be an int or None; got -1"
+    x, y = randn(4, 3), torch.tensor([0, -1, 2, 1])
+    ref = F.cross_entropy(x, y, ignore_index=-1)
+    torch.testing.assert_close(L.cross_entropy(x, y, ignore_index=np.int64(-1)), ref)
+    torch.testing.assert_close(L.get("ce", ignore_index=np.int64(-1))(x, y), ref)
+    assert L.num_outputs_needed(L.get("nll", ignore_index=np.int32(-1)), y) == 3
+    with pytest.raises(ConfigError, match="ignore_index must be an int or None"):
+        L.get("ce", ignore_index=-1.0)
+
+
 def test_num_outputs_needed_refuses_the_targets_the_loss_refuses():
     # NaN raised "cannot convert float NaN to integer", negative labels needed 0 (or fewer)
     # outputs, and one-hot targets of 10 classes needed 2 outputs

@@ -60,6 +60,7 @@ from descend._errors import (
     check_in_range,
     check_positive,
     describe,
+    is_int,
     message,
 )
 
@@ -398,7 +399,7 @@ def _check_class_weight(loss: str, class_weight: WeightLike, n_classes: int | No
 def _check_ignore_index(loss: str, ignore_index: object) -> None:
     if ignore_index is None:
         return
-    if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
+    if not is_int(ignore_index):  # a NumPy integer too (a label read from an array)
         raise ConfigError(
             message(
                 f"{loss}: ignore_index",
