@@ -95,6 +95,22 @@ def test_float64_targets_with_float32_pred():
     torch.testing.assert_close(out, F.mse_loss(p, t.float()))
 
 
+@pytest.mark.parametrize("fn", [L.mse, L.mae, L.huber, L.poisson])
+def test_targets_beyond_the_range_of_a_float16_pred(fn):
+    # targets are cast to pred's dtype: 1e5 became inf in float16 and the loss read inf
+    p = torch.zeros(3, dtype=torch.float16)
+    with pytest.raises(
+        InputError,
+        match=esc(
+            f"{fn.__name__} targets must fit pred's dtype torch.float16 (|value| <= 6.55e+04)"
+        )
+        + ".*"
+        + esc("got 1 value beyond it, e.g. 1e+05 at index 1"),
+    ):
+        fn(p, torch.tensor([1.0, 1e5, 2.0]))
+    assert fn(p.bfloat16(), torch.tensor([1.0, 1e5, 2.0])).dtype == torch.bfloat16
+
+
 # ------------------------------------------------------------------------------------------
 # Values: classification losses
 # ------------------------------------------------------------------------------------------

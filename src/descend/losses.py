@@ -790,7 +790,28 @@ def _check_regression(
     if pred is not None:
         _check_same_shape(loss, pred, target)
     _check_finite(loss, "targets", target)
+    if pred is not None and target.dtype != pred.dtype:
+        _check_fits(loss, pred.dtype, target)
     _check_weight(loss, weight, target.shape[0], reduction, target.device)
+
+
+def _check_fits(loss: str, dtype: torch.dtype, target: Tensor) -> None:
+    """Targets are cast to pred's dtype: a float16 pred turns targets beyond 65504 into inf."""
+    big = torch.finfo(dtype).max
+    if torch.finfo(target.dtype).max <= big:
+        return
+    over = target.detach().abs() > big
+    if bool(over.any()):
+        raise InputError(
+            message(
+                f"{loss} targets",
+                f"must fit pred's dtype {dtype} (|value| <= {_num(big)}), to which they are cast",
+                f"{_n(int(over.sum()), 'value')} beyond it, e.g. "
+                f"{_num(float(target.detach()[over][0]))} at index {_first_index(over)}",
+                "scale the targets (e.g. divide by their standard deviation), or compute pred "
+                "in float32 or bfloat16",
+            )
+        )
 
 
 _check_mse = functools.partial(_check_regression, "mse")
