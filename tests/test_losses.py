@@ -403,6 +403,9 @@ def test_non_integral_float_targets_for_class_indices():
         L.cross_entropy(randn(3, 4), torch.tensor([1.0, 0.5, 2.0]))
     with pytest.raises(InputError, match=esc("pass targets.long() for class indices")):
         L.nll(randn(3, 4).log_softmax(1), torch.tensor([1.0, 0.5, 2.0]))
+    # a label a float error away from a whole number was shown rounded: "such as 1"
+    with pytest.raises(InputError, match=esc("non-integer values such as 1.00000012 (the first")):
+        L.cross_entropy(randn(2, 4), torch.tensor([0.0, 1.0000001]))
 
 
 def test_integer_targets_with_probabilities_flag():

@@ -531,7 +531,7 @@ def _check_index_targets(
                     loss,
                     rule,
                     f"floating-point targets ({target.dtype}) with non-integer values such as "
-                    f"{_num(example)} (the first at index {_first_index(frac)})",
+                    f"{example:.9g} (the first at index {_first_index(frac)})",
                     fix,
                 )
             )
