@@ -433,6 +433,9 @@ def test_integer_targets_for_regression():
         ),
     ):
         L.mse(randn(4), torch.tensor([0, 1, 2, 1]))
+    # integer counts are poisson's natural targets, not class labels: no cross_entropy advice
+    with pytest.raises(InputError, match=r"got dtype torch.int64 — pass targets.float\(\)$"):
+        L.poisson(randn(4), torch.tensor([0, 3, 2, 1]))
 
 
 @pytest.mark.parametrize("fn", [L.mse, L.mae, L.huber, L.binary_cross_entropy])

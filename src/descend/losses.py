@@ -783,7 +783,9 @@ def _check_regression(
                 f"{loss} targets",
                 "must be floating-point values",
                 f"dtype {target.dtype}",
-                "pass targets.float(); if these are class labels, use cross_entropy (or "
+                "pass targets.float()"
+                if loss == "poisson"  # integer counts are its natural targets
+                else "pass targets.float(); if these are class labels, use cross_entropy (or "
                 "binary_cross_entropy for 0/1 labels)",
             )
         )
