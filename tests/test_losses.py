@@ -413,6 +413,9 @@ def test_integer_targets_with_probabilities_flag():
         L.cross_entropy(randn(4, 3), labels(4, 3), probabilities=True)
     with pytest.raises(InputError, match=esc("pass targets.float()")):
         L.cross_entropy(randn(4, 3), F.one_hot(labels(4, 3), 3), probabilities=True)
+    # the same labels as floats (read from a CSV) were told to give "one probability per class"
+    with pytest.raises(InputError, match="these look like class indices; drop probabilities=True"):
+        L.cross_entropy(randn(4, 3), labels(4, 3).float(), probabilities=True)
 
 
 def test_bad_probability_targets():

@@ -619,15 +619,13 @@ def _check_probability_targets(loss: str, pred: Tensor | None, target: Tensor) -
     if pred is not None and target.shape != pred.shape:
         if target.shape[0] != pred.shape[0]:
             raise _batch_mismatch(loss, pred, target)
-        raise InputError(
-            message(
-                loss,
-                rule,
-                f"targets of shape {_shape(target)}",
-                f"pass one probability per class and sample; the model outputs {pred.shape[1]} "
-                "classes",
-            )
+        fix = (
+            "these look like class indices; drop probabilities=True"
+            if target.shape == (pred.shape[0], *pred.shape[2:])
+            else f"pass one probability per class and sample; the model outputs {pred.shape[1]} "
+            "classes"
         )
+        raise InputError(message(loss, rule, f"targets of shape {_shape(target)}", fix))
     if pred is None and target.ndim < 2:
         raise InputError(
             message(
