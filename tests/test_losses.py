@@ -803,6 +803,26 @@ def test_user_callable():
         L.get(lambda pred, target: 1.0)(p, t)
 
 
+def test_the_librarys_own_functions_resolve_to_their_registry_entries():
+    # get(losses.cross_entropy) wrapped it as a custom loss (target kind "any", no checks):
+    # fit then left labels {1, 2} unencoded and torch raised "Target 2 is out of bounds"
+    for name, entry in L.REGISTRY.items():
+        assert L.get(entry.fn) is entry, name
+    ce = L.get(L.cross_entropy, probabilities=True)
+    assert (ce.name, ce.target_kind, ce.task) == ("cross_entropy", "float", "classification")
+    assert L.get(L.huber, delta=2.0).kwargs == {"delta": 2.0}
+    with pytest.raises(ConfigError, match="did you mean 'delta'"):
+        L.get(L.huber, detla=1.0)
+
+    class Unhashable:  # a user's callable object need not be hashable
+        __hash__ = None
+
+        def __call__(self, pred, target):
+            return (pred - target).abs().sum()
+
+    assert L.get(Unhashable()).name == "Unhashable"
+
+
 def test_loss_pickles():
     loss = L.get("ce", label_smoothing=0.1)
     again = pickle.loads(pickle.dumps(loss))

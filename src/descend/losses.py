@@ -1675,8 +1675,9 @@ def get(spec: str | Loss | Callable[..., Tensor], **kwargs: Any) -> Loss:
     Args:
         spec: a registry name or alias (case and ``-``/``_`` insensitive: ``"mse"``, ``"l1"``,
             ``"CE"``, ``"binary-cross-entropy"``...), a :class:`Loss` (returned as is, or with
-            ``kwargs`` merged into its options), or any callable ``(pred, target) -> scalar
-            tensor`` (wrapped with its ``__name__``, target kind and task ``"any"``).
+            ``kwargs`` merged into its options), one of the functions of this module (its
+            registry entry), or any callable ``(pred, target) -> scalar tensor`` (wrapped
+            with its ``__name__``, target kind and task ``"any"``).
         **kwargs: options bound to every call, e.g. ``label_smoothing=0.1``, ``delta=2.0``,
             ``class_weight=[1.0, 5.0]``; for a custom callable, extra keyword arguments.
 
@@ -1726,6 +1727,12 @@ def get(spec: str | Loss | Callable[..., Tensor], **kwargs: Any) -> Loss:
                 f"pass an instance: loss={where}{spec.__name__}()",
             )
         )
+    builtin = next((n for fn, n in _BUILTIN_NAMES.items() if fn is spec), None)
+    if builtin is not None:  # (by identity: a user's callable need not be hashable)
+        # the library's own function (loss=losses.cross_entropy) is its registry entry, with
+        # its checks and target kind, not a custom loss the training loop knows nothing of
+        loss = REGISTRY[builtin]
+        return _bind(loss, kwargs) if kwargs else loss
     if callable(spec):
         return Loss(name=_callable_name(spec), fn=spec, kwargs=kwargs)
     raise ConfigError(
