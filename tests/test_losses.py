@@ -845,6 +845,26 @@ def test_num_outputs_needed():
     assert L.num_outputs_needed("ce", torch.zeros(0, dtype=torch.long)) is None
 
 
+def test_weighted_and_ignoring_means_of_float16_do_not_overflow():
+    # the sums of a weighted (or ignore_index) mean were float16: past 65504 they were inf, and
+    # the loss inf/inf = NaN, for a batch whose mean loss is about 1
+    n = 70_000
+    x, y = randn(n, 3), labels(n, 3)
+    y[0] = -100
+    w = weights(n)
+    half = x.half()
+    for value, ref in (
+        (L.cross_entropy(half, y, ignore_index=-100), F.cross_entropy(x, y)),
+        (
+            L.cross_entropy(half, y.clamp(min=0), weight=w),
+            L.cross_entropy(x, y.clamp(min=0), weight=w),
+        ),
+        (L.mse(half[:, 0], half[:, 1], weight=w), L.mse(x[:, 0], x[:, 1], weight=w)),
+    ):
+        assert value.dtype == torch.float16
+        torch.testing.assert_close(value.float(), ref, rtol=2e-3, atol=0)
+
+
 def test_ignore_index_may_be_a_numpy_integer():
     # a label taken from an array (np.int64) was refused as "must be an int or None; got -1"
     x, y = randn(4, 3), torch.tensor([0, -1, 2, 1])

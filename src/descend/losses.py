@@ -672,6 +672,12 @@ def _per_sample(weight: Tensor, losses: Tensor) -> Tensor:
     return w.reshape(w.shape[:1] + (1,) * (losses.ndim - 1))
 
 
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    """The dtype to sum a mean's terms in: float32 for the 16-bit floats, whose sums pass
+    65504 (float16) or lose their digits (bfloat16) long before a batch's loss does."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def _weighted(losses: Tensor, weight: Tensor, reduction: str) -> Tensor:
     """Reduce elementwise ``losses`` (N, ...) with per-sample ``weight`` (N,)."""
     w = _per_sample(weight, losses)
@@ -680,7 +686,9 @@ def _weighted(losses: Tensor, weight: Tensor, reduction: str) -> Tensor:
         return weighted
     if reduction == "sum":
         return weighted.sum()
-    return weighted.sum() / (w.sum() * math.prod(losses.shape[1:]))
+    acc = _acc(losses.dtype)
+    mean = weighted.sum(dtype=acc) / (w.sum(dtype=acc) * math.prod(losses.shape[1:]))
+    return mean.to(losses.dtype)
 
 
 def _weighted_index(
@@ -703,8 +711,9 @@ def _weighted_index(
     if weight is not None:
         w = _per_sample(weight, losses)
         losses, counted = losses * w, counted * w
-    denom = counted.sum()
-    return losses.sum() / denom.masked_fill(denom == 0, 1)
+    acc = _acc(losses.dtype)
+    denom = counted.sum(dtype=acc)
+    return (losses.sum(dtype=acc) / denom.masked_fill(denom == 0, 1)).to(losses.dtype)
 
 
 def _to_pred(value: WeightLike, pred: Tensor) -> Tensor | None:
