@@ -659,6 +659,14 @@ def test_bad_options_are_config_errors():
         L.cross_entropy(randn(2, 2), labels(2, 2), label_smoothing=1.5)
     with pytest.raises(ConfigError, match=r"mse: reduction must be one of .*did you mean 'mean'"):
         L.mse(randn(2), torch.rand(2), reduction="meen")
+    # get() checks a built-in's options eagerly; this pair was refused only at the first call
+    with pytest.raises(
+        ConfigError,
+        match=esc("cross_entropy: ignore_index applies to class-index targets only"),
+    ):
+        L.get("ce", probabilities=True, ignore_index=-100)
+    with pytest.raises(ConfigError, match="ignore_index applies to class-index targets only"):
+        L.cross_entropy(randn(2, 2), torch.rand(2, 2), probabilities=True, ignore_index=-1)
 
 
 def test_validate_false_skips_the_checks():

@@ -1028,8 +1028,10 @@ def poisson(
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_soft_options(loss: str, probabilities: object, label_smoothing: object) -> None:
-    """cross_entropy's ``probabilities`` and ``label_smoothing`` options."""
+def _check_soft_options(
+    loss: str, probabilities: object, label_smoothing: object, ignore_index: object
+) -> None:
+    """cross_entropy's ``probabilities``, ``label_smoothing`` and ``ignore_index`` options."""
     if not isinstance(probabilities, bool):
         raise ConfigError(
             message(f"{loss}: probabilities", "must be True or False", describe(probabilities))
@@ -1043,6 +1045,16 @@ def _check_soft_options(loss: str, probabilities: object, label_smoothing: objec
         high_inclusive=True,
         example="label_smoothing=0.1",
     )
+    _check_ignore_index(loss, ignore_index)
+    if probabilities and ignore_index is not None:
+        raise ConfigError(
+            message(
+                f"{loss}: ignore_index",
+                "applies to class-index targets only",
+                f"ignore_index={ignore_index} with probabilities=True",
+                "drop ignore_index, or give ignored samples weight 0",
+            )
+        )
 
 
 def _check_cross_entropy(
@@ -1058,17 +1070,7 @@ def _check_cross_entropy(
 ) -> None:
     loss = "cross_entropy"
     _check_reduction(loss, reduction)
-    _check_soft_options(loss, probabilities, label_smoothing)
-    _check_ignore_index(loss, ignore_index)
-    if probabilities and ignore_index is not None:
-        raise ConfigError(
-            message(
-                f"{loss}: ignore_index",
-                "applies to class-index targets only",
-                f"ignore_index={ignore_index} with probabilities=True",
-                "drop ignore_index, or give ignored samples weight 0",
-            )
-        )
+    _check_soft_options(loss, probabilities, label_smoothing, ignore_index)
     if pred is not None:
         _check_class_pred(loss, pred)
     _check_target_basics(loss, pred, target)
@@ -1663,7 +1665,10 @@ def _check_options(base: str, options: dict[str, Any]) -> None:
         check_positive("delta", options.get("delta", 1.0), owner="huber")
     if base == "cross_entropy":
         _check_soft_options(
-            base, options.get("probabilities", False), options.get("label_smoothing", 0.0)
+            base,
+            options.get("probabilities", False),
+            options.get("label_smoothing", 0.0),
+            options.get("ignore_index"),
         )
     if base in ("cross_entropy", "nll"):
         _check_ignore_index(base, options.get("ignore_index"))
