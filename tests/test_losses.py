@@ -95,6 +95,22 @@ def test_float64_targets_with_float32_pred():
     torch.testing.assert_close(out, F.mse_loss(p, t.float()))
 
 
+@pytest.mark.parametrize("fn", [L.mse, L.mae, L.huber, L.poisson])
+def test_targets_beyond_the_range_of_a_float16_pred(fn):
+    # targets are cast to pred's dtype: 1e5 became inf in float16 and the loss read inf
+    p = torch.zeros(3, dtype=torch.float16)
+    with pytest.raises(
+        InputError,
+        match=esc(
+            f"{fn.__name__} targets must fit pred's dtype torch.float16 (|value| <= 6.55e+04)"
+        )
+        + ".*"
+        + esc("got 1 value beyond it, e.g. 1e+05 at index 1"),
+    ):
+        fn(p, torch.tensor([1.0, 1e5, 2.0]))
+    assert fn(p.bfloat16(), torch.tensor([1.0, 1e5, 2.0])).dtype == torch.bfloat16
+
+
 # ------------------------------------------------------------------------------------------
 # Values: classification losses
 # ------------------------------------------------------------------------------------------
@@ -387,6 +403,9 @@ def test_non_integral_float_targets_for_class_indices():
         L.cross_entropy(randn(3, 4), torch.tensor([1.0, 0.5, 2.0]))
     with pytest.raises(InputError, match=esc("pass targets.long() for class indices")):
         L.nll(randn(3, 4).log_softmax(1), torch.tensor([1.0, 0.5, 2.0]))
+    # a label a float error away from a whole number was shown rounded: "such as 1"
+    with pytest.raises(InputError, match=esc("non-integer values such as 1.00000012 (the first")):
+        L.cross_entropy(randn(2, 4), torch.tensor([0.0, 1.0000001]))
 
 
 def test_integer_targets_with_probabilities_flag():
@@ -394,6 +413,9 @@ def test_integer_targets_with_probabilities_flag():
         L.cross_entropy(randn(4, 3), labels(4, 3), probabilities=True)
     with pytest.raises(InputError, match=esc("pass targets.float()")):
         L.cross_entropy(randn(4, 3), F.one_hot(labels(4, 3), 3), probabilities=True)
+    # the same labels as floats (read from a CSV) were told to give "one probability per class"
+    with pytest.raises(InputError, match="these look like class indices; drop probabilities=True"):
+        L.cross_entropy(randn(4, 3), labels(4, 3).float(), probabilities=True)
 
 
 def test_bad_probability_targets():
@@ -414,6 +436,9 @@ def test_integer_targets_for_regression():
         ),
     ):
         L.mse(randn(4), torch.tensor([0, 1, 2, 1]))
+    # integer counts are poisson's natural targets, not class labels: no cross_entropy advice
+    with pytest.raises(InputError, match=r"got dtype torch.int64 — pass targets.float\(\)$"):
+        L.poisson(randn(4), torch.tensor([0, 3, 2, 1]))
 
 
 @pytest.mark.parametrize("fn", [L.mse, L.mae, L.huber, L.binary_cross_entropy])
@@ -523,6 +548,25 @@ def test_empty_batch(fn):
 
 
 @pytest.mark.parametrize("fn", list(L.REGISTRY.values()), ids=list(L.REGISTRY))
+def test_samples_without_values(fn):
+    # (N, 0): mse read NaN (a mean over nothing) and binary_cross_entropy raised torch's
+    # "min(): Expected reduction dim to be specified"
+    pred = torch.zeros(4, 0)
+    target = torch.zeros(4, 0) if fn.target_kind == "float" else torch.zeros(4, dtype=torch.long)
+    with pytest.raises(
+        InputError,
+        match=esc("pred must hold at least one value per sample; got shape (4, 0)"),
+    ):
+        fn(pred, target)
+    if fn.target_kind == "float":
+        with pytest.raises(
+            InputError,
+            match=esc("targets must hold at least one value per sample; got shape (4, 0)"),
+        ):
+            fn.validate_targets(torch.zeros(4, 0))
+
+
+@pytest.mark.parametrize("fn", list(L.REGISTRY.values()), ids=list(L.REGISTRY))
 def test_pred_not_floating_point(fn):
     pred = torch.ones(4, 3, dtype=torch.long)
     target = torch.rand(4, 3) if fn.target_kind == "float" else labels(4, 3)
@@ -597,6 +641,13 @@ def test_class_weight_problems():
         InputError, match=esc("pos_weight must be a number or hold one weight per target column")
     ):
         L.binary_cross_entropy(randn(4, 2), torch.rand(4, 2), pos_weight=torch.ones(3))
+    # targets (N,) are one column: N weights would weigh each sample's positive instead (and
+    # fail on the next batch of another size), so only one weight is accepted
+    with pytest.raises(
+        InputError, match=esc("pos_weight of shape (4,) for targets of shape (4,) — pass 1 weights")
+    ):
+        L.binary_cross_entropy(randn(4), torch.rand(4), pos_weight=torch.ones(4))
+    L.binary_cross_entropy(randn(4), torch.rand(4), pos_weight=torch.ones(1))
 
 
 def test_bad_options_are_config_errors():
@@ -608,6 +659,14 @@ def test_bad_options_are_config_errors():
         L.cross_entropy(randn(2, 2), labels(2, 2), label_smoothing=1.5)
     with pytest.raises(ConfigError, match=r"mse: reduction must be one of .*did you mean 'mean'"):
         L.mse(randn(2), torch.rand(2), reduction="meen")
+    # get() checks a built-in's options eagerly; this pair was refused only at the first call
+    with pytest.raises(
+        ConfigError,
+        match=esc("cross_entropy: ignore_index applies to class-index targets only"),
+    ):
+        L.get("ce", probabilities=True, ignore_index=-100)
+    with pytest.raises(ConfigError, match="ignore_index applies to class-index targets only"):
+        L.cross_entropy(randn(2, 2), torch.rand(2, 2), probabilities=True, ignore_index=-1)
 
 
 def test_validate_false_skips_the_checks():
@@ -752,6 +811,26 @@ def test_user_callable():
         L.get(lambda pred, target: 1.0)(p, t)
 
 
+def test_the_librarys_own_functions_resolve_to_their_registry_entries():
+    # get(losses.cross_entropy) wrapped it as a custom loss (target kind "any", no checks):
+    # fit then left labels {1, 2} unencoded and torch raised "Target 2 is out of bounds"
+    for name, entry in L.REGISTRY.items():
+        assert L.get(entry.fn) is entry, name
+    ce = L.get(L.cross_entropy, probabilities=True)
+    assert (ce.name, ce.target_kind, ce.task) == ("cross_entropy", "float", "classification")
+    assert L.get(L.huber, delta=2.0).kwargs == {"delta": 2.0}
+    with pytest.raises(ConfigError, match="did you mean 'delta'"):
+        L.get(L.huber, detla=1.0)
+
+    class Unhashable:  # a user's callable object need not be hashable
+        __hash__ = None
+
+        def __call__(self, pred, target):
+            return (pred - target).abs().sum()
+
+    assert L.get(Unhashable()).name == "Unhashable"
+
+
 def test_loss_pickles():
     loss = L.get("ce", label_smoothing=0.1)
     again = pickle.loads(pickle.dumps(loss))
@@ -772,6 +851,48 @@ def test_num_outputs_needed():
     assert L.num_outputs_needed("mse", torch.rand(4, 2)) == 2
     assert L.num_outputs_needed(lambda p, t: (p - t).sum(), torch.rand(4)) is None
     assert L.num_outputs_needed("ce", torch.zeros(0, dtype=torch.long)) is None
+
+
+def test_weighted_and_ignoring_means_of_float16_do_not_overflow():
+    # the sums of a weighted (or ignore_index) mean were float16: past 65504 they were inf, and
+    # the loss inf/inf = NaN, for a batch whose mean loss is about 1
+    n = 70_000
+    x, y = randn(n, 3), labels(n, 3)
+    y[0] = -100
+    w = weights(n)
+    half = x.half()
+    for value, ref in (
+        (L.cross_entropy(half, y, ignore_index=-100), F.cross_entropy(x, y)),
+        (
+            L.cross_entropy(half, y.clamp(min=0), weight=w),
+            L.cross_entropy(x, y.clamp(min=0), weight=w),
+        ),
+        (L.mse(half[:, 0], half[:, 1], weight=w), L.mse(x[:, 0], x[:, 1], weight=w)),
+    ):
+        assert value.dtype == torch.float16
+        torch.testing.assert_close(value.float(), ref, rtol=2e-3, atol=0)
+
+
+def test_ignore_index_may_be_a_numpy_integer():
+    # a label taken from an array (np.int64) was refused as "must be an int or None; got -1"
+    x, y = randn(4, 3), torch.tensor([0, -1, 2, 1])
+    ref = F.cross_entropy(x, y, ignore_index=-1)
+    torch.testing.assert_close(L.cross_entropy(x, y, ignore_index=np.int64(-1)), ref)
+    torch.testing.assert_close(L.get("ce", ignore_index=np.int64(-1))(x, y), ref)
+    assert L.num_outputs_needed(L.get("nll", ignore_index=np.int32(-1)), y) == 3
+    with pytest.raises(ConfigError, match="ignore_index must be an int or None"):
+        L.get("ce", ignore_index=-1.0)
+
+
+def test_num_outputs_needed_refuses_the_targets_the_loss_refuses():
+    # NaN raised "cannot convert float NaN to integer", negative labels needed 0 (or fewer)
+    # outputs, and one-hot targets of 10 classes needed 2 outputs
+    with pytest.raises(InputError, match="cross_entropy targets must be finite"):
+        L.num_outputs_needed("ce", torch.tensor([0.0, float("nan")]))
+    with pytest.raises(InputError, match="2 negative class indices"):
+        L.num_outputs_needed("ce", torch.tensor([-3, -1]))
+    with pytest.raises(InputError, match=esc("these look one-hot; pass targets.argmax(1)")):
+        L.num_outputs_needed("ce", F.one_hot(torch.tensor([0, 9, 3]), 10))
 
 
 def test_docstring_examples_run():
@@ -863,3 +984,25 @@ def test_a_loss_class_is_told_to_be_an_instance():
     with pytest.raises(ConfigError, match=esc("pass an instance: loss=torch.nn.HuberLoss()")):
         descend.fit(torch.nn.Linear(3, 1), (X, X.sum(1)), torch.nn.HuberLoss, epochs=1, verbose=0)
     assert L.get(torch.nn.MSELoss()).name == "MSELoss"  # an instance is a loss
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_a_batch_whose_labels_are_all_ignored_has_mean_zero_not_nan(weighted):
+    # torch's mean over no counted label is 0/0 = NaN: a training batch of padding only (fit
+    # keeps ignored rows) read as divergence and rolled the run back until it stopped
+    x = randn(3, 4, 5, dtype=torch.float64).requires_grad_()
+    y = torch.full((3, 5), -100)
+    w = weights(3, dtype=torch.float64) if weighted else None
+    for fn, pred in ((L.cross_entropy, x), (L.nll, x.log_softmax(1))):
+        value = fn(pred, y, ignore_index=-100, weight=w)
+        assert value.item() == 0.0
+        (g,) = torch.autograd.grad(value, x)
+        assert bool((g == 0).all())
+    value = L.cross_entropy(x, y, ignore_index=-100, label_smoothing=0.2, weight=w)
+    assert value.item() == 0.0
+    # a batch with a counted label still gets torch's mean, to rounding
+    y[1, 2] = 3
+    torch.testing.assert_close(
+        L.cross_entropy(x, y, ignore_index=-100, label_smoothing=0.2),
+        F.cross_entropy(x, y, ignore_index=-100, label_smoothing=0.2),
+    )

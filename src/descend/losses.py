@@ -60,6 +60,7 @@ from descend._errors import (
     check_in_range,
     check_positive,
     describe,
+    is_int,
     message,
 )
 
@@ -179,6 +180,15 @@ def _check_batch(loss: str, role: str, t: Tensor, scalar_fix: str) -> None:
                 "must hold at least one sample",
                 f"an empty batch of shape {_shape(t)}",
                 "check the data split and the batch slicing; a batch needs N >= 1 samples",
+            )
+        )
+    if t.numel() == 0:  # (N, 0): a mean over no element is NaN, and no class can be scored
+        raise InputError(
+            message(
+                f"{loss} {role}",
+                "must hold at least one value per sample",
+                f"shape {_shape(t)}",
+                "check that the data has target columns and the model's last layer has outputs",
             )
         )
 
@@ -389,7 +399,7 @@ def _check_class_weight(loss: str, class_weight: WeightLike, n_classes: int | No
 def _check_ignore_index(loss: str, ignore_index: object) -> None:
     if ignore_index is None:
         return
-    if not isinstance(ignore_index, int) or isinstance(ignore_index, bool):
+    if not is_int(ignore_index):  # a NumPy integer too (a label read from an array)
         raise ConfigError(
             message(
                 f"{loss}: ignore_index",
@@ -521,7 +531,7 @@ def _check_index_targets(
                     loss,
                     rule,
                     f"floating-point targets ({target.dtype}) with non-integer values such as "
-                    f"{_num(example)} (the first at index {_first_index(frac)})",
+                    f"{example:.9g} (the first at index {_first_index(frac)})",
                     fix,
                 )
             )
@@ -609,15 +619,13 @@ def _check_probability_targets(loss: str, pred: Tensor | None, target: Tensor) -
     if pred is not None and target.shape != pred.shape:
         if target.shape[0] != pred.shape[0]:
             raise _batch_mismatch(loss, pred, target)
-        raise InputError(
-            message(
-                loss,
-                rule,
-                f"targets of shape {_shape(target)}",
-                f"pass one probability per class and sample; the model outputs {pred.shape[1]} "
-                "classes",
-            )
+        fix = (
+            "these look like class indices; drop probabilities=True"
+            if target.shape == (pred.shape[0], *pred.shape[2:])
+            else f"pass one probability per class and sample; the model outputs {pred.shape[1]} "
+            "classes"
         )
+        raise InputError(message(loss, rule, f"targets of shape {_shape(target)}", fix))
     if pred is None and target.ndim < 2:
         raise InputError(
             message(
@@ -664,6 +672,12 @@ def _per_sample(weight: Tensor, losses: Tensor) -> Tensor:
     return w.reshape(w.shape[:1] + (1,) * (losses.ndim - 1))
 
 
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    """The dtype to sum a mean's terms in: float32 for the 16-bit floats, whose sums pass
+    65504 (float16) or lose their digits (bfloat16) long before a batch's loss does."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def _weighted(losses: Tensor, weight: Tensor, reduction: str) -> Tensor:
     """Reduce elementwise ``losses`` (N, ...) with per-sample ``weight`` (N,)."""
     w = _per_sample(weight, losses)
@@ -672,27 +686,34 @@ def _weighted(losses: Tensor, weight: Tensor, reduction: str) -> Tensor:
         return weighted
     if reduction == "sum":
         return weighted.sum()
-    return weighted.sum() / (w.sum() * math.prod(losses.shape[1:]))
+    acc = _acc(losses.dtype)
+    mean = weighted.sum(dtype=acc) / (w.sum(dtype=acc) * math.prod(losses.shape[1:]))
+    return mean.to(losses.dtype)
 
 
 def _weighted_index(
     losses: Tensor,
     target: Tensor,
-    weight: Tensor,
+    weight: Tensor | None,
     class_weight: Tensor | None,
     ignore_index: int,
     reduction: str,
 ) -> Tensor:
-    """Like torch's class-weighted mean, times per-sample weights: the denominator is
-    ``sum_i w_i * class_weight[y_i]`` over the samples not ignored."""
+    """Like torch's class-weighted mean, times per-sample weights (if any): the denominator is
+    ``sum_i w_i * class_weight[y_i]`` over the samples not ignored. A batch that counts nothing
+    (every label ignored) has mean 0 and no gradient, not torch's 0/0 = NaN, which the training
+    loop would take for divergence."""
     if reduction != "mean":
-        return _weighted(losses, weight, reduction)
-    w = _per_sample(weight, losses)
-    weighted = losses * w
+        return losses if weight is None else _weighted(losses, weight, reduction)
     counted = (target != ignore_index).to(losses.dtype)
     if class_weight is not None:
         counted = counted * class_weight[target.clamp(0, class_weight.shape[0] - 1)]
-    return weighted.sum() / (counted * w).sum()
+    if weight is not None:
+        w = _per_sample(weight, losses)
+        losses, counted = losses * w, counted * w
+    acc = _acc(losses.dtype)
+    denom = counted.sum(dtype=acc)
+    return (losses.sum(dtype=acc) / denom.masked_fill(denom == 0, 1)).to(losses.dtype)
 
 
 def _to_pred(value: WeightLike, pred: Tensor) -> Tensor | None:
@@ -735,11 +756,12 @@ def _index_loss(
     **options: Any,
 ) -> Tensor:
     """``fn`` (``F.cross_entropy`` or ``F.nll_loss``) on class-index targets: torch's
-    class-weighted reduction, or :func:`_weighted_index` with per-sample weights."""
+    class-weighted reduction, or :func:`_weighted_index` with per-sample weights or ignored
+    labels (whose batch may count no label at all)."""
     cw = _to_pred(class_weight, pred)
     target = _as_index(target)
     ii = _TORCH_IGNORE_INDEX if ignore_index is None else ignore_index
-    if sample_weight is None:
+    if sample_weight is None and (ignore_index is None or reduction != "mean"):
         return fn(pred, target, weight=cw, ignore_index=ii, reduction=reduction, **options)
     losses = fn(pred, target, weight=cw, ignore_index=ii, reduction="none", **options)
     return _weighted_index(losses, target, sample_weight, cw, ii, reduction)
@@ -768,14 +790,37 @@ def _check_regression(
                 f"{loss} targets",
                 "must be floating-point values",
                 f"dtype {target.dtype}",
-                "pass targets.float(); if these are class labels, use cross_entropy (or "
+                "pass targets.float()"
+                if loss == "poisson"  # integer counts are its natural targets
+                else "pass targets.float(); if these are class labels, use cross_entropy (or "
                 "binary_cross_entropy for 0/1 labels)",
             )
         )
     if pred is not None:
         _check_same_shape(loss, pred, target)
     _check_finite(loss, "targets", target)
+    if pred is not None and target.dtype != pred.dtype:
+        _check_fits(loss, pred.dtype, target)
     _check_weight(loss, weight, target.shape[0], reduction, target.device)
+
+
+def _check_fits(loss: str, dtype: torch.dtype, target: Tensor) -> None:
+    """Targets are cast to pred's dtype: a float16 pred turns targets beyond 65504 into inf."""
+    big = torch.finfo(dtype).max
+    if torch.finfo(target.dtype).max <= big:
+        return
+    over = target.detach().abs() > big
+    if bool(over.any()):
+        raise InputError(
+            message(
+                f"{loss} targets",
+                f"must fit pred's dtype {dtype} (|value| <= {_num(big)}), to which they are cast",
+                f"{_n(int(over.sum()), 'value')} beyond it, e.g. "
+                f"{_num(float(target.detach()[over][0]))} at index {_first_index(over)}",
+                "scale the targets (e.g. divide by their standard deviation), or compute pred "
+                "in float32 or bfloat16",
+            )
+        )
 
 
 _check_mse = functools.partial(_check_regression, "mse")
@@ -983,8 +1028,10 @@ def poisson(
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_soft_options(loss: str, probabilities: object, label_smoothing: object) -> None:
-    """cross_entropy's ``probabilities`` and ``label_smoothing`` options."""
+def _check_soft_options(
+    loss: str, probabilities: object, label_smoothing: object, ignore_index: object
+) -> None:
+    """cross_entropy's ``probabilities``, ``label_smoothing`` and ``ignore_index`` options."""
     if not isinstance(probabilities, bool):
         raise ConfigError(
             message(f"{loss}: probabilities", "must be True or False", describe(probabilities))
@@ -998,6 +1045,16 @@ def _check_soft_options(loss: str, probabilities: object, label_smoothing: objec
         high_inclusive=True,
         example="label_smoothing=0.1",
     )
+    _check_ignore_index(loss, ignore_index)
+    if probabilities and ignore_index is not None:
+        raise ConfigError(
+            message(
+                f"{loss}: ignore_index",
+                "applies to class-index targets only",
+                f"ignore_index={ignore_index} with probabilities=True",
+                "drop ignore_index, or give ignored samples weight 0",
+            )
+        )
 
 
 def _check_cross_entropy(
@@ -1013,17 +1070,7 @@ def _check_cross_entropy(
 ) -> None:
     loss = "cross_entropy"
     _check_reduction(loss, reduction)
-    _check_soft_options(loss, probabilities, label_smoothing)
-    _check_ignore_index(loss, ignore_index)
-    if probabilities and ignore_index is not None:
-        raise ConfigError(
-            message(
-                f"{loss}: ignore_index",
-                "applies to class-index targets only",
-                f"ignore_index={ignore_index} with probabilities=True",
-                "drop ignore_index, or give ignored samples weight 0",
-            )
-        )
+    _check_soft_options(loss, probabilities, label_smoothing, ignore_index)
     if pred is not None:
         _check_class_pred(loss, pred)
     _check_target_basics(loss, pred, target)
@@ -1072,8 +1119,8 @@ def cross_entropy(
     ``(1 - eps) * t + eps / C`` and ``l = -sum_k c[k] * t[k] * log p[k]``.
 
     The mean over class-index targets is torch's: ``sum_i w_i l_i / sum_i w_i c[y_i]`` over the
-    samples that are not ignored (``w`` the per-sample weights); over probabilities it is
-    ``sum_i w_i l_i / sum_i w_i``.
+    samples that are not ignored (``w`` the per-sample weights), and 0 for a batch whose labels
+    are all ignored (torch: NaN); over probabilities it is ``sum_i w_i l_i / sum_i w_i``.
 
     Targets: integer class indices are used as given. **Floating-point targets with integral
     values (e.g. labels read from a CSV as 0.0, 1.0, 2.0) are accepted and cast with
@@ -1196,7 +1243,8 @@ def nll(
     """Negative log-likelihood of class indices under log-probabilities.
 
     For one sample with class index ``y`` and class weights ``c``: ``l = -c[y] * pred[y]``. The
-    mean is ``sum_i w_i l_i / sum_i w_i c[y_i]`` over the samples not ignored (torch's).
+    mean is ``sum_i w_i l_i / sum_i w_i c[y_i]`` over the samples not ignored (torch's), 0 if
+    all are ignored.
     ``nll(log_softmax(x), y) == cross_entropy(x, y)``.
 
     Validation also checks that ``pred`` holds log-probabilities (``exp(pred)`` sums to 1 over
@@ -1293,16 +1341,16 @@ def _check_binary_cross_entropy(
                 )
             )
     if pw is not None and pw.ndim == 1:
-        ok = _broadcastable(pw.shape, target.shape)
-        ok = ok and torch.broadcast_shapes(pw.shape, target.shape) == target.shape
-        if not ok:
+        # targets (N,) are one column: N weights would broadcast as one per sample instead
+        columns = target.shape[-1] if target.ndim > 1 else 1
+        if pw.shape[0] not in (1, columns):
             raise InputError(
                 message(
                     f"{loss} pos_weight",
                     "must be a number or hold one weight per target column (the last "
                     "dimension of the targets)",
                     f"pos_weight of shape {_shape(pw)} for targets of shape {_shape(target)}",
-                    f"pass {target.shape[-1] if target.ndim > 1 else 1} weights, or one number",
+                    f"pass {columns} weights, or one number",
                 )
             )
     _check_weight(loss, weight, target.shape[0], reduction, target.device)
@@ -1617,7 +1665,10 @@ def _check_options(base: str, options: dict[str, Any]) -> None:
         check_positive("delta", options.get("delta", 1.0), owner="huber")
     if base == "cross_entropy":
         _check_soft_options(
-            base, options.get("probabilities", False), options.get("label_smoothing", 0.0)
+            base,
+            options.get("probabilities", False),
+            options.get("label_smoothing", 0.0),
+            options.get("ignore_index"),
         )
     if base in ("cross_entropy", "nll"):
         _check_ignore_index(base, options.get("ignore_index"))
@@ -1638,8 +1689,9 @@ def get(spec: str | Loss | Callable[..., Tensor], **kwargs: Any) -> Loss:
     Args:
         spec: a registry name or alias (case and ``-``/``_`` insensitive: ``"mse"``, ``"l1"``,
             ``"CE"``, ``"binary-cross-entropy"``...), a :class:`Loss` (returned as is, or with
-            ``kwargs`` merged into its options), or any callable ``(pred, target) -> scalar
-            tensor`` (wrapped with its ``__name__``, target kind and task ``"any"``).
+            ``kwargs`` merged into its options), one of the functions of this module (its
+            registry entry), or any callable ``(pred, target) -> scalar tensor`` (wrapped
+            with its ``__name__``, target kind and task ``"any"``).
         **kwargs: options bound to every call, e.g. ``label_smoothing=0.1``, ``delta=2.0``,
             ``class_weight=[1.0, 5.0]``; for a custom callable, extra keyword arguments.
 
@@ -1689,6 +1741,12 @@ def get(spec: str | Loss | Callable[..., Tensor], **kwargs: Any) -> Loss:
                 f"pass an instance: loss={where}{spec.__name__}()",
             )
         )
+    builtin = next((n for fn, n in _BUILTIN_NAMES.items() if fn is spec), None)
+    if builtin is not None:  # (by identity: a user's callable need not be hashable)
+        # the library's own function (loss=losses.cross_entropy) is its registry entry, with
+        # its checks and target kind, not a custom loss the training loop knows nothing of
+        loss = REGISTRY[builtin]
+        return _bind(loss, kwargs) if kwargs else loss
     if callable(spec):
         return Loss(name=_callable_name(spec), fn=spec, kwargs=kwargs)
     raise ConfigError(
@@ -1710,6 +1768,9 @@ def num_outputs_needed(loss: str | Loss | Callable[..., Tensor], targets: Tensor
     targets of shape (N,), where the model's (N, 1) output is to be squeezed to (N,)). ``None``
     for custom losses and when there is nothing to tell (no targets, all ignored).
 
+    Raises:
+        InputError: class labels the loss refuses (NaN, negative, one-hot...).
+
     Example:
         >>> import torch
         >>> num_outputs_needed("cross_entropy", torch.tensor([0, 3, 9]))
@@ -1724,6 +1785,9 @@ def num_outputs_needed(loss: str | Loss | Callable[..., Tensor], targets: Tensor
     if targets.shape[0] == 0:
         return None
     if base in ("cross_entropy", "nll") and not resolved.kwargs.get("probabilities", False):
+        # the loss's own checks first: NaN, negative or one-hot labels give no count (int(nan)
+        # raised, -1 asked for 0 outputs, one-hot rows of 10 classes for 2)
+        resolved.validate_targets(targets)
         v = targets.detach()
         ignore_index = resolved.kwargs.get("ignore_index")
         if ignore_index is not None:
