@@ -1675,3 +1675,21 @@ def test_labels_equal_to_ignore_index_stay_ignored(labels):
     with pytest.raises(InputError, match="every training label equals ignore_index=-100"):
         descend.fit(torch.nn.Linear(3, 2), (X, torch.full((160,), -100)), loss, epochs=1,
                     verbose=0)  # fmt: skip
+
+
+def test_a_loss_without_reduction_is_refused_before_training():
+    # A plain MLP's step raised torch's "grad can be implicitly created only for scalar
+    # outputs"; other models got the loop's message only after their first forward pass.
+    X = torch.randn(64, 3)
+    y = X.sum(1, keepdim=True)
+    per_sample = descend.losses.get("mse", reduction="none")
+    mlp = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    for call in (
+        lambda: descend.fit(mlp, (X, y), per_sample, epochs=1, verbose=0),
+        lambda: descend.lr_find(mlp, (X, y), per_sample),
+    ):
+        with pytest.raises(ConfigError, match="must reduce each batch to one number"):
+            call()
+    summed = descend.losses.get("mse", reduction="sum")
+    r = descend.fit(mlp, (X, y), summed, epochs=1, lr=1e-3, verbose=0)
+    assert r.epochs == 1 and math.isfinite(r.history.train_loss[0])

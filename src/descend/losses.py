@@ -1759,6 +1759,23 @@ def get(spec: str | Loss | Callable[..., Tensor], **kwargs: Any) -> Loss:
     )
 
 
+def check_reduces(loss: Loss, owner: str) -> Loss:
+    """``loss``, if it reduces a batch to one number (what training differentiates); a library
+    loss given ``reduction="none"`` is refused, naming the fix. (A plain MLP's training step
+    raised torch's "grad can be implicitly created only for scalar outputs" at the first batch.)
+    """
+    if loss.kwargs.get("reduction", "mean") == "none":
+        raise ConfigError(
+            message(
+                f"{owner}: loss ({loss.name})",
+                "must reduce each batch to one number",
+                "reduction='none' (one loss per sample)",
+                "drop reduction= (the mean), or pass reduction='sum'",
+            )
+        )
+    return loss
+
+
 def num_outputs_needed(loss: str | Loss | Callable[..., Tensor], targets: Tensor) -> int | None:
     """How many output units per sample the model needs for ``loss`` on ``targets``.
 

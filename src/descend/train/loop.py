@@ -2779,7 +2779,7 @@ def fit(
     module = _as_module(model, params)
     _check_trainable(module)
     callbacks = _callbacks(callbacks)
-    loss_obj = L.get(loss)
+    loss_obj = L.check_reduces(L.get(loss), "fit")
     dev = D.resolve_device(device, module)
     # Train on `dev`, but hand the model back where the caller had it: code written against a
     # CPU model keeps working after fit on a machine that happens to have a GPU (Lightning

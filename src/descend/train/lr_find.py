@@ -544,7 +544,7 @@ def lr_find(
     from descend.train.loop import _data_dtype, _split_batches
 
     make_tx, name = _make_tx(optimizer)
-    loss_obj = L.get(loss)
+    loss_obj = L.check_reduces(L.get(loss), owner)
     # Under torchrun the sweep is data-parallel like fit (one curve, the same on every
     # process; rank 0 saves the plot), not N sweeps writing one file.
     world, device = dist_.join(device)
