@@ -185,3 +185,23 @@ def test_params_with_nothing_to_optimize_are_refused(params, says, method):
     and 'expected sequence of length 2 at dim 1 (got 1)' from inside torch.as_tensor."""
     with pytest.raises(ConfigError, match=re.escape(says)):
         descend.minimize(lambda p: torch.tensor(0.0, requires_grad=True), params, method=method)
+
+
+def test_lbfgs_reports_the_gradient_at_the_point_it_returns():
+    """The norm was read from the .grad of the line search's last trial, not the accepted
+    point: runs stopped as 'Converged: the gradient norm fell below gtol' where it had not."""
+    g = torch.Generator().manual_seed(6)
+    A = torch.randn(5, 5, dtype=torch.float64, generator=g)
+    x0 = torch.randn(5, dtype=torch.float64, generator=g)
+
+    def f(x):
+        return torch.logsumexp(A @ x, 0) + (x**4).sum()
+
+    r = descend.minimize(f, x0)
+    assert r.history.step_loss[-1] == r.best_loss  # the last record is the returned point
+    x = r.params["x"].clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(f(x), x)
+    assert r.history.step_grad_norm[-1] == pytest.approx(float(grad.norm()), rel=1e-3, abs=1e-15)
+    if "fell below gtol" in r.stop_message:
+        assert float(grad.norm()) < 1e-9
+

@@ -266,17 +266,18 @@ def minimize(
             done = 0  # L-BFGS iterations (each opt.step runs up to 20 of them)
             while done < steps:
                 opt.param_groups[0]["max_iter"] = min(20, steps - done)
-                v = opt.step(closure)
+                opt.step(closure)
                 done = int(opt.state[plist[0]].get("n_iter", done + 1)) if plist else steps
-                with torch.no_grad():
-                    value = float(_call(fn, p, kind))
+                # value and gradient at the point L-BFGS ended on: the .grad it leaves is that of
+                # the line search's last trial, which need not be the point it accepted
+                with torch.enable_grad():
+                    value = float(closure().detach())
                 grads = [q.grad for q in plist if q.grad is not None]
                 gn = (
                     float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
                     if grads
                     else 0.0
                 )
-                del v
                 record(value, gn, 1.0)
                 if not math.isfinite(value):
                     reason = StopReason.DIVERGED
