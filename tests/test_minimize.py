@@ -205,3 +205,10 @@ def test_lbfgs_reports_the_gradient_at_the_point_it_returns():
     if "fell below gtol" in r.stop_message:
         assert float(grad.norm()) < 1e-9
 
+
+def test_patience_counts_steps_that_fail_to_improve_not_the_start():
+    """The first evaluation (the start itself) was counted as a step that did not improve on
+    the start: patience=1 stopped before taking any step."""
+    f = lambda x: ((x - 1) ** 2).sum()  # noqa: E731
+    r = descend.minimize(f, torch.zeros(2), method=descend.optim.adam(lr=0.1), patience=1)
+    assert r.best_loss < 2.0 and len(r.history.step_loss) > 1

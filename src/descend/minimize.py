@@ -312,7 +312,7 @@ def minimize(
             )
             state = tx.init(p)
             lr_state = find_lr_state(state)
-            for _ in range(steps):
+            for i in range(steps):
                 v = _call(fn, p, kind)
                 grads = torch.autograd.grad(v, plist, allow_unused=True)
                 g = {k: gr for k, gr in zip(p, grads) if gr is not None}
@@ -323,6 +323,8 @@ def minimize(
                 )
                 value = float(v.detach())
                 record(value, gn, float(lr_state["lr"]) if lr_state else math.nan)
+                if i == 0:  # the starting point, not a step that failed to improve on it
+                    since = 0
                 if not math.isfinite(value):
                     reason = StopReason.DIVERGED
                     break
