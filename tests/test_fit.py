@@ -1675,3 +1675,26 @@ def test_labels_equal_to_ignore_index_stay_ignored(labels):
     with pytest.raises(InputError, match="every training label equals ignore_index=-100"):
         descend.fit(torch.nn.Linear(3, 2), (X, torch.full((160,), -100)), loss, epochs=1,
                     verbose=0)  # fmt: skip
+
+
+def test_on_fit_end_runs_when_an_error_follows_a_decided_stop():
+    """A callback failing in the epoch where early stopping had fired skipped on_fit_end (the
+    finally tested ``reason is None``): a progress bar was left running, the best weights
+    were not put back."""
+    said = []
+
+    class Boom(descend.Callback):
+        def on_epoch_end(self, loop):
+            raise RuntimeError("boom")
+
+        def on_fit_end(self, loop):
+            said.append(loop.stop_message)
+
+    X = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
+    model = torch.nn.Linear(3, 1)
+    torch.nn.init.zeros_(model.weight)
+    torch.nn.init.zeros_(model.bias)  # at the optimum of y = 0: it stops after epoch 1
+    with pytest.raises(RuntimeError, match="boom"):
+        descend.fit(model, (X, torch.zeros(64)), "mse", lr=1e-2, epochs=5, patience=1,
+                    verbose=0, callbacks=[Boom()])  # fmt: skip
+    assert len(said) == 1 and said[0].startswith("Training failed with an error")

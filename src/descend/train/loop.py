@@ -2194,6 +2194,7 @@ class Loop:
         else:
             # The starting point counts as "epoch 0" so a run that only gets worse keeps it.
             self._save_best()
+        finished = False  # not ``reason is None``: an error can follow a decided stop
         try:
             with self._signals():
                 for cb in self.callbacks:
@@ -2225,10 +2226,11 @@ class Loop:
                 ):
                     # The final state is always on disk ("auto" may have skipped this epoch).
                     self.save_checkpoint()
+            finished = True
         except KeyboardInterrupt:
-            reason = StopReason.INTERRUPTED
+            reason, finished = StopReason.INTERRUPTED, True
         finally:
-            if reason is None:  # an exception is propagating: still restore and tell callbacks
+            if not finished:  # an exception is propagating: still restore and tell callbacks
                 self._restore_best()
                 self.stop_message = "Training failed with an error; " + (
                     "restored the best weights."
