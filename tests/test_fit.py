@@ -1698,3 +1698,21 @@ def test_on_fit_end_runs_when_an_error_follows_a_decided_stop():
         descend.fit(model, (X, torch.zeros(64)), "mse", lr=1e-2, epochs=5, patience=1,
                     verbose=0, callbacks=[Boom()])  # fmt: skip
     assert len(said) == 1 and said[0].startswith("Training failed with an error")
+
+
+def test_the_plot_of_a_run_stopped_before_its_first_epoch_ended_does_not_warn(tmp_path):
+    """An empty history (a stop asked for in on_fit_start, Ctrl-C in epoch 1) drew no line,
+    and legend() warned 'No artists with labels found' (an error under -W error)."""
+
+    class Stop(descend.Callback):
+        def on_fit_start(self, loop):
+            loop.request_stop("not now")
+
+    X = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
+    r = descend.fit(torch.nn.Linear(3, 1), (X, X.sum(1)), "mse", lr=1e-2, epochs=2, verbose=0,
+                    callbacks=[Stop()])  # fmt: skip
+    assert r.steps == 0 and not r.history.step_loss
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r.history.plot(tmp_path / "none.png")
+    assert (tmp_path / "none.png").stat().st_size > 0

@@ -181,7 +181,8 @@ class History:
         ax.set_ylabel("loss")
         ax.set_title(title or "loss curve", y=1.01)  # a fixed y skips auto-positioning
         ax.grid(alpha=0.3)
-        ax.legend(loc="upper right")
+        if ax.get_legend_handles_labels()[0]:  # a run stopped before its first epoch ended
+            ax.legend(loc="upper right")
         fig.subplots_adjust(left=0.1, right=0.97, top=0.92, bottom=0.12)
         if path is not None:
             fig.savefig(path, dpi=110)
