@@ -1716,3 +1716,18 @@ def test_the_plot_of_a_run_stopped_before_its_first_epoch_ended_does_not_warn(tm
         warnings.simplefilter("error")
         r.history.plot(tmp_path / "none.png")
     assert (tmp_path / "none.png").stat().st_size > 0
+
+
+def test_a_subclass_overriding_on_step_end_of_a_progress_display_is_called():
+    """PlainProgress says wants_steps = False (its on_step_end does nothing); a subclass that
+    overrides on_step_end inherited it, and the loop never called the override."""
+    seen = []
+
+    class Lines(PlainProgress):
+        def on_step_end(self, loop):
+            seen.append(loop.step)
+
+    X = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
+    r = descend.fit(torch.nn.Linear(3, 1), (X, X.sum(1)), "mse", lr=1e-2, epochs=2, verbose=0,
+                    callbacks=[Lines(stream=io.StringIO())])  # fmt: skip
+    assert seen == list(range(1, r.steps + 1))

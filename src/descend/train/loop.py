@@ -51,7 +51,7 @@ from descend._errors import (
 )
 from descend.train import autopilot as _autopilot
 from descend.train._mlp import MLPStep, loss_value
-from descend.train.callbacks import Callback, default_progress
+from descend.train.callbacks import Callback, default_progress, wants_steps
 from descend.train.guard import Guard, clone_tree, copy_pairs
 from descend.train.result import History, Result, StopReason
 from descend.transforms import (
@@ -587,7 +587,7 @@ class Loop:
         self.tol = tol
         self.restore_best = restore_best
         self.callbacks = list(callbacks)
-        self.step_callbacks = [c for c in self.callbacks if getattr(c, "wants_steps", True)]
+        self.step_callbacks = [c for c in self.callbacks if wants_steps(c)]
         self.device = device
         self.seed = seed
         self.precision = precision
