@@ -1731,3 +1731,30 @@ def test_a_subclass_overriding_on_step_end_of_a_progress_display_is_called():
     r = descend.fit(torch.nn.Linear(3, 1), (X, X.sum(1)), "mse", lr=1e-2, epochs=2, verbose=0,
                     callbacks=[Lines(stream=io.StringIO())])  # fmt: skip
     assert seen == list(range(1, r.steps + 1))
+
+
+@pytest.mark.parametrize("stdout", ["none", "bare writer"])
+def test_progress_without_a_terminal_stdout(monkeypatch, stdout):
+    """sys.stdout None (pythonw, a service) or a writer without isatty (a logging shim): the
+    default progress display failed with AttributeError before the first step."""
+    import sys
+
+    class Writer:
+        def __init__(self):
+            self.parts = []
+
+        def write(self, text):
+            self.parts.append(text)
+            return len(text)
+
+        def flush(self):
+            pass
+
+    out = None if stdout == "none" else Writer()
+    monkeypatch.setattr(sys, "stdout", out)
+    X = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
+    r = descend.fit(torch.nn.Linear(3, 1), (X, X.sum(1)), "mse", lr=1e-2, epochs=2, verbose=1)
+    assert r.epochs == 2
+    if out is not None:
+        text = "".join(out.parts)
+        assert "epoch 2/2" in text and r.stop_message in text and "\x1b" not in text

@@ -209,6 +209,8 @@ def default_progress(verbose: int) -> Callback | None:
     lines otherwise, at 1; at 2 the bar also keeps one line per epoch."""
     if verbose <= 0:
         return None
-    if sys.stdout.isatty():
+    # no stdout (pythonw, a service) or a bare writer (a logging shim): not a terminal
+    isatty = getattr(sys.stdout, "isatty", None)
+    if callable(isatty) and isatty():
         return RichProgress(lines=verbose >= 2)
     return PlainProgress()
