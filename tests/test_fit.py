@@ -1758,3 +1758,29 @@ def test_progress_without_a_terminal_stdout(monkeypatch, stdout):
     if out is not None:
         text = "".join(out.parts)
         assert "epoch 2/2" in text and r.stop_message in text and "\x1b" not in text
+
+
+def test_the_stop_sentence_without_validation_says_the_loss_did_not_improve():
+    """Without validation data, patience counts epochs that did not improve on the best
+    training loss; the sentence said the loss 'changed by less than tol', also of a loss that
+    had risen several times over."""
+
+    class Worse(descend.Callback):
+        wants_steps = False
+
+        def on_epoch_end(self, loop):
+            if loop.epoch >= 2:
+                with torch.no_grad():
+                    loop.model.weight.add_(1.0)
+
+    X = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    r = descend.fit(torch.nn.Linear(3, 1), (X, X.sum(1)), "mse", lr=1e-2, epochs=20, patience=3,
+                    verbose=0, validation=None, callbacks=[Worse()])  # fmt: skip
+    assert r.stop_reason is StopReason.CONVERGED and r.epochs < 20
+    assert max(r.history.train_loss[r.best_epoch :]) > 2 * r.best_loss
+    assert "changed by less than" not in r.stop_message
+    assert r.stop_message.startswith(
+        f"Stopped after epoch {r.epochs}: the training loss did not improve by more than 0.0001 "
+        "(relative) for 3 epochs; restored the best weights"
+    )

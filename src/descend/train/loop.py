@@ -1760,8 +1760,8 @@ class Loop:
                     f"{kept}."
                 )
             return (
-                f"Converged after epoch {self.epoch}: the training loss changed by less than "
-                f"{self.tol:g} (relative) for {_epochs(self.patience)}; {kept}."
+                f"Stopped after epoch {self.epoch}: the training loss did not improve by more "
+                f"than {self.tol:g} (relative) for {_epochs(self.patience)}; {kept}."
             )
         if reason is StopReason.MAX_EPOCHS:
             tail = (
