@@ -212,3 +212,14 @@ def test_patience_counts_steps_that_fail_to_improve_not_the_start():
     f = lambda x: ((x - 1) ** 2).sum()  # noqa: E731
     r = descend.minimize(f, torch.zeros(2), method=descend.optim.adam(lr=0.1), patience=1)
     assert r.best_loss < 2.0 and len(r.history.step_loss) > 1
+
+
+def test_an_optimizer_name_without_a_default_rate_is_refused_in_minimize_terms():
+    """method='sgd' was refused as "optim.get('sgd') needs lr ... pass optim.get('sgd',
+    lr=0.01)", a call the user never made; an unknown name's list left out 'lbfgs'."""
+    with pytest.raises(ConfigError, match=re.escape("method=descend.optim.get('sgd', lr=1e-2)")):
+        descend.minimize(rosen, torch.zeros(2), method="sgd")
+    with pytest.raises(ConfigError, match=r"minimize\(method\).*'lbfgs'.*'adam'"):
+        descend.minimize(rosen, torch.zeros(2), method="no_such_optimizer")
+    r = descend.minimize(rosen, torch.zeros(2), method=descend.optim.get("sgd", lr=1e-3), steps=5)
+    assert r.best_loss < 1.0

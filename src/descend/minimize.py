@@ -131,6 +131,29 @@ def _call(fn: Callable, params: dict[str, torch.Tensor], kind: str) -> torch.Ten
     return value.reshape(())
 
 
+def _named(method: str) -> Transform:
+    """A registry optimizer at its defaults, refused in minimize's terms: the user wrote
+    ``method=``, not ``optim.get``, and ``"lbfgs"`` is a name too."""
+    try:
+        return optim.get(method)
+    except ConfigError:
+        try:
+            optim.get(method, lr=1e-2)
+        except ConfigError:
+            rule, got, fix = (
+                "must be 'lbfgs', an optimizer name or a Transform",
+                repr(method),
+                f"use 'lbfgs' or one of {sorted(optim.names())}",
+            )
+        else:
+            rule = "given as a name, must name an optimizer with a default learning rate"
+            got, fix = (
+                f"{method!r}, which has none",
+                f"pass it with its rate: method=descend.optim.get({method!r}, lr=1e-2)",
+            )
+        raise ConfigError(message("minimize(method)", rule, got, fix)) from None
+
+
 def minimize(
     fn: Callable,
     params: Any,
@@ -295,7 +318,7 @@ def minimize(
                     reason = StopReason.MAX_TIME
                     break
         else:
-            tx = optim.get(method) if isinstance(method, str) else method
+            tx = _named(method) if isinstance(method, str) else method
             if not isinstance(tx, Transform):
                 raise ConfigError(
                     message(
