@@ -1784,3 +1784,24 @@ def test_the_stop_sentence_without_validation_says_the_loss_did_not_improve():
         f"Stopped after epoch {r.epochs}: the training loss did not improve by more than 0.0001 "
         "(relative) for 3 epochs; restored the best weights"
     )
+
+
+def test_epoch_records_give_each_epoch_the_rate_of_its_last_step():
+    """epoch_records() split the steps into equal epochs: after a stop cut the last epoch short
+    (4 + 4 + 1 steps), epochs 1 and 2 got the rates of steps 3 and 6; with other counts, no
+    epoch had a rate at all."""
+
+    class Stop(descend.Callback):
+        def on_step_end(self, loop):
+            if loop.step == 9:
+                loop.request_stop("enough")
+
+    X = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
+    r = descend.fit(torch.nn.Linear(3, 1), (X, X.sum(1)), "mse", epochs=5, batch_size=16,
+                    verbose=0, validation=None, callbacks=[Stop()],
+                    optimizer=descend.optim.sgd(lr=0.1, schedule=descend.schedules.cosine(12)))  # fmt: skip
+    h = r.history
+    assert r.steps == 9 and h.epoch_steps == [4, 8, 9]
+    assert [row["lr"] for row in h.epoch_records()] == [h.step_lr[3], h.step_lr[7], h.step_lr[8]]
+    again = descend.History.from_dict(h.to_dict())
+    assert again == h and again.epoch_records() == h.epoch_records()

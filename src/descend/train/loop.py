@@ -1584,6 +1584,7 @@ class Loop:
         train_loss = sum(finite) / len(finite) if finite else math.nan
         self.epoch += 1
         h.epoch.append(self.epoch)
+        h.epoch_steps.append(len(h.step_lr))
         h.train_loss.append(train_loss)
         # Schedule-free optimizers train at one point and average another: evaluate, and keep
         # as "best", the averaged point, then swap back for the next step.

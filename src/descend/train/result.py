@@ -49,6 +49,8 @@ class History:
     ``val_loss``, ``metric`` (validation metric named ``metric_name``; training metric when there
     is no validation data), ``time`` (seconds since the start of ``fit`` at the end of the epoch).
     ``improved``: whether each epoch improved on the best so far (its weights were kept).
+    ``epoch_steps``: how many steps the history held at the end of each epoch (a last epoch cut
+    short by a stop or ``max_time`` has fewer than the others).
     ``events``: notable things that happened (divergence rollbacks, learning-rate changes, ...),
     each a dict with at least ``step``, ``epoch``, ``kind`` and ``message``.
     """
@@ -64,6 +66,7 @@ class History:
     time: list[float] = field(default_factory=list)
     improved: list[bool] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
+    epoch_steps: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serializable dict of the whole history."""
@@ -79,6 +82,7 @@ class History:
             "time": list(self.time),
             "improved": list(self.improved),
             "events": [dict(e) for e in self.events],
+            "epoch_steps": list(self.epoch_steps),
         }
 
     @classmethod
@@ -89,15 +93,19 @@ class History:
         """One dict per epoch (for JSON lines, tables, DataFrames)."""
         rows = []
         n = len(self.epoch)
-        per_epoch = len(self.step_lr) // n if n and len(self.step_lr) % n == 0 else 0
+        if len(self.epoch_steps) == n and n and self.epoch_steps[-1] == len(self.step_lr):
+            ends = self.epoch_steps
+        else:  # a history written before epoch_steps: epochs of equal length, if they can be
+            per_epoch = len(self.step_lr) // n if n and len(self.step_lr) % n == 0 else 0
+            ends = [(i + 1) * per_epoch for i in range(n)] if per_epoch else []
         for i, e in enumerate(self.epoch):
             row: dict[str, Any] = {"epoch": e, "train_loss": self.train_loss[i]}
             if i < len(self.val_loss):
                 row["val_loss"] = self.val_loss[i]
             if i < len(self.metric) and self.metric_name:
                 row[self.metric_name] = self.metric[i]
-            if per_epoch:
-                row["lr"] = self.step_lr[(i + 1) * per_epoch - 1]
+            if ends and ends[i] > 0:
+                row["lr"] = self.step_lr[ends[i] - 1]
             if i < len(self.improved):
                 row["best"] = self.improved[i]
             row["time"] = self.time[i]
