@@ -223,3 +223,15 @@ def test_an_optimizer_name_without_a_default_rate_is_refused_in_minimize_terms()
         descend.minimize(rosen, torch.zeros(2), method="no_such_optimizer")
     r = descend.minimize(rosen, torch.zeros(2), method=descend.optim.get("sgd", lr=1e-3), steps=5)
     assert r.best_loss < 1.0
+
+
+def test_the_last_update_of_the_budget_is_not_thrown_away():
+    """The loop scored a point and then updated it: the budget's last update was never
+    scored, so steps=1 returned the start unchanged and every run lost its last step."""
+    f = lambda x: ((x - 1) ** 2).sum()  # noqa: E731
+    r = descend.minimize(f, torch.zeros(1), method=descend.optim.sgd(lr=0.1), steps=1)
+    assert r.stop_reason is StopReason.MAX_EPOCHS and r.steps == 1
+    assert r.params["x"].item() == pytest.approx(0.2) and r.best_loss == pytest.approx(0.64)
+    assert "Best value 0.64." in r.stop_message
+    r = descend.minimize(f, torch.zeros(1), method=descend.optim.sgd(lr=0.1), steps=3)
+    assert r.params["x"].item() == pytest.approx(1 - 0.8**3)

@@ -368,6 +368,15 @@ def minimize(
                 if max_time is not None and time.perf_counter() - t0 > max_time:
                     reason = StopReason.MAX_TIME
                     break
+            if reason in (StopReason.MAX_EPOCHS, StopReason.MAX_TIME):
+                # the budget ended on an update: its point is scored too (steps=1 returned the
+                # start), though it has no step of its own in the history
+                with torch.no_grad():
+                    value = float(_call(fn, p, kind))
+                if value < best_val:
+                    best_val = value
+                    for k, v in p.items():
+                        best[k].copy_(v.detach())
     except KeyboardInterrupt:
         reason = StopReason.INTERRUPTED
 
