@@ -235,3 +235,12 @@ def test_the_last_update_of_the_budget_is_not_thrown_away():
     assert "Best value 0.64." in r.stop_message
     r = descend.minimize(f, torch.zeros(1), method=descend.optim.sgd(lr=0.1), steps=3)
     assert r.params["x"].item() == pytest.approx(1 - 0.8**3)
+
+
+@pytest.mark.parametrize("method", ["lbfgs", "adam"])
+def test_minimize_works_when_called_under_no_grad(method):
+    """L-BFGS (torch enables grad in its closure) worked under torch.no_grad(); a descend
+    optimizer failed with torch's 'element 0 of tensors does not require grad'."""
+    with torch.no_grad():
+        r = descend.minimize(lambda x: ((x - 1) ** 2).sum(), torch.zeros(2), method=method)
+    assert r.best_loss < 1.5 and r.params["x"].requires_grad is False

@@ -336,7 +336,8 @@ def minimize(
             state = tx.init(p)
             lr_state = find_lr_state(state)
             for i in range(steps):
-                v = _call(fn, p, kind)
+                with torch.enable_grad():  # called under torch.no_grad(), as L-BFGS may be
+                    v = _call(fn, p, kind)
                 grads = torch.autograd.grad(v, plist, allow_unused=True)
                 g = {k: gr for k, gr in zip(p, grads) if gr is not None}
                 gn = (
