@@ -1805,3 +1805,17 @@ def test_epoch_records_give_each_epoch_the_rate_of_its_last_step():
     assert [row["lr"] for row in h.epoch_records()] == [h.step_lr[3], h.step_lr[7], h.step_lr[8]]
     again = descend.History.from_dict(h.to_dict())
     assert again == h and again.epoch_records() == h.epoch_records()
+
+
+def test_the_plot_puts_each_batch_loss_in_its_own_epoch():
+    """The batch losses were spread as if every epoch had the same number of steps: after a
+    stop cut the last epoch short (4 + 4 + 1 steps), epoch 1's last step was drawn at 1.33."""
+    h = descend.History(step_loss=[float(i) for i in range(1, 10)], epoch=[1, 2, 3],
+                        train_loss=[1.0, 2.0, 3.0], time=[1.0, 2.0, 3.0],
+                        epoch_steps=[4, 8, 9])  # fmt: skip
+    fig = h.plot()
+    (line,) = [ln for ln in fig.axes[0].get_lines() if ln.get_label() == "batch loss"]
+    assert list(line.get_xdata()) == pytest.approx([0.25, 0.5, 0.75, 1, 1.25, 1.5, 1.75, 2, 3])
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

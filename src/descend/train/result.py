@@ -144,8 +144,17 @@ class History:
             return "o" if lone else ""
 
         if self.step_loss and n_epochs:
-            steps_per_epoch = len(self.step_loss) / n_epochs
-            xs = [(i + 1) / steps_per_epoch for i in range(len(self.step_loss))]
+            ends = self.epoch_steps
+            if len(ends) == n_epochs and ends[-1] == len(self.step_loss):
+                # each epoch's steps spread over its own span (a last epoch cut short by a
+                # stop has fewer)
+                xs, start = [], 0
+                for e, end in zip(self.epoch, ends):
+                    xs += [e - 1 + (j - start + 1) / (end - start) for j in range(start, end)]
+                    start = end
+            else:
+                steps_per_epoch = len(self.step_loss) / n_epochs
+                xs = [(i + 1) / steps_per_epoch for i in range(len(self.step_loss))]
             ax.plot(xs, self.step_loss, color="tab:blue", alpha=0.25, lw=0.8, label="batch loss")
         elif self.step_loss:  # no epochs (descend.minimize): the objective per step
             ax.plot(
