@@ -104,7 +104,7 @@ def test_stop_sentences_say_which_test_ended_the_run():
     assert r.stop_reason is StopReason.CONVERGED
     assert re.match(
         r"Stopped after \d+ iterations: the objective improved by less than tol=1e-12 "
-        r"\(relative\) for 20 in a row; the gradient norm is [0-9.e-]+\. Best value ",
+        r"\(relative\) for 20 steps in a row; the gradient norm is [0-9.e-]+\. Best value ",
         r.stop_message,
     )
 
@@ -244,3 +244,12 @@ def test_minimize_works_when_called_under_no_grad(method):
     with torch.no_grad():
         r = descend.minimize(lambda x: ((x - 1) ** 2).sum(), torch.zeros(2), method=method)
     assert r.best_loss < 1.5 and r.params["x"].requires_grad is False
+
+
+def test_the_stall_sentence_names_what_it_counted():
+    """It read 'improved by less than tol for 2 in a row' for L-BFGS at patience=20: two of
+    what (its calls of up to 20 iterations), and why not 20?"""
+    f = lambda x: (x.abs() ** 1.5).sum() + 1  # noqa: E731
+    r = descend.minimize(f, torch.ones(2, dtype=torch.float64), tol=1e-3)
+    assert r.stop_reason is StopReason.CONVERGED
+    assert "for 2 L-BFGS calls (of up to 20 iterations) in a row" in r.stop_message

@@ -179,7 +179,8 @@ def minimize(
         steps: the iteration budget (``Result.steps`` counts iterations; L-BFGS's history
             holds one entry per call of up to 20 iterations).
         tol: stop when the objective improves by less than ``tol`` (relative) for ``patience``
-            consecutive steps.
+            consecutive steps; for L-BFGS, ``max(1, patience // 10)`` consecutive calls of up
+            to 20 iterations (its history entries).
         gtol: stop when the gradient norm falls below ``gtol``.
         patience: see ``tol``.
         max_time: wall-clock budget in seconds.
@@ -385,7 +386,11 @@ def minimize(
     if desc.startswith("lbfgs"):
         n = done  # iterations, not the 20-iteration calls the history records
     gn_last = history.step_grad_norm[-1] if history.step_grad_norm else math.nan
-    stall = max(1, patience // 10) if desc.startswith("lbfgs") else patience
+    stall = (
+        f"{max(1, patience // 10)} L-BFGS call{'s' * (patience >= 20)} (of up to 20 iterations)"
+        if desc.startswith("lbfgs")
+        else f"{patience} step{'s' * (patience != 1)}"
+    )
     its = f"{n} iteration{'s' * (n != 1)}"
     if why == "gradient":
         converged = f"Converged after {its}: the gradient norm fell below gtol={gtol:g}."
