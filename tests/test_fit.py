@@ -1693,3 +1693,147 @@ def test_a_loss_without_reduction_is_refused_before_training():
     summed = descend.losses.get("mse", reduction="sum")
     r = descend.fit(mlp, (X, y), summed, epochs=1, lr=1e-3, verbose=0)
     assert r.epochs == 1 and math.isfinite(r.history.train_loss[0])
+
+
+def test_on_fit_end_runs_when_an_error_follows_a_decided_stop():
+    """A callback failing in the epoch where early stopping had fired skipped on_fit_end (the
+    finally tested ``reason is None``): a progress bar was left running, the best weights
+    were not put back."""
+    said = []
+
+    class Boom(descend.Callback):
+        def on_epoch_end(self, loop):
+            raise RuntimeError("boom")
+
+        def on_fit_end(self, loop):
+            said.append(loop.stop_message)
+
+    X = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
+    model = torch.nn.Linear(3, 1)
+    torch.nn.init.zeros_(model.weight)
+    torch.nn.init.zeros_(model.bias)  # at the optimum of y = 0: it stops after epoch 1
+    with pytest.raises(RuntimeError, match="boom"):
+        descend.fit(model, (X, torch.zeros(64)), "mse", lr=1e-2, epochs=5, patience=1,
+                    verbose=0, callbacks=[Boom()])  # fmt: skip
+    assert len(said) == 1 and said[0].startswith("Training failed with an error")
+
+
+def test_the_plot_of_a_run_stopped_before_its_first_epoch_ended_does_not_warn(tmp_path):
+    """An empty history (a stop asked for in on_fit_start, Ctrl-C in epoch 1) drew no line,
+    and legend() warned 'No artists with labels found' (an error under -W error)."""
+
+    class Stop(descend.Callback):
+        def on_fit_start(self, loop):
+            loop.request_stop("not now")
+
+    X = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
+    r = descend.fit(torch.nn.Linear(3, 1), (X, X.sum(1)), "mse", lr=1e-2, epochs=2, verbose=0,
+                    callbacks=[Stop()])  # fmt: skip
+    assert r.steps == 0 and not r.history.step_loss
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r.history.plot(tmp_path / "none.png")
+    assert (tmp_path / "none.png").stat().st_size > 0
+
+
+def test_a_subclass_overriding_on_step_end_of_a_progress_display_is_called():
+    """PlainProgress says wants_steps = False (its on_step_end does nothing); a subclass that
+    overrides on_step_end inherited it, and the loop never called the override."""
+    seen = []
+
+    class Lines(PlainProgress):
+        def on_step_end(self, loop):
+            seen.append(loop.step)
+
+    X = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
+    r = descend.fit(torch.nn.Linear(3, 1), (X, X.sum(1)), "mse", lr=1e-2, epochs=2, verbose=0,
+                    callbacks=[Lines(stream=io.StringIO())])  # fmt: skip
+    assert seen == list(range(1, r.steps + 1))
+
+
+@pytest.mark.parametrize("stdout", ["none", "bare writer"])
+def test_progress_without_a_terminal_stdout(monkeypatch, stdout):
+    """sys.stdout None (pythonw, a service) or a writer without isatty (a logging shim): the
+    default progress display failed with AttributeError before the first step."""
+    import sys
+
+    class Writer:
+        def __init__(self):
+            self.parts = []
+
+        def write(self, text):
+            self.parts.append(text)
+            return len(text)
+
+        def flush(self):
+            pass
+
+    out = None if stdout == "none" else Writer()
+    monkeypatch.setattr(sys, "stdout", out)
+    X = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
+    r = descend.fit(torch.nn.Linear(3, 1), (X, X.sum(1)), "mse", lr=1e-2, epochs=2, verbose=1)
+    assert r.epochs == 2
+    if out is not None:
+        text = "".join(out.parts)
+        assert "epoch 2/2" in text and r.stop_message in text and "\x1b" not in text
+
+
+def test_the_stop_sentence_without_validation_says_the_loss_did_not_improve():
+    """Without validation data, patience counts epochs that did not improve on the best
+    training loss; the sentence said the loss 'changed by less than tol', also of a loss that
+    had risen several times over."""
+
+    class Worse(descend.Callback):
+        wants_steps = False
+
+        def on_epoch_end(self, loop):
+            if loop.epoch >= 2:
+                with torch.no_grad():
+                    loop.model.weight.add_(1.0)
+
+    X = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    r = descend.fit(torch.nn.Linear(3, 1), (X, X.sum(1)), "mse", lr=1e-2, epochs=20, patience=3,
+                    verbose=0, validation=None, callbacks=[Worse()])  # fmt: skip
+    assert r.stop_reason is StopReason.CONVERGED and r.epochs < 20
+    assert max(r.history.train_loss[r.best_epoch :]) > 2 * r.best_loss
+    assert "changed by less than" not in r.stop_message
+    assert r.stop_message.startswith(
+        f"Stopped after epoch {r.epochs}: the training loss did not improve by more than 0.0001 "
+        "(relative) for 3 epochs; restored the best weights"
+    )
+
+
+def test_epoch_records_give_each_epoch_the_rate_of_its_last_step():
+    """epoch_records() split the steps into equal epochs: after a stop cut the last epoch short
+    (4 + 4 + 1 steps), epochs 1 and 2 got the rates of steps 3 and 6; with other counts, no
+    epoch had a rate at all."""
+
+    class Stop(descend.Callback):
+        def on_step_end(self, loop):
+            if loop.step == 9:
+                loop.request_stop("enough")
+
+    X = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
+    r = descend.fit(torch.nn.Linear(3, 1), (X, X.sum(1)), "mse", epochs=5, batch_size=16,
+                    verbose=0, validation=None, callbacks=[Stop()],
+                    optimizer=descend.optim.sgd(lr=0.1, schedule=descend.schedules.cosine(12)))  # fmt: skip
+    h = r.history
+    assert r.steps == 9 and h.epoch_steps == [4, 8, 9]
+    assert [row["lr"] for row in h.epoch_records()] == [h.step_lr[3], h.step_lr[7], h.step_lr[8]]
+    again = descend.History.from_dict(h.to_dict())
+    assert again == h and again.epoch_records() == h.epoch_records()
+
+
+def test_the_plot_puts_each_batch_loss_in_its_own_epoch():
+    """The batch losses were spread as if every epoch had the same number of steps: after a
+    stop cut the last epoch short (4 + 4 + 1 steps), epoch 1's last step was drawn at 1.33."""
+    h = descend.History(step_loss=[float(i) for i in range(1, 10)], epoch=[1, 2, 3],
+                        train_loss=[1.0, 2.0, 3.0], time=[1.0, 2.0, 3.0],
+                        epoch_steps=[4, 8, 9])  # fmt: skip
+    fig = h.plot()
+    (line,) = [ln for ln in fig.axes[0].get_lines() if ln.get_label() == "batch loss"]
+    assert list(line.get_xdata()) == pytest.approx([0.25, 0.5, 0.75, 1, 1.25, 1.5, 1.75, 2, 3])
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

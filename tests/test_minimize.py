@@ -104,7 +104,7 @@ def test_stop_sentences_say_which_test_ended_the_run():
     assert r.stop_reason is StopReason.CONVERGED
     assert re.match(
         r"Stopped after \d+ iterations: the objective improved by less than tol=1e-12 "
-        r"\(relative\) for 20 in a row; the gradient norm is [0-9.e-]+\. Best value ",
+        r"\(relative\) for 20 steps in a row; the gradient norm is [0-9.e-]+\. Best value ",
         r.stop_message,
     )
 
@@ -185,3 +185,71 @@ def test_params_with_nothing_to_optimize_are_refused(params, says, method):
     and 'expected sequence of length 2 at dim 1 (got 1)' from inside torch.as_tensor."""
     with pytest.raises(ConfigError, match=re.escape(says)):
         descend.minimize(lambda p: torch.tensor(0.0, requires_grad=True), params, method=method)
+
+
+def test_lbfgs_reports_the_gradient_at_the_point_it_returns():
+    """The norm was read from the .grad of the line search's last trial, not the accepted
+    point: runs stopped as 'Converged: the gradient norm fell below gtol' where it had not."""
+    g = torch.Generator().manual_seed(6)
+    A = torch.randn(5, 5, dtype=torch.float64, generator=g)
+    x0 = torch.randn(5, dtype=torch.float64, generator=g)
+
+    def f(x):
+        return torch.logsumexp(A @ x, 0) + (x**4).sum()
+
+    r = descend.minimize(f, x0)
+    assert r.history.step_loss[-1] == r.best_loss  # the last record is the returned point
+    x = r.params["x"].clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(f(x), x)
+    assert r.history.step_grad_norm[-1] == pytest.approx(float(grad.norm()), rel=1e-3, abs=1e-15)
+    if "fell below gtol" in r.stop_message:
+        assert float(grad.norm()) < 1e-9
+
+
+def test_patience_counts_steps_that_fail_to_improve_not_the_start():
+    """The first evaluation (the start itself) was counted as a step that did not improve on
+    the start: patience=1 stopped before taking any step."""
+    f = lambda x: ((x - 1) ** 2).sum()  # noqa: E731
+    r = descend.minimize(f, torch.zeros(2), method=descend.optim.adam(lr=0.1), patience=1)
+    assert r.best_loss < 2.0 and len(r.history.step_loss) > 1
+
+
+def test_an_optimizer_name_without_a_default_rate_is_refused_in_minimize_terms():
+    """method='sgd' was refused as "optim.get('sgd') needs lr ... pass optim.get('sgd',
+    lr=0.01)", a call the user never made; an unknown name's list left out 'lbfgs'."""
+    with pytest.raises(ConfigError, match=re.escape("method=descend.optim.get('sgd', lr=1e-2)")):
+        descend.minimize(rosen, torch.zeros(2), method="sgd")
+    with pytest.raises(ConfigError, match=r"minimize\(method\).*'lbfgs'.*'adam'"):
+        descend.minimize(rosen, torch.zeros(2), method="no_such_optimizer")
+    r = descend.minimize(rosen, torch.zeros(2), method=descend.optim.get("sgd", lr=1e-3), steps=5)
+    assert r.best_loss < 1.0
+
+
+def test_the_last_update_of_the_budget_is_not_thrown_away():
+    """The loop scored a point and then updated it: the budget's last update was never
+    scored, so steps=1 returned the start unchanged and every run lost its last step."""
+    f = lambda x: ((x - 1) ** 2).sum()  # noqa: E731
+    r = descend.minimize(f, torch.zeros(1), method=descend.optim.sgd(lr=0.1), steps=1)
+    assert r.stop_reason is StopReason.MAX_EPOCHS and r.steps == 1
+    assert r.params["x"].item() == pytest.approx(0.2) and r.best_loss == pytest.approx(0.64)
+    assert "Best value 0.64." in r.stop_message
+    r = descend.minimize(f, torch.zeros(1), method=descend.optim.sgd(lr=0.1), steps=3)
+    assert r.params["x"].item() == pytest.approx(1 - 0.8**3)
+
+
+@pytest.mark.parametrize("method", ["lbfgs", "adam"])
+def test_minimize_works_when_called_under_no_grad(method):
+    """L-BFGS (torch enables grad in its closure) worked under torch.no_grad(); a descend
+    optimizer failed with torch's 'element 0 of tensors does not require grad'."""
+    with torch.no_grad():
+        r = descend.minimize(lambda x: ((x - 1) ** 2).sum(), torch.zeros(2), method=method)
+    assert r.best_loss < 1.5 and r.params["x"].requires_grad is False
+
+
+def test_the_stall_sentence_names_what_it_counted():
+    """It read 'improved by less than tol for 2 in a row' for L-BFGS at patience=20: two of
+    what (its calls of up to 20 iterations), and why not 20?"""
+    f = lambda x: (x.abs() ** 1.5).sum() + 1  # noqa: E731
+    r = descend.minimize(f, torch.ones(2, dtype=torch.float64), tol=1e-3)
+    assert r.stop_reason is StopReason.CONVERGED
+    assert "for 2 L-BFGS calls (of up to 20 iterations) in a row" in r.stop_message

@@ -131,3 +131,16 @@ def test_mlp_seed_out_of_torch_range_is_refused_and_numpy_seeds_work():
         mlp(3, 2, hidden=(5,), seed=2**64)
     a, b = mlp(3, 2, hidden=(5,), seed=np.int64(7)), mlp(3, 2, hidden=(5,), seed=7)
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+
+
+def test_numpy_numbers_are_taken_as_sizes_and_rates():
+    """np.int64 widths (y.max() + 1, an array's shape) were refused as 'must be an integer >= 1;
+    got 3', and an np.float32 dropout as 'must be in [0, 1); got 0.1'."""
+    import numpy as np
+
+    y = np.array([0, 1, 2, 1])
+    model = mlp(np.int64(4), y.max() + 1, hidden=[np.int64(8)], dropout=np.float32(0.5), seed=0)
+    assert model(torch.randn(2, 4)).shape == (2, 3)
+    assert model.spec["out_features"] == 3 and type(model.spec["out_features"]) is int
+    assert model.spec["hidden"] == (8,) and model.spec["dropout"] == 0.5
+    assert default_hidden(np.int64(150), np.int64(4), np.int64(3)) == default_hidden(150, 4, 3)

@@ -131,6 +131,29 @@ def _call(fn: Callable, params: dict[str, torch.Tensor], kind: str) -> torch.Ten
     return value.reshape(())
 
 
+def _named(method: str) -> Transform:
+    """A registry optimizer at its defaults, refused in minimize's terms: the user wrote
+    ``method=``, not ``optim.get``, and ``"lbfgs"`` is a name too."""
+    try:
+        return optim.get(method)
+    except ConfigError:
+        try:
+            optim.get(method, lr=1e-2)
+        except ConfigError:
+            rule, got, fix = (
+                "must be 'lbfgs', an optimizer name or a Transform",
+                repr(method),
+                f"use 'lbfgs' or one of {sorted(optim.names())}",
+            )
+        else:
+            rule = "given as a name, must name an optimizer with a default learning rate"
+            got, fix = (
+                f"{method!r}, which has none",
+                f"pass it with its rate: method=descend.optim.get({method!r}, lr=1e-2)",
+            )
+        raise ConfigError(message("minimize(method)", rule, got, fix)) from None
+
+
 def minimize(
     fn: Callable,
     params: Any,
@@ -156,7 +179,8 @@ def minimize(
         steps: the iteration budget (``Result.steps`` counts iterations; L-BFGS's history
             holds one entry per call of up to 20 iterations).
         tol: stop when the objective improves by less than ``tol`` (relative) for ``patience``
-            consecutive steps.
+            consecutive steps; for L-BFGS, ``max(1, patience // 10)`` consecutive calls of up
+            to 20 iterations (its history entries).
         gtol: stop when the gradient norm falls below ``gtol``.
         patience: see ``tol``.
         max_time: wall-clock budget in seconds.
@@ -266,17 +290,18 @@ def minimize(
             done = 0  # L-BFGS iterations (each opt.step runs up to 20 of them)
             while done < steps:
                 opt.param_groups[0]["max_iter"] = min(20, steps - done)
-                v = opt.step(closure)
+                opt.step(closure)
                 done = int(opt.state[plist[0]].get("n_iter", done + 1)) if plist else steps
-                with torch.no_grad():
-                    value = float(_call(fn, p, kind))
+                # value and gradient at the point L-BFGS ended on: the .grad it leaves is that of
+                # the line search's last trial, which need not be the point it accepted
+                with torch.enable_grad():
+                    value = float(closure().detach())
                 grads = [q.grad for q in plist if q.grad is not None]
                 gn = (
                     float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
                     if grads
                     else 0.0
                 )
-                del v
                 record(value, gn, 1.0)
                 if not math.isfinite(value):
                     reason = StopReason.DIVERGED
@@ -294,7 +319,7 @@ def minimize(
                     reason = StopReason.MAX_TIME
                     break
         else:
-            tx = optim.get(method) if isinstance(method, str) else method
+            tx = _named(method) if isinstance(method, str) else method
             if not isinstance(tx, Transform):
                 raise ConfigError(
                     message(
@@ -311,8 +336,9 @@ def minimize(
             )
             state = tx.init(p)
             lr_state = find_lr_state(state)
-            for _ in range(steps):
-                v = _call(fn, p, kind)
+            for i in range(steps):
+                with torch.enable_grad():  # called under torch.no_grad(), as L-BFGS may be
+                    v = _call(fn, p, kind)
                 grads = torch.autograd.grad(v, plist, allow_unused=True)
                 g = {k: gr for k, gr in zip(p, grads) if gr is not None}
                 gn = (
@@ -322,6 +348,8 @@ def minimize(
                 )
                 value = float(v.detach())
                 record(value, gn, float(lr_state["lr"]) if lr_state else math.nan)
+                if i == 0:  # the starting point, not a step that failed to improve on it
+                    since = 0
                 if not math.isfinite(value):
                     reason = StopReason.DIVERGED
                     break
@@ -342,6 +370,15 @@ def minimize(
                 if max_time is not None and time.perf_counter() - t0 > max_time:
                     reason = StopReason.MAX_TIME
                     break
+            if reason in (StopReason.MAX_EPOCHS, StopReason.MAX_TIME):
+                # the budget ended on an update: its point is scored too (steps=1 returned the
+                # start), though it has no step of its own in the history
+                with torch.no_grad():
+                    value = float(_call(fn, p, kind))
+                if value < best_val:
+                    best_val = value
+                    for k, v in p.items():
+                        best[k].copy_(v.detach())
     except KeyboardInterrupt:
         reason = StopReason.INTERRUPTED
 
@@ -349,7 +386,11 @@ def minimize(
     if desc.startswith("lbfgs"):
         n = done  # iterations, not the 20-iteration calls the history records
     gn_last = history.step_grad_norm[-1] if history.step_grad_norm else math.nan
-    stall = max(1, patience // 10) if desc.startswith("lbfgs") else patience
+    stall = (
+        f"{max(1, patience // 10)} L-BFGS call{'s' * (patience >= 20)} (of up to 20 iterations)"
+        if desc.startswith("lbfgs")
+        else f"{patience} step{'s' * (patience != 1)}"
+    )
     its = f"{n} iteration{'s' * (n != 1)}"
     if why == "gradient":
         converged = f"Converged after {its}: the gradient norm fell below gtol={gtol:g}."

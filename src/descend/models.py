@@ -35,7 +35,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from descend._errors import ConfigError, check_choice, describe, message
+from descend._errors import ConfigError, check_choice, describe, message, plain
 
 __all__ = ["ACTIVATIONS", "default_hidden", "describe_model", "mlp"]
 
@@ -58,6 +58,7 @@ _MAX_WIDTH = 512
 
 
 def _check_size(name: str, value: Any, owner: str, example: str) -> int:
+    value = plain(value)  # a NumPy integer (y.max() + 1, X.shape of an array) is an integer
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(
             message(f"{owner}: {name}", "must be an integer >= 1", describe(value), example)
@@ -125,6 +126,7 @@ def mlp(
         _check_size("hidden", h, owner, "pass positive widths, e.g. (64, 64)") for h in hidden
     ]
     check_choice("activation", activation, tuple(ACTIVATIONS), owner=owner)
+    dropout = plain(dropout)
     ok = isinstance(dropout, (int, float)) and not isinstance(dropout, bool)
     if not ok or not (0.0 <= dropout < 1.0):
         raise ConfigError(

@@ -39,6 +39,19 @@ class Callback:
         pass
 
 
+def wants_steps(cb: Any) -> bool:
+    """Whether the loop must call ``cb.on_step_end``: ``wants_steps`` as set on the instance, or
+    by the class whose ``on_step_end`` is in use, so that a subclass overriding ``on_step_end``
+    of a class with ``wants_steps = False`` (``PlainProgress``) is called."""
+    if "wants_steps" in getattr(cb, "__dict__", {}):
+        return bool(cb.wants_steps)
+    for klass in type(cb).__mro__:
+        own = vars(klass)
+        if "on_step_end" in own or "wants_steps" in own:
+            return bool(own.get("wants_steps", True))
+    return bool(getattr(cb, "wants_steps", True))
+
+
 def _fmt(v: float | None) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
@@ -196,6 +209,8 @@ def default_progress(verbose: int) -> Callback | None:
     lines otherwise, at 1; at 2 the bar also keeps one line per epoch."""
     if verbose <= 0:
         return None
-    if sys.stdout.isatty():
+    # no stdout (pythonw, a service) or a bare writer (a logging shim): not a terminal
+    isatty = getattr(sys.stdout, "isatty", None)
+    if callable(isatty) and isatty():
         return RichProgress(lines=verbose >= 2)
     return PlainProgress()

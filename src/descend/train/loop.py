@@ -51,7 +51,7 @@ from descend._errors import (
 )
 from descend.train import autopilot as _autopilot
 from descend.train._mlp import MLPStep, loss_value
-from descend.train.callbacks import Callback, default_progress
+from descend.train.callbacks import Callback, default_progress, wants_steps
 from descend.train.guard import Guard, clone_tree, copy_pairs
 from descend.train.result import History, Result, StopReason
 from descend.transforms import (
@@ -587,7 +587,7 @@ class Loop:
         self.tol = tol
         self.restore_best = restore_best
         self.callbacks = list(callbacks)
-        self.step_callbacks = [c for c in self.callbacks if getattr(c, "wants_steps", True)]
+        self.step_callbacks = [c for c in self.callbacks if wants_steps(c)]
         self.device = device
         self.seed = seed
         self.precision = precision
@@ -1584,6 +1584,7 @@ class Loop:
         train_loss = sum(finite) / len(finite) if finite else math.nan
         self.epoch += 1
         h.epoch.append(self.epoch)
+        h.epoch_steps.append(len(h.step_lr))
         h.train_loss.append(train_loss)
         # Schedule-free optimizers train at one point and average another: evaluate, and keep
         # as "best", the averaged point, then swap back for the next step.
@@ -1760,8 +1761,8 @@ class Loop:
                     f"{kept}."
                 )
             return (
-                f"Converged after epoch {self.epoch}: the training loss changed by less than "
-                f"{self.tol:g} (relative) for {_epochs(self.patience)}; {kept}."
+                f"Stopped after epoch {self.epoch}: the training loss did not improve by more "
+                f"than {self.tol:g} (relative) for {_epochs(self.patience)}; {kept}."
             )
         if reason is StopReason.MAX_EPOCHS:
             tail = (
@@ -2194,6 +2195,7 @@ class Loop:
         else:
             # The starting point counts as "epoch 0" so a run that only gets worse keeps it.
             self._save_best()
+        finished = False  # not ``reason is None``: an error can follow a decided stop
         try:
             with self._signals():
                 for cb in self.callbacks:
@@ -2225,10 +2227,11 @@ class Loop:
                 ):
                     # The final state is always on disk ("auto" may have skipped this epoch).
                     self.save_checkpoint()
+            finished = True
         except KeyboardInterrupt:
-            reason = StopReason.INTERRUPTED
+            reason, finished = StopReason.INTERRUPTED, True
         finally:
-            if reason is None:  # an exception is propagating: still restore and tell callbacks
+            if not finished:  # an exception is propagating: still restore and tell callbacks
                 self._restore_best()
                 self.stop_message = "Training failed with an error; " + (
                     "restored the best weights."

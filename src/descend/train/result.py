@@ -49,6 +49,8 @@ class History:
     ``val_loss``, ``metric`` (validation metric named ``metric_name``; training metric when there
     is no validation data), ``time`` (seconds since the start of ``fit`` at the end of the epoch).
     ``improved``: whether each epoch improved on the best so far (its weights were kept).
+    ``epoch_steps``: how many steps the history held at the end of each epoch (a last epoch cut
+    short by a stop or ``max_time`` has fewer than the others).
     ``events``: notable things that happened (divergence rollbacks, learning-rate changes, ...),
     each a dict with at least ``step``, ``epoch``, ``kind`` and ``message``.
     """
@@ -64,6 +66,7 @@ class History:
     time: list[float] = field(default_factory=list)
     improved: list[bool] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
+    epoch_steps: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serializable dict of the whole history."""
@@ -79,6 +82,7 @@ class History:
             "time": list(self.time),
             "improved": list(self.improved),
             "events": [dict(e) for e in self.events],
+            "epoch_steps": list(self.epoch_steps),
         }
 
     @classmethod
@@ -89,15 +93,19 @@ class History:
         """One dict per epoch (for JSON lines, tables, DataFrames)."""
         rows = []
         n = len(self.epoch)
-        per_epoch = len(self.step_lr) // n if n and len(self.step_lr) % n == 0 else 0
+        if len(self.epoch_steps) == n and n and self.epoch_steps[-1] == len(self.step_lr):
+            ends = self.epoch_steps
+        else:  # a history written before epoch_steps: epochs of equal length, if they can be
+            per_epoch = len(self.step_lr) // n if n and len(self.step_lr) % n == 0 else 0
+            ends = [(i + 1) * per_epoch for i in range(n)] if per_epoch else []
         for i, e in enumerate(self.epoch):
             row: dict[str, Any] = {"epoch": e, "train_loss": self.train_loss[i]}
             if i < len(self.val_loss):
                 row["val_loss"] = self.val_loss[i]
             if i < len(self.metric) and self.metric_name:
                 row[self.metric_name] = self.metric[i]
-            if per_epoch:
-                row["lr"] = self.step_lr[(i + 1) * per_epoch - 1]
+            if ends and ends[i] > 0:
+                row["lr"] = self.step_lr[ends[i] - 1]
             if i < len(self.improved):
                 row["best"] = self.improved[i]
             row["time"] = self.time[i]
@@ -136,8 +144,17 @@ class History:
             return "o" if lone else ""
 
         if self.step_loss and n_epochs:
-            steps_per_epoch = len(self.step_loss) / n_epochs
-            xs = [(i + 1) / steps_per_epoch for i in range(len(self.step_loss))]
+            ends = self.epoch_steps
+            if len(ends) == n_epochs and ends[-1] == len(self.step_loss):
+                # each epoch's steps spread over its own span (a last epoch cut short by a
+                # stop has fewer)
+                xs, start = [], 0
+                for e, end in zip(self.epoch, ends):
+                    xs += [e - 1 + (j - start + 1) / (end - start) for j in range(start, end)]
+                    start = end
+            else:
+                steps_per_epoch = len(self.step_loss) / n_epochs
+                xs = [(i + 1) / steps_per_epoch for i in range(len(self.step_loss))]
             ax.plot(xs, self.step_loss, color="tab:blue", alpha=0.25, lw=0.8, label="batch loss")
         elif self.step_loss:  # no epochs (descend.minimize): the objective per step
             ax.plot(
@@ -181,7 +198,8 @@ class History:
         ax.set_ylabel("loss")
         ax.set_title(title or "loss curve", y=1.01)  # a fixed y skips auto-positioning
         ax.grid(alpha=0.3)
-        ax.legend(loc="upper right")
+        if ax.get_legend_handles_labels()[0]:  # a run stopped before its first epoch ended
+            ax.legend(loc="upper right")
         fig.subplots_adjust(left=0.1, right=0.97, top=0.92, bottom=0.12)
         if path is not None:
             fig.savefig(path, dpi=110)
