@@ -1837,3 +1837,17 @@ def test_the_plot_puts_each_batch_loss_in_its_own_epoch():
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def test_a_progress_display_of_ones_own_replaces_the_default(capsys):
+    # A PlainProgress passed with the default verbose=1 printed every epoch twice: the user's
+    # (to its stream) and the default one (to stdout).
+    X = torch.randn(40, 3)
+    y = X.sum(1, keepdim=True)
+    buf = io.StringIO()
+    descend.fit(torch.nn.Linear(3, 1), (X, y), "mse", epochs=2, lr=1e-2,
+                callbacks=[PlainProgress(buf)])  # fmt: skip
+    assert capsys.readouterr().out == ""
+    assert len(re.findall(r"^epoch +1/2", buf.getvalue(), re.M)) == 1
+    descend.fit(torch.nn.Linear(3, 1), (X, y), "mse", epochs=2, lr=1e-2)  # the default: one
+    assert len(re.findall(r"^epoch +1/2", capsys.readouterr().out, re.M)) == 1

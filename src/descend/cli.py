@@ -25,7 +25,7 @@ import typer
 from descend import distributed, runs
 from descend._errors import ConfigError, DescendError, message
 from descend.checkpoint import RACE_DIR
-from descend.train.callbacks import stdout_gone
+from descend.train.callbacks import is_terminal, stdout_gone
 
 __all__ = ["app", "main"]
 
@@ -63,7 +63,7 @@ def _console(stderr: bool = False):
             stdout_gone()
 
     stream = sys.stderr if stderr else sys.stdout
-    tty = stream.isatty()
+    tty = is_terminal(stream)
     return _Console(
         file=stream, highlight=False, soft_wrap=True, width=None if tty else 200, emoji=False
     )
@@ -607,7 +607,7 @@ def show(
     series = {"train": [rec.get("train_loss") for rec in records]}
     if any(rec.get("val_loss") is not None for rec in records):
         series["validation"] = [rec.get("val_loss") for rec in records]
-    text = _plot_text(epochs, series, f"loss ({s.get('loss')})", colour=sys.stdout.isatty())
+    text = _plot_text(epochs, series, f"loss ({s.get('loss')})", colour=is_terminal(sys.stdout))
     if text is not None:
         console.print()
         console.out(text, highlight=False)

@@ -70,7 +70,7 @@ from descend._errors import (
     message,
 )
 from descend.data import auto_device
-from descend.train.callbacks import Callback
+from descend.train.callbacks import Callback, is_terminal
 
 __all__ = [
     "RUN_FILES",
@@ -1239,7 +1239,7 @@ def train(
     else:
         run_dir, made, existed = resume_run, [], True
     # fit's progress is plain lines when stdout is no terminal: the race's epochs get theirs
-    plain = not cfg.quiet and not sys.stdout.isatty()
+    plain = not cfg.quiet and not is_terminal(sys.stdout)
     recorder = RunRecorder(
         lambda: run_dir, files, resuming=resume_run is not None, echo=notify if plain else None
     )

@@ -204,13 +204,20 @@ class RichProgress(Callback):
         self._progress = None
 
 
-def default_progress(verbose: int) -> Callback | None:
+def is_terminal(stream: Any) -> bool:
+    """Whether ``stream`` is a terminal: not when it is None (pythonw, a service) or a bare
+    writer without ``isatty`` (a logging shim)."""
+    isatty = getattr(stream, "isatty", None)
+    return bool(callable(isatty) and isatty())
+
+
+def default_progress(verbose: int, callbacks: Any = ()) -> Callback | None:
     """The progress display for a verbosity level: none at 0; a rich bar on a terminal, plain
-    lines otherwise, at 1; at 2 the bar also keeps one line per epoch."""
-    if verbose <= 0:
+    lines otherwise, at 1; at 2 the bar also keeps one line per epoch. None when ``callbacks``
+    already hold a progress display (the user's own, configured: two would print every epoch
+    twice)."""
+    if verbose <= 0 or any(isinstance(c, (PlainProgress, RichProgress)) for c in callbacks):
         return None
-    # no stdout (pythonw, a service) or a bare writer (a logging shim): not a terminal
-    isatty = getattr(sys.stdout, "isatty", None)
-    if callable(isatty) and isatty():
+    if is_terminal(sys.stdout):
         return RichProgress(lines=verbose >= 2)
     return PlainProgress()

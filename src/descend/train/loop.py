@@ -2824,7 +2824,7 @@ def fit(
         extra_callbacks: list[Callback] = []
         # Made before planning: the default policy's range test and race come before step 1
         # (a quarter of the budget and more), and say what they are doing meanwhile.
-        progress = default_progress(verbose if world.is_main else 0)  # one display
+        progress = default_progress(verbose if world.is_main else 0, callbacks)  # one display
         if optimizer is None and opt_state is not None:
             raise ConfigError(
                 message(
