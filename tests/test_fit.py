@@ -1851,3 +1851,24 @@ def test_a_progress_display_of_ones_own_replaces_the_default(capsys):
     assert len(re.findall(r"^epoch +1/2", buf.getvalue(), re.M)) == 1
     descend.fit(torch.nn.Linear(3, 1), (X, y), "mse", epochs=2, lr=1e-2)  # the default: one
     assert len(re.findall(r"^epoch +1/2", capsys.readouterr().out, re.M)) == 1
+
+
+def test_a_step_callback_reads_each_steps_loss_and_gradient_norm():
+    # on_step_end had no public way to read the step's loss: history.step_loss is written at
+    # the epoch's end.
+    X = torch.randn(48, 3)
+    y = X.sum(1, keepdim=True)
+
+    class Reads(descend.Callback):
+        def __init__(self):
+            self.losses, self.norms = [], []
+
+        def on_step_end(self, loop):
+            self.losses.append(float(loop.last_loss))
+            self.norms.append(float(loop.last_grad_norm))
+
+    cb = Reads()
+    r = descend.fit(torch.nn.Linear(3, 1), (X, y), "mse", epochs=3, batch_size=16, lr=1e-2,
+                    callbacks=[cb], verbose=0)  # fmt: skip
+    assert cb.losses == r.history.step_loss and len(cb.losses) == 9
+    assert cb.norms == r.history.step_grad_norm

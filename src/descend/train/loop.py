@@ -548,7 +548,10 @@ class Loop:
         model, loss, tx (the optimizer transform), opt_state, params ({name: tensor}),
         history, epoch (epochs completed), step (optimizer steps taken), max_epochs,
         best_loss, best_epoch, improved (the last epoch improved on the best),
-        stop_message (set when the run ends), device, seed.
+        stop_message (set when the run ends), device, seed; in ``on_step_end``, last_loss and
+        last_grad_norm: the step's batch loss and gradient norm as 0-d tensors (``float()``
+        reads one, a host sync on an accelerator; ``history.step_loss`` gets the epoch's steps
+        at its end).
     """
 
     def __init__(
@@ -588,6 +591,8 @@ class Loop:
         self.restore_best = restore_best
         self.callbacks = list(callbacks)
         self.step_callbacks = [c for c in self.callbacks if wants_steps(c)]
+        self.last_loss: torch.Tensor | None = None
+        self.last_grad_norm: torch.Tensor | None = None
         self.device = device
         self.seed = seed
         self.precision = precision
@@ -2148,8 +2153,11 @@ class Loop:
             self._ep_lrs.append(float(lr_state["lr"]) if lr_state is not None else math.nan)
             if guard is not None and guard.after_step(self, value, gnorm) == "diverged":
                 return StopReason.DIVERGED
-            for cb in self.step_callbacks:
-                cb.on_step_end(self)
+            if self.step_callbacks:
+                # the step's numbers for on_step_end (history gets them at the epoch's end)
+                self.last_loss, self.last_grad_norm = value, gnorm
+                for cb in self.step_callbacks:
+                    cb.on_step_end(self)
             if self._ddp is not None:
                 # Data-parallel: act only on what every process agreed in this step's
                 # all_reduce (a stop asked for after it is carried by the next one).
