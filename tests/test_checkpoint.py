@@ -396,3 +396,38 @@ def test_resuming_past_a_smaller_budget_says_there_was_nothing_to_train(tmp_path
     assert r.stop_message.endswith("Pass a larger epochs= to train on.")
     same = descend.fit(model, (X, X[:, 0]), "mse", epochs=5, resume=True, **kw)
     assert same.stop_message.startswith("Used the whole budget of 5 epochs")
+
+
+def test_a_resumed_run_shows_only_its_own_events(tmp_path):
+    # The progress display printed the events of the run that wrote the checkpoint again at
+    # the resumed run's first epoch end.
+    import io
+
+    from descend.train.callbacks import PlainProgress
+
+    X = torch.randn(64, 3)
+    y = X.sum(1, keepdim=True)
+
+    class Note(descend.Callback):
+        wants_steps = False
+
+        def __init__(self, at):
+            self.at = at
+
+        def on_epoch_end(self, loop):
+            if loop.epoch == self.at:
+                loop.record_event("note", f"a note at epoch {self.at}")
+
+    def run(epochs, at, **kw):
+        torch.manual_seed(0)
+        buf = io.StringIO()
+        descend.fit(torch.nn.Linear(3, 1), (X, y), "mse", optimizer=descend.optim.adam(lr=1e-2),
+                    epochs=epochs, seed=0, checkpoint=tmp_path, patience=None,
+                    callbacks=[Note(at), PlainProgress(buf)], **kw)  # fmt: skip
+        return buf.getvalue()
+
+    first = run(2, at=1)
+    assert first.count("! a note at epoch 1") == 1
+    again = run(4, at=3, resume=True)
+    assert "a note at epoch 1" not in again
+    assert again.count("! a note at epoch 3") == 1

@@ -91,7 +91,9 @@ def stdout_gone() -> None:
 
 
 def new_events(cb: Any, loop: Loop) -> list[dict[str, Any]]:
-    """The history events a progress display has not shown yet."""
+    """The history events a progress display has not shown yet (from ``loop.events_shown``,
+    set at its ``on_fit_start``: a resumed run's earlier ones were shown by the run that wrote
+    its checkpoint)."""
     seen = getattr(cb, "_events_seen", 0)
     events = loop.history.events[seen:]
     cb._events_seen = len(loop.history.events)
@@ -121,6 +123,7 @@ class PlainProgress(Callback):
         self._print(f"descend: {text}")
 
     def on_fit_start(self, loop: Loop) -> None:
+        self._events_seen = getattr(loop, "events_shown", 0)
         self._print(loop.describe_start())
 
     def on_epoch_end(self, loop: Loop) -> None:
@@ -153,6 +156,7 @@ class RichProgress(Callback):
         Console().print(f"[bold]descend[/bold] {escape(text)}", highlight=False)
 
     def on_fit_start(self, loop: Loop) -> None:
+        self._events_seen = getattr(loop, "events_shown", 0)
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,

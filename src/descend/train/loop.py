@@ -591,6 +591,7 @@ class Loop:
         self.restore_best = restore_best
         self.callbacks = list(callbacks)
         self.step_callbacks = [c for c in self.callbacks if wants_steps(c)]
+        self.events_shown = 0  # history events shown before this run (a resume's)
         self.last_loss: torch.Tensor | None = None
         self.last_grad_norm: torch.Tensor | None = None
         self.device = device
@@ -2197,6 +2198,8 @@ class Loop:
         swap_to_train(self.opt_state, self.params)
         if resume is not None:
             self.load_checkpoint(resume)
+            # the events the run that wrote the checkpoint already showed (not shown again)
+            self.events_shown = len(self.history.events)
             # A checkpoint written when the run stopped early resumes as stopped: it does not
             # train past its own patience (resuming with a larger patience continues it).
             reason = self._patience_spent()
