@@ -683,3 +683,44 @@ def test_a_pandas_index_stored_in_parquet_is_not_a_column(tmp_path):
     # a Parquet file not written by pandas keeps every column
     pq.write_table(pa.table({"__index_level_0__": [1, 2], "x": [0.5, 1.5]}), tmp_path / "a.parquet")
     assert read_table(tmp_path / "a.parquet").column_names == ["__index_level_0__", "x"]
+
+
+def test_a_constant_column_with_rounding_error_keeps_std_one():
+    # np.std of [0.1, 0.1, 0.1] is 1.4e-17, not 0: the column is constant (as scikit-learn's
+    # StandardScaler judges it), and a new value must not come out as 7e15.
+    table = pa.table({"x": [0.1] * 3, "z": [1.0, 2.0, 3.0], "y": [0.5, 0.5 + 1e-16, 0.5]})
+    pre = Preprocessor().fit(table, "y")
+    assert pre.columns[0]["std"] == 1.0
+    assert pre.target_std == [1.0]
+    assert any("constant" in n and "'x'" in n for n in pre.notes)
+    X, _ = pre.transform(pa.table({"x": [0.2], "z": [2.0]}))
+    assert abs(float(X[0, 0])) < 1.0
+
+
+def test_statistics_of_huge_numbers_stay_finite_and_save(tmp_path):
+    # squares of 1e200 overflow: std was inf, the column all zeros and save() a ValueError
+    big = [1e200, 3e200, 2e200, 1e200]
+    table = pa.table({"x": big, "y": big})
+    pre = Preprocessor("regression").fit(table, "y")
+    assert np.isfinite(pre.columns[0]["std"]) and pre.columns[0]["std"] > 0
+    assert np.isfinite(pre.target_std[0])
+    X, y = pre.transform(table)
+    assert X[:, 0].std() > 0.5 and np.isfinite(y).all()
+    np.testing.assert_allclose(pre.inverse_transform_target(y), big, rtol=1e-6)
+    pre.save(tmp_path / "p.json")
+    np.testing.assert_array_equal(Preprocessor.load(tmp_path / "p.json").transform(table)[0], X)
+
+
+def test_split_refuses_integer_labels_of_the_wrong_length():
+    for labels in (np.array([0, 1, 0]), np.arange(8) % 2):
+        with pytest.raises(InputError, match=r"one label per row \(4\).*got \d labels"):
+            split_indices(4, 0.25, stratify_labels=labels)
+
+
+def test_lines_named_after_drop_missing_target_are_the_file_lines(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("x,y\n1,\n2,1\ninf,0\n3,1\n4,0\n")
+    kept, dropped = drop_missing_target(read_table(path), "y")
+    assert dropped.tolist() == [0]
+    with pytest.raises(InputError, match=r"row 1 \(0-based data rows; line 4 of "):
+        Preprocessor().fit(kept, "y")

@@ -768,7 +768,7 @@ def _encode_labels(labels: Any, n: int) -> np.ndarray:
                     "pass the class label column",
                 )
             )
-        if arr.dtype.kind in "biu":
+        if arr.dtype.kind in "biu" and len(arr) == n:
             return np.unique(arr, return_inverse=True)[1].reshape(-1)
         values = arr.tolist()
     if len(values) != n:
