@@ -349,6 +349,26 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def _mean_std(values: np.ndarray) -> tuple[float, float, bool]:
+    """``(mean, std, constant)`` of finite ``values``; ``std`` is 1 for a constant column.
+
+    Constant is scikit-learn's test (``StandardScaler``): a spread within the rounding error
+    of the mean, as ``np.std([0.1] * 3) == 1.4e-17`` is — dividing by it would blow a new
+    value up to 1e16. Numbers so large that their squares overflow are scaled first, so the
+    statistics stay finite (and JSON-writable).
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean, std = float(values.mean()), float(values.std())
+    scale = 1.0
+    if not (math.isfinite(mean) and math.isfinite(std)):
+        scale = float(np.abs(values).max())
+        mean, std = float((values / scale).mean()), float((values / scale).std())
+    n, eps = len(values), float(np.finfo(np.float64).eps)
+    if std * math.sqrt(max(0.0, 1.0 - n * eps)) <= n * abs(mean) * eps:
+        return mean * scale, 1.0, True
+    return mean * scale, std * scale, False
+
+
 def _fmt(x: float) -> str:
     return f"{x:.6g}"
 
@@ -1202,10 +1222,9 @@ class Preprocessor:
             means, stds = [], []
             for name, col in zip(targets, cols):
                 values = self._numbers_for_target(col, name, where)
-                mean, std = float(values.mean()), float(values.std())
-                if not std > 0:
+                mean, std, constant = _mean_std(values)
+                if constant:
                     self.notes.append(f"Target {name!r} is constant in the training rows.")
-                    std = 1.0
                 means.append(mean)
                 stds.append(std)
             self.target_mean, self.target_std = means, stds
@@ -1374,11 +1393,13 @@ class Preprocessor:
     ) -> dict[str, Any]:
         missing = np.isnan(values)
         observed = values[~missing]
-        mean, std = float(observed.mean()), float(observed.std())
-        if not std > 0:
-            std = 1.0
+        mean, std, is_constant = _mean_std(observed)
+        if is_constant:
             constant.append(name)
-        median = float(np.median(observed))
+        with np.errstate(over="ignore"):
+            median = float(np.median(observed))
+        if not math.isfinite(median):  # the two middle values of huge numbers overflow
+            median = float(np.median(observed / 2)) * 2
         n_missing = int(missing.sum())
         spec: dict[str, Any] = {
             "name": name,
