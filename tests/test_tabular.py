@@ -724,3 +724,10 @@ def test_lines_named_after_drop_missing_target_are_the_file_lines(tmp_path):
     assert dropped.tolist() == [0]
     with pytest.raises(InputError, match=r"row 1 \(0-based data rows; line 4 of "):
         Preprocessor().fit(kept, "y")
+    # dropped in two calls (two targets): the lines still count from the file
+    path.write_text("x,y,z\n1,,1\n2,1,\n5,,1\n9,1,\ninf,0,1\n3,1,1\n")
+    once, _ = drop_missing_target(read_table(path), "y")
+    twice, dropped = drop_missing_target(once, "z")
+    assert dropped.tolist() == [0, 1]
+    with pytest.raises(InputError, match=r"row 0 \(0-based data rows; line 6 of "):
+        Preprocessor().fit(twice, "y")

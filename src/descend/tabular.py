@@ -159,6 +159,7 @@ class _Rows:
     def __init__(self, table: pa.Table, ids: np.ndarray | None) -> None:
         self.ids = ids
         self.source, self.format = _source(table)
+        self.dropped = _dropped_file_rows(table)
 
     def describe(self, positions: np.ndarray, limit: int = 5) -> str:
         rows = positions if self.ids is None else self.ids[positions]
@@ -168,12 +169,28 @@ class _Rows:
         if more > 0:
             text += f" and {more} more"
         text += " (0-based data rows"
+        # the file's own rows, where drop_missing_target removed some before this table
+        file_rows = [int(r) for r in _file_rows(np.asarray(rows, np.int64), self.dropped)]
+        s = "s" if len(rows) > 1 else ""
         if self.source and self.format in ("csv", "tsv", "txt"):
-            text += f"; line{'s' if len(rows) > 1 else ''} "
-            text += ", ".join(str(r + 2) for r in rows) + f" of {self.source}"
+            text += f"; line{s} " + ", ".join(str(r + 2) for r in file_rows) + f" of {self.source}"
+        elif self.source and len(self.dropped):
+            text += f"; row{s} " + ", ".join(map(str, file_rows)) + f" of {self.source}"
         elif self.source:
             text += f" of {self.source}"
         return text + ")"
+
+
+def _dropped_file_rows(table: pa.Table) -> np.ndarray:
+    """The file's rows (sorted) that :func:`drop_missing_target` removed from ``table``."""
+    raw = (table.schema.metadata or {}).get(b"descend.dropped_rows")
+    return np.asarray(json.loads(raw) if raw else [], dtype=np.int64)
+
+
+def _file_rows(positions: np.ndarray, dropped: np.ndarray) -> np.ndarray:
+    """Rows of the file for ``positions`` in a table that lacks the file's ``dropped`` rows."""
+    # dropped[i] - i rows were kept before the i-th dropped one
+    return positions + np.searchsorted(dropped - np.arange(len(dropped)), positions, "right")
 
 
 def _as_table(data: Any, owner: str) -> pa.Table:
@@ -945,7 +962,15 @@ def drop_missing_target(
     for t in targets:
         col = _nan_to_null(_decode_dictionary(table[t]))
         bad |= np.asarray(pc.is_null(col).to_numpy(zero_copy_only=False), dtype=bool)
-    return table.filter(pa.array(~bad)), np.flatnonzero(bad)
+    kept, dropped = table.filter(pa.array(~bad)), np.flatnonzero(bad)
+    if len(dropped) and _source(table)[0]:
+        # so that messages about the kept table still name the file's own lines
+        before = _dropped_file_rows(table)
+        rows = np.union1d(before, _file_rows(dropped, before))
+        meta = dict(table.schema.metadata or {})
+        meta[b"descend.dropped_rows"] = json.dumps(rows.tolist()).encode()
+        kept = kept.replace_schema_metadata(meta)
+    return kept, dropped
 
 
 # ----------------------------------------------------------------------------- preprocessing
