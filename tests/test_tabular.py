@@ -731,3 +731,14 @@ def test_lines_named_after_drop_missing_target_are_the_file_lines(tmp_path):
     assert dropped.tolist() == [0, 1]
     with pytest.raises(InputError, match=r"row 0 \(0-based data rows; line 6 of "):
         Preprocessor().fit(twice, "y")
+
+
+def test_spec_dicts_do_not_share_lists_with_the_preprocessor(mixed):
+    pre = Preprocessor().fit(mixed, "y")
+    spec = pre.to_dict()
+    categories = list(pre.columns[1]["categories"])
+    spec["columns"][1]["categories"].append("zzz")
+    assert pre.columns[1]["categories"] == categories
+    restored = Preprocessor.from_dict(spec)
+    spec["columns"][1]["categories"].clear()
+    assert restored.columns[1]["categories"] == [*categories, "zzz"]

@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import copy
 import csv
 import difflib
 import json
@@ -1748,7 +1749,7 @@ class Preprocessor:
             "classes": None if self.classes is None else list(self.classes),
             "target_mean": self.target_mean,
             "target_std": self.target_std,
-            "columns": [dict(c) for c in self.columns],
+            "columns": copy.deepcopy(self.columns),  # the caller may edit it: no shared lists
             "dropped": dict(self.dropped),
             "feature_names": list(self.feature_names),
             "notes": list(self.notes),
@@ -1802,7 +1803,7 @@ class Preprocessor:
             pre.classes = spec["classes"]
             pre.target_mean = spec["target_mean"]
             pre.target_std = spec["target_std"]
-            pre.columns = [dict(c) for c in spec["columns"]]
+            pre.columns = [dict(c) for c in copy.deepcopy(spec["columns"])]
             pre.dropped = dict(spec["dropped"])
             pre.notes = list(spec["notes"])
             pre.n_train_rows = int(spec["n_train_rows"])
