@@ -741,3 +741,19 @@ def test_spec_dicts_do_not_share_lists_with_the_preprocessor(mixed):
     spec["columns"][1]["categories"].append("zzz")
     assert pre.columns[1]["categories"] == categories
     assert restored.columns[1]["categories"] == categories
+
+
+def test_a_date_column_given_as_text_at_transform_is_read_as_dates():
+    # a date column scored from text (JSON, a pandas object column): it was refused as
+    # "must be a number", naming the dates as the bad values
+    import datetime
+
+    days = [datetime.date(2020, 1, 1), datetime.date(2020, 6, 1), datetime.date(2021, 1, 1)]
+    pre = Preprocessor().fit(pa.table({"d": days, "y": [0.0, 1.0, 2.0]}), "y")
+    X, _ = pre.transform(pa.table({"d": days}))
+    as_text = ["2020-01-01", " 2020-06-01 ", "2021-01-01T00:00:00Z"]
+    np.testing.assert_array_equal(pre.transform(pa.table({"d": as_text}))[0], X)
+    X2, _ = pre.transform(pa.table({"d": ["2020-01-01", None, "2021-01-01 00:00:00"]}))
+    np.testing.assert_array_equal(X2[[0, 2]], X[[0, 2]])
+    with pytest.raises(InputError, match=r"column 'd' held dates/times.*\['soon'\] at row 1"):
+        pre.transform(pa.table({"d": ["2020-01-01", "soon"]}))

@@ -337,6 +337,31 @@ def _time_seconds(col: pa.ChunkedArray) -> np.ndarray:
     return pc.fill_null(ints.cast(pa.float64()), math.nan).to_numpy() / scale
 
 
+_TIME_TYPES = (pa.timestamp("us"), pa.timestamp("us", tz="UTC"))  # naive, then with a zone
+
+
+def _text_times(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """ISO 8601 text (``2024-01-31``, ``2024-01-31 12:00:00``, ``...T12:00:00+02:00``) →
+    seconds since 1970 (NaN for missing) and the positions of values that are not times."""
+    text = pc.utf8_trim_whitespace(col)
+    for t in _TIME_TYPES:
+        with contextlib.suppress(pa.ArrowInvalid):
+            return _time_seconds(text.cast(t)), np.empty(0, np.int64)
+    seconds: dict[str, float] = {}  # value by value: naive and zoned mixed, or some not times
+    for v in pc.unique(text).drop_null().to_pylist():
+        for t in _TIME_TYPES:
+            with contextlib.suppress(pa.ArrowInvalid):
+                seconds[v] = float(_time_seconds(pa.chunked_array([pa.array([v]).cast(t)]))[0])
+                break
+    values = np.array(
+        [seconds.get(v, math.nan) if v is not None else math.nan for v in text.to_pylist()]
+    )
+    bad = np.flatnonzero(
+        np.isnan(values) & np.asarray(pc.is_valid(text).to_numpy(zero_copy_only=False), bool)
+    )
+    return values, bad
+
+
 def _numeric_values(col: pa.ChunkedArray) -> np.ndarray:
     """Numbers, booleans, decimals → float64 with NaN for missing."""
     if pa.types.is_boolean(col.type) or pa.types.is_decimal(col.type):
@@ -1582,7 +1607,20 @@ class Preprocessor:
     ) -> int:
         name = spec["name"]
         t = col.type
-        if _is_text(t):
+        if _is_text(t) and spec["source"] == "time":
+            values, bad = _text_times(col)
+            if len(bad):
+                raise _not_numbers(
+                    col,
+                    bad,
+                    where,
+                    f"column {name!r}",
+                    "held dates/times in training so every value must be one (ISO 8601, "
+                    "e.g. 2024-01-31 or 2024-01-31 12:00:00)",
+                    "correct those values or leave the cells empty (missing times are "
+                    "filled with the training median)",
+                )
+        elif _is_text(t):
             values, bad = _parse_text_numbers(col)
             if len(bad):
                 raise _not_numbers(
