@@ -757,3 +757,14 @@ def test_a_date_column_given_as_text_at_transform_is_read_as_dates():
     np.testing.assert_array_equal(X2[[0, 2]], X[[0, 2]])
     with pytest.raises(InputError, match=r"column 'd' held dates/times.*\['soon'\] at row 1"):
         pre.transform(pa.table({"d": ["2020-01-01", "soon"]}))
+
+
+def test_integers_beyond_two_to_the_53_are_numbers_not_a_pyarrow_error():
+    # pyarrow's safe cast refused them: a bare ArrowInvalid from inside fit
+    big = pa.array([2**60 + 1, 2**60 + 3, 5, 7], pa.int64())
+    pre = Preprocessor().fit(pa.table({"x": big, "y": big}), "y")
+    assert pre.task == "regression"
+    X, y = pre.transform(pa.table({"x": big, "y": big}))
+    assert np.isfinite(X).all() and np.isfinite(y).all()
+    huge = pa.array([2**64 - 1, 3, 4, 5], pa.uint64())
+    assert Preprocessor().fit(pa.table({"x": huge, "y": [0, 1, 0, 1]}), "y").n_features == 1

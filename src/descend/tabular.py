@@ -364,13 +364,14 @@ def _text_times(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
 
 def _numeric_values(col: pa.ChunkedArray) -> np.ndarray:
     """Numbers, booleans, decimals → float64 with NaN for missing."""
-    if pa.types.is_boolean(col.type) or pa.types.is_decimal(col.type):
-        col = col.cast(pa.float64())
     if _is_time(col.type):
         return _time_seconds(col)
     if len(col) == 0:
         return np.empty(0)
-    return np.asarray(pc.fill_null(col.cast(pa.float64()), math.nan).to_numpy(), np.float64)
+    # safe=False: integers beyond 2**53 (large ids, counts) round as NumPy's float64 does
+    # instead of pyarrow refusing them ("Integer value ... not in range")
+    floats = col.cast(pa.float64(), safe=False)
+    return np.asarray(pc.fill_null(floats, math.nan).to_numpy(), np.float64)
 
 
 def _to_text(col: pa.ChunkedArray) -> pa.ChunkedArray:
