@@ -768,3 +768,11 @@ def test_integers_beyond_two_to_the_53_are_numbers_not_a_pyarrow_error():
     assert np.isfinite(X).all() and np.isfinite(y).all()
     huge = pa.array([2**64 - 1, 3, 4, 5], pa.uint64())
     assert Preprocessor().fit(pa.table({"x": huge, "y": [0, 1, 0, 1]}), "y").n_features == 1
+
+
+def test_missing_text_at_transform_without_an_indicator_is_noted():
+    # as a missing number is: it was encoded as all zeros without a word
+    pre = Preprocessor().fit(pa.table({"c": ["a", "b", "a"], "y": [0, 1, 0]}), "y")
+    X, _ = pre.transform(pa.table({"c": ["a", None]}))
+    assert X.tolist() == [[1.0, 0.0], [0.0, 0.0]]
+    assert any("1 missing value(s) of 'c'" in n for n in pre.transform_notes)
