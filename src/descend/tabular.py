@@ -1679,17 +1679,17 @@ class Preprocessor:
         if spec["missing_indicator"]:
             X[~valid, j + width] = 1.0
             width += 1
-        elif not valid.all():
-            notes.append(
-                f"{int((~valid).sum())} missing value(s) of {name!r} encoded as all zeros "
-                "(training had none, so there is no indicator column)."
-            )
         if unseen.any():
             values = sorted(set(text.filter(pa.array(unseen)).to_pylist()))
             where_to = f"'{name}={_OTHER}'" if spec["other"] else "all zeros"
             notes.append(
                 f"{int(unseen.sum())} value(s) of {name!r} were not seen in training "
                 f"{_quote_list(values, 5)}; encoded as {where_to}."
+            )
+        if not spec["missing_indicator"] and not valid.all():
+            notes.append(
+                f"{int((~valid).sum())} missing value(s) of {name!r} encoded as all zeros "
+                "(training had none, so there is no indicator column)."
             )
         return j + width
 
