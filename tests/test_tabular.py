@@ -776,3 +776,12 @@ def test_missing_text_at_transform_without_an_indicator_is_noted():
     X, _ = pre.transform(pa.table({"c": ["a", None]}))
     assert X.tolist() == [[1.0, 0.0], [0.0, 0.0]]
     assert any("1 missing value(s) of 'c'" in n for n in pre.transform_notes)
+
+
+def test_the_same_labels_give_the_same_split_whatever_their_type():
+    # NumPy integers were numbered in sorted order, every other form by first appearance:
+    # the seeded split of the same classes changed with the container
+    y = np.array([2, 0, 1, 2, 0, 1, 1, 0, 2, 2, 1, 0, 1, 1, 0, 2, 0, 1, 2, 1])
+    forms = [y, y.tolist(), pa.array(y), y.astype(float), y.astype(str)]
+    splits = [split_indices(20, 0.3, seed=3, stratify_labels=f)[1].tolist() for f in forms]
+    assert all(s == splits[0] for s in splits)

@@ -833,7 +833,12 @@ def _encode_labels(labels: Any, n: int) -> np.ndarray:
                 )
             )
         if arr.dtype.kind in "biu" and len(arr) == n:
-            return np.unique(arr, return_inverse=True)[1].reshape(-1)
+            # numbered by first appearance, as other labels are: the same classes give the
+            # same split whether they come as NumPy integers, floats, text or a pyarrow column
+            uniq, first, inverse = np.unique(arr, return_index=True, return_inverse=True)
+            rank = np.empty(len(uniq), dtype=np.int64)
+            rank[np.argsort(first)] = np.arange(len(uniq))
+            return rank[inverse.reshape(-1)]
         values = arr.tolist()
     if len(values) != n:
         raise InputError(
