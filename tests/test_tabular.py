@@ -785,3 +785,14 @@ def test_the_same_labels_give_the_same_split_whatever_their_type():
     forms = [y, y.tolist(), pa.array(y), y.astype(float), y.astype(str)]
     splits = [split_indices(20, 0.3, seed=3, stratify_labels=f)[1].tolist() for f in forms]
     assert all(s == splits[0] for s in splits)
+
+
+def test_a_column_named_like_a_made_feature_is_refused():
+    # 'a' with missing values makes 'a__missing', as the table's own column is called: two
+    # feature columns of one name, which names in outputs cannot tell apart
+    table = pa.table({"a": [1.0, None, 3.0], "a__missing": [1.0, 2.0, 3.0], "y": [0, 1, 0]})
+    with pytest.raises(InputError, match=r"feature names must be unique.*\['a__missing'\]"):
+        Preprocessor().fit(table, "y")
+    table = pa.table({"c": ["x", "y", "x"], "c=x": [1.0, 2.0, 4.0], "y": [0, 1, 0]})
+    with pytest.raises(InputError, match=r"\['c=x'\] twice.*ignore="):
+        Preprocessor().fit(table, "y")

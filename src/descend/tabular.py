@@ -1186,7 +1186,8 @@ class Preprocessor:
             InputError: the target is not a column (close matches listed); it has missing
                 values or a single class; a column mixes numbers with text; a column holds
                 infinities or an unsupported type; no feature column is left; a column named in
-                ``categorical``/``ignore`` does not exist.
+                ``categorical``/``ignore`` does not exist; a column has the name of a feature
+                made from another (``a__missing`` beside an ``a`` with missing values).
             ConfigError: classification asked for several target columns.
 
         Example:
@@ -1414,6 +1415,17 @@ class Preprocessor:
         if self.ignore:
             self.notes.append(f"Ignored columns {_quote_list(self.ignore)} as asked.")
         self.feature_names = self._output_names()
+        clashes = sorted({f for f in self.feature_names if self.feature_names.count(f) > 1})
+        if clashes:
+            raise InputError(
+                message(
+                    "feature names",
+                    "must be unique (a column's own name, and the '<col>__missing' and "
+                    "'<col>=<category>' columns made from others)",
+                    f"{_quote_list(clashes)} twice",
+                    "rename the table column of that name, or leave it out with ignore=[...]",
+                )
+            )
 
     def _text_is_numeric(self, col: pa.ChunkedArray, name: str, where: _Rows) -> bool:
         _, bad = _parse_text_numbers(col)
