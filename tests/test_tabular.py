@@ -683,3 +683,116 @@ def test_a_pandas_index_stored_in_parquet_is_not_a_column(tmp_path):
     # a Parquet file not written by pandas keeps every column
     pq.write_table(pa.table({"__index_level_0__": [1, 2], "x": [0.5, 1.5]}), tmp_path / "a.parquet")
     assert read_table(tmp_path / "a.parquet").column_names == ["__index_level_0__", "x"]
+
+
+def test_a_constant_column_with_rounding_error_keeps_std_one():
+    # np.std of [0.1, 0.1, 0.1] is 1.4e-17, not 0: the column is constant (as scikit-learn's
+    # StandardScaler judges it), and a new value must not come out as 7e15.
+    table = pa.table({"x": [0.1] * 3, "z": [1.0, 2.0, 3.0], "y": [0.5, 0.5 + 1e-16, 0.5]})
+    pre = Preprocessor().fit(table, "y")
+    assert pre.columns[0]["std"] == 1.0
+    assert pre.target_std == [1.0]
+    assert any("constant" in n and "'x'" in n for n in pre.notes)
+    X, _ = pre.transform(pa.table({"x": [0.2], "z": [2.0]}))
+    assert abs(float(X[0, 0])) < 1.0
+
+
+def test_statistics_of_huge_numbers_stay_finite_and_save(tmp_path):
+    # squares of 1e200 overflow: std was inf, the column all zeros and save() a ValueError
+    big = [1e200, 3e200, 2e200, 1e200]
+    table = pa.table({"x": big, "y": big})
+    pre = Preprocessor("regression").fit(table, "y")
+    assert np.isfinite(pre.columns[0]["std"]) and pre.columns[0]["std"] > 0
+    assert np.isfinite(pre.target_std[0])
+    X, y = pre.transform(table)
+    assert X[:, 0].std() > 0.5 and np.isfinite(y).all()
+    np.testing.assert_allclose(pre.inverse_transform_target(y), big, rtol=1e-6)
+    pre.save(tmp_path / "p.json")
+    np.testing.assert_array_equal(Preprocessor.load(tmp_path / "p.json").transform(table)[0], X)
+
+
+def test_split_refuses_integer_labels_of_the_wrong_length():
+    for labels in (np.array([0, 1, 0]), np.arange(8) % 2):
+        with pytest.raises(InputError, match=r"one label per row \(4\).*got \d labels"):
+            split_indices(4, 0.25, stratify_labels=labels)
+
+
+def test_lines_named_after_drop_missing_target_are_the_file_lines(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("x,y\n1,\n2,1\ninf,0\n3,1\n4,0\n")
+    kept, dropped = drop_missing_target(read_table(path), "y")
+    assert dropped.tolist() == [0]
+    with pytest.raises(InputError, match=r"row 1 \(0-based data rows; line 4 of "):
+        Preprocessor().fit(kept, "y")
+    # dropped in two calls (two targets): the lines still count from the file
+    path.write_text("x,y,z\n1,,1\n2,1,\n5,,1\n9,1,\ninf,0,1\n3,1,1\n")
+    once, _ = drop_missing_target(read_table(path), "y")
+    twice, dropped = drop_missing_target(once, "z")
+    assert dropped.tolist() == [0, 1]
+    with pytest.raises(InputError, match=r"row 0 \(0-based data rows; line 6 of "):
+        Preprocessor().fit(twice, "y")
+
+
+def test_spec_dicts_do_not_share_lists_with_the_preprocessor(mixed):
+    pre = Preprocessor().fit(mixed, "y")
+    spec = pre.to_dict()
+    categories = list(pre.columns[1]["categories"])
+    restored = Preprocessor.from_dict(spec)
+    spec["columns"][1]["categories"].append("zzz")
+    assert pre.columns[1]["categories"] == categories
+    assert restored.columns[1]["categories"] == categories
+
+
+def test_a_date_column_given_as_text_at_transform_is_read_as_dates():
+    # a date column scored from text (JSON, a pandas object column): it was refused as
+    # "must be a number", naming the dates as the bad values
+    import datetime
+
+    days = [datetime.date(2020, 1, 1), datetime.date(2020, 6, 1), datetime.date(2021, 1, 1)]
+    pre = Preprocessor().fit(pa.table({"d": days, "y": [0.0, 1.0, 2.0]}), "y")
+    X, _ = pre.transform(pa.table({"d": days}))
+    as_text = ["2020-01-01", " 2020-06-01 ", "2021-01-01T00:00:00Z"]
+    np.testing.assert_array_equal(pre.transform(pa.table({"d": as_text}))[0], X)
+    X2, _ = pre.transform(pa.table({"d": ["2020-01-01", None, "2021-01-01 00:00:00"]}))
+    np.testing.assert_array_equal(X2[[0, 2]], X[[0, 2]])
+    with pytest.raises(InputError, match=r"column 'd' held dates/times.*\['soon'\] at row 1"):
+        pre.transform(pa.table({"d": ["2020-01-01", "soon"]}))
+
+
+def test_integers_beyond_two_to_the_53_are_numbers_not_a_pyarrow_error():
+    # pyarrow's safe cast refused them: a bare ArrowInvalid from inside fit
+    big = pa.array([2**60 + 1, 2**60 + 3, 5, 7], pa.int64())
+    pre = Preprocessor().fit(pa.table({"x": big, "y": big}), "y")
+    assert pre.task == "regression"
+    X, y = pre.transform(pa.table({"x": big, "y": big}))
+    assert np.isfinite(X).all() and np.isfinite(y).all()
+    huge = pa.array([2**64 - 1, 3, 4, 5], pa.uint64())
+    assert Preprocessor().fit(pa.table({"x": huge, "y": [0, 1, 0, 1]}), "y").n_features == 1
+
+
+def test_missing_text_at_transform_without_an_indicator_is_noted():
+    # as a missing number is: it was encoded as all zeros without a word
+    pre = Preprocessor().fit(pa.table({"c": ["a", "b", "a"], "y": [0, 1, 0]}), "y")
+    X, _ = pre.transform(pa.table({"c": ["a", None]}))
+    assert X.tolist() == [[1.0, 0.0], [0.0, 0.0]]
+    assert any("1 missing value(s) of 'c'" in n for n in pre.transform_notes)
+
+
+def test_the_same_labels_give_the_same_split_whatever_their_type():
+    # NumPy integers were numbered in sorted order, every other form by first appearance:
+    # the seeded split of the same classes changed with the container
+    y = np.array([2, 0, 1, 2, 0, 1, 1, 0, 2, 2, 1, 0, 1, 1, 0, 2, 0, 1, 2, 1])
+    forms = [y, y.tolist(), pa.array(y), y.astype(float), y.astype(str)]
+    splits = [split_indices(20, 0.3, seed=3, stratify_labels=f)[1].tolist() for f in forms]
+    assert all(s == splits[0] for s in splits)
+
+
+def test_a_column_named_like_a_made_feature_is_refused():
+    # 'a' with missing values makes 'a__missing', as the table's own column is called: two
+    # feature columns of one name, which names in outputs cannot tell apart
+    table = pa.table({"a": [1.0, None, 3.0], "a__missing": [1.0, 2.0, 3.0], "y": [0, 1, 0]})
+    with pytest.raises(InputError, match=r"feature names must be unique.*\['a__missing'\]"):
+        Preprocessor().fit(table, "y")
+    table = pa.table({"c": ["x", "y", "x"], "c=x": [1.0, 2.0, 4.0], "y": [0, 1, 0]})
+    with pytest.raises(InputError, match=r"\['c=x'\] twice.*ignore="):
+        Preprocessor().fit(table, "y")

@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import copy
 import csv
 import difflib
 import json
@@ -159,6 +160,7 @@ class _Rows:
     def __init__(self, table: pa.Table, ids: np.ndarray | None) -> None:
         self.ids = ids
         self.source, self.format = _source(table)
+        self.dropped = _dropped_file_rows(table)
 
     def describe(self, positions: np.ndarray, limit: int = 5) -> str:
         rows = positions if self.ids is None else self.ids[positions]
@@ -168,12 +170,28 @@ class _Rows:
         if more > 0:
             text += f" and {more} more"
         text += " (0-based data rows"
+        # the file's own rows, where drop_missing_target removed some before this table
+        file_rows = [int(r) for r in _file_rows(np.asarray(rows, np.int64), self.dropped)]
+        s = "s" if len(rows) > 1 else ""
         if self.source and self.format in ("csv", "tsv", "txt"):
-            text += f"; line{'s' if len(rows) > 1 else ''} "
-            text += ", ".join(str(r + 2) for r in rows) + f" of {self.source}"
+            text += f"; line{s} " + ", ".join(str(r + 2) for r in file_rows) + f" of {self.source}"
+        elif self.source and len(self.dropped):
+            text += f"; row{s} " + ", ".join(map(str, file_rows)) + f" of {self.source}"
         elif self.source:
             text += f" of {self.source}"
         return text + ")"
+
+
+def _dropped_file_rows(table: pa.Table) -> np.ndarray:
+    """The file's rows (sorted) that :func:`drop_missing_target` removed from ``table``."""
+    raw = (table.schema.metadata or {}).get(b"descend.dropped_rows")
+    return np.asarray(json.loads(raw) if raw else [], dtype=np.int64)
+
+
+def _file_rows(positions: np.ndarray, dropped: np.ndarray) -> np.ndarray:
+    """Rows of the file for ``positions`` in a table that lacks the file's ``dropped`` rows."""
+    # dropped[i] - i rows were kept before the i-th dropped one
+    return positions + np.searchsorted(dropped - np.arange(len(dropped)), positions, "right")
 
 
 def _as_table(data: Any, owner: str) -> pa.Table:
@@ -319,15 +337,41 @@ def _time_seconds(col: pa.ChunkedArray) -> np.ndarray:
     return pc.fill_null(ints.cast(pa.float64()), math.nan).to_numpy() / scale
 
 
+_TIME_TYPES = (pa.timestamp("us"), pa.timestamp("us", tz="UTC"))  # naive, then with a zone
+
+
+def _text_times(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """ISO 8601 text (``2024-01-31``, ``2024-01-31 12:00:00``, ``...T12:00:00+02:00``) →
+    seconds since 1970 (NaN for missing) and the positions of values that are not times."""
+    text = pc.utf8_trim_whitespace(col)
+    for t in _TIME_TYPES:
+        with contextlib.suppress(pa.ArrowInvalid):
+            return _time_seconds(text.cast(t)), np.empty(0, np.int64)
+    seconds: dict[str, float] = {}  # value by value: naive and zoned mixed, or some not times
+    for v in pc.unique(text).drop_null().to_pylist():
+        for t in _TIME_TYPES:
+            with contextlib.suppress(pa.ArrowInvalid):
+                seconds[v] = float(_time_seconds(pa.chunked_array([pa.array([v]).cast(t)]))[0])
+                break
+    values = np.array(
+        [seconds.get(v, math.nan) if v is not None else math.nan for v in text.to_pylist()]
+    )
+    bad = np.flatnonzero(
+        np.isnan(values) & np.asarray(pc.is_valid(text).to_numpy(zero_copy_only=False), bool)
+    )
+    return values, bad
+
+
 def _numeric_values(col: pa.ChunkedArray) -> np.ndarray:
     """Numbers, booleans, decimals → float64 with NaN for missing."""
-    if pa.types.is_boolean(col.type) or pa.types.is_decimal(col.type):
-        col = col.cast(pa.float64())
     if _is_time(col.type):
         return _time_seconds(col)
     if len(col) == 0:
         return np.empty(0)
-    return np.asarray(pc.fill_null(col.cast(pa.float64()), math.nan).to_numpy(), np.float64)
+    # safe=False: integers beyond 2**53 (large ids, counts) round as NumPy's float64 does
+    # instead of pyarrow refusing them ("Integer value ... not in range")
+    floats = col.cast(pa.float64(), safe=False)
+    return np.asarray(pc.fill_null(floats, math.nan).to_numpy(), np.float64)
 
 
 def _to_text(col: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -347,6 +391,26 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, float):
         return value
     return str(value)
+
+
+def _mean_std(values: np.ndarray) -> tuple[float, float, bool]:
+    """``(mean, std, constant)`` of finite ``values``; ``std`` is 1 for a constant column.
+
+    Constant is scikit-learn's test (``StandardScaler``): a spread within the rounding error
+    of the mean, as ``np.std([0.1] * 3) == 1.4e-17`` is — dividing by it would blow a new
+    value up to 1e16. Numbers so large that their squares overflow are scaled first, so the
+    statistics stay finite (and JSON-writable).
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean, std = float(values.mean()), float(values.std())
+    scale = 1.0
+    if not (math.isfinite(mean) and math.isfinite(std)):
+        scale = float(np.abs(values).max())
+        mean, std = float((values / scale).mean()), float((values / scale).std())
+    n, eps = len(values), float(np.finfo(np.float64).eps)
+    if std * math.sqrt(max(0.0, 1.0 - n * eps)) <= n * abs(mean) * eps:
+        return mean * scale, 1.0, True
+    return mean * scale, std * scale, False
 
 
 def _fmt(x: float) -> str:
@@ -768,8 +832,13 @@ def _encode_labels(labels: Any, n: int) -> np.ndarray:
                     "pass the class label column",
                 )
             )
-        if arr.dtype.kind in "biu":
-            return np.unique(arr, return_inverse=True)[1].reshape(-1)
+        if arr.dtype.kind in "biu" and len(arr) == n:
+            # numbered by first appearance, as other labels are: the same classes give the
+            # same split whether they come as NumPy integers, floats, text or a pyarrow column
+            uniq, first, inverse = np.unique(arr, return_index=True, return_inverse=True)
+            rank = np.empty(len(uniq), dtype=np.int64)
+            rank[np.argsort(first)] = np.arange(len(uniq))
+            return rank[inverse.reshape(-1)]
         values = arr.tolist()
     if len(values) != n:
         raise InputError(
@@ -925,7 +994,15 @@ def drop_missing_target(
     for t in targets:
         col = _nan_to_null(_decode_dictionary(table[t]))
         bad |= np.asarray(pc.is_null(col).to_numpy(zero_copy_only=False), dtype=bool)
-    return table.filter(pa.array(~bad)), np.flatnonzero(bad)
+    kept, dropped = table.filter(pa.array(~bad)), np.flatnonzero(bad)
+    if len(dropped) and _source(table)[0]:
+        # so that messages about the kept table still name the file's own lines
+        before = _dropped_file_rows(table)
+        rows = np.union1d(before, _file_rows(dropped, before))
+        meta = dict(table.schema.metadata or {})
+        meta[b"descend.dropped_rows"] = json.dumps(rows.tolist()).encode()
+        kept = kept.replace_schema_metadata(meta)
+    return kept, dropped
 
 
 # ----------------------------------------------------------------------------- preprocessing
@@ -1109,7 +1186,8 @@ class Preprocessor:
             InputError: the target is not a column (close matches listed); it has missing
                 values or a single class; a column mixes numbers with text; a column holds
                 infinities or an unsupported type; no feature column is left; a column named in
-                ``categorical``/``ignore`` does not exist.
+                ``categorical``/``ignore`` does not exist; a column has the name of a feature
+                made from another (``a__missing`` beside an ``a`` with missing values).
             ConfigError: classification asked for several target columns.
 
         Example:
@@ -1202,10 +1280,9 @@ class Preprocessor:
             means, stds = [], []
             for name, col in zip(targets, cols):
                 values = self._numbers_for_target(col, name, where)
-                mean, std = float(values.mean()), float(values.std())
-                if not std > 0:
+                mean, std, constant = _mean_std(values)
+                if constant:
                     self.notes.append(f"Target {name!r} is constant in the training rows.")
-                    std = 1.0
                 means.append(mean)
                 stds.append(std)
             self.target_mean, self.target_std = means, stds
@@ -1338,6 +1415,17 @@ class Preprocessor:
         if self.ignore:
             self.notes.append(f"Ignored columns {_quote_list(self.ignore)} as asked.")
         self.feature_names = self._output_names()
+        clashes = sorted({f for f in self.feature_names if self.feature_names.count(f) > 1})
+        if clashes:
+            raise InputError(
+                message(
+                    "feature names",
+                    "must be unique (a column's own name, and the '<col>__missing' and "
+                    "'<col>=<category>' columns made from others)",
+                    f"{_quote_list(clashes)} twice",
+                    "rename the table column of that name, or leave it out with ignore=[...]",
+                )
+            )
 
     def _text_is_numeric(self, col: pa.ChunkedArray, name: str, where: _Rows) -> bool:
         _, bad = _parse_text_numbers(col)
@@ -1374,11 +1462,13 @@ class Preprocessor:
     ) -> dict[str, Any]:
         missing = np.isnan(values)
         observed = values[~missing]
-        mean, std = float(observed.mean()), float(observed.std())
-        if not std > 0:
-            std = 1.0
+        mean, std, is_constant = _mean_std(observed)
+        if is_constant:
             constant.append(name)
-        median = float(np.median(observed))
+        with np.errstate(over="ignore"):
+            median = float(np.median(observed))
+        if not math.isfinite(median):  # the two middle values of huge numbers overflow
+            median = float(np.median(observed / 2)) * 2
         n_missing = int(missing.sum())
         spec: dict[str, Any] = {
             "name": name,
@@ -1535,7 +1625,20 @@ class Preprocessor:
     ) -> int:
         name = spec["name"]
         t = col.type
-        if _is_text(t):
+        if _is_text(t) and spec["source"] == "time":
+            values, bad = _text_times(col)
+            if len(bad):
+                raise _not_numbers(
+                    col,
+                    bad,
+                    where,
+                    f"column {name!r}",
+                    "held dates/times in training so every value must be one (ISO 8601, "
+                    "e.g. 2024-01-31 or 2024-01-31 12:00:00)",
+                    "correct those values or leave the cells empty (missing times are "
+                    "filled with the training median)",
+                )
+        elif _is_text(t):
             values, bad = _parse_text_numbers(col)
             if len(bad):
                 raise _not_numbers(
@@ -1599,6 +1702,11 @@ class Preprocessor:
             notes.append(
                 f"{int(unseen.sum())} value(s) of {name!r} were not seen in training "
                 f"{_quote_list(values, 5)}; encoded as {where_to}."
+            )
+        if not spec["missing_indicator"] and not valid.all():
+            notes.append(
+                f"{int((~valid).sum())} missing value(s) of {name!r} encoded as all zeros "
+                "(training had none, so there is no indicator column)."
             )
         return j + width
 
@@ -1702,7 +1810,7 @@ class Preprocessor:
             "classes": None if self.classes is None else list(self.classes),
             "target_mean": self.target_mean,
             "target_std": self.target_std,
-            "columns": [dict(c) for c in self.columns],
+            "columns": copy.deepcopy(self.columns),  # the caller may edit it: no shared lists
             "dropped": dict(self.dropped),
             "feature_names": list(self.feature_names),
             "notes": list(self.notes),
@@ -1756,7 +1864,7 @@ class Preprocessor:
             pre.classes = spec["classes"]
             pre.target_mean = spec["target_mean"]
             pre.target_std = spec["target_std"]
-            pre.columns = [dict(c) for c in spec["columns"]]
+            pre.columns = [dict(c) for c in copy.deepcopy(spec["columns"])]
             pre.dropped = dict(spec["dropped"])
             pre.notes = list(spec["notes"])
             pre.n_train_rows = int(spec["n_train_rows"])
