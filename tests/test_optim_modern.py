@@ -842,6 +842,29 @@ def test_bad_hyperparameters(build, pattern):
         build()
 
 
+def test_numpy_numbers_are_settings():
+    # docs/CONTRACTS.md: a NumPy number is a number (settings read from np.arange/np.logspace);
+    # muon's ns_steps/ns_coefficients and prodigy's growth_rate refused them
+    import numpy as np
+
+    params = {"w": torch.randn(4, 3, dtype=torch.float64)}
+    grads = {"w": torch.randn(4, 3, dtype=torch.float64)}
+    for a, b in [
+        (
+            scale_by_muon(
+                ns_steps=np.int64(3), ns_coefficients=tuple(np.float64([3.4445, -4.775, 2.0315]))
+            ),
+            scale_by_muon(ns_steps=3),
+        ),
+        (optim.prodigy(growth_rate=np.float32(1.5)), optim.prodigy(growth_rate=1.5)),
+    ]:
+        ua, _ = a.update(grads, a.init(params), params)
+        ub, _ = b.update(grads, b.init(params), params)
+        torch.testing.assert_close(ua, ub, rtol=0, atol=0)
+    with pytest.raises(ConfigError, match=r"ns_steps must be an integer in \[1, 99\]; got 0 "):
+        scale_by_muon(ns_steps=np.int64(0))
+
+
 def test_errors_at_init():
     with pytest.raises(
         ConfigError,

@@ -15,6 +15,7 @@ from descend._errors import (
     check_positive,
     describe,
     message,
+    plain,
 )
 from descend.transforms._base import Params, State, Transform, Updates, inplace_transform
 from descend.transforms._basic import commit_lr, next_lr
@@ -114,6 +115,7 @@ def scale_by_prodigy(
     safeguard_warmup = check_bool("safeguard_warmup", safeguard_warmup, owner=owner)
     d0 = check_positive("d0", d0, owner=owner)
     d_coef = check_positive("d_coef", d_coef, owner=owner)
+    growth_rate = plain(growth_rate)
     if (
         not isinstance(growth_rate, (int, float))
         or isinstance(growth_rate, bool)
