@@ -500,6 +500,34 @@ def test_torch_adapter_train_eval_matches_the_reference_package():
     assert other.eval() is False and other.train() is False
 
 
+@pytest.mark.parametrize("kind", ["adamw", "sgd"])
+def test_eval_point_after_a_momentum_change_matches_the_reference_package(kind):
+    # a group's betas/momentum changed between steps rebuilds the transform and loads the old
+    # state, whose "b1" the swaps read: the eval point used the first β1 forever (off by 0.06)
+    sf = _schedulefree()
+    x, y = data()
+    a, b = _mlp(), _mlp()
+    if kind == "adamw":
+        ta = sf.AdamWScheduleFree(a.parameters(), lr=0.01)
+        tb = optim.as_torch_optimizer(optim.schedulefree_adamw(0.01), b)
+        key, value = "betas", (0.5, 0.999)
+    else:
+        ta = sf.SGDScheduleFree(a.parameters(), lr=0.01)
+        tb = optim.as_torch_optimizer(optim.schedulefree_sgd(0.01), b)
+        key, value = "momentum", 0.5
+    for opt, model in ((ta, a), (tb, b)):
+        opt.train()
+        for step in range(12):
+            if step == 6:
+                opt.param_groups[0][key] = value
+            opt.zero_grad()
+            loss(model, x, y).backward()
+            opt.step()
+        opt.eval()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=1e-10)
+
+
 def test_checkpoint_in_eval_mode_resumes_exactly():
     x, y = data()
     straight = _mlp()

@@ -137,6 +137,9 @@ def scale_by_schedule_free(
     def coefficients(sf: dict, lr_state: dict) -> tuple[float, float, float]:
         """(η_t, c_t, the coefficient of d_t in y) of this step; advances the average's weights."""
         k = sf["count"]
+        # the swaps recover x from y with the β1 that formed y: this step's (a rebuilt
+        # transform, e.g. momentum cycled by a torch scheduler, loads the state of the old one)
+        sf["b1"] = b1
         lr_t = next_lr(lr_state, lr, schedule)
         if k < warmup_steps:
             lr_t *= (k + 1) / warmup_steps
