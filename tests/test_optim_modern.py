@@ -23,6 +23,7 @@ from descend.transforms import (
     partition,
     scale,
     scale_by_muon,
+    scale_by_schedule_free,
     scale_by_trust_ratio,
     swap_to_eval,
     swap_to_train,
@@ -885,6 +886,10 @@ def test_numpy_numbers_are_settings():
             scale_by_muon(ns_steps=3),
         ),
         (optim.prodigy(growth_rate=np.float32(1.5)), optim.prodigy(growth_rate=1.5)),
+        (
+            scale_by_schedule_free(0.1, warmup_steps=np.int64(3)),
+            scale_by_schedule_free(0.1, warmup_steps=3),
+        ),
     ]:
         ua, _ = a.update(grads, a.init(params), params)
         ub, _ = b.update(grads, b.init(params), params)
