@@ -164,6 +164,31 @@ def test_prodigy_matches_reference(case, capsys):
         assert state[-1][0]["d"].item() > 1e-3
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+def test_prodigy_steps_at_learning_rate_zero_change_nothing_as_the_reference(impl):
+    # the reference skips a step whose lr is 0 (a warmup from 0, a schedule's end): ours fed
+    # the moments, decayed the estimate's sums and counted it (0.11 apart here)
+    prodigyopt = pytest.importorskip("prodigyopt")
+
+    def factor(step):
+        return 0.0 if step < 2 or 8 <= step < 10 else 1.0
+
+    model = _mlp()
+    opt = prodigyopt.Prodigy(model.parameters(), use_bias_correction=True, d0=1e-2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    x, y = data()
+    for _ in range(20):
+        opt.zero_grad()
+        loss(model, x, y).backward()
+        opt.step()
+        sched.step()
+    tx = optim.prodigy(mask=None, use_bias_correction=True, d0=1e-2, schedule=factor, impl=impl)
+    got, state = _train_descend(tx, steps=20)
+    assert _moved(got) > 0.1
+    assert max_diff(model, got) < 1e-8
+    assert state[-1][0]["count"] == 16 and find_lr_state(state)["count"] == 20
+
+
 def test_lion_matches_reference():
     lion_pytorch = pytest.importorskip("lion_pytorch")
     expected = _train_torch(
