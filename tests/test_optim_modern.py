@@ -23,6 +23,7 @@ from descend.transforms import (
     partition,
     scale,
     scale_by_muon,
+    scale_by_schedule_free,
     scale_by_trust_ratio,
     swap_to_eval,
     swap_to_train,
@@ -161,6 +162,31 @@ def test_prodigy_matches_reference(case, capsys):
         # the reference sums its estimate in Python floats, we on the device: rounding only
         assert max_diff(expected, got) < 1e-8, impl
         assert state[-1][0]["d"].item() > 1e-3
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_prodigy_steps_at_learning_rate_zero_change_nothing_as_the_reference(impl):
+    # the reference skips a step whose lr is 0 (a warmup from 0, a schedule's end): ours fed
+    # the moments, decayed the estimate's sums and counted it (0.11 apart here)
+    prodigyopt = pytest.importorskip("prodigyopt")
+
+    def factor(step):
+        return 0.0 if step < 2 or 8 <= step < 10 else 1.0
+
+    model = _mlp()
+    opt = prodigyopt.Prodigy(model.parameters(), use_bias_correction=True, d0=1e-2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    x, y = data()
+    for _ in range(20):
+        opt.zero_grad()
+        loss(model, x, y).backward()
+        opt.step()
+        sched.step()
+    tx = optim.prodigy(mask=None, use_bias_correction=True, d0=1e-2, schedule=factor, impl=impl)
+    got, state = _train_descend(tx, steps=20)
+    assert _moved(got) > 0.1
+    assert max_diff(model, got) < 1e-8
+    assert state[-1][0]["count"] == 16 and find_lr_state(state)["count"] == 20
 
 
 def test_lion_matches_reference():
@@ -498,6 +524,34 @@ def test_torch_adapter_train_eval_matches_the_reference_package():
     # a non-schedule-free adapter has the same methods, as no-ops
     other = optim.as_torch_optimizer(optim.adam(), _mlp())
     assert other.eval() is False and other.train() is False
+
+
+@pytest.mark.parametrize("kind", ["adamw", "sgd"])
+def test_eval_point_after_a_momentum_change_matches_the_reference_package(kind):
+    # a group's betas/momentum changed between steps rebuilds the transform and loads the old
+    # state, whose "b1" the swaps read: the eval point used the first β1 forever (off by 0.06)
+    sf = _schedulefree()
+    x, y = data()
+    a, b = _mlp(), _mlp()
+    if kind == "adamw":
+        ta = sf.AdamWScheduleFree(a.parameters(), lr=0.01)
+        tb = optim.as_torch_optimizer(optim.schedulefree_adamw(0.01), b)
+        key, value = "betas", (0.5, 0.999)
+    else:
+        ta = sf.SGDScheduleFree(a.parameters(), lr=0.01)
+        tb = optim.as_torch_optimizer(optim.schedulefree_sgd(0.01), b)
+        key, value = "momentum", 0.5
+    for opt, model in ((ta, a), (tb, b)):
+        opt.train()
+        for step in range(12):
+            if step == 6:
+                opt.param_groups[0][key] = value
+            opt.zero_grad()
+            loss(model, x, y).backward()
+            opt.step()
+        opt.eval()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=1e-10)
 
 
 def test_checkpoint_in_eval_mode_resumes_exactly():
@@ -840,6 +894,33 @@ BAD = [
 def test_bad_hyperparameters(build, pattern):
     with pytest.raises(ConfigError, match=pattern):
         build()
+
+
+def test_numpy_numbers_are_settings():
+    # docs/CONTRACTS.md: a NumPy number is a number (settings read from np.arange/np.logspace);
+    # muon's ns_steps/ns_coefficients and prodigy's growth_rate refused them
+    import numpy as np
+
+    params = {"w": torch.randn(4, 3, dtype=torch.float64)}
+    grads = {"w": torch.randn(4, 3, dtype=torch.float64)}
+    for a, b in [
+        (
+            scale_by_muon(
+                ns_steps=np.int64(3), ns_coefficients=tuple(np.float64([3.4445, -4.775, 2.0315]))
+            ),
+            scale_by_muon(ns_steps=3),
+        ),
+        (optim.prodigy(growth_rate=np.float32(1.5)), optim.prodigy(growth_rate=1.5)),
+        (
+            scale_by_schedule_free(0.1, warmup_steps=np.int64(3)),
+            scale_by_schedule_free(0.1, warmup_steps=3),
+        ),
+    ]:
+        ua, _ = a.update(grads, a.init(params), params)
+        ub, _ = b.update(grads, b.init(params), params)
+        torch.testing.assert_close(ua, ub, rtol=0, atol=0)
+    with pytest.raises(ConfigError, match=r"ns_steps must be an integer in \[1, 99\]; got 0 "):
+        scale_by_muon(ns_steps=np.int64(0))
 
 
 def test_errors_at_init():

@@ -13,7 +13,16 @@ from typing import Literal
 
 import torch
 
-from descend._errors import ConfigError, check_bool, check_choice, check_in_range, describe, message
+from descend._errors import (
+    ConfigError,
+    check_bool,
+    check_choice,
+    check_in_range,
+    describe,
+    is_real,
+    message,
+    plain,
+)
 from descend.transforms._base import Params, State, Transform, Updates, inplace_transform
 from descend.transforms._util import (
     Impl,
@@ -139,6 +148,7 @@ def scale_by_muon(
     owner = "scale_by_muon"
     momentum = check_in_range("momentum", momentum, 0.0, 1.0, owner=owner, example="momentum=0.95")
     nesterov = check_bool("nesterov", nesterov, owner=owner)
+    ns_steps = plain(ns_steps)
     if not isinstance(ns_steps, int) or isinstance(ns_steps, bool) or not 1 <= ns_steps < 100:
         raise ConfigError(
             message(f"{owner}: ns_steps", "must be an integer in [1, 99]", describe(ns_steps),
@@ -148,7 +158,7 @@ def scale_by_muon(
     if (
         not isinstance(ns_coefficients, (tuple, list))
         or len(ns_coefficients) != 3
-        or not all(isinstance(v, (int, float)) for v in ns_coefficients)
+        or not all(is_real(v) for v in ns_coefficients)
     ):
         raise ConfigError(
             message(f"{owner}: ns_coefficients", "must be three numbers (a, b, c)",

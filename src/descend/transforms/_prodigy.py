@@ -15,6 +15,7 @@ from descend._errors import (
     check_positive,
     describe,
     message,
+    plain,
 )
 from descend.transforms._base import Params, State, Transform, Updates, inplace_transform
 from descend.transforms._basic import commit_lr, next_lr
@@ -76,7 +77,8 @@ def scale_by_prodigy(
         d̂ = d_coef · r / ‖s‖₁,       d ← min(max(d_max, d̂), d · growth_rate)  (d_max ← max(d_max, d̂))
         θ ← θ − η λ θ − η m / (sqrt(v) + d ε)
 
-    (on the first increase ``d ← max(d, d̂)``). ``d`` lives on the device, so a step never
+    (on the first increase ``d ← max(d, d̂)``). A step at learning rate 0 changes nothing, as in
+    the reference. ``d`` lives on the device, so a step never
     waits for the host. The state is ``(prodigy, lr_state)`` with ``prodigy = {"count", "d",
     "d_max", "d_numerator", "exp_avg", "exp_avg_sq", "s", "p0"}``; ``d`` (a 0-d tensor) is the
     current estimate.
@@ -114,6 +116,7 @@ def scale_by_prodigy(
     safeguard_warmup = check_bool("safeguard_warmup", safeguard_warmup, owner=owner)
     d0 = check_positive("d0", d0, owner=owner)
     d_coef = check_positive("d_coef", d_coef, owner=owner)
+    growth_rate = plain(growth_rate)
     if (
         not isinstance(growth_rate, (int, float))
         or isinstance(growth_rate, bool)
@@ -173,6 +176,12 @@ def scale_by_prodigy(
         bc = math.sqrt(1 - b2 ** (k + 1)) / (1 - b1 ** (k + 1)) if use_bias_correction else 1.0
         return ps, lr_state, lr_t, ps["d"] * (lr_t * bc)
 
+    def idle(grads: Updates, state: State, lr_t: float):
+        """A step at learning rate 0 changes nothing, as the reference skips it: no moment, sum,
+        estimate or bias-correction count moves (a warmup from 0 would else feed them)."""
+        commit_lr(state[1], lr_t)
+        return {n: torch.zeros_like(grads[n]) for n in present(grads)}, state, True
+
     def coupled(grads: Updates, params: Params, names: list[str]) -> Updates:
         if weight_decay and not decouple:
             grads = dict(grads)
@@ -183,6 +192,8 @@ def scale_by_prodigy(
 
     def update_reference(grads: Updates, state: State, params: Params | None, owned: bool):
         ps, lr_state, lr_t, dlr = start(state, params)
+        if lr_t == 0:
+            return idle(grads, state, lr_t)
         d = ps["d"]
         names = present(grads)
         grads = coupled(grads, params, names)  # type: ignore[arg-type]
@@ -215,6 +226,8 @@ def scale_by_prodigy(
 
     def update_foreach(grads: Updates, state: State, params: Params | None, owned: bool):
         ps, lr_state, lr_t, dlr = start(state, params)
+        if lr_t == 0:
+            return idle(grads, state, lr_t)
         d = ps["d"]
         names = present(grads)
         grads = coupled(grads, params, names)  # type: ignore[arg-type]

@@ -23,7 +23,14 @@ from typing import Any
 
 import torch
 
-from descend._errors import ConfigError, check_in_range, check_positive, describe, message
+from descend._errors import (
+    ConfigError,
+    check_in_range,
+    check_positive,
+    describe,
+    message,
+    plain,
+)
 from descend.transforms._base import Params, State, Transform, Updates, inplace_transform
 from descend.transforms._basic import commit_lr, next_lr
 from descend.transforms._util import (
@@ -99,6 +106,7 @@ def scale_by_schedule_free(
         b2 = check_in_range("b2", b2, 0.0, 1.0, owner=owner, example="b2=0.999")
     eps = check_positive("eps", eps, owner=owner, allow_zero=True)
     weight_decay = check_positive("weight_decay", weight_decay, owner=owner, allow_zero=True)
+    warmup_steps = plain(warmup_steps)
     if not isinstance(warmup_steps, int) or isinstance(warmup_steps, bool) or warmup_steps < 0:
         raise ConfigError(
             message(f"{owner}: warmup_steps", "must be an integer >= 0", describe(warmup_steps),
@@ -137,6 +145,9 @@ def scale_by_schedule_free(
     def coefficients(sf: dict, lr_state: dict) -> tuple[float, float, float]:
         """(η_t, c_t, the coefficient of d_t in y) of this step; advances the average's weights."""
         k = sf["count"]
+        # the swaps recover x from y with the β1 that formed y: this step's (a rebuilt
+        # transform, e.g. momentum cycled by a torch scheduler, loads the state of the old one)
+        sf["b1"] = b1
         lr_t = next_lr(lr_state, lr, schedule)
         if k < warmup_steps:
             lr_t *= (k + 1) / warmup_steps
