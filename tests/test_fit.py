@@ -473,7 +473,10 @@ def test_bad_settings_are_refused():
 
 
 def test_lr_alone_gives_exactly_that_rate():
-    X = torch.randn(64, 2)
+    # Seeded data: drawn from the global RNG, it depended on which tests ran before it, and on
+    # some draws (torch.manual_seed(236)) the two 32-row batches' losses differ 2.6x at step 2,
+    # which the divergence guard takes for a spike and answers by scaling the rate.
+    X = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
     r = descend.fit(
         torch.nn.Linear(2, 1), (X, X[:, 0]), "mse", lr=0.0123, epochs=2, verbose=0, seed=0
     )
