@@ -1875,3 +1875,22 @@ def test_a_step_callback_reads_each_steps_loss_and_gradient_norm():
                     callbacks=[cb], verbose=0)  # fmt: skip
     assert cb.losses == r.history.step_loss and len(cb.losses) == 9
     assert cb.norms == r.history.step_grad_norm
+
+
+def test_patience_running_out_at_the_last_epoch_is_no_early_stop():
+    # "Stopped early after epoch 6" of 6 epochs: the patience ran out with the budget.
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(80, 3, generator=g)
+    y = X.sum(1, keepdim=True)
+    val = (torch.randn(40, 3, generator=g), torch.randn(40, 1, generator=g))  # unlearnable
+
+    def run(epochs):
+        return descend.fit(torch.nn.Linear(3, 1), (X, y), "mse", validation=val, lr=1e-2,
+                           epochs=epochs, patience=2, verbose=0, seed=0)  # fmt: skip
+
+    r = run(20)
+    assert r.stop_reason == StopReason.PATIENCE and r.epochs < 20
+    assert r.stop_message.startswith(f"Stopped early after epoch {r.epochs}:")
+    last = run(r.epochs)
+    assert last.stop_reason == StopReason.PATIENCE and last.epochs == r.epochs
+    assert last.stop_message.startswith(f"Stopped after epoch {r.epochs}, the budget's last:")

@@ -1755,8 +1755,14 @@ class Loop:
                         else "the budget's last share: it had not stalled)"
                     )
                 )
+            # (patience that runs out at the budget's last epoch is no early stop)
+            head = (
+                f"Stopped early after epoch {self.epoch}"
+                if self.epoch < self.max_epochs
+                else f"Stopped after epoch {self.epoch}, the budget's last"
+            )
             return (
-                f"Stopped early after epoch {self.epoch}: the validation loss did not improve "
+                f"{head}: the validation loss did not improve "
                 f"by more than {self.tol:g} (relative) for {_epochs(self.patience)}{during}; "
                 f"{kept}."
             )
