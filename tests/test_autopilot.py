@@ -1055,6 +1055,7 @@ def test_the_stop_sentence_says_whether_the_decay_followed_a_stall():
             restore_best=True,
             autopilot={"decay": decay},
             epoch=52,
+            max_epochs=60,
             tol=1e-4,
             patience=10,
         )
