@@ -142,6 +142,27 @@ def test_closed_form_losses_equal_the_library_losses():
             torch.testing.assert_close(grad, torch.autograd.grad(ref, o)[0])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(9, 4), (300, 250), (169, 1)], ids=str)
+def test_mse_closed_form_on_either_side_of_the_dot_product_limit(shape, dtype):
+    # Small float batches take the value as a dot product of the residual (cheaper than the
+    # mse kernel), large ones (300 x 250 > _DOT_MSE_MAX) and 16-bit ones torch's kernel: the
+    # value is the library's to float rounding and the gradient exactly 2 (out - y) / n.
+    import descend.train._mlp as M
+
+    g = torch.Generator().manual_seed(2)
+    out = torch.randn(*shape, generator=g).to(dtype)
+    y = torch.randn(*shape, generator=g).to(dtype)
+    assert (out.numel() > M._DOT_MSE_MAX) == (shape == (300, 250))
+    value, grad = loss_grad(L.get("mse"), out.clone(), y, None)
+    ref = torch.nn.functional.mse_loss(out.double(), y.double())
+    tol = {"rtol": 1e-2, "atol": 1e-2} if dtype == torch.bfloat16 else {"rtol": 1e-6, "atol": 0}
+    torch.testing.assert_close(value.double(), ref, **tol)
+    assert value.dtype == dtype and value.dim() == 0
+    assert torch.equal(grad, (out - y).mul_(2.0 / out.numel()))
+    torch.testing.assert_close(loss_value(L.get("mse"), out, y).double(), ref, **tol)
+
+
 def test_evaluation_values_equal_the_library_losses_or_defer_to_them():
     g = torch.Generator().manual_seed(1)
     out = torch.randn(9, 4, generator=g)

@@ -2150,9 +2150,10 @@ class Loop:
         start = self.batch
         for batch in src.batches(self.epoch, start=self.batch):
             # Sources yield (x, y) or, with sample weights, (x, y, w).
-            value, gnorm = self.train_step(*batch)
             if steady and not self._fast_ok:
+                # before the step, so the step does not ask again (nothing runs in between)
                 self._fast_ok = self._mlp.usable(batch[0])
+            value, gnorm = self.train_step(*batch)
             self.batch += 1
             self._ep_losses.append(value)
             self._ep_norms.append(gnorm)
