@@ -395,6 +395,30 @@ def test_lr_change_without_lr_state_is_refused():
         opt.step()
 
 
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), "0.1", torch.tensor(-1.0)])
+def test_a_bad_group_lr_is_refused_not_stepped_with(bad):
+    # a negative rate would silently ascend the loss, a NaN wipe the parameters
+    model = _model()
+    opt = optim.as_torch_optimizer(optim.adam(1e-2), model)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.param_groups[0]["lr"] = bad
+    with pytest.raises(
+        ConfigError, match=r"param_groups\[0\]\['lr'\] must be a finite number >= 0"
+    ):
+        _torch_loop(model, opt, _batches(1))
+    assert all(torch.equal(p, q) for p, q in zip(before, model.parameters()))
+    # a hand-made transform's group lr, given at construction, acts through its scale too
+    hand = chain(scale_by_adam(), optim.scale_by_learning_rate(1e-2))
+    opt = optim.as_torch_optimizer(hand, _groups(model, lr_head=-1e-3))
+    with pytest.raises(ConfigError, match=r"param_groups\[1\]\['lr'\] must be a finite number"):
+        _torch_loop(model, opt, _batches(1))
+    # 0 (cosine annealing's end) and a tensor rate are rates
+    opt = optim.as_torch_optimizer(optim.adam(1e-2), model)
+    opt.param_groups[0]["lr"] = torch.tensor(0.0)
+    _torch_loop(model, opt, _batches(1))
+    assert find_lr_state(opt.tx_state)["lr"] == 0.0
+
+
 def test_load_state_dict_errors():
     model = _model()
     opt = optim.as_torch_optimizer(optim.adam(), model)

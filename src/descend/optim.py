@@ -34,6 +34,7 @@ import copy
 import difflib
 import functools
 import inspect
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -1650,7 +1651,7 @@ class TorchOptimizer(torch.optim.Optimizer):
                         "use a descend.optim optimizer, or chain scale_by_learning_rate(lr)",
                     )
                 )
-            g.lr_state["scale"] = float(lr) / g.base_lr
+            g.lr_state["scale"] = _group_lr(i, lr) / g.base_lr
             g.seen_lr = lr
         betas = g.betas
         if betas is not None:
@@ -1879,6 +1880,25 @@ def _unit_interval(what: str, value: Any) -> float:
             message(what, "must be in [0, 1)", describe(value), "set e.g. 0.9 (betas (0.9, 0.999))")
         )
     return float(value)
+
+
+def _group_lr(i: int, value: Any) -> float:
+    """A group's ``"lr"`` (set by hand or by a scheduler) as a float >= 0, or ConfigError: a
+    negative rate would turn the step into gradient ascent, a NaN would wipe the parameters.
+    0 is a rate schedulers reach (cosine to ``eta_min=0``); a one-element tensor counts too."""
+    number = value.item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value
+    number = plain(number)
+    ok = isinstance(number, (int, float)) and not isinstance(number, bool)
+    if not (ok and math.isfinite(number) and number >= 0):
+        raise ConfigError(
+            message(
+                f"param_groups[{i}]['lr']",
+                "must be a finite number >= 0",
+                describe(value),
+                "set e.g. 1e-3 (a scheduler's rates are always such numbers)",
+            )
+        )
+    return float(number)
 
 
 def _group_params(source: Any, start: int) -> Params:
