@@ -162,6 +162,16 @@ def test_scale_by_schedule():
         u, state = tx.update({"w": torch.ones(1)}, state, params)
         outs.append(u["w"].item())
     assert outs == [1.0, 2.0, 3.0] and state == {"count": 3}
+    # a schedule that returns no number is named, as scale_by_learning_rate's is
+    tx = scale_by_schedule(lambda t: None if t == 1 else 1.0)
+    state = tx.init(params)
+    tx.update({"w": torch.ones(1)}, state, params)
+    with pytest.raises(
+        ConfigError,
+        match=r"scale_by_schedule: fn\(step\) must return a number .* got None at step 1",
+    ):
+        tx.update({"w": torch.ones(1)}, state, params)
+    assert state == {"count": 1}
 
 
 def test_add_decayed_weights_masks():

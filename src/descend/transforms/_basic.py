@@ -159,7 +159,18 @@ def scale_by_schedule(fn: Callable[[int], float]) -> Transform:
         return {"count": 0}
 
     def update(grads: Updates, state: State, params: Params | None, owned: bool):
-        factor = float(fn(state["count"]))
+        value = fn(state["count"])
+        try:
+            factor = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                message(
+                    "scale_by_schedule: fn(step)",
+                    "must return a number (the multiplier of the updates)",
+                    f"{describe(value)} at step {state['count']}",
+                    "return a float, e.g. fn=lambda step: 0.5 ** (step // 1000)",
+                )
+            ) from None
         state["count"] += 1
         return mul(grads, factor, owned), state, True
 
