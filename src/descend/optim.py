@@ -1997,9 +1997,11 @@ def as_torch_optimizer(
 
     The parameters come as a torch optimizer takes them: the module, ``model.parameters()``
     (the state then names them ``"0"``, ``"1"``, ... as torch's own does),
-    ``model.named_parameters()``, a ``{name: tensor}`` dict, or parameter groups without
-    options of their own (one transform trains them all; per-group options are refused with
-    the alternative, ``descend.transforms.masked``).
+    ``model.named_parameters()``, a ``{name: tensor}`` dict, or parameter groups
+    (``{"params": ..., "lr": 1e-4, "weight_decay": 0.0}``): a group with options of its own gets
+    the factory called again with them and its own state (a hand-made transform takes only
+    ``lr``, and ``betas``/``momentum`` where it has one holder of them, per group; see
+    :class:`TorchOptimizer`).
 
     Example:
         >>> import torch
