@@ -740,6 +740,19 @@ def test_group_options_are_checked():
     # keys that are no option stay on the group, as torch keeps them
     opt = optim.as_torch_optimizer("adamw", _groups(model, name="head"))
     assert opt.param_groups[1]["name"] == "head"
+    # ... but not torch's maximize=True, which would be ignored: descent instead of ascent
+    for build in ("adamw", hand()):
+        with pytest.raises(
+            ConfigError,
+            match=r"param_groups\[1\]\['maximize'\] is a torch.optim option descend's "
+            r"optimizers do not have \(they minimize\); got True — minimize the negated",
+        ):
+            optim.as_torch_optimizer(build, _groups(model, maximize=True))
+    opt = optim.as_torch_optimizer(optim.sgd(0.1), model[0].parameters())
+    with pytest.raises(ConfigError, match=r"param_groups\[1\]\['maximize'\] is a torch"):
+        opt.add_param_group({"params": model[2].parameters(), "maximize": True})
+    assert len(opt.param_groups) == 1
+    opt.add_param_group({"params": model[2].parameters(), "maximize": False})  # what it does
     with pytest.raises(
         ConfigError, match=r"parameter '0.weight' may belong to one parameter group"
     ):

@@ -1405,7 +1405,8 @@ class TorchOptimizer(torch.optim.Optimizer):
     per group (and ``betas``/``momentum`` where it has one holder of them), nothing else. Keys
     that are no option of the optimizer stay on the group untouched, as torch keeps them
     (schedulers store ``initial_lr`` there); a key within a letter or two of an option
-    (``weight_dacay``) is refused. ``add_param_group`` works too. ``max_grad_norm`` clips by
+    (``weight_dacay``) is refused, and so is torch's ``maximize=True`` (descend minimizes).
+    ``add_param_group`` works too. ``max_grad_norm`` clips by
     the norm over every group's gradients, as ``clip_grad_norm_(model.parameters())`` before a
     torch optimizer's step.
 
@@ -1542,6 +1543,16 @@ class TorchOptimizer(torch.optim.Optimizer):
                         "takes the optimizer's own hyperparameter names",
                         repr(key),
                         f"did you mean {close[0]!r}?",
+                    )
+                )
+            if key == "maximize" and group[key]:
+                # torch.optim's option would be kept on the group and ignored: a silent descent
+                raise ConfigError(
+                    message(
+                        f"param_groups[{i}]['maximize']",
+                        "is a torch.optim option descend's optimizers do not have (they minimize)",
+                        describe(group[key]),
+                        "minimize the negated objective instead: (-objective).backward()",
                     )
                 )
             if self._built is None and key in _factory_options():
