@@ -652,6 +652,30 @@ def test_add_param_group_follows_torch():
         tb.add_param_group({"lr": 0.1})
 
 
+def test_a_refused_change_of_several_options_names_the_one_at_fault():
+    # weight_decay may change between steps (its link holds no state); amsgrad may not, nor
+    # may eps be negative: the message names that option, whichever the group lists first
+    model = _model()
+    opt = optim.as_torch_optimizer(optim.adam(1e-2), model)
+    opt.param_groups[0].update(weight_decay=0.1, amsgrad=True)
+    with pytest.raises(
+        ConfigError,
+        match=r"param_groups\[0\]\['amsgrad'\] can change between steps only where the "
+        r"optimizer's state keeps its shape; got amsgrad=True \(was False\)",
+    ):
+        _torch_loop(model, opt, _batches(1))
+    sgd = optim.as_torch_optimizer(optim.sgd(0.1, momentum=0.9), model)
+    sgd.param_groups[0].update(weight_decay=0.1, dampening=2.0)
+    with pytest.raises(
+        ConfigError, match=r"param_groups\[0\]\['dampening'\]: sgd: dampening must be in"
+    ):
+        _torch_loop(model, sgd, _batches(1))
+    # the state was left as it was: with the options set right the step runs
+    sgd.param_groups[0]["dampening"] = 0.5
+    _torch_loop(model, sgd, _batches(1))
+    assert sgd.param_groups[0]["weight_decay"] == 0.1
+
+
 def test_weight_decay_changed_between_steps_follows_torch():
     # torch reads a group's options at every step; so does the adapter (the group's transform
     # is built again, its state carried over). A change that reshapes the state is refused.

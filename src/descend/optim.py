@@ -1621,22 +1621,39 @@ class TorchOptimizer(torch.optim.Optimizer):
         """Group ``i``'s factory options changed between steps: build its transform again and
         carry the state over (refused where the state would change shape)."""
         factory = self._built[0]  # type: ignore[index]
-        mine = {**(g.args or {}), **changed}
-        key = next(iter(changed))
+        args = g.args or {}
+        mine = {**args, **changed}
+
+        def carried(tx: Transform) -> State:
+            with whole_params(self._whole):
+                fresh = tx.init(g.named)
+            return _load_into(fresh, g.state, "state")  # g.state is only read
+
+        def culprit(error: type[Exception]) -> str:
+            # several options may change at once (by hand, or a loaded state_dict): name the
+            # one that fails alone this way, else the first
+            for key in changed:
+                try:
+                    carried(factory(**{**args, key: changed[key]}))
+                except (ConfigError, CheckpointError) as e:
+                    if isinstance(e, error):
+                        return key
+            return next(iter(changed))
+
         try:
             tx = factory(**mine)
         except ConfigError as e:
+            key = culprit(ConfigError)
             raise ConfigError(f"param_groups[{i}][{key!r}]: {e}") from None
         try:
-            with whole_params(self._whole):
-                fresh = tx.init(g.named)
-            state = _load_into(fresh, g.state, "state")
+            state = carried(tx)
         except CheckpointError:
+            key = culprit(CheckpointError)
             raise ConfigError(
                 message(
                     f"param_groups[{i}][{key!r}]",
                     "can change between steps only where the optimizer's state keeps its shape",
-                    f"{key}={describe(changed[key])} (was {describe((g.args or {}).get(key))})",
+                    f"{key}={describe(changed[key])} (was {describe(args.get(key))})",
                     "build a new optimizer with that setting (as_torch_optimizer)",
                 )
             ) from None
