@@ -646,8 +646,18 @@ def test_add_param_group_follows_torch():
             opt.step()
     assert _close(a, b, 1e-12)
     assert tb.state_dict()["param_groups"][1]["params"] == ["2", "3"]
-    with pytest.raises(ConfigError, match=r"parameter '2' may belong to one parameter group only"):
+    # another tensor under a taken name is no parameter given twice: the name is the fault
+    with pytest.raises(
+        ConfigError,
+        match=r"add_param_group: parameter name '2' must be unique across the groups \(the "
+        r"optimizer state is keyed by name\); got it for two different tensors — name them apart",
+    ):
         tb.add_param_group({"params": {"2": torch.zeros(1, requires_grad=True)}})
+    with pytest.raises(ConfigError, match=r"parameter 'again' may belong to one parameter group"):
+        tb.add_param_group({"params": {"again": b[2].weight}})
+    # two submodules' own names ("weight", "bias") collide the same way
+    with pytest.raises(ConfigError, match=r"parameter group 1: parameter name 'weight' must be"):
+        optim.as_torch_optimizer("adamw", [{"params": b[0]}, {"params": b[2], "lr": 1e-4}])
     with pytest.raises(ConfigError, match=r"add_param_group takes a dict with 'params'"):
         tb.add_param_group({"lr": 0.1})
 

@@ -1960,16 +1960,27 @@ def _check_group(who: str, named: Params, before: Params) -> None:
                 "pass model.parameters(), named_parameters() or {name: tensor}",
             )
         )
-    again = [n for n in named if n in before]
     seen = {id(p) for p in before.values()}
     twice = [n for n, p in named.items() if id(p) in seen]
-    if again or twice:
+    if twice:
         raise ConfigError(
             message(
-                f"{who}: parameter {(again or twice)[0]!r}",
+                f"{who}: parameter {twice[0]!r}",
                 "may belong to one parameter group only",
-                "a name already taken" if again else "a tensor already in an earlier group",
+                "a tensor already in an earlier group",
                 "give every parameter to exactly one group",
+            )
+        )
+    # another tensor under a taken name: two submodules' named_parameters() ("weight", "bias")
+    again = [n for n in named if n in before]
+    if again:
+        raise ConfigError(
+            message(
+                f"{who}: parameter name {again[0]!r}",
+                "must be unique across the groups (the optimizer state is keyed by name)",
+                "it for two different tensors",
+                "name them apart, e.g. {'params': model.head.named_parameters(prefix='head')}, "
+                "or pass model.head.parameters()",
             )
         )
 
