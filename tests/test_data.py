@@ -242,6 +242,26 @@ def test_explicit_validation_used_as_given_and_zero_means_none():
     assert D.prepare((XN, YN), validation=None, device=CPU).val is None
 
 
+def test_validation_tables_must_have_the_training_columns_in_order():
+    # Tables become arrays by position: the same columns in another order would score the
+    # model on swapped features without any shape complaint.
+    swapped, y5 = FRAME[["b", "a", "c", "d"]].iloc[:5], YN[:5]
+    with pytest.raises(InputError, match=r"validation X must have the training table's columns.*"
+                       r"column 0 is 'b', not 'a'.*X_val\[X\.columns\]"):  # fmt: skip
+        prep((FRAME, YN), validation=(swapped, y5))
+    table = pa.Table.from_pandas(FRAME)
+    other = table.select(list("abc")).append_column("e", pa.array(np.zeros(30)))
+    with pytest.raises(InputError, match=r"missing 'd', extra 'e'"):
+        prep((table, YN), validation=(other, YN))
+    with pytest.raises(InputError, match=r"validation X\['p'\] must have the training table's"):
+        prep(({"p": FRAME, "q": FRAME}, YN), validation=({"q": FRAME, "p": swapped}, y5))
+    # the fix the message gives works; a frame with no shared names is matched by position
+    b = prep((FRAME, YN), validation=(swapped[FRAME.columns], y5))
+    torch.testing.assert_close(b.val.X, torch.as_tensor(XN[:5], dtype=torch.float32))
+    b = prep((FRAME, YN), validation=(pd.DataFrame(XN[:5]), y5))
+    torch.testing.assert_close(b.val.X, torch.as_tensor(XN[:5], dtype=torch.float32))
+
+
 # ----------------------------------------------------------------------------------------------
 # Targets
 # ----------------------------------------------------------------------------------------------

@@ -875,6 +875,7 @@ def prepare(
 
     val_arrays = None
     if isinstance(val_raw, _Arrays):
+        _check_same_columns(train_raw.X, val_raw.X)
         Xv = _inputs(val_raw.X, "validation X", dtype)
         if n_rows(Xv) == 0:
             raise InputError(
@@ -1558,6 +1559,65 @@ def _check_like_training(X: Features, Xv: Features) -> None:
                     "build the validation data with the same columns as the training data",
                 )
             )
+
+
+def _column_names(obj: Any) -> list[Any] | None:
+    """The column names of a pandas DataFrame or a pyarrow Table/RecordBatch, else None."""
+    mod = _module_of(obj)
+    if mod.startswith("pandas") and hasattr(obj, "columns"):
+        return list(obj.columns)
+    if mod.startswith("pyarrow") and hasattr(obj, "schema"):
+        return list(obj.schema.names)
+    return None
+
+
+def _check_same_columns(X: Any, Xv: Any) -> None:
+    """Refuse validation tables whose columns are not the training table's, in its order.
+
+    Tables become arrays by position, so a validation frame with the same columns in another
+    order would pass every shape check and be scored on swapped features. Tables that share no
+    column name (e.g. one built from a bare array) are matched by position, as arrays are."""
+    pairs: list[tuple[str, Any, Any]] = [("validation X", X, Xv)]
+    if _multi_input(X) and _multi_input(Xv) and _form(X) == _form(Xv):
+        names = input_names(X, "validation X")
+        if isinstance(X, Mapping):
+            pairs = [(f"validation X[{k!r}]", X[k], Xv[k]) for k in X]
+        else:
+            pairs = list(zip(names, X, Xv))
+    for what, t, tv in pairs:
+        cols, cols_v = _column_names(t), _column_names(tv)
+        if cols is None or cols_v is None or cols == cols_v or not set(cols) & set(cols_v):
+            continue
+        missing = [c for c in cols if c not in cols_v]
+        extra = [c for c in cols_v if c not in cols]
+        if missing or extra:
+            got = ", ".join(
+                part
+                for part in (
+                    missing and f"missing {_names_text(missing)}",
+                    extra and f"extra {_names_text(extra)}",
+                )
+                if part
+            )
+        else:
+            i = next(i for i, (a, b) in enumerate(zip(cols, cols_v)) if a != b)
+            got = (
+                f"the same columns in another order (column {i} is {cols_v[i]!r}, not {cols[i]!r})"
+            )
+        raise InputError(
+            message(
+                what,
+                f"must have the training table's columns in its order ({_names_text(cols)})",
+                got,
+                "build the validation data with the training columns and select them in the "
+                "training order, e.g. X_val[X.columns] (pandas) or X_val.select(X.column_names) "
+                "(pyarrow)",
+            )
+        )
+
+
+def _names_text(names: list[Any]) -> str:
+    return ", ".join(repr(c) for c in names[:5]) + (" ..." if len(names) > 5 else "")
 
 
 def _check_inputs_finite(X: Features, what: str, dtype: torch.dtype) -> None:
