@@ -485,6 +485,16 @@ BAD_INPUTS = [
         {},
         r"y must not contain missing labels; got 1 missing \(None/NaN\) labels, the first at row 1",
     ),
+    (  # pandas "string" labels hold pandas.NA, which raised "boolean value of NA is ambiguous"
+        (XN[:3], pd.Series(["a", None, "b"], dtype="string")),
+        {},
+        r"y must not contain missing labels; got 1 missing \(None/NaN\) labels, the first at row 1",
+    ),
+    (
+        (XN[:3], np.array(["a", "b", np.float32("nan")], dtype=object)),
+        {},
+        r"y must not contain missing labels; got 1 missing .*, the first at row 2",
+    ),
     (
         (XN[:3], ["a", "b", "c"]),
         {"target_kind": "float"},

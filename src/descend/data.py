@@ -1792,9 +1792,7 @@ def _encode_labels(
     arrays = [p.cpu().numpy() if isinstance(p, torch.Tensor) else p for p in parts]
     for a, name in zip(arrays, names):
         if a.dtype.kind == "O":
-            missing = [
-                i for i, v in enumerate(a.flat) if v is None or (isinstance(v, float) and v != v)
-            ]
+            missing = [i for i, v in enumerate(a.flat) if _missing_label(v)]
             if missing:
                 raise InputError(
                     message(
@@ -1827,6 +1825,16 @@ def _encode_labels(
             )
         ) from err
     return [torch.as_tensor(c, dtype=torch.int64) for c in codes], classes, int(classes.size)
+
+
+def _missing_label(v: Any) -> bool:
+    """None, a NaN of any float type, or pandas' NA / NaT (pandas "string" and nullable
+    columns hold pandas.NA, whose comparisons raise instead of sorting)."""
+    if v is None:
+        return True
+    if isinstance(v, (float, np.floating)):
+        return bool(v != v)
+    return type(v).__name__ in ("NAType", "NaTType")  # (pandas is optional: no import)
 
 
 # ----------------------------------------------------------------------------------------------
