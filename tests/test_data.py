@@ -417,7 +417,7 @@ BAD_INPUTS = [
     (
         (numbered(20), np.arange(20) % 10),
         {"validation": 0.2},
-        r"validation=0\.2 must leave room for every class.*got 4 validation samples for 10 such classes.*validation >= 0\.5, stratify=False, or validation=None",
+        r"validation=0\.2 must leave room for every class.*got 4 validation samples for 10 such classes.*validation >= 0\.5, explicit validation data \(X_val, y_val\), or validation=None",
     ),
     (
         (numbered(20), np.arange(20) % 5),
@@ -518,6 +518,19 @@ BAD_INPUTS = [
         r"must hold \(X,\) or \(X, y\); got 3 tensors",
     ),
 ]
+
+
+def test_a_split_that_cannot_be_stratified_offers_fixes_that_fit_takes():
+    # fit always stratifies and has no stratify argument: the message must not offer one
+    X, y = numbered(20), np.arange(20) % 10
+    fit_kw = {"epochs": 1, "verbose": 0, "optimizer": "sgd", "lr": 0.1}
+    for validation in (0.2, 0.9):
+        with pytest.raises(InputError, match=r"explicit validation data") as info:
+            descend.fit(torch.nn.Linear(3, 10), (X, y), "cross_entropy", validation=validation,
+                        **fit_kw)  # fmt: skip
+        assert "stratify" not in str(info.value).split(" — ", 1)[1]
+    r = descend.fit(torch.nn.Linear(3, 10), (X, y), "cross_entropy", validation=(X, y), **fit_kw)
+    assert np.isfinite(r.best_loss)
 
 
 @pytest.mark.parametrize(

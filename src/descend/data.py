@@ -1917,6 +1917,8 @@ def _split_indices(
     if labels is None:
         return perm[n_val:].sort().values, perm[:n_val].sort().values
 
+    # (The fixes offered below work in fit, the estimators and the CLI too: stratify=False is
+    # prepare's alone.)
     counts = torch.bincount(labels).tolist()
     present = [c for c, k in enumerate(counts) if k > 0]
     multi = sum(1 for k in counts if k >= 2)
@@ -1928,7 +1930,8 @@ def _split_indices(
                 "must leave room for every class with >= 2 samples in the validation part to "
                 "stratify",
                 f"{n_val} validation samples for {multi} such classes ({n} samples)",
-                f"pass validation >= {need:g}, stratify=False, or validation=None",
+                f"pass validation >= {need:g}, explicit validation data (X_val, y_val), or "
+                "validation=None",
             )
         )
     if n - n_val < len(present):
@@ -1939,7 +1942,7 @@ def _split_indices(
                 "must leave at least one sample of every class in the training part to stratify",
                 f"{n - n_val} training samples for {len(present)} classes ({n} samples)",
                 (f"pass a smaller fraction (at most {most:g}), " if most > 0 else "pass ")
-                + "stratify=False, or validation=None",
+                + "explicit validation data (X_val, y_val), or validation=None",
             )
         )
     # Per class: round(fraction * count), clamped so a class with >= 2 samples lands on both
