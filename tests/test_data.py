@@ -357,6 +357,18 @@ def test_dataloader_explicit_val():
     assert b.n_val == 4 and not b.val.resident and len(list(b.val.batches(0))) == 2
 
 
+def test_validation_without_targets_next_to_a_stream_is_refused_before_training():
+    # it reached the loss as y=None: AttributeError "'NoneType' object has no attribute 'dtype'"
+    loader = DataLoader(TensorDataset(numbered(20), torch.arange(20) % 2), batch_size=4)
+    with pytest.raises(InputError, match=r"validation must have targets.*got validation X "
+                       r"without y — pass validation=\(X_val, y_val\)"):  # fmt: skip
+        descend.fit(torch.nn.Linear(3, 2), loader, "cross_entropy", validation=numbered(4),
+                    epochs=1, verbose=0)  # fmt: skip
+    # a custom loss (target_kind "any") may compare with nothing
+    b = prep(loader, validation=numbered(4), target_kind="any")
+    assert b.val.y is None and b.n_val == 4
+
+
 def test_iterable_dataset_is_streamed():
     class Stream(IterableDataset):
         def __iter__(self):

@@ -1099,6 +1099,17 @@ def _validation_source(
                 "pass non-empty validation data, or validation=None",
             )
         )
+    if not val_raw.has_y and target_kind != "any":
+        # (a library loss compares with targets: without them every evaluation would fail)
+        raise InputError(
+            message(
+                "validation",
+                f"must have targets for a loss that compares with them (target_kind "
+                f"{target_kind!r})",
+                "validation X without y",
+                "pass validation=(X_val, y_val)",
+            )
+        )
     y = None
     if val_raw.has_y:
         y = _targets(val_raw.y, "validation y", target_kind, dtype, n_rows(X))
