@@ -532,6 +532,18 @@ BAD_INPUTS = [
 ]
 
 
+def test_a_tuple_of_three_is_told_where_weights_and_extra_inputs_go():
+    x1, x2, w = numbered(6), torch.arange(6), torch.ones(6)
+    for data in ((x1, YN[:6], w), (x1, x2, YN[:6])):
+        with pytest.raises(InputError, match=r"a tuple of 3 items — pass \(X, y\): several model "
+                           r"inputs go in one tuple X, \(\(x1, x2\), y\), and per-sample "
+                           r"weights as sample_weight=w"):  # fmt: skip
+            prep(data)
+    # both fixes work
+    assert prep((x1, YN[:6]), sample_weight=w).train.w.tolist() == [1.0] * 6
+    assert D.is_multi(prep(((x1, x2), YN[:6])).train.X)
+
+
 def test_a_split_that_cannot_be_stratified_offers_fixes_that_fit_takes():
     # fit always stratifies and has no stratify argument: the message must not offer one
     X, y = numbered(20), np.arange(20) % 10

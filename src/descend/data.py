@@ -1163,7 +1163,8 @@ def _unpack(obj: Any, role: str, batch_size: int | None, drop_last: bool) -> _Ar
                 role,
                 "as a tuple must be (X, y) or (X,)",
                 f"a tuple of {len(obj)} items",
-                "pass (X, y); put extra arrays (e.g. sample weights) elsewhere",
+                "pass (X, y): several model inputs go in one tuple X, ((x1, x2), y), and "
+                "per-sample weights as sample_weight=w",
             )
         )
     return _Arrays(obj, None, False)
@@ -1251,7 +1252,7 @@ def _tensor_tuple(tensors: list[torch.Tensor], role: str) -> _Arrays:
             f"{role} (a TensorDataset)",
             "must hold (X,) or (X, y)",
             f"{len(tensors)} tensors",
-            "build TensorDataset(X, y)",
+            "build TensorDataset(X, y), and pass per-sample weights as sample_weight=w",
         )
     )
 
