@@ -421,6 +421,12 @@ BAD_INPUTS = [
         {"validation": 0.1, "stratify": False},
         r"validation=0\.1 must leave at least 1 sample on each side.*got 0 validation and 3 training.*larger fraction",
     ),
+    (  # no fraction splits one sample: a larger one is no fix
+        (XN[:1], YN[:1]),
+        {"validation": 0.2},
+        r"got 0 validation and 1 training samples out of 1 — pass explicit validation data, or "
+        r"validation=None \(one sample cannot be split\)$",
+    ),
     (
         (XN[:3], YN[:3]),
         {"validation": 0.9, "stratify": False},

@@ -1919,7 +1919,9 @@ def _split_indices(
                 f"validation={fraction:g}",
                 "must leave at least 1 sample on each side of the split",
                 f"{n_val} validation and {n - n_val} training samples out of {n}",
-                "pass a larger fraction, explicit validation data, or validation=None"
+                "pass explicit validation data, or validation=None (one sample cannot be split)"
+                if n < 2
+                else "pass a larger fraction, explicit validation data, or validation=None"
                 if n_val < 1
                 else "pass a smaller fraction, explicit validation data, or validation=None",
             )
