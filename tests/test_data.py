@@ -412,7 +412,8 @@ BAD_INPUTS = [
     (
         (XN, Y_NAN),
         {"target_kind": "float"},
-        r"y must contain only finite numbers; got 1 non-finite values \(1 NaN, 0 inf\), the first at row 7",
+        r"y must contain only finite numbers; got 1 non-finite values \(1 NaN, 0 inf\), the first at row 7"
+        r" — drop the rows whose target is missing or infinite$",
     ),
     ((XN * 1e300, YN), {}, r"X must fit in torch\.float32.*rescale"),
     ((np.zeros((0, 3)), np.zeros(0)), {}, r"the training data must contain at least one sample"),

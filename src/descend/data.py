@@ -1739,7 +1739,9 @@ def _targets(
             message(what, "must be real numbers", f"dtype {raw.dtype}", "pass real targets")
         )
     if kind == "float" or raw.is_floating_point():
-        _check_finite(raw, what, dtype)
+        # (not the features' fix: imputing targets invents answers, and descend.tabular
+        # refuses missing targets too)
+        _check_finite(raw, what, dtype, fix="drop the rows whose target is missing or infinite")
         raw = raw.to(dtype)
     return raw
 
