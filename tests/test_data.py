@@ -106,6 +106,12 @@ def test_integer_features_keep_their_dtype_but_tabular_ints_become_float():
     assert prep(ids).train.X.dtype == torch.int64  # e.g. token ids for an embedding
     assert prep(pd.DataFrame(ids)).train.X.dtype == torch.float32
     assert prep(np.array([[True], [False]])).train.X.dtype == torch.float32
+    # 16-bit pixels are small integers like uint8 ones: kept as uint16 no layer took them
+    pixels = np.array([[0, 65535], [1, 2]], dtype=np.uint16)
+    X16 = prep(pixels).train.X
+    assert X16.dtype == torch.float32 and X16.tolist() == [[0.0, 65535.0], [1.0, 2.0]]
+    streamed = D.prepare(DataLoader(TensorDataset(torch.as_tensor(pixels))), validation=None)
+    assert next(iter(streamed.train.batches(0)))[0].dtype == torch.float32
 
 
 def test_dtype_argument_and_float64_features():

@@ -1038,8 +1038,9 @@ def _n_features(shape: tuple[int, ...]) -> int:
 
 
 # Feature dtypes that become the model's floating dtype besides floats: booleans and the small
-# integers of pixels, flags and counts. int32/int64 stay integers: what nn.Embedding indexes with.
-_FLOAT_FEATURES = (torch.bool, torch.uint8, torch.int8, torch.int16)
+# integers of pixels, flags and counts (uint16: 16-bit images, which neither a Linear layer nor
+# nn.Embedding accepts as they are). int32/int64 stay integers: what nn.Embedding indexes with.
+_FLOAT_FEATURES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.uint16)
 
 
 def _float_features(t: torch.Tensor) -> bool:
