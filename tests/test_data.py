@@ -298,6 +298,15 @@ def test_string_labels_round_trip_through_pandas_and_arrow():
         assert b.classes[b.train.y.numpy()].tolist() == y
 
 
+def test_categorical_numbers_keep_their_dtype():
+    # integer labels as a pandas category came back as float classes (3.0, not 3)
+    y = [3, 5, 7, 3, 5, 7]
+    b = prep((numbered(6), pd.Series(y, dtype="category")), shuffle=False)
+    assert b.classes.dtype.kind == "i" and b.classes[b.train.y.numpy()].tolist() == y
+    b = prep((numbered(6), pd.Series([True, False] * 3, dtype="category")), target_kind="float")
+    assert b.train.y.tolist() == [1.0, 0.0] * 3
+
+
 def test_index_column_vector_is_flattened_and_float_targets_stay_1d():
     assert prep((XN, YN[:, None])).train.y.shape == (30,)
     b = prep((XN, YN), target_kind="float")

@@ -1413,14 +1413,19 @@ def _series_numpy(s: Any) -> np.ndarray:
     import pandas as pd
 
     dtype = s.dtype
+    if isinstance(dtype, pd.CategoricalDtype):
+        # (is_numeric_dtype is False for every categorical: numbers as categories keep their
+        # dtype, e.g. int labels stay ints, not objects read as floats; missing ones are NaN)
+        cats = dtype.categories.dtype
+        if pd.api.types.is_numeric_dtype(cats) or pd.api.types.is_bool_dtype(cats):
+            return np.asarray(s)
+        return s.to_numpy(dtype=object)
     if pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype):
         if s.isna().any():
             return s.to_numpy(dtype=np.float64, na_value=np.nan)
         numpy_dtype = getattr(dtype, "numpy_dtype", None)
         if numpy_dtype is not None:
             return s.to_numpy(dtype=numpy_dtype)
-        if isinstance(dtype, pd.CategoricalDtype):
-            return np.asarray(s)
         return s.to_numpy()
     return s.to_numpy(dtype=object)
 
