@@ -305,6 +305,9 @@ def test_categorical_numbers_keep_their_dtype():
     assert b.classes.dtype.kind == "i" and b.classes[b.train.y.numpy()].tolist() == y
     b = prep((numbered(6), pd.Series([True, False] * 3, dtype="category")), target_kind="float")
     assert b.train.y.tolist() == [1.0, 0.0] * 3
+    # the same category through pyarrow (how Parquet stores it): a dictionary array
+    b = prep((numbered(6), pa.array(y).dictionary_encode()), shuffle=False)
+    assert b.classes.dtype.kind == "i" and b.classes[b.train.y.numpy()].tolist() == y
 
 
 def test_index_column_vector_is_flattened_and_float_targets_stay_1d():

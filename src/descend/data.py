@@ -1442,6 +1442,10 @@ def _from_arrow(obj: Any, what: str, tabular_float: bool) -> np.ndarray:
         )
 
     def column(col: Any) -> np.ndarray:
+        if pa.types.is_dictionary(col.type):
+            # (a pandas category in Parquet: its values, so int labels stay ints, not objects
+            # read as floats; features never get here, a dictionary column is not numeric)
+            col = col.cast(col.type.value_type)
         if numeric(col.type) and (tabular_float or col.null_count or pa.types.is_decimal(col.type)):
             return np.asarray(col.cast(pa.float64()).to_numpy(zero_copy_only=False))
         out = col.to_numpy(zero_copy_only=False)
