@@ -248,6 +248,25 @@ def test_explicit_validation_used_as_given_and_zero_means_none():
     assert D.prepare((XN, YN), validation=None, device=CPU).val is None
 
 
+def test_validation_features_must_be_the_training_kind_of_numbers():
+    # integer ids stay integers for an embedding layer, but validation ids given as floats (or
+    # as a DataFrame, whose columns become floats) reached it as floats: a torch error at the
+    # first evaluation, after an epoch of training
+    ids, y = np.arange(20).reshape(10, 2) % 7, np.arange(10) % 2
+    for ids_v in (ids[:4].astype(np.float64), pd.DataFrame(ids[:4]), ids[:4].astype(np.uint8)):
+        with pytest.raises(InputError, match=r"validation X must hold integer values like the "
+                           r"training X \(torch\.int64, whose values stay integers for embedding "
+                           r"layers\); got values of dtype .*, which become floats — convert it "
+                           r"like the training data, e.g\. numpy\.asarray\(X_val, "
+                           r"dtype='int64'\)"):  # fmt: skip
+            prep((ids, y), validation=(ids_v, y[:4]))
+        b = prep((ids, y), validation=(np.asarray(ids_v, dtype="int64"), y[:4]))  # the fix
+        assert b.val.X.dtype == torch.int64
+    with pytest.raises(InputError, match=r"validation X\[0\] must hold float values"):
+        prep(((XN, ids[:1].repeat(30, 0)), YN), validation=((XN[:4].astype(int), ids[:4]), YN[:4]))
+    assert prep((ids, y), validation=(ids[:4].astype(np.int32), y[:4])).n_val == 4
+
+
 def test_validation_tables_must_have_the_training_columns_in_order():
     # Tables become arrays by position: the same columns in another order would score the
     # model on swapped features without any shape complaint.

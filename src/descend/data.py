@@ -1581,6 +1581,30 @@ def _check_like_training(X: Features, Xv: Features) -> None:
                     "build the validation data with the same columns as the training data",
                 )
             )
+        kind, kind_v = _feature_kind(t), _feature_kind(tv)
+        if kind != kind_v:
+            # (integer ids would reach an embedding layer as floats, floats a Linear layer as
+            # integers: a torch error at the first evaluation, after an epoch of training)
+            become = {
+                "integer": "stay integers for embedding layers",
+                "float": "become floats",
+                "complex": "stay complex",
+            }
+            raise InputError(
+                message(
+                    what,
+                    f"must hold {kind} values like the training {what.split(' ', 1)[1]} "
+                    f"({t.dtype}, whose values {become[kind]})",
+                    f"values of dtype {tv.dtype}, which {become[kind_v]}",
+                    "convert it like the training data, e.g. numpy.asarray(X_val, "
+                    f"dtype={str(t.dtype).replace('torch.', '')!r})",
+                )
+            )
+
+
+def _feature_kind(t: torch.Tensor) -> str:
+    """How prepare treats a feature tensor's values: made floats, kept integers, or complex."""
+    return "complex" if t.is_complex() else "float" if _float_features(t) else "integer"
 
 
 def _column_names(obj: Any) -> list[Any] | None:
