@@ -494,6 +494,18 @@ BAD_INPUTS = [
         r"validation X must have the same number of features as the training X \(4.*got 3 features",
     ),
     ((XN, YN), {"validation": XN[:5]}, r"validation must have targets like the training data"),
+    (  # as many features, laid out otherwise: not "the same number of features" (1 and 1)
+        (XN[:, 0], YN),
+        {"validation": (XN[:5, :1], YN[:5])},
+        r"validation X must have the training X's shape per sample \(\); got shape \(1,\) per "
+        r"sample \(shape \(5, 1\)\) — lay the validation samples out like the training ones, "
+        r"shape \(N\)",
+    ),
+    (
+        (XN.reshape(30, 2, 2), YN),
+        {"validation": (XN[:5].reshape(5, 4, 1), YN[:5])},
+        r"per sample \(2, 2\); got shape \(4, 1\) per sample .* shape \(N, 2, 2\)",
+    ),
     (
         ({1, 2, 3}, None),
         {},

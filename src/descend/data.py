@@ -1570,6 +1570,21 @@ def _check_like_training(X: Features, Xv: Features) -> None:
     # a dict's inputs pair up by name, whatever the order they were given in
     others = tuple(Xv[k] for k in X) if isinstance(X, dict) else inputs_of(Xv)  # type: ignore[index]
     for what, t, tv in zip(names, inputs_of(X), others):
+        if tuple(tv.shape[1:]) != tuple(t.shape[1:]) and _n_features(
+            tuple(tv.shape[1:])
+        ) == _n_features(tuple(t.shape[1:])):
+            # (as many features, laid out otherwise: "the same number of features" misleads)
+            raise InputError(
+                message(
+                    what,
+                    f"must have the training {what.split(' ', 1)[1]}'s shape per sample "
+                    f"{tuple(t.shape[1:])}",
+                    f"shape {tuple(tv.shape[1:])} per sample (shape {tuple(tv.shape)})",
+                    "lay the validation samples out like the training ones, shape "
+                    f"(N{''.join(f', {d}' for d in t.shape[1:])}) (reshape a column of one "
+                    "feature; permute axes that are in another order)",
+                )
+            )
         if tuple(tv.shape[1:]) != tuple(t.shape[1:]):
             raise InputError(
                 message(
