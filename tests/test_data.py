@@ -114,6 +114,18 @@ def test_integer_features_keep_their_dtype_but_tabular_ints_become_float():
     assert next(iter(streamed.train.batches(0)))[0].dtype == torch.float32
 
 
+def test_frames_with_a_repeated_column_name_are_read_by_position():
+    # (pandas.concat makes them): frame["a"] is then a DataFrame and .dtype raised AttributeError
+    frame = pd.DataFrame(XN[:, :2], columns=["a", "a"])
+    b = prep((frame, frame), target_kind="float", shuffle=False)
+    expected = torch.as_tensor(XN[:, :2], dtype=torch.float32)
+    torch.testing.assert_close(b.train.X, expected)
+    torch.testing.assert_close(b.train.y, expected)
+    frame.insert(2, "a", ["red"] * 30, allow_duplicates=True)
+    with pytest.raises(InputError, match=r"1 non-numeric column\(s\) 'a' of dtype"):
+        prep((frame, YN))
+
+
 def test_dtype_argument_and_float64_features():
     b = prep((XN, YN), dtype=torch.float64)
     assert b.train.X.dtype == torch.float64

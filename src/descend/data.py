@@ -1360,18 +1360,16 @@ def _from_pandas(obj: Any, what: str, tabular_float: bool) -> np.ndarray:
     import pandas as pd
 
     if isinstance(obj, pd.DataFrame):
+        # (by position: obj[c] of a name two columns share is a DataFrame, with no .dtype)
         if tabular_float:
             bad = [
-                c
-                for c in obj.columns
-                if not (
-                    pd.api.types.is_numeric_dtype(obj[c].dtype)
-                    or pd.api.types.is_bool_dtype(obj[c].dtype)
-                )
+                (c, dt)
+                for c, dt in zip(obj.columns, obj.dtypes)
+                if not (pd.api.types.is_numeric_dtype(dt) or pd.api.types.is_bool_dtype(dt))
             ]
             if bad:
-                names = ", ".join(repr(c) for c in bad[:5]) + (" ..." if len(bad) > 5 else "")
-                dtypes = sorted({str(obj[c].dtype) for c in bad})
+                names = ", ".join(repr(c) for c, _ in bad[:5]) + (" ..." if len(bad) > 5 else "")
+                dtypes = sorted({str(dt) for _, dt in bad})
                 raise InputError(
                     message(
                         what,
@@ -1383,7 +1381,7 @@ def _from_pandas(obj: Any, what: str, tabular_float: bool) -> np.ndarray:
             return obj.to_numpy(dtype=np.float64, na_value=np.nan)
         if obj.shape[1] == 1:
             return _series_numpy(obj.iloc[:, 0])[:, None]
-        cols = [_series_numpy(obj[c]) for c in obj.columns]
+        cols = [_series_numpy(obj.iloc[:, i]) for i in range(obj.shape[1])]
         return np.stack(cols, axis=1) if cols else np.zeros((len(obj), 0))
     if isinstance(obj, (pd.Series, pd.Index, pd.Categorical)):
         series = pd.Series(obj) if not isinstance(obj, pd.Series) else obj
