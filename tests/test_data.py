@@ -126,6 +126,33 @@ def test_frames_with_a_repeated_column_name_are_read_by_position():
         prep((frame, YN))
 
 
+def test_numbers_in_object_containers_are_numbers_and_their_gaps_are_missing_values():
+    # An object DataFrame column of numbers was told to be one-hot encoded (an object array
+    # of them was accepted); None / pandas.NA among numbers were "text to encode" for X, "numbers
+    # written as text" for float targets; complex objects raised a raw TypeError; int labels
+    # in an object array became float classes.
+    col = pd.Series([1.0, 2, np.int64(3), 4.5] * 5, dtype=object)
+    b = prep((pd.DataFrame({"a": col, "b": np.arange(20.0)}), YN[:20]), shuffle=False)
+    assert b.train.X[:4, 0].tolist() == [1.0, 2.0, 3.0, 4.5]
+    gaps = [
+        pd.DataFrame({"a": pd.Series([1.0, 2.0, None, 4.0], dtype=object)}),
+        pd.DataFrame({"a": pd.Series([1.0, 2.0, pd.NA, 4.0], dtype=object)}),
+        np.array([[1.0], [2.0], [None], [4.0]], dtype=object),
+    ]
+    for X in gaps:
+        with pytest.raises(InputError, match=r"X must contain only finite numbers; got 1 "
+                           r"non-finite values \(1 NaN, 0 inf\), the first at row 2, column 0 "
+                           r"— drop or impute"):  # fmt: skip
+            prep((X, YN[:4]))
+    y = np.array([1.5, None, 2.0, 3.0], dtype=object)
+    with pytest.raises(InputError, match=r"y must contain only finite numbers.*drop the rows"):
+        prep((XN[:4], y), target_kind="float")
+    X = np.array([[1 + 2j, 3], [4, 5]], dtype=object)
+    assert prep((X, YN[:2])).train.X.dtype == torch.complex128
+    b = prep((XN[:4], np.array([3, 5, 3, 5], dtype=object)))
+    assert b.classes.tolist() == [3, 5] and b.classes.dtype.kind == "i"
+
+
 def test_dtype_argument_and_float64_features():
     b = prep((XN, YN), dtype=torch.float64)
     assert b.train.X.dtype == torch.float64

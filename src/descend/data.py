@@ -985,8 +985,8 @@ def _sample_weight(obj: Any, n: int, dtype: torch.dtype) -> torch.Tensor:
     raw = _raw(obj, "sample_weight", tabular_float=False)
     if isinstance(raw, np.ndarray):
         if raw.dtype.kind == "O" and raw.size and _numeric_objects(raw):
-            raw = raw.astype(np.float64)
-        if raw.dtype.kind not in "biuf":
+            raw = _object_numbers(raw)
+        if raw.dtype.kind not in "biufc":
             raise InputError(
                 message("sample_weight", "must be numbers", f"values of dtype {raw.dtype}", fix)
             )
@@ -1364,8 +1364,12 @@ def _from_pandas(obj: Any, what: str, tabular_float: bool) -> np.ndarray:
         if tabular_float:
             bad = [
                 (c, dt)
-                for c, dt in zip(obj.columns, obj.dtypes)
+                for i, (c, dt) in enumerate(zip(obj.columns, obj.dtypes))
                 if not (pd.api.types.is_numeric_dtype(dt) or pd.api.types.is_bool_dtype(dt))
+                # an object column of numbers (with gaps) is numbers, as an object array is
+                and not (
+                    pd.api.types.is_object_dtype(dt) and _numeric_objects(obj.iloc[:, i].to_numpy())
+                )
             ]
             if bad:
                 names = ", ".join(repr(c) for c, _ in bad[:5]) + (" ..." if len(bad) > 5 else "")
@@ -1378,7 +1382,16 @@ def _from_pandas(obj: Any, what: str, tabular_float: bool) -> np.ndarray:
                         _TABULAR_FIX,
                     )
                 )
-            return obj.to_numpy(dtype=np.float64, na_value=np.nan)
+            if not any(pd.api.types.is_object_dtype(dt) for dt in obj.dtypes):
+                return obj.to_numpy(dtype=np.float64, na_value=np.nan)
+            # (pandas.NA in an object column fails to_numpy(float): column by column)
+            cols = [
+                _object_numbers(obj.iloc[:, i].to_numpy())
+                if pd.api.types.is_object_dtype(dt)
+                else obj.iloc[:, i].to_numpy(dtype=np.float64, na_value=np.nan)
+                for i, dt in enumerate(obj.dtypes)
+            ]
+            return np.stack(cols, axis=1) if cols else np.zeros((len(obj), 0))
         if obj.shape[1] == 1:
             return _series_numpy(obj.iloc[:, 0])[:, None]
         cols = [_series_numpy(obj.iloc[:, i]) for i in range(obj.shape[1])]
@@ -1501,10 +1514,31 @@ def _np_to_tensor(arr: np.ndarray) -> torch.Tensor:
             return torch.as_tensor(fixed)
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, numbers.Number) and not isinstance(v, (bool, np.bool_))
+
+
 def _numeric_objects(arr: np.ndarray) -> bool:
-    return all(
-        isinstance(v, numbers.Number) and not isinstance(v, (bool, np.bool_)) for v in arr.flat
-    )
+    """Whether an object array holds only numbers and missing values (None, NaN, pandas.NA):
+    numbers with gaps, whose gaps the finiteness checks then name, not text to encode."""
+    return all(_is_number(v) or _missing_label(v) for v in arr.flat)
+
+
+def _object_numbers(arr: np.ndarray, ints: bool = False) -> np.ndarray:
+    """An object array of numbers (see :func:`_numeric_objects`) as float64 with NaN for the
+    missing values; complex128 if any is complex; with ``ints``, int64 when every value is an
+    integer (labels 3, 5 stay 3, 5)."""
+    values = [np.nan if _missing_label(v) else v for v in arr.flat]
+    if any(isinstance(v, (complex, np.complexfloating)) for v in values):
+        out = np.asarray(values, dtype=np.complex128)
+    elif ints and values and all(isinstance(v, numbers.Integral) for v in values):
+        try:
+            out = np.asarray(values, dtype=np.int64)
+        except OverflowError:
+            out = np.asarray(values, dtype=np.float64)
+    else:
+        out = np.asarray(values, dtype=np.float64)
+    return out.reshape(arr.shape)
 
 
 def _inputs(obj: Any, what: str, dtype: torch.dtype) -> Features:
@@ -1695,7 +1729,7 @@ def _features(obj: Any, what: str, dtype: torch.dtype) -> torch.Tensor:
                 first = next(
                     (i, v)
                     for i, v in enumerate(raw.flat)
-                    if not isinstance(v, numbers.Number) or isinstance(v, (bool, np.bool_))
+                    if not (_is_number(v) or _missing_label(v))
                 )
                 pos = _position(np.unravel_index(first[0], raw.shape))
                 raise InputError(
@@ -1706,7 +1740,7 @@ def _features(obj: Any, what: str, dtype: torch.dtype) -> torch.Tensor:
                         _TABULAR_FIX,
                     )
                 )
-            raw = raw.astype(np.float64)
+            raw = _object_numbers(raw)
         elif kind not in "biufc":
             raise InputError(
                 message(
@@ -1736,7 +1770,7 @@ def _targets(
     raw = _raw(obj, what, tabular_float=False)
     if isinstance(raw, np.ndarray):
         if raw.dtype.kind == "O" and raw.size and _numeric_objects(raw):
-            raw = raw.astype(np.float64)
+            raw = _object_numbers(raw, ints=True)
         if raw.dtype.kind in "biufc":
             raw = _np_to_tensor(raw)
     if raw.ndim == 0:
