@@ -241,6 +241,10 @@ def test_bad_positions_and_settings_are_config_errors():
         prep(numbered(10), target_kind="indices")
     with pytest.raises(ConfigError, match="dtype must be a floating torch dtype"):
         prep(numbered(10), dtype=torch.int64)
+    # the public ResidentSource too: 0 raised ZeroDivisionError, -3 gave epochs of no batch
+    for bad in (0, -3, 2.5):
+        with pytest.raises(ConfigError, match="ResidentSource: batch_size must be a positive"):
+            D.ResidentSource(numbered(5), None, batch_size=bad)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -234,6 +234,22 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=gen)
 
 
+def _check_batch_size(batch_size: Any, what: str) -> None:
+    if batch_size is not None and (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, numbers.Integral)
+        or batch_size < 1
+    ):
+        raise ConfigError(
+            message(
+                what,
+                "must be a positive integer, or None for one full batch",
+                describe(batch_size),
+                "pass e.g. batch_size=32",
+            )
+        )
+
+
 def _check_position(epoch: int, start: int) -> None:
     for name, value in (("epoch", epoch), ("start", start)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
@@ -329,6 +345,7 @@ class ResidentSource(Source):
         seed: int = 0,
         w: torch.Tensor | None = None,
     ) -> None:
+        _check_batch_size(batch_size, "ResidentSource: batch_size")
         n = n_rows(X)
         if y is not None and int(y.shape[0]) != n:
             raise InputError(
@@ -794,19 +811,7 @@ def prepare(
                 "pass e.g. dtype=torch.float32",
             )
         )
-    if batch_size is not None and (
-        isinstance(batch_size, bool)
-        or not isinstance(batch_size, numbers.Integral)
-        or batch_size < 1
-    ):
-        raise ConfigError(
-            message(
-                "prepare: batch_size",
-                "must be a positive integer, or None for one full batch",
-                describe(batch_size),
-                "pass e.g. batch_size=32",
-            )
-        )
+    _check_batch_size(batch_size, "prepare: batch_size")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise ConfigError(
             message("prepare: seed", "must be an integer", describe(seed), "pass e.g. seed=0")
