@@ -576,6 +576,12 @@ BAD_INPUTS = [
         r"X must contain only numeric columns; got 1 non-numeric column\(s\) 'city' of type string",
     ),
     (([[1.0, 2.0], [3.0]], [0, 1]), {}, r"X must be rectangular"),
+    (  # a list of samples (as a map-style dataset holds them) is no ragged rows to pad
+        [(XN[i], int(YN[i])) for i in range(5)],
+        {},
+        r"X as a list must hold one row of numbers per sample; got a list of 5 \(x, y\) pairs — "
+        r"pass the pairs as \(X, y\), e\.g\. \(numpy\.stack",
+    ),
     (
         (XN[:4], [0.0, 0.5, 1.0, 1.0]),
         {},

@@ -1333,6 +1333,22 @@ def _raw(obj: Any, what: str, tabular_float: bool) -> torch.Tensor | np.ndarray:
         try:
             return np.asarray(obj)
         except ValueError as err:
+            if isinstance(obj, list) and all(
+                isinstance(v, (tuple, list))
+                and len(v) == 2
+                and (isinstance(v[0], (tuple, list)) or len(getattr(v[0], "shape", ())) > 0)
+                for v in obj
+            ):
+                # (a list of samples, as a map-style dataset holds them: not ragged rows)
+                raise InputError(
+                    message(
+                        what,
+                        "as a list must hold one row of numbers per sample",
+                        f"a list of {len(obj)} (x, y) pairs",
+                        "pass the pairs as (X, y), e.g. (numpy.stack([x for x, _ in data]), "
+                        "numpy.array([y for _, y in data]))",
+                    )
+                ) from err
             raise InputError(
                 message(
                     what,
