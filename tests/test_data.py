@@ -335,6 +335,27 @@ def test_validation_tables_must_have_the_training_columns_in_order():
 # ----------------------------------------------------------------------------------------------
 
 
+def test_validation_labels_of_another_type_than_the_training_ones_are_refused():
+    # numpy joined them as text: training labels 1.0, 2.0 next to validation '1', '2' made the
+    # 4 classes '1', '1.0', '2', '2.0' (the validation rows matching no training class), and
+    # training 8, 9, 10 next to validation '10', '9', '8' got text classes sorted '10' < '8' < '9'
+    # (scikit-learn refuses such a mix too)
+    cases = [
+        (np.array(list("1212")), np.array([1, 2]), r"\(text\); got numbers such as 1 .*dtype=str"),
+        (np.array([1.0, 2.0, 1.0, 2.0]), np.array(["1", "2"]), r"\(numbers\); got text such as '1'"),
+        (np.array([8, 9, 10, 8]), pd.Series(["10", "9"]), r"\(numbers\); got text such as "
+         r"'10' — convert one to the other's type, e\.g\. validation y=numpy\.asarray\(y_val, "
+         r"dtype=int\)"),
+    ]  # fmt: skip
+    for y, yv, pattern in cases:
+        with pytest.raises(InputError, match=r"validation y must be labels of the same type as y "
+                           + pattern):  # fmt: skip
+            prep((XN[:4], y), validation=(XN[:2], yv))
+        fixed = np.asarray(yv, dtype=y.dtype.type if y.dtype.kind in "if" else str)
+        b = prep((XN[:4], y), validation=(XN[:2], fixed))
+        assert b.classes.dtype.kind == y.dtype.kind and b.n_classes == len(set(y))
+
+
 @pytest.mark.parametrize(
     "labels,classes",
     [

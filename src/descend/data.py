@@ -1928,6 +1928,21 @@ def _encode_labels(
                     "convert them to strings or integers",
                 )
             )
+    # numpy would join numbers and text as text ('3' for 3, sorted '10' < '8'): labels that
+    # never equal the other part's, and classes of another type than the user's
+    kinds = [_label_kind(a) for a in arrays]
+    if "text" in kinds and "numbers" in kinds:
+        i = kinds.index("numbers" if kinds[0] == "text" else "text")
+        sample = next(v for v in arrays[i].flat if not _missing_label(v))
+        raise InputError(
+            message(
+                names[i],
+                f"must be labels of the same type as {names[0]} ({kinds[0]})",
+                f"{kinds[i]} such as {describe(sample.item() if hasattr(sample, 'item') else sample)}",
+                "convert one to the other's type, e.g. "
+                f"{names[i]}=numpy.asarray(y_val, dtype={'int' if kinds[0] == 'numbers' else 'str'})",
+            )
+        )
     try:
         classes = np.unique(np.concatenate([a.ravel() for a in arrays]))
         codes = [np.searchsorted(classes, a.ravel()).reshape(a.shape) for a in arrays]
@@ -1941,6 +1956,20 @@ def _encode_labels(
             )
         ) from err
     return [torch.as_tensor(c, dtype=torch.int64) for c in codes], classes, int(classes.size)
+
+
+def _label_kind(a: np.ndarray) -> str:
+    """ "numbers", "text" (strings, also in an object array) or "other" labels."""
+    if a.dtype.kind in "biuf":
+        return "numbers"
+    if a.dtype.kind in "US":
+        return "text"
+    values = [v for v in a.flat if not _missing_label(v)]
+    if values and all(isinstance(v, (str, bytes)) for v in values):
+        return "text"
+    if values and all(_is_number(v) or isinstance(v, (bool, np.bool_)) for v in values):
+        return "numbers"
+    return "other"
 
 
 def _missing_label(v: Any) -> bool:
