@@ -393,6 +393,16 @@ def test_categorical_numbers_keep_their_dtype():
     assert b.classes.dtype.kind == "i" and b.classes[b.train.y.numpy()].tolist() == y
 
 
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32, np.uint64, "UInt64"])
+def test_wide_unsigned_labels_are_class_labels(dtype):
+    # torch's unique/searchsorted/type promotion refuse uint16/32/64: a raw NotImplementedError
+    # or "Promotion for uint16, uint32, uint64 types is not supported"
+    y = pd.Series([3, 5] * 10, dtype=dtype) if dtype == "UInt64" else np.array([3, 5] * 10, dtype)
+    b = prep((numbered(20), y), validation=(numbered(2), np.array([5, 3])), shuffle=False)
+    assert b.classes.tolist() == [3, 5] and b.train.y.tolist() == [0, 1] * 10
+    assert b.val.y.tolist() == [1, 0]
+
+
 def test_index_column_vector_is_flattened_and_float_targets_stay_1d():
     assert prep((XN, YN[:, None])).train.y.shape == (30,)
     b = prep((XN, YN), target_kind="float")

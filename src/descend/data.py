@@ -1048,6 +1048,10 @@ def _n_features(shape: tuple[int, ...]) -> int:
 _FLOAT_FEATURES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.uint16)
 
 
+# Unsigned integers wider than a byte, which torch supports for storage but few operations.
+_WIDE_UNSIGNED = (torch.uint16, torch.uint32, torch.uint64)
+
+
 def _float_features(t: torch.Tensor) -> bool:
     return t.is_floating_point() or t.dtype in _FLOAT_FEATURES
 
@@ -1813,6 +1817,9 @@ def _targets(
     if kind == "index":
         if raw.ndim == 2 and raw.shape[1] == 1:
             raw = raw[:, 0]
+        if isinstance(raw, torch.Tensor) and raw.dtype in _WIDE_UNSIGNED:
+            # (torch's unique/searchsorted/promotion do not take them: a raw NotImplementedError)
+            raw = raw.to(torch.int64)
         return raw
     if isinstance(raw, np.ndarray):
         first = raw.flat[0] if raw.size else None
