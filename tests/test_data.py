@@ -852,7 +852,16 @@ BAD_WEIGHTS = [
         r"sample_weight must give at least one sample a weight > 0; got all 30 weights equal to 0",
     ),
     (np.array(["1"] * 30), r"sample_weight must be numbers; got values of dtype <U1"),
-    (np.full(30, 1e300), r"sample_weight must fit in torch\.float32"),
+    (  # not "rescale them (e.g. sklearn.preprocessing.StandardScaler)": that makes some < 0
+        np.full(30, 1e300),
+        r"sample_weight must fit in torch\.float32 .*; got weights up to 1e\+300 — divide them "
+        r"by their largest, e\.g\. w / w\.max\(\)",
+    ),
+    (  # not "all 30 weights equal to 0": they are positive, only too small for float32
+        np.full(30, 1e-50),
+        r"sample_weight must not all round to 0 in torch\.float32; got weights up to 1e-50, below "
+        r"its smallest .* — divide them by their largest",
+    ),
 ]
 
 
@@ -860,6 +869,12 @@ BAD_WEIGHTS = [
 def test_bad_sample_weights_are_refused(w, pattern):
     with pytest.raises(InputError, match=pattern):
         prep((XN, YN), sample_weight=w)
+
+
+def test_the_fix_for_weights_out_of_float32_range_works():
+    for w in (np.full(30, 1e300), np.r_[np.full(15, 1e-50), np.full(15, 3e-50)]):
+        b = prep((XN, YN), sample_weight=w / w.max(), shuffle=False)
+        torch.testing.assert_close(b.train.w, torch.as_tensor(w / w.max(), dtype=torch.float32))
 
 
 def test_sample_weight_with_a_stream_is_refused():

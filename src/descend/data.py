@@ -1012,8 +1012,31 @@ def _sample_weight(obj: Any, n: int, dtype: torch.dtype) -> torch.Tensor:
             )
         )
     w = raw.to("cpu", dtype=torch.float64 if raw.dtype == torch.float64 else dtype)
-    _check_finite(w, "sample_weight", dtype, fix=fix)
+    _check_finite(w, "sample_weight", None, fix=fix)
+    # Weights out of dtype's range (both ways) are told to be scaled, not standardized (that
+    # would make some negative) nor called all 0: a weighted mean is the same for w / w.max().
+    rescale = "divide them by their largest, e.g. w / w.max() (a weighted mean is the same)"
+    big = float(w.abs().max()) if w.numel() else 0.0
+    if big > torch.finfo(dtype).max:
+        raise InputError(
+            message(
+                "sample_weight",
+                f"must fit in {dtype} (<= {torch.finfo(dtype).max:.3g})",
+                f"weights up to {big:.3g}",
+                rescale,
+            )
+        )
+    positive = bool((w > 0).any())
     w = w.to(dtype)
+    if positive and not bool((w > 0).any()):
+        raise InputError(
+            message(
+                "sample_weight",
+                f"must not all round to 0 in {dtype}",
+                f"weights up to {big:.3g}, below its smallest ({torch.finfo(dtype).tiny:.3g})",
+                rescale,
+            )
+        )
     negative = w < 0
     if bool(negative.any()):
         first = int(negative.to(torch.uint8).argmax())
