@@ -323,6 +323,9 @@ def test_validation_tables_must_have_the_training_columns_in_order():
         prep((table, YN), validation=(other, YN))
     with pytest.raises(InputError, match=r"validation X\['p'\] must have the training table's"):
         prep(({"p": FRAME, "q": FRAME}, YN), validation=({"q": FRAME, "p": swapped}, y5))
+    # the same names with one repeated: StopIteration looking for the first differing column
+    with pytest.raises(InputError, match=r"got 5 columns \('a', 'b', 'c', 'd', 'd'\)"):
+        prep((FRAME, YN), validation=(FRAME.iloc[:5, [0, 1, 2, 3, 3]], y5))
     # the fix the message gives works; a frame with no shared names is matched by position
     b = prep((FRAME, YN), validation=(swapped[FRAME.columns], y5))
     torch.testing.assert_close(b.val.X, torch.as_tensor(XN[:5], dtype=torch.float32))

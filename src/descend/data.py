@@ -1740,6 +1740,8 @@ def _check_same_columns(X: Any, Xv: Any) -> None:
                 )
                 if part
             )
+        elif len(cols) != len(cols_v):  # (the same names, some repeated)
+            got = f"{len(cols_v)} columns ({_names_text(cols_v)})"
         else:
             i = next(i for i, (a, b) in enumerate(zip(cols, cols_v)) if a != b)
             got = (
