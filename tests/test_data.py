@@ -106,6 +106,51 @@ def test_integer_features_keep_their_dtype_but_tabular_ints_become_float():
     assert prep(ids).train.X.dtype == torch.int64  # e.g. token ids for an embedding
     assert prep(pd.DataFrame(ids)).train.X.dtype == torch.float32
     assert prep(np.array([[True], [False]])).train.X.dtype == torch.float32
+    # 16-bit pixels are small integers like uint8 ones: kept as uint16 no layer took them
+    pixels = np.array([[0, 65535], [1, 2]], dtype=np.uint16)
+    X16 = prep(pixels).train.X
+    assert X16.dtype == torch.float32 and X16.tolist() == [[0.0, 65535.0], [1.0, 2.0]]
+    streamed = D.prepare(DataLoader(TensorDataset(torch.as_tensor(pixels))), validation=None)
+    assert next(iter(streamed.train.batches(0)))[0].dtype == torch.float32
+
+
+def test_frames_with_a_repeated_column_name_are_read_by_position():
+    # (pandas.concat makes them): frame["a"] is then a DataFrame and .dtype raised AttributeError
+    frame = pd.DataFrame(XN[:, :2], columns=["a", "a"])
+    b = prep((frame, frame), target_kind="float", shuffle=False)
+    expected = torch.as_tensor(XN[:, :2], dtype=torch.float32)
+    torch.testing.assert_close(b.train.X, expected)
+    torch.testing.assert_close(b.train.y, expected)
+    frame.insert(2, "a", ["red"] * 30, allow_duplicates=True)
+    with pytest.raises(InputError, match=r"1 non-numeric column\(s\) 'a' of dtype"):
+        prep((frame, YN))
+
+
+def test_numbers_in_object_containers_are_numbers_and_their_gaps_are_missing_values():
+    # An object DataFrame column of numbers was told to be one-hot encoded (an object array
+    # of them was accepted); None / pandas.NA among numbers were "text to encode" for X, "numbers
+    # written as text" for float targets; complex objects raised a raw TypeError; int labels
+    # in an object array became float classes.
+    col = pd.Series([1.0, 2, np.int64(3), 4.5] * 5, dtype=object)
+    b = prep((pd.DataFrame({"a": col, "b": np.arange(20.0)}), YN[:20]), shuffle=False)
+    assert b.train.X[:4, 0].tolist() == [1.0, 2.0, 3.0, 4.5]
+    gaps = [
+        pd.DataFrame({"a": pd.Series([1.0, 2.0, None, 4.0], dtype=object)}),
+        pd.DataFrame({"a": pd.Series([1.0, 2.0, pd.NA, 4.0], dtype=object)}),
+        np.array([[1.0], [2.0], [None], [4.0]], dtype=object),
+    ]
+    for X in gaps:
+        with pytest.raises(InputError, match=r"X must contain only finite numbers; got 1 "
+                           r"non-finite values \(1 NaN, 0 inf\), the first at row 2, column 0 "
+                           r"— drop or impute"):  # fmt: skip
+            prep((X, YN[:4]))
+    y = np.array([1.5, None, 2.0, 3.0], dtype=object)
+    with pytest.raises(InputError, match=r"y must contain only finite numbers.*drop the rows"):
+        prep((XN[:4], y), target_kind="float")
+    X = np.array([[1 + 2j, 3], [4, 5]], dtype=object)
+    assert prep((X, YN[:2])).train.X.dtype == torch.complex128
+    b = prep((XN[:4], np.array([3, 5, 3, 5], dtype=object)))
+    assert b.classes.tolist() == [3, 5] and b.classes.dtype.kind == "i"
 
 
 def test_dtype_argument_and_float64_features():
@@ -196,6 +241,10 @@ def test_bad_positions_and_settings_are_config_errors():
         prep(numbered(10), target_kind="indices")
     with pytest.raises(ConfigError, match="dtype must be a floating torch dtype"):
         prep(numbered(10), dtype=torch.int64)
+    # the public ResidentSource too: 0 raised ZeroDivisionError, -3 gave epochs of no batch
+    for bad in (0, -3, 2.5):
+        with pytest.raises(ConfigError, match="ResidentSource: batch_size must be a positive"):
+            D.ResidentSource(numbered(5), None, batch_size=bad)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -242,9 +291,72 @@ def test_explicit_validation_used_as_given_and_zero_means_none():
     assert D.prepare((XN, YN), validation=None, device=CPU).val is None
 
 
+def test_validation_features_must_be_the_training_kind_of_numbers():
+    # integer ids stay integers for an embedding layer, but validation ids given as floats (or
+    # as a DataFrame, whose columns become floats) reached it as floats: a torch error at the
+    # first evaluation, after an epoch of training
+    ids, y = np.arange(20).reshape(10, 2) % 7, np.arange(10) % 2
+    for ids_v in (ids[:4].astype(np.float64), pd.DataFrame(ids[:4]), ids[:4].astype(np.uint8)):
+        with pytest.raises(InputError, match=r"validation X must hold integer values like the "
+                           r"training X \(torch\.int64, whose values stay integers for embedding "
+                           r"layers\); got values of dtype .*, which become floats — convert it "
+                           r"like the training data, e.g\. numpy\.asarray\(X_val, "
+                           r"dtype='int64'\)"):  # fmt: skip
+            prep((ids, y), validation=(ids_v, y[:4]))
+        b = prep((ids, y), validation=(np.asarray(ids_v, dtype="int64"), y[:4]))  # the fix
+        assert b.val.X.dtype == torch.int64
+    with pytest.raises(InputError, match=r"validation X\[0\] must hold float values"):
+        prep(((XN, ids[:1].repeat(30, 0)), YN), validation=((XN[:4].astype(int), ids[:4]), YN[:4]))
+    assert prep((ids, y), validation=(ids[:4].astype(np.int32), y[:4])).n_val == 4
+
+
+def test_validation_tables_must_have_the_training_columns_in_order():
+    # Tables become arrays by position: the same columns in another order would score the
+    # model on swapped features without any shape complaint.
+    swapped, y5 = FRAME[["b", "a", "c", "d"]].iloc[:5], YN[:5]
+    with pytest.raises(InputError, match=r"validation X must have the training table's columns.*"
+                       r"column 0 is 'b', not 'a'.*X_val\[X\.columns\]"):  # fmt: skip
+        prep((FRAME, YN), validation=(swapped, y5))
+    table = pa.Table.from_pandas(FRAME)
+    other = table.select(list("abc")).append_column("e", pa.array(np.zeros(30)))
+    with pytest.raises(InputError, match=r"missing 'd', extra 'e'"):
+        prep((table, YN), validation=(other, YN))
+    with pytest.raises(InputError, match=r"validation X\['p'\] must have the training table's"):
+        prep(({"p": FRAME, "q": FRAME}, YN), validation=({"q": FRAME, "p": swapped}, y5))
+    # the same names with one repeated: StopIteration looking for the first differing column
+    with pytest.raises(InputError, match=r"got 5 columns \('a', 'b', 'c', 'd', 'd'\)"):
+        prep((FRAME, YN), validation=(FRAME.iloc[:5, [0, 1, 2, 3, 3]], y5))
+    # the fix the message gives works; a frame with no shared names is matched by position
+    b = prep((FRAME, YN), validation=(swapped[FRAME.columns], y5))
+    torch.testing.assert_close(b.val.X, torch.as_tensor(XN[:5], dtype=torch.float32))
+    b = prep((FRAME, YN), validation=(pd.DataFrame(XN[:5]), y5))
+    torch.testing.assert_close(b.val.X, torch.as_tensor(XN[:5], dtype=torch.float32))
+
+
 # ----------------------------------------------------------------------------------------------
 # Targets
 # ----------------------------------------------------------------------------------------------
+
+
+def test_validation_labels_of_another_type_than_the_training_ones_are_refused():
+    # numpy joined them as text: training labels 1.0, 2.0 next to validation '1', '2' made the
+    # 4 classes '1', '1.0', '2', '2.0' (the validation rows matching no training class), and
+    # training 8, 9, 10 next to validation '10', '9', '8' got text classes sorted '10' < '8' < '9'
+    # (scikit-learn refuses such a mix too)
+    cases = [
+        (np.array(list("1212")), np.array([1, 2]), r"\(text\); got numbers such as 1 .*dtype=str"),
+        (np.array([1.0, 2.0, 1.0, 2.0]), np.array(["1", "2"]), r"\(numbers\); got text such as '1'"),
+        (np.array([8, 9, 10, 8]), pd.Series(["10", "9"]), r"\(numbers\); got text such as "
+         r"'10' — convert one to the other's type, e\.g\. validation y=numpy\.asarray\(y_val, "
+         r"dtype=int\)"),
+    ]  # fmt: skip
+    for y, yv, pattern in cases:
+        with pytest.raises(InputError, match=r"validation y must be labels of the same type as y "
+                           + pattern):  # fmt: skip
+            prep((XN[:4], y), validation=(XN[:2], yv))
+        fixed = np.asarray(yv, dtype=y.dtype.type if y.dtype.kind in "if" else str)
+        b = prep((XN[:4], y), validation=(XN[:2], fixed))
+        assert b.classes.dtype.kind == y.dtype.kind and b.n_classes == len(set(y))
 
 
 @pytest.mark.parametrize(
@@ -270,6 +382,28 @@ def test_string_labels_round_trip_through_pandas_and_arrow():
     for ys in (pd.Series(y), pd.Series(y, dtype="category"), pa.array(y), np.array(y)):
         b = prep((numbered(6), ys), shuffle=False)
         assert b.classes[b.train.y.numpy()].tolist() == y
+
+
+def test_categorical_numbers_keep_their_dtype():
+    # integer labels as a pandas category came back as float classes (3.0, not 3)
+    y = [3, 5, 7, 3, 5, 7]
+    b = prep((numbered(6), pd.Series(y, dtype="category")), shuffle=False)
+    assert b.classes.dtype.kind == "i" and b.classes[b.train.y.numpy()].tolist() == y
+    b = prep((numbered(6), pd.Series([True, False] * 3, dtype="category")), target_kind="float")
+    assert b.train.y.tolist() == [1.0, 0.0] * 3
+    # the same category through pyarrow (how Parquet stores it): a dictionary array
+    b = prep((numbered(6), pa.array(y).dictionary_encode()), shuffle=False)
+    assert b.classes.dtype.kind == "i" and b.classes[b.train.y.numpy()].tolist() == y
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32, np.uint64, "UInt64"])
+def test_wide_unsigned_labels_are_class_labels(dtype):
+    # torch's unique/searchsorted/type promotion refuse uint16/32/64: a raw NotImplementedError
+    # or "Promotion for uint16, uint32, uint64 types is not supported"
+    y = pd.Series([3, 5] * 10, dtype=dtype) if dtype == "UInt64" else np.array([3, 5] * 10, dtype)
+    b = prep((numbered(20), y), validation=(numbered(2), np.array([5, 3])), shuffle=False)
+    assert b.classes.tolist() == [3, 5] and b.train.y.tolist() == [0, 1] * 10
+    assert b.val.y.tolist() == [1, 0]
 
 
 def test_index_column_vector_is_flattened_and_float_targets_stay_1d():
@@ -337,6 +471,18 @@ def test_dataloader_explicit_val():
     assert b.n_val == 4 and not b.val.resident and len(list(b.val.batches(0))) == 2
 
 
+def test_validation_without_targets_next_to_a_stream_is_refused_before_training():
+    # it reached the loss as y=None: AttributeError "'NoneType' object has no attribute 'dtype'"
+    loader = DataLoader(TensorDataset(numbered(20), torch.arange(20) % 2), batch_size=4)
+    with pytest.raises(InputError, match=r"validation must have targets.*got validation X "
+                       r"without y — pass validation=\(X_val, y_val\)"):  # fmt: skip
+        descend.fit(torch.nn.Linear(3, 2), loader, "cross_entropy", validation=numbered(4),
+                    epochs=1, verbose=0)  # fmt: skip
+    # a custom loss (target_kind "any") may compare with nothing
+    b = prep(loader, validation=numbered(4), target_kind="any")
+    assert b.val.y is None and b.n_val == 4
+
+
 def test_iterable_dataset_is_streamed():
     class Stream(IterableDataset):
         def __iter__(self):
@@ -380,7 +526,8 @@ BAD_INPUTS = [
     (
         (XN, Y_NAN),
         {"target_kind": "float"},
-        r"y must contain only finite numbers; got 1 non-finite values \(1 NaN, 0 inf\), the first at row 7",
+        r"y must contain only finite numbers; got 1 non-finite values \(1 NaN, 0 inf\), the first at row 7"
+        r" — drop the rows whose target is missing or infinite$",
     ),
     ((XN * 1e300, YN), {}, r"X must fit in torch\.float32.*rescale"),
     ((np.zeros((0, 3)), np.zeros(0)), {}, r"the training data must contain at least one sample"),
@@ -388,6 +535,12 @@ BAD_INPUTS = [
         (XN[:3], YN[:3]),
         {"validation": 0.1, "stratify": False},
         r"validation=0\.1 must leave at least 1 sample on each side.*got 0 validation and 3 training.*larger fraction",
+    ),
+    (  # no fraction splits one sample: a larger one is no fix
+        (XN[:1], YN[:1]),
+        {"validation": 0.2},
+        r"got 0 validation and 1 training samples out of 1 — pass explicit validation data, or "
+        r"validation=None \(one sample cannot be split\)$",
     ),
     (
         (XN[:3], YN[:3]),
@@ -397,7 +550,7 @@ BAD_INPUTS = [
     (
         (numbered(20), np.arange(20) % 10),
         {"validation": 0.2},
-        r"validation=0\.2 must leave room for every class.*got 4 validation samples for 10 such classes.*validation >= 0\.5, stratify=False, or validation=None",
+        r"validation=0\.2 must leave room for every class.*got 4 validation samples for 10 such classes.*validation >= 0\.5, explicit validation data \(X_val, y_val\), or validation=None",
     ),
     (
         (numbered(20), np.arange(20) % 5),
@@ -418,6 +571,18 @@ BAD_INPUTS = [
         r"validation X must have the same number of features as the training X \(4.*got 3 features",
     ),
     ((XN, YN), {"validation": XN[:5]}, r"validation must have targets like the training data"),
+    (  # as many features, laid out otherwise: not "the same number of features" (1 and 1)
+        (XN[:, 0], YN),
+        {"validation": (XN[:5, :1], YN[:5])},
+        r"validation X must have the training X's shape per sample \(\); got shape \(1,\) per "
+        r"sample \(shape \(5, 1\)\) — lay the validation samples out like the training ones, "
+        r"shape \(N\)",
+    ),
+    (
+        (XN.reshape(30, 2, 2), YN),
+        {"validation": (XN[:5].reshape(5, 4, 1), YN[:5])},
+        r"per sample \(2, 2\); got shape \(4, 1\) per sample .* shape \(N, 2, 2\)",
+    ),
     (
         ({1, 2, 3}, None),
         {},
@@ -445,6 +610,12 @@ BAD_INPUTS = [
         r"X must contain only numeric columns; got 1 non-numeric column\(s\) 'city' of type string",
     ),
     (([[1.0, 2.0], [3.0]], [0, 1]), {}, r"X must be rectangular"),
+    (  # a list of samples (as a map-style dataset holds them) is no ragged rows to pad
+        [(XN[i], int(YN[i])) for i in range(5)],
+        {},
+        r"X as a list must hold one row of numbers per sample; got a list of 5 \(x, y\) pairs — "
+        r"pass the pairs as \(X, y\), e\.g\. \(numpy\.stack",
+    ),
     (
         (XN[:4], [0.0, 0.5, 1.0, 1.0]),
         {},
@@ -464,6 +635,16 @@ BAD_INPUTS = [
         (XN[:3], np.array(["a", None, "b"], dtype=object)),
         {},
         r"y must not contain missing labels; got 1 missing \(None/NaN\) labels, the first at row 1",
+    ),
+    (  # pandas "string" labels hold pandas.NA, which raised "boolean value of NA is ambiguous"
+        (XN[:3], pd.Series(["a", None, "b"], dtype="string")),
+        {},
+        r"y must not contain missing labels; got 1 missing \(None/NaN\) labels, the first at row 1",
+    ),
+    (
+        (XN[:3], np.array(["a", "b", np.float32("nan")], dtype=object)),
+        {},
+        r"y must not contain missing labels; got 1 missing .*, the first at row 2",
     ),
     (
         (XN[:3], ["a", "b", "c"]),
@@ -488,6 +669,31 @@ BAD_INPUTS = [
         r"must hold \(X,\) or \(X, y\); got 3 tensors",
     ),
 ]
+
+
+def test_a_tuple_of_three_is_told_where_weights_and_extra_inputs_go():
+    x1, x2, w = numbered(6), torch.arange(6), torch.ones(6)
+    for data in ((x1, YN[:6], w), (x1, x2, YN[:6])):
+        with pytest.raises(InputError, match=r"a tuple of 3 items — pass \(X, y\): several model "
+                           r"inputs go in one tuple X, \(\(x1, x2\), y\), and per-sample "
+                           r"weights as sample_weight=w"):  # fmt: skip
+            prep(data)
+    # both fixes work
+    assert prep((x1, YN[:6]), sample_weight=w).train.w.tolist() == [1.0] * 6
+    assert D.is_multi(prep(((x1, x2), YN[:6])).train.X)
+
+
+def test_a_split_that_cannot_be_stratified_offers_fixes_that_fit_takes():
+    # fit always stratifies and has no stratify argument: the message must not offer one
+    X, y = numbered(20), np.arange(20) % 10
+    fit_kw = {"epochs": 1, "verbose": 0, "optimizer": "sgd", "lr": 0.1}
+    for validation in (0.2, 0.9):
+        with pytest.raises(InputError, match=r"explicit validation data") as info:
+            descend.fit(torch.nn.Linear(3, 10), (X, y), "cross_entropy", validation=validation,
+                        **fit_kw)  # fmt: skip
+        assert "stratify" not in str(info.value).split(" — ", 1)[1]
+    r = descend.fit(torch.nn.Linear(3, 10), (X, y), "cross_entropy", validation=(X, y), **fit_kw)
+    assert np.isfinite(r.best_loss)
 
 
 @pytest.mark.parametrize(
@@ -649,7 +855,16 @@ BAD_WEIGHTS = [
         r"sample_weight must give at least one sample a weight > 0; got all 30 weights equal to 0",
     ),
     (np.array(["1"] * 30), r"sample_weight must be numbers; got values of dtype <U1"),
-    (np.full(30, 1e300), r"sample_weight must fit in torch\.float32"),
+    (  # not "rescale them (e.g. sklearn.preprocessing.StandardScaler)": that makes some < 0
+        np.full(30, 1e300),
+        r"sample_weight must fit in torch\.float32 .*; got weights up to 1e\+300 — divide them "
+        r"by their largest, e\.g\. w / w\.max\(\)",
+    ),
+    (  # not "all 30 weights equal to 0": they are positive, only too small for float32
+        np.full(30, 1e-50),
+        r"sample_weight must not all round to 0 in torch\.float32; got weights up to 1e-50, below "
+        r"its smallest .* — divide them by their largest",
+    ),
 ]
 
 
@@ -657,6 +872,12 @@ BAD_WEIGHTS = [
 def test_bad_sample_weights_are_refused(w, pattern):
     with pytest.raises(InputError, match=pattern):
         prep((XN, YN), sample_weight=w)
+
+
+def test_the_fix_for_weights_out_of_float32_range_works():
+    for w in (np.full(30, 1e300), np.r_[np.full(15, 1e-50), np.full(15, 3e-50)]):
+        b = prep((XN, YN), sample_weight=w / w.max(), shuffle=False)
+        torch.testing.assert_close(b.train.w, torch.as_tensor(w / w.max(), dtype=torch.float32))
 
 
 def test_sample_weight_with_a_stream_is_refused():

@@ -234,6 +234,22 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=gen)
 
 
+def _check_batch_size(batch_size: Any, what: str) -> None:
+    if batch_size is not None and (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, numbers.Integral)
+        or batch_size < 1
+    ):
+        raise ConfigError(
+            message(
+                what,
+                "must be a positive integer, or None for one full batch",
+                describe(batch_size),
+                "pass e.g. batch_size=32",
+            )
+        )
+
+
 def _check_position(epoch: int, start: int) -> None:
     for name, value in (("epoch", epoch), ("start", start)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
@@ -329,6 +345,7 @@ class ResidentSource(Source):
         seed: int = 0,
         w: torch.Tensor | None = None,
     ) -> None:
+        _check_batch_size(batch_size, "ResidentSource: batch_size")
         n = n_rows(X)
         if y is not None and int(y.shape[0]) != n:
             raise InputError(
@@ -794,19 +811,7 @@ def prepare(
                 "pass e.g. dtype=torch.float32",
             )
         )
-    if batch_size is not None and (
-        isinstance(batch_size, bool)
-        or not isinstance(batch_size, numbers.Integral)
-        or batch_size < 1
-    ):
-        raise ConfigError(
-            message(
-                "prepare: batch_size",
-                "must be a positive integer, or None for one full batch",
-                describe(batch_size),
-                "pass e.g. batch_size=32",
-            )
-        )
+    _check_batch_size(batch_size, "prepare: batch_size")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise ConfigError(
             message("prepare: seed", "must be an integer", describe(seed), "pass e.g. seed=0")
@@ -875,6 +880,7 @@ def prepare(
 
     val_arrays = None
     if isinstance(val_raw, _Arrays):
+        _check_same_columns(train_raw.X, val_raw.X)
         Xv = _inputs(val_raw.X, "validation X", dtype)
         if n_rows(Xv) == 0:
             raise InputError(
@@ -984,8 +990,8 @@ def _sample_weight(obj: Any, n: int, dtype: torch.dtype) -> torch.Tensor:
     raw = _raw(obj, "sample_weight", tabular_float=False)
     if isinstance(raw, np.ndarray):
         if raw.dtype.kind == "O" and raw.size and _numeric_objects(raw):
-            raw = raw.astype(np.float64)
-        if raw.dtype.kind not in "biuf":
+            raw = _object_numbers(raw)
+        if raw.dtype.kind not in "biufc":
             raise InputError(
                 message("sample_weight", "must be numbers", f"values of dtype {raw.dtype}", fix)
             )
@@ -1006,8 +1012,31 @@ def _sample_weight(obj: Any, n: int, dtype: torch.dtype) -> torch.Tensor:
             )
         )
     w = raw.to("cpu", dtype=torch.float64 if raw.dtype == torch.float64 else dtype)
-    _check_finite(w, "sample_weight", dtype, fix=fix)
+    _check_finite(w, "sample_weight", None, fix=fix)
+    # Weights out of dtype's range (both ways) are told to be scaled, not standardized (that
+    # would make some negative) nor called all 0: a weighted mean is the same for w / w.max().
+    rescale = "divide them by their largest, e.g. w / w.max() (a weighted mean is the same)"
+    big = float(w.abs().max()) if w.numel() else 0.0
+    if big > torch.finfo(dtype).max:
+        raise InputError(
+            message(
+                "sample_weight",
+                f"must fit in {dtype} (<= {torch.finfo(dtype).max:.3g})",
+                f"weights up to {big:.3g}",
+                rescale,
+            )
+        )
+    positive = bool((w > 0).any())
     w = w.to(dtype)
+    if positive and not bool((w > 0).any()):
+        raise InputError(
+            message(
+                "sample_weight",
+                f"must not all round to 0 in {dtype}",
+                f"weights up to {big:.3g}, below its smallest ({torch.finfo(dtype).tiny:.3g})",
+                rescale,
+            )
+        )
     negative = w < 0
     if bool(negative.any()):
         first = int(negative.to(torch.uint8).argmax())
@@ -1037,8 +1066,13 @@ def _n_features(shape: tuple[int, ...]) -> int:
 
 
 # Feature dtypes that become the model's floating dtype besides floats: booleans and the small
-# integers of pixels, flags and counts. int32/int64 stay integers: what nn.Embedding indexes with.
-_FLOAT_FEATURES = (torch.bool, torch.uint8, torch.int8, torch.int16)
+# integers of pixels, flags and counts (uint16: 16-bit images, which neither a Linear layer nor
+# nn.Embedding accepts as they are). int32/int64 stay integers: what nn.Embedding indexes with.
+_FLOAT_FEATURES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.uint16)
+
+
+# Unsigned integers wider than a byte, which torch supports for storage but few operations.
+_WIDE_UNSIGNED = (torch.uint16, torch.uint32, torch.uint64)
 
 
 def _float_features(t: torch.Tensor) -> bool:
@@ -1098,6 +1132,17 @@ def _validation_source(
                 "pass non-empty validation data, or validation=None",
             )
         )
+    if not val_raw.has_y and target_kind != "any":
+        # (a library loss compares with targets: without them every evaluation would fail)
+        raise InputError(
+            message(
+                "validation",
+                f"must have targets for a loss that compares with them (target_kind "
+                f"{target_kind!r})",
+                "validation X without y",
+                "pass validation=(X_val, y_val)",
+            )
+        )
     y = None
     if val_raw.has_y:
         y = _targets(val_raw.y, "validation y", target_kind, dtype, n_rows(X))
@@ -1151,7 +1196,8 @@ def _unpack(obj: Any, role: str, batch_size: int | None, drop_last: bool) -> _Ar
                 role,
                 "as a tuple must be (X, y) or (X,)",
                 f"a tuple of {len(obj)} items",
-                "pass (X, y); put extra arrays (e.g. sample weights) elsewhere",
+                "pass (X, y): several model inputs go in one tuple X, ((x1, x2), y), and "
+                "per-sample weights as sample_weight=w",
             )
         )
     return _Arrays(obj, None, False)
@@ -1239,7 +1285,7 @@ def _tensor_tuple(tensors: list[torch.Tensor], role: str) -> _Arrays:
             f"{role} (a TensorDataset)",
             "must hold (X,) or (X, y)",
             f"{len(tensors)} tensors",
-            "build TensorDataset(X, y)",
+            "build TensorDataset(X, y), and pass per-sample weights as sample_weight=w",
         )
     )
 
@@ -1314,6 +1360,22 @@ def _raw(obj: Any, what: str, tabular_float: bool) -> torch.Tensor | np.ndarray:
         try:
             return np.asarray(obj)
         except ValueError as err:
+            if isinstance(obj, list) and all(
+                isinstance(v, (tuple, list))
+                and len(v) == 2
+                and (isinstance(v[0], (tuple, list)) or len(getattr(v[0], "shape", ())) > 0)
+                for v in obj
+            ):
+                # (a list of samples, as a map-style dataset holds them: not ragged rows)
+                raise InputError(
+                    message(
+                        what,
+                        "as a list must hold one row of numbers per sample",
+                        f"a list of {len(obj)} (x, y) pairs",
+                        "pass the pairs as (X, y), e.g. (numpy.stack([x for x, _ in data]), "
+                        "numpy.array([y for _, y in data]))",
+                    )
+                ) from err
             raise InputError(
                 message(
                     what,
@@ -1346,18 +1408,20 @@ def _from_pandas(obj: Any, what: str, tabular_float: bool) -> np.ndarray:
     import pandas as pd
 
     if isinstance(obj, pd.DataFrame):
+        # (by position: obj[c] of a name two columns share is a DataFrame, with no .dtype)
         if tabular_float:
             bad = [
-                c
-                for c in obj.columns
-                if not (
-                    pd.api.types.is_numeric_dtype(obj[c].dtype)
-                    or pd.api.types.is_bool_dtype(obj[c].dtype)
+                (c, dt)
+                for i, (c, dt) in enumerate(zip(obj.columns, obj.dtypes))
+                if not (pd.api.types.is_numeric_dtype(dt) or pd.api.types.is_bool_dtype(dt))
+                # an object column of numbers (with gaps) is numbers, as an object array is
+                and not (
+                    pd.api.types.is_object_dtype(dt) and _numeric_objects(obj.iloc[:, i].to_numpy())
                 )
             ]
             if bad:
-                names = ", ".join(repr(c) for c in bad[:5]) + (" ..." if len(bad) > 5 else "")
-                dtypes = sorted({str(obj[c].dtype) for c in bad})
+                names = ", ".join(repr(c) for c, _ in bad[:5]) + (" ..." if len(bad) > 5 else "")
+                dtypes = sorted({str(dt) for _, dt in bad})
                 raise InputError(
                     message(
                         what,
@@ -1366,10 +1430,19 @@ def _from_pandas(obj: Any, what: str, tabular_float: bool) -> np.ndarray:
                         _TABULAR_FIX,
                     )
                 )
-            return obj.to_numpy(dtype=np.float64, na_value=np.nan)
+            if not any(pd.api.types.is_object_dtype(dt) for dt in obj.dtypes):
+                return obj.to_numpy(dtype=np.float64, na_value=np.nan)
+            # (pandas.NA in an object column fails to_numpy(float): column by column)
+            cols = [
+                _object_numbers(obj.iloc[:, i].to_numpy())
+                if pd.api.types.is_object_dtype(dt)
+                else obj.iloc[:, i].to_numpy(dtype=np.float64, na_value=np.nan)
+                for i, dt in enumerate(obj.dtypes)
+            ]
+            return np.stack(cols, axis=1) if cols else np.zeros((len(obj), 0))
         if obj.shape[1] == 1:
             return _series_numpy(obj.iloc[:, 0])[:, None]
-        cols = [_series_numpy(obj[c]) for c in obj.columns]
+        cols = [_series_numpy(obj.iloc[:, i]) for i in range(obj.shape[1])]
         return np.stack(cols, axis=1) if cols else np.zeros((len(obj), 0))
     if isinstance(obj, (pd.Series, pd.Index, pd.Categorical)):
         series = pd.Series(obj) if not isinstance(obj, pd.Series) else obj
@@ -1399,14 +1472,19 @@ def _series_numpy(s: Any) -> np.ndarray:
     import pandas as pd
 
     dtype = s.dtype
+    if isinstance(dtype, pd.CategoricalDtype):
+        # (is_numeric_dtype is False for every categorical: numbers as categories keep their
+        # dtype, e.g. int labels stay ints, not objects read as floats; missing ones are NaN)
+        cats = dtype.categories.dtype
+        if pd.api.types.is_numeric_dtype(cats) or pd.api.types.is_bool_dtype(cats):
+            return np.asarray(s)
+        return s.to_numpy(dtype=object)
     if pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype):
         if s.isna().any():
             return s.to_numpy(dtype=np.float64, na_value=np.nan)
         numpy_dtype = getattr(dtype, "numpy_dtype", None)
         if numpy_dtype is not None:
             return s.to_numpy(dtype=numpy_dtype)
-        if isinstance(dtype, pd.CategoricalDtype):
-            return np.asarray(s)
         return s.to_numpy()
     return s.to_numpy(dtype=object)
 
@@ -1423,6 +1501,10 @@ def _from_arrow(obj: Any, what: str, tabular_float: bool) -> np.ndarray:
         )
 
     def column(col: Any) -> np.ndarray:
+        if pa.types.is_dictionary(col.type):
+            # (a pandas category in Parquet: its values, so int labels stay ints, not objects
+            # read as floats; features never get here, a dictionary column is not numeric)
+            col = col.cast(col.type.value_type)
         if numeric(col.type) and (tabular_float or col.null_count or pa.types.is_decimal(col.type)):
             return np.asarray(col.cast(pa.float64()).to_numpy(zero_copy_only=False))
         out = col.to_numpy(zero_copy_only=False)
@@ -1480,10 +1562,31 @@ def _np_to_tensor(arr: np.ndarray) -> torch.Tensor:
             return torch.as_tensor(fixed)
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, numbers.Number) and not isinstance(v, (bool, np.bool_))
+
+
 def _numeric_objects(arr: np.ndarray) -> bool:
-    return all(
-        isinstance(v, numbers.Number) and not isinstance(v, (bool, np.bool_)) for v in arr.flat
-    )
+    """Whether an object array holds only numbers and missing values (None, NaN, pandas.NA):
+    numbers with gaps, whose gaps the finiteness checks then name, not text to encode."""
+    return all(_is_number(v) or _missing_label(v) for v in arr.flat)
+
+
+def _object_numbers(arr: np.ndarray, ints: bool = False) -> np.ndarray:
+    """An object array of numbers (see :func:`_numeric_objects`) as float64 with NaN for the
+    missing values; complex128 if any is complex; with ``ints``, int64 when every value is an
+    integer (labels 3, 5 stay 3, 5)."""
+    values = [np.nan if _missing_label(v) else v for v in arr.flat]
+    if any(isinstance(v, (complex, np.complexfloating)) for v in values):
+        out = np.asarray(values, dtype=np.complex128)
+    elif ints and values and all(isinstance(v, numbers.Integral) for v in values):
+        try:
+            out = np.asarray(values, dtype=np.int64)
+        except OverflowError:
+            out = np.asarray(values, dtype=np.float64)
+    else:
+        out = np.asarray(values, dtype=np.float64)
+    return out.reshape(arr.shape)
 
 
 def _inputs(obj: Any, what: str, dtype: torch.dtype) -> Features:
@@ -1547,6 +1650,21 @@ def _check_like_training(X: Features, Xv: Features) -> None:
     # a dict's inputs pair up by name, whatever the order they were given in
     others = tuple(Xv[k] for k in X) if isinstance(X, dict) else inputs_of(Xv)  # type: ignore[index]
     for what, t, tv in zip(names, inputs_of(X), others):
+        if tuple(tv.shape[1:]) != tuple(t.shape[1:]) and _n_features(
+            tuple(tv.shape[1:])
+        ) == _n_features(tuple(t.shape[1:])):
+            # (as many features, laid out otherwise: "the same number of features" misleads)
+            raise InputError(
+                message(
+                    what,
+                    f"must have the training {what.split(' ', 1)[1]}'s shape per sample "
+                    f"{tuple(t.shape[1:])}",
+                    f"shape {tuple(tv.shape[1:])} per sample (shape {tuple(tv.shape)})",
+                    "lay the validation samples out like the training ones, shape "
+                    f"(N{''.join(f', {d}' for d in t.shape[1:])}) (reshape a column of one "
+                    "feature; permute axes that are in another order)",
+                )
+            )
         if tuple(tv.shape[1:]) != tuple(t.shape[1:]):
             raise InputError(
                 message(
@@ -1558,6 +1676,91 @@ def _check_like_training(X: Features, Xv: Features) -> None:
                     "build the validation data with the same columns as the training data",
                 )
             )
+        kind, kind_v = _feature_kind(t), _feature_kind(tv)
+        if kind != kind_v:
+            # (integer ids would reach an embedding layer as floats, floats a Linear layer as
+            # integers: a torch error at the first evaluation, after an epoch of training)
+            become = {
+                "integer": "stay integers for embedding layers",
+                "float": "become floats",
+                "complex": "stay complex",
+            }
+            raise InputError(
+                message(
+                    what,
+                    f"must hold {kind} values like the training {what.split(' ', 1)[1]} "
+                    f"({t.dtype}, whose values {become[kind]})",
+                    f"values of dtype {tv.dtype}, which {become[kind_v]}",
+                    "convert it like the training data, e.g. numpy.asarray(X_val, "
+                    f"dtype={str(t.dtype).replace('torch.', '')!r})",
+                )
+            )
+
+
+def _feature_kind(t: torch.Tensor) -> str:
+    """How prepare treats a feature tensor's values: made floats, kept integers, or complex."""
+    return "complex" if t.is_complex() else "float" if _float_features(t) else "integer"
+
+
+def _column_names(obj: Any) -> list[Any] | None:
+    """The column names of a pandas DataFrame or a pyarrow Table/RecordBatch, else None."""
+    mod = _module_of(obj)
+    if mod.startswith("pandas") and hasattr(obj, "columns"):
+        return list(obj.columns)
+    if mod.startswith("pyarrow") and hasattr(obj, "schema"):
+        return list(obj.schema.names)
+    return None
+
+
+def _check_same_columns(X: Any, Xv: Any) -> None:
+    """Refuse validation tables whose columns are not the training table's, in its order.
+
+    Tables become arrays by position, so a validation frame with the same columns in another
+    order would pass every shape check and be scored on swapped features. Tables that share no
+    column name (e.g. one built from a bare array) are matched by position, as arrays are."""
+    pairs: list[tuple[str, Any, Any]] = [("validation X", X, Xv)]
+    if _multi_input(X) and _multi_input(Xv) and _form(X) == _form(Xv):
+        names = input_names(X, "validation X")
+        if isinstance(X, Mapping):
+            pairs = [(f"validation X[{k!r}]", X[k], Xv[k]) for k in X]
+        else:
+            pairs = list(zip(names, X, Xv))
+    for what, t, tv in pairs:
+        cols, cols_v = _column_names(t), _column_names(tv)
+        if cols is None or cols_v is None or cols == cols_v or not set(cols) & set(cols_v):
+            continue
+        missing = [c for c in cols if c not in cols_v]
+        extra = [c for c in cols_v if c not in cols]
+        if missing or extra:
+            got = ", ".join(
+                part
+                for part in (
+                    missing and f"missing {_names_text(missing)}",
+                    extra and f"extra {_names_text(extra)}",
+                )
+                if part
+            )
+        elif len(cols) != len(cols_v):  # (the same names, some repeated)
+            got = f"{len(cols_v)} columns ({_names_text(cols_v)})"
+        else:
+            i = next(i for i, (a, b) in enumerate(zip(cols, cols_v)) if a != b)
+            got = (
+                f"the same columns in another order (column {i} is {cols_v[i]!r}, not {cols[i]!r})"
+            )
+        raise InputError(
+            message(
+                what,
+                f"must have the training table's columns in its order ({_names_text(cols)})",
+                got,
+                "build the validation data with the training columns and select them in the "
+                "training order, e.g. X_val[X.columns] (pandas) or X_val.select(X.column_names) "
+                "(pyarrow)",
+            )
+        )
+
+
+def _names_text(names: list[Any]) -> str:
+    return ", ".join(repr(c) for c in names[:5]) + (" ..." if len(names) > 5 else "")
 
 
 def _check_inputs_finite(X: Features, what: str, dtype: torch.dtype) -> None:
@@ -1576,7 +1779,7 @@ def _features(obj: Any, what: str, dtype: torch.dtype) -> torch.Tensor:
                 first = next(
                     (i, v)
                     for i, v in enumerate(raw.flat)
-                    if not isinstance(v, numbers.Number) or isinstance(v, (bool, np.bool_))
+                    if not (_is_number(v) or _missing_label(v))
                 )
                 pos = _position(np.unravel_index(first[0], raw.shape))
                 raise InputError(
@@ -1587,7 +1790,7 @@ def _features(obj: Any, what: str, dtype: torch.dtype) -> torch.Tensor:
                         _TABULAR_FIX,
                     )
                 )
-            raw = raw.astype(np.float64)
+            raw = _object_numbers(raw)
         elif kind not in "biufc":
             raise InputError(
                 message(
@@ -1617,7 +1820,7 @@ def _targets(
     raw = _raw(obj, what, tabular_float=False)
     if isinstance(raw, np.ndarray):
         if raw.dtype.kind == "O" and raw.size and _numeric_objects(raw):
-            raw = raw.astype(np.float64)
+            raw = _object_numbers(raw, ints=True)
         if raw.dtype.kind in "biufc":
             raw = _np_to_tensor(raw)
     if raw.ndim == 0:
@@ -1639,6 +1842,9 @@ def _targets(
     if kind == "index":
         if raw.ndim == 2 and raw.shape[1] == 1:
             raw = raw[:, 0]
+        if isinstance(raw, torch.Tensor) and raw.dtype in _WIDE_UNSIGNED:
+            # (torch's unique/searchsorted/promotion do not take them: a raw NotImplementedError)
+            raw = raw.to(torch.int64)
         return raw
     if isinstance(raw, np.ndarray):
         first = raw.flat[0] if raw.size else None
@@ -1667,7 +1873,9 @@ def _targets(
             message(what, "must be real numbers", f"dtype {raw.dtype}", "pass real targets")
         )
     if kind == "float" or raw.is_floating_point():
-        _check_finite(raw, what, dtype)
+        # (not the features' fix: imputing targets invents answers, and descend.tabular
+        # refuses missing targets too)
+        _check_finite(raw, what, dtype, fix="drop the rows whose target is missing or infinite")
         raw = raw.to(dtype)
     return raw
 
@@ -1732,9 +1940,7 @@ def _encode_labels(
     arrays = [p.cpu().numpy() if isinstance(p, torch.Tensor) else p for p in parts]
     for a, name in zip(arrays, names):
         if a.dtype.kind == "O":
-            missing = [
-                i for i, v in enumerate(a.flat) if v is None or (isinstance(v, float) and v != v)
-            ]
+            missing = [i for i, v in enumerate(a.flat) if _missing_label(v)]
             if missing:
                 raise InputError(
                     message(
@@ -1754,6 +1960,21 @@ def _encode_labels(
                     "convert them to strings or integers",
                 )
             )
+    # numpy would join numbers and text as text ('3' for 3, sorted '10' < '8'): labels that
+    # never equal the other part's, and classes of another type than the user's
+    kinds = [_label_kind(a) for a in arrays]
+    if "text" in kinds and "numbers" in kinds:
+        i = kinds.index("numbers" if kinds[0] == "text" else "text")
+        sample = next(v for v in arrays[i].flat if not _missing_label(v))
+        raise InputError(
+            message(
+                names[i],
+                f"must be labels of the same type as {names[0]} ({kinds[0]})",
+                f"{kinds[i]} such as {describe(sample.item() if hasattr(sample, 'item') else sample)}",
+                "convert one to the other's type, e.g. "
+                f"{names[i]}=numpy.asarray(y_val, dtype={'int' if kinds[0] == 'numbers' else 'str'})",
+            )
+        )
     try:
         classes = np.unique(np.concatenate([a.ravel() for a in arrays]))
         codes = [np.searchsorted(classes, a.ravel()).reshape(a.shape) for a in arrays]
@@ -1767,6 +1988,30 @@ def _encode_labels(
             )
         ) from err
     return [torch.as_tensor(c, dtype=torch.int64) for c in codes], classes, int(classes.size)
+
+
+def _label_kind(a: np.ndarray) -> str:
+    """ "numbers", "text" (strings, also in an object array) or "other" labels."""
+    if a.dtype.kind in "biuf":
+        return "numbers"
+    if a.dtype.kind in "US":
+        return "text"
+    values = [v for v in a.flat if not _missing_label(v)]
+    if values and all(isinstance(v, (str, bytes)) for v in values):
+        return "text"
+    if values and all(_is_number(v) or isinstance(v, (bool, np.bool_)) for v in values):
+        return "numbers"
+    return "other"
+
+
+def _missing_label(v: Any) -> bool:
+    """None, a NaN of any float type, or pandas' NA / NaT (pandas "string" and nullable
+    columns hold pandas.NA, whose comparisons raise instead of sorting)."""
+    if v is None:
+        return True
+    if isinstance(v, (float, np.floating)):
+        return bool(v != v)
+    return type(v).__name__ in ("NAType", "NaTType")  # (pandas is optional: no import)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1839,7 +2084,9 @@ def _split_indices(
                 f"validation={fraction:g}",
                 "must leave at least 1 sample on each side of the split",
                 f"{n_val} validation and {n - n_val} training samples out of {n}",
-                "pass a larger fraction, explicit validation data, or validation=None"
+                "pass explicit validation data, or validation=None (one sample cannot be split)"
+                if n < 2
+                else "pass a larger fraction, explicit validation data, or validation=None"
                 if n_val < 1
                 else "pass a smaller fraction, explicit validation data, or validation=None",
             )
@@ -1849,6 +2096,8 @@ def _split_indices(
     if labels is None:
         return perm[n_val:].sort().values, perm[:n_val].sort().values
 
+    # (The fixes offered below work in fit, the estimators and the CLI too: stratify=False is
+    # prepare's alone.)
     counts = torch.bincount(labels).tolist()
     present = [c for c, k in enumerate(counts) if k > 0]
     multi = sum(1 for k in counts if k >= 2)
@@ -1860,7 +2109,8 @@ def _split_indices(
                 "must leave room for every class with >= 2 samples in the validation part to "
                 "stratify",
                 f"{n_val} validation samples for {multi} such classes ({n} samples)",
-                f"pass validation >= {need:g}, stratify=False, or validation=None",
+                f"pass validation >= {need:g}, explicit validation data (X_val, y_val), or "
+                "validation=None",
             )
         )
     if n - n_val < len(present):
@@ -1871,7 +2121,7 @@ def _split_indices(
                 "must leave at least one sample of every class in the training part to stratify",
                 f"{n - n_val} training samples for {len(present)} classes ({n} samples)",
                 (f"pass a smaller fraction (at most {most:g}), " if most > 0 else "pass ")
-                + "stratify=False, or validation=None",
+                + "explicit validation data (X_val, y_val), or validation=None",
             )
         )
     # Per class: round(fraction * count), clamped so a class with >= 2 samples lands on both
