@@ -880,6 +880,24 @@ def test_predict_refuses_to_write_over_the_data_it_reads(tiny_run, tmp_path, mon
     assert result.exit_code == 0, result.output
 
 
+def test_predict_refuses_an_unknown_or_unavailable_device_as_the_option(
+    tiny_run, tmp_path, monkeypatch
+):
+    # --device foo said model.safetensors was damaged ("train it again"); --device cuda on a
+    # machine without CUDA was a traceback from torch
+    pcsv.write_csv(pa.table({"a": [1.0], "b": [0.0], "c": [2.0]}), tmp_path / "new.csv")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device, expected in (
+        ("foo", "device must be a torch device string"),
+        ("cuda", "pass --device cpu"),
+    ):
+        result = invoke(["predict", "r", "new.csv", "--device", device], tmp_path, monkeypatch)
+        assert result.exit_code == 2, result.output
+        assert expected in result.stderr and "train it again" not in result.stderr
+    result = invoke(["predict", "r", "new.csv", "--device", "cpu"], tmp_path, monkeypatch)
+    assert result.exit_code == 0, result.output
+
+
 def test_predict_to_stdout(tiny_run, tmp_path, monkeypatch):
     pcsv.write_csv(
         pa.table({"a": [1.0, 2.0], "b": [0.0, 1.0], "c": [2.0, 3.0]}), tmp_path / "new.csv"

@@ -1481,6 +1481,13 @@ class Run:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
+        if device is not None:
+            from descend.data import resolve_device
+
+            # an unknown or unavailable device is the option's fault, named as such (it was
+            # "model.safetensors ... cannot be read ... train it again", or a traceback from
+            # torch for a CUDA device on a machine without one)
+            device = str(resolve_device(device))
         spec = (self.model_spec or {}).get("spec")
         try:
             model = build_model(spec)  # type: ignore[arg-type]
