@@ -464,6 +464,18 @@ def test_runs_lists_completed_corrupt_and_incomplete_runs(reg_run, tmp_path, mon
     assert not CONTROL.search(proc.stdout)
 
 
+def test_runs_lists_names_with_brackets_as_they_are(reg_run, tmp_path, monkeypatch):
+    # rich read the cells as markup: a run 'exp[lr]' was listed as 'exp', 'x[bold]' as 'x'
+    _, run_dir, _ = reg_run
+    base = tmp_path / "runs[a]"
+    for name in ("exp[lr]", "x[bold]"):
+        shutil.copytree(run_dir, base / name)
+    proc = invoke(["runs", "-d", "runs[a]"], tmp_path, monkeypatch)
+    assert proc.exit_code == 0, proc.output
+    assert "runs in runs[a]/" in proc.stdout
+    assert " exp[lr] " in proc.stdout and " x[bold] " in proc.stdout
+
+
 def test_show_prints_summary_and_loss_curve(reg_run, monkeypatch):
     work, run_dir, _ = reg_run
     result = invoke(["show", str(run_dir)], work, monkeypatch)

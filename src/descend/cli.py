@@ -450,7 +450,9 @@ def runs_command(
     ] = _D.runs_dir,
 ) -> None:
     """List past runs: data, task, loss, metric, time, status."""
+    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     if dir != _D.runs_dir and not Path(dir).exists():
         # (it said "no runs in DIR/ yet" for a mistyped path, as if the runs were gone)
@@ -467,7 +469,7 @@ def runs_command(
     if not rows:
         _say(f"no runs in {dir}/ yet: train one with `descend fit DATA`")
         return
-    table = Table(title=f"runs in {dir}/", title_justify="left")
+    table = Table(title=f"runs in {escape(dir)}/", title_justify="left")
     for col in ("run", "data", "task", "loss", "metric", "time", "started", "status"):
         table.add_column(
             col, no_wrap=col in ("run", "status"), justify="right" if col == "time" else "left"
@@ -480,15 +482,10 @@ def runs_command(
         "corrupt": "red",
     }
     for r in rows:
+        # Text, not markup: a run or data file named 'exp[lr]' was listed as 'exp'
         table.add_row(
-            r.dir.name,
-            r.data,
-            r.task,
-            r.loss,
-            r.metric,
-            r.time,
-            r.started,
-            f"[{styles.get(r.status, '')}]{r.status}[/]" if r.status in styles else r.status,
+            *(Text(v) for v in (r.dir.name, r.data, r.task, r.loss, r.metric, r.time, r.started)),
+            Text(r.status, style=styles.get(r.status, "")),
         )
     console = _console()
     console.print(table)
