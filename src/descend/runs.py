@@ -1290,6 +1290,11 @@ def train(
             # fit refused the input before training: leave nothing behind, as for input
             # refused before the directory was made
             _remove_new_run_dir(run_dir, files, made, keep=existed)
+        elif recorder.dir is None and resume_run is not None:
+            # a resume stopped before it trained (refused, or interrupted): the run is as it
+            # was, and so is its summary (writing 'failed' over an interrupted run's summary
+            # made its saved model one that predict refuses)
+            pass
         else:
             summary.update(
                 error=str(exc) or type(exc).__name__,
