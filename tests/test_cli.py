@@ -493,6 +493,31 @@ def test_show_prints_summary_and_loss_curve(reg_run, monkeypatch):
     assert " ".join(summary["stop_message"].split()) in " ".join(by_name.stdout.split())
 
 
+def test_show_a_run_that_stopped_before_training(tmp_path, monkeypatch):
+    # A run that failed before its first epoch (no metrics.jsonl) was refused by show with
+    # "must contain metrics.jsonl ... train it again", hiding the error it failed with; one
+    # interrupted then showed its model as 'mlp None → … → None; 0 parameters'.
+    import descend
+
+    write_linear_csv(tmp_path / "lin.csv", n=40)
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory")
+
+    with monkeypatch.context() as m:
+        m.setattr(descend, "fit", out_of_memory)
+        failed = invoke(
+            ["fit", "lin.csv", "-t", "price", "--out", "r", "-q"], tmp_path, monkeypatch
+        )
+    assert failed.exit_code == 1 and not (tmp_path / "r" / "metrics.jsonl").exists()
+    result = invoke(["show", "r"], tmp_path, monkeypatch)
+    assert result.exit_code == 0, result.output
+    assert "failed" in result.stdout and "CUDA out of memory" in result.stdout
+    assert "no epochs recorded" in result.stdout
+    assert re.search(r"model +mlp 3 → .* → 1, relu; [1-9][\d,]* parameters", result.stdout)
+    assert "24 train, 8 validation, 8 test" in result.stdout
+
+
 def test_show_falls_back_to_a_table_without_plotext(reg_run, monkeypatch):
     work, run_dir, _ = reg_run
     monkeypatch.setitem(sys.modules, "plotext", None)  # import fails

@@ -541,8 +541,16 @@ def show(
     from rich.table import Table
 
     r = runs.load_run(run, runs_dir=runs_dir)
-    records = runs.read_metrics(r.dir)
+    # A run that failed or was interrupted before training began has no metrics.jsonl: its
+    # summary (the error, the stop reason) is what there is to show.
+    has_metrics = (r.dir / runs.METRICS_FILE).is_file()
+    records = runs.read_metrics(r.dir) if has_metrics else []
     s, c = r.summary, r.config
+    # The model's size as model.json records it, for a run whose summary has none (stopped
+    # before its first epoch ended: it showed 'mlp None → 64 → None; 0 parameters')
+    spec_path = r.dir / runs.MODEL_SPEC_FILE
+    m = runs._read_json(spec_path, r.dir) if spec_path.is_file() else {}
+    spec = m.get("spec") if isinstance(m.get("spec"), dict) else {}
     opts, src = c.get("options") or {}, c.get("data") or {}
     console = _console()
     grid = Table.grid(padding=(0, 2))
@@ -565,12 +573,13 @@ def show(
     hidden = opts.get("hidden")
     row(
         "model",
-        f"mlp {s.get('n_features')} → {' → '.join(map(str, hidden or []))}"
-        f"{' → ' if hidden else ''}{s.get('n_outputs')}, {opts.get('activation')}; "
-        f"{s.get('n_parameters', 0):,} parameters",
+        f"mlp {s.get('n_features', spec.get('in_features', '?'))} → "
+        f"{' → '.join(map(str, hidden or []))}{' → ' if hidden else ''}"
+        f"{s.get('n_outputs', spec.get('out_features', '?'))}, {opts.get('activation')}; "
+        f"{s.get('n_parameters', m.get('n_parameters', 0)):,} parameters",
     )
     row("optimizer", s.get("optimizer", "-"))
-    rows = s.get("rows") or {}
+    rows = s.get("rows") or c.get("split") or {}
     row(
         "rows",
         f"{rows.get('train', '-')} train, {rows.get('validation', '-')} validation, "
