@@ -378,6 +378,29 @@ def test_ctrl_c_while_the_learning_rate_is_chosen_keeps_a_run_to_resume(tmp_path
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_predict_and_runs_point_a_run_interrupted_before_training_to_resume(tmp_path, monkeypatch):
+    # predict said "stopped before saving its model; train it again" and runs "model files
+    # missing" for a run that `descend resume` continues (what fit itself says at the Ctrl-C)
+    from descend.train import autopilot
+
+    write_linear_csv(tmp_path / "lin.csv", n=60)
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(autopilot._lr_find, "sweep", interrupted)
+        args = ["fit", "lin.csv", "--target", "price", "--out", "runs/r", "-q"]
+        assert invoke(args, tmp_path, monkeypatch).exit_code == 130
+    result = invoke(["predict", "runs/r", "lin.csv"], tmp_path, monkeypatch)
+    assert result.exit_code == 2
+    assert "`descend resume runs/r` continues it" in result.stderr
+    assert "train it again" not in result.stderr
+    result = invoke(["runs"], tmp_path, monkeypatch)
+    assert result.exit_code == 0, result.output
+    assert "(`descend resume runs/r` continues it)" in result.stdout
+
+
 def test_a_cli_run_killed_during_the_race_goes_on_from_the_race(tmp_path, monkeypatch):
     from descend.train import autopilot
 

@@ -1649,13 +1649,15 @@ def load_run(
         out.model_spec = _read_json(d / MODEL_SPEC_FILE, d)
         out.preprocess = _read_json(d / PREPROCESS_FILE, d)
         if not (d / MODEL_FILE).is_file():
+            # interrupted before its first epoch ended, a run has no model yet but can go on
+            fix = (
+                f"the run was interrupted before its first epoch ended; `descend resume {d}` "
+                "continues it"
+                if summary.get("status") == "interrupted"
+                else "the run was stopped before saving its model; train it again"
+            )
             raise CheckpointError(
-                message(
-                    f"run directory '{d}'",
-                    f"must contain {MODEL_FILE}",
-                    "no such file",
-                    "the run was stopped before saving its model; train it again",
-                )
+                message(f"run directory '{d}'", f"must contain {MODEL_FILE}", "no such file", fix)
             )
     return out
 
@@ -1760,6 +1762,11 @@ def _listing(d: Path) -> RunListing | None:
     ):
         row.status = "incomplete"
         row.problem = "model files missing"
+        if status == "interrupted" and MODEL_FILE not in files:
+            row.problem = (
+                f"no model yet: interrupted before its first epoch ended "
+                f"(`descend resume {d}` continues it)"
+            )
         return row
     row.status = status
     return row
