@@ -401,6 +401,24 @@ def test_predict_and_runs_point_a_run_interrupted_before_training_to_resume(tmp_
     assert "(`descend resume runs/r` continues it)" in result.stdout
 
 
+def test_resume_prints_the_held_out_metrics_as_fit_does(tmp_path, monkeypatch):
+    # resume printed the test line alone: a run without a test split ended with no metrics
+    from descend.train import autopilot
+
+    write_linear_csv(tmp_path / "lin.csv", n=60)
+    args = ["fit", "lin.csv", "-t", "price", "--epochs", "2", "--test-fraction", "0", "-q"]
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(autopilot._lr_find, "sweep", interrupted)
+        assert invoke([*args, "--out", "r"], tmp_path, monkeypatch).exit_code == 130
+    resumed = invoke(["resume", "r", "-q"], tmp_path, monkeypatch)
+    assert resumed.exit_code == 0, resumed.output
+    assert "validation (12 rows, no test split): rmse " in resumed.stdout
+
+
 def test_a_cli_run_killed_during_the_race_goes_on_from_the_race(tmp_path, monkeypatch):
     from descend.train import autopilot
 

@@ -173,6 +173,19 @@ def _test_line(s: dict[str, Any]) -> str:
     return f"test ({runs._count(s['rows']['test'], 'row')}): {runs.format_metrics(s['test'])}"
 
 
+def _say_held_out(s: dict[str, Any]) -> None:
+    """The held-out metrics of a trained run: test, else validation, else why there are none."""
+    if s.get("test"):
+        _say(_test_line(s))
+    elif s.get("validation"):
+        _say(
+            f"validation ({runs._count(s['rows']['validation'], 'row')}, no test split): "
+            f"{runs.format_metrics(s['validation'])}"
+        )
+    else:
+        _say("no validation or test rows (both fractions are 0): no held-out metrics")
+
+
 def _untrained(run_dir: Any) -> None:
     """The end of a run interrupted before its first epoch ended: nothing trained to save."""
     _error(
@@ -340,15 +353,7 @@ def fit(
     s = outcome.summary
     if not outcome.trained:
         _untrained(outcome.run_dir)
-    if s.get("test"):
-        _say(_test_line(s))
-    elif s.get("validation"):
-        _say(
-            f"validation ({runs._count(s['rows']['validation'], 'row')}, no test split): "
-            f"{runs.format_metrics(s['validation'])}"
-        )
-    else:
-        _say("no validation or test rows (both fractions are 0): no held-out metrics")
+    _say_held_out(s)
     _say_saved(s, outcome.run_dir, cfg.quiet)
     if outcome.interrupted:
         _say(f"interrupted: saved the best model so far (epoch {s.get('best_epoch', 0)})")
@@ -383,8 +388,8 @@ def resume(
     s = outcome.summary
     if not outcome.trained:
         _untrained(run_dir)
-    if s.get("test"):
-        _say(_test_line(s))
+    # (it printed the test line alone: a run with --test-fraction 0 ended with no metrics)
+    _say_held_out(s)
     _say_saved(s, run_dir, quiet)
     if outcome.interrupted:
         raise typer.Exit(EXIT_INTERRUPTED)
