@@ -1060,14 +1060,16 @@ def test_fit_keeps_a_small_network_on_the_cpu_unless_a_device_is_given(tmp_path,
 
     monkeypatch.setattr(descend, "fit", spy)
     write_linear_csv(tmp_path / "lin.csv", n=60)
-    for extra in ([], ["--device", "cpu"]):
+    # (--device auto, which fit and the config file take for "pick one", was passed on as
+    # 'auto': a small network went to the accelerator)
+    for extra in ([], ["--device", "cpu"], ["--device", "auto"]):
         r = invoke(
             ["fit", "lin.csv", "--target", "price", "--epochs", "2", "--quiet", *extra],
             tmp_path,
             monkeypatch,
         )
         assert r.exit_code == 0, r.output
-    assert seen == ["cpu", "cpu"]
+    assert seen == ["cpu", "cpu", "cpu"]
     r = invoke(
         [
             "fit",

@@ -1142,7 +1142,9 @@ def train(
     # Launched on several processes (torchrun), the processes train one model: rank 0 draws
     # the seed and makes the run directory for all, and alone writes files; `fit` splits the
     # batches. The group is joined here, before either is chosen.
-    world, device = distributed.join(None if cfg.device in (None, "auto") else cfg.device)
+    # --device auto is --device left out (it skipped the small-step CPU rule of auto_device)
+    chosen = None if cfg.device is None or cfg.device.strip().lower() == "auto" else cfg.device
+    world, device = distributed.join(chosen)
     main = world.is_main
 
     def checks() -> None:
@@ -1277,7 +1279,7 @@ def train(
             seed=seed,
             device=device
             if world.active
-            else auto_device(cfg.device, cfg.batch_size or len(data.train_idx), model),
+            else auto_device(chosen, cfg.batch_size or len(data.train_idx), model),
             precision=cfg.precision,
             max_time=cfg.max_time,
             **ckpt_kw,
