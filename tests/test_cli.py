@@ -939,6 +939,21 @@ def test_predict_and_show_refuse_incomplete_or_corrupt_runs(tiny_run, tmp_path, 
     assert result.exit_code == 2 and "must contain summary.json" in result.stderr
 
 
+def test_a_directory_that_holds_no_run_is_not_called_an_unfinished_run(
+    tiny_run, tmp_path, monkeypatch
+):
+    # `descend show runs` (the runs directory, not a run in it) said "the run did not finish:
+    # it is still running, failed before saving, or was killed; train it again"
+    (tmp_path / "runs").mkdir()
+    shutil.move(tiny_run, tmp_path / "runs" / "r")
+    for args in (["show", "runs"], ["predict", "runs", "lin.csv"], ["resume", "runs"]):
+        result = invoke(args, tmp_path, monkeypatch)
+        assert result.exit_code == 2, result.output
+        assert "run directory 'runs' must be a run made by descend fit" in result.stderr
+        assert "e.g. 'runs/r'" in result.stderr and "did not finish" not in result.stderr
+    assert invoke(["show", "r"], tmp_path, monkeypatch).exit_code == 0  # a name under runs/
+
+
 def test_predict_refuses_to_write_over_the_data_it_reads(tiny_run, tmp_path, monkeypatch):
     # `-o` naming the input file silently replaced the user's data with the predictions.
     pcsv.write_csv(pa.table({"a": [1.0], "b": [0.0], "c": [2.0]}), tmp_path / "new.csv")

@@ -1588,10 +1588,10 @@ def _read_json(path: Path, run_dir: Path) -> dict[str, Any]:
 def _resolve_run_dir(run: str | os.PathLike[str], runs_dir: str | os.PathLike[str]) -> Path:
     p = Path(run)
     if p.is_dir():
-        return p
+        return _check_run_dir(p)
     alt = Path(runs_dir) / p
     if not p.is_absolute() and alt.is_dir():
-        return alt
+        return _check_run_dir(alt)
     if p.exists():
         raise CheckpointError(
             message(
@@ -1610,6 +1610,39 @@ def _resolve_run_dir(run: str | os.PathLike[str], runs_dir: str | os.PathLike[st
         else "list the runs with `descend runs`"
     )
     raise CheckpointError(message(f"run directory '{p}'", "must exist", "no such directory", fix))
+
+
+def _check_run_dir(d: Path) -> Path:
+    """``d`` if it holds any run file; else refused as no run at all (``descend show runs``
+    was told its run 'did not finish' and to train it again)."""
+    try:
+        names = {c.name for c in d.iterdir()}
+    except OSError:
+        return d  # the reads that follow name the problem
+    if names & {*RUN_FILES, CHECKPOINT_DIR}:
+        return d
+    inside = sorted(c for c in d.iterdir() if c.is_dir() and _is_run_dir(c))
+    fix = (
+        f"pass one of the runs in it, e.g. '{inside[-1]}' (`descend runs -d {shlex.quote(str(d))}` "
+        "lists them)"
+        if inside
+        else "pass a directory made by `descend fit` (`descend runs` lists them)"
+    )
+    raise CheckpointError(
+        message(
+            f"run directory '{d}'",
+            "must be a run made by descend fit",
+            f"a directory without any run file ({CONFIG_FILE}, {SUMMARY_FILE}, ...)",
+            fix,
+        )
+    )
+
+
+def _is_run_dir(d: Path) -> bool:
+    try:
+        return any((d / name).exists() for name in (CONFIG_FILE, SUMMARY_FILE))
+    except OSError:
+        return False
 
 
 def load_run(
