@@ -534,6 +534,19 @@ def test_show_prints_summary_and_loss_curve(reg_run, monkeypatch):
     assert " ".join(summary["stop_message"].split()) in " ".join(by_name.stdout.split())
 
 
+def test_show_a_one_epoch_run_prints_its_losses(tiny_run, tmp_path, monkeypatch):
+    # A one-epoch run's plot had a single point per curve, drawn under the legend box: the
+    # training loss was nowhere on screen.
+    lines = (tiny_run / "metrics.jsonl").read_text().splitlines()
+    (tiny_run / "metrics.jsonl").write_text(lines[0] + "\n")
+    record = json.loads(lines[0])
+    result = invoke(["show", "r"], tmp_path, monkeypatch)
+    assert result.exit_code == 0, result.output
+    row = [ln for ln in result.stdout.splitlines() if re.match(r"\W*1\W", ln)]
+    assert row and f"{record['train_loss']:.4g}" in row[0], result.stdout
+    assert f"{record['val_loss']:.4g}" in row[0]
+
+
 def test_show_a_run_that_stopped_before_training(tmp_path, monkeypatch):
     # A run that failed before its first epoch (no metrics.jsonl) was refused by show with
     # "must contain metrics.jsonl ... train it again", hiding the error it failed with; one

@@ -618,7 +618,12 @@ def show(
     series = {"train": [rec.get("train_loss") for rec in records]}
     if any(rec.get("val_loss") is not None for rec in records):
         series["validation"] = [rec.get("val_loss") for rec in records]
-    text = _plot_text(epochs, series, f"loss ({s.get('loss')})", colour=is_terminal(sys.stdout))
+    # One epoch is one point a curve cannot show (the legend box covered it): the table does
+    text = (
+        _plot_text(epochs, series, f"loss ({s.get('loss')})", colour=is_terminal(sys.stdout))
+        if len(records) > 1
+        else None
+    )
     if text is not None:
         console.print()
         console.out(text, highlight=False)
