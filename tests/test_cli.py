@@ -419,6 +419,28 @@ def test_resume_prints_the_held_out_metrics_as_fit_does(tmp_path, monkeypatch):
     assert "validation (12 rows, no test split): rmse " in resumed.stdout
 
 
+def test_resume_commands_in_messages_quote_a_path_with_spaces(tmp_path, monkeypatch):
+    # "`descend resume my run` starts it again": pasted, resume got two arguments
+    from descend.train import autopilot
+
+    write_linear_csv(tmp_path / "lin.csv", n=60)
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(autopilot._lr_find, "sweep", interrupted)
+        args = ["fit", "lin.csv", "--target", "price", "--out", "my run", "-q"]
+        result = invoke(args, tmp_path, monkeypatch)
+    assert result.exit_code == 130
+    assert "`descend resume 'my run'` starts it again" in result.stderr
+    result = invoke(["predict", "my run", "lin.csv"], tmp_path, monkeypatch)
+    assert "`descend resume 'my run'` continues it" in result.stderr
+    (tmp_path / "my run" / "summary.json").unlink()  # as if killed
+    result = invoke(["show", "my run"], tmp_path, monkeypatch)
+    assert "`descend resume 'my run'`" in result.stderr
+
+
 def test_a_cli_run_killed_during_the_race_goes_on_from_the_race(tmp_path, monkeypatch):
     from descend.train import autopilot
 

@@ -16,6 +16,7 @@ import contextlib
 import functools
 import math
 import re
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -190,7 +191,7 @@ def _untrained(run_dir: Any) -> None:
     """The end of a run interrupted before its first epoch ended: nothing trained to save."""
     _error(
         f"interrupted before the first epoch ended: nothing trained yet — "
-        f"`descend resume {run_dir}` starts it again"
+        f"`descend resume {shlex.quote(str(run_dir))}` starts it again"
     )
     raise typer.Exit(EXIT_INTERRUPTED)
 

@@ -1551,7 +1551,7 @@ def _read_json(path: Path, run_dir: Path) -> dict[str, Any]:
                 f"run directory '{run_dir}'",
                 f"must contain {path.name}",
                 "no such file",
-                f"{why}; continue a killed run with `descend resume {run_dir}`"
+                f"{why}; continue a killed run with `descend resume {shlex.quote(str(run_dir))}`"
                 if path.name == SUMMARY_FILE and (run_dir / CONFIG_FILE).is_file()
                 else f"{why}; train it again with `descend fit`",
             )
@@ -1686,7 +1686,7 @@ def load_run(
         if not (d / MODEL_FILE).is_file():
             # interrupted before its first epoch ended, a run has no model yet but can go on
             fix = (
-                f"the run was interrupted before its first epoch ended; `descend resume {d}` "
+                f"the run was interrupted before its first epoch ended; `descend resume {shlex.quote(str(d))}` "
                 "continues it"
                 if summary.get("status") == "interrupted"
                 else "the run was stopped before saving its model; train it again"
@@ -1767,7 +1767,7 @@ def _listing(d: Path) -> RunListing | None:
     if SUMMARY_FILE not in files:
         row.problem = (
             f"no {SUMMARY_FILE}: still running, or stopped before it finished "
-            f"(`descend resume {d}` continues a killed run)"
+            f"(`descend resume {shlex.quote(str(d))}` continues a killed run)"
             if config
             else f"no {SUMMARY_FILE}: still running, or stopped before it finished"
         )
@@ -1800,7 +1800,7 @@ def _listing(d: Path) -> RunListing | None:
         if status == "interrupted" and MODEL_FILE not in files:
             row.problem = (
                 f"no model yet: interrupted before its first epoch ended "
-                f"(`descend resume {d}` continues it)"
+                f"(`descend resume {shlex.quote(str(d))}` continues it)"
             )
         return row
     row.status = status
