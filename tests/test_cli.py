@@ -378,6 +378,69 @@ def test_ctrl_c_while_the_learning_rate_is_chosen_keeps_a_run_to_resume(tmp_path
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_predict_and_runs_point_a_run_interrupted_before_training_to_resume(tmp_path, monkeypatch):
+    # predict said "stopped before saving its model; train it again" and runs "model files
+    # missing" for a run that `descend resume` continues (what fit itself says at the Ctrl-C)
+    from descend.train import autopilot
+
+    write_linear_csv(tmp_path / "lin.csv", n=60)
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(autopilot._lr_find, "sweep", interrupted)
+        args = ["fit", "lin.csv", "--target", "price", "--out", "runs/r", "-q"]
+        assert invoke(args, tmp_path, monkeypatch).exit_code == 130
+    result = invoke(["predict", "runs/r", "lin.csv"], tmp_path, monkeypatch)
+    assert result.exit_code == 2
+    assert "`descend resume runs/r` continues it" in result.stderr
+    assert "train it again" not in result.stderr
+    result = invoke(["runs"], tmp_path, monkeypatch)
+    assert result.exit_code == 0, result.output
+    assert "(`descend resume runs/r` continues it)" in result.stdout
+
+
+def test_resume_prints_the_held_out_metrics_as_fit_does(tmp_path, monkeypatch):
+    # resume printed the test line alone: a run without a test split ended with no metrics
+    from descend.train import autopilot
+
+    write_linear_csv(tmp_path / "lin.csv", n=60)
+    args = ["fit", "lin.csv", "-t", "price", "--epochs", "2", "--test-fraction", "0", "-q"]
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(autopilot._lr_find, "sweep", interrupted)
+        assert invoke([*args, "--out", "r"], tmp_path, monkeypatch).exit_code == 130
+    resumed = invoke(["resume", "r", "-q"], tmp_path, monkeypatch)
+    assert resumed.exit_code == 0, resumed.output
+    assert "validation (12 rows, no test split): rmse " in resumed.stdout
+
+
+def test_resume_commands_in_messages_quote_a_path_with_spaces(tmp_path, monkeypatch):
+    # "`descend resume my run` starts it again": pasted, resume got two arguments
+    from descend.train import autopilot
+
+    write_linear_csv(tmp_path / "lin.csv", n=60)
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(autopilot._lr_find, "sweep", interrupted)
+        args = ["fit", "lin.csv", "--target", "price", "--out", "my run", "-q"]
+        result = invoke(args, tmp_path, monkeypatch)
+    assert result.exit_code == 130
+    assert "`descend resume 'my run'` starts it again" in result.stderr
+    result = invoke(["predict", "my run", "lin.csv"], tmp_path, monkeypatch)
+    assert "`descend resume 'my run'` continues it" in result.stderr
+    (tmp_path / "my run" / "summary.json").unlink()  # as if killed
+    result = invoke(["show", "my run"], tmp_path, monkeypatch)
+    assert "`descend resume 'my run'`" in result.stderr
+
+
 def test_a_cli_run_killed_during_the_race_goes_on_from_the_race(tmp_path, monkeypatch):
     from descend.train import autopilot
 
@@ -464,6 +527,18 @@ def test_runs_lists_completed_corrupt_and_incomplete_runs(reg_run, tmp_path, mon
     assert not CONTROL.search(proc.stdout)
 
 
+def test_runs_lists_names_with_brackets_as_they_are(reg_run, tmp_path, monkeypatch):
+    # rich read the cells as markup: a run 'exp[lr]' was listed as 'exp', 'x[bold]' as 'x'
+    _, run_dir, _ = reg_run
+    base = tmp_path / "runs[a]"
+    for name in ("exp[lr]", "x[bold]"):
+        shutil.copytree(run_dir, base / name)
+    proc = invoke(["runs", "-d", "runs[a]"], tmp_path, monkeypatch)
+    assert proc.exit_code == 0, proc.output
+    assert "runs in runs[a]/" in proc.stdout
+    assert " exp[lr] " in proc.stdout and " x[bold] " in proc.stdout
+
+
 def test_show_prints_summary_and_loss_curve(reg_run, monkeypatch):
     work, run_dir, _ = reg_run
     result = invoke(["show", str(run_dir)], work, monkeypatch)
@@ -479,6 +554,44 @@ def test_show_prints_summary_and_loss_curve(reg_run, monkeypatch):
     by_name = invoke(["show", "lin", "--runs-dir", "runs"], work, monkeypatch)
     assert by_name.exit_code == 0
     assert " ".join(summary["stop_message"].split()) in " ".join(by_name.stdout.split())
+
+
+def test_show_a_one_epoch_run_prints_its_losses(tiny_run, tmp_path, monkeypatch):
+    # A one-epoch run's plot had a single point per curve, drawn under the legend box: the
+    # training loss was nowhere on screen.
+    lines = (tiny_run / "metrics.jsonl").read_text().splitlines()
+    (tiny_run / "metrics.jsonl").write_text(lines[0] + "\n")
+    record = json.loads(lines[0])
+    result = invoke(["show", "r"], tmp_path, monkeypatch)
+    assert result.exit_code == 0, result.output
+    row = [ln for ln in result.stdout.splitlines() if re.match(r"\W*1\W", ln)]
+    assert row and f"{record['train_loss']:.4g}" in row[0], result.stdout
+    assert f"{record['val_loss']:.4g}" in row[0]
+
+
+def test_show_a_run_that_stopped_before_training(tmp_path, monkeypatch):
+    # A run that failed before its first epoch (no metrics.jsonl) was refused by show with
+    # "must contain metrics.jsonl ... train it again", hiding the error it failed with; one
+    # interrupted then showed its model as 'mlp None → … → None; 0 parameters'.
+    import descend
+
+    write_linear_csv(tmp_path / "lin.csv", n=40)
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory")
+
+    with monkeypatch.context() as m:
+        m.setattr(descend, "fit", out_of_memory)
+        failed = invoke(
+            ["fit", "lin.csv", "-t", "price", "--out", "r", "-q"], tmp_path, monkeypatch
+        )
+    assert failed.exit_code == 1 and not (tmp_path / "r" / "metrics.jsonl").exists()
+    result = invoke(["show", "r"], tmp_path, monkeypatch)
+    assert result.exit_code == 0, result.output
+    assert "failed" in result.stdout and "CUDA out of memory" in result.stdout
+    assert "no epochs recorded" in result.stdout
+    assert re.search(r"model +mlp 3 → .* → 1, relu; [1-9][\d,]* parameters", result.stdout)
+    assert "24 train, 8 validation, 8 test" in result.stdout
 
 
 def test_show_falls_back_to_a_table_without_plotext(reg_run, monkeypatch):
@@ -861,6 +974,21 @@ def test_predict_and_show_refuse_incomplete_or_corrupt_runs(tiny_run, tmp_path, 
     assert result.exit_code == 2 and "must contain summary.json" in result.stderr
 
 
+def test_a_directory_that_holds_no_run_is_not_called_an_unfinished_run(
+    tiny_run, tmp_path, monkeypatch
+):
+    # `descend show runs` (the runs directory, not a run in it) said "the run did not finish:
+    # it is still running, failed before saving, or was killed; train it again"
+    (tmp_path / "runs").mkdir()
+    shutil.move(tiny_run, tmp_path / "runs" / "r")
+    for args in (["show", "runs"], ["predict", "runs", "lin.csv"], ["resume", "runs"]):
+        result = invoke(args, tmp_path, monkeypatch)
+        assert result.exit_code == 2, result.output
+        assert "run directory 'runs' must be a run made by descend fit" in result.stderr
+        assert "e.g. 'runs/r'" in result.stderr and "did not finish" not in result.stderr
+    assert invoke(["show", "r"], tmp_path, monkeypatch).exit_code == 0  # a name under runs/
+
+
 def test_predict_refuses_to_write_over_the_data_it_reads(tiny_run, tmp_path, monkeypatch):
     # `-o` naming the input file silently replaced the user's data with the predictions.
     pcsv.write_csv(pa.table({"a": [1.0], "b": [0.0], "c": [2.0]}), tmp_path / "new.csv")
@@ -877,6 +1005,24 @@ def test_predict_refuses_to_write_over_the_data_it_reads(tiny_run, tmp_path, mon
         assert "-o " in result.stderr.split("—")[-1]  # the fix: another -o
     assert {n: (tmp_path / n).read_bytes() for n in kept} == kept
     result = invoke(["predict", "r", "new.csv", "-o", "pred.csv"], tmp_path, monkeypatch)
+    assert result.exit_code == 0, result.output
+
+
+def test_predict_refuses_an_unknown_or_unavailable_device_as_the_option(
+    tiny_run, tmp_path, monkeypatch
+):
+    # --device foo said model.safetensors was damaged ("train it again"); --device cuda on a
+    # machine without CUDA was a traceback from torch
+    pcsv.write_csv(pa.table({"a": [1.0], "b": [0.0], "c": [2.0]}), tmp_path / "new.csv")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device, expected in (
+        ("foo", "device must be a torch device string"),
+        ("cuda", "pass --device cpu"),
+    ):
+        result = invoke(["predict", "r", "new.csv", "--device", device], tmp_path, monkeypatch)
+        assert result.exit_code == 2, result.output
+        assert expected in result.stderr and "train it again" not in result.stderr
+    result = invoke(["predict", "r", "new.csv", "--device", "cpu"], tmp_path, monkeypatch)
     assert result.exit_code == 0, result.output
 
 
@@ -964,14 +1110,16 @@ def test_fit_keeps_a_small_network_on_the_cpu_unless_a_device_is_given(tmp_path,
 
     monkeypatch.setattr(descend, "fit", spy)
     write_linear_csv(tmp_path / "lin.csv", n=60)
-    for extra in ([], ["--device", "cpu"]):
+    # (--device auto, which fit and the config file take for "pick one", was passed on as
+    # 'auto': a small network went to the accelerator)
+    for extra in ([], ["--device", "cpu"], ["--device", "auto"]):
         r = invoke(
             ["fit", "lin.csv", "--target", "price", "--epochs", "2", "--quiet", *extra],
             tmp_path,
             monkeypatch,
         )
         assert r.exit_code == 0, r.output
-    assert seen == ["cpu", "cpu"]
+    assert seen == ["cpu", "cpu", "cpu"]
     r = invoke(
         [
             "fit",

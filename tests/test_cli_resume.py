@@ -114,3 +114,40 @@ def test_a_run_whose_output_reader_goes_away_still_completes(tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["epochs"] == 40
     assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def test_a_refused_resume_leaves_the_run_and_its_summary_as_they_were(tmp_path, monkeypatch):
+    # A resume that fit refused before training (here: the run's recorded CUDA device on a
+    # machine without one) wrote a 'failed' summary over the interrupted run's, and predict
+    # then refused the model the run had saved.
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+    from typer.testing import CliRunner
+
+    from descend import cli
+
+    monkeypatch.chdir(tmp_path)
+    X = np.random.default_rng(0).normal(size=(60, 2))
+    pcsv.write_csv(pa.table({"a": X[:, 0], "b": X[:, 1], "y": X @ [1.0, -2.0]}), "d.csv")
+    runner = CliRunner()
+    made = runner.invoke(
+        cli.app, ["fit", "d.csv", "-t", "y", "--epochs", "2", "--out", "run", "-q"]
+    )
+    assert made.exit_code == 0, made.output
+    run = tmp_path / "run"
+    summary = json.loads((run / "summary.json").read_text())
+    summary["status"] = "interrupted"  # as a Ctrl-C after the first epoch leaves it
+    (run / "summary.json").write_text(json.dumps(summary))
+    config = json.loads((run / "config.json").read_text())
+    config["options"]["device"] = "cuda"  # trained on a GPU machine
+    (run / "config.json").write_text(json.dumps(config))
+    kept = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    resumed = runner.invoke(cli.app, ["resume", "run", "-q"])
+    assert resumed.exit_code == 2, resumed.output
+    assert "CUDA is not available" in resumed.stderr
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == kept
+    predicted = runner.invoke(cli.app, ["predict", "run", "d.csv"])
+    assert predicted.exit_code == 0, predicted.output

@@ -16,6 +16,7 @@ import contextlib
 import functools
 import math
 import re
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -173,11 +174,24 @@ def _test_line(s: dict[str, Any]) -> str:
     return f"test ({runs._count(s['rows']['test'], 'row')}): {runs.format_metrics(s['test'])}"
 
 
+def _say_held_out(s: dict[str, Any]) -> None:
+    """The held-out metrics of a trained run: test, else validation, else why there are none."""
+    if s.get("test"):
+        _say(_test_line(s))
+    elif s.get("validation"):
+        _say(
+            f"validation ({runs._count(s['rows']['validation'], 'row')}, no test split): "
+            f"{runs.format_metrics(s['validation'])}"
+        )
+    else:
+        _say("no validation or test rows (both fractions are 0): no held-out metrics")
+
+
 def _untrained(run_dir: Any) -> None:
     """The end of a run interrupted before its first epoch ended: nothing trained to save."""
     _error(
         f"interrupted before the first epoch ended: nothing trained yet — "
-        f"`descend resume {run_dir}` starts it again"
+        f"`descend resume {shlex.quote(str(run_dir))}` starts it again"
     )
     raise typer.Exit(EXIT_INTERRUPTED)
 
@@ -340,15 +354,7 @@ def fit(
     s = outcome.summary
     if not outcome.trained:
         _untrained(outcome.run_dir)
-    if s.get("test"):
-        _say(_test_line(s))
-    elif s.get("validation"):
-        _say(
-            f"validation ({runs._count(s['rows']['validation'], 'row')}, no test split): "
-            f"{runs.format_metrics(s['validation'])}"
-        )
-    else:
-        _say("no validation or test rows (both fractions are 0): no held-out metrics")
+    _say_held_out(s)
     _say_saved(s, outcome.run_dir, cfg.quiet)
     if outcome.interrupted:
         _say(f"interrupted: saved the best model so far (epoch {s.get('best_epoch', 0)})")
@@ -383,8 +389,8 @@ def resume(
     s = outcome.summary
     if not outcome.trained:
         _untrained(run_dir)
-    if s.get("test"):
-        _say(_test_line(s))
+    # (it printed the test line alone: a run with --test-fraction 0 ended with no metrics)
+    _say_held_out(s)
     _say_saved(s, run_dir, quiet)
     if outcome.interrupted:
         raise typer.Exit(EXIT_INTERRUPTED)
@@ -450,7 +456,9 @@ def runs_command(
     ] = _D.runs_dir,
 ) -> None:
     """List past runs: data, task, loss, metric, time, status."""
+    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     if dir != _D.runs_dir and not Path(dir).exists():
         # (it said "no runs in DIR/ yet" for a mistyped path, as if the runs were gone)
@@ -467,7 +475,7 @@ def runs_command(
     if not rows:
         _say(f"no runs in {dir}/ yet: train one with `descend fit DATA`")
         return
-    table = Table(title=f"runs in {dir}/", title_justify="left")
+    table = Table(title=f"runs in {escape(dir)}/", title_justify="left")
     for col in ("run", "data", "task", "loss", "metric", "time", "started", "status"):
         table.add_column(
             col, no_wrap=col in ("run", "status"), justify="right" if col == "time" else "left"
@@ -480,15 +488,10 @@ def runs_command(
         "corrupt": "red",
     }
     for r in rows:
+        # Text, not markup: a run or data file named 'exp[lr]' was listed as 'exp'
         table.add_row(
-            r.dir.name,
-            r.data,
-            r.task,
-            r.loss,
-            r.metric,
-            r.time,
-            r.started,
-            f"[{styles.get(r.status, '')}]{r.status}[/]" if r.status in styles else r.status,
+            *(Text(v) for v in (r.dir.name, r.data, r.task, r.loss, r.metric, r.time, r.started)),
+            Text(r.status, style=styles.get(r.status, "")),
         )
     console = _console()
     console.print(table)
@@ -544,8 +547,16 @@ def show(
     from rich.table import Table
 
     r = runs.load_run(run, runs_dir=runs_dir)
-    records = runs.read_metrics(r.dir)
+    # A run that failed or was interrupted before training began has no metrics.jsonl: its
+    # summary (the error, the stop reason) is what there is to show.
+    has_metrics = (r.dir / runs.METRICS_FILE).is_file()
+    records = runs.read_metrics(r.dir) if has_metrics else []
     s, c = r.summary, r.config
+    # The model's size as model.json records it, for a run whose summary has none (stopped
+    # before its first epoch ended: it showed 'mlp None → 64 → None; 0 parameters')
+    spec_path = r.dir / runs.MODEL_SPEC_FILE
+    m = runs._read_json(spec_path, r.dir) if spec_path.is_file() else {}
+    spec = m.get("spec") if isinstance(m.get("spec"), dict) else {}
     opts, src = c.get("options") or {}, c.get("data") or {}
     console = _console()
     grid = Table.grid(padding=(0, 2))
@@ -568,12 +579,13 @@ def show(
     hidden = opts.get("hidden")
     row(
         "model",
-        f"mlp {s.get('n_features')} → {' → '.join(map(str, hidden or []))}"
-        f"{' → ' if hidden else ''}{s.get('n_outputs')}, {opts.get('activation')}; "
-        f"{s.get('n_parameters', 0):,} parameters",
+        f"mlp {s.get('n_features', spec.get('in_features', '?'))} → "
+        f"{' → '.join(map(str, hidden or []))}{' → ' if hidden else ''}"
+        f"{s.get('n_outputs', spec.get('out_features', '?'))}, {opts.get('activation')}; "
+        f"{s.get('n_parameters', m.get('n_parameters', 0)):,} parameters",
     )
     row("optimizer", s.get("optimizer", "-"))
-    rows = s.get("rows") or {}
+    rows = s.get("rows") or c.get("split") or {}
     row(
         "rows",
         f"{rows.get('train', '-')} train, {rows.get('validation', '-')} validation, "
@@ -607,7 +619,12 @@ def show(
     series = {"train": [rec.get("train_loss") for rec in records]}
     if any(rec.get("val_loss") is not None for rec in records):
         series["validation"] = [rec.get("val_loss") for rec in records]
-    text = _plot_text(epochs, series, f"loss ({s.get('loss')})", colour=is_terminal(sys.stdout))
+    # One epoch is one point a curve cannot show (the legend box covered it): the table does
+    text = (
+        _plot_text(epochs, series, f"loss ({s.get('loss')})", colour=is_terminal(sys.stdout))
+        if len(records) > 1
+        else None
+    )
     if text is not None:
         console.print()
         console.out(text, highlight=False)

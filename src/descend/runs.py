@@ -1142,7 +1142,9 @@ def train(
     # Launched on several processes (torchrun), the processes train one model: rank 0 draws
     # the seed and makes the run directory for all, and alone writes files; `fit` splits the
     # batches. The group is joined here, before either is chosen.
-    world, device = distributed.join(None if cfg.device in (None, "auto") else cfg.device)
+    # --device auto is --device left out (it skipped the small-step CPU rule of auto_device)
+    chosen = None if cfg.device is None or cfg.device.strip().lower() == "auto" else cfg.device
+    world, device = distributed.join(chosen)
     main = world.is_main
 
     def checks() -> None:
@@ -1277,7 +1279,7 @@ def train(
             seed=seed,
             device=device
             if world.active
-            else auto_device(cfg.device, cfg.batch_size or len(data.train_idx), model),
+            else auto_device(chosen, cfg.batch_size or len(data.train_idx), model),
             precision=cfg.precision,
             max_time=cfg.max_time,
             **ckpt_kw,
@@ -1290,6 +1292,11 @@ def train(
             # fit refused the input before training: leave nothing behind, as for input
             # refused before the directory was made
             _remove_new_run_dir(run_dir, files, made, keep=existed)
+        elif recorder.dir is None and resume_run is not None:
+            # a resume stopped before it trained (refused, or interrupted): the run is as it
+            # was, and so is its summary (writing 'failed' over an interrupted run's summary
+            # made its saved model one that predict refuses)
+            pass
         else:
             summary.update(
                 error=str(exc) or type(exc).__name__,
@@ -1481,6 +1488,13 @@ class Run:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
+        if device is not None:
+            from descend.data import resolve_device
+
+            # an unknown or unavailable device is the option's fault, named as such (it was
+            # "model.safetensors ... cannot be read ... train it again", or a traceback from
+            # torch for a CUDA device on a machine without one)
+            device = str(resolve_device(device))
         spec = (self.model_spec or {}).get("spec")
         try:
             model = build_model(spec)  # type: ignore[arg-type]
@@ -1537,7 +1551,7 @@ def _read_json(path: Path, run_dir: Path) -> dict[str, Any]:
                 f"run directory '{run_dir}'",
                 f"must contain {path.name}",
                 "no such file",
-                f"{why}; continue a killed run with `descend resume {run_dir}`"
+                f"{why}; continue a killed run with `descend resume {shlex.quote(str(run_dir))}`"
                 if path.name == SUMMARY_FILE and (run_dir / CONFIG_FILE).is_file()
                 else f"{why}; train it again with `descend fit`",
             )
@@ -1574,10 +1588,10 @@ def _read_json(path: Path, run_dir: Path) -> dict[str, Any]:
 def _resolve_run_dir(run: str | os.PathLike[str], runs_dir: str | os.PathLike[str]) -> Path:
     p = Path(run)
     if p.is_dir():
-        return p
+        return _check_run_dir(p)
     alt = Path(runs_dir) / p
     if not p.is_absolute() and alt.is_dir():
-        return alt
+        return _check_run_dir(alt)
     if p.exists():
         raise CheckpointError(
             message(
@@ -1596,6 +1610,39 @@ def _resolve_run_dir(run: str | os.PathLike[str], runs_dir: str | os.PathLike[st
         else "list the runs with `descend runs`"
     )
     raise CheckpointError(message(f"run directory '{p}'", "must exist", "no such directory", fix))
+
+
+def _check_run_dir(d: Path) -> Path:
+    """``d`` if it holds any run file; else refused as no run at all (``descend show runs``
+    was told its run 'did not finish' and to train it again)."""
+    try:
+        names = {c.name for c in d.iterdir()}
+    except OSError:
+        return d  # the reads that follow name the problem
+    if names & {*RUN_FILES, CHECKPOINT_DIR}:
+        return d
+    inside = sorted(c for c in d.iterdir() if c.is_dir() and _is_run_dir(c))
+    fix = (
+        f"pass one of the runs in it, e.g. '{inside[-1]}' (`descend runs -d {shlex.quote(str(d))}` "
+        "lists them)"
+        if inside
+        else "pass a directory made by `descend fit` (`descend runs` lists them)"
+    )
+    raise CheckpointError(
+        message(
+            f"run directory '{d}'",
+            "must be a run made by descend fit",
+            f"a directory without any run file ({CONFIG_FILE}, {SUMMARY_FILE}, ...)",
+            fix,
+        )
+    )
+
+
+def _is_run_dir(d: Path) -> bool:
+    try:
+        return any((d / name).exists() for name in (CONFIG_FILE, SUMMARY_FILE))
+    except OSError:
+        return False
 
 
 def load_run(
@@ -1637,13 +1684,15 @@ def load_run(
         out.model_spec = _read_json(d / MODEL_SPEC_FILE, d)
         out.preprocess = _read_json(d / PREPROCESS_FILE, d)
         if not (d / MODEL_FILE).is_file():
+            # interrupted before its first epoch ended, a run has no model yet but can go on
+            fix = (
+                f"the run was interrupted before its first epoch ended; `descend resume {shlex.quote(str(d))}` "
+                "continues it"
+                if summary.get("status") == "interrupted"
+                else "the run was stopped before saving its model; train it again"
+            )
             raise CheckpointError(
-                message(
-                    f"run directory '{d}'",
-                    f"must contain {MODEL_FILE}",
-                    "no such file",
-                    "the run was stopped before saving its model; train it again",
-                )
+                message(f"run directory '{d}'", f"must contain {MODEL_FILE}", "no such file", fix)
             )
     return out
 
@@ -1718,7 +1767,7 @@ def _listing(d: Path) -> RunListing | None:
     if SUMMARY_FILE not in files:
         row.problem = (
             f"no {SUMMARY_FILE}: still running, or stopped before it finished "
-            f"(`descend resume {d}` continues a killed run)"
+            f"(`descend resume {shlex.quote(str(d))}` continues a killed run)"
             if config
             else f"no {SUMMARY_FILE}: still running, or stopped before it finished"
         )
@@ -1748,6 +1797,11 @@ def _listing(d: Path) -> RunListing | None:
     ):
         row.status = "incomplete"
         row.problem = "model files missing"
+        if status == "interrupted" and MODEL_FILE not in files:
+            row.problem = (
+                f"no model yet: interrupted before its first epoch ended "
+                f"(`descend resume {shlex.quote(str(d))}` continues it)"
+            )
         return row
     row.status = status
     return row
