@@ -431,3 +431,38 @@ def test_a_resumed_run_shows_only_its_own_events(tmp_path):
     again = run(4, at=3, resume=True)
     assert "a note at epoch 1" not in again
     assert again.count("! a note at epoch 3") == 1
+
+
+def test_an_interrupted_run_resumes_to_the_same_rollback_point(tmp_path):
+    # Ctrl-C / SIGTERM writes a checkpoint between the guard's snapshot points (step 10; the
+    # last snapshot was the step-9 checkpoint). The resumed run took its own state at step 10
+    # as the rollback point, so the rollback at step 11 restored another state than the
+    # uninterrupted run's and every later weight and loss differed.
+    import signal
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((320, 6)).astype(np.float32)
+    y = X @ rng.standard_normal(6).astype(np.float32)
+    X[::37] *= 30  # outlier rows: loss spikes the guard rolls back
+
+    class Term(descend.Callback):
+        def on_step_end(self, loop):
+            if loop.step == 10:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    def run(ck, callbacks=()):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+        r = descend.fit(model, (X, y), "mse", optimizer=descend.optim.sgd(lr=0.05), epochs=5,
+                        batch_size=32, patience=None, verbose=0, seed=3, checkpoint=ck,
+                        checkpoint_every=3, resume=True, callbacks=callbacks)  # fmt: skip
+        return model, r
+
+    ref_model, ref = run(tmp_path / "ref")
+    assert [e["step"] for e in ref.history.events if e["kind"] == "rollback"] == [11]
+    stopped = run(tmp_path / "ck", [Term()])[1]
+    assert str(stopped.stop_reason) == "interrupted" and stopped.steps == 10
+    model, r = run(tmp_path / "ck")
+    assert r.history.step_loss == ref.history.step_loss
+    for k, v in ref_model.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k

@@ -4,6 +4,7 @@ Layout of a checkpoint directory::
 
     <dir>/ckpt-000001234/            one complete checkpoint, named by optimizer step
         tensors.safetensors          model state, optimizer state, best weights, RNG states
+                                     (and the guard's rollback point, written at an interrupt)
         state.json                   step/epoch/position, counters, history, config, skeletons
         manifest.json                sha256 and size of the two files above — written LAST
     <dir>/.tmp-ckpt-...              a checkpoint being written (removed when found stale)
@@ -74,6 +75,9 @@ class Checkpoint:
     meta: dict[str, Any]
     rng: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    #: The divergence guard's rollback point ``(model state, optimizer state)`` when it is not
+    #: this checkpoint's own state (one written at an interrupt, between snapshot points).
+    rollback: tuple[dict[str, torch.Tensor], Any] | None = None
 
 
 # ---- state trees ----------------------------------------------------------------------
@@ -235,6 +239,13 @@ def save(directory: str | Path, ckpt: Checkpoint, *, keep: int = 2) -> Path:
                 tensors[f"best/{k}"] = v
         skeleton, opt_tensors = flatten_tree(ckpt.opt_state, "opt/")
         tensors.update(opt_tensors)
+        rollback_skeleton = None
+        if ckpt.rollback is not None:
+            rb_model, rb_opt = ckpt.rollback
+            for k, v in rb_model.items():
+                tensors[f"rollback/model/{k}"] = v
+            rollback_skeleton, rb_tensors = flatten_tree(rb_opt, "rollback/opt/")
+            tensors.update(rb_tensors)
         rng_json: dict[str, Any] = {}
         for k, v in ckpt.rng.items():
             if torch.is_tensor(v):
@@ -254,6 +265,8 @@ def save(directory: str | Path, ckpt: Checkpoint, *, keep: int = 2) -> Path:
             "rng": rng_json,
             "meta": ckpt.meta,
         }
+        if rollback_skeleton is not None:
+            state["rollback_opt_skeleton"] = rollback_skeleton
         _write_bytes(tmp / STATE, json.dumps(state, allow_nan=True).encode())
         manifest = {
             name: {"sha256": _sha256(tmp / name), "size": (tmp / name).stat().st_size}
@@ -332,6 +345,13 @@ def _read(path: Path) -> Checkpoint:
     rng: dict[str, Any] = {k[len("rng/") :]: v for k, v in tensors.items() if k.startswith("rng/")}
     rng.update(state.get("rng", {}))
     opt = unflatten_tree(state["opt_skeleton"], tensors)
+    rollback = None
+    if "rollback_opt_skeleton" in state:
+        head = "rollback/model/"
+        rollback = (
+            {k[len(head) :]: v for k, v in tensors.items() if k.startswith(head)},
+            unflatten_tree(state["rollback_opt_skeleton"], tensors),
+        )
     return Checkpoint(
         step=int(state["step"]),
         model=model,
@@ -340,6 +360,7 @@ def _read(path: Path) -> Checkpoint:
         meta=state["meta"],
         rng=rng,
         path=path,
+        rollback=rollback,
     )
 
 

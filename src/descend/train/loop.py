@@ -1973,8 +1973,13 @@ class Loop:
         due = time.perf_counter() - self._ckpt_done_at >= AUTO_CHECKPOINT_RATIO * self._ckpt_cost
         return bool(self.world.from_main(due))  # data-parallel: by rank 0's clock, for all
 
-    def save_checkpoint(self) -> Path | None:
+    def save_checkpoint(self, rollback: bool = False) -> Path | None:
         """Write a checkpoint of the exact current state (no-op without ``checkpoint=``).
+
+        ``rollback``: also write the guard's rollback point. A run that goes on makes every
+        checkpoint its rollback point; the last one of an interrupted run is written between
+        snapshot points, so the resumed run must be handed the rollback point the interrupted
+        one had, or a rollback after the resume restores another state.
 
         A failure (full disk, permissions changed mid-run) is a warning and an event: the
         previous checkpoint stays, training goes on.
@@ -1983,8 +1988,9 @@ class Loop:
             return None
         t = time.perf_counter()
         model, opt, best = dict(self.model.state_dict()), self.opt_state, self._best_state
+        point = self.guard.rollback_point if rollback and self.guard is not None else None
         if self._sharded:  # a fully_shard model: the file holds the whole tensors
-            model, opt, best = dist_.gathered((model, opt, best))
+            model, opt, best, point = dist_.gathered((model, opt, best, point))
         ckpt = C.Checkpoint(
             step=self.step,
             model=model,
@@ -1992,6 +1998,7 @@ class Loop:
             best=best,
             meta=self._meta(),
             rng=self._rng_state(),
+            rollback=point,
         )
         path: Path | None = None
         text = ""
@@ -2104,6 +2111,13 @@ class Loop:
                 self._ep_metric.load(part["metric"], dev)
         if self.guard is not None and m.get("guard") is not None:
             self.guard.load_state_dict(m["guard"])
+        if self.guard is not None and ckpt.rollback is not None:
+            snap_model = {k: v.to(self.device) for k, v in ckpt.rollback[0].items()}
+            snap_opt = _to_device_tree(ckpt.rollback[1], self.device)
+            if self._sharded:
+                snap_model = dist_.sharded_like(snap_model, self.model.state_dict())
+                snap_opt = dist_.sharded_like(snap_opt, self.opt_state)
+            self.guard.load_rollback_point(snap_model, snap_opt)
         self._set_rng_state(ckpt.rng)
         self._resumed_from = ckpt.path
         self._check_resumed_data(m.get("data_signature"))
@@ -2140,7 +2154,11 @@ class Loop:
         src = self.bundle.train
         guard = self.guard
         every = self.checkpoint_every if isinstance(self.checkpoint_every, int) else None
-        if guard is not None and (not guard.has_snapshot or self._snapshot_epoch()):
+        # (an epoch-start point only at the epoch's start: a run resumed mid-epoch keeps the
+        # rollback point its checkpoint holds)
+        if guard is not None and (
+            not guard.has_snapshot or (self.batch == 0 and self._snapshot_epoch())
+        ):
             guard.snapshot(self)
         # The fast step's conditions (hooks, grad/autocast/anomaly modes, the batches' dtype and
         # device) change only through user code: with no step callbacks, and slices of one
@@ -2244,7 +2262,7 @@ class Loop:
                     reason is not StopReason.DIVERGED and self._ckpt_step != self.step
                 ):
                     # The final state is always on disk ("auto" may have skipped this epoch).
-                    self.save_checkpoint()
+                    self.save_checkpoint(rollback=reason is StopReason.INTERRUPTED)
             finished = True
         except KeyboardInterrupt:
             reason, finished = StopReason.INTERRUPTED, True
