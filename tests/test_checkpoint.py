@@ -218,6 +218,19 @@ def test_resume_refuses_a_different_optimizer(tmp_path):
         train(tmp_path, epochs=2, optimizer=descend.optim.sgd(lr=0.1), resume=True)
 
 
+def test_resume_refuses_a_different_loss_naming_both(tmp_path):
+    # Before: a run resumed with another loss went on, its early stopping comparing the new
+    # loss's values with the best loss (and history) in the first loss's units.
+    train(tmp_path, epochs=1)
+    with pytest.raises(CheckpointError, match=r"same loss.*'huber'.*minimized 'mse'.*\('mse'\)"):
+        descend.fit(
+            torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)),
+            data(), "huber", optimizer=descend.optim.adam(lr=1e-2), epochs=2, patience=None,
+            verbose=0, seed=1, checkpoint=tmp_path, resume=True,
+        )  # fmt: skip
+    assert train(tmp_path, epochs=2, resume=True).epochs == 2  # the same loss resumes
+
+
 def test_resume_on_other_data_warns_and_records_it(tmp_path):
     train(tmp_path / "a", epochs=1)
     # Same data: no warning, no event (the kill-and-resume tests demand bit-identical runs).

@@ -2075,6 +2075,19 @@ class Loop:
                     f"use the original optimizer ({ckpt.meta.get('optimizer')}), or start a new run",
                 )
             )
+        loss_then = (ckpt.meta.get("config") or {}).get("loss")
+        loss_now = self.config.get("loss")
+        if loss_then is not None and loss_now is not None and loss_then != loss_now:
+            # the history, the best loss and the patience count are in the other loss's units:
+            # early stopping and the best weights would compare the two
+            raise CheckpointError(
+                message(
+                    f"resume from {ckpt.path}",
+                    "needs the same loss as the original run",
+                    f"loss {loss_now!r}, where the checkpoint's run minimized {loss_then!r}",
+                    f"pass the original loss ({loss_then!r}), or start a new run without resume=",
+                )
+            )
         state = ckpt.model
         if self._sharded:  # whole tensors from a file: this process's shards of them
             state = dist_.sharded_like(state, self.model.state_dict())
