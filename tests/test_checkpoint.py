@@ -231,6 +231,18 @@ def test_resume_refuses_a_different_loss_naming_both(tmp_path):
     assert train(tmp_path, epochs=2, resume=True).epochs == 2  # the same loss resumes
 
 
+def test_resume_with_other_sample_weights_warns(tmp_path):
+    # Before: the data signature left the weights out, so a run resumed with other (or no)
+    # sample weights went on silently, not as the checkpoint's run would have.
+    weights = np.linspace(0.1, 2.0, 200)
+    train(tmp_path, epochs=1, sample_weight=weights)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train(tmp_path, epochs=2, sample_weight=weights, resume=True)
+    with pytest.warns(RuntimeWarning, match=r"other training data.*w_sum"):
+        train(tmp_path, epochs=3, resume=True)
+
+
 def test_resume_on_other_data_warns_and_records_it(tmp_path):
     train(tmp_path / "a", epochs=1)
     # Same data: no warning, no event (the kill-and-resume tests demand bit-identical runs).

@@ -1922,6 +1922,8 @@ class Loop:
                 sig["x_sum"] = sum(_sum64(t) for t in D.inputs_of(src.X))
                 if src.y is not None:
                     sig["y_sum"] = _sum64(src.y)
+                # sample weights are part of the data (none: a weight of 1 each)
+                sig["w_sum"] = _sum64(src.w) if src.w is not None else float(b.n_train)
             self._data_sig = sig
         return self._data_sig
 
