@@ -212,6 +212,20 @@ def test_resume_refuses_a_different_model_listing_names_and_shapes(tmp_path):
         train(tmp_path, epochs=2, model=other, resume=True)
 
 
+def test_resume_refuses_a_model_of_another_dtype_naming_it(tmp_path):
+    # Before: the same model in float64 was refused as "another optimizer" (its Adam moments
+    # differ in dtype), with the fix "use the original optimizer" — the one already in use.
+    train(tmp_path, epochs=1)
+    torch.manual_seed(0)
+    wide = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    with pytest.raises(
+        CheckpointError,
+        match=r"dtypes of the original run.*0\.weight float32 vs model float64.*"
+        r"model\.to\(torch\.float32\)",
+    ):
+        train(tmp_path, epochs=2, model=wide.double(), resume=True)
+
+
 def test_resume_refuses_a_different_optimizer(tmp_path):
     train(tmp_path, epochs=1)
     with pytest.raises(CheckpointError, match="same optimizer"):

@@ -2064,6 +2064,25 @@ class Loop:
                     "a new run without resume=",
                 )
             )
+        sd = self.model.state_dict()
+        differ = [k for k, v in ckpt.model.items() if v.dtype != sd[k].dtype]
+        if differ:
+            # (load_state_dict would cast them silently; the optimizer state then differs in
+            # dtype and was refused as "another optimizer")
+            name = {k: str(ckpt.model[k].dtype).replace("torch.", "") for k in differ}
+            dtypes = [
+                f"{k} {name[k]} vs model {str(sd[k].dtype).replace('torch.', '')}" for k in differ
+            ]
+            theirs_dtype = name[differ[0]]
+            raise CheckpointError(
+                message(
+                    f"resume from {ckpt.path}",
+                    "needs the model in the dtypes of the original run",
+                    f"different dtypes: {'; '.join(dtypes[:8])}",
+                    f"convert the model as in the original run (e.g. model.to(torch.{theirs_dtype})) "
+                    "before fit, or start a new run without resume=",
+                )
+            )
         sig = C.tree_signature(self.opt_state)
         if sig != ckpt.meta.get("opt_signature"):
             theirs_sig = ckpt.meta.get("opt_signature") or {}
