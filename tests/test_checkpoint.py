@@ -96,7 +96,7 @@ def test_resuming_a_run_that_stopped_early_trains_nothing_more(tmp_path):
     assert again.history.val_loss == first.history.val_loss
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate", "no_manifest"])
+@pytest.mark.parametrize("damage", ["flip", "truncate", "no_manifest", "manifest_shape"])
 def test_damaged_latest_checkpoint_falls_back_with_warning(tmp_path, damage):
     train(tmp_path, epochs=3)
     newest, previous = C.list_checkpoints(tmp_path)
@@ -107,6 +107,8 @@ def test_damaged_latest_checkpoint_falls_back_with_warning(tmp_path, damage):
         target.write_bytes(bytes(raw))
     elif damage == "truncate":
         target.write_bytes(target.read_bytes()[:-10])
+    elif damage == "manifest_shape":  # valid JSON, entries not objects (was an AttributeError)
+        (newest / C.MANIFEST).write_text('{"tensors.safetensors": 5, "state.json": 5}')
     else:
         (newest / C.MANIFEST).unlink()
     with pytest.warns(RuntimeWarning, match=str(newest.name)) as caught:

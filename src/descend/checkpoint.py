@@ -315,7 +315,7 @@ def _verify(path: Path) -> str | None:
     for name in (TENSORS, STATE):
         f = path / name
         entry = manifest.get(name) if isinstance(manifest, dict) else None
-        if not entry:
+        if not entry or not isinstance(entry, dict):
             return f"{mf} does not list {name}"
         if not f.is_file():
             return f"{f} is missing"
