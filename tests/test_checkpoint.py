@@ -507,3 +507,37 @@ def test_an_interrupted_run_resumes_to_the_same_rollback_point(tmp_path):
     assert r.history.step_loss == ref.history.step_loss
     for k, v in ref_model.state_dict().items():
         assert torch.equal(model.state_dict()[k], v), k
+
+
+def test_default_plan_interrupted_mid_epoch_resumes_with_the_same_decay_record(tmp_path):
+    # 7 epochs of 8 steps: the budget's decay starts at step 45, inside epoch 6, and the
+    # uninterrupted run records it at epoch 6's end. Resumed from a checkpoint at step 46, the
+    # plan's start-of-run check took that decision at once (epoch 5, the patience count reset
+    # before epoch 6 was judged), so Result.autopilot differed from the uninterrupted run's.
+    import signal
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((320, 6)).astype(np.float32)
+    y = X @ rng.standard_normal(6).astype(np.float32) + 0.1 * rng.standard_normal(320)
+
+    class Term(descend.Callback):
+        def on_step_end(self, loop):
+            if loop.step == 46:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    def run(ck, callbacks=()):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+        r = descend.fit(model, (X, y), "mse", epochs=7, patience=3, batch_size=32, verbose=0,
+                        seed=3, checkpoint=ck, resume=True, callbacks=callbacks)  # fmt: skip
+        return model, r
+
+    ref_model, ref = run(tmp_path / "ref")
+    assert ref.autopilot["decay"]["start_step"] == 45 and ref.autopilot["decay"]["epoch"] == 6
+    stopped = run(tmp_path / "ck", [Term()])[1]
+    assert str(stopped.stop_reason) == "interrupted" and stopped.steps == 46
+    model, r = run(tmp_path / "ck")
+    assert r.autopilot["decay"] == ref.autopilot["decay"]
+    assert r.history.step_loss == ref.history.step_loss and r.stop_message == ref.stop_message
+    for k, v in ref_model.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
