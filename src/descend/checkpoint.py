@@ -78,6 +78,9 @@ class Checkpoint:
     #: The divergence guard's rollback point ``(model state, optimizer state)`` when it is not
     #: this checkpoint's own state (one written at an interrupt, between snapshot points).
     rollback: tuple[dict[str, torch.Tensor], Any] | None = None
+    #: The epoch's outputs and targets that the running training metric has not summed yet
+    #: (summed at the epoch's end, in one order: a resumed run must sum the same tensors).
+    metric_pending: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 # ---- state trees ----------------------------------------------------------------------
@@ -239,6 +242,8 @@ def save(directory: str | Path, ckpt: Checkpoint, *, keep: int = 2) -> Path:
                 tensors[f"best/{k}"] = v
         skeleton, opt_tensors = flatten_tree(ckpt.opt_state, "opt/")
         tensors.update(opt_tensors)
+        if ckpt.metric_pending is not None:
+            tensors["metric_pending/out"], tensors["metric_pending/target"] = ckpt.metric_pending
         rollback_skeleton = None
         if ckpt.rollback is not None:
             rb_model, rb_opt = ckpt.rollback
@@ -352,6 +357,9 @@ def _read(path: Path) -> Checkpoint:
             {k[len(head) :]: v for k, v in tensors.items() if k.startswith(head)},
             unflatten_tree(state["rollback_opt_skeleton"], tensors),
         )
+    pending = None
+    if "metric_pending/out" in tensors and "metric_pending/target" in tensors:
+        pending = (tensors["metric_pending/out"], tensors["metric_pending/target"])
     return Checkpoint(
         step=int(state["step"]),
         model=model,
@@ -361,6 +369,7 @@ def _read(path: Path) -> Checkpoint:
         rng=rng,
         path=path,
         rollback=rollback,
+        metric_pending=pending,
     )
 
 

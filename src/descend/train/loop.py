@@ -173,11 +173,23 @@ class _MetricSum:
             setattr(self, k, flat[at : at + t.numel()].reshape(t.shape).to(t.device, t.dtype))
             at += t.numel()
 
-    def state(self) -> dict[str, Any]:
+    def pending(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The outputs and targets added since the last reduction, concatenated, for a
+        mid-epoch checkpoint: reducing them there would sum the epoch in another order than
+        a run that never wrote one (R²'s float sums then differ in the last bits)."""
+        if not self._pending:
+            return None
+        if len(self._pending) == 1:
+            return self._pending[0]
+        return torch.cat([o for o, _ in self._pending]), torch.cat([y for _, y in self._pending])
+
+    def state(self, reduce: bool = True) -> dict[str, Any]:
         """The sums as plain lists, for a mid-epoch checkpoint. Python floats hold float32
         and float64 sums exactly (a double-precision model's R² sums are float64), and the
-        dtype comes back with them: the resumed run goes on summing exactly as before."""
-        self._reduce()
+        dtype comes back with them: the resumed run goes on summing exactly as before.
+        ``reduce=False``: the sums so far only (the checkpoint keeps :meth:`pending`)."""
+        if reduce:
+            self._reduce()
         lists = {
             k: (None if v is None else v.double().cpu().reshape(-1).tolist())
             for k, v in (("acc", self.acc), ("y_sum", self.y_sum), ("y_sq", self.y_sq))
@@ -189,8 +201,16 @@ class _MetricSum:
         }
         return {"count": self.count, **lists, "dtypes": dtypes}
 
-    def load(self, state: dict[str, Any], device: torch.device) -> None:
+    def load(
+        self,
+        state: dict[str, Any],
+        device: torch.device,
+        pending: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
         self.count = int(state["count"])
+        if pending is not None:
+            out, yb = (t.to(device) for t in pending)
+            self._pending, self._pending_elements = [(out, yb)], out.numel()
         dtypes = state.get("dtypes") or {}  # (a checkpoint from before: float32 sums)
         for k in ("acc", "y_sum", "y_sq"):
             v = state.get(k)
@@ -749,9 +769,9 @@ class Loop:
         """The epoch's running training-metric sums for a checkpoint (data-parallel: summed
         over the processes, which keep their own)."""
         assert self._ep_metric is not None
-        state = self._ep_metric.state()
         if not self.world.active:
-            return state
+            return self._ep_metric.state(reduce=False)  # the checkpoint keeps the rest
+        state = self._ep_metric.state()
         total = self._new_metric_sum()
         total.load(state, self.device)
         total.all_reduce(self.world)
@@ -2001,6 +2021,11 @@ class Loop:
             meta=self._meta(),
             rng=self._rng_state(),
             rollback=point,
+            metric_pending=(
+                self._ep_metric.pending()
+                if self._ep_metric is not None and not self.world.active
+                else None
+            ),
         )
         path: Path | None = None
         text = ""
@@ -2142,7 +2167,7 @@ class Loop:
             self._ep_metric = self._new_metric_sum()
             # (data-parallel: the saved sums are every process's; rank 0 carries them on)
             if part.get("metric") is not None and self.world.is_main:
-                self._ep_metric.load(part["metric"], dev)
+                self._ep_metric.load(part["metric"], dev, ckpt.metric_pending)
         if self.guard is not None and m.get("guard") is not None:
             self.guard.load_state_dict(m["guard"])
         if self.guard is not None and ckpt.rollback is not None:
