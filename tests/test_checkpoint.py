@@ -574,3 +574,24 @@ def test_training_metric_of_an_interrupted_epoch_is_summed_as_without_the_interr
         r = run(tmp_path / f"ck{at}")
         assert r.history.step_loss == ref.history.step_loss
         assert r.history.metric == ref.history.metric
+
+
+def test_resuming_a_run_that_used_its_max_time_trains_nothing_more(tmp_path):
+    # Before: every resume of the finished run trained one more step and recorded it as an
+    # epoch of its own (the budget was spent, so the run stopped after that step).
+    import time
+
+    class Slow(descend.Callback):
+        def on_step_end(self, loop):
+            if loop.step == 3:
+                time.sleep(0.3)  # past max_time: the run stops after this step
+
+    first = train(tmp_path, epochs=50, max_time=0.2, callbacks=[Slow()])
+    assert str(first.stop_reason) == "max_time" and first.steps == 3
+    again = train(tmp_path, epochs=50, max_time=0.2, resume=True)
+    assert str(again.stop_reason) == "max_time"
+    assert (again.steps, again.epochs) == (first.steps, first.epochs)
+    assert again.history.step_loss == first.history.step_loss
+    assert again.history.train_loss == first.history.train_loss
+    longer = train(tmp_path, epochs=2, max_time=60, resume=True)  # a larger budget goes on
+    assert longer.steps > first.steps

@@ -2287,6 +2287,11 @@ class Loop:
             # A checkpoint written when the run stopped early resumes as stopped: it does not
             # train past its own patience (resuming with a larger patience continues it).
             reason = self._patience_spent()
+            if reason is None and self.max_time is not None and self._t_offset > self.max_time:
+                # Nor past its max_time (the time of the runs before counts): it trained one
+                # more step and recorded it as an epoch at every resume (a larger max_time
+                # continues it). From the checkpoint alone: every process decides alike.
+                reason = StopReason.MAX_TIME
         else:
             # The starting point counts as "epoch 0" so a run that only gets worse keeps it.
             self._save_best()
