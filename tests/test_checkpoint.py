@@ -365,6 +365,32 @@ def test_full_disk_mid_run_warns_and_keeps_previous_checkpoint(tmp_path, monkeyp
     assert kept == [3, 1]  # epoch 2's write failed; epoch 1's stayed until epoch 3's was whole
 
 
+def test_full_disk_in_the_tensors_write_warns_and_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    # safetensors reports I/O errors as SafetensorError, not OSError: a full disk while the
+    # tensors were written ended the run with that raw error instead of a warning.
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    calls = {"n": 0}
+    real = safetensors.torch.save_file
+
+    def flaky(tensors, filename, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise SafetensorError(
+                "Error while serializing: I/O error: No space left on device (os error 28)"
+            )
+        return real(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", flaky)
+    with pytest.warns(RuntimeWarning, match="No space left"):
+        r = train(tmp_path, epochs=3)
+    assert r.epochs == 3
+    assert any(e["kind"] == "checkpoint_failed" for e in r.history.events)
+    assert not list(tmp_path.glob(".tmp-ckpt-*"))
+    assert [C._read(p).meta["epoch"] for p in C.list_checkpoints(tmp_path)] == [3, 1]
+
+
 def test_auto_cadence_writes_after_epoch_one_then_by_cost(tmp_path, monkeypatch):
     # "auto" writes at the first epoch end, then only once 20x the last write's duration has
     # passed: with the ratio made huge, a 6-epoch run of millisecond epochs writes after

@@ -223,6 +223,7 @@ def save(directory: str | Path, ckpt: Checkpoint, *, keep: int = 2) -> Path:
     Raises OSError (e.g. a full disk) after removing its temporary files; the previous
     checkpoints are untouched in that case.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     d = Path(directory)
@@ -259,7 +260,11 @@ def save(directory: str | Path, ckpt: Checkpoint, *, keep: int = 2) -> Path:
                 rng_json[k] = v
         # safetensors refuses shared storage and non-contiguous tensors: write private copies.
         to_write = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
-        save_file(to_write, str(tmp / TENSORS))
+        try:
+            save_file(to_write, str(tmp / TENSORS))
+        except SafetensorError as e:
+            # safetensors reports a failed write (a full disk) as its own error, not OSError
+            raise OSError(f"could not write {tmp / TENSORS} ({e})") from e
         with open(tmp / TENSORS, "rb+") as f:
             os.fsync(f.fileno())
         state = {
