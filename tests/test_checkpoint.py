@@ -328,6 +328,19 @@ def test_resume_from_missing_directory_is_refused(tmp_path):
         )
 
 
+def test_resume_from_one_checkpoint_folder_is_refused_naming_its_parent(tmp_path):
+    # Before: a ckpt-* folder holds no ckpt-* folders, so resume=<it> started a new run from
+    # scratch without a word (and wrote that run's checkpoints inside the checkpoint).
+    train(tmp_path, epochs=1)
+    one = C.list_checkpoints(tmp_path)[0]
+    with pytest.raises(CheckpointError, match=r"one checkpoint — pass resume='.*' \(a resume"):
+        train(tmp_path / "new", epochs=2, resume=one)
+    with pytest.raises(CheckpointError, match=r"fit\(checkpoint=\.\.\.\).*one checkpoint"):
+        train(one, epochs=2)
+    assert [p.name for p in one.iterdir() if p.is_dir()] == []
+    assert train(tmp_path, epochs=2, resume=True).epochs == 2  # its parent resumes
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
 def test_unwritable_checkpoint_directory_is_refused_at_start(tmp_path):
     ro = tmp_path / "ro"

@@ -46,6 +46,7 @@ __all__ = [
     "Checkpoint",
     "check_writable",
     "flatten_tree",
+    "is_checkpoint",
     "latest",
     "list_checkpoints",
     "save",
@@ -302,6 +303,12 @@ def save(directory: str | Path, ckpt: Checkpoint, *, keep: int = 2) -> Path:
 
 
 # ---- reading --------------------------------------------------------------------------
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is one checkpoint (a ``ckpt-*`` folder), not a directory of them."""
+    p = Path(path)
+    return p.is_dir() and any((p / name).exists() for name in (MANIFEST, STATE, TENSORS))
 
 
 def list_checkpoints(directory: str | Path) -> list[Path]:

@@ -2817,6 +2817,19 @@ def fit(
                 )
             )
         resume = checkpoint
+    for where, value in (("resume", resume), ("checkpoint", checkpoint)):
+        if isinstance(value, (str, os.PathLike)) and C.is_checkpoint(value):
+            # It holds no ckpt-* folders: a resume there started a new run from scratch, and
+            # wrote that run's checkpoints inside the checkpoint.
+            raise CheckpointError(
+                message(
+                    f"fit({where}=...)",
+                    "must name the directory that holds a run's checkpoints (its ckpt-* folders)",
+                    f"{str(value)!r}, which is one checkpoint",
+                    f"pass {where}={str(Path(value).parent)!r} (a resume takes the newest good "
+                    "checkpoint there)",
+                )
+            )
     if resume not in (None, False):
         same_dir = checkpoint is not None and Path(checkpoint) == Path(resume)
         if not Path(resume).exists() and not same_dir:
