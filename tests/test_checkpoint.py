@@ -96,7 +96,7 @@ def test_resuming_a_run_that_stopped_early_trains_nothing_more(tmp_path):
     assert again.history.val_loss == first.history.val_loss
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate", "no_manifest"])
+@pytest.mark.parametrize("damage", ["flip", "truncate", "no_manifest", "manifest_shape"])
 def test_damaged_latest_checkpoint_falls_back_with_warning(tmp_path, damage):
     train(tmp_path, epochs=3)
     newest, previous = C.list_checkpoints(tmp_path)
@@ -107,6 +107,8 @@ def test_damaged_latest_checkpoint_falls_back_with_warning(tmp_path, damage):
         target.write_bytes(bytes(raw))
     elif damage == "truncate":
         target.write_bytes(target.read_bytes()[:-10])
+    elif damage == "manifest_shape":  # valid JSON, entries not objects (was an AttributeError)
+        (newest / C.MANIFEST).write_text('{"tensors.safetensors": 5, "state.json": 5}')
     else:
         (newest / C.MANIFEST).unlink()
     with pytest.warns(RuntimeWarning, match=str(newest.name)) as caught:
@@ -212,10 +214,49 @@ def test_resume_refuses_a_different_model_listing_names_and_shapes(tmp_path):
         train(tmp_path, epochs=2, model=other, resume=True)
 
 
+def test_resume_refuses_a_model_of_another_dtype_naming_it(tmp_path):
+    # Before: the same model in float64 was refused as "another optimizer" (its Adam moments
+    # differ in dtype), with the fix "use the original optimizer" — the one already in use.
+    train(tmp_path, epochs=1)
+    torch.manual_seed(0)
+    wide = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    with pytest.raises(
+        CheckpointError,
+        match=r"dtypes of the original run.*0\.weight float32 vs model float64.*"
+        r"model\.to\(torch\.float32\)",
+    ):
+        train(tmp_path, epochs=2, model=wide.double(), resume=True)
+
+
 def test_resume_refuses_a_different_optimizer(tmp_path):
     train(tmp_path, epochs=1)
     with pytest.raises(CheckpointError, match="same optimizer"):
         train(tmp_path, epochs=2, optimizer=descend.optim.sgd(lr=0.1), resume=True)
+
+
+def test_resume_refuses_a_different_loss_naming_both(tmp_path):
+    # Before: a run resumed with another loss went on, its early stopping comparing the new
+    # loss's values with the best loss (and history) in the first loss's units.
+    train(tmp_path, epochs=1)
+    with pytest.raises(CheckpointError, match=r"same loss.*'huber'.*minimized 'mse'.*\('mse'\)"):
+        descend.fit(
+            torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)),
+            data(), "huber", optimizer=descend.optim.adam(lr=1e-2), epochs=2, patience=None,
+            verbose=0, seed=1, checkpoint=tmp_path, resume=True,
+        )  # fmt: skip
+    assert train(tmp_path, epochs=2, resume=True).epochs == 2  # the same loss resumes
+
+
+def test_resume_with_other_sample_weights_warns(tmp_path):
+    # Before: the data signature left the weights out, so a run resumed with other (or no)
+    # sample weights went on silently, not as the checkpoint's run would have.
+    weights = np.linspace(0.1, 2.0, 200)
+    train(tmp_path, epochs=1, sample_weight=weights)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train(tmp_path, epochs=2, sample_weight=weights, resume=True)
+    with pytest.warns(RuntimeWarning, match=r"other training data.*w_sum"):
+        train(tmp_path, epochs=3, resume=True)
 
 
 def test_resume_on_other_data_warns_and_records_it(tmp_path):
@@ -287,6 +328,19 @@ def test_resume_from_missing_directory_is_refused(tmp_path):
         )
 
 
+def test_resume_from_one_checkpoint_folder_is_refused_naming_its_parent(tmp_path):
+    # Before: a ckpt-* folder holds no ckpt-* folders, so resume=<it> started a new run from
+    # scratch without a word (and wrote that run's checkpoints inside the checkpoint).
+    train(tmp_path, epochs=1)
+    one = C.list_checkpoints(tmp_path)[0]
+    with pytest.raises(CheckpointError, match=r"one checkpoint — pass resume='.*' \(a resume"):
+        train(tmp_path / "new", epochs=2, resume=one)
+    with pytest.raises(CheckpointError, match=r"fit\(checkpoint=\.\.\.\).*one checkpoint"):
+        train(one, epochs=2)
+    assert [p.name for p in one.iterdir() if p.is_dir()] == []
+    assert train(tmp_path, epochs=2, resume=True).epochs == 2  # its parent resumes
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
 def test_unwritable_checkpoint_directory_is_refused_at_start(tmp_path):
     ro = tmp_path / "ro"
@@ -322,6 +376,32 @@ def test_full_disk_mid_run_warns_and_keeps_previous_checkpoint(tmp_path, monkeyp
     assert not list(tmp_path.glob(".tmp-ckpt-*"))
     kept = [C._read(p).meta["epoch"] for p in C.list_checkpoints(tmp_path)]
     assert kept == [3, 1]  # epoch 2's write failed; epoch 1's stayed until epoch 3's was whole
+
+
+def test_full_disk_in_the_tensors_write_warns_and_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    # safetensors reports I/O errors as SafetensorError, not OSError: a full disk while the
+    # tensors were written ended the run with that raw error instead of a warning.
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    calls = {"n": 0}
+    real = safetensors.torch.save_file
+
+    def flaky(tensors, filename, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise SafetensorError(
+                "Error while serializing: I/O error: No space left on device (os error 28)"
+            )
+        return real(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", flaky)
+    with pytest.warns(RuntimeWarning, match="No space left"):
+        r = train(tmp_path, epochs=3)
+    assert r.epochs == 3
+    assert any(e["kind"] == "checkpoint_failed" for e in r.history.events)
+    assert not list(tmp_path.glob(".tmp-ckpt-*"))
+    assert [C._read(p).meta["epoch"] for p in C.list_checkpoints(tmp_path)] == [3, 1]
 
 
 def test_auto_cadence_writes_after_epoch_one_then_by_cost(tmp_path, monkeypatch):
@@ -431,3 +511,126 @@ def test_a_resumed_run_shows_only_its_own_events(tmp_path):
     again = run(4, at=3, resume=True)
     assert "a note at epoch 1" not in again
     assert again.count("! a note at epoch 3") == 1
+
+
+def test_an_interrupted_run_resumes_to_the_same_rollback_point(tmp_path):
+    # Ctrl-C / SIGTERM writes a checkpoint between the guard's snapshot points (step 10; the
+    # last snapshot was the step-9 checkpoint). The resumed run took its own state at step 10
+    # as the rollback point, so the rollback at step 11 restored another state than the
+    # uninterrupted run's and every later weight and loss differed.
+    import signal
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((320, 6)).astype(np.float32)
+    y = X @ rng.standard_normal(6).astype(np.float32)
+    X[::37] *= 30  # outlier rows: loss spikes the guard rolls back
+
+    class Term(descend.Callback):
+        def on_step_end(self, loop):
+            if loop.step == 10:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    def run(ck, callbacks=()):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+        r = descend.fit(model, (X, y), "mse", optimizer=descend.optim.sgd(lr=0.05), epochs=5,
+                        batch_size=32, patience=None, verbose=0, seed=3, checkpoint=ck,
+                        checkpoint_every=3, resume=True, callbacks=callbacks)  # fmt: skip
+        return model, r
+
+    ref_model, ref = run(tmp_path / "ref")
+    assert [e["step"] for e in ref.history.events if e["kind"] == "rollback"] == [11]
+    stopped = run(tmp_path / "ck", [Term()])[1]
+    assert str(stopped.stop_reason) == "interrupted" and stopped.steps == 10
+    model, r = run(tmp_path / "ck")
+    assert r.history.step_loss == ref.history.step_loss
+    for k, v in ref_model.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+
+
+def test_default_plan_interrupted_mid_epoch_resumes_with_the_same_decay_record(tmp_path):
+    # 7 epochs of 8 steps: the budget's decay starts at step 45, inside epoch 6, and the
+    # uninterrupted run records it at epoch 6's end. Resumed from a checkpoint at step 46, the
+    # plan's start-of-run check took that decision at once (epoch 5, the patience count reset
+    # before epoch 6 was judged), so Result.autopilot differed from the uninterrupted run's.
+    import signal
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((320, 6)).astype(np.float32)
+    y = X @ rng.standard_normal(6).astype(np.float32) + 0.1 * rng.standard_normal(320)
+
+    class Term(descend.Callback):
+        def on_step_end(self, loop):
+            if loop.step == 46:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    def run(ck, callbacks=()):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+        r = descend.fit(model, (X, y), "mse", epochs=7, patience=3, batch_size=32, verbose=0,
+                        seed=3, checkpoint=ck, resume=True, callbacks=callbacks)  # fmt: skip
+        return model, r
+
+    ref_model, ref = run(tmp_path / "ref")
+    assert ref.autopilot["decay"]["start_step"] == 45 and ref.autopilot["decay"]["epoch"] == 6
+    stopped = run(tmp_path / "ck", [Term()])[1]
+    assert str(stopped.stop_reason) == "interrupted" and stopped.steps == 46
+    model, r = run(tmp_path / "ck")
+    assert r.autopilot["decay"] == ref.autopilot["decay"]
+    assert r.history.step_loss == ref.history.step_loss and r.stop_message == ref.stop_message
+    for k, v in ref_model.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+
+
+def test_training_metric_of_an_interrupted_epoch_is_summed_as_without_the_interrupt(tmp_path):
+    # Without validation data the metric (R²) is summed over the epoch's training outputs,
+    # batched until the epoch ends. The interrupt's checkpoint summed the batches before it
+    # early, so the resumed epoch's R² was summed in another order and differed in its last
+    # bits from the uninterrupted run's.
+    import signal
+
+    X, y = data(n=320)
+    y = y + np.random.default_rng(1).standard_normal(320).astype(np.float32)
+
+    class Term(descend.Callback):
+        def __init__(self, at):
+            self.at = at
+
+        def on_step_end(self, loop):
+            if loop.step == self.at:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    def run(ck, callbacks=()):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+        return descend.fit(model, (X, y), "mse", optimizer=descend.optim.adam(lr=1e-2), epochs=3,
+                           validation=None, patience=None, verbose=0, seed=1, checkpoint=ck,
+                           resume=True, callbacks=callbacks)  # fmt: skip
+
+    ref = run(tmp_path / "ref")
+    for at in (3, 7):  # (one of them is not enough: some orders happen to round alike)
+        assert str(run(tmp_path / f"ck{at}", [Term(at)]).stop_reason) == "interrupted"
+        r = run(tmp_path / f"ck{at}")
+        assert r.history.step_loss == ref.history.step_loss
+        assert r.history.metric == ref.history.metric
+
+
+def test_resuming_a_run_that_used_its_max_time_trains_nothing_more(tmp_path):
+    # Before: every resume of the finished run trained one more step and recorded it as an
+    # epoch of its own (the budget was spent, so the run stopped after that step).
+    import time
+
+    class Slow(descend.Callback):
+        def on_step_end(self, loop):
+            if loop.step == 3:
+                time.sleep(0.3)  # past max_time: the run stops after this step
+
+    first = train(tmp_path, epochs=50, max_time=0.2, callbacks=[Slow()])
+    assert str(first.stop_reason) == "max_time" and first.steps == 3
+    again = train(tmp_path, epochs=50, max_time=0.2, resume=True)
+    assert str(again.stop_reason) == "max_time"
+    assert (again.steps, again.epochs) == (first.steps, first.epochs)
+    assert again.history.step_loss == first.history.step_loss
+    assert again.history.train_loss == first.history.train_loss
+    longer = train(tmp_path, epochs=2, max_time=60, resume=True)  # a larger budget goes on
+    assert longer.steps > first.steps

@@ -4,6 +4,7 @@ Layout of a checkpoint directory::
 
     <dir>/ckpt-000001234/            one complete checkpoint, named by optimizer step
         tensors.safetensors          model state, optimizer state, best weights, RNG states
+                                     (and the guard's rollback point, written at an interrupt)
         state.json                   step/epoch/position, counters, history, config, skeletons
         manifest.json                sha256 and size of the two files above — written LAST
     <dir>/.tmp-ckpt-...              a checkpoint being written (removed when found stale)
@@ -45,6 +46,7 @@ __all__ = [
     "Checkpoint",
     "check_writable",
     "flatten_tree",
+    "is_checkpoint",
     "latest",
     "list_checkpoints",
     "save",
@@ -74,6 +76,12 @@ class Checkpoint:
     meta: dict[str, Any]
     rng: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    #: The divergence guard's rollback point ``(model state, optimizer state)`` when it is not
+    #: this checkpoint's own state (one written at an interrupt, between snapshot points).
+    rollback: tuple[dict[str, torch.Tensor], Any] | None = None
+    #: The epoch's outputs and targets that the running training metric has not summed yet
+    #: (summed at the epoch's end, in one order: a resumed run must sum the same tensors).
+    metric_pending: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 # ---- state trees ----------------------------------------------------------------------
@@ -216,6 +224,7 @@ def save(directory: str | Path, ckpt: Checkpoint, *, keep: int = 2) -> Path:
     Raises OSError (e.g. a full disk) after removing its temporary files; the previous
     checkpoints are untouched in that case.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     d = Path(directory)
@@ -235,6 +244,15 @@ def save(directory: str | Path, ckpt: Checkpoint, *, keep: int = 2) -> Path:
                 tensors[f"best/{k}"] = v
         skeleton, opt_tensors = flatten_tree(ckpt.opt_state, "opt/")
         tensors.update(opt_tensors)
+        if ckpt.metric_pending is not None:
+            tensors["metric_pending/out"], tensors["metric_pending/target"] = ckpt.metric_pending
+        rollback_skeleton = None
+        if ckpt.rollback is not None:
+            rb_model, rb_opt = ckpt.rollback
+            for k, v in rb_model.items():
+                tensors[f"rollback/model/{k}"] = v
+            rollback_skeleton, rb_tensors = flatten_tree(rb_opt, "rollback/opt/")
+            tensors.update(rb_tensors)
         rng_json: dict[str, Any] = {}
         for k, v in ckpt.rng.items():
             if torch.is_tensor(v):
@@ -243,7 +261,11 @@ def save(directory: str | Path, ckpt: Checkpoint, *, keep: int = 2) -> Path:
                 rng_json[k] = v
         # safetensors refuses shared storage and non-contiguous tensors: write private copies.
         to_write = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
-        save_file(to_write, str(tmp / TENSORS))
+        try:
+            save_file(to_write, str(tmp / TENSORS))
+        except SafetensorError as e:
+            # safetensors reports a failed write (a full disk) as its own error, not OSError
+            raise OSError(f"could not write {tmp / TENSORS} ({e})") from e
         with open(tmp / TENSORS, "rb+") as f:
             os.fsync(f.fileno())
         state = {
@@ -254,6 +276,8 @@ def save(directory: str | Path, ckpt: Checkpoint, *, keep: int = 2) -> Path:
             "rng": rng_json,
             "meta": ckpt.meta,
         }
+        if rollback_skeleton is not None:
+            state["rollback_opt_skeleton"] = rollback_skeleton
         _write_bytes(tmp / STATE, json.dumps(state, allow_nan=True).encode())
         manifest = {
             name: {"sha256": _sha256(tmp / name), "size": (tmp / name).stat().st_size}
@@ -281,6 +305,12 @@ def save(directory: str | Path, ckpt: Checkpoint, *, keep: int = 2) -> Path:
 # ---- reading --------------------------------------------------------------------------
 
 
+def is_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is one checkpoint (a ``ckpt-*`` folder), not a directory of them."""
+    p = Path(path)
+    return p.is_dir() and any((p / name).exists() for name in (MANIFEST, STATE, TENSORS))
+
+
 def list_checkpoints(directory: str | Path) -> list[Path]:
     """Complete-looking checkpoint directories, newest (highest step) first."""
     d = Path(directory)
@@ -302,7 +332,7 @@ def _verify(path: Path) -> str | None:
     for name in (TENSORS, STATE):
         f = path / name
         entry = manifest.get(name) if isinstance(manifest, dict) else None
-        if not entry:
+        if not entry or not isinstance(entry, dict):
             return f"{mf} does not list {name}"
         if not f.is_file():
             return f"{f} is missing"
@@ -332,6 +362,16 @@ def _read(path: Path) -> Checkpoint:
     rng: dict[str, Any] = {k[len("rng/") :]: v for k, v in tensors.items() if k.startswith("rng/")}
     rng.update(state.get("rng", {}))
     opt = unflatten_tree(state["opt_skeleton"], tensors)
+    rollback = None
+    if "rollback_opt_skeleton" in state:
+        head = "rollback/model/"
+        rollback = (
+            {k[len(head) :]: v for k, v in tensors.items() if k.startswith(head)},
+            unflatten_tree(state["rollback_opt_skeleton"], tensors),
+        )
+    pending = None
+    if "metric_pending/out" in tensors and "metric_pending/target" in tensors:
+        pending = (tensors["metric_pending/out"], tensors["metric_pending/target"])
     return Checkpoint(
         step=int(state["step"]),
         model=model,
@@ -340,6 +380,8 @@ def _read(path: Path) -> Checkpoint:
         meta=state["meta"],
         rng=rng,
         path=path,
+        rollback=rollback,
+        metric_pending=pending,
     )
 
 

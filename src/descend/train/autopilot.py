@@ -560,7 +560,11 @@ class _DecayOnStall(Callback):
         }
 
     def on_fit_start(self, loop: Loop) -> None:
-        self._check(loop)
+        # Only at an epoch end: a checkpoint written mid-epoch holds the decisions of the epoch
+        # end before it, and taking the next one now (before the epoch's end is judged) moved
+        # the budget's decay to an epoch early and reset the patience count a judgement early.
+        if loop.batch == 0:
+            self._check(loop)
 
     def on_epoch_end(self, loop: Loop) -> None:
         self._check(loop)

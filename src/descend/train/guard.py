@@ -228,6 +228,16 @@ class Guard:
     def has_snapshot(self) -> bool:
         return self._snapshot is not None
 
+    @property
+    def rollback_point(self) -> tuple[dict[str, torch.Tensor], Any] | None:
+        """The snapshot ``(model state, optimizer state)`` a rollback restores, or None."""
+        return self._snapshot
+
+    def load_rollback_point(self, model_state: dict[str, torch.Tensor], opt_state: Any) -> None:
+        """Make ``(model_state, opt_state)`` (from a checkpoint) the rollback point, as it was
+        in the run that wrote it (retries and all: no snapshot was taken)."""
+        self._snapshot = (model_state, opt_state)
+
     def snapshot(self, loop: Loop, force: bool = False) -> None:
         """Remember the current model and optimizer state as the rollback point (kept as it is,
         retries and all, while no step has been judged clean since the last rollback or while a

@@ -173,11 +173,23 @@ class _MetricSum:
             setattr(self, k, flat[at : at + t.numel()].reshape(t.shape).to(t.device, t.dtype))
             at += t.numel()
 
-    def state(self) -> dict[str, Any]:
+    def pending(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The outputs and targets added since the last reduction, concatenated, for a
+        mid-epoch checkpoint: reducing them there would sum the epoch in another order than
+        a run that never wrote one (R²'s float sums then differ in the last bits)."""
+        if not self._pending:
+            return None
+        if len(self._pending) == 1:
+            return self._pending[0]
+        return torch.cat([o for o, _ in self._pending]), torch.cat([y for _, y in self._pending])
+
+    def state(self, reduce: bool = True) -> dict[str, Any]:
         """The sums as plain lists, for a mid-epoch checkpoint. Python floats hold float32
         and float64 sums exactly (a double-precision model's R² sums are float64), and the
-        dtype comes back with them: the resumed run goes on summing exactly as before."""
-        self._reduce()
+        dtype comes back with them: the resumed run goes on summing exactly as before.
+        ``reduce=False``: the sums so far only (the checkpoint keeps :meth:`pending`)."""
+        if reduce:
+            self._reduce()
         lists = {
             k: (None if v is None else v.double().cpu().reshape(-1).tolist())
             for k, v in (("acc", self.acc), ("y_sum", self.y_sum), ("y_sq", self.y_sq))
@@ -189,8 +201,16 @@ class _MetricSum:
         }
         return {"count": self.count, **lists, "dtypes": dtypes}
 
-    def load(self, state: dict[str, Any], device: torch.device) -> None:
+    def load(
+        self,
+        state: dict[str, Any],
+        device: torch.device,
+        pending: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
         self.count = int(state["count"])
+        if pending is not None:
+            out, yb = (t.to(device) for t in pending)
+            self._pending, self._pending_elements = [(out, yb)], out.numel()
         dtypes = state.get("dtypes") or {}  # (a checkpoint from before: float32 sums)
         for k in ("acc", "y_sum", "y_sq"):
             v = state.get(k)
@@ -749,9 +769,9 @@ class Loop:
         """The epoch's running training-metric sums for a checkpoint (data-parallel: summed
         over the processes, which keep their own)."""
         assert self._ep_metric is not None
-        state = self._ep_metric.state()
         if not self.world.active:
-            return state
+            return self._ep_metric.state(reduce=False)  # the checkpoint keeps the rest
+        state = self._ep_metric.state()
         total = self._new_metric_sum()
         total.load(state, self.device)
         total.all_reduce(self.world)
@@ -1922,6 +1942,8 @@ class Loop:
                 sig["x_sum"] = sum(_sum64(t) for t in D.inputs_of(src.X))
                 if src.y is not None:
                     sig["y_sum"] = _sum64(src.y)
+                # sample weights are part of the data (none: a weight of 1 each)
+                sig["w_sum"] = _sum64(src.w) if src.w is not None else float(b.n_train)
             self._data_sig = sig
         return self._data_sig
 
@@ -1973,8 +1995,13 @@ class Loop:
         due = time.perf_counter() - self._ckpt_done_at >= AUTO_CHECKPOINT_RATIO * self._ckpt_cost
         return bool(self.world.from_main(due))  # data-parallel: by rank 0's clock, for all
 
-    def save_checkpoint(self) -> Path | None:
+    def save_checkpoint(self, rollback: bool = False) -> Path | None:
         """Write a checkpoint of the exact current state (no-op without ``checkpoint=``).
+
+        ``rollback``: also write the guard's rollback point. A run that goes on makes every
+        checkpoint its rollback point; the last one of an interrupted run is written between
+        snapshot points, so the resumed run must be handed the rollback point the interrupted
+        one had, or a rollback after the resume restores another state.
 
         A failure (full disk, permissions changed mid-run) is a warning and an event: the
         previous checkpoint stays, training goes on.
@@ -1983,8 +2010,9 @@ class Loop:
             return None
         t = time.perf_counter()
         model, opt, best = dict(self.model.state_dict()), self.opt_state, self._best_state
+        point = self.guard.rollback_point if rollback and self.guard is not None else None
         if self._sharded:  # a fully_shard model: the file holds the whole tensors
-            model, opt, best = dist_.gathered((model, opt, best))
+            model, opt, best, point = dist_.gathered((model, opt, best, point))
         ckpt = C.Checkpoint(
             step=self.step,
             model=model,
@@ -1992,6 +2020,12 @@ class Loop:
             best=best,
             meta=self._meta(),
             rng=self._rng_state(),
+            rollback=point,
+            metric_pending=(
+                self._ep_metric.pending()
+                if self._ep_metric is not None and not self.world.active
+                else None
+            ),
         )
         path: Path | None = None
         text = ""
@@ -2055,6 +2089,25 @@ class Loop:
                     "a new run without resume=",
                 )
             )
+        sd = self.model.state_dict()
+        differ = [k for k, v in ckpt.model.items() if v.dtype != sd[k].dtype]
+        if differ:
+            # (load_state_dict would cast them silently; the optimizer state then differs in
+            # dtype and was refused as "another optimizer")
+            name = {k: str(ckpt.model[k].dtype).replace("torch.", "") for k in differ}
+            dtypes = [
+                f"{k} {name[k]} vs model {str(sd[k].dtype).replace('torch.', '')}" for k in differ
+            ]
+            theirs_dtype = name[differ[0]]
+            raise CheckpointError(
+                message(
+                    f"resume from {ckpt.path}",
+                    "needs the model in the dtypes of the original run",
+                    f"different dtypes: {'; '.join(dtypes[:8])}",
+                    f"convert the model as in the original run (e.g. model.to(torch.{theirs_dtype})) "
+                    "before fit, or start a new run without resume=",
+                )
+            )
         sig = C.tree_signature(self.opt_state)
         if sig != ckpt.meta.get("opt_signature"):
             theirs_sig = ckpt.meta.get("opt_signature") or {}
@@ -2066,6 +2119,19 @@ class Loop:
                     "needs the same optimizer as the original run",
                     f"an optimizer state that differs at {shown}",
                     f"use the original optimizer ({ckpt.meta.get('optimizer')}), or start a new run",
+                )
+            )
+        loss_then = (ckpt.meta.get("config") or {}).get("loss")
+        loss_now = self.config.get("loss")
+        if loss_then is not None and loss_now is not None and loss_then != loss_now:
+            # the history, the best loss and the patience count are in the other loss's units:
+            # early stopping and the best weights would compare the two
+            raise CheckpointError(
+                message(
+                    f"resume from {ckpt.path}",
+                    "needs the same loss as the original run",
+                    f"loss {loss_now!r}, where the checkpoint's run minimized {loss_then!r}",
+                    f"pass the original loss ({loss_then!r}), or start a new run without resume=",
                 )
             )
         state = ckpt.model
@@ -2101,9 +2167,16 @@ class Loop:
             self._ep_metric = self._new_metric_sum()
             # (data-parallel: the saved sums are every process's; rank 0 carries them on)
             if part.get("metric") is not None and self.world.is_main:
-                self._ep_metric.load(part["metric"], dev)
+                self._ep_metric.load(part["metric"], dev, ckpt.metric_pending)
         if self.guard is not None and m.get("guard") is not None:
             self.guard.load_state_dict(m["guard"])
+        if self.guard is not None and ckpt.rollback is not None:
+            snap_model = {k: v.to(self.device) for k, v in ckpt.rollback[0].items()}
+            snap_opt = _to_device_tree(ckpt.rollback[1], self.device)
+            if self._sharded:
+                snap_model = dist_.sharded_like(snap_model, self.model.state_dict())
+                snap_opt = dist_.sharded_like(snap_opt, self.opt_state)
+            self.guard.load_rollback_point(snap_model, snap_opt)
         self._set_rng_state(ckpt.rng)
         self._resumed_from = ckpt.path
         self._check_resumed_data(m.get("data_signature"))
@@ -2140,7 +2213,11 @@ class Loop:
         src = self.bundle.train
         guard = self.guard
         every = self.checkpoint_every if isinstance(self.checkpoint_every, int) else None
-        if guard is not None and (not guard.has_snapshot or self._snapshot_epoch()):
+        # (an epoch-start point only at the epoch's start: a run resumed mid-epoch keeps the
+        # rollback point its checkpoint holds)
+        if guard is not None and (
+            not guard.has_snapshot or (self.batch == 0 and self._snapshot_epoch())
+        ):
             guard.snapshot(self)
         # The fast step's conditions (hooks, grad/autocast/anomaly modes, the batches' dtype and
         # device) change only through user code: with no step callbacks, and slices of one
@@ -2210,6 +2287,11 @@ class Loop:
             # A checkpoint written when the run stopped early resumes as stopped: it does not
             # train past its own patience (resuming with a larger patience continues it).
             reason = self._patience_spent()
+            if reason is None and self.max_time is not None and self._t_offset > self.max_time:
+                # Nor past its max_time (the time of the runs before counts): it trained one
+                # more step and recorded it as an epoch at every resume (a larger max_time
+                # continues it). From the checkpoint alone: every process decides alike.
+                reason = StopReason.MAX_TIME
         else:
             # The starting point counts as "epoch 0" so a run that only gets worse keeps it.
             self._save_best()
@@ -2244,7 +2326,7 @@ class Loop:
                     reason is not StopReason.DIVERGED and self._ckpt_step != self.step
                 ):
                     # The final state is always on disk ("auto" may have skipped this epoch).
-                    self.save_checkpoint()
+                    self.save_checkpoint(rollback=reason is StopReason.INTERRUPTED)
             finished = True
         except KeyboardInterrupt:
             reason, finished = StopReason.INTERRUPTED, True
@@ -2735,6 +2817,19 @@ def fit(
                 )
             )
         resume = checkpoint
+    for where, value in (("resume", resume), ("checkpoint", checkpoint)):
+        if isinstance(value, (str, os.PathLike)) and C.is_checkpoint(value):
+            # It holds no ckpt-* folders: a resume there started a new run from scratch, and
+            # wrote that run's checkpoints inside the checkpoint.
+            raise CheckpointError(
+                message(
+                    f"fit({where}=...)",
+                    "must name the directory that holds a run's checkpoints (its ckpt-* folders)",
+                    f"{str(value)!r}, which is one checkpoint",
+                    f"pass {where}={str(Path(value).parent)!r} (a resume takes the newest good "
+                    "checkpoint there)",
+                )
+            )
     if resume not in (None, False):
         same_dir = checkpoint is not None and Path(checkpoint) == Path(resume)
         if not Path(resume).exists() and not same_dir:
