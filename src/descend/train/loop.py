@@ -2637,7 +2637,7 @@ def fit(
         data: ``(X, y)`` (numpy, torch, pandas, pyarrow, lists), ``X`` alone for a loss that
             needs no targets, a ``torch.utils.data.Dataset`` or a ``DataLoader``. In-memory data
             is moved to the device once and sliced by a seeded permutation. Floating, boolean
-            and uint8/int8/int16 features (and real targets) take the model's floating dtype:
+            and uint8/int8/int16/uint16 features (and real targets) take the model's floating dtype:
             float32 for most models, float64 for a double-precision one; int32/int64 features
             stay integers (embedding indices). For a model with several inputs ``X`` is a tuple
             of arrays, one per argument of ``forward`` (``((x_num, x_ids), y)`` calls
