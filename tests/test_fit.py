@@ -1894,3 +1894,26 @@ def test_patience_running_out_at_the_last_epoch_is_no_early_stop():
     last = run(r.epochs)
     assert last.stop_reason == StopReason.PATIENCE and last.epochs == r.epochs
     assert last.stop_message.startswith(f"Stopped after epoch {r.epochs}, the budget's last:")
+
+
+def test_a_validation_loader_without_targets_is_named_for_a_library_loss():
+    # Resident training data next to a validation DataLoader that yields X alone: the loss got
+    # y=None and raised a raw AttributeError after the first epoch. A loss of the prediction
+    # alone (target_kind "any") still evaluates such a loader.
+    from torch.utils.data import DataLoader, TensorDataset
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(64, 3, generator=g)
+    y = X.sum(1, keepdim=True)
+    val = DataLoader(TensorDataset(torch.randn(16, 3, generator=g)), batch_size=8)
+    with pytest.raises(InputError, match=r"validation data .*must hold targets.*\(x, y\)"):
+        descend.fit(torch.nn.Linear(3, 1), (X, y), "mse", validation=val, epochs=2, lr=1e-2)
+    r = descend.fit(
+        torch.nn.Linear(3, 1),
+        (X, y),
+        lambda pred, target=None: pred.square().mean(),
+        validation=val,
+        epochs=2,
+        lr=1e-2,
+    )
+    assert len(r.history.val_loss) == 2 and all(math.isfinite(v) for v in r.history.val_loss)

@@ -1389,6 +1389,17 @@ class Loop:
                         self._raise_named(e, src, xb)
                 out = out.float()
                 yb = self._like_training(yb)
+                if yb is None and self.loss.target_kind != "any":
+                    # (a stream's batches are seen only here: resident data is checked earlier)
+                    raise InputError(
+                        message(
+                            f"the validation data (for the loss {self.loss.name})",
+                            "must hold targets: the loss compares the predictions with them",
+                            "batches of X alone (the validation loader yields no y)",
+                            "yield (x, y) from the validation DataLoader, or pass "
+                            "validation=(X_val, y_val)",
+                        )
+                    )
                 if yb is not None and self._y_unsqueeze:
                     yb = yb.unsqueeze(-1)
                 n = out.shape[0]
