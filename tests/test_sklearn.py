@@ -831,3 +831,17 @@ def test_best_epoch_counts_across_warm_starts():
     assert reg.best_epoch_ == 1 + int(np.argmin(reg.validation_loss_curve_))
     assert reg.best_epoch_ > 6
     assert reg.best_loss_ == pytest.approx(min(reg.validation_loss_curve_))
+
+
+def test_the_declared_scikit_learn_requirement_has_what_the_estimators_import():
+    # validate_data, _check_sample_weight(ensure_non_negative=) and __sklearn_tags__ arrived in
+    # scikit-learn 1.6: a pin below it let `pip install descend` keep a scikit-learn 1.3-1.5 on
+    # which `from descend.sklearn import Classifier` raised ImportError.
+    import re
+    from pathlib import Path
+
+    from packaging.version import Version
+
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    (pin,) = re.findall(r'"scikit-learn>=([\d.]+)"', pyproject)  # tomllib is 3.11+
+    assert Version(pin) >= Version("1.6")
