@@ -187,6 +187,26 @@ def test_pickle_round_trip_and_warm_start_after_it(iris):
     assert back.n_iter_ > clf.n_iter_
 
 
+def test_a_deep_copy_keeps_the_optimizer_state(iris):
+    # copy.deepcopy dropped the optimizer transform (as pickle must): the copy's partial_fit or
+    # warm start silently restarted the optimizer, so it trained unlike the original.
+    import copy
+
+    X, y = iris
+    clf = Classifier(random_state=0)
+    for _ in range(3):
+        clf.partial_fit(X, y, classes=[0, 1, 2])
+    twin = copy.deepcopy(clf)
+    clf.partial_fit(X, y)
+    twin.partial_fit(X, y)
+    for a, b in zip(clf.coefs_, twin.coefs_):
+        np.testing.assert_array_equal(a, b)
+
+    clf = Classifier(max_epochs=5, lr=1e-2, random_state=0, warm_start=True).fit(X, y)
+    twin = copy.deepcopy(clf)
+    np.testing.assert_array_equal(clf.fit(X, y).predict_proba(X), twin.fit(X, y).predict_proba(X))
+
+
 def test_pickling_an_estimator_with_a_transform_optimizer_names_the_fix(iris):
     # It failed with Python's "Can't pickle local object 'fused_adam_chain.<locals>.init'".
     import copy

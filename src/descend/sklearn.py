@@ -664,10 +664,12 @@ class _Estimator(BaseEstimator, _RefuseMLPParams):
 
     def __getstate__(self) -> dict[str, Any]:
         # The optimizer transform holds closures (not picklable); an unpickled estimator's warm
-        # start continues the weights with a new optimizer.
+        # start continues the weights with a new optimizer. copy.deepcopy keeps it: a copy's
+        # partial_fit or warm start continues the optimizer as the original's would.
         state = self.__dict__.copy()
-        state.pop("_tx", None)
-        state.pop("_tx_settings", None)
+        if not _copier_keeps_closures(("copy",)):
+            state.pop("_tx", None)
+            state.pop("_tx_settings", None)
         if not isinstance(self.optimizer, (str, type(None))) and not _copier_keeps_closures():
             _check_picklable_optimizer(type(self).__name__, self.optimizer)
         return state
@@ -684,9 +686,10 @@ class _Estimator(BaseEstimator, _RefuseMLPParams):
 _CLOSURE_COPIERS = ("copy", "cloudpickle", "dill")
 
 
-def _copier_keeps_closures() -> bool:
-    """Whether ``__getstate__`` was called by copy.deepcopy, cloudpickle or dill (found on the
-    stack: the pickler is not passed to ``__getstate__``), not by pickle or joblib.dump."""
+def _copier_keeps_closures(copiers: tuple[str, ...] = _CLOSURE_COPIERS) -> bool:
+    """Whether ``__getstate__`` was called by one of ``copiers`` (by default copy.deepcopy,
+    cloudpickle or dill; found on the stack: the pickler is not passed to ``__getstate__``),
+    not by pickle or joblib.dump."""
     import sys
 
     frame = sys._getframe(2)
@@ -694,7 +697,7 @@ def _copier_keeps_closures() -> bool:
         if frame is None:
             return False
         parts = str(frame.f_globals.get("__name__", "")).split(".")
-        if parts[0] in _CLOSURE_COPIERS or "cloudpickle" in parts:
+        if parts[0] in copiers or ("cloudpickle" in copiers and "cloudpickle" in parts):
             return True
         frame = frame.f_back
     return False
