@@ -839,6 +839,24 @@ def test_outputs_follow_float32_features_as_scikit_learns_mlp(iris):
     assert np.array_equal(clf.predict(X32), clf.predict(X))
 
 
+def test_log_proba_is_the_log_of_proba_for_float32_features():
+    # predict_proba rounds to float32 for float32 features; predict_log_proba was the exact
+    # log-softmax, so a probability rounded to 1.0 had a log-probability of -1e-8 instead of 0
+    # (scikit-learn's check_classifiers_train asks for atol=1e-9 there).
+    rng = np.random.default_rng(0)
+    label = np.repeat([0, 1], 100)
+    X = rng.normal(size=(200, 2)) + 6 * label[:, None]  # far apart: confident predictions
+    X32 = X.astype(np.float32)
+    for target in (label, np.c_[label, 1 - label]):
+        clf = Classifier(random_state=0).fit(X32, target)
+        proba, log_proba = clf.predict_proba(X32), clf.predict_log_proba(X32)
+        assert log_proba.dtype == np.float32
+        assert (proba == 1).any()
+        np.testing.assert_allclose(log_proba, np.log(proba), rtol=1e-6, atol=1e-9)
+    proba, log_proba = clf.predict_proba(X), clf.predict_log_proba(X)  # float64: exact
+    np.testing.assert_allclose(log_proba, np.log(proba), rtol=1e-12, atol=1e-15)
+
+
 def test_best_epoch_counts_across_warm_starts():
     # best_epoch_ counted from the latest warm fit (1 after a second fit of 8 epochs) while
     # validation_loss_curve_ and n_iter_ run across fits: it did not point at the best epoch.

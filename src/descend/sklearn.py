@@ -1019,10 +1019,19 @@ class Classifier(ClassifierMixin, _Estimator):
         """Log of :meth:`predict_proba`."""
         logits, dtype = self._forward(X)
         if self._multilabel():
-            # log sigmoid, stable for large |logit|
-            return (-np.logaddexp(0.0, -logits)).astype(dtype, copy=False)
-        logits -= logits.max(axis=1, keepdims=True)
-        out = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+            out = -np.logaddexp(0.0, -logits)  # log sigmoid, stable for large |logit|
+            p = _sigmoid(logits)
+        else:
+            logits -= logits.max(axis=1, keepdims=True)
+            e = np.exp(logits)
+            out = logits - np.log(e.sum(axis=1, keepdims=True))
+            p = e / e.sum(axis=1, keepdims=True)
+        if dtype == np.float32:
+            # predict_proba rounds to float32 (a probability within 3e-8 of 1 becomes 1.0):
+            # the log of what it returns wherever that is > 0, as scikit-learn's MLP gives, so
+            # that predict_log_proba == log(predict_proba); the exact log where it underflows.
+            p = p.astype(np.float32)
+            out = np.where(p > 0, np.log(np.where(p > 0, p, 1)), out)
         return out.astype(dtype, copy=False)
 
     def predict(self, X: Any) -> np.ndarray:
