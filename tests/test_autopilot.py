@@ -1134,3 +1134,16 @@ def test_ctrl_c_in_the_race_ends_the_run_as_interrupted(monkeypatch, at_step):
     assert made == [at_step]
     assert r.stop_reason is descend.StopReason.INTERRUPTED
     assert "interrupted during the race" in r.autopilot["why"]
+
+
+def test_one_epoch_is_counted_as_one_epoch_in_the_policy_sentences():
+    # epochs=1 ("a budget of 1 epochs") and a stall of 1 epoch (patience=2: "had not improved
+    # for 1 epochs") were printed with a plural.
+    X, y = _clf()
+    r = _fit(_mlp(), (X, y), epochs=1)
+    assert "a budget of 1 epoch affords no race" in r.autopilot["why"]
+    r = _fit(_mlp(), (X, y), epochs=40, patience=2)
+    assert r.autopilot["decay_stall_epochs"] == 1
+    decay = r.autopilot["decay"]
+    assert decay["cause"] == "stall" and "not improved for 1 epoch " in decay["why"]
+    assert not any(re.search(r"\b1 epochs", t) for t in (r.autopilot["why"], decay["why"]))
