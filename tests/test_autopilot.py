@@ -1147,3 +1147,19 @@ def test_one_epoch_is_counted_as_one_epoch_in_the_policy_sentences():
     decay = r.autopilot["decay"]
     assert decay["cause"] == "stall" and "not improved for 1 epoch " in decay["why"]
     assert not any(re.search(r"\b1 epochs", t) for t in (r.autopilot["why"], decay["why"]))
+
+
+def test_a_race_where_every_candidate_diverged_says_so():
+    # A model whose loss is NaN from the start: every candidate diverged in the race's first
+    # epoch, and the record said the winner "had the lowest best loss (inf); it had already
+    # stopped improving", which is neither.
+    X, y = _clf()
+    model = _mlp()
+    with torch.no_grad():
+        model[0].weight[0, 0] = float("nan")
+    r = _fit(model, (X, y), epochs=5)
+    a = r.autopilot
+    assert a["policy"] == "range test + race"
+    assert all(c["status"].endswith("diverged in epoch 1") for c in a["candidates"])
+    assert "every candidate diverged" in a["why"]
+    assert "stopped improving" not in a["why"] and "(inf)" not in a["why"]

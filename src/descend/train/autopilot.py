@@ -1283,7 +1283,19 @@ class _Race:
             else ""
         )
         won = f"lr={_fmt(w.lr)}" + (" with the stronger decay" if w in strong else "")
-        if K > 1:
+        if K > 1 and "diverged" in w.status:
+            # (the winner diverged only when every candidate still in the race did)
+            why = (
+                f"the range test put the ceiling at {ceiling_text}; {raced} raced for "
+                f"{_epochs(self.epoch)} and every candidate diverged (a loss that was not "
+                f"finite); {won} "
+                + (
+                    f"had the lowest best loss ({w.best:.4g}) before it did"
+                    if math.isfinite(w.best)
+                    else "is kept, the lowest rate: no epoch of theirs ended with a finite loss"
+                )
+            )
+        elif K > 1:
             why = (
                 f"the range test put the ceiling at {ceiling_text}; {raced} raced for "
                 f"{_epochs(self.epoch)} and {won} had the lowest best loss ({w.best:.4g}); "
