@@ -1163,3 +1163,20 @@ def test_a_race_where_every_candidate_diverged_says_so():
     assert all(c["status"].endswith("diverged in epoch 1") for c in a["candidates"])
     assert "every candidate diverged" in a["why"]
     assert "stopped improving" not in a["why"] and "(inf)" not in a["why"]
+
+
+def test_a_finished_race_winner_without_early_stopping_is_not_said_to_end_soon():
+    # patience=None: the winner had stopped improving in the race (its own patience), and the
+    # record said "the run's patience ends it soon" while the run, which has none, trained on
+    # to the end of its budget.
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(400, 5, generator=g)
+    y = (X[:, 0] + 0.5 * torch.randn(400, generator=g) > 0).long()
+    torch.manual_seed(0)
+    r = _fit(torch.nn.Linear(5, 2), (X, y), epochs=80, patience=None)
+    a = r.autopilot
+    (w,) = [c for c in a["candidates"] if c["status"].startswith("winner")]
+    assert "stopped improving" in w["status"]  # the case this is about
+    assert len(r.history.val_loss) == 80  # no patience: the whole budget
+    assert "patience ends it soon" not in a["why"]
+    assert "to the end of the budget" in a["why"]

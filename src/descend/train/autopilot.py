@@ -1303,6 +1303,11 @@ class _Race:
                     f"it continues from epoch {loop.epoch} with its optimizer state"
                     if not finished
                     else "it had already stopped improving, so the run's patience ends it soon"
+                    if _ctx_get(self.ctx, "patience", 10)
+                    else (
+                        "it had already stopped improving; without early stopping it continues "
+                        f"from epoch {loop.epoch} to the end of the budget"
+                    )
                 )
             )
         else:
