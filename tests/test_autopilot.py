@@ -1180,3 +1180,30 @@ def test_a_finished_race_winner_without_early_stopping_is_not_said_to_end_soon()
     assert len(r.history.val_loss) == 80  # no patience: the whole budget
     assert "patience ends it soon" not in a["why"]
     assert "to the end of the budget" in a["why"]
+
+
+def test_a_plan_made_on_resuming_a_checkpoint_without_one_keeps_its_callbacks(
+    tmp_path, monkeypatch
+):
+    # Resuming a checkpoint of a run with lr= (no plan recorded) without lr= plans anew: the
+    # record stated a stall rule (decay_stall_epochs) but fit dropped every callback of the
+    # plan, so the decay never started early and no decay was ever recorded; and a Ctrl-C
+    # while planning did not end the run: it trained on with the fixed fallback.
+    X, y = _clf()
+    model = _mlp()
+    _fit(model, (X, y), lr=0.01, epochs=3, checkpoint=tmp_path)
+    r = _fit(model, (X, y), epochs=30, checkpoint=tmp_path, resume=tmp_path)
+    a = r.autopilot
+    assert a["policy"] == "range test" and a["decay_stall_epochs"]
+    assert a["decay"]["cause"] in ("stall", "budget")
+    assert r.history.val_loss[3:] and len(r.history.val_loss) <= 30  # resumed after epoch 3
+
+    def ctrl_c(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(autopilot._lr_find, "sweep", ctrl_c)
+    other = tmp_path / "other"
+    _fit(model, (X, y), lr=0.01, epochs=3, checkpoint=other)
+    r = _fit(model, (X, y), epochs=30, checkpoint=other, resume=other)
+    assert r.stop_reason is descend.StopReason.INTERRUPTED
+    assert len(r.history.val_loss) == 3  # nothing trained after the checkpoint
