@@ -1207,3 +1207,17 @@ def test_a_plan_made_on_resuming_a_checkpoint_without_one_keeps_its_callbacks(
     r = _fit(model, (X, y), epochs=30, checkpoint=other, resume=other)
     assert r.stop_reason is descend.StopReason.INTERRUPTED
     assert len(r.history.val_loss) == 3  # nothing trained after the checkpoint
+
+
+@pytest.mark.parametrize("kw", [{"validation": None}, {"patience": None}])
+def test_the_schedule_says_a_stall_starts_the_decay_only_where_one_can(kw):
+    # Without validation data or early stopping no stall rule runs (no decay_stall_epochs),
+    # yet the record's schedule said the decay is "started earlier if the validation loss
+    # stalls".
+    X, y = _clf()
+    a = _fit(_mlp(), (X, y), epochs=10, **kw).autopilot
+    assert "decay_stall_epochs" not in a
+    assert a["schedule"].endswith(f"over steps {a['decay_default_start']}-{a['total_steps']}")
+    assert "stalls" not in a["schedule"]
+    a = _fit(_mlp(), (X, y), epochs=10).autopilot
+    assert a["decay_stall_epochs"] and a["schedule"].endswith("the validation loss stalls)")

@@ -416,13 +416,17 @@ def _adamw(
     return optim.adamw(lr=lr, weight_decay=wd, schedule=sched, mask=mask)
 
 
+#: How the schedule's text says that a stall starts the decay early (only where one can).
+_STALL_NOTE = " (started earlier if the validation loss stalls)"
+
+
 def _schedule_text(total: int | None) -> str:
     if total is None:
         return "constant (the data has no known length, so no schedule)"
     sched, warmup = _schedule(total)
     return (
         f"linear warmup {warmup} steps, the peak held, linear decay to 0 over steps "
-        f"{sched.start}-{total} (started earlier if the validation loss stalls)"
+        f"{sched.start}-{total}{_STALL_NOTE}"
     )
 
 
@@ -578,6 +582,9 @@ def _with_decay(plan: Plan, sched: StableDecay, ctx: PlanContext) -> Plan:
     if stall is not None and getattr(ctx.bundle, "val", True) is not None:
         plan.record["decay_stall_epochs"] = stall
         plan.callbacks.append(_DecayOnStall(sched, plan.record, stall))
+    elif isinstance(plan.record.get("schedule"), str):
+        # No validation data or no early stopping: nothing starts the decay early.
+        plan.record["schedule"] = plan.record["schedule"].replace(_STALL_NOTE, "")
     return plan
 
 
