@@ -1134,3 +1134,90 @@ def test_ctrl_c_in_the_race_ends_the_run_as_interrupted(monkeypatch, at_step):
     assert made == [at_step]
     assert r.stop_reason is descend.StopReason.INTERRUPTED
     assert "interrupted during the race" in r.autopilot["why"]
+
+
+def test_one_epoch_is_counted_as_one_epoch_in_the_policy_sentences():
+    # epochs=1 ("a budget of 1 epochs") and a stall of 1 epoch (patience=2: "had not improved
+    # for 1 epochs") were printed with a plural.
+    X, y = _clf()
+    r = _fit(_mlp(), (X, y), epochs=1)
+    assert "a budget of 1 epoch affords no race" in r.autopilot["why"]
+    r = _fit(_mlp(), (X, y), epochs=40, patience=2)
+    assert r.autopilot["decay_stall_epochs"] == 1
+    decay = r.autopilot["decay"]
+    assert decay["cause"] == "stall" and "not improved for 1 epoch " in decay["why"]
+    assert not any(re.search(r"\b1 epochs", t) for t in (r.autopilot["why"], decay["why"]))
+
+
+def test_a_race_where_every_candidate_diverged_says_so():
+    # A model whose loss is NaN from the start: every candidate diverged in the race's first
+    # epoch, and the record said the winner "had the lowest best loss (inf); it had already
+    # stopped improving", which is neither.
+    X, y = _clf()
+    model = _mlp()
+    with torch.no_grad():
+        model[0].weight[0, 0] = float("nan")
+    r = _fit(model, (X, y), epochs=5)
+    a = r.autopilot
+    assert a["policy"] == "range test + race"
+    assert all(c["status"].endswith("diverged in epoch 1") for c in a["candidates"])
+    assert "every candidate diverged" in a["why"]
+    assert "stopped improving" not in a["why"] and "(inf)" not in a["why"]
+
+
+def test_a_finished_race_winner_without_early_stopping_is_not_said_to_end_soon():
+    # patience=None: the winner had stopped improving in the race (its own patience), and the
+    # record said "the run's patience ends it soon" while the run, which has none, trained on
+    # to the end of its budget.
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(400, 5, generator=g)
+    y = (X[:, 0] + 0.5 * torch.randn(400, generator=g) > 0).long()
+    torch.manual_seed(0)
+    r = _fit(torch.nn.Linear(5, 2), (X, y), epochs=80, patience=None)
+    a = r.autopilot
+    (w,) = [c for c in a["candidates"] if c["status"].startswith("winner")]
+    assert "stopped improving" in w["status"]  # the case this is about
+    assert len(r.history.val_loss) == 80  # no patience: the whole budget
+    assert "patience ends it soon" not in a["why"]
+    assert "to the end of the budget" in a["why"]
+
+
+def test_a_plan_made_on_resuming_a_checkpoint_without_one_keeps_its_callbacks(
+    tmp_path, monkeypatch
+):
+    # Resuming a checkpoint of a run with lr= (no plan recorded) without lr= plans anew: the
+    # record stated a stall rule (decay_stall_epochs) but fit dropped every callback of the
+    # plan, so the decay never started early and no decay was ever recorded; and a Ctrl-C
+    # while planning did not end the run: it trained on with the fixed fallback.
+    X, y = _clf()
+    model = _mlp()
+    _fit(model, (X, y), lr=0.01, epochs=3, checkpoint=tmp_path)
+    r = _fit(model, (X, y), epochs=30, checkpoint=tmp_path, resume=tmp_path)
+    a = r.autopilot
+    assert a["policy"] == "range test" and a["decay_stall_epochs"]
+    assert a["decay"]["cause"] in ("stall", "budget")
+    assert r.history.val_loss[3:] and len(r.history.val_loss) <= 30  # resumed after epoch 3
+
+    def ctrl_c(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(autopilot._lr_find, "sweep", ctrl_c)
+    other = tmp_path / "other"
+    _fit(model, (X, y), lr=0.01, epochs=3, checkpoint=other)
+    r = _fit(model, (X, y), epochs=30, checkpoint=other, resume=other)
+    assert r.stop_reason is descend.StopReason.INTERRUPTED
+    assert len(r.history.val_loss) == 3  # nothing trained after the checkpoint
+
+
+@pytest.mark.parametrize("kw", [{"validation": None}, {"patience": None}])
+def test_the_schedule_says_a_stall_starts_the_decay_only_where_one_can(kw):
+    # Without validation data or early stopping no stall rule runs (no decay_stall_epochs),
+    # yet the record's schedule said the decay is "started earlier if the validation loss
+    # stalls".
+    X, y = _clf()
+    a = _fit(_mlp(), (X, y), epochs=10, **kw).autopilot
+    assert "decay_stall_epochs" not in a
+    assert a["schedule"].endswith(f"over steps {a['decay_default_start']}-{a['total_steps']}")
+    assert "stalls" not in a["schedule"]
+    a = _fit(_mlp(), (X, y), epochs=10).autopilot
+    assert a["decay_stall_epochs"] and a["schedule"].endswith("the validation loss stalls)")

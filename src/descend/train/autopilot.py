@@ -416,13 +416,17 @@ def _adamw(
     return optim.adamw(lr=lr, weight_decay=wd, schedule=sched, mask=mask)
 
 
+#: How the schedule's text says that a stall starts the decay early (only where one can).
+_STALL_NOTE = " (started earlier if the validation loss stalls)"
+
+
 def _schedule_text(total: int | None) -> str:
     if total is None:
         return "constant (the data has no known length, so no schedule)"
     sched, warmup = _schedule(total)
     return (
         f"linear warmup {warmup} steps, the peak held, linear decay to 0 over steps "
-        f"{sched.start}-{total} (started earlier if the validation loss stalls)"
+        f"{sched.start}-{total}{_STALL_NOTE}"
     )
 
 
@@ -510,7 +514,7 @@ class _DecayOnStall(Callback):
                 loop,
                 loop.step,
                 f"the validation loss (its mean over {STALL_SMOOTHING} epochs) had not "
-                f"improved for {self.stall} epochs (best ending at epoch {best}), so the "
+                f"improved for {_epochs(self.stall)} (best ending at epoch {best}), so the "
                 f"decay started after epoch {loop.epoch} instead of at step "
                 f"{self.record.get('decay_default_start')}"
                 + (f", from the best weights (epoch {rewound})" if rewound else ""),
@@ -521,7 +525,7 @@ class _DecayOnStall(Callback):
             # One line in the progress output and the history, like the guard's rollbacks.
             loop.record_event(
                 "decay",
-                f"the validation loss has not improved for {self.stall} epochs: "
+                f"the validation loss has not improved for {_epochs(self.stall)}: "
                 + (f"back to epoch {rewound}'s weights (the best); " if rewound else "")
                 + f"the learning rate now decays to 0 over {sched.length} steps",
             )
@@ -578,6 +582,9 @@ def _with_decay(plan: Plan, sched: StableDecay, ctx: PlanContext) -> Plan:
     if stall is not None and getattr(ctx.bundle, "val", True) is not None:
         plan.record["decay_stall_epochs"] = stall
         plan.callbacks.append(_DecayOnStall(sched, plan.record, stall))
+    elif isinstance(plan.record.get("schedule"), str):
+        # No validation data or no early stopping: nothing starts the decay early.
+        plan.record["schedule"] = plan.record["schedule"].replace(_STALL_NOTE, "")
     return plan
 
 
@@ -630,6 +637,11 @@ def _make_loop(ctx: PlanContext, model: torch.nn.Module, tx: Transform, patience
 
 def _fmt(lr: float) -> str:
     return f"{lr:.3g}"
+
+
+def _epochs(n: int) -> str:
+    """``"1 epoch"``, ``"5 epochs"`` (as the loop's own sentences count)."""
+    return f"{n} epoch" if n == 1 else f"{n} epochs"
 
 
 # ---------------------------------------------------------------------------------- the policy
@@ -806,7 +818,7 @@ def _plan(ctx: PlanContext) -> Plan:
             "there is no validation data to race candidates on (a race judged by the "
             "training loss picks the fastest-fitting rate, not the one that generalizes)"
             if no_val
-            else f"a budget of {E} epochs affords no race after it"
+            else f"a budget of {_epochs(E)} affords no race after it"
         )
         # Without a race a regression loss takes the top of its span (short budgets want fast
         # rates); classification, whose log loss rises with the rate, and any run without
@@ -858,7 +870,7 @@ def _plan(ctx: PlanContext) -> Plan:
         _report(
             ctx,
             f"the range test put the ceiling at {ceiling_text}; racing {len(cands)} candidates "
-            f"({shown}) for about {max(1, round(MIN_RACE_FRACTION * E))} of {E} epochs",
+            f"({shown}) for about {max(1, round(MIN_RACE_FRACTION * E))} of {_epochs(E)}",
         )
     race.run()
     return race.plan(rt_record, ceiling, ceiling_text)
@@ -1278,14 +1290,31 @@ class _Race:
             else ""
         )
         won = f"lr={_fmt(w.lr)}" + (" with the stronger decay" if w in strong else "")
-        if K > 1:
+        if K > 1 and "diverged" in w.status:
+            # (the winner diverged only when every candidate still in the race did)
             why = (
                 f"the range test put the ceiling at {ceiling_text}; {raced} raced for "
-                f"{self.epoch} epochs and {won} had the lowest best loss ({w.best:.4g}); "
+                f"{_epochs(self.epoch)} and every candidate diverged (a loss that was not "
+                f"finite); {won} "
+                + (
+                    f"had the lowest best loss ({w.best:.4g}) before it did"
+                    if math.isfinite(w.best)
+                    else "is kept, the lowest rate: no epoch of theirs ended with a finite loss"
+                )
+            )
+        elif K > 1:
+            why = (
+                f"the range test put the ceiling at {ceiling_text}; {raced} raced for "
+                f"{_epochs(self.epoch)} and {won} had the lowest best loss ({w.best:.4g}); "
                 + (
                     f"it continues from epoch {loop.epoch} with its optimizer state"
                     if not finished
                     else "it had already stopped improving, so the run's patience ends it soon"
+                    if _ctx_get(self.ctx, "patience", 10)
+                    else (
+                        "it had already stopped improving; without early stopping it continues "
+                        f"from epoch {loop.epoch} to the end of the budget"
+                    )
                 )
             )
         else:
@@ -1318,8 +1347,8 @@ class _Race:
         )
         if K > 1:
             desc += (
-                f" — range test ceiling {_fmt(ceiling)}, raced {K} candidates for {self.epoch} "
-                f"epochs, continuing the winner from epoch {loop.epoch}"
+                f" — range test ceiling {_fmt(ceiling)}, raced {K} candidates for "
+                f"{_epochs(self.epoch)}, continuing the winner from epoch {loop.epoch}"
             )
         if self.resumed_from is not None:
             record["why"] += (

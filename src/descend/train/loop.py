@@ -2991,7 +2991,15 @@ def fit(
                 extra_callbacks = list(decision.callbacks)
             else:
                 decision = _autopilot.plan(ctx)
-                extra_callbacks = list(decision.callbacks) if resume_ckpt is None else []
+                extra_callbacks = list(decision.callbacks)
+                if resume_ckpt is not None:
+                    # (a checkpoint with no plan recorded, e.g. of a run with lr=): it holds
+                    # the state, so a race winner's is not adopted; the plan's other callbacks
+                    # (the stall-started decay its record states, the end of a run whose
+                    # planning was interrupted) are the run's own.
+                    for cb in extra_callbacks:
+                        if isinstance(cb, _autopilot._Handover):
+                            cb.ckpt = None
             tx, desc, autopilot = decision.tx, decision.description, decision.record
         elif isinstance(optimizer, str):
             kwargs = {"lr": lr} if lr is not None else {}
