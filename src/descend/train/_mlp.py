@@ -121,11 +121,20 @@ def _mse_closed(out: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, 
     the same bits (``2/n`` rounds to the same float either way)."""
     diff = out - target
     n = diff.numel()
-    if n > _DOT_MSE_MAX or diff.dtype not in (torch.float32, torch.float64):
+    if not _dot_ok(diff):
         return _MSE(out, target, 1), diff.mul_(2.0 / n)
+    return _dot_mse(diff), diff.mul_(_mse_scales(n, diff.dtype, diff.device)[1])
+
+
+def _dot_ok(diff: torch.Tensor) -> bool:
+    """Whether the residual takes the dot-product value: a small float32/float64 batch."""
+    return diff.numel() <= _DOT_MSE_MAX and diff.dtype in (torch.float32, torch.float64)
+
+
+def _dot_mse(diff: torch.Tensor) -> torch.Tensor:
+    """``diff·diff / n`` (the caller checked the size and dtype; ``diff`` is only read)."""
     flat = diff.reshape(-1)  # (a view where the output is contiguous, as a Linear's is)
-    inv, two = _mse_scales(n, diff.dtype, diff.device)
-    return torch.dot(flat, flat).mul_(inv), diff.mul_(two)
+    return torch.dot(flat, flat).mul_(_mse_scales(flat.numel(), diff.dtype, diff.device)[0])
 
 
 def loss_grad(
@@ -178,7 +187,11 @@ def loss_value(loss: object, out: torch.Tensor, target: torch.Tensor | None) -> 
         return None
     assert target is not None
     if kind == "mse":
-        return _mse_closed(out, target)[0]
+        # the value alone (no gradient to scale): the same number as the training step's
+        diff = out - target
+        if not _dot_ok(diff):
+            return _MSE(out, target, 1)
+        return _dot_mse(diff)
     return F.cross_entropy(out, target if target.dtype == torch.long else target.long())
 
 
