@@ -226,6 +226,29 @@ def test_history_records_steps_and_epochs(digits):
     assert h.train_loss[0] == pytest.approx(np.mean(h.step_loss[:steps_per_epoch]))
 
 
+def test_the_epoch_training_loss_weights_its_batches_by_rows():
+    # 50 rows in batches of 32 and 18: the epoch's training loss is the mean over its samples
+    # (as scikit-learn's loss_curve_), not the mean of the two batch means. Unweighted, the
+    # 18-row batch counted as much as the 32-row one: a slowly falling loss read +-10% noise,
+    # and a fit at lr=0.01 stopped "converged" after 12 of 100 epochs at R² 0.02.
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(50, 5, generator=g)
+    y = (X @ torch.randn(5, generator=g) * 3000 + 300 * torch.randn(50, generator=g))[:, None]
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
+    r = descend.fit(model, (X, y), "mse", lr=0.01, validation=None, verbose=0, seed=0)
+    h = r.history
+    for e in range(3):
+        a, b = h.step_loss[2 * e : 2 * e + 2]
+        assert h.train_loss[e] == pytest.approx((32 * a + 18 * b) / 50, rel=1e-12)
+        assert h.train_loss[e] != pytest.approx((a + b) / 2, rel=1e-3)
+    assert r.epochs == 100 and r.stop_reason is StopReason.MAX_EPOCHS
+    # Batches of one size keep the plain mean, to the bit.
+    r = descend.fit(mlp(5, 8, 1), (X[:48], y[:48]), "mse", lr=0.01, epochs=2, batch_size=16,
+                    validation=None, verbose=0, seed=0)  # fmt: skip
+    assert r.history.train_loss[0] == sum(r.history.step_loss[:3]) / 3
+
+
 def test_early_stopping_restores_best_weights():
     torch.manual_seed(0)
     # Tiny noisy set + big model: validation loss rises after a while.

@@ -414,6 +414,18 @@ class ResidentSource(Source):
         self._last_hi = n
         return True
 
+    def batch_rows(self) -> list[int]:
+        """The rows of each of an epoch's batches, in order (the same every epoch: the
+        permutation only changes which rows): the epoch's training loss weights its batches'
+        mean losses by them, so a small last batch counts for its rows, not for a full batch."""
+        bs, n = self.batch_size, self.n_samples or 0
+        if self._full or bs is None:
+            return [n]
+        rows = [bs] * self.num_batches
+        if not self.drop_last:
+            rows[-1] = (self._last_hi or n) - (self.num_batches - 1) * bs
+        return rows
+
     def shard_for(self, world: World) -> None:
         """Split every batch among the processes of ``world`` (a
         :class:`descend.distributed.World`): each takes its contiguous share of the batch's rows,

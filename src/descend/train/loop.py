@@ -1618,7 +1618,7 @@ class Loop:
         self._ep_losses, self._ep_norms, self._ep_lrs = [], [], []
         self.batch = 0
         finite = [v for v in losses if math.isfinite(v)]
-        train_loss = sum(finite) / len(finite) if finite else math.nan
+        train_loss = self._epoch_mean(losses, finite)
         self.epoch += 1
         h.epoch.append(self.epoch)
         h.epoch_steps.append(len(h.step_lr))
@@ -1633,6 +1633,22 @@ class Loop:
         finally:
             if swapped:
                 swap_to_train(self.opt_state, self.params)
+
+    def _epoch_mean(self, losses: list[float], finite: list[float]) -> float:
+        """The epoch's training loss: its finite batch losses weighted by their rows (resident
+        data; as scikit-learn's loss_curve_ and Keras' loss tracker), the mean over the samples
+        the epoch trained on. An unweighted mean of batch means counts a small last batch as a
+        full one: 50 rows in batches of 32 and 18 gave each 18 rows the weight of 32, and a
+        fit whose loss was falling ~0.3% an epoch read +-10% noise, stopped "converged" after 12
+        epochs and restored epoch 2. (Streamed batches count one each, their sizes not known
+        ahead; with sample weights a batch counts for its rows, not for its weight.)"""
+        src = self.bundle.train
+        rows = src.batch_rows() if src.resident else None
+        if not finite or rows is None or len(losses) > len(rows) or len(set(rows)) < 2:
+            # (batches of one size: the plain mean, to the bit)
+            return sum(finite) / len(finite) if finite else math.nan
+        kept = [(r, v) for r, v in zip(rows, losses) if math.isfinite(v)]
+        return sum(r * v for r, v in kept) / sum(r for r, _ in kept)
 
     def _has_averaged_point(self) -> bool:
         """Whether the optimizer state holds a schedule-free averaged point to evaluate at.

@@ -45,9 +45,10 @@ class History:
 
     Per step: ``step_loss`` (training loss of the batch), ``step_lr`` (learning rate applied),
     ``step_grad_norm`` (global L2 norm of the gradients before any clipping).
-    Per epoch: ``epoch`` (1-based), ``train_loss`` (mean of the epoch's batch losses),
-    ``val_loss``, ``metric`` (validation metric named ``metric_name``; training metric when there
-    is no validation data), ``time`` (seconds since the start of ``fit`` at the end of the epoch).
+    Per epoch: ``epoch`` (1-based), ``train_loss`` (the epoch's batch losses averaged by their
+    rows for data in memory: the mean over its samples; by batch for a stream), ``val_loss``,
+    ``metric`` (validation metric named ``metric_name``; training metric when there is no
+    validation data), ``time`` (seconds since the start of ``fit`` at the end of the epoch).
     ``improved``: whether each epoch improved on the best so far (its weights were kept).
     ``epoch_steps``: how many steps the history held at the end of each epoch (a last epoch cut
     short by a stop or ``max_time`` has fewer than the others).
