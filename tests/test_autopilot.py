@@ -176,6 +176,66 @@ def test_a_sweep_further_is_read_only_where_it_goes_beyond_the_first(monkeypatch
     assert ceiling == pytest.approx(rt["min_lr"] / 10, rel=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("far_dip", "reads"),
+    [(8.0, "far"), (0.1, "near")],
+    ids=["far-minimum-above-the-top", "far-minimum-inside-the-first-range"],
+)
+def test_a_sweep_still_falling_at_its_top_is_swept_on(monkeypatch, far_dip, reads):
+    # The first sweep falls all the way to its top rate (1): the top is no ceiling, so the
+    # policy sweeps on to 100 at the same number of steps, and reads that sweep only where it
+    # bottoms above 1; otherwise the first reading (its top / 10) stands.
+    calls = []
+
+    def sweep(*a, start_lr, end_lr, steps, **k):
+        calls.append((end_lr, steps))
+        lrs = [start_lr * (end_lr / start_lr) ** (i / (steps - 1)) for i in range(steps)]
+        if end_lr <= autopilot.RT_END:
+            return lrs, [1.0 / (1 + lr) for lr in lrs]
+        i_dip = min(range(steps), key=lambda i: abs(math.log(lrs[i] / far_dip)))
+        return lrs, [1.0 - 0.5 * math.exp(-((i - i_dip) ** 2) / 50) for i in range(steps)]
+
+    monkeypatch.setattr(autopilot._lr_find, "sweep", sweep)
+    X, _ = _clf()
+    r = _fit(_mlp(o=1), (X, X[:, :1]), "mse", epochs=20, validation=None)
+    first = calls[0][1]
+    assert calls == [(autopilot.RT_END, first), (autopilot.RT_FAR, first)]
+    rt = r.autopilot["range_test"]
+    ceiling = r.autopilot["lr"] * math.sqrt(autopilot.SPAN)  # no race: the span's middle
+    assert rt["steps"] == 2 * first and "still falling at the sweep's top" in rt["note"]
+    if reads == "far":
+        assert rt["end_lr"] == pytest.approx(autopilot.RT_FAR)
+        assert 4.0 < rt["min_lr"] < 30.0 and "which is read" in rt["note"]
+    else:
+        assert rt["end_lr"] == pytest.approx(autopilot.RT_END)
+        assert rt["min_lr"] == pytest.approx(autopilot.RT_END)
+        assert "first reading stands" in rt["note"]
+    assert ceiling == pytest.approx(rt["min_lr"] / 10, rel=1e-6)
+    # A classification loss keeps the first reading: its scale is set by its classes, and a
+    # short sweep's smoothing lag puts its minimum at the top.
+    calls.clear()
+    r = _fit(_mlp(), _clf(), epochs=20, validation=None)
+    assert calls == [(autopilot.RT_END, first)]
+    assert r.autopilot["range_test"]["min_lr"] == pytest.approx(autopilot.RT_END)
+
+
+def test_raw_regression_targets_in_the_thousands_are_fitted():
+    # 50 rows whose targets spread over thousands, no validation split: a sweep to 1 was
+    # still falling at its top, read a ceiling of 0.1, trained at 0.05 and reached R² 0.02
+    # (rates of 0.3-3 reach 0.99). Swept on, the policy reads a rate in that range.
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(50, 5, generator=g)
+    y = (X @ torch.randn(5, generator=g) * 3000 + 300 * torch.randn(50, generator=g))[:, None]
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
+    r = _fit(model, (X, y), "mse", epochs=100, validation=None)
+    assert r.autopilot["range_test"]["end_lr"] == pytest.approx(autopilot.RT_FAR)
+    assert r.autopilot["lr"] > 0.2
+    with torch.no_grad():
+        r2 = 1 - float(((model(X) - y) ** 2).mean() / y.var(unbiased=False))
+    assert r2 > 0.95
+
+
 def test_a_plateau_the_first_sweep_cannot_leave_is_swept_again_slower(monkeypatch):
     # A first sweep that stays at the starting loss (a GRU on a sequence task for 50 steps),
     # and the same range in twice the steps that falls clearly, bottoming at 0.3: the slower

@@ -162,6 +162,25 @@ def test_a_sharp_valley_is_read_at_its_minimum():
     assert 0.01 < a["min_lr"] < 0.06
 
 
+def test_a_curve_still_falling_at_the_top_of_the_sweep_is_flagged():
+    # The loss falls from 1 and is still falling at the sweep's last rate: that rate is no
+    # ceiling ("at_top"). A curve whose minimum lies before the top, or that blows up, is not.
+    def falling(lr):
+        return 1.0 / (1 + lr)
+
+    def valley(lr):
+        x = math.log10(lr / 0.03)
+        return 0.3 + 2.0 / (1 + math.exp(4 * (x + 1.5))) + (5.0 * x * x if x > 0 else 0.0)
+
+    lrs, losses = _sweep_curve(falling)
+    a = analyze(lrs, losses)
+    assert a["descended"] and not a["diverged"] and a["at_top"]
+    assert a["min_lr"] == lrs[-1]
+    assert not analyze(*_sweep_curve(valley))["at_top"]
+    blown = [*losses[:-5], float("nan")]
+    assert not analyze(lrs[: len(blown)], blown)["at_top"]
+
+
 def test_a_flat_bottom_is_read_at_its_left_edge():
     # falls to a floor at lr ~0.01 and stays there up to lr 1 (batch norm: no blow-up), with
     # noise: the minimum lands anywhere on the floor, the floor's left edge does not move

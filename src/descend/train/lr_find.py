@@ -211,7 +211,9 @@ def analyze(
     ``DESCENT_NOISE`` times its own noise, or 3 times with its minimum within ``NEAR_EDGE`` of
     the stable edge), ``diverged`` (the sweep ended in a blow-up), ``valley`` (the lowest and
     highest rate within ``VALLEY_SHARE`` of the fall above the minimum, or None) and ``flat_bottom``
-    (the valley spans more than ``FLAT_DECADES``: the suggestion is then its lowest rate / 10).
+    (the valley spans more than ``FLAT_DECADES``: the suggestion is then its lowest rate / 10),
+    and ``at_top`` (the sweep descended, did not blow up, and its smoothed minimum is its last
+    point: the loss was still falling at the top rate, which is then no ceiling).
     A sweep that did not descend only tried rates too small to matter below its stable edge
     (the last rate before the loss rose for good, the top of the sweep if it never did): its
     suggestion is that rate divided by the same 10.
@@ -240,6 +242,7 @@ def analyze(
             "diverged": True,
             "valley": None,
             "flat_bottom": False,
+            "at_top": False,
         }
     # The first points are the EMA warming up on a handful of batches: not a minimum to trust.
     first = warm if len(sm) > warm else 0
@@ -305,6 +308,7 @@ def analyze(
         "diverged": diverged,
         "valley": valley,
         "flat_bottom": flat,
+        "at_top": descended and not diverged and i_min == len(lrs) - 1,
     }
 
 
