@@ -213,6 +213,55 @@ def test_a_spike_at_the_rolled_back_weights_recalibrates_instead_of_cutting_the_
     assert [k for k, _ in loop.events] == ["rollback"] and loop.lr_state["scale"] == 0.3
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.2], ids=["plain", "dropout"])
+def test_a_spike_that_the_batch_had_at_the_last_good_weights_is_not_a_divergence(dropout):
+    # The run's first batch (1.76) was an easy one; the second (4.57 after one step at
+    # lr=0.01) was read as a 2.6x spike and the third confirmed it: the run was rolled back and
+    # its explicit rate cut to 0.3x. The same batch at the rollback point's weights is just as
+    # high: the batch is hard, the rate is not the cause. The run is now exactly the unguarded
+    # one (the look at the batch runs under a forked random state: dropout draws the same).
+    torch.manual_seed(236)
+    X = torch.randn(64, 2)
+    y = X[:, :1].clone()
+
+    def fit(guard):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(
+            torch.nn.Linear(2, 16),
+            torch.nn.Dropout(dropout),
+            torch.nn.ReLU(),
+            torch.nn.Linear(16, 1),
+        )
+        r = descend.fit(model, (X, y), "mse", lr=0.01, epochs=3, verbose=0, seed=0, guard=guard)
+        return r, model
+
+    guarded, m1 = fit(True)
+    bare, m2 = fit(False)
+    assert [e["kind"] for e in guarded.history.events] == ["recalibrated"]
+    assert "at the last good weights was" in guarded.history.events[0]["message"]
+    assert guarded.history.step_lr == bare.history.step_lr  # the rate the user asked for
+    assert guarded.history.step_loss == bare.history.step_loss
+    assert all(
+        torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values())
+    )
+
+
+def test_a_linear_regression_on_small_batches_keeps_its_explicit_rate():
+    # Batches of 8 at an explicit lr=0.01, batch losses 0.7-6.4 around 2.9: a hard batch early
+    # on was read as a spike against a level of one or two batches (rolled back, the rate cut).
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(128, 5, generator=g)
+    y = X @ torch.randn(5, 1, generator=g)
+    runs = []
+    for guard_on in (True, False):
+        torch.manual_seed(0)
+        runs.append(descend.fit(torch.nn.Linear(5, 1), (X, y), "mse", lr=0.01, epochs=10,
+                                batch_size=8, validation=None, verbose=0, seed=0,
+                                guard=guard_on))  # fmt: skip
+    assert "rollback" not in [e["kind"] for e in runs[0].history.events]
+    assert runs[0].history.step_loss == runs[1].history.step_loss
+
+
 def test_snapshot_points_on_short_epochs_follow_the_step_count(digits, monkeypatch):
     # Full-batch epochs (1 step each): the guard snapshots at the run's start and every 25
     # steps (epoch starts 0, 25, 50), not at every epoch start, where the copy was ~10% of a
@@ -274,7 +323,10 @@ class _Spiky(torch.nn.Module):
 
     def forward(self, x):
         out = self.inner(x)
-        return out * 300.0 if self.training and self.next_step in self.bad else out
+        # (a spike of the training step's weights: the guard's look at a spiking batch at the
+        # last good weights, a forward pass without a graph, sees the model as it was)
+        spike = self.training and torch.is_grad_enabled() and self.next_step in self.bad
+        return out * 300.0 if spike else out
 
 
 class _Tick(descend.Callback):

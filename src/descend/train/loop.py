@@ -2263,7 +2263,7 @@ class Loop:
             self._ep_norms.append(gnorm)
             lr_state = self.lr_state
             self._ep_lrs.append(float(lr_state["lr"]) if lr_state is not None else math.nan)
-            if guard is not None and guard.after_step(self, value, gnorm) == "diverged":
+            if guard is not None and guard.after_step(self, value, gnorm, batch) == "diverged":
                 return StopReason.DIVERGED
             if self.step_callbacks:
                 # the step's numbers for on_step_end (history gets them at the epoch's end)
