@@ -97,6 +97,9 @@ class LRFindResult:
             above the minimum (None when the loss did not descend).
         flat_bottom: the valley spans more than a decade: the suggestion is its lowest
             rate / 10, not the minimum's.
+        at_top: the loss was still falling at ``end_lr`` (its smoothed minimum is the sweep's
+            last rate): the rate that fits lies beyond the sweep (raw regression targets in
+            the thousands); ``stop`` says to sweep further.
     """
 
     lrs: list[float]
@@ -111,6 +114,7 @@ class LRFindResult:
     extra: dict[str, Any] = field(default_factory=dict)
     valley: tuple[float, float] | None = None
     flat_bottom: bool = False
+    at_top: bool = False
 
     def __repr__(self) -> str:
         st = f"{self.steepest:.3g}" if self.steepest is not None else "None"
@@ -649,6 +653,12 @@ def _result(
         stop = f"the smoothed loss passed {diverge:g}x its minimum at lr={lrs[-1]:.3g}"
     else:
         stop = f"reached end_lr={end_lr:g} after {len(lrs)} steps"
+        if a["at_top"]:
+            stop += (
+                "; the loss was still falling there (its minimum is the sweep's last rate), so "
+                "the suggestion is a floor, not a reading: sweep further, e.g. "
+                f"end_lr={end_lr * 100:g}"
+            )
     return LRFindResult(
         lrs=lrs,
         losses=losses,
@@ -661,4 +671,5 @@ def _result(
         optimizer=optimizer,
         valley=a["valley"],
         flat_bottom=a["flat_bottom"],
+        at_top=a["at_top"],
     )
