@@ -92,7 +92,7 @@ ORACLE = {
     # torch's (and optax's) spelling: sgd with the momentum keywords
     "sgd-momentum": (
         lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, dampening=0.1, weight_decay=0.01),
-        lambda impl: optim.sgd(0.05, 0.01, momentum=0.9, dampening=0.1, impl=impl),
+        lambda impl: optim.sgd(0.05, weight_decay=0.01, momentum=0.9, dampening=0.1, impl=impl),
     ),
     "sgd-nesterov": (
         lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True),
@@ -563,3 +563,35 @@ def test_complex_parameters_follow_view_as_real_or_are_refused(name):
     else:
         with pytest.raises(ConfigError, match=r"parameter 'z' must be real.*view_as_real"):
             run(True)
+
+
+def test_positional_arguments_follow_torch_optims_order():
+    # Code ported from torch passes options by position: descend's sgd(lr, weight_decay) read
+    # torch's SGD(params, 0.1, 0.9) as weight decay 0.9, and rmsprop's fourth positional was
+    # `centered` where torch's is weight_decay. Every positional shared with torch.optim is now
+    # at torch's place (descend's extras only after torch's last positional).
+    import inspect
+
+    pairs = {
+        optim.sgd: torch.optim.SGD,
+        optim.adam: torch.optim.Adam,
+        optim.adamw: torch.optim.AdamW,
+        optim.rmsprop: torch.optim.RMSprop,
+        optim.adagrad: torch.optim.Adagrad,
+        optim.nadam: torch.optim.NAdam,
+    }
+
+    def positional(f, skip=0):
+        params = list(inspect.signature(f).parameters.values())[skip:]
+        return [p.name for p in params if p.kind == p.POSITIONAL_OR_KEYWORD]
+
+    for ours, theirs in pairs.items():
+        mine, torchs = positional(ours), positional(theirs, skip=1)  # (torch's params first)
+        assert mine[: len(torchs)] == torchs[: len(mine)], (ours.__name__, mine, torchs)
+    # and the call that used to go wrong does what it does in torch
+    w = {"w": torch.ones(1)}
+    tx = optim.sgd(0.1, 0.9)
+    state = tx.init(w)
+    for _ in range(2):
+        updates, state = tx.update({"w": torch.ones(1)}, state, w)
+    assert float(updates["w"]) == pytest.approx(-0.1 * 1.9)  # momentum: the second step is 1.9 g

@@ -306,24 +306,25 @@ def _described(factory: Callable[..., Transform]) -> Callable[..., Transform]:
 @_described
 def sgd(
     lr: float,
-    weight_decay: float = 0.0,
-    *,
     momentum: float = 0.0,
     dampening: float = 0.0,
+    weight_decay: float = 0.0,
     nesterov: bool = False,
+    *,
     schedule: Schedule | None = None,
     max_grad_norm: float | None = None,
     impl: Impl = "auto",
 ) -> Transform:
     """Gradient descent, as ``torch.optim.SGD``: plain ``θ ← θ − η · (∇L + λ θ)``, or with
     ``momentum`` (and ``dampening``, ``nesterov``) exactly :func:`momentum` and
-    :func:`nesterov` — the keywords torch's and optax's ``sgd`` take.
+    :func:`nesterov` — the keywords torch's and optax's ``sgd`` take, in ``torch.optim.SGD``'s
+    order (``sgd(0.1, 0.9)`` is momentum 0.9, as in torch).
 
     Args:
         lr: η > 0.
-        weight_decay: λ >= 0, coupled L2 (added to the gradient).
         momentum: μ in [0, 1); 0 keeps no momentum buffer.
         dampening: in [0, 1], for ``momentum > 0``.
+        weight_decay: λ >= 0, coupled L2 (added to the gradient).
         nesterov: Nesterov momentum (needs ``momentum > 0`` and ``dampening=0``, as in torch).
         schedule, max_grad_norm, impl: see the module docstring.
 
@@ -476,9 +477,9 @@ def rmsprop(
     lr: float = 1e-2,
     alpha: float = 0.99,
     eps: float = 1e-8,
-    centered: bool = False,
-    momentum: float = 0.0,
     weight_decay: float = 0.0,
+    momentum: float = 0.0,
+    centered: bool = False,
     *,
     schedule: Schedule | None = None,
     max_grad_norm: float | None = None,
@@ -489,13 +490,13 @@ def rmsprop(
         s ← α s + (1 − α) g²,   r = g / (sqrt(s − a²) + ε)   (a = mean of g, centered only)
         b ← μ b + r,            θ ← θ − η b                   (b = r when momentum = 0)
 
-    Args:
+    Args (in ``torch.optim.RMSprop``'s order):
         lr: η > 0.
         alpha: α in [0, 1).
         eps: ε >= 0.
-        centered: normalize by the variance estimate.
-        momentum: μ in [0, 1).
         weight_decay: λ >= 0, coupled L2.
+        momentum: μ in [0, 1).
+        centered: normalize by the variance estimate.
         schedule, max_grad_norm, impl: see the module docstring.
     """
     owner = "rmsprop"
