@@ -197,7 +197,8 @@ def test_a_sweep_still_falling_at_its_top_is_swept_on(monkeypatch, far_dip, read
 
     monkeypatch.setattr(autopilot._lr_find, "sweep", sweep)
     X, _ = _clf()
-    r = _fit(_mlp(o=1), (X, X[:, :1]), "mse", epochs=20, validation=None)
+    raw = 300 * X[:, :1] + 1000  # targets far from standardized (root mean square ~1,000)
+    r = _fit(_mlp(o=1), (X, raw), "mse", epochs=20, validation=None)
     first = calls[0][1]
     assert calls == [(autopilot.RT_END, first), (autopilot.RT_FAR, first)]
     rt = r.autopilot["range_test"]
@@ -211,12 +212,13 @@ def test_a_sweep_still_falling_at_its_top_is_swept_on(monkeypatch, far_dip, read
         assert rt["min_lr"] == pytest.approx(autopilot.RT_END)
         assert "first reading stands" in rt["note"]
     assert ceiling == pytest.approx(rt["min_lr"] / 10, rel=1e-6)
-    # A classification loss keeps the first reading: its scale is set by its classes, and a
-    # short sweep's smoothing lag puts its minimum at the top.
-    calls.clear()
-    r = _fit(_mlp(), _clf(), epochs=20, validation=None)
-    assert calls == [(autopilot.RT_END, first)]
-    assert r.autopilot["range_test"]["min_lr"] == pytest.approx(autopilot.RT_END)
+    # Standardized targets (a sweep kept falling by raw features, say) and a classification
+    # loss (a short sweep's smoothing lag) keep the first reading.
+    for data, loss, model in [((X, X[:, :1]), "mse", _mlp(o=1)), (_clf(), "cross_entropy", _mlp())]:
+        calls.clear()
+        r = _fit(model, data, loss, epochs=20, validation=None)
+        assert calls == [(autopilot.RT_END, first)]
+        assert r.autopilot["range_test"]["min_lr"] == pytest.approx(autopilot.RT_END)
 
 
 def test_raw_regression_targets_in_the_thousands_are_fitted():
