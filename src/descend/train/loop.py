@@ -2527,6 +2527,31 @@ def _check_streamed_validation_labels(bundle: D.Bundle) -> None:
     )
 
 
+def _warn_unscaled_features(bundle: D.Bundle) -> None:
+    """Warn, once per fit, when the training features (in memory, floating point) reach beyond
+    ``UNSCALED`` in absolute value: a network trains best on standardized inputs, and no
+    learning rate makes up for it (features ~300 +- 100 with standardized targets: test R²
+    0.84-0.90 where the standardized features reach 0.92-0.98; ~1e4: -0.30 to 0.17;
+    benchmarks/RESULTS.md, raw targets). The CLI and the estimators standardize for you."""
+    src = bundle.train
+    if not src.resident:
+        return
+    top = 0.0
+    for t in D.inputs_of(src.X):
+        if torch.is_tensor(t) and t.is_floating_point() and t.numel():
+            lo, hi = torch.aminmax(t.detach())  # no |t| copy of a large resident set
+            top = max(top, -float(lo), float(hi))
+    if top > UNSCALED:
+        warnings.warn(
+            f"descend: the features reach {top:.3g} in absolute value; a network trains best on "
+            "standardized inputs (mean 0, standard deviation 1 per column): fit e.g. sklearn's "
+            "StandardScaler on the training rows and apply it to every split (the descend CLI "
+            "and estimators do this for you)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
 def _split_batches(
     bundle: D.Bundle, world: dist_.World, batch_size: int | None, model: torch.nn.Module
 ) -> None:
@@ -2960,6 +2985,8 @@ def fit(
         _keep_label_values(bundle, module, ignore)
         _check_streamed_validation_labels(bundle)
         _split_batches(bundle, world, batch_size, module)
+        if world.is_main:
+            _warn_unscaled_features(bundle)
         autopilot = None
         extra_callbacks: list[Callback] = []
         # Made before planning: the default policy's range test and race come before step 1
