@@ -1762,15 +1762,11 @@ class Loop:
         src = self.bundle.train
         if not src.resident:
             return ""
-        parts = []
-        named = [("features", t) for t in D.inputs_of(src.X)] + [("targets", src.y)]
-        for name, t in named:
-            if t is None or not t.is_floating_point() or t.numel() == 0:
-                continue
-            lo, hi = torch.aminmax(t.detach())  # no |t| copy of a large resident set
-            top = max(-float(lo), float(hi))
-            if top > UNSCALED:
-                parts.append(f"the {name} reach {top:.3g} in absolute value")
+        parts = [
+            f"the {name} reach {top:.3g} in absolute value"
+            for name, t in (("features", D.inputs_of(src.X)), ("targets", [src.y]))
+            if (top := _largest(t)) > UNSCALED
+        ]
         if not parts:
             return ""
         return (
@@ -2527,6 +2523,16 @@ def _check_streamed_validation_labels(bundle: D.Bundle) -> None:
     )
 
 
+def _largest(tensors: Any) -> float:
+    """The largest absolute value among the floating-point tensors of ``tensors`` (0 if none)."""
+    top = 0.0
+    for t in tensors:
+        if torch.is_tensor(t) and t.is_floating_point() and t.numel():
+            lo, hi = torch.aminmax(t.detach())  # no |t| copy of a large resident set
+            top = max(top, -float(lo), float(hi))
+    return top
+
+
 def _warn_unscaled_features(bundle: D.Bundle) -> None:
     """Warn, once per fit, when the training features (in memory, floating point) reach beyond
     ``UNSCALED`` in absolute value: a network trains best on standardized inputs, and no
@@ -2536,11 +2542,7 @@ def _warn_unscaled_features(bundle: D.Bundle) -> None:
     src = bundle.train
     if not src.resident:
         return
-    top = 0.0
-    for t in D.inputs_of(src.X):
-        if torch.is_tensor(t) and t.is_floating_point() and t.numel():
-            lo, hi = torch.aminmax(t.detach())  # no |t| copy of a large resident set
-            top = max(top, -float(lo), float(hi))
+    top = _largest(D.inputs_of(src.X))
     if top > UNSCALED:
         warnings.warn(
             f"descend: the features reach {top:.3g} in absolute value; a network trains best on "
