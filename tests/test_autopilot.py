@@ -15,6 +15,7 @@ import descend
 from descend import schedules
 from descend.train import autopilot
 from descend.train.callbacks import PlainProgress
+from helpers.raw_targets import raw_targets_50
 
 
 def _clf(n=400, seed=0):
@@ -225,11 +226,7 @@ def test_raw_regression_targets_in_the_thousands_are_fitted():
     # 50 rows whose targets spread over thousands, no validation split: a sweep to 1 was
     # still falling at its top, read a ceiling of 0.1, trained at 0.05 and reached R² 0.02
     # (rates of 0.3-3 reach 0.99). Swept on, the policy reads a rate in that range.
-    g = torch.Generator().manual_seed(0)
-    X = torch.randn(50, 5, generator=g)
-    y = (X @ torch.randn(5, generator=g) * 3000 + 300 * torch.randn(50, generator=g))[:, None]
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(5, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
+    X, y, model = raw_targets_50()
     r = _fit(model, (X, y), "mse", epochs=100, validation=None)
     assert r.autopilot["range_test"]["end_lr"] == pytest.approx(autopilot.RT_FAR)
     assert r.autopilot["lr"] > 0.2

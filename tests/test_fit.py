@@ -16,6 +16,7 @@ import descend
 from descend import ConfigError, InputError, StopReason
 from descend.train.callbacks import PlainProgress
 from helpers.optim_common import tensors_in
+from helpers.raw_targets import raw_targets_50
 
 
 def mlp(i, h, o):
@@ -231,11 +232,7 @@ def test_the_epoch_training_loss_weights_its_batches_by_rows():
     # (as scikit-learn's loss_curve_), not the mean of the two batch means. Unweighted, the
     # 18-row batch counted as much as the 32-row one: a slowly falling loss read +-10% noise,
     # and a fit at lr=0.01 stopped "converged" after 12 of 100 epochs at R² 0.02.
-    g = torch.Generator().manual_seed(0)
-    X = torch.randn(50, 5, generator=g)
-    y = (X @ torch.randn(5, generator=g) * 3000 + 300 * torch.randn(50, generator=g))[:, None]
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(5, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
+    X, y, model = raw_targets_50()
     r = descend.fit(model, (X, y), "mse", lr=0.01, validation=None, verbose=0, seed=0)
     h = r.history
     for e in range(3):

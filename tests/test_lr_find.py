@@ -13,6 +13,7 @@ import torch
 import descend
 from descend import ConfigError
 from descend.train.lr_find import LRFindResult, analyze, lr_find
+from helpers.raw_targets import raw_targets_50
 
 
 def _regression(n=512, seed=0):
@@ -184,11 +185,7 @@ def test_a_curve_still_falling_at_the_top_of_the_sweep_is_flagged():
 def test_lr_find_says_when_the_loss_was_still_falling_at_end_lr():
     # Targets spread over thousands: Adam at rates up to 1 has only begun to fit them, the
     # minimum is the sweep's last rate, and min/10 is a floor, not a reading: lr_find says so.
-    g = torch.Generator().manual_seed(0)
-    X = torch.randn(50, 5, generator=g)
-    y = (X @ torch.randn(5, generator=g) * 3000 + 300 * torch.randn(50, generator=g))[:, None]
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(5, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
+    X, y, model = raw_targets_50()
     r = lr_find(model, (X, y), "mse", end_lr=1.0, steps=100)
     assert r.at_top and r.min_lr == r.lrs[-1]
     assert "still falling" in r.stop and "end_lr=100" in r.stop
