@@ -1328,7 +1328,7 @@ def test_a_warm_start_from_an_ended_schedule_says_it_cannot_train():
     model = torch.nn.Linear(3, 1)
     r1 = descend.fit(model, (X, y), "mse", epochs=4, **kw)
     assert r1.history.step_lr[-1] > 0  # the last step of the budget still moved
-    assert not r1.history.events
+    assert not [e for e in r1.history.events if e["kind"] != "polish"]  # (L-BFGS finished it)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.warns(RuntimeWarning, match="learning rate of 0") as caught:
         r2 = descend.fit(model, (X, y), "mse", optimizer=r1.tx, opt_state=r1.opt_state,
@@ -1384,7 +1384,7 @@ def test_resuming_a_default_plan_with_a_larger_budget_says_its_rate_stays_at_zer
     with pytest.warns(RuntimeWarning, match="epoch 4 ran at a learning rate of 0"):
         r = descend.fit(torch.nn.Linear(3, 1), (X, y), "mse", epochs=5, resume=True, **kw)
     assert r.history.step_lr[-8:] == [0.0] * 8
-    assert [e["kind"] for e in r.history.events] == ["rate_zero"]
+    assert [e["kind"] for e in r.history.events if e["kind"] != "polish"] == ["rate_zero"]
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])

@@ -63,6 +63,11 @@ What it does (every number it decides by is in ``Result.autopilot``):
    (synthetic-clf-20k 0.881 → 0.794 of tuned AdamW's validation loss, test 0.868 → 0.768).
    The decay's start is in ``record["decay"]``: checkpoints carry it, and a resumed run
    re-takes a decision its checkpoint was written just before.
+5. **Polish a curve fit** (:func:`polish`, session 28). A model too small to memorize its
+   data (a regression loss with at least ``SAMPLES_PER_PARAMETER`` training samples per
+   parameter, at most ``POLISH_MAX_PARAMS`` parameters, no train/eval behaviour, data in
+   memory) is finished with full-batch L-BFGS from where the run ended, kept unless the
+   validation loss is clearly worse; ``record["polish"]``.
 
 When the budget affords no race (a few epochs), or there is no validation data to judge a
 race by, the range test alone decides and the run is an ordinary run from step 1, at the span's
@@ -106,7 +111,9 @@ and no autopilot record; with ``optimizer=`` this module is not consulted at all
 from __future__ import annotations
 
 import copy
+import itertools
 import math
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -1494,3 +1501,199 @@ def default_optimizer(
         "why": "fixed fallback: AdamW 1e-3 with warmup, held, decayed over the last 20% of the budget",
     }
     return _adamw(base_lr, total), f"adamw(lr={base_lr:g})", record
+
+
+# ------------------------------------------------------------------------- the final polish
+
+#: The polish runs for models of at most this many trainable parameters (L-BFGS keeps 2 x 20
+#: vectors of them) and at most this many L-BFGS iterations (about 1.25 objective evaluations,
+#: each a pass over the training data, per iteration).
+POLISH_MAX_PARAMS = 10_000
+POLISH_ITERATIONS = 100
+#: ... and training sets of at most this many rows (one forward pass holds all of them).
+POLISH_MAX_ROWS = 100_000
+
+#: The run's stop reasons after which the polish runs: training ended on its own rules (not
+#: interrupted, diverged, out of time or stopped by a callback).
+_POLISH_AFTER = frozenset(
+    {StopReason.MAX_EPOCHS, StopReason.PATIENCE, StopReason.CONVERGED, StopReason.DECAYED}
+)
+
+
+def polish(loop: Loop, reason: StopReason) -> tuple[float, str] | None:
+    """After a run the policy planned, minimize the training loss of a model too small to
+    memorize its data with full-batch L-BFGS, and keep the result unless the validation loss
+    is clearly worse (without validation data: unless the training loss is not lower).
+    Return ``(the new best loss, a sentence for the stop message)``, or None when it did not
+    run or was not kept; the record is ``Result.autopilot["polish"]``.
+
+    Where it runs: the policy chose the optimizer (no ``optimizer=`` or ``lr=``; a warm start
+    passes its ``optimizer=``), a regression loss, at least ``SAMPLES_PER_PARAMETER`` training
+    samples per parameter (the rule that also leaves out the weight decay, so the run and the
+    polish minimize the same objective), at most ``POLISH_MAX_PARAMS`` parameters and
+    ``POLISH_MAX_ROWS`` training rows in memory, fp32, one process, and a model with no
+    train/eval behaviour (no dropout or batch norm; a plain function ``fn(x, params)``
+    counts) whose loss is the same number when evaluated twice.
+
+    Why: such a model is a curve fit, and a curve fit's loss is smooth, deterministic and often
+    ill-conditioned — parameters of very different scales (a Michaelis-Menten constant of 150
+    next to a rate of 12), or a narrow valley (an exponent on inputs up to 100): Adam moves
+    every parameter by about the rate per step, so it crawls where one parameter must travel
+    far and oscillates where another is sensitive, and a range test reads the oscillation as
+    the top rate. L-BFGS with a strong-Wolfe line search (a quasi-Newton method on the whole
+    data, as scipy's curve fitting is) reaches the least-squares optimum from the run's end
+    point in tens of milliseconds (benchmarks/curve_fits.py).
+
+    Judged how: the run's best weights won a selection among its epochs on the validation
+    rows, so their validation loss reads low; the polish is refused only when a paired
+    comparison over runs of those rows (:func:`_chunk_losses`) puts it above them beyond
+    chance at the 5% level, Bonferroni-corrected for that many epochs
+    (:func:`_clearly_positive`). A failure inside L-BFGS (out of memory, an objective it
+    cannot differentiate) leaves the run's weights as they were and is recorded.
+    """
+    from descend.minimize import minimize
+    from descend.train.loop import _FunctionModel, _mode_free
+
+    rec = loop.autopilot
+    if rec is None or not str(rec.get("policy", "")).startswith("range test"):
+        return None
+    if reason not in _POLISH_AFTER or getattr(loop.loss, "task", "any") != "regression":
+        return None
+    src = loop.bundle.train
+    if not src.resident or loop.world.active or loop._sharded or loop.precision != "fp32":
+        return None
+    model = loop.model
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    n_params = sum(p.numel() for p in named.values())
+    if not named or n_params > POLISH_MAX_PARAMS or (src.n_samples or 0) > POLISH_MAX_ROWS:
+        return None
+    if not math.isinf(decay_share(n_params, src.n_samples, True)):
+        return None
+    if not (isinstance(model, _FunctionModel) or _mode_free(model)):
+        return None
+    if any(not p.is_floating_point() or p.is_complex() for p in named.values()):
+        return None
+
+    X, y, w = src.X, src.y, src.w
+
+    def objective(p: dict[str, torch.Tensor]) -> torch.Tensor:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return torch.func.functional_call(model, p, args, kwargs)
+
+        return loop._forward_loss(call, X, y, w)[0]  # type: ignore[arg-type]
+
+    t0 = time.perf_counter()
+    start = {n: p.detach().clone() for n, p in named.items()}
+    with torch.no_grad():
+        once, twice = float(objective(named)), float(objective(named))
+    if once != twice or not math.isfinite(once):
+        rec["polish"] = {"ran": False, "why": "the training loss is not the same number twice"}
+        return None
+    val = loop.bundle.val
+    chunked = val is not None and val.resident and val.y is not None
+    before = _chunk_losses(loop, val) if chunked else None
+    v_before = loop.evaluate(val)[0] if val is not None else once
+
+    def put(values: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for n, p in named.items():
+                p.copy_(values[n])
+
+    try:
+        found = minimize(objective, start, steps=POLISH_ITERATIONS)
+        put(found.params)
+        v_after = loop.evaluate(val)[0] if val is not None else found.best_loss
+        if chunked:
+            assert before is not None
+            diffs = [a - b for a, b in zip(_chunk_losses(loop, val), before)]
+            worse = _clearly_positive(diffs, loop.epoch)
+        else:  # (a validation stream, or none: the loss must not rise)
+            worse = not v_after <= v_before
+    except Exception as err:  # the run's own result stands; say why nothing changed
+        put(start)
+        rec["polish"] = {"ran": False, "why": f"L-BFGS failed: {type(err).__name__}: {err}"}
+        loop.record_event("polish", f"L-BFGS on the whole training set failed ({err}): not used")
+        return None
+    kept = (
+        math.isfinite(found.best_loss)
+        and math.isfinite(v_after)
+        and found.best_loss <= once
+        and not worse
+    )
+    if not kept:
+        put(start)
+    monitor = "validation loss" if val is not None else "training loss"
+    rec["polish"] = {
+        "ran": True,
+        "method": "L-BFGS (strong-Wolfe line search) on the whole training set",
+        "iterations": found.steps,
+        "train_loss": [once, found.best_loss],
+        "judged_by": monitor,
+        "before": v_before,
+        "after": v_after,
+        "kept": kept,
+        "seconds": time.perf_counter() - t0,
+    }
+    text = (
+        f"L-BFGS on the whole training set ({found.steps} iterations) took the training loss "
+        f"from {once:.4g} to {found.best_loss:.4g}"
+        + (
+            f" and the validation loss from {v_before:.4g} to {v_after:.4g}"
+            if val is not None
+            else ""
+        )
+    )
+    if kept and v_after > v_before:
+        text += (
+            " (higher by less than its noise: with this many samples per parameter the "
+            "training loss's minimum is the better fit)"
+        )
+    if not kept:
+        text += (
+            ": clearly worse on the validation rows, not kept" if worse else ": no better, not kept"
+        )
+    loop.record_event("polish", text)
+    if not kept:
+        return None
+    return v_after, f" Then {text}."
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+#: The validation rows are read in this many chunks for the polish's paired comparison.
+POLISH_CHUNKS = 20
+
+
+def _chunk_losses(loop: Loop, val: Any) -> list[float]:
+    """The loss of the model on each of ``POLISH_CHUNKS`` equal runs of the validation rows
+    (fewer chunks for fewer rows), in order."""
+    from descend import data as D
+
+    n = D.n_rows(val.X)
+    k = max(1, min(POLISH_CHUNKS, n))
+    bounds = [round(i * n / k) for i in range(k + 1)]
+    out = []
+    with torch.no_grad():
+        for lo, hi in itertools.pairwise(bounds):
+            xb = D.cut_rows(val.X, lo, hi)
+            yb = loop._like_training(val.y[lo:hi])
+            wb = None if val.w is None else val.w[lo:hi]
+            out.append(float(loop._forward_loss(loop.model, xb, yb, wb)[0]))
+    return out
+
+
+def _clearly_positive(diffs: Sequence[float], looks: int) -> bool:
+    """Whether paired differences are above 0 by more than ``z`` standard errors of their mean
+    (one difference: above 0 at all), ``z`` the one-sided 5% level after a Bonferroni
+    correction for ``looks`` comparisons: the weights they are compared with won a selection
+    among ``looks`` epochs on these same rows, so their validation loss is biased low (on
+    curve fits whose least-squares optimum was 2-5% lower on all the data, the selected
+    epoch read 2.3-2.7 standard errors lower on its validation rows)."""
+    m = _mean(diffs)
+    if len(diffs) < 2:
+        return m > 0
+    var = sum((d - m) ** 2 for d in diffs) / (len(diffs) - 1)
+    z = statistics.NormalDist().inv_cdf(1.0 - 0.05 / max(1, looks))
+    return m > z * math.sqrt(var / len(diffs))

@@ -1820,9 +1820,10 @@ class Loop:
                 f"than {self.tol:g} (relative) for {_epochs(self.patience)}; {kept}."
             )
         if reason is StopReason.MAX_EPOCHS:
+            polished = ((self.autopilot or {}).get("polish") or {}).get("kept")
             tail = (
                 " It was still improving at the end: more epochs may help."
-                if self.best_epoch == self.epoch
+                if self.best_epoch == self.epoch and not polished
                 else ""
             )
             if self.epoch > self.max_epochs:  # resumed from a checkpoint past this budget
@@ -2367,7 +2368,12 @@ class Loop:
         self._sync_norm_buffers()  # (data-parallel) every process hands back one model
         if not self.restore_best or self._best_state is None:
             swap_to_eval(self.opt_state, self.params)  # deploy the averaged point
-        self.stop_message = self._sentence(reason)
+        # A curve fit the policy trained: full-batch L-BFGS from here, kept if it is better
+        # (see autopilot.polish).
+        polished = _autopilot.polish(self, reason)
+        self.stop_message = self._sentence(reason) + (polished[1] if polished else "")
+        if polished:
+            self.best_loss = polished[0]
         for cb in self.callbacks:
             cb.on_fit_end(self)
         result = Result(

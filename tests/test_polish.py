@@ -1,0 +1,197 @@
+"""The default policy's final polish (descend.train.autopilot.polish): a model too small to
+memorize its data, trained by the policy on a regression loss, is finished with full-batch
+L-BFGS — checked against scipy's least-squares curve fit, and checked to stay out where it
+does not belong."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import curve_fit
+
+import descend
+from descend.train import autopilot
+
+
+def _michaelis(seed=1, n=300):
+    """A Michaelis-Menten curve: a half-saturation constant of 150 next to a rate of 12 (the
+    parameter scales Adam handles worst: it moves each by about the rate per step)."""
+    rng = np.random.default_rng(seed)
+    x = np.linspace(1, 1000, n)
+    y = 12 * x / (150 + x) + 0.3 * rng.standard_normal(n)
+    return x.astype(np.float32), y.astype(np.float32)
+
+
+def _mm(x, p):
+    return p["V"] * x / (p["K"] + x)
+
+
+def _mse_all(x, y, params):
+    with torch.no_grad():
+        pred = _mm(torch.as_tensor(x), {k.split(".")[-1]: v for k, v in params.items()})
+    return float(((pred - torch.as_tensor(y)) ** 2).mean())
+
+
+def _oracle(x, y):
+    popt, _ = curve_fit(lambda x, V, K: V * x / (K + x), x.astype(np.float64), y, p0=[1.0, 1.0])
+    return float(np.mean((popt[0] * x / (popt[1] + x) - y) ** 2))
+
+
+def _fit_mm(x, y, **kw):
+    kw.setdefault("verbose", 0)
+    kw.setdefault("seed", 0)
+    return descend.fit(_mm, (x, y), "mse", params={"V": 1.0, "K": 1.0}, **kw)
+
+
+def test_a_curve_fit_reaches_the_least_squares_optimum(monkeypatch):
+    x, y = _michaelis()
+    best = _oracle(x, y)
+    r = _fit_mm(x, y)
+    rec = r.autopilot["polish"]
+    assert rec["ran"] and rec["kept"]
+    assert rec["train_loss"][1] < rec["train_loss"][0]
+    # fitted on 80% of the rows, it is within 1% of scipy's fit to all of them, on all of them
+    assert _mse_all(x, y, r.params) <= 1.01 * best
+    assert r.params["params.K"].item() == pytest.approx(150, rel=0.1)
+    assert "Then L-BFGS on the whole training set" in r.stop_message
+    assert any(e["kind"] == "polish" for e in r.history.events)
+    assert r.best_loss == pytest.approx(rec["after"])
+    # the same run without the polish is far off (what the polish is for)
+    monkeypatch.setattr(autopilot, "polish", lambda loop, reason: None)
+    plain = _fit_mm(x, y)
+    assert _mse_all(x, y, plain.params) > 3 * best
+
+
+def test_without_validation_data_the_training_loss_judges():
+    x, y = _michaelis(seed=2)
+    r = _fit_mm(x, y, validation=None)
+    rec = r.autopilot["polish"]
+    assert rec["kept"] and rec["judged_by"] == "training loss"
+    assert _mse_all(x, y, r.params) <= 1.001 * _oracle(x, y)
+
+
+def test_the_polish_is_deterministic_and_a_resumed_run_ends_the_same(tmp_path):
+    x, y = _michaelis(seed=3)
+    a = _fit_mm(x, y, checkpoint=tmp_path / "a")
+    b = _fit_mm(x, y)
+    assert a.autopilot["polish"]["kept"]
+    for k in a.params:
+        assert torch.equal(a.params[k], b.params[k])
+    # resuming the finished run trains nothing and polishes the same way again
+    again = _fit_mm(x, y, checkpoint=tmp_path / "a", resume=True)
+    for k in a.params:
+        assert torch.equal(a.params[k], again.params[k])
+    assert again.best_loss == a.best_loss
+
+
+def test_explicit_settings_and_warm_starts_are_not_polished():
+    x, y = _michaelis()
+    assert _fit_mm(x, y, lr=0.2).autopilot is None  # exactly AdamW at that rate
+    r = _fit_mm(x, y, optimizer=descend.optim.adam(lr=0.2))
+    assert r.autopilot is None
+    first = _fit_mm(x, y, epochs=5)
+    with pytest.warns(RuntimeWarning, match="learning rate of 0"):  # (its schedule ended)
+        warm = _fit_mm(x, y, epochs=5, optimizer=first.tx, opt_state=first.opt_state)
+    assert warm.autopilot is None
+
+
+def _small_mlp(dropout=0.0, seed=0):
+    torch.manual_seed(seed)
+    layers = [torch.nn.Linear(1, 16), torch.nn.Tanh()]
+    if dropout:
+        layers.append(torch.nn.Dropout(dropout))
+    return torch.nn.Sequential(*layers, torch.nn.Linear(16, 1))
+
+
+def _sine(n=1600, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-3, 3, (n, 1)).astype(np.float32)
+    y = (np.sin(3 * x[:, 0]) + 0.5 * rng.standard_normal(n)).astype(np.float32)
+    return x, y
+
+
+def test_a_small_mlp_on_ample_data_is_polished_closer_to_the_truth(monkeypatch):
+    # 49 parameters, 1,280 training rows: it cannot memorize them; the noise-free curve judges
+    x, y = _sine()
+    xt = torch.linspace(-3, 3, 2001)[:, None]
+    truth = torch.sin(3 * xt[:, 0])
+
+    def excess(model):
+        with torch.no_grad():
+            return float(((model(xt)[:, 0] - truth) ** 2).mean())
+
+    m = _small_mlp()
+    r = descend.fit(m, (x, y), "mse", verbose=0, seed=0)
+    assert r.autopilot["polish"]["kept"]
+    monkeypatch.setattr(autopilot, "polish", lambda loop, reason: None)
+    m0 = _small_mlp()
+    descend.fit(m0, (x, y), "mse", verbose=0, seed=0)
+    assert excess(m) < 0.5 * excess(m0)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["classification", "too few rows per parameter", "dropout", "interrupted by a callback"],
+)
+def test_the_polish_stays_out_where_it_does_not_belong(case):
+    x, y = _sine(n=1600)
+    kw = {}
+    model = _small_mlp()
+    loss = "mse"
+    if case == "classification":
+        y = (y > 0).astype(np.int64)
+        model = torch.nn.Sequential(torch.nn.Linear(1, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
+        loss = "cross_entropy"
+    elif case == "too few rows per parameter":
+        x, y = x[:400], y[:400]  # 320 training rows, 49 parameters
+    elif case == "dropout":
+        model = _small_mlp(dropout=0.1)
+    else:
+
+        class Stop(descend.Callback):
+            def on_epoch_end(self, loop):
+                if loop.epoch == 3:
+                    loop.request_stop("enough")
+
+        kw["callbacks"] = [Stop()]
+    r = descend.fit(model, (x, y), loss, epochs=20, verbose=0, seed=0, **kw)
+    assert r.autopilot is not None and "polish" not in r.autopilot
+    assert not any(e["kind"] == "polish" for e in r.history.events)
+
+
+def test_a_polish_that_is_clearly_worse_on_validation_is_not_kept(monkeypatch):
+    x, y = _michaelis()
+    # a stand-in for L-BFGS that lowers the training loss and wrecks the validation loss
+    mod = sys.modules["descend.minimize"]
+    real = mod.minimize
+
+    def bad_minimize(fn, params, **kw):
+        found = real(fn, params, **kw)
+        wrecked = dict(found.params, **{"params.V": found.params["params.V"] * 3})
+        return types.SimpleNamespace(params=wrecked, best_loss=0.0, steps=found.steps)
+
+    monkeypatch.setattr(mod, "minimize", bad_minimize)
+    before = _fit_mm(x, y, epochs=30)
+    rec = before.autopilot["polish"]
+    assert rec["ran"] and not rec["kept"] and rec["after"] > rec["before"]
+    assert before.best_loss == pytest.approx(rec["before"], rel=1e-6)
+    assert "Then L-BFGS" not in before.stop_message
+    assert any("not kept" in e["message"] for e in before.history.events if e["kind"] == "polish")
+
+
+def test_clearly_positive_needs_more_evidence_after_more_looks():
+    noisy = [0.1, -0.05, 0.12, 0.02, -0.01, 0.08, 0.03, 0.0, 0.09, -0.02]
+    m = sum(noisy) / len(noisy)
+    assert m > 0
+    clear = [d + 1.0 for d in noisy]
+    assert autopilot._clearly_positive(clear, 50)
+    assert not autopilot._clearly_positive([-d for d in clear], 1)
+    # a difference 2.9 standard errors above 0 is clear after 1 look, not after 100
+    sd = float(np.std(noisy, ddof=1))
+    shifted = [d - m + 2.9 * sd / np.sqrt(len(noisy)) for d in noisy]
+    assert autopilot._clearly_positive(shifted, 1)
+    assert not autopilot._clearly_positive(shifted, 100)
