@@ -195,3 +195,53 @@ def test_clearly_positive_needs_more_evidence_after_more_looks():
     shifted = [d - m + 2.9 * sd / np.sqrt(len(noisy)) for d in noisy]
     assert autopilot._clearly_positive(shifted, 1)
     assert not autopilot._clearly_positive(shifted, 100)
+
+
+def _uphill_minimize(monkeypatch, val_loss):
+    """L-BFGS replaced by a step a hair uphill on the validation loss from the run's end
+    (0.1% higher, a lower training loss claimed): a change within the validation rows' noise."""
+    mod = sys.modules["descend.minimize"]
+
+    def uphill(fn, params, **kw):
+        p = {k: v.detach().clone().requires_grad_() for k, v in params.items()}
+        loss = val_loss(p)
+        grads = torch.autograd.grad(loss, list(p.values()))
+        sq = sum(float((g * g).sum()) for g in grads)
+        eps = 1e-3 * loss.item() / sq
+        moved = {k: (v + eps * g).detach() for (k, v), g in zip(p.items(), grads)}
+        return types.SimpleNamespace(params=moved, best_loss=0.0, steps=1)
+
+    monkeypatch.setattr(mod, "minimize", uphill)
+
+
+def test_a_module_keeps_a_polish_only_if_validation_is_lower_a_curve_unless_clearly_worse(
+    monkeypatch,
+):
+    # a plain function: a change within the noise of the validation rows stands
+    x, y = _michaelis()
+    xv, yv = _michaelis(seed=9, n=100)
+    tv, tyv = torch.as_tensor(xv), torch.as_tensor(yv)
+    _uphill_minimize(
+        monkeypatch,
+        lambda p: ((_mm(tv, {k.split(".")[-1]: v for k, v in p.items()}) - tyv) ** 2).mean(),
+    )
+    curve = _fit_mm(x, y, epochs=40, validation=(xv, yv))
+    rec = curve.autopilot["polish"]
+    assert rec["after"] > rec["before"] and rec["kept"]
+    # a module (a linear model on ample rows): its validation loss must be lower
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(1200, 3, generator=g)
+    yl = X @ torch.tensor([1.0, -2.0, 0.5]) + 0.5 * torch.randn(1200, generator=g)
+    Xv, yvl = X[1000:], yl[1000:]
+    _uphill_minimize(
+        monkeypatch,
+        lambda p: ((Xv @ p["weight"].t() + p["bias"] - yvl[:, None]) ** 2).mean(),
+    )
+    torch.manual_seed(0)
+    r = descend.fit(
+        torch.nn.Linear(3, 1), (X[:1000], yl[:1000]), "mse", epochs=20, verbose=0, seed=0,
+        validation=(Xv, yvl),
+    )  # fmt: skip
+    rec = r.autopilot["polish"]
+    assert rec["after"] > rec["before"] and not rec["kept"]
+    assert r.best_loss == pytest.approx(rec["before"], rel=1e-6)
