@@ -1508,9 +1508,13 @@ def default_optimizer(
 
 #: The polish runs for models of at most this many trainable parameters (L-BFGS keeps 2 x 20
 #: vectors of them) and at most this many L-BFGS iterations (about 1.25 objective evaluations,
-#: each a pass over the training data, per iteration).
+#: each a pass over the training data, per iteration: a curve fit converges in 10-30, a
+#: 49-parameter MLP on 1,280 rows used all 200 — its excess error over the noise-free curve
+#: 0.037 without the polish, 0.011 after 100 iterations, 0.008 after 200 — in 0.25 s). The
+#: first L-BFGS of a process also pays ~1 s once: torch.optim's optimizers import torch's
+#: compiler when the first one is built.
 POLISH_MAX_PARAMS = 10_000
-POLISH_ITERATIONS = 100
+POLISH_ITERATIONS = 200
 #: ... and training sets of at most this many rows (one forward pass holds all of them).
 POLISH_MAX_ROWS = 100_000
 
