@@ -245,3 +245,19 @@ def test_a_module_keeps_a_polish_only_if_validation_is_lower_a_curve_unless_clea
     rec = r.autopilot["polish"]
     assert rec["after"] > rec["before"] and not rec["kept"]
     assert r.best_loss == pytest.approx(rec["before"], rel=1e-6)
+
+
+def test_a_weighted_curve_fit_matches_scipys_weighted_least_squares():
+    # sample_weight 1/sigma^2 is curve_fit's sigma: the same objective, on all the points
+    rng = np.random.default_rng(0)
+    x = np.linspace(1, 1000, 300)
+    sigma = 0.1 + 0.5 * x / 1000
+    y = 12 * x / (150 + x) + sigma * rng.standard_normal(300)
+    want, _ = curve_fit(lambda x, V, K: V * x / (K + x), x, y, p0=[1.0, 1.0], sigma=sigma)
+    r = _fit_mm(
+        x.astype(np.float32), y.astype(np.float32), validation=None,
+        sample_weight=(1 / sigma**2).astype(np.float32),
+    )  # fmt: skip
+    assert r.autopilot["polish"]["kept"]
+    got = [r.params["params.V"].item(), r.params["params.K"].item()]
+    assert got == pytest.approx(list(want), rel=1e-3)
