@@ -261,3 +261,23 @@ def test_a_weighted_curve_fit_matches_scipys_weighted_least_squares():
     assert r.autopilot["polish"]["kept"]
     got = [r.params["params.V"].item(), r.params["params.K"].item()]
     assert got == pytest.approx(list(want), rel=1e-3)
+
+
+def test_a_dose_response_curve_reaches_its_maximum_likelihood():
+    # a plain function under a classification loss is polished too: a logit (dose - m) / s on
+    # doses up to 1,000 from m = 0, s = 1 — Adam moves m about the rate per step, 400 to go
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    dose = rng.uniform(0, 1000, 2000)
+    hit = (rng.random(2000) < 1 / (1 + np.exp(-(dose - 400) / 60))).astype(np.float32)
+    mle = LogisticRegression(C=1e10, max_iter=10000, tol=1e-10).fit(dose[:, None], hit)
+    want_s = 1 / mle.coef_[0, 0]
+    want_m = -mle.intercept_[0] * want_s
+    r = descend.fit(
+        lambda x, q: (x - q["m"]) / q["s"], (dose.astype(np.float32), hit),
+        "binary_cross_entropy", params={"m": 0.0, "s": 1.0}, validation=None, verbose=0, seed=0,
+    )  # fmt: skip
+    assert r.autopilot["polish"]["kept"]
+    assert r.params["params.m"].item() == pytest.approx(want_m, rel=1e-2)
+    assert r.params["params.s"].item() == pytest.approx(want_s, rel=1e-2)

@@ -64,8 +64,8 @@ What it does (every number it decides by is in ``Result.autopilot``):
    The decay's start is in ``record["decay"]``: checkpoints carry it, and a resumed run
    re-takes a decision its checkpoint was written just before.
 5. **Polish a curve fit** (:func:`polish`, session 28). A model too small to memorize its
-   data (a regression loss with at least ``SAMPLES_PER_PARAMETER`` training samples per
-   parameter, at most ``POLISH_MAX_PARAMS`` parameters, no train/eval behaviour, data in
+   data (at least ``SAMPLES_PER_PARAMETER`` training samples per parameter; a module on a
+   regression loss, a plain function on any loss, at most ``POLISH_MAX_PARAMS`` parameters, no train/eval behaviour, data in
    memory) is finished with full-batch L-BFGS from where the run ended: a plain function's
    polish is kept unless the validation loss is clearly worse, a module's only where that is
    lower; ``record["polish"]``.
@@ -1533,7 +1533,9 @@ def polish(loop: Loop, reason: StopReason) -> tuple[float, str] | None:
     run or was not kept; the record is ``Result.autopilot["polish"]``.
 
     Where it runs: the policy chose the optimizer (no ``optimizer=`` or ``lr=``; a warm start
-    passes its ``optimizer=``), a regression loss, at least ``SAMPLES_PER_PARAMETER`` training
+    passes its ``optimizer=``), a regression loss — or any loss for a plain function ``fn(x,
+    params)``, whose answer is its loss's minimum (a dose-response curve under binary
+    cross-entropy: its maximum likelihood) — at least ``SAMPLES_PER_PARAMETER`` training
     samples per parameter (the rule that also leaves out the weight decay, so the run and the
     polish minimize the same objective), at most ``POLISH_MAX_PARAMS`` parameters and
     ``POLISH_MAX_ROWS`` training rows in memory, fp32, one process, and a model with no
@@ -1569,19 +1571,25 @@ def polish(loop: Loop, reason: StopReason) -> tuple[float, str] | None:
     rec = loop.autopilot
     if rec is None or not str(rec.get("policy", "")).startswith("range test"):
         return None
-    if reason not in _POLISH_AFTER or getattr(loop.loss, "task", "any") != "regression":
+    model = loop.model
+    curve = isinstance(model, _FunctionModel)
+    # a module only on a regression loss (a classifier keeps the weight decay its run had: on
+    # separable classes only the decay bounds its weights); a curve the user wrote on any loss
+    # (its answer is the loss's minimum: a dose-response curve's maximum likelihood)
+    if reason not in _POLISH_AFTER or not (
+        curve or getattr(loop.loss, "task", "any") == "regression"
+    ):
         return None
     src = loop.bundle.train
     if not src.resident or loop.world.active or loop._sharded or loop.precision != "fp32":
         return None
-    model = loop.model
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     n_params = sum(p.numel() for p in named.values())
     if not named or n_params > POLISH_MAX_PARAMS or (src.n_samples or 0) > POLISH_MAX_ROWS:
         return None
     if not math.isinf(decay_share(n_params, src.n_samples, True)):
         return None
-    if not (isinstance(model, _FunctionModel) or _mode_free(model)):
+    if not (curve or _mode_free(model)):
         return None
     if any(not p.is_floating_point() or p.is_complex() for p in named.values()):
         return None
@@ -1603,9 +1611,7 @@ def polish(loop: Loop, reason: StopReason) -> tuple[float, str] | None:
         return None
     val = loop.bundle.val
     # a curve fit the user wrote is judged by a paired comparison (see the docstring)
-    paired = (
-        isinstance(model, _FunctionModel) and val is not None and val.resident and val.y is not None
-    )
+    paired = curve and val is not None and val.resident and val.y is not None
     before = _chunk_losses(loop, val) if paired else None
     v_before = loop.evaluate(val)[0] if val is not None else once
 
