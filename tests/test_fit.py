@@ -1950,3 +1950,35 @@ def test_a_validation_loader_without_targets_is_named_for_a_library_loss():
         lr=1e-2,
     )
     assert len(r.history.val_loss) == 2 and all(math.isfinite(v) for v in r.history.val_loss)
+
+
+@pytest.mark.parametrize("case", ["softmax", "function softmax", "sigmoid"])
+def test_a_model_that_outputs_probabilities_into_a_logit_loss_is_warned(case):
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(200, 4, generator=g)
+    torch.manual_seed(0)
+    if case == "sigmoid":
+        y = (X[:, 0] > 0).float()
+        model, loss = (
+            torch.nn.Sequential(torch.nn.Linear(4, 1), torch.nn.Sigmoid()),
+            "binary_cross_entropy",
+        )
+        y = y[:, None]
+    else:
+        y = (X[:, 0] > 0).long() + (X[:, 1] > 0).long()
+        loss = "cross_entropy"
+        model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Softmax(dim=1))
+    kw = dict(epochs=1, verbose=0, seed=0, lr=1e-2)
+    with pytest.warns(RuntimeWarning, match="takes logits") as caught:
+        if case == "function softmax":
+            descend.fit(lambda x, p: torch.softmax(x @ p["W"], 1), (X, y), loss,
+                        params={"W": torch.zeros(4, 3)}, **kw)  # fmt: skip
+        else:
+            descend.fit(model, (X, y), loss, **kw)
+    text = str(next(w.message for w in caught if "takes logits" in str(w.message)))
+    assert ("Sigmoid" in text) == (case == "sigmoid") and "remove the final" in text
+    # the same models without the last layer: not a word
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        descend.fit(model[0] if case != "function softmax" else torch.nn.Linear(4, 3),
+                    (X, y), loss, **kw)  # fmt: skip

@@ -2560,6 +2560,69 @@ def _warn_unscaled_features(bundle: D.Bundle) -> None:
         )
 
 
+def _last_layer(model: torch.nn.Module) -> torch.nn.Module:
+    """The last module of a ``Sequential`` (into nested ones); the model itself otherwise."""
+    while isinstance(model, torch.nn.Sequential) and len(model):
+        model = model[-1]
+    return model
+
+
+def _warn_probability_outputs(
+    model: torch.nn.Module, bundle: D.Bundle, loss: Any, look: bool = True
+) -> None:
+    """Warn, once per fit, when a loss that takes logits meets a model that already outputs
+    probabilities — a Sequential ending in ``Sigmoid`` before ``binary_cross_entropy``, or in
+    ``Softmax`` (or any model whose first rows' outputs are probabilities summing to 1) before
+    ``cross_entropy``. Those losses apply the sigmoid / log-softmax themselves, so the
+    probabilities go through it twice: the outputs a second sigmoid can reach lie in
+    (0.5, 0.73), the gradients are squashed, and the run trains on without a word. ``look``:
+    whether the model may be run on the first rows (not in a data-parallel run)."""
+    name = getattr(loss, "name", None)
+    last = _last_layer(model)
+    if name == "binary_cross_entropy" and isinstance(last, torch.nn.Sigmoid):
+        what, inside = "ends in a Sigmoid", "the sigmoid"
+        fix = "remove the final Sigmoid and predict with torch.sigmoid(model(x))"
+    elif name == "cross_entropy":
+        inside = "log-softmax"
+        fix = (
+            "remove the final softmax and predict with model(x).softmax(1), or end the model "
+            "in LogSoftmax and use loss='nll'"
+        )
+        if isinstance(last, torch.nn.Softmax):
+            what = "ends in a Softmax"
+        else:
+            src = bundle.train
+            if not (look and src.resident):
+                return
+            try:
+                with torch.no_grad():
+                    out = D.call_model(model, D.cut_rows(src.X, 0, min(8, D.n_rows(src.X))))
+            except Exception:  # (the loop's own first look names what is wrong)
+                return
+            if not (
+                torch.is_tensor(out)
+                and out.is_floating_point()
+                and out.ndim == 2
+                and out.shape[0] >= 2
+                and out.shape[1] >= 2
+            ):
+                return
+            o = out.float()
+            probs = bool(((o >= 0) & (o <= 1)).all()) and bool(((o.sum(1) - 1).abs() <= 1e-4).all())
+            if not probs:
+                return
+            what = "outputs probabilities (each row sums to 1)"
+    else:
+        return
+    warnings.warn(
+        f"descend: the model {what}, but {name} takes logits (raw scores) and applies {inside} "
+        "itself: the probabilities go through it twice, which squashes the gradients and caps "
+        f"the fit; {fix}",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
 def _split_batches(
     bundle: D.Bundle, world: dist_.World, batch_size: int | None, model: torch.nn.Module
 ) -> None:
@@ -2995,6 +3058,9 @@ def fit(
         _split_batches(bundle, world, batch_size, module)
         if world.is_main:
             _warn_unscaled_features(bundle)
+            # (its look at the outputs runs the model: one process only, as a sharded model's
+            # forward pass is a collective)
+            _warn_probability_outputs(module, bundle, loss_obj, look=not world.active)
         autopilot = None
         extra_callbacks: list[Callback] = []
         # Made before planning: the default policy's range test and race come before step 1
