@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 import re
+import types
 import warnings
 
 import numpy as np
@@ -1982,3 +1983,18 @@ def test_a_model_that_outputs_probabilities_into_a_logit_loss_is_warned(case):
         warnings.simplefilter("error")
         descend.fit(model[0] if case != "function softmax" else torch.nn.Linear(4, 3),
                     (X, y), loss, **kw)  # fmt: skip
+
+
+def test_the_look_at_the_outputs_changes_no_batch_norm_statistics():
+    from descend.train.loop import _warn_probability_outputs
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 3))
+    bundle = types.SimpleNamespace(train=types.SimpleNamespace(resident=True, X=torch.randn(50, 4)))
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (logits: no warning either)
+        _warn_probability_outputs(m, bundle, descend.losses.get("cross_entropy"))
+    assert m.training
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, before[k]), k

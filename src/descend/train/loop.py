@@ -2594,11 +2594,15 @@ def _warn_probability_outputs(
             src = bundle.train
             if not (look and src.resident):
                 return
+            was_training = model.training
+            model.eval()  # (no batch-norm statistics updated, no dropout drawn)
             try:
                 with torch.no_grad():
                     out = D.call_model(model, D.cut_rows(src.X, 0, min(8, D.n_rows(src.X))))
             except Exception:  # (the loop's own first look names what is wrong)
                 return
+            finally:
+                model.train(was_training)
             if not (
                 torch.is_tensor(out)
                 and out.is_floating_point()
