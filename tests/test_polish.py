@@ -235,7 +235,7 @@ def test_a_module_keeps_a_polish_only_if_validation_is_lower_a_curve_unless_clea
     Xv, yvl = X[1000:], yl[1000:]
     _uphill_minimize(
         monkeypatch,
-        lambda p: ((Xv @ p["weight"].t() + p["bias"] - yvl[:, None]) ** 2).mean(),
+        lambda p: ((Xv.to(p["weight"]) @ p["weight"].t() + p["bias"] - yvl[:, None]) ** 2).mean(),
     )
     torch.manual_seed(0)
     r = descend.fit(
@@ -281,3 +281,23 @@ def test_a_dose_response_curve_reaches_its_maximum_likelihood():
     assert r.autopilot["polish"]["kept"]
     assert r.params["params.m"].item() == pytest.approx(want_m, rel=1e-2)
     assert r.params["params.s"].item() == pytest.approx(want_s, rel=1e-2)
+
+
+def test_an_ill_conditioned_curve_is_polished_in_float64():
+    # a cubic on inputs up to 100: coefficients from 1e-4 to 5, beyond float32's precision
+    rng = np.random.default_rng(0)
+    x = np.linspace(0, 100, 500)
+
+    def cubic(x, a, b, c, d):
+        return a * x**3 + b * x**2 + c * x + d
+
+    y = cubic(x, 1e-4, -0.02, 1.0, 5.0) + rng.standard_normal(500)
+    want, _ = curve_fit(cubic, x, y, p0=[0.0] * 4)
+    r = descend.fit(
+        lambda x, p: p["a"] * x**3 + p["b"] * x**2 + p["c"] * x + p["d"],
+        (x.astype(np.float32), y.astype(np.float32)), "mse",
+        params=dict.fromkeys("abcd", 0.0), validation=None, verbose=0, seed=0,
+    )  # fmt: skip
+    got = [r.params[f"params.{k}"].item() for k in "abcd"]
+    assert r.params["params.a"].dtype == torch.float32  # put back in the model's dtype
+    assert np.mean((cubic(x, *got) - y) ** 2) <= 1.001 * np.mean((cubic(x, *want) - y) ** 2)

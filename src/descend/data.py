@@ -144,6 +144,11 @@ def n_rows(X: Features) -> int:
     return int(inputs_of(X)[0].shape[0])
 
 
+def map_inputs(X: Features, fn: Any) -> Features:
+    """``fn`` applied to every input of ``X`` (a tensor, or a tuple or dict of them)."""
+    return _each(X, fn)
+
+
 def _each(X: Any, fn: Any) -> Any:
     """``fn`` applied to every input, keeping ``X``'s form."""
     if isinstance(X, dict):

@@ -1549,7 +1549,8 @@ def polish(loop: Loop, reason: StopReason) -> tuple[float, str] | None:
     far and oscillates where another is sensitive, and a range test reads the oscillation as
     the top rate. L-BFGS with a strong-Wolfe line search (a quasi-Newton method on the whole
     data, as scipy's curve fitting is) reaches the least-squares optimum from the run's end
-    point in tens of milliseconds (benchmarks/curve_fits.py).
+    point in tens of milliseconds (benchmarks/curve_fits.py). It runs in float64 where the
+    model runs in it (see below), the result put back in the parameters' own dtype.
 
     Judged how: a plain function ``fn(x, params)`` is a parametric model the user wrote — a
     curve fit, whose answer is the minimum of its loss (what scipy's curve_fit returns) — so
@@ -1565,6 +1566,7 @@ def polish(loop: Loop, reason: StopReason) -> tuple[float, str] | None:
     of memory, an objective it cannot differentiate) leaves the run's weights as they were and
     is recorded.
     """
+    from descend import data as D
     from descend.minimize import minimize
     from descend.train.loop import _FunctionModel, _mode_free
 
@@ -1594,18 +1596,40 @@ def polish(loop: Loop, reason: StopReason) -> tuple[float, str] | None:
     if any(not p.is_floating_point() or p.is_complex() for p in named.values()):
         return None
 
-    X, y, w = src.X, src.y, src.w
+    def at(dtype: torch.dtype | None) -> tuple[Callable, dict[str, torch.Tensor]]:
+        """The full-batch training loss as a function of the parameters, and the start, with
+        the parameters and floating data in ``dtype`` (None: as they are)."""
 
-    def objective(p: dict[str, torch.Tensor]) -> torch.Tensor:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            return torch.func.functional_call(model, p, args, kwargs)
+        def cast(t: Any) -> Any:
+            if dtype is None or not (torch.is_tensor(t) and t.is_floating_point()):
+                return t
+            return t.to(dtype)
 
-        return loop._forward_loss(call, X, y, w)[0]  # type: ignore[arg-type]
+        X, y, w = D.map_inputs(src.X, cast), cast(src.y), cast(src.w)
+
+        def objective(p: dict[str, torch.Tensor]) -> torch.Tensor:
+            def call(*args: Any, **kwargs: Any) -> Any:
+                return torch.func.functional_call(model, p, args, kwargs)
+
+            return loop._forward_loss(call, X, y, w)[0]  # type: ignore[arg-type]
+
+        return objective, {n: p.detach().to(dtype or p.dtype, copy=True) for n, p in named.items()}
 
     t0 = time.perf_counter()
-    start = {n: p.detach().clone() for n, p in named.items()}
-    with torch.no_grad():
-        once, twice = float(objective(named)), float(objective(named))
+    # In float64 where the model runs in it: an ill-conditioned fit (a cubic on inputs up to
+    # 100, coefficients from 1e-4 to 5) is beyond float32's precision (67x the least-squares
+    # minimum after a float32 polish); the result is put back in the model's own dtype.
+    once = twice = math.nan
+    for dtype in (torch.float64, None):
+        objective, start = at(dtype)
+        try:
+            with torch.no_grad():
+                once, twice = float(objective(start)), float(objective(start))
+            break
+        except Exception as err:  # (a model that cannot run in float64: its own dtype)
+            if dtype is None:
+                rec["polish"] = {"ran": False, "why": f"{type(err).__name__}: {err}"}
+                return None
     if once != twice or not math.isfinite(once):
         rec["polish"] = {"ran": False, "why": "the training loss is not the same number twice"}
         return None
@@ -1615,10 +1639,12 @@ def polish(loop: Loop, reason: StopReason) -> tuple[float, str] | None:
     before = _chunk_losses(loop, val) if paired else None
     v_before = loop.evaluate(val)[0] if val is not None else once
 
+    own = {n: p.detach().clone() for n, p in named.items()}
+
     def put(values: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
             for n, p in named.items():
-                p.copy_(values[n])
+                p.copy_(values[n])  # (in the parameter's own dtype)
 
     try:
         found = minimize(objective, start, steps=POLISH_ITERATIONS)
@@ -1631,7 +1657,7 @@ def polish(loop: Loop, reason: StopReason) -> tuple[float, str] | None:
         else:  # (a module, a validation stream, or none: the loss must not rise)
             worse = not v_after <= v_before
     except Exception as err:  # the run's own result stands; say why nothing changed
-        put(start)
+        put(own)
         rec["polish"] = {"ran": False, "why": f"L-BFGS failed: {type(err).__name__}: {err}"}
         loop.record_event("polish", f"L-BFGS on the whole training set failed ({err}): not used")
         return None
@@ -1642,7 +1668,7 @@ def polish(loop: Loop, reason: StopReason) -> tuple[float, str] | None:
         and not worse
     )
     if not kept:
-        put(start)
+        put(own)
     monitor = "validation loss" if val is not None else "training loss"
     rec["polish"] = {
         "ran": True,
