@@ -1528,8 +1528,9 @@ _POLISH_AFTER = frozenset(
 
 def polish(loop: Loop, reason: StopReason) -> tuple[float, str] | None:
     """After a run the policy planned, minimize the training loss of a model too small to
-    memorize its data with full-batch L-BFGS, and keep the result unless the validation loss
-    is clearly worse (without validation data: unless the training loss is not lower).
+    memorize its data with full-batch L-BFGS, and keep the result where it is better: for a
+    plain function unless the validation loss is clearly worse, for a module only where the
+    validation loss is lower (without validation data: where the training loss is lower).
     Return ``(the new best loss, a sentence for the stop message)``, or None when it did not
     run or was not kept; the record is ``Result.autopilot["polish"]``.
 
@@ -1706,10 +1707,6 @@ def polish(loop: Loop, reason: StopReason) -> tuple[float, str] | None:
     return v_after, f" Then {text}."
 
 
-def _mean(xs: Sequence[float]) -> float:
-    return sum(xs) / len(xs)
-
-
 #: The validation rows are read in this many chunks for the polish's paired comparison.
 POLISH_CHUNKS = 20
 
@@ -1739,7 +1736,7 @@ def _clearly_positive(diffs: Sequence[float], looks: int) -> bool:
     among ``looks`` epochs on these same rows, so their validation loss is biased low (on
     curve fits whose least-squares optimum was 2-5% lower on all the data, the selected
     epoch read 2.3-2.7 standard errors lower on its validation rows)."""
-    m = _mean(diffs)
+    m = statistics.fmean(diffs)
     if len(diffs) < 2:
         return m > 0
     var = sum((d - m) ** 2 for d in diffs) / (len(diffs) - 1)
