@@ -260,6 +260,37 @@ def test_features_in_the_thousands_are_named_with_the_fix():
         descend.fit(torch.nn.Linear(3, 1), (X * 100, y), "mse", lr=0.01, epochs=1, verbose=0)
 
 
+def test_target_columns_on_different_scales_are_named_with_the_fix():
+    # mse on outputs of scales 1 and 1,000 fits the wide column and barely the narrow one
+    # (its R² -160 to -3 in the default run, the loss itself near the best rate's): fit says
+    # which columns, how much less the narrow one weighs, and the fix.
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(100, 3, generator=g)
+    Z = X / X.std(0)  # unit standard deviations, so the ratio is exactly 1,000
+    y = torch.stack([Z[:, 0], 1000 * Z[:, 1]], 1)
+    with pytest.warns(RuntimeWarning, match=r"column 0: standard deviation .* 1e\+06x less .* "
+                      r"standardize each target column"):  # fmt: skip
+        descend.fit(
+            torch.nn.Linear(3, 2), (X, y), "mse", lr=0.01, epochs=1, verbose=0, validation=None
+        )
+    with pytest.warns(RuntimeWarning, match=r"the mae loss weighs column 0's errors about 1e\+03x"):
+        descend.fit(
+            torch.nn.Linear(3, 2), (X, y), "mae", lr=0.01, epochs=1, verbose=0, validation=None
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        # 50x apart, a constant column, one output, a loss not in the targets' units: no warning
+        y2 = torch.stack([X[:, 0], 50 * X[:, 1], torch.ones(100)], 1)
+        descend.fit(
+            torch.nn.Linear(3, 3), (X, y2), "mse", lr=0.01, epochs=1, verbose=0, validation=None
+        )
+        descend.fit(torch.nn.Linear(3, 1), (X, 1000 * X[:, :1]), "mse", lr=0.01, epochs=1,
+                    verbose=0, validation=None)  # fmt: skip
+        descend.fit(torch.nn.Linear(3, 2), (X, (y > 0).float()), "binary_cross_entropy",
+                    lr=0.01, epochs=1, verbose=0,
+                    validation=None)  # fmt: skip
+
+
 def test_early_stopping_restores_best_weights():
     torch.manual_seed(0)
     # Tiny noisy set + big model: validation loss rises after a while.
