@@ -136,7 +136,8 @@ def main() -> None:
         narrow = "-"
         if first:
             narrow = (
-                f"{statistics.mean(first['descend']):.3g} / "
+                f"{statistics.mean(first['descend']):.3g} "
+                f"({' / '.join(f'{v:.3g}' for v in first['descend'])}) / "
                 f"{statistics.mean(first[f'lr {single:g}']):.3g}"
             )
         print(

@@ -262,7 +262,7 @@ def test_features_in_the_thousands_are_named_with_the_fix():
 
 def test_target_columns_on_different_scales_are_named_with_the_fix():
     # mse on outputs of scales 1 and 1,000 fits the wide column and barely the narrow one
-    # (its R² -160 to -3 in the default run, the loss itself near the best rate's): fit says
+    # (its R² -306 to -4 in the default run, the loss itself near the best rate's): fit says
     # which columns, how much less the narrow one weighs, and the fix.
     g = torch.Generator().manual_seed(0)
     X = torch.randn(100, 3, generator=g)
