@@ -154,16 +154,24 @@ def _fake_sweep(dip_near: float, dip_far: float, far_depth: float):
 
 
 @pytest.mark.parametrize(
-    ("dip_far", "reads"),
-    [(0.008, "near"), (8.0, "far")],
-    ids=["far-minimum-inside-the-first-range", "far-minimum-beyond-it"],
+    ("dip_near", "dip_far", "reads"),
+    [(0.08, 0.008, "near"), (0.0006, 0.02, "far-inside"), (0.08, 8.0, "far")],
+    ids=[
+        "far-minimum-inside-the-first-range",
+        "first-minimum-at-rates-too-small",
+        "far-minimum-beyond-it",
+    ],
 )
-def test_a_sweep_further_is_read_only_where_it_goes_beyond_the_first(monkeypatch, dip_far, reads):
+def test_a_sweep_further_is_read_only_where_it_goes_beyond_the_first(
+    monkeypatch, dip_near, dip_far, reads
+):
     # A first sweep that does not clearly descend makes the policy sweep on to 100 (for losses
     # that rates up to 1 cannot move). If that sweep bottoms inside the first one's range, the
-    # first curve was noisy rather than flat: its own minimum is read, not the coarse far one
-    # (a noisy regression fell to R² 0.31 on the far sweep's reading, 10x too low).
-    monkeypatch.setattr(autopilot._lr_find, "sweep", _fake_sweep(0.08, dip_far, 0.5))
+    # first curve was noisy rather than flat: both minima are noise, and the higher is read —
+    # the first one's where the far one is lower (a noisy regression fell to R² 0.31 on the far
+    # sweep's reading, 10x too low), the far one's where the first bottomed at rates too small
+    # to move anything (heavy-tailed noise under huber: trained at 1.2e-4, 15x the error).
+    monkeypatch.setattr(autopilot._lr_find, "sweep", _fake_sweep(dip_near, dip_far, 0.5))
     X, y = _clf()
     r = _fit(_mlp(), (X, y), epochs=4, validation=None)
     rt = r.autopilot["range_test"]
@@ -171,6 +179,10 @@ def test_a_sweep_further_is_read_only_where_it_goes_beyond_the_first(monkeypatch
     if reads == "near":
         assert rt["end_lr"] == pytest.approx(autopilot.RT_END)
         assert 0.04 < rt["min_lr"] < 0.5 and "noisy, not flat" in rt["note"]
+        assert "the higher, the first one's" in rt["note"]
+    elif reads == "far-inside":
+        assert rt["end_lr"] == pytest.approx(autopilot.RT_FAR)
+        assert 0.01 < rt["min_lr"] < 1.0 and "the higher, the far one's" in rt["note"]
     else:
         assert rt["end_lr"] == pytest.approx(autopilot.RT_FAR)
         assert 4.0 < rt["min_lr"] < 50.0 and "note" not in rt

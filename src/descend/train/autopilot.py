@@ -773,20 +773,29 @@ def _plan(ctx: PlanContext) -> Plan:
         swept += len(lrs)
         found = _lr_find.analyze(lrs, losses)
         if found["min_lr"] <= near_lrs[-1]:
-            # The far sweep's minimum lies inside the range the first sweep covered, in finer
-            # steps: the first curve was noisy, not flat (its rates were not all too small),
-            # and the coarse far sweep's minimum is one noisy point. Read the first sweep's
-            # own minimum. (Found on a noisy regression, a sine product of 1,000 rows: the far
-            # sweep read 0.0083 where the first bottomed at 0.079, and the fit reached R² 0.31
-            # where the other seeds' 0.76-0.92.)
-            far_min = found["min_lr"]
-            lrs = near_lrs
-            found = {**near, "suggestion": max(near_lrs[0], near["min_lr"] / 10.0)}
+            # The far sweep's minimum lies inside the range the first sweep covered: the first
+            # curve was noisy, not flat (its rates were not all too small). Both minima are
+            # then a noisy curve's lowest points, and the higher one is read: a minimum where
+            # the rates were too small to move the weights is the luckiest batch, nothing more.
+            # (A noisy regression, a sine product of 1,000 rows: the far sweep bottomed at
+            # 0.0083, the first at 0.079, and a fit at the far reading reached R² 0.31 where
+            # the other seeds' 0.76-0.92. Heavy-tailed noise under huber, session 29: the first
+            # bottomed at 0.00061, the far at 0.18; trained at 1.2e-4 the fit's error on the
+            # true curve was 1.33, where rates of 0.003-0.03 reach 0.07.)
+            far_min, far_lrs, far = found["min_lr"], lrs, found
+            if far_min > near["min_lr"]:
+                found = {**far, "suggestion": max(far_lrs[0], far_min / 10.0)}
+                read, which = far_min, "the far one's"
+            else:
+                lrs = near_lrs
+                found = {**near, "suggestion": max(near_lrs[0], near["min_lr"] / 10.0)}
+                read, which = near["min_lr"], "the first one's"
             noisy_note = (
                 f"the first sweep (to {near_lrs[-1]:.3g}) did not clearly descend, and a sweep "
                 f"on to {RT_FAR:g} bottomed at {far_min:.3g}, inside the first one's range: "
-                f"the first curve was noisy, not flat, so its minimum ({near['min_lr']:.3g}) "
-                "is read"
+                f"the first curve was noisy, not flat; of the two minima ({near['min_lr']:.3g} "
+                f"and {far_min:.3g}) the higher, {which} ({read:.3g}), is read (a minimum at "
+                "rates too small to move the weights is the luckiest batch)"
             )
     # A regression loss judged on validation data aims higher (see REGRESSION_CEILING).
     # (Not for a stream of unknown length: its rate stays constant, with no decay to settle.)
