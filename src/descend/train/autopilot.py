@@ -8,7 +8,8 @@ What it does (every number it decides by is in ``Result.autopilot``):
    1e-6 to 1 (a usual network blows up near 0.1–1 and the sweep ends there); if nothing in
    that range moved the loss (e.g. raw regression targets in the hundreds), a second sweep goes
    on to 100 (if that one bottoms inside the first one's range, the first curve was noisy, not
-   flat, and the first sweep's minimum is read instead); if the loss was still falling at 1
+   flat, and the higher of the two sweeps' minima is read: one at rates too small to move the
+   weights is the luckiest batch); if the loss was still falling at 1
    (its minimum the sweep's last point) and the targets are raw (root mean square above 10,
    an mse/mae/huber loss), a sweep goes on to 100 as well, read where it bottoms above 1. The
    rate at the minimum of the smoothed loss, divided by 10, is the *ceiling* ``s``.
