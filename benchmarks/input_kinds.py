@@ -24,19 +24,29 @@ reads its rate in the chaotic part of a 25-step sweep (benchmarks/RESULTS.md); a
 sweep under heavy-tailed noise read its luckiest batch at a rate too small to move anything
 (fixed: of two noisy sweeps' minima the higher is read).
 
-Run: ``python benchmarks/input_kinds.py [--seeds 3] [--only mixed-scales]`` (~1 min on 2 cores).
+Run: ``python benchmarks/input_kinds.py [--seeds 3] [--only mixed-scales] [--more]`` (~1 min; with
+``--more``, twelve more cases of other shapes — an autoencoder, a DataLoader, a deeper net,
+batch norm and dropout, multi-label, Poisson, fine-tuning, mae, a custom loss, a noise-free
+target, noisy labels — ~8 min).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import platform
 import statistics
 import warnings
 
 import numpy as np
 import torch
-from sklearn.datasets import load_diabetes, make_classification, make_friedman1
+from sklearn.datasets import (
+    load_diabetes,
+    load_digits,
+    make_classification,
+    make_friedman1,
+    make_multilabel_classification,
+)
 from sklearn.metrics import log_loss, r2_score
 from sklearn.model_selection import train_test_split
 
@@ -103,10 +113,178 @@ def score(model, X, y, loss) -> tuple[float, float | None]:
     return float(((out - y) ** 2).mean()), first
 
 
+def _t(a) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(a), dtype=torch.float32)
+
+
+def _seq(*sizes: int, seed: int, norm: bool = False) -> torch.nn.Sequential:
+    """Linear layers of ``sizes`` with ReLU between (and batch norm + dropout 0.1 before each
+    ReLU with ``norm``)."""
+    torch.manual_seed(seed)
+    layers: list[torch.nn.Module] = []
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
+        layers.append(torch.nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            if norm:
+                layers += [torch.nn.BatchNorm1d(b), torch.nn.Dropout(0.1)]
+            layers.append(torch.nn.ReLU())
+    return torch.nn.Sequential(*layers)
+
+
+def _split(X, y, seed):
+    Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.25, random_state=seed)
+    return (Xtr, ytr), Xte, yte
+
+
+def _mse(m, X, y) -> float:
+    return float(((m(_t(X)) - _t(y)) ** 2).mean())
+
+
+def more_cases():
+    """``--more``: twelve cases of other shapes, each ``(name, model(seed), data(seed) ->
+    (training data, X_test, y_test), loss, score(model, X_test, y_test), grid)``; lower
+    scores are better."""
+    Xd, _ = load_digits(return_X_y=True)
+    Xd = (Xd / 16).astype(np.float32)
+    yield ("autoencoder on digits (64-32-8-32-64)", lambda s: _seq(64, 32, 8, 32, 64, seed=s),
+           lambda s: _split(Xd, Xd, s), "mse", _mse, GRID)  # fmt: skip
+    Xf, yf = make_friedman1(n_samples=2000, noise=1.0, random_state=0)
+    Xf = ((Xf - Xf.mean(0)) / Xf.std(0)).astype(np.float32)
+    yf = ((yf - yf.mean()) / yf.std()).astype(np.float32)[:, None]
+
+    def loader(s):
+        (Xtr, ytr), Xte, yte = _split(Xf, yf, s)
+        ds = torch.utils.data.TensorDataset(_t(Xtr), _t(ytr))
+        g = torch.Generator().manual_seed(s)
+        return torch.utils.data.DataLoader(ds, batch_size=32, shuffle=True, generator=g), Xte, yte
+
+    yield ("friedman1 (2,000 rows) as a DataLoader", lambda s: _seq(10, 64, 1, seed=s), loader,
+           "mse", _mse, GRID)  # fmt: skip
+    yield ("friedman1 as arrays", lambda s: _seq(10, 64, 1, seed=s), lambda s: _split(Xf, yf, s),
+           "mse", _mse, GRID)  # fmt: skip
+    yield ("friedman1, 4 hidden layers of 128", lambda s: _seq(10, 128, 128, 128, 128, 1, seed=s),
+           lambda s: _split(Xf, yf, s), "mse", _mse, GRID)  # fmt: skip
+    yield ("friedman1, batch norm + dropout", lambda s: _seq(10, 128, 128, 1, seed=s, norm=True),
+           lambda s: _split(Xf, yf, s), "mse", _mse, GRID)  # fmt: skip
+    X, Y = make_multilabel_classification(
+        n_samples=2000, n_features=20, n_classes=5, random_state=0
+    )
+    X = ((X - X.mean(0)) / X.std(0)).astype(np.float32)
+
+    def bce(m, X, y):
+        return float(torch.nn.functional.binary_cross_entropy_with_logits(m(_t(X)), _t(y)))
+
+    Y = Y.astype(np.float32)
+    yield ("5 labels, binary cross-entropy", lambda s: _seq(20, 64, 5, seed=s),
+           lambda s: _split(X, Y, s), "binary_cross_entropy", bce, GRID)  # fmt: skip
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(2000, 8)).astype(np.float32)
+    rate = np.exp(0.5 * np.sin(2 * X[:, 0]) + 0.4 * X[:, 1] * X[:, 2] - 0.3 * X[:, 3] + 0.5)
+    counts = rng.poisson(rate).astype(np.float32)[:, None]
+
+    def deviance(m, X, y):
+        return float(torch.nn.functional.poisson_nll_loss(m(_t(X)), _t(y), log_input=True))
+
+    yield ("Poisson counts (a log-rate output)", lambda s: _seq(8, 64, 1, seed=s),
+           lambda s: _split(X, counts, s), "poisson", deviance, GRID)  # fmt: skip
+    pretrained: dict[int, dict] = {}
+
+    def finetuned(s):
+        if s not in pretrained:
+            m = _seq(10, 64, 1, seed=s)
+            descend.fit(m, (Xf, yf), "mse", lr=3e-3, epochs=30, verbose=0, seed=s)
+            pretrained[s] = {k: v.clone() for k, v in m.state_dict().items()}
+        m = _seq(10, 64, 1, seed=s)
+        m.load_state_dict(pretrained[s])
+        return m
+
+    shifted = (yf + 0.5 * np.sin(3 * Xf[:, :1])).astype(np.float32)
+
+    def few_rows(s):
+        idx = np.random.default_rng(s).permutation(len(Xf))
+        return (Xf[idx[:150]], shifted[idx[:150]]), Xf[idx[1000:]], shifted[idx[1000:]]
+
+    yield ("fine-tune a pretrained MLP, 150 rows", finetuned, few_rows, "mse", _mse,
+           (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2))  # fmt: skip
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(1500, 5)).astype(np.float32)
+    f = (np.sin(2 * X[:, 0]) + X[:, 1] * X[:, 2]).astype(np.float32)[:, None]
+    heavy = (f + 0.3 * rng.standard_t(1.5, size=(1500, 1))).astype(np.float32)
+
+    def on_curve(s):  # noisy targets to train on, the noise-free curve to score against
+        tr, te = train_test_split(np.arange(1500), test_size=0.25, random_state=s)
+        return (X[tr], heavy[tr]), X[te], f[te]
+
+    yield ("heavy-tailed noise, mae (vs the true curve)", lambda s: _seq(5, 64, 1, seed=s),
+           on_curve, "mae", _mse, GRID)  # fmt: skip
+    spread = (f + (0.2 + 0.3 * np.abs(X[:, 3:4])) * rng.normal(size=(1500, 1))).astype(np.float32)
+
+    def pinball(pred, y, q=0.9):
+        d = y - pred
+        return torch.maximum(q * d, (q - 1) * d).mean()
+
+    def quantile_score(m, X, y):  # the test pinball loss + the coverage's distance from 0.9
+        out = m(_t(X))
+        return abs(float((_t(y) <= out).float().mean()) - 0.9) + float(pinball(out, _t(y)))
+
+    yield ("a user's pinball loss, q = 0.9", lambda s: _seq(5, 64, 1, seed=s),
+           lambda s: _split(X, spread, s), pinball, quantile_score, GRID)  # fmt: skip
+    yield ("a noise-free target", lambda s: _seq(5, 64, 1, seed=s), lambda s: _split(X, f, s),
+           "mse", _mse, GRID)  # fmt: skip
+    _, yd = load_digits(return_X_y=True)
+
+    def noisy_labels(s):
+        (Xtr, ytr), Xte, yte = _split(Xd, yd, s)
+        r = np.random.default_rng(s)
+        flip = r.random(len(ytr)) < 0.3
+        return (Xtr, np.where(flip, r.integers(0, 10, len(ytr)), ytr)), Xte, yte
+
+    def error(m, X, y):
+        return 1.0 - float((m(_t(X)).argmax(1).numpy() == y).mean())
+
+    yield (
+        "digits, 30% of training labels random (test error)",
+        lambda s: _seq(64, 128, 10, seed=s),
+        noisy_labels,
+        "cross_entropy",
+        error,
+        GRID,
+    )
+
+
+def run_more(seeds: int) -> None:
+    print("\n| case | descend (per seed) | best single rate | descend / best single rate | "
+          "descend's rates |")  # fmt: skip
+    print("|---|---|---|---|---|")
+    for name, make, data, loss, score_fn, grid in more_cases():
+        got: dict[float | None, list[float]] = {}
+        rates = []
+        for seed in range(seeds):
+            train, Xte, yte = data(seed)
+            for lr in (None, *grid):
+                model = make(seed)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    r = descend.fit(model, train, loss, lr=lr, verbose=0, seed=seed)
+                model.eval()
+                with torch.no_grad():
+                    got.setdefault(lr, []).append(score_fn(model, Xte, yte))
+                if lr is None:
+                    rates.append((r.autopilot or {}).get("lr", float("nan")))
+        best = min(grid, key=lambda lr: statistics.mean(got[lr]))
+        d, b = statistics.mean(got[None]), statistics.mean(got[best])
+        print(
+            f"| {name} | {d:.4g} ({' / '.join(f'{v:.4g}' for v in got[None])}) | {b:.4g} "
+            f"(lr {best:g}) | {d / b:.3f} | {', '.join(f'{r:.2g}' for r in rates)} |",
+            flush=True,
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--only", action="append")
+    ap.add_argument("--more", action="store_true", help="also the twelve cases of more_cases")
     args = ap.parse_args()
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, 1 thread\n")
@@ -159,6 +337,8 @@ def main() -> None:
             f"{', '.join(f'{r:.2g}' for r in rates)} | {narrow} |",
             flush=True,
         )
+    if args.more:
+        run_more(args.seeds)
 
 
 if __name__ == "__main__":
