@@ -25,9 +25,9 @@ sweep under heavy-tailed noise read its luckiest batch at a rate too small to mo
 (fixed: of two noisy sweeps' minima the higher is read).
 
 Run: ``python benchmarks/input_kinds.py [--seeds 3] [--only mixed-scales] [--more]`` (~1 min; with
-``--more``, twelve more cases of other shapes — an autoencoder, a DataLoader, a deeper net,
+``--more``, fifteen more cases of other shapes — an autoencoder, a DataLoader, a deeper net,
 batch norm and dropout, multi-label, Poisson, fine-tuning, mae, a custom loss, a noise-free
-target, noisy labels — ~8 min).
+target, noisy labels, sin(x), XOR — ~9 min).
 """
 
 from __future__ import annotations
@@ -141,9 +141,9 @@ def _mse(m, X, y) -> float:
 
 
 def more_cases():
-    """``--more``: twelve cases of other shapes, each ``(name, model(seed), data(seed) ->
-    (training data, X_test, y_test), loss, score(model, X_test, y_test), grid)``; lower
-    scores are better."""
+    """``--more``: fifteen cases of other shapes (``--only`` picks them by a part of their
+    name), each ``(name, model(seed), data(seed) -> (training data, X_test, y_test), loss,
+    score(model, X_test, y_test), grid)``; lower scores are better."""
     Xd, _ = load_digits(return_X_y=True)
     Xd = (Xd / 16).astype(np.float32)
     yield ("autoencoder on digits (64-32-8-32-64)", lambda s: _seq(64, 32, 8, 32, 64, seed=s),
@@ -242,6 +242,34 @@ def more_cases():
     def error(m, X, y):
         return 1.0 - float((m(_t(X)).argmax(1).numpy() == y).mean())
 
+    xs = torch.linspace(-3.14, 3.14, 200)[:, None].numpy()
+    grid = torch.linspace(-3.1, 3.1, 1000)[:, None].numpy()
+
+    def sine(s):  # 200 exact points of sin(x); scored on the curve between them
+        return (xs, np.sin(xs)), grid, np.sin(grid)
+
+    for act in (torch.nn.Tanh, torch.nn.ReLU):
+
+        def make(s, act=act):
+            torch.manual_seed(s)
+            return torch.nn.Sequential(
+                torch.nn.Linear(1, 32), act(), torch.nn.Linear(32, 32), act(),
+                torch.nn.Linear(32, 1),
+            )  # fmt: skip
+
+        yield (f"sin(x), 200 points, 1-32-32-1 {act.__name__}", make, sine, "mse", _mse, GRID)
+    xor = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float32)
+    xor_y = np.array([[0], [1], [1], [0]], dtype=np.float32)
+
+    def xor_error(m, X, y):  # the share of the four points on the wrong side
+        return float(((m(_t(X)) > 0).float() != _t(y)).float().mean())
+
+    def xor_net(s):
+        torch.manual_seed(s)
+        return torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+
+    yield ("XOR, 4 rows (error on the 4)", xor_net, lambda s: ((xor, xor_y), xor, xor_y),
+           "binary_cross_entropy", xor_error, GRID)  # fmt: skip
     yield (
         "digits, 30% of training labels random (test error)",
         lambda s: _seq(64, 128, 10, seed=s),
@@ -252,11 +280,13 @@ def more_cases():
     )
 
 
-def run_more(seeds: int) -> None:
+def run_more(seeds: int, only: list[str] | None = None) -> None:
     print("\n| case | descend (per seed) | best single rate | descend / best single rate | "
           "descend's rates |")  # fmt: skip
     print("|---|---|---|---|---|")
     for name, make, data, loss, score_fn, grid in more_cases():
+        if only and not any(o in name for o in only):
+            continue
         got: dict[float | None, list[float]] = {}
         rates = []
         for seed in range(seeds):
@@ -284,7 +314,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--only", action="append")
-    ap.add_argument("--more", action="store_true", help="also the twelve cases of more_cases")
+    ap.add_argument("--more", action="store_true", help="also the cases of more_cases")
     args = ap.parse_args()
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, 1 thread\n")
@@ -338,7 +368,7 @@ def main() -> None:
             flush=True,
         )
     if args.more:
-        run_more(args.seeds)
+        run_more(args.seeds, args.only)
 
 
 if __name__ == "__main__":
