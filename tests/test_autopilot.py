@@ -85,14 +85,20 @@ def test_record_says_what_was_tried_and_why_and_progress_shows_it():
     assert rec["optimizer"] == "adamw" and rec["lr"] > 0
     rt = rec["range_test"]
     assert rt["steps"] >= 10 and rt["suggestion"] == pytest.approx(rt["min_lr"] / 10)
-    lrs = [c["lr"] for c in rec["candidates"]]
+    span = [c for c in rec["candidates"] if not c.get("probe")]
+    lrs = [c["lr"] for c in span]
     assert len(lrs) >= 2 and rec["lr"] in lrs
     assert max(lrs) == pytest.approx(rt["suggestion"])  # the ceiling is the range test's
+    # The probe above the span (4x the ceiling) is raced too, and was not clearly ahead here.
+    (probe,) = [c for c in rec["candidates"] if c.get("probe")]
+    assert probe["lr"] == pytest.approx(autopilot.PROBE_FACTOR * rt["suggestion"])
+    assert probe["status"].startswith("dropped after epoch") and "probe" in probe["status"]
+    assert "a probe at 4x the ceiling" in rec["why"]
     statuses = [c["status"] for c in rec["candidates"]]
     assert sum(s.startswith("winner") for s in statuses) == 1
     assert all(math.isfinite(c["best"]) for c in rec["candidates"])
     winner = next(c for c in rec["candidates"] if c["status"].startswith("winner"))
-    assert winner["best"] == min(c["best"] for c in rec["candidates"])
+    assert winner["best"] == min(c["best"] for c in span)
     assert f"{rec['lr']:.3g}" in rec["why"]
     start = buf.getvalue().splitlines()[0]
     assert "autopilot adamw(lr=" in start and f"{rec['lr']:.3g}" in start
@@ -405,7 +411,7 @@ def test_a_regression_loss_with_validation_aims_at_twice_the_range_tests_reading
     # With a budget for a race, the regression candidates span [s/2, 2s].
     raced = _fit(_mlp(o=1), (X, y), "mse", epochs=40).autopilot
     s = raced["range_test"]["suggestion"]
-    lrs = sorted(c["lr"] for c in raced["candidates"])
+    lrs = sorted(c["lr"] for c in raced["candidates"] if not c.get("probe"))
     assert lrs[0] == pytest.approx(s / 2) and lrs[-1] == pytest.approx(2 * s)
 
 
@@ -465,6 +471,7 @@ def _race_stub(cands, *, epochs=30, spent=21.0, epoch=9):
     race = object.__new__(autopilot._Race)
     race.ctx = types.SimpleNamespace(epochs=epochs)
     race.spent, race.epoch, race.cands = spent, epoch, cands
+    race.probe_spent = 0.0
     return race
 
 
@@ -540,7 +547,7 @@ def test_the_record_states_the_weight_decay_of_the_chosen_rate():
 def test_the_race_tries_a_stronger_weight_decay_where_the_budget_affords_it():
     X, y = _clf()
     rec = _fit(_mlp(), (X, y)).autopilot
-    cands = rec["candidates"]
+    cands = [c for c in rec["candidates"] if not c.get("probe")]
     assert [c["timescale"] for c in cands] == [
         autopilot.DECAY_TIMESCALE,
         autopilot.DECAY_TIMESCALE,
@@ -551,7 +558,8 @@ def test_the_race_tries_a_stronger_weight_decay_where_the_budget_affords_it():
     assert "stronger weight decay" in rec["why"]
     # A budget that affords only the pair of rates races only them, at the default timescale.
     rec = _fit(_mlp(), (X, y), epochs=40).autopilot
-    assert [c["timescale"] for c in rec["candidates"]] == [autopilot.DECAY_TIMESCALE] * 2
+    span = [c for c in rec["candidates"] if not c.get("probe")]
+    assert [c["timescale"] for c in span] == [autopilot.DECAY_TIMESCALE] * 2
 
 
 def test_a_third_candidate_is_judged_early_and_the_last_pair_races_a_quarter():
@@ -576,6 +584,93 @@ def test_a_third_candidate_is_judged_early_and_the_last_pair_races_a_quarter():
     assert race.spent + (30 - race.epoch) <= 1.4 * 30  # the winner's remaining epochs fit
     assert cands[2].status.startswith("dropped after epoch 3")
     assert race.winner() is cands[1]
+
+
+def _probe_race(probe_best, probe_train, *, span=(0.20, 0.25), epoch=10, best_epoch=None):
+    # Two span candidates and the probe above them, as _judge_probe and winner() read them.
+    e = best_epoch or epoch
+    cands = [autopilot._Candidate(lr=1e-3 * 2**i, loop=None, best=b) for i, b in enumerate(span)]
+    loop = types.SimpleNamespace(history=types.SimpleNamespace(train_loss=[probe_train] * epoch))
+    probe = autopilot._Candidate(lr=1.6e-2, loop=loop, best=probe_best, best_epoch=e, probe=True)
+    race = _race_stub([*cands, probe], epochs=100, spent=0.0, epoch=epoch)
+    race.probation = 10
+    return race, cands, probe
+
+
+@pytest.mark.parametrize(
+    ("epoch", "best", "train", "lead", "outcome"),
+    [
+        (2, 0.15, 0.15, math.inf, "dropped"),  # not 30% below the span's 0.20 after 2 epochs
+        (2, 0.13, 0.13, math.inf, "racing"),  # 35% below: it races on
+        (3, 0.23, 0.23, math.inf, "dropped"),  # ... unless it falls over 10% behind later
+        (3, 0.21, 0.21, math.inf, "racing"),  # (5% behind: it races on)
+        (10, 0.13, 0.14, math.inf, "cleared"),  # 35% ahead, its training loss alike: better
+        (10, 0.15, 0.15, math.inf, "racing"),  # ahead, not clearly: its probation goes on
+        (11, 0.15, 0.15, 0.8, "racing"),  # ... while it pulls away (0.8 -> 0.75 of the span)
+        (11, 0.15, 0.15, 0.7, "dropped"),  # ... and no longer once its lead shrinks
+        (25, 0.15, 0.15, 0.8, "dropped"),  # ... and up to a quarter of the budget
+        (10, 0.21, 0.21, math.inf, "dropped"),  # not ahead at the end of its probation
+        (10, 0.05, 0.30, math.inf, "dropped"),  # far below its training loss: a small set's luck
+        (9, 0.10, 0.10, math.inf, "racing"),  # clearly ahead, but judged once probation ends
+    ],
+)
+def test_the_probe_above_the_span_stays_only_where_it_is_clearly_ahead(
+    epoch, best, train, lead, outcome
+):
+    race, _, probe = _probe_race(best, train, epoch=epoch)
+    probe.lead = lead
+    race._judge_probe()
+    got = (
+        "cleared"
+        if probe.cleared
+        else "dropped"
+        if probe.status.startswith("dropped") and "probe" in probe.status
+        else "racing"
+    )
+    assert got == outcome and (outcome != "racing" or probe.alive)
+
+
+def test_the_probe_wins_only_clearly_ahead_and_never_on_luck():
+    # 35% below the span, its training loss alike: it wins.
+    race, span, probe = _probe_race(0.13, 0.14)
+    assert race.winner() is probe
+    # 20% below: the span's best wins (a higher rate's small lead is noise, session 29).
+    race, span, probe = _probe_race(0.16, 0.16)
+    assert race.winner() is span[0]
+    # Far below its training loss of that epoch (iris, wine: near-zero validation losses whose
+    # test losses were 3-11x the span's): the span's best wins.
+    race, span, probe = _probe_race(0.01, 0.2)
+    assert race.winner() is span[0]
+    # A loss that can go negative (a custom one) gives no margin to read: the span wins.
+    race, span, probe = _probe_race(-0.5, -0.4, span=(-0.1, 0.2))
+    assert race.winner() is span[0]
+    # Its probation is paid apart: the budget drop rule does not count it.
+    race, span, probe = _probe_race(0.15, 0.15, epoch=1)
+    race.spent = race.probe_spent = 30.0
+    race._drop_for_budget()
+    assert all(c.alive for c in race.cands)
+
+
+def test_a_sine_fit_with_tanh_leaves_the_plateau_through_the_probe():
+    # The classic first demo (session 29): 200 exact points of sin(x), a 1-32-32-1 tanh MLP.
+    # Every rate of the span stopped at a straight line's error (~0.1 on the curve) where the
+    # probe at 4x its top fits the curve; without the probe this error was 0.11 and 0.1.
+    x = torch.linspace(-3.14, 3.14, 200)[:, None]
+    xt = torch.linspace(-3.1, 3.1, 1000)[:, None]
+    for seed in (0, 2):
+        torch.manual_seed(seed)
+        m = torch.nn.Sequential(
+            torch.nn.Linear(1, 32),
+            torch.nn.Tanh(),
+            torch.nn.Linear(32, 32),
+            torch.nn.Tanh(),
+            torch.nn.Linear(32, 1),
+        )
+        r = descend.fit(m, (x, torch.sin(x)), "mse", verbose=0, seed=seed)
+        won = next(c for c in r.autopilot["candidates"] if c["status"].startswith("winner"))
+        assert won.get("probe") and "(the probe," in r.autopilot["why"]
+        with torch.no_grad():
+            assert float(((m(xt) - torch.sin(xt)) ** 2).mean()) < 0.01
 
 
 class _Factorization(torch.nn.Module):
@@ -627,9 +722,10 @@ def test_a_candidates_run_is_the_same_whoever_else_races(monkeypatch):
     three, seen3 = fit()
     _without_strong_candidate(monkeypatch)
     two, seen2 = fit()
-    assert len(three.autopilot["candidates"]) == 3 and len(two.autopilot["candidates"]) == 2
+    # (each with the probe above the span beside them)
+    assert len(three.autopilot["candidates"]) == 4 and len(two.autopilot["candidates"]) == 3
     common = set(seen3) & set(seen2)
-    assert len({k[:2] for k in common}) == 2 and len(common) >= 20
+    assert len({k[:2] for k in common}) == 3 and len(common) >= 20
     assert all(seen3[k] == seen2[k] for k in common)
 
 
@@ -779,7 +875,8 @@ def test_on_a_terminal_the_planning_lines_come_before_the_bar(capsys, monkeypatc
     r = _factorization_fit(verbose=1)
     raw = capsys.readouterr().out
     out = " ".join(re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", raw).split())  # no styles, no wraps
-    assert "choosing the learning rate" in out and "racing 3 candidates" in out
+    assert "choosing the learning rate" in out and "racing 4 candidates" in out
+    assert "(probe)" in out
     assert out.index("racing") < out.index("autopilot adamw")  # the start line, then the bar
     assert " ".join(r.stop_message.split()) in out
 

@@ -36,7 +36,14 @@ What it does (every number it decides by is in ``Result.autopilot``):
    — except that a lower rate within ``TIE`` (1%) of the leader that improved in that very epoch
    is kept instead of the leader (higher rates descend first and flatten first; a dropped
    candidate never wins); a last survivor that has not yet beaten a finished candidate keeps
-   going alone until it does or stops improving. The lowest best loss wins.
+   going alone until it does or stops improving. The lowest best loss wins. Beside them (with
+   a budget of at least 20 epochs) a *probe* races at ``PROBE_FACTOR`` = 4x the span's top,
+   its probation paid on top of the budget: it goes unless ``PROBE_MARGIN`` = 30% below the
+   span's best after 2 epochs, when more than 10% behind it later, and after a tenth of the
+   budget unless 30% below it again (while it leads by less and pulls away, to a quarter at
+   most); it wins only under that margin and with a validation loss at least ``PROBE_RATIO``
+   = 0.7 of its training loss (session 30: sin(x) with tanh sat on a plateau below the
+   ceiling; see PROBE_FACTOR).
 3. **Continue, do not restart.** The winner goes on from where it is: at the start of the run
    ``fit``'s loop adopts its weights, optimizer state, step count, epoch, history and best
    weights through the checkpoint-resume path (``Loop.load_checkpoint``), so the schedule is
@@ -196,6 +203,27 @@ SAMPLES_PER_PARAMETER = 20
 #: data nothing stops an overfit (diabetes' test loss rose 3% at s, 11% at 2s): no multiple.
 REGRESSION_CEILING = 2.0
 MAX_CANDIDATES = 4
+#: The race adds a *probe* above the span: ``PROBE_FACTOR`` x its top rate (session 30). The
+#: span's ceiling sat below a plateau the run had to leave on sin(x) with a tanh MLP (every
+#: rate in the span stopped at a straight line's error; 0.03, 30x the ceiling, fit the curve
+#: 780x better) and was too slow for full-batch runs on short budgets; races that simply
+#: included higher rates crowned them on small noisy validation sets (breast cancer's test log
+#: loss 0.12 -> 0.24). So the probe stays only where it is *clearly* ahead: ``PROBE_MARGIN``
+#: below the span's best so far after ``PROBE_FIRST_LOOK`` epochs (most probes go there: a
+#: higher rate that leads leads early), never more than ``PROBE_BEHIND`` behind it after that,
+#: and that margin again after ``PROBE_FRACTION`` of the budget — while it leads by less and
+#: pulls away, to ``MIN_RACE_FRACTION`` at most; it wins only under the same margin at the end.
+#: A validation loss far below the training loss of the same epoch (below ``PROBE_RATIO`` of
+#: it) is a small validation set's luck, not a better fit (iris and wine: validation losses
+#: near 0 whose test losses were 3-11x the span's): such a probe neither stays nor wins. Its
+#: epochs on probation are paid on top of ``RACE_BUDGET``; it races only where
+#: ``PROBE_FRACTION`` of the budget is at least ``PROBE_FIRST_LOOK`` epochs (at least 20).
+PROBE_FACTOR = 4.0
+PROBE_FRACTION = 0.1
+PROBE_MARGIN = 0.3
+PROBE_BEHIND = 1.1
+PROBE_FIRST_LOOK = 2
+PROBE_RATIO = 0.7
 #: Every candidate must be able to race for at least this share of the epoch budget.
 MIN_RACE_FRACTION = 0.25
 #: When the budget forces a drop, a lower rate still improving within this relative distance
@@ -922,6 +950,10 @@ def _plan(ctx: PlanContext) -> Plan:
         tx = _adamw(lr, total, schedule=sched, timescale=share, mask=_decay_mask(exempt))
         return _with_decay(Plan(tx, desc, record), sched, ctx)
     cands = _candidates(ceiling, K, strong, share)
+    # The probe above the span (see PROBE_FACTOR), where memory holds one more copy.
+    probe = by_memory > len(cands) and PROBE_FRACTION * E >= PROBE_FIRST_LOOK
+    if probe:
+        cands.append((ceiling * PROBE_FACTOR, share))
     # A candidate is finished when it has not improved for this many epochs: 15% of the
     # budget, at least 3, and never more than the run's own patience.
     patience = _ctx_get(ctx, "patience", 10)
@@ -930,12 +962,14 @@ def _plan(ctx: PlanContext) -> Plan:
         race_patience = max(1, min(race_patience, patience))
     max_time = _ctx_get(ctx, "max_time", None)
     deadline = None if max_time is None else t_start + RACE_TIME_SHARE * max_time
-    race = _Race(ctx, cands, total, race_patience, spent, t_start, deadline)
+    race = _Race(ctx, cands, total, race_patience, spent, t_start, deadline, probe=probe)
     resume = getattr(ctx, "race_resume", None)
     if resume is not None and race.load(resume):
         _report(ctx, f"the race goes on from its checkpoint after epoch {race.epoch}")
     else:
-        shown = ", ".join(_label(lr, tau) for lr, tau in cands)
+        shown = ", ".join(
+            _label(lr, tau, probe and i == len(cands) - 1) for i, (lr, tau) in enumerate(cands)
+        )
         _report(
             ctx,
             f"the range test put the ceiling at {ceiling_text}; racing {len(cands)} candidates "
@@ -945,9 +979,13 @@ def _plan(ctx: PlanContext) -> Plan:
     return race.plan(rt_record, ceiling, ceiling_text)
 
 
-def _label(lr: float, tau: float) -> str:
+def _label(lr: float, tau: float, probe: bool = False) -> str:
     """A race candidate as the progress lines name it."""
-    return f"lr {_fmt(lr)}" + (" (stronger decay)" if tau == STRONG_DECAY_TIMESCALE else "")
+    return (
+        f"lr {_fmt(lr)}"
+        + (" (stronger decay)" if tau == STRONG_DECAY_TIMESCALE else "")
+        + (" (probe)" if probe else "")
+    )
 
 
 def _report(ctx: PlanContext, text: str) -> None:
@@ -979,6 +1017,11 @@ class _Candidate:
     best: float = math.inf
     best_epoch: int = 0
     times: list[float] = field(default_factory=list)
+    #: the probe above the span (see PROBE_FACTOR), and whether it has passed its probation
+    probe: bool = False
+    cleared: bool = False
+    #: the probe's best over the span's best at its last judgement (its lead must grow)
+    lead: float = math.inf
     #: its model state while another candidate trains (a sharded model: one for all)
     stash: dict[str, torch.Tensor] | None = None
 
@@ -1003,6 +1046,8 @@ class _Race:
         spent: float,
         t_start: float,
         deadline: float | None = None,
+        *,
+        probe: bool = False,
     ) -> None:
         self.ctx = ctx
         self.total = total
@@ -1029,6 +1074,12 @@ class _Race:
             if start_state is not None:
                 cand.stash = {k: t.clone() for k, t in start_state.items()}
             self.cands.append(cand)
+        if probe:  # the last one is the probe above the span
+            self.cands[-1].probe = True
+        E = ctx.epochs
+        self.probation = max(PROBE_FIRST_LOOK, round(PROBE_FRACTION * E))
+        # epochs the probe spent on probation: paid on top of RACE_BUDGET
+        self.probe_spent = 0.0
         # Every candidate draws its random numbers (dropout masks, ...) from its own copy of the
         # streams as they are now, so its run is the same whoever else races — the one it would
         # have alone — and the winner's streams go on into the run with its state.
@@ -1087,6 +1138,8 @@ class _Race:
                 "best_epoch": c.best_epoch,
                 "times": list(c.times),
                 "has_best": kept is not None,
+                "cleared": c.cleared,
+                "lead": c.lead,
             }
         if self.shared:  # a fully_shard model: the file holds the whole tensors
             model, best, opt = dist_.gathered((model, best, opt))
@@ -1097,6 +1150,7 @@ class _Race:
                 "statuses": [c.status for c in self.cands],
                 "epoch": self.epoch,
                 "spent": self.spent,
+                "probe_spent": self.probe_spent,
                 "elapsed": now - self.t_start,
             },
             "candidates": metas,
@@ -1162,6 +1216,8 @@ class _Race:
                 _G.save_into(c.stash, c.loop.model)
             c.rng = {k[len(pre) :]: v for k, v in ckpt.rng.items() if k.startswith(pre)}
             c.best, c.best_epoch, c.times = m["best"], m["best_epoch"], list(m["times"])
+            c.cleared = bool(m.get("cleared", False))
+            c.lead = float(m.get("lead", math.inf))
             if m["has_best"]:
                 kept = {
                     k[len(pre) :]: t.to(self.ctx.device)
@@ -1172,6 +1228,7 @@ class _Race:
                     kept = dist_.sharded_like(kept, c.loop.model.state_dict())
                 self.best_states[id(c)] = kept
         self.epoch, self.spent = int(race["epoch"]), float(race["spent"])
+        self.probe_spent = float(race.get("probe_spent", 0.0))
         self.t_start = time.perf_counter() - float(race["elapsed"])
         self.resumed_from, self.resumed_epoch = ckpt.path, self.epoch
         return True
@@ -1184,16 +1241,71 @@ class _Race:
         done = [c.best for c in self.cands if c.status.startswith("stopped improving")]
         return min(done, default=math.inf)
 
+    def _span_best(self) -> float:
+        """The best validation loss of the span's candidates (not the probe's)."""
+        return min((c.best for c in self.cands if not c.probe), default=math.inf)
+
+    def _ahead(self, c: _Candidate) -> bool:
+        """Whether the probe ``c`` is clearly ahead of the span: its best loss ``PROBE_MARGIN``
+        below the span's best, and not far below its own training loss of that epoch (a small
+        validation set's luck; see PROBE_RATIO). Never with a loss that can go negative."""
+        lead = self._span_best()
+        if not (math.isfinite(c.best) and c.best >= 0 and math.isfinite(lead) and lead > 0):
+            return False
+        return c.best <= (1.0 - PROBE_MARGIN) * lead and self._genuine(c)
+
+    @staticmethod
+    def _genuine(c: _Candidate) -> bool:
+        """Whether ``c``'s best validation loss is at least PROBE_RATIO of its training loss in
+        that epoch (far below it is a small validation set's luck, not a better fit)."""
+        train = c.loop.history.train_loss
+        i = c.best_epoch - 1
+        t = train[i] if 0 <= i < len(train) else math.nan
+        return math.isfinite(t) and c.best >= PROBE_RATIO * t
+
+    def _judge_probe(self) -> None:
+        """After a race epoch: the probe on probation goes unless it is PROBE_MARGIN ahead of
+        the span after PROBE_FIRST_LOOK epochs, as soon as it falls more than PROBE_BEHIND
+        behind it after that, and at the end of its probation unless it is clearly ahead (or
+        still pulling away, up to MIN_RACE_FRACTION of the budget; see PROBE_FACTOR)."""
+        for c in self.cands:
+            if not (c.probe and c.alive and not c.cleared):
+                continue
+            lead = self._span_best()
+            behind = math.isfinite(lead) and c.best - lead > (PROBE_BEHIND - 1.0) * abs(lead)
+            early = self.epoch == PROBE_FIRST_LOOK and not (
+                math.isfinite(lead) and lead > 0 and c.best <= (1.0 - PROBE_MARGIN) * lead
+            )
+            if early or (self.epoch > PROBE_FIRST_LOOK and behind):
+                c.status = f"dropped after epoch {self.epoch} (the probe was " + (
+                    "not clearly ahead)" if early else "behind)"
+                )
+            elif self.epoch >= self.probation:
+                ratio = c.best / lead if math.isfinite(lead) and lead > 0 else math.inf
+                if self._ahead(c):
+                    c.cleared = True
+                elif (
+                    ratio < min(1.0, c.lead)
+                    and self._genuine(c)
+                    and self.epoch < MIN_RACE_FRACTION * self.ctx.epochs
+                ):
+                    # ahead, not yet clearly, and pulling away: its probation goes on
+                    c.lead = ratio
+                else:
+                    c.status = f"dropped after epoch {self.epoch} (the probe was not clearly ahead)"
+
     def _drop_for_budget(self) -> None:
         E = self.ctx.epochs
         while True:
-            alive = [c for c in self.cands if c.alive]
+            # (the probe on probation is judged by _judge_probe; its epochs are paid apart)
+            alive = [c for c in self.cands if c.alive and not (c.probe and not c.cleared)]
             # Beyond two, a candidate goes as soon as keeping it would leave the last two unable
             # to race to MIN_RACE_FRACTION of the budget (successive halving: the extra ones
             # are judged early, the final pair late); the last two race while the budget lasts.
             rest = E - self.epoch - 1
             pair = max(0.0, MIN_RACE_FRACTION * E - self.epoch - 1) if len(alive) > 2 else 0.0
-            if len(alive) <= 1 or self.spent + len(alive) + pair + rest <= RACE_BUDGET * E:
+            spent = self.spent - self.probe_spent
+            if len(alive) <= 1 or spent + len(alive) + pair + rest <= RACE_BUDGET * E:
                 return
             # The worst best-so-far goes; on a tie (nothing measured yet) the highest rate. But
             # a lower rate within TIE of the leader that improved this very epoch is kept over
@@ -1224,7 +1336,12 @@ class _Race:
         while self.epoch < E:
             self._drop_for_budget()
             alive = [c for c in self.cands if c.alive]
-            if not alive or (len(alive) == 1 and alive[0].best < self._finished_best()):
+            if not alive or (
+                len(alive) == 1
+                and alive[0].best < self._finished_best()
+                # (a probe on probation ends the race only where it is clearly ahead)
+                and (not alive[0].probe or alive[0].cleared or self._ahead(alive[0]))
+            ):
                 break
             # (data-parallel: late on any process is late for all, or they part ways)
             late = self.deadline is not None and dist_.current().any(
@@ -1242,6 +1359,8 @@ class _Race:
                 result = c.loop.run()
                 c.rng = c.loop._rng_state()
                 self.spent += 1
+                if c.probe and not c.cleared:
+                    self.probe_spent += 1
                 c.times.append(time.perf_counter() - self.t_start)
                 if result.stop_reason is StopReason.INTERRUPTED:
                     # (maybe mid-epoch, with no epoch of its own to judge: nothing more is
@@ -1260,6 +1379,7 @@ class _Race:
                     c.status = f"stopped improving (finished after epoch {self.epoch})"
             if self.interrupted:
                 break
+            self._judge_probe()
             self._save()
             self._standings()
 
@@ -1275,7 +1395,7 @@ class _Race:
         self._reported_at = now
         parts = []
         for c in self.cands:
-            name = _label(c.lr, c.tau)
+            name = _label(c.lr, c.tau, c.probe)
             if c.alive:
                 parts.append(f"{name} {c.best:.4g}")
             else:
@@ -1298,6 +1418,8 @@ class _Race:
         # The lowest best loss wins; a candidate still racing beats a finished one on a tie. A
         # candidate dropped for the budget is out (its state was abandoned when it was dropped).
         pool = [c for c in self.cands if not c.status.startswith("dropped")] or self.cands
+        # The probe wins only where it is clearly ahead of the span (see PROBE_FACTOR).
+        pool = [c for c in pool if not c.probe or self._ahead(c)] or pool
         return min(
             pool,
             key=lambda c: (c.status.startswith("diverged"), c.best, not c.alive, c.lr),
@@ -1348,17 +1470,33 @@ class _Race:
                 "best_epoch": c.best_epoch,
                 "epochs": c.loop.epoch,
                 "status": c.status,
+                **({"probe": True} if c.probe else {}),
             }
             for c in self.cands
         ]
         strong = [c for c in self.cands if c.tau == STRONG_DECAY_TIMESCALE]
-        raced = f"{K - len(strong)} rates in [{_fmt(ceiling / SPAN)}, {_fmt(ceiling)}]" + (
-            f" and the lowest again with a {DECAY_TIMESCALE / STRONG_DECAY_TIMESCALE:g}x "
-            "stronger weight decay"
-            if strong
-            else ""
+        probes = [c for c in self.cands if c.probe]
+        raced = (
+            f"{K - len(strong) - len(probes)} rates in [{_fmt(ceiling / SPAN)}, {_fmt(ceiling)}]"
+            + (
+                f", the lowest again with a {DECAY_TIMESCALE / STRONG_DECAY_TIMESCALE:g}x "
+                "stronger weight decay"
+                if strong
+                else ""
+            )
+            + (
+                f" and a probe at {PROBE_FACTOR:g}x the ceiling ({_fmt(probes[0].lr)}; it "
+                f"stays only {PROBE_MARGIN:.0%} ahead of the span)"
+                if probes
+                else ""
+            )
         )
         won = f"lr={_fmt(w.lr)}" + (" with the stronger decay" if w in strong else "")
+        if w.probe:
+            won += (
+                f" (the probe, {1 - w.best / self._span_best():.0%} below the span's best "
+                f"{self._span_best():.4g})"
+            )
         if K > 1 and "diverged" in w.status:
             # (the winner diverged only when every candidate still in the race did)
             why = (
