@@ -1245,14 +1245,18 @@ class _Race:
         """The best validation loss of the span's candidates (not the probe's)."""
         return min((c.best for c in self.cands if not c.probe), default=math.inf)
 
-    def _ahead(self, c: _Candidate) -> bool:
-        """Whether the probe ``c`` is clearly ahead of the span: its best loss ``PROBE_MARGIN``
-        below the span's best, and not far below its own training loss of that epoch (a small
-        validation set's luck; see PROBE_RATIO). Never with a loss that can go negative."""
+    def _by_margin(self, c: _Candidate) -> bool:
+        """Whether the probe ``c``'s best loss is ``PROBE_MARGIN`` below the span's best (never
+        with a loss that can go negative: no margin to read)."""
         lead = self._span_best()
         if not (math.isfinite(c.best) and c.best >= 0 and math.isfinite(lead) and lead > 0):
             return False
-        return c.best <= (1.0 - PROBE_MARGIN) * lead and self._genuine(c)
+        return c.best <= (1.0 - PROBE_MARGIN) * lead
+
+    def _ahead(self, c: _Candidate) -> bool:
+        """Whether the probe ``c`` is clearly ahead of the span: by the margin, and not far
+        below its own training loss of that epoch (a small validation set's luck)."""
+        return self._by_margin(c) and self._genuine(c)
 
     @staticmethod
     def _genuine(c: _Candidate) -> bool:
@@ -1273,9 +1277,7 @@ class _Race:
                 continue
             lead = self._span_best()
             behind = math.isfinite(lead) and c.best - lead > (PROBE_BEHIND - 1.0) * abs(lead)
-            early = self.epoch == PROBE_FIRST_LOOK and not (
-                math.isfinite(lead) and lead > 0 and c.best <= (1.0 - PROBE_MARGIN) * lead
-            )
+            early = self.epoch == PROBE_FIRST_LOOK and not self._by_margin(c)
             if early or (self.epoch > PROBE_FIRST_LOOK and behind):
                 c.status = f"dropped after epoch {self.epoch} (the probe was " + (
                     "not clearly ahead)" if early else "behind)"
