@@ -788,10 +788,31 @@ def _dropout_fit(**kw):
     return _fit(model, _clf(), **dict(dict(epochs=40, seed=1), **kw))
 
 
+def _sine_fit(**kw):
+    # sin(x) with tanh, seed 1: the probe above the span races on probation (its epochs paid
+    # apart) to epoch 10, where it clears and goes on to win: its state must come back too.
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(1, 32),
+        torch.nn.Tanh(),
+        torch.nn.Linear(32, 32),
+        torch.nn.Tanh(),
+        torch.nn.Linear(32, 1),
+    )
+    x = torch.linspace(-3.14, 3.14, 200)[:, None]
+    return _fit(model, (x, torch.sin(x)), "mse", **dict(dict(epochs=100, seed=1), **kw))
+
+
 @pytest.mark.parametrize(
     ("make", "kill_after"),
-    [(_factorization_fit, 1), (_factorization_fit, 4), (_dropout_fit, 3)],
-    ids=["factorization-1", "factorization-4", "dropout-3"],
+    [
+        (_factorization_fit, 1),
+        (_factorization_fit, 4),
+        (_dropout_fit, 3),
+        (_sine_fit, 5),
+        (_sine_fit, 12),
+    ],
+    ids=["factorization-1", "factorization-4", "dropout-3", "probe-on-probation", "probe-cleared"],
 )
 def test_a_run_killed_during_the_race_resumes_the_race_exactly(
     tmp_path, monkeypatch, make, kill_after
