@@ -1131,16 +1131,33 @@ def test_embedding_ids_out_of_range_are_named_wherever_they_show_up():
     with pytest.raises(
         descend.InputError,
         match=r"the training data's integer features must index inside the model's embedding "
-        r"tables; got X holds 0..45, and model.0 = Embedding\(10, 4\) takes 0..9 \(torch: index "
-        r"out of range in self\) — give each table at least \(largest id \+ 1\) rows",
+        r"tables; got model.0 = Embedding\(10, 4\) takes 0..9, and the ids it is given from X "
+        r"hold 0..45 — give each table at least \(largest id \+ 1\) rows",
     ):
         descend.fit(model(), (X * 5, y), "mse", **kw)
     late = X.clone()
     late[77, 1] = 10  # batch 5 of 7 in order: after the probe's first rows
-    with pytest.raises(descend.InputError, match=r"training data's .*X holds 0..10, and model.0"):
+    with pytest.raises(descend.InputError, match=r"training data's .*model.0 .* from X hold 0..10"):
         descend.fit(model(), (late, y), "mse", shuffle=False, batch_size=16, **kw)
-    with pytest.raises(descend.InputError, match=r"the validation data's .*X holds 0..10"):
+    with pytest.raises(descend.InputError, match=r"the validation data's .* from X hold 0..10"):
         descend.fit(model(), (X, y), "mse", **{**kw, "validation": (late[70:80], y[70:80])})
+
+    # ids the model computes are not traced to the data: torch's error, named with the ranges
+    class Shifts(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.table = torch.nn.Embedding(10, 2)
+
+        def forward(self, x):
+            return self.table(x + 3).sum((1, 2))[:, None]
+
+    with pytest.raises(
+        descend.InputError,
+        match=r"got X holds 0..9, and model.table = Embedding\(10, 2\) takes 0..9 \(torch: index "
+        r"out of range in self\)",
+    ):
+        descend.fit(Shifts(), (X, y), "mse", **kw)
 
     # an IndexError of the user's own code is not rewritten
     class Picky(torch.nn.Module):
@@ -1151,6 +1168,80 @@ def test_embedding_ids_out_of_range_are_named_wherever_they_show_up():
         descend.fit(
             torch.nn.Sequential(Picky(), torch.nn.Linear(3, 1)), (X.float(), y), "mse", **kw
         )
+
+
+class _KernelSees(torch.nn.Embedding):
+    """An embedding table that records the largest id that reached its lookup."""
+
+    def forward(self, ids):
+        self.reached = max(getattr(self, "reached", -1), int(ids.max()))
+        return super().forward(ids)
+
+
+def test_ids_out_of_range_never_reach_a_table():
+    # On a GPU an id out of range is a device-side assert, not an IndexError: the process's
+    # CUDA context is lost (every later CUDA call fails). So fit checks the ids held in memory
+    # before step 1: the probe's before its lookup, every row's through the table's view of
+    # the input. Seen on an H200 (session 31): one such test left each later test of its
+    # pytest worker failing in setup.
+    g = torch.Generator().manual_seed(0)
+    X = torch.randint(0, 10, (100, 3), generator=g)
+    y = torch.randn(100, 1, generator=g)
+    kw = {"epochs": 1, "verbose": 0, "optimizer": "adam", "validation": None}
+
+    def model():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(_KernelSees(10, 4), torch.nn.Flatten(), torch.nn.Linear(12, 1))
+
+    late = X.clone()
+    late[77, 1] = 10  # batch 5 of 7 in order
+    for data, extra in [
+        ((X * 5, y), {}),  # the probe's own rows
+        ((late, y), {"shuffle": False, "batch_size": 16}),  # a later training batch
+        ((X, y), {"validation": (late[70:80], y[70:80])}),  # the validation data
+    ]:
+        m = model()
+        with pytest.raises(descend.InputError, match=r"must index inside the model's embedding"):
+            descend.fit(m, data, "mse", **{**kw, **extra})
+        assert getattr(m[0], "reached", -1) <= 9
+
+    # Two tables fed by columns of one input, of different sizes: each column is checked
+    # against its own table (item ids up to 29 are fine; a user id 5 in row 90 is not).
+    class TwoTables(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.users, self.items = _KernelSees(5, 3), _KernelSees(30, 3)
+
+        def forward(self, x):
+            return (self.users(x[:, 0]) * self.items(x[:, 1])).sum(1, keepdim=True)
+
+    pairs = torch.stack(
+        [torch.randint(0, 5, (100,), generator=g), torch.randint(0, 30, (100,), generator=g)], 1
+    )
+    fine = descend.fit(TwoTables(), (pairs, y), "mse", **kw)
+    assert fine.epochs == 1
+    bad = pairs.clone()
+    bad[90, 0] = 5
+    m = TwoTables()
+    with pytest.raises(
+        descend.InputError,
+        match=r"model.users = _KernelSees\(5, 3\) takes 0..4, and the ids it is given from X hold 0..5",
+    ):
+        descend.fit(m, (bad, y), "mse", shuffle=False, batch_size=16, **kw)
+    assert getattr(m.users, "reached", -1) <= 4
+
+    # ids the model computes are its own business: clamped ones train
+    class Clamps(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.table = torch.nn.Embedding(10, 2)
+
+        def forward(self, x):
+            return self.table(x.clamp(max=9)).sum((1, 2))[:, None]
+
+    assert descend.fit(Clamps(), (X * 5, y), "mse", **kw).epochs == 1
 
 
 def test_batch_norm_on_batches_of_one_sample_is_named():

@@ -797,10 +797,12 @@ class Loop:
         probe_x = D.cut_rows(xb, 0, n_probe) if torch.is_tensor(xb) or multi else xb
         was_training = self.model.training
         self.model.eval()
+        fed: list[tuple[torch.nn.Module, torch.Tensor]] = []
         try:
-            with torch.no_grad(), self._autocast():
+            with torch.no_grad(), self._autocast(), _checked_ids(self.model, fed):
                 out = D.call_model(self.model, probe_x)
         except IndexError as e:
+            self._check_resident_ids(fed, probe_x)  # names the table and its ids, if it can
             self._raise_named(e, src, xb)
         except (RuntimeError, TypeError) as e:
             function = isinstance(self.model, _FunctionModel)
@@ -864,6 +866,7 @@ class Loop:
             ) from None
         finally:
             self.model.train(was_training)
+        self._check_resident_ids(fed, probe_x)
         if not torch.is_tensor(out):
             raise InputError(
                 message(
@@ -1018,6 +1021,43 @@ class Loop:
         if self.precision == "bf16":
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+    def _check_resident_ids(
+        self, fed: list[tuple[torch.nn.Module, torch.Tensor]], probe_x: Any
+    ) -> None:
+        """Check every id the training and validation data in memory hold for each embedding
+        table the probe fed from a view of an input (the input itself, a column, columns):
+        an IndexError like torch's own for the first out of range, before any step.
+
+        On a CPU torch raises that error in the step that meets the id, and fit names it; on a
+        GPU an id out of range is no exception but a device-side assert, which leaves the
+        process's CUDA context unusable (every later CUDA call fails, the user's own too), so
+        the ids are checked here, one ``aminmax`` per table and split. Ids a model computes
+        (``x + 1``, a lookup) are left to torch."""
+        names = {m: name for name, m in self.model.named_modules()}
+        for table, ids in fed:
+            for src in (self.bundle.train, self.bundle.val):
+                if src is None or not src.resident or src.X is None:
+                    continue
+                found = _view_of_all_rows(ids, probe_x, src.X)
+                if found is None or not found[1].numel() or _ids_fit(found[1], table):
+                    continue
+                lo, hi = (int(v) for v in torch.aminmax(found[1]))
+                name = names.get(table, "")
+                raise InputError(
+                    message(
+                        f"the {'validation' if src is self.bundle.val else 'training'} data's "
+                        "integer features",
+                        "must index inside the model's embedding tables",
+                        f"{f'model.{name}' if name else 'the model'} = {type(table).__name__}"
+                        f"({table.num_embeddings}, {table.embedding_dim}) takes "
+                        f"0..{table.num_embeddings - 1}, and the ids it is given from "
+                        f"{D.input_names(src.X)[found[0]]} hold {lo}..{hi}",
+                        "give each table at least (largest id + 1) rows, e.g. "
+                        "nn.Embedding(int(ids.max()) + 1, dim), or map the ids to 0..n-1 first "
+                        "(e.g. pandas.factorize)",
+                    )
+                )
 
     def _raise_named(self, err: Exception, src: D.Source, xb: Any) -> NoReturn:
         """Raise a forward pass's error in the user's terms — an embedding id out of range,
@@ -2427,6 +2467,73 @@ def _same_everywhere(world: dist_.World, name: str, value: float, fix: str) -> N
         )
 
 
+_EMBEDDINGS = (torch.nn.Embedding, torch.nn.EmbeddingBag)
+
+
+def _ids_fit(ids: torch.Tensor, table: torch.nn.Module) -> bool:
+    """Whether every id in ``ids`` indexes a row of ``table`` (one host sync)."""
+    lo, hi = torch.aminmax(ids)
+    return int(lo) >= 0 and int(hi) < table.num_embeddings
+
+
+@contextlib.contextmanager
+def _checked_ids(model: torch.nn.Module, fed: list | None = None):
+    """Within the block, each embedding table of ``model`` checks the ids it is given before
+    its kernel runs: torch's IndexError ("index out of range in self") for one out of range,
+    on every device alike (on a GPU torch's own check is a device-side assert that leaves the
+    CUDA context unusable). Each (table, ids) pair is appended to ``fed``. For the probe
+    forward passes only: the check costs a host sync per table."""
+    tables = [m for m in model.modules() if isinstance(m, _EMBEDDINGS)]
+    if not tables:
+        yield
+        return
+
+    def check(table: torch.nn.Module, args: tuple) -> None:
+        ids = args[0] if args else None
+        if not torch.is_tensor(ids) or ids.is_floating_point() or ids.is_complex():
+            return
+        if fed is not None:
+            fed.append((table, ids))
+        if ids.numel() and not _ids_fit(ids, table):
+            raise IndexError("index out of range in self")
+
+    handles = [t.register_forward_pre_hook(check) for t in tables]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _view_of_all_rows(ids: torch.Tensor, probe_x: Any, X: Any) -> tuple[int, torch.Tensor] | None:
+    """``(i, view)``: the same view of every row of ``X``'s input ``i`` that ``ids`` is of
+    the probe's rows ``probe_x``
+    (the whole input, a column ``x[:, j]``, columns ``x[:, a:b]``), or None when ``ids`` is
+    none of these (ids the model computed, e.g. ``x.long()`` or ``x.clamp(max=n - 1)``)."""
+    for i, (p, full) in enumerate(zip(D.inputs_of(probe_x), D.inputs_of(X))):
+        if not (torch.is_tensor(p) and torch.is_tensor(full)) or p.ndim == 0 or ids.ndim == 0:
+            continue
+        if p.is_floating_point() or p.is_complex() or full.shape[1:] != p.shape[1:]:
+            continue
+        shares = (
+            p.device == ids.device
+            and p.dtype == ids.dtype
+            and p.untyped_storage().data_ptr() == ids.untyped_storage().data_ptr()
+        )
+        if shares:  # (ids a model computes, even equal ones, may be clamped or mapped: not ours)
+            offset = ids.storage_offset() - p.storage_offset()
+            row = p.stride(0)
+            if (
+                ids.shape[0] == p.shape[0]
+                and ids.stride(0) == row == full.stride(0)
+                and full.stride()[1:] == p.stride()[1:]
+                and 0 <= offset < max(row, 1)
+            ):
+                shape = (full.shape[0], *ids.shape[1:])
+                return i, full.as_strided(shape, ids.stride(), full.storage_offset() + offset)
+    return None
+
+
 def _keep_label_values(
     bundle: D.Bundle, model: torch.nn.Module, ignore_index: int | None = None
 ) -> None:
@@ -2453,7 +2560,7 @@ def _keep_label_values(
         was = model.training
         model.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), _checked_ids(model):
                 out = D.call_model(model, first)
         finally:
             model.train(was)
