@@ -17,7 +17,7 @@
 #                                             # (the CUDA paths: devices, per-rank CUDA random
 #                                             # streams); NCCL needs a GPU per process, so N>1
 #                                             # GPUs are needed to test the nccl backend itself
-#     bash benchmarks/gpu_check.sh rest       # tests, fit overhead, crossover (~5 min)
+#     bash benchmarks/gpu_check.sh rest       # tests, fit overhead, crossover (~6-7 min)
 #     bash benchmarks/gpu_check.sh            # the MLP suite and `rest` (over 10 minutes)
 #   Logs and JSON land in $OUT (or ./gpu-out).
 #
@@ -60,10 +60,16 @@ case "$part" in
 esac
 case "$part" in suite | new | five) echo "gpu_check $part done"; exit 0 ;; esac
 
-# 2. The whole test suite (134 s with -n 16 on an H200 in session 17; -n 8 ran past 200 s):
-#    with a GPU present, fit's device=None trains on it, so every fit test runs the CUDA
-#    paths (session 6 found two bugs this way; session 17 one test), and the CUDA-only tests.
-timeout 240 python3 -m pytest -rs -p no:cacheprovider -p no:benchmark -n 16 tests 2>&1 | tee "$out/tests.txt"
+# 2. The whole test suite (134 s with -n 16 on an H200 in session 17; over 230 s in session
+#    31, with 1,685 tests): with a GPU present, fit's device=None trains on it, so every fit
+#    test runs the CUDA paths (session 6 found two bugs this way; session 17 one test; session
+#    31 a device-side assert that left each later test of its worker failing in setup), and
+#    the CUDA-only tests. -v names each failure as it happens: a run cut at the limit prints
+#    no summary (session 31 lost its diagnosis that way; the pyproject's -q cancels a bare -v).
+timeout 300 python3 -m pytest -o addopts= -v -rfE --tb=short -p no:cacheprovider \
+  -p no:benchmark -n 16 tests > "$out/tests.txt" 2>&1
+grep -E "(FAILED|ERROR) tests/" "$out/tests.txt" | sed 's/^\[gw[0-9]*\] \[ *[0-9]*%\] //' | sort -u | head -60
+tail -3 "$out/tests.txt"
 
 # 3. fit's overhead against hand-written loops on the GPU (what time is left).
 timeout 90 python3 benchmarks/fit_overhead.py --device cuda --repeats 2 --skip 50k \
