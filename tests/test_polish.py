@@ -165,6 +165,56 @@ def test_the_polish_stays_out_where_it_does_not_belong(case):
     assert not any(e["kind"] == "polish" for e in r.history.events)
 
 
+def _exact_sine(noise=0.0, y_1d=False):
+    """sin(x) at 200 points on [-pi, pi] (the classic first demo), exact unless ``noise``."""
+    rng = np.random.default_rng(0)
+    x = np.linspace(-np.pi, np.pi, 200, dtype=np.float32)[:, None]
+    y = (np.sin(x) + noise * rng.standard_normal(x.shape)).astype(np.float32)
+    return x, (y[:, 0] if y_1d else y)
+
+
+def _tanh_net():
+    torch.manual_seed(0)  # 1-32-32-1: 1,153 parameters for 160 training rows
+    t = torch.nn
+    return t.Sequential(t.Linear(1, 32), t.Tanh(), t.Linear(32, 32), t.Tanh(), t.Linear(32, 1))
+
+
+def _curve_error(model):
+    xt = torch.linspace(-np.pi, np.pi, 1000)[:, None]
+    with torch.no_grad():
+        return float(((model(xt) - torch.sin(xt)) ** 2).mean())
+
+
+@pytest.mark.parametrize("y_1d", [False, True])
+def test_a_near_exact_fit_is_polished_with_few_rows_per_parameter(y_1d, monkeypatch):
+    # Too few rows per parameter for the rule of ample data, but the run fits the points
+    # almost exactly (validation loss under 2% of a constant's): what is left is the
+    # optimizer's error, which L-BFGS removes (the run alone: ~3e-3 on the curve).
+    x, y = _exact_sine(y_1d=y_1d)
+    m = _tanh_net()
+    r = descend.fit(m, (x, y), "mse", verbose=0, seed=0)
+    rec = r.autopilot["polish"]
+    assert rec["ran"] and rec["kept"] and rec["after"] < rec["before"]
+    assert r.best_loss == pytest.approx(rec["after"])
+    # the same run where the polish is not cheap enough to run: 100x further from sin(x)
+    monkeypatch.setattr(autopilot, "POLISH_SMALL_WORK", 160 * 1153 - 1)
+    m0 = _tanh_net()
+    r0 = descend.fit(m0, (x, y), "mse", verbose=0, seed=0)
+    assert "polish" not in r0.autopilot
+    assert _curve_error(m) < 0.01 * _curve_error(m0)
+
+
+def test_a_noisy_fit_with_few_rows_per_parameter_is_not_polished(monkeypatch):
+    # the same net on the same points with noise: the run's validation loss is the noise's,
+    # nowhere near exact, and minimizing the training loss would fit the noise
+    x, y = _exact_sine(noise=0.3)
+    r = descend.fit(_tanh_net(), (x, y), "mse", verbose=0, seed=0)
+    assert "polish" not in r.autopilot
+    # at a looser threshold the polish runs (and the run above did not stop short of it)
+    monkeypatch.setattr(autopilot, "POLISH_NEAR_EXACT", 1.0)
+    assert "polish" in descend.fit(_tanh_net(), (x, y), "mse", verbose=0, seed=0).autopilot
+
+
 def test_a_polish_that_is_clearly_worse_on_validation_is_not_kept(monkeypatch):
     x, y = _michaelis()
     # a stand-in for L-BFGS that lowers the training loss and wrecks the validation loss
