@@ -280,6 +280,13 @@ def more_cases():
     )
 
 
+def _ratio(d: float, b: float) -> str:
+    """descend's score over the best single rate's (both 0, e.g. XOR learned: "1 (both 0)")."""
+    if b == 0:
+        return "1 (both 0)" if d == 0 else "inf"
+    return f"{d / b:.3f}"
+
+
 def run_more(seeds: int, only: list[str] | None = None) -> None:
     print("\n| case | descend (per seed) | best single rate | descend / best single rate | "
           "descend's rates |")  # fmt: skip
@@ -305,7 +312,7 @@ def run_more(seeds: int, only: list[str] | None = None) -> None:
         d, b = statistics.mean(got[None]), statistics.mean(got[best])
         print(
             f"| {name} | {d:.4g} ({' / '.join(f'{v:.4g}' for v in got[None])}) | {b:.4g} "
-            f"(lr {best:g}) | {d / b:.3f} | {', '.join(f'{r:.2g}' for r in rates)} |",
+            f"(lr {best:g}) | {_ratio(d, b)} | {', '.join(f'{r:.2g}' for r in rates)} |",
             flush=True,
         )
 

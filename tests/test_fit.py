@@ -2124,3 +2124,45 @@ def test_the_look_at_the_outputs_changes_no_batch_norm_statistics():
     assert m.training
     for k, v in m.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "binary_cross_entropy"])
+def test_xor_trains_on_all_four_rows_under_the_default_split(loss):
+    # validation="auto" held out 1 of XOR's 4 rows (the 3 left do not define XOR) or, for a
+    # class-index loss, refused a stratified split of 4 rows: a newcomer's first demo failed.
+    X = torch.tensor([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+    y = torch.tensor([0, 1, 1, 0])
+    torch.manual_seed(0)
+    out = 2 if loss == "cross_entropy" else 1
+    model = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, out))
+    target = y if loss == "cross_entropy" else y[:, None].float()
+    with pytest.warns(UserWarning, match=r"4 samples are too few to hold out 20% for validation"):
+        r = descend.fit(model, (X, target), loss, verbose=0, seed=0)
+    assert r.history.val_loss == [] and len(r.history.train_loss) > 0
+    with torch.no_grad():
+        got = model(X).argmax(1) if out == 2 else (model(X)[:, 0] > 0).long()
+    assert got.tolist() == y.tolist()
+    # an explicit fraction is exactly that: refused where it cannot split
+    with pytest.raises(descend.InputError, match=r"validation=0.2 must leave room for every"):
+        descend.fit(model, (X, y), "cross_entropy", validation=0.2, verbose=0)
+
+
+def test_the_default_split_holds_nothing_out_where_classes_cannot_sit_on_both_sides():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(9, 4, generator=g)
+    y = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2])  # 2 to hold out for 3 classes
+    model = torch.nn.Linear(4, 3)
+    with pytest.warns(UserWarning, match=r"a 20% split of 9 samples cannot keep every one of"):
+        r = descend.fit(model, (X, y), "cross_entropy", epochs=3, verbose=0)
+    assert r.history.val_loss == []
+    # 10 rows of a regression: 2 held out, as always, and nothing said
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        Xr, yr = torch.randn(10, 4, generator=g), torch.randn(10, 1, generator=g)
+        r = descend.fit(torch.nn.Linear(4, 1), (Xr, yr), "mse", epochs=3, verbose=0)
+    assert len(r.history.val_loss) == 3
+    # validation=None says nothing either
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        kw = {"epochs": 1, "verbose": 0, "validation": None}
+        descend.fit(torch.nn.Linear(4, 3), (X, y), "cross_entropy", **kw)

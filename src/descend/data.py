@@ -729,6 +729,8 @@ class Bundle:
     feature_shape: tuple[int, ...] | None = None
     target_kind: TargetKind = "index"
     device: torch.device | None = None
+    #: with ``validation="auto"``: why nothing was held out (too few samples), else None
+    no_split_why: str | None = None
 
 
 DataBundle = Bundle
@@ -787,6 +789,10 @@ def prepare(
         validation: a fraction in (0, 1) split off with ``seed`` (stratified by class when
             ``target_kind == "index"`` and ``stratify``); explicit data in any form ``data``
             accepts; or None / 0 for no validation. A fraction needs in-memory data.
+            ``"auto"``: ``AUTO_VALIDATION`` of in-memory data, and none of a stream or of a
+            set too small to split (fewer than ``AUTO_MIN_VALIDATION`` samples to hold out,
+            or a stratified split that cannot keep every class on both sides: the reason is
+            ``Bundle.no_split_why``).
         target_kind: "index": class labels -> ``int64`` indices (labels that are not
             ``0..C-1`` are encoded by their sorted unique values, see ``Bundle.classes``);
             "float": real targets -> ``dtype``; "any": dtype kept, floating -> ``dtype``.
@@ -838,6 +844,9 @@ def prepare(
     device = resolve_device(device, None)
 
     train_raw = _unpack(data, "data", batch_size, drop_last)
+    auto = isinstance(validation, str) and validation.strip().lower() == "auto"
+    if auto:
+        validation = None if isinstance(train_raw, _Stream) else AUTO_VALIDATION
     fraction, val_raw = _parse_validation(validation, batch_size)
 
     kw = {"device": device, "dtype": dtype, "target_kind": target_kind, "seed": seed}
@@ -959,12 +968,18 @@ def prepare(
             n = int(idx.numel())
 
     wv = None
+    no_split_why = None
+    labels = None
     if fraction is not None:
-        labels = None
         if y is not None and target_kind == "index" and stratify and y.ndim == 1:
             labels = y.cpu()
             if ignore_index is not None:  # the ignored rows are one more group to spread
                 labels = labels.masked_fill(labels == ignore_index, n_classes or 0)
+        if auto:
+            no_split_why = _too_few_to_split(n, fraction, labels)
+            if no_split_why is not None:
+                fraction = None
+    if fraction is not None:
         train_idx, val_idx = _split_indices(n, fraction, labels, seed)
         Xv = take_rows(X, val_idx)
         yv = None if y is None else y.index_select(0, val_idx.to(y.device))
@@ -996,6 +1011,7 @@ def prepare(
         feature_shape=shape,
         target_kind=target_kind,
         device=device,
+        no_split_why=no_split_why,
     )
 
 
@@ -2088,6 +2104,39 @@ def _check_finite(
                     "dtype=torch.float64",
                 )
             )
+
+
+#: ``validation="auto"`` (fit's default) holds out this fraction of in-memory data ...
+AUTO_VALIDATION = 0.2
+#: ... unless that leaves fewer validation samples than this: one row would decide the early
+#: stopping and the race, and a quarter of a tiny set is a quarter of what there is to learn
+#: from (XOR's 4 rows: 1 held out, and the 3 left do not define XOR; 3 seeds all wrong with
+#: the split, all right without). Nor when a stratified split cannot keep every class on both
+#: sides (iris or wine at 8-12 rows: the default was an error). Measured on 8-32 training rows
+#: of five bundled sets (benchmarks/RESULTS.md, session 31): at these sizes no split was better
+#: for both regressions, but worse for breast cancer (log loss 0.72 vs 1.06 at 8 rows), so the
+#: rule stays at the sizes where a split cannot work.
+AUTO_MIN_VALIDATION = 2
+
+
+def _too_few_to_split(n: int, fraction: float, labels: torch.Tensor | None) -> str | None:
+    """Why ``validation="auto"`` holds nothing out of ``n`` samples (None: it splits)."""
+    n_val = math.floor(fraction * n + 0.5)
+    if n_val < AUTO_MIN_VALIDATION:
+        return (
+            f"{n} samples are too few to hold out {fraction:.0%} for validation ({n_val} "
+            f"{'sample' if n_val == 1 else 'samples'})"
+        )
+    if labels is not None:
+        counts = torch.bincount(labels).tolist()
+        multi = sum(1 for k in counts if k >= 2)
+        present = sum(1 for k in counts if k > 0)
+        if n_val < multi or n - n_val < present:
+            return (
+                f"a {fraction:.0%} split of {n} samples cannot keep every one of their "
+                f"{present} classes on both sides"
+            )
+    return None
 
 
 def _split_indices(

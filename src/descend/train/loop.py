@@ -2646,6 +2646,21 @@ def _largest(tensors: Any) -> float:
     return top
 
 
+def _warn_no_split(bundle: D.Bundle) -> None:
+    """Say, once per fit, that the default ``validation="auto"`` held nothing out of a set too
+    small to split (:func:`descend.data.prepare`): the run has no validation loss, so no race,
+    and its early stopping watches the training loss."""
+    if bundle.no_split_why is None:
+        return
+    warnings.warn(
+        f"descend: {bundle.no_split_why}: training on all of them with no validation data (no "
+        "held-out loss to stop early or race rates on); pass validation=(X_val, y_val) or a "
+        "fraction to hold some out anyway, or validation=None to silence this",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
 def _warn_unscaled_features(bundle: D.Bundle) -> None:
     """Warn, once per fit, when the training features (in memory, floating point) reach beyond
     ``UNSCALED`` in absolute value: a network trains best on standardized inputs, and no
@@ -2931,8 +2946,10 @@ def fit(
         batch_size: samples per step; ``None`` = full-batch gradient descent.
         validation: a fraction held out (seeded, stratified for classification), explicit
             ``(X_val, y_val)``, or ``None`` for none. ``"auto"`` (default) holds out 20% of
-            in-memory data and none of streamed data (a DataLoader cannot be split). Early stopping watches the validation loss,
-            or the training loss when there is no validation data.
+            in-memory data and none of streamed data (a DataLoader cannot be split) or of a
+            set too small to split (under 8 samples, or a stratified split that cannot keep
+            every class on both sides: a warning says so). Early stopping watches the
+            validation loss, or the training loss when there is no validation data.
         patience: epochs without a relative improvement of more than ``tol`` before stopping;
             ``None`` never stops early.
         restore_best: put the best weights back into the model at the end (default on).
@@ -3189,7 +3206,6 @@ def fit(
             D.check_devices(module, data[0])
         if isinstance(validation, str):
             check_choice("validation", validation, ("auto",), owner="fit")
-            validation = None if D.is_streamed(data) else 0.2
         # labels the loss skips are no class: prepare must not encode them as one
         ignore = loss_obj.kwargs.get("ignore_index") if loss_obj.target_kind == "index" else None
         bundle = D.prepare(
@@ -3210,6 +3226,7 @@ def fit(
         _check_streamed_validation_labels(bundle)
         _split_batches(bundle, world, batch_size, module)
         if world.is_main:
+            _warn_no_split(bundle)
             _warn_unscaled_features(bundle)
             _warn_mixed_target_scales(bundle, loss_obj)
             # (its look at the outputs runs the model: one process only, as a sharded model's
