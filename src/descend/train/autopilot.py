@@ -1873,14 +1873,22 @@ def polish(loop: Loop, reason: StopReason) -> tuple[float, str] | None:
     return v_after, f" Then {text}."
 
 
+#: The losses whose near-exact reading compares with predicting the targets' mean: distances
+#: between the prediction and the target.
+_DISTANCE_LOSSES = frozenset({"mse", "mae", "huber"})
+
+
 def _near_exact(loop: Loop, n_params: int) -> bool:
     """Whether the run fit its data almost exactly (``POLISH_NEAR_EXACT``) on a problem small
     enough (``POLISH_SMALL_WORK``) that the polish costs next to nothing: its best validation
     loss at most ``POLISH_NEAR_EXACT`` of the loss of predicting the training targets' mean for
-    every validation row. Needs validation data in memory, with targets."""
+    every validation row. Needs validation data in memory, with targets, and a loss that is a
+    distance between prediction and target (``_DISTANCE_LOSSES``)."""
     src, val = loop.bundle.train, loop.bundle.val
     if (src.n_samples or 0) * n_params > POLISH_SMALL_WORK or not math.isfinite(loop.best_loss):
         return False
+    if getattr(loop.loss, "name", None) not in _DISTANCE_LOSSES:
+        return False  # (a Poisson output is a log-rate: the targets' mean is no prediction)
     if val is None or not val.resident or val.y is None or src.y is None:
         return False
     if not (src.y.is_floating_point() and val.y.is_floating_point()):
