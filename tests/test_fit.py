@@ -2166,3 +2166,38 @@ def test_the_default_split_holds_nothing_out_where_classes_cannot_sit_on_both_si
         warnings.simplefilter("error", UserWarning)
         kw = {"epochs": 1, "verbose": 0, "validation": None}
         descend.fit(torch.nn.Linear(4, 3), (X, y), "cross_entropy", **kw)
+
+
+def test_ids_out_of_range_in_a_dataloader_never_reach_a_table():
+    # A stream cannot be checked before step 1: each batch is checked on the host before it
+    # moves to the device (on a GPU the lookup's own check is a device-side assert).
+    from torch.utils.data import DataLoader, TensorDataset
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randint(0, 10, (100, 3), generator=g)
+    y = torch.randn(100, 1, generator=g)
+    late = X.clone()
+    late[77, 1] = 12  # batch 5 of 7 in order
+
+    def model():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(_KernelSees(10, 4), torch.nn.Flatten(), torch.nn.Linear(12, 1))
+
+    kw = {"epochs": 1, "verbose": 0, "optimizer": "adam", "validation": None}
+    m = model()
+    with pytest.raises(
+        descend.InputError,
+        match=r"training data's .*model.0 = _KernelSees\(10, 4\) takes 0..9, and the ids it is "
+        r"given from X \(a batch of the DataLoader\) hold 0..12",
+    ):
+        descend.fit(m, DataLoader(TensorDataset(late, y), batch_size=16), "mse", **kw)
+    assert m[0].reached <= 9
+    m = model()
+    val = DataLoader(TensorDataset(late[70:80], y[70:80]), batch_size=4)
+    with pytest.raises(descend.InputError, match=r"the validation data's .* hold 0..12"):
+        train = DataLoader(TensorDataset(X, y), batch_size=16)
+        descend.fit(m, train, "mse", **{**kw, "validation": val})
+    assert m[0].reached <= 9
+    # in range: trains as before
+    r = descend.fit(model(), DataLoader(TensorDataset(X, y), batch_size=16), "mse", **kw)
+    assert r.epochs == 1

@@ -57,7 +57,7 @@ import itertools
 import math
 import numbers
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -532,7 +532,8 @@ class StreamSource(Source):
 
     Batches must be a tensor ``x`` or a sequence ``(x,)`` / ``(x, y)``. Floating ``x`` is cast
     to ``dtype``; ``y`` to ``int64`` (integer labels, target_kind "index") or ``dtype`` (float
-    targets). Values are not validated per batch (that would sync the device every step).
+    targets). Values are not validated per batch (that would sync the device every step),
+    except by ``host_check`` on the host before the move (fit's check of embedding ids).
 
     Before each epoch, generators the loader owns are re-seeded from ``(seed, epoch)`` and
     ``sampler.set_epoch(epoch)`` is called when present, so a loader built with
@@ -582,6 +583,9 @@ class StreamSource(Source):
         self.exact_resume = bool(
             ordered or self._generators or self._set_epoch or self._global_order
         )
+        #: called with each batch's features on the host before they move to the device (fit
+        #: sets it to check embedding ids: on a GPU one out of range is a device-side assert)
+        self.host_check: Callable[[Any], None] | None = None
 
     def batches(self, epoch: int = 0, start: int = 0) -> Iterator[Batch]:
         """Yield the loader's batches of ``epoch`` from batch index ``start`` on, on the device."""
@@ -653,6 +657,8 @@ class StreamSource(Source):
                     "return one target tensor per batch (x may be a tuple of inputs)",
                 )
             )
+        if self.host_check is not None:
+            self.host_check(x)
         x = _each(
             x,
             lambda t: t.to(

@@ -1027,19 +1027,22 @@ class Loop:
     ) -> None:
         """Check every id the training and validation data in memory hold for each embedding
         table the probe fed from a view of an input (the input itself, a column, columns):
-        an IndexError like torch's own for the first out of range, before any step.
+        an InputError naming the table and the ids' range for the first out of range, before
+        any step. A streamed source (a DataLoader) gets the same check of each batch on the
+        host, before the batch moves to the device (``StreamSource.host_check``).
 
-        On a CPU torch raises that error in the step that meets the id, and fit names it; on a
-        GPU an id out of range is no exception but a device-side assert, which leaves the
+        On a CPU torch raises an IndexError in the step that meets the id, and fit names it; on
+        a GPU an id out of range is no exception but a device-side assert, which leaves the
         process's CUDA context unusable (every later CUDA call fails, the user's own too), so
         the ids are checked here, one ``aminmax`` per table and split. Ids a model computes
         (``x + 1``, a lookup) are left to torch."""
+        if not fed:
+            return
         names = {m: name for name, m in self.model.named_modules()}
-        for table, ids in fed:
-            for src in (self.bundle.train, self.bundle.val):
-                if src is None or not src.resident or src.X is None:
-                    continue
-                found = _view_of_all_rows(ids, probe_x, src.X)
+
+        def check(src: D.Source, X: Any, where: str) -> None:
+            for table, ids in fed:
+                found = _view_of_all_rows(ids, probe_x, X)
                 if found is None or not found[1].numel() or _ids_fit(found[1], table):
                     continue
                 lo, hi = (int(v) for v in torch.aminmax(found[1]))
@@ -1052,12 +1055,20 @@ class Loop:
                         f"{f'model.{name}' if name else 'the model'} = {type(table).__name__}"
                         f"({table.num_embeddings}, {table.embedding_dim}) takes "
                         f"0..{table.num_embeddings - 1}, and the ids it is given from "
-                        f"{D.input_names(src.X)[found[0]]} hold {lo}..{hi}",
+                        f"{D.input_names(X)[found[0]]}{where} hold {lo}..{hi}",
                         "give each table at least (largest id + 1) rows, e.g. "
                         "nn.Embedding(int(ids.max()) + 1, dim), or map the ids to 0..n-1 first "
                         "(e.g. pandas.factorize)",
                     )
                 )
+
+        for src in (self.bundle.train, self.bundle.val):
+            if src is None:
+                continue
+            if src.resident and src.X is not None:
+                check(src, src.X, "")
+            elif isinstance(src, D.StreamSource):
+                src.host_check = lambda x, src=src: check(src, x, " (a batch of the DataLoader)")
 
     def _raise_named(self, err: Exception, src: D.Source, xb: Any) -> NoReturn:
         """Raise a forward pass's error in the user's terms — an embedding id out of range,
