@@ -2518,9 +2518,10 @@ def _checked_ids(model: torch.nn.Module, fed: list | None = None):
 
 def _view_of_all_rows(ids: torch.Tensor, probe_x: Any, X: Any) -> tuple[int, torch.Tensor] | None:
     """``(i, view)``: the same view of every row of ``X``'s input ``i`` that ``ids`` is of
-    the probe's rows ``probe_x``
-    (the whole input, a column ``x[:, j]``, columns ``x[:, a:b]``), or None when ``ids`` is
-    none of these (ids the model computed, e.g. ``x.long()`` or ``x.clamp(max=n - 1)``)."""
+    the probe's rows ``probe_x`` (the whole input, a column ``x[:, j]``, columns
+    ``x[:, a:b]``), or None when ``ids`` is none of these (ids the model computed, e.g.
+    ``x.long()`` or ``x.clamp(max=n - 1)``). ``X`` is the data in memory, or a DataLoader's
+    batch on the host, laid out as the probe's rows are."""
     for i, (p, full) in enumerate(zip(D.inputs_of(probe_x), D.inputs_of(X))):
         if not (torch.is_tensor(p) and torch.is_tensor(full)) or p.ndim == 0 or ids.ndim == 0:
             continue
