@@ -2134,15 +2134,20 @@ def _too_few_to_split(n: int, fraction: float, labels: torch.Tensor | None) -> s
             f"{'sample' if n_val == 1 else 'samples'})"
         )
     if labels is not None:
-        counts = torch.bincount(labels).tolist()
-        multi = sum(1 for k in counts if k >= 2)
-        present = sum(1 for k in counts if k > 0)
-        if n_val < multi or n - n_val < present:
+        _, present, multi = _class_counts(labels)
+        if n_val < multi or n - n_val < len(present):
             return (
                 f"a {fraction:.0%} split of {n} samples cannot keep every one of their "
-                f"{present} classes on both sides"
+                f"{len(present)} classes on both sides"
             )
     return None
+
+
+def _class_counts(labels: torch.Tensor) -> tuple[list[int], list[int], int]:
+    """``(samples per class index, the classes present, how many have >= 2 samples)``: what
+    a stratified split needs to keep every class on both sides."""
+    counts = torch.bincount(labels).tolist()
+    return counts, [c for c, k in enumerate(counts) if k > 0], sum(1 for k in counts if k >= 2)
 
 
 def _split_indices(
@@ -2170,9 +2175,7 @@ def _split_indices(
 
     # (The fixes offered below work in fit, the estimators and the CLI too: stratify=False is
     # prepare's alone.)
-    counts = torch.bincount(labels).tolist()
-    present = [c for c, k in enumerate(counts) if k > 0]
-    multi = sum(1 for k in counts if k >= 2)
+    counts, present, multi = _class_counts(labels)
     if n_val < multi:
         need = math.ceil(multi / n * 1000) / 1000
         raise InputError(

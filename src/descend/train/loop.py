@@ -1056,9 +1056,7 @@ class Loop:
                         f"({table.num_embeddings}, {table.embedding_dim}) takes "
                         f"0..{table.num_embeddings - 1}, and the ids it is given from "
                         f"{D.input_names(X)[found[0]]}{where} hold {lo}..{hi}",
-                        "give each table at least (largest id + 1) rows, e.g. "
-                        "nn.Embedding(int(ids.max()) + 1, dim), or map the ids to 0..n-1 first "
-                        "(e.g. pandas.factorize)",
+                        _IDS_FIX,
                     )
                 )
 
@@ -1127,9 +1125,7 @@ class Loop:
                 f"the {which} data's integer features",
                 "must index inside the model's embedding tables",
                 f"{held or 'integer indices'}, and {sizes} (torch: {str(err).strip()})",
-                "give each table at least (largest id + 1) rows, e.g. "
-                "nn.Embedding(int(ids.max()) + 1, dim), or map the ids to 0..n-1 first "
-                "(e.g. pandas.factorize)",
+                _IDS_FIX,
             )
         )
 
@@ -2479,6 +2475,12 @@ def _same_everywhere(world: dist_.World, name: str, value: float, fix: str) -> N
 
 
 _EMBEDDINGS = (torch.nn.Embedding, torch.nn.EmbeddingBag)
+#: The fix both messages for embedding ids out of range give (checked before step 1, or
+#: torch's own IndexError named).
+_IDS_FIX = (
+    "give each table at least (largest id + 1) rows, e.g. nn.Embedding(int(ids.max()) + 1, "
+    "dim), or map the ids to 0..n-1 first (e.g. pandas.factorize)"
+)
 
 
 def _ids_fit(ids: torch.Tensor, table: torch.nn.Module) -> bool:
