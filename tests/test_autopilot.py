@@ -651,6 +651,13 @@ def test_the_probe_wins_only_clearly_ahead_and_never_on_luck():
     assert all(c.alive for c in race.cands)
 
 
+def _tanh_net(seed):
+    """The 1-32-32-1 tanh MLP of the sin(x) demo, initialized from ``seed``."""
+    torch.manual_seed(seed)
+    t = torch.nn
+    return t.Sequential(t.Linear(1, 32), t.Tanh(), t.Linear(32, 32), t.Tanh(), t.Linear(32, 1))
+
+
 def test_a_sine_fit_with_tanh_leaves_the_plateau_through_the_probe():
     # The classic first demo (session 29): 200 exact points of sin(x), a 1-32-32-1 tanh MLP.
     # Every rate of the span stopped at a straight line's error (~0.1 on the curve) where the
@@ -658,14 +665,7 @@ def test_a_sine_fit_with_tanh_leaves_the_plateau_through_the_probe():
     x = torch.linspace(-3.14, 3.14, 200)[:, None]
     xt = torch.linspace(-3.1, 3.1, 1000)[:, None]
     for seed in (0, 2):
-        torch.manual_seed(seed)
-        m = torch.nn.Sequential(
-            torch.nn.Linear(1, 32),
-            torch.nn.Tanh(),
-            torch.nn.Linear(32, 32),
-            torch.nn.Tanh(),
-            torch.nn.Linear(32, 1),
-        )
+        m = _tanh_net(seed)
         r = descend.fit(m, (x, torch.sin(x)), "mse", verbose=0, seed=seed)
         won = next(c for c in r.autopilot["candidates"] if c["status"].startswith("winner"))
         assert won.get("probe") and "(the probe," in r.autopilot["why"]
@@ -791,14 +791,7 @@ def _dropout_fit(**kw):
 def _sine_fit(**kw):
     # sin(x) with tanh, seed 1: the probe above the span races on probation (its epochs paid
     # apart) to epoch 10, where it clears and goes on to win: its state must come back too.
-    torch.manual_seed(1)
-    model = torch.nn.Sequential(
-        torch.nn.Linear(1, 32),
-        torch.nn.Tanh(),
-        torch.nn.Linear(32, 32),
-        torch.nn.Tanh(),
-        torch.nn.Linear(32, 1),
-    )
+    model = _tanh_net(1)
     x = torch.linspace(-3.14, 3.14, 200)[:, None]
     return _fit(model, (x, torch.sin(x)), "mse", **dict(dict(epochs=100, seed=1), **kw))
 

@@ -1115,6 +1115,18 @@ def test_progress_lines_to_a_closed_pipe_stop_and_the_run_goes_on():
     assert r.epochs == 3 and GoneReader.writes == 1  # one failed write, then silence
 
 
+class _ComputedIds(torch.nn.Module):
+    """An embedding table of 10 rows looked up with ids the model computes from x."""
+
+    def __init__(self, ids):
+        super().__init__()
+        torch.manual_seed(0)
+        self.ids, self.table = ids, torch.nn.Embedding(10, 2)
+
+    def forward(self, x):
+        return self.table(self.ids(x)).sum((1, 2))[:, None]
+
+
 def test_embedding_ids_out_of_range_are_named_wherever_they_show_up():
     # torch says only "index out of range in self"; fit names the ids and the tables, whether
     # the probe before step 1, a later training batch or the validation data meets them.
@@ -1143,21 +1155,12 @@ def test_embedding_ids_out_of_range_are_named_wherever_they_show_up():
         descend.fit(model(), (X, y), "mse", **{**kw, "validation": (late[70:80], y[70:80])})
 
     # ids the model computes are not traced to the data: torch's error, named with the ranges
-    class Shifts(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            torch.manual_seed(0)
-            self.table = torch.nn.Embedding(10, 2)
-
-        def forward(self, x):
-            return self.table(x + 3).sum((1, 2))[:, None]
-
     with pytest.raises(
         descend.InputError,
         match=r"got X holds 0..9, and model.table = Embedding\(10, 2\) takes 0..9 \(torch: index "
         r"out of range in self\)",
     ):
-        descend.fit(Shifts(), (X, y), "mse", **kw)
+        descend.fit(_ComputedIds(lambda x: x + 3), (X, y), "mse", **kw)
 
     # an IndexError of the user's own code is not rewritten
     class Picky(torch.nn.Module):
@@ -1233,16 +1236,8 @@ def test_ids_out_of_range_never_reach_a_table():
     assert getattr(m.users, "reached", -1) <= 4
 
     # ids the model computes are its own business: clamped ones train
-    class Clamps(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            torch.manual_seed(0)
-            self.table = torch.nn.Embedding(10, 2)
-
-        def forward(self, x):
-            return self.table(x.clamp(max=9)).sum((1, 2))[:, None]
-
-    assert descend.fit(Clamps(), (X * 5, y), "mse", **kw).epochs == 1
+    clamps = _ComputedIds(lambda x: x.clamp(max=9))
+    assert descend.fit(clamps, (X * 5, y), "mse", **kw).epochs == 1
 
 
 def test_batch_norm_on_batches_of_one_sample_is_named():
