@@ -353,3 +353,16 @@ def test_an_ill_conditioned_curve_is_polished_in_float64():
     got = [r.params[f"params.{k}"].item() for k in "abcd"]
     assert r.params["params.a"].dtype == torch.float32  # put back in the model's dtype
     assert np.mean((cubic(x, *got) - y) ** 2) <= 1.001 * np.mean((cubic(x, *want) - y) ** 2)
+
+
+def test_the_near_exact_reading_needs_a_distance_loss(monkeypatch):
+    # Predicting the targets' mean is a baseline for mse, mae and huber; a Poisson output is a
+    # log-rate, so no near-exact reading is made there (with any threshold at all, the same
+    # points under mse are polished: the loss is what keeps the Poisson run out).
+    monkeypatch.setattr(autopilot, "POLISH_NEAR_EXACT", 1e9)
+    x, y = _exact_sine()
+    counts = np.exp(y).astype(np.float32)  # rates 0.37-2.7, a smooth log-rate to fit
+    r = descend.fit(_tanh_net(), (x, counts), "poisson", epochs=20, verbose=0, seed=0)
+    assert "polish" not in r.autopilot
+    r = descend.fit(_tanh_net(), (x, counts), "mse", epochs=20, verbose=0, seed=0)
+    assert "polish" in r.autopilot
